@@ -1,0 +1,216 @@
+//! The daemon's TOML configuration: parsed with unknown keys refused, then validated with
+//! errors that name the key, so `mcp-gateway check-config` and `run` agree on what is valid.
+
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use validate::Resolved;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listener: Listener,
+    #[serde(default)]
+    pub agents: Agents,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub intercept: Intercept,
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+/// Where redirected connections arrive. Both families are needed: an AF_INET6 agent socket
+/// dialing a native IPv6 address can only be redirected to an IPv6 listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    #[serde(default = "default_listen4")]
+    pub ipv4: SocketAddr,
+    #[serde(default = "default_listen6")]
+    pub ipv6: SocketAddr,
+}
+
+/// Which processes are agents: members of these cgroups (or their descendants), or running
+/// as these users.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agents {
+    /// Paths relative to the cgroup2 mount, e.g. `mcp-agents.slice`.
+    #[serde(default)]
+    pub cgroups: Vec<String>,
+    /// User ids or user names.
+    #[serde(default)]
+    pub users: Vec<UserRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UserRef {
+    Id(u32),
+    Name(String),
+}
+
+/// Which destinations of agent connections are mediated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    #[serde(default)]
+    pub all_tcp: bool,
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intercept {
+    /// Name of this daemon's pin directory under bpffs; two daemons need two names.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+    /// Where bpffs is (mounted there when it is not yet).
+    #[serde(default = "default_bpffs")]
+    pub bpffs: PathBuf,
+    /// cgroup (relative to the cgroup2 mount) the programs attach to; `/` sees every
+    /// process, which selecting agents by user needs.
+    #[serde(default = "default_attach_cgroup")]
+    pub attach_cgroup: String,
+    /// SO_MARK put on the daemon's upstream sockets; the programs never redirect them.
+    #[serde(default = "default_mark")]
+    pub mark: u32,
+    /// Capacity of the connection table between established and accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Capacity of each selector map (agent cgroups, agent users, ports).
+    #[serde(default = "default_selector_capacity")]
+    pub selector_capacity: u32,
+    /// On a clean stop, detach the programs (agents then connect directly). With `false`
+    /// they stay attached and agent connections are refused until the daemon is back.
+    #[serde(default = "default_true")]
+    pub detach_on_stop: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    #[serde(default = "default_audit_path")]
+    pub path: PathBuf,
+}
+
+fn default_listen4() -> SocketAddr {
+    "127.0.0.1:15001".parse().expect("literal")
+}
+fn default_listen6() -> SocketAddr {
+    "[::1]:15001".parse().expect("literal")
+}
+fn default_ports() -> Vec<u16> {
+    vec![80, 443, 8080]
+}
+fn default_instance() -> String {
+    "default".into()
+}
+fn default_bpffs() -> PathBuf {
+    "/sys/fs/bpf".into()
+}
+fn default_attach_cgroup() -> String {
+    "/".into()
+}
+fn default_mark() -> u32 {
+    0x4d43_5047 // "MCPG"
+}
+fn default_max_connections() -> u32 {
+    65536
+}
+fn default_selector_capacity() -> u32 {
+    1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_audit_path() -> PathBuf {
+    "/var/log/mcp-gateway/audit.jsonl".into()
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self {
+            ipv4: default_listen4(),
+            ipv6: default_listen6(),
+        }
+    }
+}
+impl Default for Scope {
+    fn default() -> Self {
+        Self {
+            all_tcp: false,
+            ports: default_ports(),
+        }
+    }
+}
+impl Default for Intercept {
+    fn default() -> Self {
+        Self {
+            instance: default_instance(),
+            bpffs: default_bpffs(),
+            attach_cgroup: default_attach_cgroup(),
+            mark: default_mark(),
+            max_connections: default_max_connections(),
+            selector_capacity: default_selector_capacity(),
+            detach_on_stop: true,
+        }
+    }
+}
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            path: default_audit_path(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Resolved, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Resolved, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        validate::validate(config).map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

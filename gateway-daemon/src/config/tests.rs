@@ -1,0 +1,82 @@
+use std::path::Path;
+
+use super::{Config, ConfigError};
+
+fn parse(text: &str) -> Result<super::Resolved, ConfigError> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+fn invalid_key(text: &str) -> String {
+    match parse(text) {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let r = parse("[agents]\ncgroups = [\"mcp-agents.slice\"]\n").unwrap();
+    assert_eq!(r.config.listener.ipv4.to_string(), "127.0.0.1:15001");
+    assert_eq!(r.config.scope.ports, vec![80, 443, 8080]);
+    assert!(r.agent_uids.is_empty());
+}
+
+#[test]
+fn users_by_id_and_name_resolve() {
+    let r = parse("[agents]\nusers = [4242, \"nobody\"]\n").unwrap();
+    assert_eq!(r.agent_uids[0], 4242);
+    assert_eq!(r.agent_uids.len(), 2);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = parse("[agents]\ncgroups = [\"a\"]\nbogus = 1\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("bogus"), "{msg}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let e = parse("[scope]\nports = [\"http\"]\n[agents]\ncgroups=[\"a\"]\n").unwrap_err();
+    assert!(e.to_string().contains("ports"), "{e}");
+}
+
+#[test]
+fn validation_names_the_key() {
+    assert_eq!(invalid_key("[agents]\n"), "agents");
+    assert_eq!(
+        invalid_key("[agents]\nusers = [\"no-such-user-xyz\"]\n"),
+        "agents.users[0]"
+    );
+    assert_eq!(invalid_key("[agents]\nusers = [0]\n"), "agents.users");
+    assert_eq!(
+        invalid_key("[agents]\ncgroups = [\"../etc\"]\n"),
+        "agents.cgroups[0]"
+    );
+    assert_eq!(
+        invalid_key("[agents]\ncgroups=[\"a\"]\n[listener]\nipv4 = \"[::1]:1\"\n"),
+        "listener.ipv4"
+    );
+    assert_eq!(
+        invalid_key("[agents]\ncgroups=[\"a\"]\n[listener]\nipv4 = \"10.1.2.3:1\"\n"),
+        "listener"
+    );
+    assert_eq!(
+        invalid_key("[agents]\ncgroups=[\"a\"]\n[scope]\nports = []\n"),
+        "scope.ports"
+    );
+    assert_eq!(
+        invalid_key("[agents]\ncgroups=[\"a\"]\n[intercept]\ninstance = \"a/b\"\n"),
+        "intercept.instance"
+    );
+    assert_eq!(
+        invalid_key("[agents]\ncgroups=[\"a\"]\n[intercept]\nmark = 0\n"),
+        "intercept.mark"
+    );
+}
+
+#[test]
+fn example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/mcp-gateway.toml");
+    Config::load(&path).unwrap();
+}

@@ -1,0 +1,151 @@
+//! Checks a parsed config for what serde cannot: consistent addresses, resolvable users,
+//! sane names and sizes. Each failure names the key.
+
+use nix::unistd::User;
+
+use super::{Config, UserRef};
+
+/// A config that passed validation, with user names resolved to ids.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    pub agent_uids: Vec<u32>,
+}
+
+type Failure = (String, String);
+
+fn fail<T>(key: &str, message: impl Into<String>) -> Result<T, Failure> {
+    Err((key.to_string(), message.into()))
+}
+
+pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
+    let l = &config.listener;
+    if !l.ipv4.is_ipv4() {
+        return fail("listener.ipv4", format!("{} is not an IPv4 address", l.ipv4));
+    }
+    if !l.ipv6.is_ipv6() {
+        return fail("listener.ipv6", format!("{} is not an IPv6 address", l.ipv6));
+    }
+    if l.ipv4.port() == 0 || l.ipv6.port() == 0 {
+        return fail(
+            "listener",
+            "port 0 is not allowed: the eBPF programs need the port before the daemon binds",
+        );
+    }
+    if !l.ipv4.ip().is_loopback() || !l.ipv6.ip().is_loopback() {
+        return fail(
+            "listener",
+            "listener addresses must be loopback (127.0.0.0/8 and ::1): redirected agent \
+             connections must not be reachable from the network",
+        );
+    }
+
+    for (i, c) in config.agents.cgroups.iter().enumerate() {
+        if c.is_empty() || c.split('/').any(|part| part == "..") {
+            return fail(
+                &format!("agents.cgroups[{i}]"),
+                format!("{c:?} is not a cgroup path below the cgroup2 mount"),
+            );
+        }
+    }
+    let mut agent_uids = Vec::new();
+    for (i, u) in config.agents.users.iter().enumerate() {
+        match u {
+            UserRef::Id(id) => agent_uids.push(*id),
+            UserRef::Name(name) => match User::from_name(name) {
+                Ok(Some(user)) => agent_uids.push(user.uid.as_raw()),
+                Ok(None) => {
+                    return fail(
+                        &format!("agents.users[{i}]"),
+                        format!("no such user {name:?} (use a uid, or create the user)"),
+                    )
+                }
+                Err(e) => {
+                    return fail(
+                        &format!("agents.users[{i}]"),
+                        format!("looking up {name:?}: {e}"),
+                    )
+                }
+            },
+        }
+    }
+    if agent_uids.contains(&0) {
+        return fail(
+            "agents.users",
+            "root (uid 0) cannot be an agent: the daemon itself runs as root",
+        );
+    }
+    if config.agents.cgroups.is_empty() && agent_uids.is_empty() {
+        return fail(
+            "agents",
+            "no agents selected: set agents.cgroups and/or agents.users",
+        );
+    }
+
+    if !config.scope.all_tcp && config.scope.ports.is_empty() {
+        return fail(
+            "scope.ports",
+            "empty: list ports to mediate, or set scope.all_tcp = true",
+        );
+    }
+    if config.scope.ports.contains(&0) {
+        return fail("scope.ports", "port 0 is not a destination port");
+    }
+    let sizes = [
+        ("scope.ports", config.scope.ports.len()),
+        ("agents.cgroups", config.agents.cgroups.len()),
+        ("agents.users", agent_uids.len()),
+    ];
+    for (key, n) in sizes {
+        if n > config.intercept.selector_capacity as usize {
+            return fail(
+                key,
+                format!(
+                    "{n} entries exceed intercept.selector_capacity = {}",
+                    config.intercept.selector_capacity
+                ),
+            );
+        }
+    }
+
+    let i = &config.intercept;
+    if i.instance.is_empty()
+        || !i
+            .instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return fail(
+            "intercept.instance",
+            format!("{:?}: use letters, digits, '-' and '_'", i.instance),
+        );
+    }
+    if !i.bpffs.is_absolute() {
+        return fail("intercept.bpffs", "must be an absolute path");
+    }
+    if i.attach_cgroup.split('/').any(|part| part == "..") {
+        return fail(
+            "intercept.attach_cgroup",
+            "must be a path below the cgroup2 mount",
+        );
+    }
+    if i.mark == 0 {
+        return fail(
+            "intercept.mark",
+            "0 marks nothing: the daemon's own upstream connections need a non-zero mark",
+        );
+    }
+    if i.max_connections < 64 {
+        return fail("intercept.max_connections", "must be at least 64");
+    }
+    if i.selector_capacity == 0 {
+        return fail("intercept.selector_capacity", "must be at least 1");
+    }
+    if config.audit.path.as_os_str().is_empty() {
+        return fail("audit.path", "must not be empty");
+    }
+    Ok(Resolved {
+        config,
+        agent_uids,
+    })
+}

@@ -1,0 +1,194 @@
+//! Who opened a connection: the kernel's record from connect(), completed from procfs.
+//!
+//! The kernel facts (pid, uid, gid, cgroup id, process start) are the credential. procfs adds
+//! what the kernel record lacks (executable, command line, cgroup path, unit), and is only
+//! believed when the process found under the pid started at the same instant as the one the
+//! kernel saw: a pid reused since then yields no procfs facts at all.
+
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Group, Uid, User};
+use procfs::process::Process;
+use serde::Serialize;
+
+use crate::intercept::Redirected;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("process {tgid} exited before it could be inspected")]
+    Exited { tgid: u32 },
+    #[error("pid {tgid} now belongs to another process (started at tick {found}, the connecting one at tick {expected})")]
+    PidReused { tgid: u32, expected: u64, found: u64 },
+    #[error("reading /proc/{tgid}/{what}: {message}")]
+    Procfs {
+        tgid: u32,
+        what: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub user: Option<String>,
+    pub gid: u32,
+    pub group: Option<String>,
+    /// A label the process can set for itself, never a credential.
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// Process start, clock ticks since boot (as /proc/PID/stat field 22).
+    pub start_time: u64,
+    pub exe: Option<PathBuf>,
+    pub cmdline: Option<Vec<String>>,
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    /// Why the procfs facts are missing, when they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub procfs_error: Option<String>,
+}
+
+impl Identity {
+    pub fn resolve(r: &Redirected) -> Self {
+        let ticks = procfs::ticks_per_second().max(1);
+        let start_time = r.start_boottime_ns / (1_000_000_000 / ticks);
+        let mut id = Identity {
+            pid: r.pid,
+            tgid: r.tgid,
+            uid: r.uid,
+            user: User::from_uid(Uid::from_raw(r.uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name),
+            gid: r.gid,
+            group: Group::from_gid(Gid::from_raw(r.gid))
+                .ok()
+                .flatten()
+                .map(|g| g.name),
+            comm: r.comm.clone(),
+            cgroup_id: r.cgroup_id,
+            start_time,
+            exe: None,
+            cmdline: None,
+            cgroup: None,
+            unit: None,
+            procfs_error: None,
+        };
+        if let Err(e) = id.fill_from_procfs() {
+            id.procfs_error = Some(e.to_string());
+        }
+        id
+    }
+
+    fn fill_from_procfs(&mut self) -> Result<(), IdentityError> {
+        let tgid = self.tgid;
+        let err = |what: &'static str| {
+            move |e: procfs::ProcError| match e {
+                procfs::ProcError::NotFound(_) => IdentityError::Exited { tgid },
+                other => IdentityError::Procfs {
+                    tgid,
+                    what,
+                    message: other.to_string(),
+                },
+            }
+        };
+        // The handle holds /proc/TGID open: once the start time matches, every later read
+        // through it is about this very process, or fails if it has gone.
+        let proc = Process::new(tgid as i32).map_err(err("stat"))?;
+        let check = |proc: &Process| -> Result<(), IdentityError> {
+            let found = proc.stat().map_err(err("stat"))?.starttime;
+            if found != self.start_time {
+                return Err(IdentityError::PidReused {
+                    tgid,
+                    expected: self.start_time,
+                    found,
+                });
+            }
+            Ok(())
+        };
+        check(&proc)?;
+        let exe = proc.exe().map_err(err("exe"))?;
+        let cmdline = proc.cmdline().map_err(err("cmdline"))?;
+        let cgroup = proc
+            .cgroups()
+            .map_err(err("cgroup"))?
+            .into_iter()
+            .find(|c| c.hierarchy == 0)
+            .map(|c| c.pathname);
+        check(&proc)?;
+        self.unit = cgroup.as_deref().and_then(unit_of);
+        self.exe = Some(exe);
+        self.cmdline = Some(cmdline);
+        self.cgroup = cgroup;
+        Ok(())
+    }
+}
+
+/// The systemd unit a cgroup path belongs to: its innermost `.service` or `.scope`.
+pub fn unit_of(cgroup: &str) -> Option<String> {
+    cgroup
+        .rsplit('/')
+        .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_is_innermost_service_or_scope() {
+        assert_eq!(
+            unit_of("/mcp-agents.slice/claude.service").as_deref(),
+            Some("claude.service")
+        );
+        assert_eq!(
+            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope")
+                .as_deref(),
+            Some("run-r1.scope")
+        );
+        assert_eq!(unit_of("/mcp-agents.slice"), None);
+        assert_eq!(unit_of("/"), None);
+    }
+
+    #[test]
+    fn own_process_resolves_with_procfs_facts() {
+        let me = Process::myself().unwrap();
+        let stat = me.stat().unwrap();
+        let ticks = procfs::ticks_per_second();
+        let r = Redirected {
+            orig_dst: "127.0.0.1:1".parse().unwrap(),
+            pid: std::process::id(),
+            tgid: std::process::id(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            cgroup_id: 0,
+            start_boottime_ns: stat.starttime * (1_000_000_000 / ticks),
+            comm: "x".into(),
+        };
+        let id = Identity::resolve(&r);
+        assert_eq!(id.procfs_error, None);
+        assert_eq!(id.exe.unwrap(), std::env::current_exe().unwrap());
+    }
+
+    #[test]
+    fn a_different_start_time_is_pid_reuse() {
+        let me = Process::myself().unwrap();
+        let stat = me.stat().unwrap();
+        let ticks = procfs::ticks_per_second();
+        let r = Redirected {
+            orig_dst: "127.0.0.1:1".parse().unwrap(),
+            pid: std::process::id(),
+            tgid: std::process::id(),
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            start_boottime_ns: (stat.starttime + 5) * (1_000_000_000 / ticks),
+            comm: "x".into(),
+        };
+        let id = Identity::resolve(&r);
+        assert!(id.exe.is_none());
+        assert!(id.procfs_error.unwrap().contains("another process"));
+    }
+}

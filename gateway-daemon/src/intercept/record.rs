@@ -1,0 +1,110 @@
+//! Conversions between socket addresses and the kernel's interception records.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use gateway_ebpf::{GwRecord, GwTuple};
+
+const AF_INET6: u16 = libc::AF_INET6 as u16;
+
+/// IPv4 as v4-mapped IPv6, network byte order: the form both sides key by.
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The `gw_conns` key of an accepted connection.
+pub fn tuple_key(client: SocketAddr, listener: SocketAddr) -> GwTuple {
+    GwTuple {
+        client: addr_bytes(client.ip()),
+        listener: addr_bytes(listener.ip()),
+        client_port: client.port(),
+        listener_port: listener.port(),
+    }
+}
+
+/// The kernel's view of a redirected connect(), decoded.
+#[derive(Debug, Clone)]
+pub struct Redirected {
+    /// The destination the agent dialed, as the agent wrote it (v4-mapped stays v4-mapped
+    /// for an AF_INET6 socket).
+    pub orig_dst: SocketAddr,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    /// Thread-group leader's start, ns since boot.
+    pub start_boottime_ns: u64,
+    pub comm: String,
+}
+
+impl Redirected {
+    pub fn from_record(r: &GwRecord) -> Self {
+        let v6 = Ipv6Addr::from(r.orig_addr);
+        let ip = if r.orig_family == AF_INET6 {
+            IpAddr::V6(v6)
+        } else {
+            IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
+        };
+        let comm_len = r.comm.iter().position(|&b| b == 0).unwrap_or(r.comm.len());
+        Self {
+            orig_dst: SocketAddr::new(ip, r.orig_port),
+            pid: r.pid,
+            tgid: r.tgid,
+            uid: r.uid,
+            gid: r.gid,
+            cgroup_id: r.cgroup_id,
+            start_boottime_ns: r.start_boottime,
+            comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
+        }
+    }
+
+    /// Where the daemon connects upstream: a v4-mapped destination is dialed as IPv4.
+    pub fn upstream_addr(&self) -> SocketAddr {
+        match self.orig_dst.ip() {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), self.orig_dst.port()),
+                None => self.orig_dst,
+            },
+            IpAddr::V4(_) => self.orig_dst,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_and_v4_mapped_peers_share_a_key() {
+        let l: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let a = tuple_key("127.0.0.1:40000".parse().unwrap(), l);
+        let b = tuple_key(
+            "[::ffff:127.0.0.1]:40000".parse().unwrap(),
+            "[::ffff:127.0.0.1]:15001".parse().unwrap(),
+        );
+        assert_eq!(a, b);
+        assert_eq!(&a.client[10..], &[0xff, 0xff, 127, 0, 0, 1]);
+    }
+
+    #[test]
+    fn record_decodes_family_and_comm() {
+        let mut r = GwRecord {
+            orig_addr: addr_bytes("10.0.0.7".parse().unwrap()),
+            orig_port: 8080,
+            orig_family: libc::AF_INET as u16,
+            ..Default::default()
+        };
+        r.comm[..4].copy_from_slice(b"curl");
+        let d = Redirected::from_record(&r);
+        assert_eq!(d.orig_dst.to_string(), "10.0.0.7:8080");
+        assert_eq!(d.comm, "curl");
+
+        r.orig_family = AF_INET6;
+        let d = Redirected::from_record(&r);
+        assert_eq!(d.orig_dst.to_string(), "[::ffff:10.0.0.7]:8080");
+        assert_eq!(d.upstream_addr().to_string(), "10.0.0.7:8080");
+    }
+}

@@ -1,0 +1,160 @@
+//! mcp-gateway: a transparent host firewall for MCP traffic.
+
+mod audit;
+mod config;
+mod exec;
+mod identity;
+mod intercept;
+mod listen;
+mod passthrough;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+const DEFAULT_CONFIG: &str = "/etc/mcp-gateway/mcp-gateway.toml";
+
+#[derive(Parser)]
+#[command(name = "mcp-gateway", version, about = "Transparent eBPF-assisted firewall for MCP traffic")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the eBPF programs and mediate agent connections.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Run a command inside an agent cgroup (created when missing).
+    Exec {
+        /// cgroup path relative to the cgroup2 mount; defaults to the config's first
+        /// agents.cgroups entry.
+        #[arg(long)]
+        cgroup: Option<String>,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Validate a config file; exit status 0 when valid.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() {
+    if let Err(e) = run_cli(Cli::parse()) {
+        // `{:#}` prints the cause chain on one line; the Debug form would add a backtrace.
+        eprintln!("mcp-gateway: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig { file } => {
+            config::Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Exec {
+            cgroup,
+            config,
+            command,
+        } => {
+            let cgroup = match cgroup {
+                Some(c) => c,
+                None => config::Config::load(&config)?
+                    .config
+                    .agents
+                    .cgroups
+                    .first()
+                    .cloned()
+                    .with_context(|| {
+                        format!(
+                            "{} has no agents.cgroups entry: pass --cgroup NAME",
+                            config.display()
+                        )
+                    })?,
+            };
+            exec::exec(&cgroup, &command)
+        }
+        Command::Run { config } => {
+            init_logging();
+            let resolved = config::Config::load(&config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run(resolved))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(resolved: config::Resolved) -> anyhow::Result<()> {
+    let cfg = resolved.config.clone();
+    let (sink, writer) = audit::open(&cfg.audit.path).await?;
+    // Listen before attaching: the first redirected connection must find a listener.
+    let listeners = vec![
+        listen::bind(cfg.listener.ipv4).await?,
+        listen::bind(cfg.listener.ipv6).await?,
+    ];
+    let interceptor = Arc::new(intercept::Interceptor::start(&resolved)?);
+    let a = &interceptor.attached;
+    tracing::info!(
+        cgroup2 = %a.cgroup2.display(),
+        attach = %a.attach_cgroup.display(),
+        pins = %a.pin_dir.display(),
+        agent_cgroups = ?a.agent_cgroups,
+        agent_uids = ?resolved.agent_uids,
+        replaced_links = a.replaced_links,
+        ipv4 = %cfg.listener.ipv4,
+        ipv6 = %cfg.listener.ipv6,
+        "ready: programs attached"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    let server = listen::Server {
+        interceptor: interceptor.clone(),
+        audit: sink,
+        mark: cfg.intercept.mark,
+    };
+    server.serve(listeners, stop, Duration::from_secs(5)).await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    drop(server);
+
+    let interceptor = Arc::try_unwrap(interceptor)
+        .map_err(|_| anyhow::anyhow!("interceptor still in use at shutdown"))?;
+    if cfg.intercept.detach_on_stop {
+        interceptor.detach()?;
+        tracing::info!("programs detached");
+    } else {
+        interceptor.keep_attached();
+        tracing::info!("programs left attached (intercept.detach_on_stop = false): agent connections are refused until the daemon is back");
+    }
+    writer.finish().await;
+    Ok(())
+}

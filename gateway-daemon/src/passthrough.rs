@@ -1,0 +1,97 @@
+//! Byte pipe to the original destination, for connections no MCP stage handles: the
+//! daemon dials the destination the agent asked for (its socket marked so the eBPF
+//! programs leave it alone) and copies both ways, counting bytes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr}: no answer within {secs} s")]
+    ConnectTimeout { addr: SocketAddr, secs: u64 },
+    #[error("setting SO_MARK {mark:#x} on the upstream socket: {source}")]
+    Mark { mark: u32, source: nix::Error },
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Dials `addr` with SO_MARK `mark`.
+pub async fn connect(addr: SocketAddr, mark: u32) -> Result<TcpStream, PassthroughError> {
+    let err = |source| PassthroughError::Connect { addr, source };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(|source| PassthroughError::Mark { mark, source })?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr)).await {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(PassthroughError::ConnectTimeout {
+            addr,
+            secs: CONNECT_TIMEOUT.as_secs(),
+        }),
+    }
+}
+
+/// Bytes moved each way, and the first error of each direction.
+#[derive(Debug, Default)]
+pub struct Transfer {
+    pub to_upstream: u64,
+    pub to_agent: u64,
+    pub error: Option<String>,
+}
+
+/// Copies both ways until both directions end; half-closes are passed on.
+pub async fn relay(agent: TcpStream, upstream: TcpStream) -> Transfer {
+    let (mut ar, mut aw) = agent.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let (up, down) = tokio::join!(pump(&mut ar, &mut uw), pump(&mut ur, &mut aw));
+    let error = [up.1, down.1]
+        .into_iter()
+        .flatten()
+        .map(|e| e.to_string())
+        .reduce(|a, b| format!("{a}; {b}"));
+    Transfer {
+        to_upstream: up.0,
+        to_agent: down.0,
+        error,
+    }
+}
+
+/// Copies until EOF, then shuts the write side; counts even when it fails.
+async fn pump<R, W>(r: &mut R, w: &mut W) -> (u64, Option<std::io::Error>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                return (n, None);
+            }
+            Ok(k) => {
+                if let Err(e) = w.write_all(&buf[..k]).await {
+                    return (n, Some(e));
+                }
+                n += k as u64;
+            }
+            Err(e) => {
+                let _ = w.shutdown().await;
+                return (n, Some(e));
+            }
+        }
+    }
+}

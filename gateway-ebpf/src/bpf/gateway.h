@@ -1,0 +1,64 @@
+/* Structs shared between the eBPF programs and user space.
+ *
+ * Mirrored as #[repr(C)] types in gateway-ebpf/src/lib.rs; both sides assert sizes and
+ * offsets so a change on one side that is not made on the other fails the build. */
+#ifndef MCP_GATEWAY_H
+#define MCP_GATEWAY_H
+
+#define GW_COMM_LEN 16
+/* Deepest cgroup nesting searched for an agent ancestor. */
+#define GW_MAX_CGROUP_DEPTH 32
+
+/* Key of the `conns` map: the connection as the daemon sees it on accept.
+ * Addresses are 16 bytes in network order, IPv4 written v4-mapped (::ffff:a.b.c.d) on both
+ * sides so an AF_INET6 agent socket dialing a v4-mapped address meets the daemon's v4 view. */
+struct gw_tuple {
+	__u32 client[4];
+	__u32 listener[4];
+	__u16 client_port;   /* host order */
+	__u16 listener_port; /* host order */
+};
+
+/* What the kernel saw at connect(): the original destination and who asked for it. */
+struct gw_record {
+	__u32 orig_addr[4];  /* network order, IPv4 v4-mapped */
+	__u16 orig_port;     /* host order */
+	__u16 orig_family;   /* AF_INET or AF_INET6: the agent socket's family */
+	__u32 pid;           /* thread id of the caller */
+	__u32 tgid;          /* process id */
+	__u32 uid;
+	__u32 gid;
+	__u32 _pad;
+	__u64 cgroup_id;     /* cgroup2 id of the calling task */
+	__u64 start_boottime; /* ns since boot, thread-group leader: guards pid reuse */
+	__u64 connect_boot_ns;
+	char comm[GW_COMM_LEN];
+};
+
+/* The single entry of the `config` array map, written by the daemon. */
+struct gw_config {
+	__u32 listen4;        /* network order */
+	__u32 listen6[4];     /* network order */
+	__u16 listen4_port;   /* host order */
+	__u16 listen6_port;   /* host order */
+	__u32 daemon_tgid;    /* the daemon's own connections are never redirected */
+	__u32 mark;           /* SO_MARK of the daemon's upstream sockets: never redirected */
+	__u8 enabled;         /* 0 until the daemon has filled the selector maps */
+	__u8 all_tcp;         /* every TCP port is in scope, not only `scope_ports` */
+	__u16 _pad;
+};
+
+/* Layout contract with gateway-ebpf/src/lib.rs (which asserts the same numbers). */
+_Static_assert(sizeof(struct gw_tuple) == 36, "gw_tuple size");
+_Static_assert(__builtin_offsetof(struct gw_tuple, client_port) == 32, "gw_tuple.client_port");
+_Static_assert(sizeof(struct gw_record) == 80, "gw_record size");
+_Static_assert(__builtin_offsetof(struct gw_record, orig_port) == 16, "gw_record.orig_port");
+_Static_assert(__builtin_offsetof(struct gw_record, pid) == 20, "gw_record.pid");
+_Static_assert(__builtin_offsetof(struct gw_record, cgroup_id) == 40, "gw_record.cgroup_id");
+_Static_assert(__builtin_offsetof(struct gw_record, comm) == 64, "gw_record.comm");
+_Static_assert(sizeof(struct gw_config) == 36, "gw_config size");
+_Static_assert(__builtin_offsetof(struct gw_config, listen4_port) == 20, "gw_config.listen4_port");
+_Static_assert(__builtin_offsetof(struct gw_config, daemon_tgid) == 24, "gw_config.daemon_tgid");
+_Static_assert(__builtin_offsetof(struct gw_config, enabled) == 32, "gw_config.enabled");
+
+#endif

@@ -1,0 +1,90 @@
+//! The kernel side of mcp-gateway: the compiled eBPF object and the `#[repr(C)]` mirrors of
+//! the structs in `src/bpf/gateway.h`.
+//!
+//! Size and offset assertions here and `_Static_assert`s in the header pin both sides to the
+//! same layout, so a change made on one side only fails the build.
+
+use std::mem::{offset_of, size_of};
+
+/// The object file with every program and map, built by `build.rs`.
+pub static REDIRECT_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
+
+/// Program names (C function names) and their roles.
+pub const PROG_CONNECT4: &str = "gw_connect4";
+pub const PROG_CONNECT6: &str = "gw_connect6";
+pub const PROG_SOCKOPS: &str = "gw_sockops";
+pub const PROG_GETPEERNAME4: &str = "gw_getpeername4";
+pub const PROG_GETPEERNAME6: &str = "gw_getpeername6";
+
+/// Map names, as pinned under the instance's bpffs directory.
+pub const MAP_CONFIG: &str = "gw_config";
+pub const MAP_AGENT_CGROUPS: &str = "gw_agent_cgroups";
+pub const MAP_AGENT_UIDS: &str = "gw_agent_uids";
+pub const MAP_SCOPE_PORTS: &str = "gw_scope_ports";
+pub const MAP_CONNS: &str = "gw_conns";
+pub const MAP_PENDING: &str = "gw_pending";
+
+pub const COMM_LEN: usize = 16;
+
+/// Key of `gw_conns`: addresses in network byte order, IPv4 written v4-mapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GwTuple {
+    pub client: [u8; 16],
+    pub listener: [u8; 16],
+    pub client_port: u16,
+    pub listener_port: u16,
+}
+
+/// What the kernel saw at `connect()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GwRecord {
+    pub orig_addr: [u8; 16],
+    pub orig_port: u16,
+    pub orig_family: u16,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub start_boottime: u64,
+    pub connect_boot_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The single entry of `gw_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GwConfig {
+    pub listen4: [u8; 4],
+    pub listen6: [u8; 16],
+    pub listen4_port: u16,
+    pub listen6_port: u16,
+    pub daemon_tgid: u32,
+    pub mark: u32,
+    pub enabled: u8,
+    pub all_tcp: u8,
+    pub _pad: u16,
+}
+
+// SAFETY: plain `#[repr(C)]` data without padding holes that the kernel could read
+// uninitialised (explicit `_pad` fields), valid for every bit pattern.
+unsafe impl aya::Pod for GwTuple {}
+unsafe impl aya::Pod for GwRecord {}
+unsafe impl aya::Pod for GwConfig {}
+
+const _: () = {
+    assert!(size_of::<GwTuple>() == 36);
+    assert!(offset_of!(GwTuple, client_port) == 32);
+    assert!(size_of::<GwRecord>() == 80);
+    assert!(offset_of!(GwRecord, orig_port) == 16);
+    assert!(offset_of!(GwRecord, pid) == 20);
+    assert!(offset_of!(GwRecord, cgroup_id) == 40);
+    assert!(offset_of!(GwRecord, comm) == 64);
+    assert!(size_of::<GwConfig>() == 36);
+    assert!(offset_of!(GwConfig, listen4_port) == 20);
+    assert!(offset_of!(GwConfig, daemon_tgid) == 24);
+    assert!(offset_of!(GwConfig, enabled) == 32);
+};
