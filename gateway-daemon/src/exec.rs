@@ -22,8 +22,5 @@ pub fn exec(cgroup_rel: &str, argv: &[std::ffi::OsString]) -> anyhow::Result<()>
         .collect::<Result<_, _>>()
         .context("an argument contains a NUL byte")?;
     let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
-    bail!(
-        "cannot run {}: {err}",
-        Path::new(&argv[0]).display()
-    )
+    bail!("cannot run {}: {err}", Path::new(&argv[0]).display())
 }

@@ -18,7 +18,11 @@ pub enum IdentityError {
     #[error("process {tgid} exited before it could be inspected")]
     Exited { tgid: u32 },
     #[error("pid {tgid} now belongs to another process (started at tick {found}, the connecting one at tick {expected})")]
-    PidReused { tgid: u32, expected: u64, found: u64 },
+    PidReused {
+        tgid: u32,
+        expected: u64,
+        found: u64,
+    },
     #[error("reading /proc/{tgid}/{what}: {message}")]
     Procfs {
         tgid: u32,

@@ -109,7 +109,10 @@ impl Server {
             tracing::info!(open = flows.len(), "waiting for open flows to end");
             let drain = async { while flows.join_next().await.is_some() {} };
             if tokio::time::timeout(grace, drain).await.is_err() {
-                tracing::warn!(open = flows.len(), "closing flows still open after the grace period");
+                tracing::warn!(
+                    open = flows.len(),
+                    "closing flows still open after the grace period"
+                );
                 flows.shutdown().await;
             }
         }
@@ -175,7 +178,12 @@ async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, audit: AuditS
             (t, "upstream_connect_failed")
         }
     };
-    tracing::debug!(up = transfer.to_upstream, down = transfer.to_agent, outcome, "flow end");
+    tracing::debug!(
+        up = transfer.to_upstream,
+        down = transfer.to_agent,
+        outcome,
+        "flow end"
+    );
     audit
         .record(&FlowRecord {
             kind: "flow",

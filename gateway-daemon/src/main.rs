@@ -19,7 +19,11 @@ use tokio::signal::unix::{signal, SignalKind};
 const DEFAULT_CONFIG: &str = "/etc/mcp-gateway/mcp-gateway.toml";
 
 #[derive(Parser)]
-#[command(name = "mcp-gateway", version, about = "Transparent eBPF-assisted firewall for MCP traffic")]
+#[command(
+    name = "mcp-gateway",
+    version,
+    about = "Transparent eBPF-assisted firewall for MCP traffic"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,6 +111,13 @@ fn init_logging() {
 }
 
 async fn run(resolved: config::Resolved) -> anyhow::Result<()> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        anyhow::bail!(
+            "mcp-gateway run needs root: it loads eBPF programs, attaches them to the cgroup2 \
+             hierarchy and mounts bpffs (running as uid {euid})"
+        );
+    }
     let cfg = resolved.config.clone();
     let (sink, writer) = audit::open(&cfg.audit.path).await?;
     // Listen before attaching: the first redirected connection must find a listener.

@@ -1,1 +1,90 @@
+//! Shared helpers of the privileged integration tests: a real daemon per test (its own
+//! instance, cgroup, listener and audit file), agents started inside its cgroup or as an
+//! agent user, and echo servers to talk to.
+//!
+//! Nothing here is mocked: the daemon is the built `mcp-gateway` binary, the agents are
+//! unmodified Python processes, redirection is the real eBPF programs.
 
+mod echo;
+mod gateway;
+
+pub use echo::EchoServer;
+pub use gateway::{Gateway, GatewayOptions};
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The agent program every test runs. It is passed with `-c` so that any uid can run it.
+pub const PROBE: &str = include_str!("probe.py");
+
+/// Debian's interpreter: readable by every uid, unlike a per-user pyenv.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Fails loudly, never skips, when the privileged suite cannot run here.
+pub fn require_privileges() {
+    let euid = nix::unistd::geteuid();
+    assert!(
+        euid.is_root(),
+        "the privileged integration tests need root (they load eBPF, attach to cgroups and \
+         create users' cgroups); run them with `sudo cargo xtask test`. Running as uid {euid}."
+    );
+    assert!(
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux missing): mcp-gateway needs a kernel \
+         built with CONFIG_DEBUG_INFO_BTF=y"
+    );
+    assert!(
+        std::path::Path::new(PYTHON).exists(),
+        "{PYTHON} is missing: install it with `apt-get install -y python3` (cargo xtask test does)"
+    );
+}
+
+/// The daemon binary: `$MCP_GATEWAY_BIN` (set by `cargo xtask test`), else the workspace's
+/// debug build.
+pub fn gateway_bin() -> PathBuf {
+    let path = std::env::var_os("MCP_GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/mcp-gateway")
+        });
+    assert!(
+        path.exists(),
+        "{} does not exist: build the daemon first (`cargo build -p gateway-daemon`), or run \
+         the suite with `cargo xtask test`, which does",
+        path.display()
+    );
+    path
+}
+
+/// Runs the probe and parses its JSON line; panics with its stderr when it fails.
+pub fn run_probe(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().expect("starting the agent probe");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "agent probe failed ({}): stdout={stdout} stderr={}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("probe output {stdout:?}: {e}"))
+}
+
+/// Probe arguments: host, port, mode, payload size, family.
+pub fn probe_args(host: &str, port: u16, mode: &str, size: usize) -> Vec<String> {
+    vec![
+        "-c".into(),
+        PROBE.into(),
+        host.into(),
+        port.to_string(),
+        mode.into(),
+        size.to_string(),
+    ]
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a free port")
+}

@@ -21,10 +21,16 @@ fn fail<T>(key: &str, message: impl Into<String>) -> Result<T, Failure> {
 pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
     let l = &config.listener;
     if !l.ipv4.is_ipv4() {
-        return fail("listener.ipv4", format!("{} is not an IPv4 address", l.ipv4));
+        return fail(
+            "listener.ipv4",
+            format!("{} is not an IPv4 address", l.ipv4),
+        );
     }
     if !l.ipv6.is_ipv6() {
-        return fail("listener.ipv6", format!("{} is not an IPv6 address", l.ipv6));
+        return fail(
+            "listener.ipv6",
+            format!("{} is not an IPv6 address", l.ipv6),
+        );
     }
     if l.ipv4.port() == 0 || l.ipv6.port() == 0 {
         return fail(
@@ -144,8 +150,5 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
     if config.audit.path.as_os_str().is_empty() {
         return fail("audit.path", "must not be empty");
     }
-    Ok(Resolved {
-        config,
-        agent_uids,
-    })
+    Ok(Resolved { config, agent_uids })
 }

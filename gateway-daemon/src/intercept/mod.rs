@@ -144,7 +144,8 @@ impl Interceptor {
             gateway_ebpf::MAP_SCOPE_PORTS,
             cfg.scope.ports.iter().copied().collect(),
         )?;
-        let mut config_map: Array<MapData, GwConfig> = take_map(&mut ebpf, gateway_ebpf::MAP_CONFIG)?;
+        let mut config_map: Array<MapData, GwConfig> =
+            take_map(&mut ebpf, gateway_ebpf::MAP_CONFIG)?;
         let gw_config = GwConfig {
             listen4: match cfg.listener.ipv4.ip() {
                 IpAddr::V4(v4) => v4.octets(),
@@ -238,10 +239,7 @@ impl Interceptor {
 
     /// Stops redirecting and removes every pin of this instance.
     pub fn detach(self) -> Result<(), InterceptError> {
-        let mut cfg = self
-            .config_map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cfg = self.config_map.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(mut c) = cfg.get(&0, 0) {
             c.enabled = 0;
             let _ = cfg.set(0, c, 0);

@@ -1,0 +1,254 @@
+//! One real `mcp-gateway run` per test, isolated from every other test: its own pin
+//! instance, agent cgroup, listener ports and audit file.
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::{free_port, gateway_bin, require_privileges};
+
+/// What a test wants of its daemon.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayOptions {
+    /// Destination ports in scope.
+    pub ports: Vec<u16>,
+    /// Agent uids (besides the test's own agent cgroup).
+    pub users: Vec<u32>,
+    /// Whether the test's agent cgroup is an agent cgroup (true unless selecting by uid only).
+    pub no_cgroup: bool,
+}
+
+pub struct Gateway {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub audit: PathBuf,
+    /// Agent cgroup, relative to the cgroup2 mount.
+    pub cgroup: String,
+    pub instance: String,
+    pub listen4: u16,
+    pub listen6: u16,
+    child: Option<Child>,
+}
+
+impl Gateway {
+    /// Starts a daemon and waits until it reports READY=1 (programs attached).
+    pub fn start(name: &str, opts: GatewayOptions) -> Self {
+        require_privileges();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mcp-gw-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let unique = format!("{name}-{}", std::process::id());
+        let cgroup = format!("mcp-gateway-tests/{unique}");
+        let instance = format!("t-{unique}");
+        let (listen4, listen6) = (free_port(), free_port());
+        let audit = dir.path().join("audit.jsonl");
+        let cgroups = if opts.no_cgroup {
+            String::new()
+        } else {
+            format!("{cgroup:?}")
+        };
+        let users: Vec<String> = opts.users.iter().map(u32::to_string).collect();
+        let ports: Vec<String> = opts.ports.iter().map(u16::to_string).collect();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[listener]\nipv4 = \"127.0.0.1:{listen4}\"\nipv6 = \"[::1]:{listen6}\"\n\
+                 [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
+                 [scope]\nports = [{}]\n\
+                 [intercept]\ninstance = \"{instance}\"\n\
+                 [audit]\npath = \"{}\"\n",
+                users.join(", "),
+                ports.join(", "),
+                audit.display()
+            ),
+        )
+        .unwrap();
+        let mut gw = Gateway {
+            name: name.into(),
+            dir,
+            config,
+            audit,
+            cgroup,
+            instance,
+            listen4,
+            listen6,
+            child: None,
+        };
+        gw.launch();
+        gw
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.stderr")
+    }
+
+    /// The daemon's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    /// Starts the daemon process and waits for READY=1 on a notify socket, as systemd would.
+    pub fn launch(&mut self) {
+        let notify = self.dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify);
+        let sock = UnixDatagram::bind(&notify).expect("notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_path())
+            .unwrap();
+        let child = Command::new(gateway_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("NOTIFY_SOCKET", &notify)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning mcp-gateway");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = sock.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "mcp-gateway exited before it was ready ({status}):\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mcp-gateway not ready after 30 s:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: no chance to detach, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait: the clean stop. Returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("mcp-gateway ignored SIGTERM for 15 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `mcp-gateway exec` into this test's agent cgroup.
+    pub fn agent(&self, program: &str, args: &[String]) -> Command {
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args(["exec", "--cgroup", &self.cgroup, "--", program]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// Every audit record so far.
+    pub fn audit_records(&self) -> Vec<Value> {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.audit) {
+            f.read_to_string(&mut text).unwrap();
+        }
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits (up to 10 s) for a record that `pred` accepts.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(r) = self.audit_records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {what} in {}:\n{:#?}\ndaemon log:\n{}",
+                self.audit.display(),
+                self.audit_records(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The flow record of the connection the agent made from `local` (its own address).
+    pub fn flow_from(&self, local: &Value) -> Value {
+        let port = local[1].as_u64().expect("probe reports its local port");
+        self.wait_record(&format!("for the flow from port {port}"), |r| {
+            r["type"] == "flow"
+                && r["client"]
+                    .as_str()
+                    .and_then(|c| c.rsplit(':').next())
+                    .and_then(|p| p.parse::<u64>().ok())
+                    == Some(port)
+        })
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/mcp-gateway").join(&self.instance)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        // After a SIGKILL test the pins are still there: removing them detaches the links.
+        let _ = std::fs::remove_dir_all(self.pin_dir());
+        if let Ok(mount) = cgroup2_mount() {
+            let _ = std::fs::remove_dir(mount.join(&self.cgroup));
+        }
+    }
+}
+
+fn cgroup2_mount() -> std::io::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if post.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+        })
+        .ok_or_else(|| std::io::Error::other("no cgroup2 mount"))
+}
