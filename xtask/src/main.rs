@@ -1,1 +1,214 @@
-fn main() {}
+//! `cargo xtask run|test`: the two commands of the README, with the build's system
+//! packages installed where missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build mcp-gateway and run it (as root) on a config (default: the example config).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the whole test suite: unit tests, then the privileged integration tests (root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Install the system packages the build and the tests need (apt, as root).
+    Deps,
+}
+
+/// A system package the build or the tests need, and how to tell it is present.
+struct Need {
+    package: &'static str,
+    present: fn() -> bool,
+}
+
+const NEEDS: &[Need] = &[
+    Need {
+        package: "clang-19",
+        present: || {
+            ["clang-19", "clang-18", "clang-17", "clang-16", "clang"]
+                .iter()
+                .any(|c| runs(c, &["--version"]))
+        },
+    },
+    Need {
+        package: "libbpf-dev",
+        present: || Path::new("/usr/include/bpf/bpf_helpers.h").exists(),
+    },
+    Need {
+        package: "python3",
+        present: || Path::new("/usr/bin/python3").exists(),
+    },
+];
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Deps => ensure_deps(),
+        Cmd::Run { config, release } => {
+            ensure_deps()?;
+            let bin = build_daemon(release)?;
+            let config = config.unwrap_or_else(|| root.join("systemd/mcp-gateway.toml"));
+            // The daemon needs root (eBPF); the build does not.
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            let status = cmd
+                .args(["run", "--config"])
+                .arg(&config)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            if !status.success() {
+                bail!("mcp-gateway exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            ensure_deps()?;
+            let bin = build_daemon(false)?;
+            cargo(
+                &["test", "--workspace", "--exclude", "gateway-tests"],
+                &args,
+                &bin,
+            )?;
+            // The privileged suite runs as root: through sudo when we are not, as the test
+            // binary's runner, so the build itself stays unprivileged.
+            let mut cmd = Command::new(cargo_bin());
+            if !is_root() {
+                eprintln!("xtask: running the privileged integration tests through sudo");
+                cmd.env(
+                    format!(
+                        "CARGO_TARGET_{}_RUNNER",
+                        host_triple()?.to_uppercase().replace('-', "_")
+                    ),
+                    "sudo -E",
+                );
+            }
+            cmd.args(["test", "-p", "gateway-tests"]);
+            run_cargo(cmd, &args, &bin)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ensure_deps() -> Result<()> {
+    let missing: Vec<&str> = NEEDS
+        .iter()
+        .filter(|n| !(n.present)())
+        .map(|n| n.package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "missing system packages: {}. Install them with: sudo sh -c '{cmd}'",
+            missing.join(", ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(", "));
+    let ok = Command::new("sh")
+        .args(["-c", &cmd])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?
+        .success();
+    if !ok {
+        bail!("`{cmd}` failed");
+    }
+    Ok(())
+}
+
+fn build_daemon(release: bool) -> Result<PathBuf> {
+    let mut args = vec!["build", "-p", "gateway-daemon"];
+    if release {
+        args.push("--release");
+    }
+    let status = Command::new(cargo_bin()).args(&args).status()?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root()
+        .join("target")
+        .join(profile)
+        .join("mcp-gateway"))
+}
+
+fn cargo(base: &[&str], extra: &[String], bin: &Path) -> Result<()> {
+    let mut cmd = Command::new(cargo_bin());
+    cmd.args(base);
+    run_cargo(cmd, extra, bin)
+}
+
+fn run_cargo(mut cmd: Command, extra: &[String], bin: &Path) -> Result<()> {
+    cmd.env("MCP_GATEWAY_BIN", bin);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("{cmd:?} failed");
+    }
+    Ok(())
+}
+
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_string)
+        .context("rustc -vV printed no host triple")
+}
+
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
