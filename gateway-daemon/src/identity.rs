@@ -156,42 +156,33 @@ mod tests {
         assert_eq!(unit_of("/"), None);
     }
 
-    #[test]
-    fn own_process_resolves_with_procfs_facts() {
-        let me = Process::myself().unwrap();
-        let stat = me.stat().unwrap();
+    /// A kernel record for this test process, its start shifted by `ticks_off`.
+    fn own_record(ticks_off: u64) -> Redirected {
+        let stat = Process::myself().unwrap().stat().unwrap();
         let ticks = procfs::ticks_per_second();
-        let r = Redirected {
+        Redirected {
             orig_dst: "127.0.0.1:1".parse().unwrap(),
             pid: std::process::id(),
             tgid: std::process::id(),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
             cgroup_id: 0,
-            start_boottime_ns: stat.starttime * (1_000_000_000 / ticks),
+            start_boottime_ns: (stat.starttime + ticks_off) * (1_000_000_000 / ticks),
             comm: "x".into(),
-        };
-        let id = Identity::resolve(&r);
+        }
+    }
+
+    #[test]
+    fn own_process_resolves_with_procfs_facts() {
+        let id = Identity::resolve(&own_record(0));
         assert_eq!(id.procfs_error, None);
         assert_eq!(id.exe.unwrap(), std::env::current_exe().unwrap());
+        assert_eq!(id.cmdline.unwrap(), std::env::args().collect::<Vec<_>>());
     }
 
     #[test]
     fn a_different_start_time_is_pid_reuse() {
-        let me = Process::myself().unwrap();
-        let stat = me.stat().unwrap();
-        let ticks = procfs::ticks_per_second();
-        let r = Redirected {
-            orig_dst: "127.0.0.1:1".parse().unwrap(),
-            pid: std::process::id(),
-            tgid: std::process::id(),
-            uid: 0,
-            gid: 0,
-            cgroup_id: 0,
-            start_boottime_ns: (stat.starttime + 5) * (1_000_000_000 / ticks),
-            comm: "x".into(),
-        };
-        let id = Identity::resolve(&r);
+        let id = Identity::resolve(&own_record(5));
         assert!(id.exe.is_none());
         assert!(id.procfs_error.unwrap().contains("another process"));
     }

@@ -172,32 +172,28 @@ impl Interceptor {
         })?;
         // bpffs refuses names with a dot.
         let tag = format!("{}_{}", std::process::id(), boot_ns());
+        // The two program types share no attach trait in aya; the steps are the same.
+        macro_rules! attach_pinned {
+            ($ty:ty, $name:expr) => {{
+                let name = $name;
+                let prog: &mut $ty = program(&mut ebpf, name)?;
+                prog.load().map_err(|e| prog_err(name, &e))?;
+                let id = prog
+                    .attach(&cgroup_file, LINK_MODE)
+                    .map_err(|e| prog_err(name, &e))?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(|e| prog_err(name, &e))?
+                    .try_into()
+                    .map_err(|e: LinkError| prog_err(name, &e))?;
+                pin(link, &links_dir.join(format!("{name}_{tag}")))?
+            }};
+        }
         let mut links = Vec::new();
         for name in SOCK_ADDR_PROGS {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| prog_err(name, &e))?;
-            let id = prog
-                .attach(&cgroup_file, LINK_MODE)
-                .map_err(|e| prog_err(name, &e))?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(|e| prog_err(name, &e))?
-                .try_into()
-                .map_err(|e: LinkError| prog_err(name, &e))?;
-            links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
+            links.push(attach_pinned!(CgroupSockAddr, name));
         }
-        let name = gateway_ebpf::PROG_SOCKOPS;
-        let prog: &mut SockOps = program(&mut ebpf, name)?;
-        prog.load().map_err(|e| prog_err(name, &e))?;
-        let id = prog
-            .attach(&cgroup_file, LINK_MODE)
-            .map_err(|e| prog_err(name, &e))?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(|e| prog_err(name, &e))?
-            .try_into()
-            .map_err(|e: LinkError| prog_err(name, &e))?;
-        links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
+        links.push(attach_pinned!(SockOps, gateway_ebpf::PROG_SOCKOPS));
 
         // The new programs are attached and share the pinned maps: only now let go of
         // the old ones.
