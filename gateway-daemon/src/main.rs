@@ -1,12 +1,6 @@
 //! mcp-gateway: a transparent host firewall for MCP traffic.
 
-mod audit;
-mod config;
-mod exec;
-mod identity;
-mod intercept;
-mod listen;
-mod passthrough;
+use gateway_daemon::{audit, config, exec, intercept, listen, mcp};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -151,7 +145,11 @@ async fn run(resolved: config::Resolved) -> anyhow::Result<()> {
     let server = listen::Server {
         interceptor: interceptor.clone(),
         audit: sink,
-        mark: cfg.intercept.mark,
+        sessions: Arc::new(mcp::Sessions::new(
+            cfg.http.max_sessions,
+            cfg.http.max_pending,
+        )),
+        config: Arc::new(cfg.clone()),
     };
     server.serve(listeners, stop, Duration::from_secs(5)).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

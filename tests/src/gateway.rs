@@ -22,6 +22,8 @@ pub struct GatewayOptions {
     pub users: Vec<u32>,
     /// Whether the test's agent cgroup is an agent cgroup (true unless selecting by uid only).
     pub no_cgroup: bool,
+    /// More TOML appended to the config (e.g. `[http]` limits, `[[server]]` entries).
+    pub extra: String,
 }
 
 pub struct Gateway {
@@ -65,10 +67,11 @@ impl Gateway {
                  [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
                  [scope]\nports = [{}]\n\
                  [intercept]\ninstance = \"{instance}\"\n\
-                 [audit]\npath = \"{}\"\n",
+                 [audit]\npath = \"{}\"\n{}\n",
                 users.join(", "),
                 ports.join(", "),
-                audit.display()
+                audit.display(),
+                opts.extra
             ),
         )
         .unwrap();
@@ -231,6 +234,14 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- mcp-gateway log of {} ----\n{}\n---- audit ----\n{}",
+                self.name,
+                self.log(),
+                std::fs::read_to_string(&self.audit).unwrap_or_default()
+            );
         }
         // After a SIGKILL test the pins are still there: removing them detaches the links.
         let _ = std::fs::remove_dir_all(self.pin_dir());

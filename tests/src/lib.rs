@@ -7,6 +7,7 @@
 
 mod echo;
 mod gateway;
+pub mod peers;
 
 pub use echo::EchoServer;
 pub use gateway::{Gateway, GatewayOptions};

@@ -233,6 +233,7 @@ fn agent_uid_is_redirected_outside_any_agent_cgroup() {
             ports: vec![port],
             users: vec![uid],
             no_cgroup: true,
+            ..Default::default()
         },
     );
     let mut cmd = Command::new(PYTHON);

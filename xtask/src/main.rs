@@ -1,6 +1,8 @@
 //! `cargo xtask run|test`: the two commands of the README, with the build's system
 //! packages installed where missing.
 
+mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -32,6 +34,8 @@ enum Cmd {
     },
     /// Install the system packages the build and the tests need (apt, as root).
     Deps,
+    /// Install the MCP test peers (server-everything, the Python SDK) into target/peers.
+    Peers,
 }
 
 /// A system package the build or the tests need, and how to tell it is present.
@@ -57,6 +61,19 @@ const NEEDS: &[Need] = &[
         package: "python3",
         present: || Path::new("/usr/bin/python3").exists(),
     },
+    // The MCP test peers (`cargo xtask peers`): a venv of Debian's python3, and Node.js.
+    Need {
+        package: "python3-venv",
+        present: || runs("/usr/bin/python3", &["-c", "import ensurepip, venv"]),
+    },
+    Need {
+        package: "nodejs",
+        present: || runs("node", &["--version"]),
+    },
+    Need {
+        package: "npm",
+        present: || runs("npm", &["--version"]),
+    },
 ];
 
 fn main() -> Result<()> {
@@ -65,6 +82,10 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.command {
         Cmd::Deps => ensure_deps(),
+        Cmd::Peers => {
+            ensure_deps()?;
+            peers::install(&root)
+        }
         Cmd::Run { config, release } => {
             ensure_deps()?;
             let bin = build_daemon(release)?;
@@ -89,6 +110,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             ensure_deps()?;
+            peers::install(&root)?;
             let bin = build_daemon(false)?;
             cargo(
                 &["test", "--workspace", "--exclude", "gateway-tests"],

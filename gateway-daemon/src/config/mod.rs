@@ -40,6 +40,56 @@ pub struct Config {
     pub intercept: Intercept,
     #[serde(default)]
     pub audit: Audit,
+    #[serde(default)]
+    pub http: Http,
+    /// Known MCP servers: requests to them are MCP whatever their headers say.
+    #[serde(default, rename = "server")]
+    pub servers: Vec<Server>,
+}
+
+/// An MCP server agents use. It is matched by the destination the agent dialed
+/// (`address`), or by the HTTP `Host` (`host`, optional port), and optionally a path prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub name: String,
+    /// Destination address:port as dialed, e.g. "127.0.0.1:3001" or "[::1]:8080".
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+    /// HTTP host (as in the Host header / :authority), without port.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Destination port, with `host`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Path prefix of the MCP endpoint(s), e.g. "/mcp"; every path when absent.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// Limits and choices of the HTTP stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Largest MCP request body accepted from an agent.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Largest JSON (non-streamed) MCP response body accepted from a server.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Largest single SSE event.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Refuse agent HTTP requests that are not MCP (and non-HTTP connections) instead of
+    /// passing them through.
+    #[serde(default)]
+    pub mcp_only: bool,
+    /// Requests awaiting a response per session and direction.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// MCP sessions tracked at once (oldest idle ones are forgotten first).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
 }
 
 /// Where redirected connections arrive. Both families are needed: an AF_INET6 agent socket
@@ -148,6 +198,21 @@ fn default_selector_capacity() -> u32 {
 fn default_true() -> bool {
     true
 }
+fn default_max_request_bytes() -> usize {
+    4 << 20
+}
+fn default_max_response_bytes() -> usize {
+    32 << 20
+}
+fn default_max_event_bytes() -> usize {
+    8 << 20
+}
+fn default_max_pending() -> usize {
+    1024
+}
+fn default_max_sessions() -> usize {
+    10_000
+}
 fn default_audit_path() -> PathBuf {
     "/var/log/mcp-gateway/audit.jsonl".into()
 }
@@ -178,6 +243,18 @@ impl Default for Intercept {
             max_connections: default_max_connections(),
             selector_capacity: default_selector_capacity(),
             detach_on_stop: true,
+        }
+    }
+}
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: default_max_request_bytes(),
+            max_response_bytes: default_max_response_bytes(),
+            max_event_bytes: default_max_event_bytes(),
+            mcp_only: false,
+            max_pending: default_max_pending(),
+            max_sessions: default_max_sessions(),
         }
     }
 }

@@ -80,3 +80,39 @@ fn example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/mcp-gateway.toml");
     Config::load(&path).unwrap();
 }
+
+#[test]
+fn servers_are_validated_by_key() {
+    let base = "[agents]\ncgroups=[\"a\"]\n";
+    let r = parse(&format!(
+        "{base}[[server]]\nname = \"e\"\naddress = \"127.0.0.1:3001\"\npath = \"/mcp\"\n"
+    ))
+    .unwrap();
+    assert_eq!(r.config.servers[0].name, "e");
+    assert_eq!(
+        invalid_key(&format!("{base}[[server]]\nname = \"e\"\n")),
+        "server[0]"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[server]]\nname = \"e\"\nhost = \"a\"\n[[server]]\nname = \"e\"\nhost = \"b\"\n"
+        )),
+        "server[1].name"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[server]]\nname = \"e\"\nhost = \"a:80\"\n"
+        )),
+        "server[0].host"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[server]]\nname = \"e\"\nhost = \"a\"\npath = \"mcp\"\n"
+        )),
+        "server[0].path"
+    );
+    assert_eq!(
+        invalid_key(&format!("{base}[http]\nmax_request_bytes = 10\n")),
+        "http.max_request_bytes"
+    );
+}

@@ -147,6 +147,53 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
     if i.selector_capacity == 0 {
         return fail("intercept.selector_capacity", "must be at least 1");
     }
+    let h = &config.http;
+    for (key, v, min) in [
+        ("http.max_request_bytes", h.max_request_bytes, 1024),
+        ("http.max_response_bytes", h.max_response_bytes, 1024),
+        ("http.max_event_bytes", h.max_event_bytes, 1024),
+        ("http.max_pending", h.max_pending, 1),
+        ("http.max_sessions", h.max_sessions, 1),
+    ] {
+        if v < min {
+            return fail(key, format!("{v} is below the minimum {min}"));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, s) in config.servers.iter().enumerate() {
+        let key = |k: &str| format!("server[{i}].{k}");
+        if s.name.is_empty() {
+            return fail(&key("name"), "must not be empty");
+        }
+        if !names.insert(s.name.as_str()) {
+            return fail(
+                &key("name"),
+                format!("{:?} is used by another server", s.name),
+            );
+        }
+        if s.address.is_none() && s.host.is_none() {
+            return fail(
+                &format!("server[{i}]"),
+                format!("server {:?} needs `address` or `host`", s.name),
+            );
+        }
+        if s.port.is_some() && s.host.is_none() {
+            return fail(&key("port"), "only meaningful with `host`");
+        }
+        if let Some(h) = &s.host {
+            if h.is_empty() || h.contains([':', '/', ' ']) {
+                return fail(
+                    &key("host"),
+                    format!("{h:?} is not a host name (no port, no path)"),
+                );
+            }
+        }
+        if let Some(p) = &s.path {
+            if !p.starts_with('/') {
+                return fail(&key("path"), format!("{p:?} must start with '/'"));
+            }
+        }
+    }
     if config.audit.path.as_os_str().is_empty() {
         return fail("audit.path", "must not be empty");
     }

@@ -1,0 +1,113 @@
+//! Bodies: the one boxed type both directions use, bounded collection, and a channel-fed
+//! body for streams the gateway re-emits as it reads them.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use tokio::sync::mpsc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type GwBody = BoxBody<Bytes, BoxError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("reading body: {0}")]
+    Read(String),
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> GwBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> GwBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Any hyper-compatible body as a `GwBody`.
+pub fn boxed<B>(b: B) -> GwBody
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed()
+}
+
+/// Reads a whole body, failing as soon as it passes `limit` (memory stays bounded).
+pub async fn collect_limited<B>(body: &mut B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// A body whose frames come from a task (which sees the agent leave when sends fail).
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+}
+
+impl ChannelBody {
+    pub fn new(capacity: usize) -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, Self) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, Self { rx })
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Reads and discards the rest of a refused body, so the agent's kept-alive connection
+/// can carry its next request. Gives up (false: the connection must close) past `max`
+/// bytes or `within`.
+pub async fn discard<B>(body: &mut B, max: u64, within: std::time::Duration) -> bool
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(d) = f.into_data() {
+                        seen += d.len() as u64;
+                        if seen > max {
+                            return false;
+                        }
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(within, drain).await.unwrap_or(false)
+}

@@ -1,0 +1,186 @@
+//! HTTP on both sides of a mediated connection. The agent's connection is served with
+//! hyper in the protocol the agent chose (HTTP/1.1 or h2c); each agent connection gets its
+//! own upstream connection in the same protocol, so keep-alive and connection lifetimes
+//! mirror what the agent asked for. Every request goes through `mcp::route`.
+
+pub mod body;
+pub mod counting;
+pub mod detect;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::server::conn::{http1 as server1, http2 as server2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use crate::mcp::{self, ConnCtx};
+use body::{boxed, GwBody};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("HTTP handshake with the upstream server failed: {0}")]
+    UpstreamHandshake(hyper::Error),
+    #[error("serving the agent's HTTP connection: {0}")]
+    Serve(hyper::Error),
+}
+
+impl HttpError {
+    /// How the connection ended, for the flow record: the agent hanging up mid-response
+    /// or idling past the header timeout is an ending, not a failure of the gateway.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            HttpError::Serve(e) if e.is_incomplete_message() || e.is_canceled() => "agent_closed",
+            HttpError::Serve(e) if e.is_timeout() => "idle_timeout",
+            _ => "error",
+        }
+    }
+}
+
+/// Time an agent gets to send a request's headers (slow clients cannot hold a task forever).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The upstream half: one HTTP connection to the original destination.
+#[derive(Clone)]
+pub enum Upstream {
+    H1(Arc<Mutex<client1::SendRequest<GwBody>>>),
+    H2(client2::SendRequest<GwBody>),
+}
+
+impl Upstream {
+    pub async fn send(&self, req: Request<GwBody>) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Upstream::H1(s) => {
+                let mut s = s.lock().await;
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            Upstream::H2(s) => {
+                let mut s = s.clone();
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Serves one agent connection until either side closes it.
+pub async fn serve<A, U>(
+    agent: A,
+    upstream: U,
+    protocol: Protocol,
+    ctx: Arc<ConnCtx>,
+) -> Result<(), HttpError>
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let upstream = match protocol {
+        Protocol::Http1 => {
+            let (send, conn) = client1::handshake(TokioIo::new(upstream))
+                .await
+                .map_err(HttpError::UpstreamHandshake)?;
+            tokio::spawn(
+                async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+                    }
+                }
+                .in_current_span(),
+            );
+            Upstream::H1(Arc::new(Mutex::new(send)))
+        }
+        Protocol::Http2 => {
+            let (send, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
+                .await
+                .map_err(HttpError::UpstreamHandshake)?;
+            tokio::spawn(
+                async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                    }
+                }
+                .in_current_span(),
+            );
+            Upstream::H2(send)
+        }
+    };
+    let span = tracing::Span::current();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        let upstream = upstream.clone();
+        let span = tracing::info_span!(parent: &span, "http", method = %req.method(), path = %req.uri().path());
+        async move { Ok::<_, Infallible>(mcp::route(req, &ctx, &upstream).await) }.instrument(span)
+    });
+    let io = TokioIo::new(agent);
+    let result = match protocol {
+        Protocol::Http1 => {
+            server1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+        }
+        Protocol::Http2 => {
+            server2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc)
+                .await
+        }
+    };
+    result.map_err(HttpError::Serve)
+}
+
+/// Forwards a request the gateway does not interpret, streaming both bodies; an HTTP/1
+/// upgrade (WebSocket) becomes a byte pipe once the server agrees.
+pub async fn forward(mut req: Request<Incoming>, upstream: &Upstream) -> Response<GwBody> {
+    let wants_upgrade = req.headers().contains_key(http::header::UPGRADE);
+    let agent_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let req = req.map(boxed);
+    match upstream.send(req).await {
+        Ok(mut resp) => {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(agent_upgrade) = agent_upgrade {
+                    let server_upgrade = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(
+                        async move {
+                            match tokio::try_join!(agent_upgrade, server_upgrade) {
+                                Ok((a, s)) => {
+                                    let _ = tokio::io::copy_bidirectional(
+                                        &mut TokioIo::new(a),
+                                        &mut TokioIo::new(s),
+                                    )
+                                    .await;
+                                }
+                                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+            }
+            resp.map(boxed)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream request failed");
+            mcp::reply::http_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("the upstream server failed: {e}"),
+            )
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! mcp-gateway's daemon, as a library: the stages of a connection's path, in order.
+//! The `mcp-gateway` binary (src/main.rs) is the command line around them.
+
+pub mod audit;
+pub mod config;
+pub mod exec;
+pub mod http;
+pub mod identity;
+pub mod intercept;
+pub mod listen;
+pub mod mcp;
+pub mod passthrough;

@@ -1,0 +1,532 @@
+//! The MCP handlers for one HTTP exchange: a POST of JSON-RPC, a GET that opens a stream,
+//! a DELETE that ends a session.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::jsonrpc::{self, Id, Kind, Message, Parsed};
+use super::observe::Observer;
+use super::pairing::Pending;
+use super::recognise::{
+    batches_allowed, header_str, Target, H_METHOD, H_NAME, H_PROTOCOL_VERSION, H_SESSION_ID,
+};
+use super::record::{Direction, ExchangeRecord};
+use super::reply::{
+    error_response, http_error, GATEWAY_REFUSED, HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR,
+    UPSTREAM_FAILED,
+};
+use super::session::{Session, Transport};
+use super::stream::{self, StreamJob, StreamKind};
+use super::{ConnCtx, MAX_DEPTH};
+use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
+use crate::http::Upstream;
+
+/// How long the rest of a refused request body may take to skip.
+const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn content_type(h: &HeaderMap) -> &str {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+fn observer(
+    ctx: &ConnCtx,
+    target: &Target,
+    session: Option<Arc<Session>>,
+    version: Option<String>,
+) -> Observer {
+    let transport = session
+        .as_ref()
+        .map_or(Transport::StreamableHttp, |s| s.transport);
+    Observer {
+        principal: ctx.principal.clone(),
+        server: target.label.clone(),
+        audit: ctx.audit.clone(),
+        session,
+        transport,
+        protocol_version: version,
+    }
+}
+
+/// The Streamable HTTP session a request names, refusing ids owned by someone else.
+fn session_of(ctx: &ConnCtx, h: &HeaderMap) -> Result<Option<Arc<Session>>, String> {
+    match header_str(h, H_SESSION_ID) {
+        None => Ok(None),
+        Some(id) => ctx
+            .sessions
+            .streamable(ctx.upstream_addr, id, &ctx.principal.session_owner())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Refuses a whole POST: every request in it gets the error; the audit says why.
+async fn refuse(
+    obs: &Observer,
+    messages: &[Message<'_>],
+    status: StatusCode,
+    code: i32,
+    why: &str,
+) -> Response<GwBody> {
+    tracing::info!(reason = why, "MCP request refused");
+    let mut records: Vec<ExchangeRecord> =
+        messages.iter().map(|m| obs.refused(m, code, why)).collect();
+    if messages.is_empty() {
+        let mut r = obs.malformed(why);
+        r.direction = Direction::ClientToServer;
+        r.outcome = "refused";
+        r.error_code = Some(code as i64);
+        records.push(r);
+    }
+    obs.write(records).await;
+    let mut ids: Vec<Option<Id>> = messages
+        .iter()
+        .filter(|m| m.kind == Kind::Request)
+        .map(|m| m.id.clone())
+        .collect();
+    if ids.is_empty() {
+        ids.push(None);
+    }
+    error_response(status, &ids, code, why)
+}
+
+/// A routing header's value: `None` when absent, `Err` when unreadable. Values outside
+/// visible ASCII travel Base64-wrapped as `=?base64?...?=` (SEP-2243).
+fn routing_header(h: &HeaderMap, name: &str) -> Option<Result<String, String>> {
+    use base64::Engine as _;
+    let raw = h.get(name)?;
+    let Ok(text) = raw.to_str() else {
+        return Some(Err(format!("the {name} header is not visible ASCII")));
+    };
+    Some(
+        match text
+            .strip_prefix("=?base64?")
+            .and_then(|t| t.strip_suffix("?="))
+        {
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .ok()
+                .and_then(|v| String::from_utf8(v).ok())
+                .ok_or_else(|| format!("the {name} header has invalid Base64 content")),
+            None => Ok(text.to_string()),
+        },
+    )
+}
+
+/// What `Mcp-Name` must say for a message: the tool/prompt name, resource uri or task id.
+fn routing_name(m: &Message<'_>) -> Option<String> {
+    if let Some(n) = m.target_name() {
+        return Some(n.into_owned());
+    }
+    if !matches!(
+        m.method.as_deref(),
+        Some("tasks/get" | "tasks/update" | "tasks/cancel")
+    ) {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct P {
+        #[serde(rename = "taskId")]
+        task_id: Option<String>,
+    }
+    serde_json::from_str::<P>(m.params?.get()).ok()?.task_id
+}
+
+/// Checks the 2026-07-28 routing headers against the body they travel with, so no later
+/// stage (nor the server) can be steered by a header that lies.
+fn header_mismatch(h: &HeaderMap, messages: &[Message<'_>]) -> Option<String> {
+    let calls = || messages.iter().filter(|m| m.method.is_some());
+    if let Some(hm) = routing_header(h, H_METHOD) {
+        let hm = match hm {
+            Ok(v) => v,
+            Err(e) => return Some(e),
+        };
+        for m in calls() {
+            let method = m.method.as_deref().unwrap_or("");
+            if method != hm {
+                return Some(format!(
+                    "the Mcp-Method header says {hm:?} but the body's method is {method:?}"
+                ));
+            }
+        }
+    }
+    if let Some(hn) = routing_header(h, H_NAME) {
+        let hn = match hn {
+            Ok(v) => v,
+            Err(e) => return Some(e),
+        };
+        for m in calls() {
+            let name = routing_name(m);
+            if name.as_deref() != Some(hn.as_str()) {
+                return Some(format!(
+                    "the Mcp-Name header says {hn:?} but the body names {}",
+                    name.map_or("nothing".to_string(), |n| format!("{n:?}"))
+                ));
+            }
+        }
+    }
+    None
+}
+
+pub async fn post(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    upstream: &Upstream,
+    target: &Target,
+    legacy: Option<Arc<Session>>,
+) -> Response<GwBody> {
+    let (parts, mut body) = req.into_parts();
+    let version = header_str(&parts.headers, H_PROTOCOL_VERSION).map(str::to_string);
+    let session = match legacy {
+        Some(s) => Ok(Some(s)),
+        None => session_of(ctx, &parts.headers),
+    };
+    let mut obs = observer(ctx, target, session.clone().unwrap_or(None), version);
+    let limits = &ctx.config.http;
+
+    let bytes = match collect_limited(&mut body, limits.max_request_bytes).await {
+        Ok(b) => b,
+        Err(e @ BodyError::TooLarge { .. }) => {
+            let why = format!("request {e} (http.max_request_bytes)");
+            let mut resp = refuse(
+                &obs,
+                &[],
+                StatusCode::PAYLOAD_TOO_LARGE,
+                GATEWAY_REFUSED,
+                &why,
+            )
+            .await;
+            // Keep the connection usable when the rest of the body is cheap to skip.
+            let skip_max = (4 * limits.max_request_bytes as u64).max(16 << 20);
+            if !discard(&mut body, skip_max, DISCARD_WITHIN).await {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
+        Err(e) => {
+            return refuse(
+                &obs,
+                &[],
+                StatusCode::BAD_REQUEST,
+                INVALID_REQUEST,
+                &e.to_string(),
+            )
+            .await;
+        }
+    };
+    let parsed = match jsonrpc::parse(&bytes, MAX_DEPTH) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = match e {
+                jsonrpc::JsonRpcError::NotJson(_) | jsonrpc::JsonRpcError::TooDeep(_) => {
+                    PARSE_ERROR
+                }
+                _ => INVALID_REQUEST,
+            };
+            return refuse(&obs, &[], StatusCode::BAD_REQUEST, code, &e.to_string()).await;
+        }
+    };
+    let (messages, batch) = match parsed {
+        Parsed::Single(m) => (vec![m], false),
+        Parsed::Batch(ms) => (ms, true),
+    };
+    if obs.protocol_version.is_none() {
+        obs.protocol_version = messages
+            .iter()
+            .find_map(|m| m.meta_protocol_version().map(|v| v.into_owned()))
+            .or_else(|| {
+                obs.session
+                    .as_ref()
+                    .and_then(|s| s.state().protocol_version.clone())
+            });
+    }
+    if let Err(why) = session {
+        return refuse(
+            &obs,
+            &messages,
+            StatusCode::FORBIDDEN,
+            GATEWAY_REFUSED,
+            &why,
+        )
+        .await;
+    }
+    if batch && !batches_allowed(obs.protocol_version.as_deref()) {
+        let why = format!(
+            "JSON-RPC batches are not part of MCP protocol version {} (only 2025-03-26 has them)",
+            obs.protocol_version.as_deref().unwrap_or("?")
+        );
+        return refuse(
+            &obs,
+            &messages,
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            &why,
+        )
+        .await;
+    }
+    if let Some(why) = header_mismatch(&parts.headers, &messages) {
+        return refuse(
+            &obs,
+            &messages,
+            StatusCode::BAD_REQUEST,
+            HEADER_MISMATCH,
+            &why,
+        )
+        .await;
+    }
+
+    let mut local = Pending::new(limits.max_pending);
+    let mut records = Vec::new();
+    for m in &messages {
+        match obs.from_client(m, &mut local) {
+            Ok(r) => records.extend(r),
+            Err(e) => {
+                // Undo what this POST registered before refusing it whole.
+                if let Some(s) = &obs.session {
+                    let mut st = s.state();
+                    for m in &messages {
+                        if let (Kind::Request, Some(id)) = (m.kind, &m.id) {
+                            st.client_pending.take(id);
+                        }
+                    }
+                }
+                return refuse(
+                    &obs,
+                    &messages,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    GATEWAY_REFUSED,
+                    &e.to_string(),
+                )
+                .await;
+            }
+        }
+    }
+    if let (Some(s), Some(v)) = (&obs.session, &obs.protocol_version) {
+        s.state().protocol_version.get_or_insert_with(|| v.clone());
+    }
+    obs.write(records).await;
+
+    let resp = match upstream.send(Request::from_parts(parts, full(bytes))).await {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("the upstream server failed: {e}");
+            let waiting = local.drain_expired(|_| true);
+            let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
+            obs.write(obs.unanswered(Direction::ClientToServer, waiting, "upstream_error", &why))
+                .await;
+            if ids.is_empty() {
+                return http_error(StatusCode::BAD_GATEWAY, &why);
+            }
+            return error_response(StatusCode::BAD_GATEWAY, &ids, UPSTREAM_FAILED, &why);
+        }
+    };
+    if obs.session.is_none() {
+        if let Some(id) = header_str(resp.headers(), H_SESSION_ID) {
+            match ctx
+                .sessions
+                .streamable(ctx.upstream_addr, id, &ctx.principal.session_owner())
+            {
+                Ok(s) => {
+                    tracing::debug!(session = id, "session opened");
+                    if let Some(v) = &obs.protocol_version {
+                        s.state().protocol_version = Some(v.clone());
+                    }
+                    obs.session = Some(s);
+                }
+                Err(e) => tracing::warn!(error = %e, "session not tracked"),
+            }
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    let ct = content_type(&parts.headers);
+    if ct.starts_with("text/event-stream") {
+        let body = stream::observe(
+            body,
+            StreamJob {
+                observer: obs,
+                local,
+                kind: StreamKind::Post,
+                sessions: ctx.sessions.clone(),
+                upstream: ctx.upstream_addr,
+                max_event_bytes: limits.max_event_bytes,
+                max_depth: MAX_DEPTH,
+            },
+        );
+        return Response::from_parts(parts, body);
+    }
+    if ct.starts_with("application/json") {
+        return json_response(parts, body, obs, local, limits.max_response_bytes).await;
+    }
+    // 202 for notifications and responses, legacy acknowledgements, or a non-MCP answer
+    // (401, 404 pages): whatever requests this POST carried get no response here.
+    let waiting = local.drain_expired(|_| true);
+    if !waiting.is_empty() {
+        let why = format!("HTTP {} without a JSON-RPC response", parts.status.as_u16());
+        obs.write(obs.unanswered(Direction::ClientToServer, waiting, "no_response", &why))
+            .await;
+    }
+    Response::from_parts(parts, boxed(body))
+}
+
+async fn json_response(
+    parts: http::response::Parts,
+    body: Incoming,
+    obs: Observer,
+    mut local: Pending<super::record::PendingRequest>,
+    limit: usize,
+) -> Response<GwBody> {
+    let fail = |why: String, local: &mut Pending<_>| {
+        let waiting = local.drain_expired(|_| true);
+        let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
+        (waiting, ids, why)
+    };
+    let mut body = body;
+    let bytes: Bytes = match collect_limited(&mut body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (waiting, ids, why) = fail(
+                format!("the server's response could not be read: {e} (http.max_response_bytes)"),
+                &mut local,
+            );
+            obs.write(obs.unanswered(Direction::ClientToServer, waiting, "upstream_error", &why))
+                .await;
+            return error_response(
+                StatusCode::BAD_GATEWAY,
+                &ids_or_null(ids),
+                UPSTREAM_FAILED,
+                &why,
+            );
+        }
+    };
+    let records = match jsonrpc::parse(&bytes, MAX_DEPTH) {
+        Ok(Parsed::Single(m)) => obs.from_server(&m, Some(&mut local)),
+        Ok(Parsed::Batch(ms)) => ms
+            .iter()
+            .flat_map(|m| obs.from_server(m, Some(&mut local)))
+            .collect(),
+        Err(e) if !local.is_empty() => {
+            let (waiting, ids, why) = fail(
+                format!("the server's response is not JSON-RPC: {e}"),
+                &mut local,
+            );
+            obs.write(obs.unanswered(Direction::ClientToServer, waiting, "upstream_error", &why))
+                .await;
+            return error_response(StatusCode::BAD_GATEWAY, &ids, UPSTREAM_FAILED, &why);
+        }
+        // An error page for a POST without requests: nothing waits on it; pass it on.
+        Err(e) => vec![obs.malformed(&e.to_string())],
+    };
+    obs.write(records).await;
+    let waiting = local.drain_expired(|_| true);
+    if !waiting.is_empty() {
+        obs.write(obs.unanswered(
+            Direction::ClientToServer,
+            waiting,
+            "no_response",
+            "the server's JSON response did not answer this request",
+        ))
+        .await;
+    }
+    Response::from_parts(parts, full(bytes))
+}
+
+fn ids_or_null(ids: Vec<Option<Id>>) -> Vec<Option<Id>> {
+    if ids.is_empty() {
+        vec![None]
+    } else {
+        ids
+    }
+}
+
+pub async fn get(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    upstream: &Upstream,
+    target: &Target,
+    confirmed: bool,
+) -> Response<GwBody> {
+    let version = header_str(req.headers(), H_PROTOCOL_VERSION).map(str::to_string);
+    let session = match session_of(ctx, req.headers()) {
+        Ok(s) => s,
+        Err(why) => {
+            tracing::info!(reason = %why, "GET stream refused");
+            return error_response(StatusCode::FORBIDDEN, &[None], GATEWAY_REFUSED, &why);
+        }
+    };
+    if let Some(last) = header_str(req.headers(), "last-event-id") {
+        tracing::debug!(last_event_id = last, "stream resumption");
+    }
+    let obs = observer(ctx, target, session, version);
+    let (parts, body) = req.into_parts();
+    drop(body);
+    let resp = match upstream.send(Request::from_parts(parts, empty())).await {
+        Ok(r) => r,
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("the upstream server failed: {e}"),
+            );
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    if !content_type(&parts.headers).starts_with("text/event-stream") {
+        return Response::from_parts(parts, boxed(body));
+    }
+    let body = stream::observe(
+        body,
+        StreamJob {
+            observer: obs,
+            local: Pending::new(1),
+            kind: StreamKind::Get { confirmed },
+            sessions: ctx.sessions.clone(),
+            upstream: ctx.upstream_addr,
+            max_event_bytes: ctx.config.http.max_event_bytes,
+            max_depth: MAX_DEPTH,
+        },
+    );
+    Response::from_parts(parts, body)
+}
+
+pub async fn delete(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    upstream: &Upstream,
+    target: &Target,
+) -> Response<GwBody> {
+    let session = match session_of(ctx, req.headers()) {
+        Ok(s) => s,
+        Err(why) => return error_response(StatusCode::FORBIDDEN, &[None], GATEWAY_REFUSED, &why),
+    };
+    let resp = match upstream.send(req.map(boxed)).await {
+        Ok(r) => r,
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_GATEWAY,
+                &format!("the upstream server failed: {e}"),
+            );
+        }
+    };
+    if let (true, Some(s)) = (resp.status().is_success(), session) {
+        ctx.sessions
+            .remove(ctx.upstream_addr, &s.key, Transport::StreamableHttp);
+        let waiting = s.state().client_pending.drain_expired(|_| true);
+        let obs = observer(ctx, target, Some(s), None);
+        obs.write(obs.unanswered(
+            Direction::ClientToServer,
+            waiting,
+            "no_response",
+            "the session was deleted",
+        ))
+        .await;
+        tracing::debug!("session deleted");
+    }
+    let (parts, body) = resp.into_parts();
+    let body = body.map_err(Into::into).boxed();
+    Response::from_parts(parts, body)
+}

@@ -1,0 +1,63 @@
+//! The MCP stage: recognises MCP in HTTP exchanges (Streamable HTTP of every protocol
+//! version, legacy HTTP+SSE), validates what the wire claims against the body, pairs
+//! JSON-RPC messages across exchanges and connections, and audits every exchange. Messages
+//! pass through byte for byte; the stages that change them build on this one.
+
+pub mod exchange;
+pub mod jsonrpc;
+pub mod observe;
+pub mod pairing;
+pub mod recognise;
+pub mod record;
+pub mod reply;
+pub mod session;
+pub mod sse;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::audit::AuditSink;
+use crate::config::Config;
+use crate::http::body::GwBody;
+use crate::http::{forward, Upstream};
+use recognise::McpKind;
+pub use record::Principal;
+pub use session::Sessions;
+
+/// Deepest JSON nesting accepted in a message.
+pub const MAX_DEPTH: usize = 64;
+
+/// What every exchange of one agent connection shares.
+pub struct ConnCtx {
+    pub principal: Arc<Principal>,
+    /// Where the daemon dials: the agent's original destination (v4-mapped made IPv4).
+    pub upstream_addr: SocketAddr,
+    pub audit: AuditSink,
+    pub sessions: Arc<Sessions>,
+    pub config: Arc<Config>,
+}
+
+/// One HTTP exchange of an agent: MCP goes through the MCP handlers, the rest is forwarded
+/// as it is (or refused when the config allows agents MCP only).
+pub async fn route(req: Request<Incoming>, ctx: &ConnCtx, upstream: &Upstream) -> Response<GwBody> {
+    let (kind, target) = recognise::classify(&req, ctx);
+    match kind {
+        McpKind::NotMcp => {
+            if ctx.config.http.mcp_only {
+                tracing::info!(server = %target.label, "non-MCP request refused (http.mcp_only)");
+                return reply::http_error(
+                    StatusCode::FORBIDDEN,
+                    "this agent may only make MCP requests (http.mcp_only)",
+                );
+            }
+            forward(req, upstream).await
+        }
+        McpKind::Post { legacy } => exchange::post(req, ctx, upstream, &target, legacy).await,
+        McpKind::Get { confirmed } => exchange::get(req, ctx, upstream, &target, confirmed).await,
+        McpKind::Delete => exchange::delete(req, ctx, upstream, &target).await,
+    }
+}

@@ -1,0 +1,225 @@
+//! Pairs the JSON-RPC messages seen in either direction and turns each finished exchange
+//! into an audit record. It only reads: messages are forwarded by the caller unchanged.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::jsonrpc::{Id, Kind, Message};
+use super::pairing::{PairingError, Pending};
+use super::record::{Direction, ExchangeRecord, PendingRequest, Principal};
+use super::session::{Session, Transport};
+use crate::audit::{timestamp, AuditSink};
+
+pub struct Observer {
+    pub principal: Arc<Principal>,
+    pub server: Arc<str>,
+    pub audit: AuditSink,
+    pub session: Option<Arc<Session>>,
+    pub transport: Transport,
+    pub protocol_version: Option<String>,
+}
+
+fn id_text(id: &Option<Id>) -> Option<String> {
+    id.as_ref().map(|i| i.to_string())
+}
+
+impl Observer {
+    fn record(&self, direction: Direction, method: &str) -> ExchangeRecord {
+        ExchangeRecord {
+            kind: "mcp",
+            time: timestamp(SystemTime::now()),
+            principal: self.principal.clone(),
+            server: self.server.clone(),
+            session: self.session.as_ref().map(|s| s.id.clone()),
+            transport: self.transport.label(),
+            protocol_version: self.protocol_version.clone(),
+            direction,
+            method: method.to_string(),
+            name: None,
+            id: None,
+            outcome: "ok",
+            error_code: None,
+            detail: None,
+            latency_ms: None,
+        }
+    }
+
+    fn pending(&self, m: &Message) -> PendingRequest {
+        PendingRequest {
+            method: m.method.as_deref().unwrap_or_default().to_string(),
+            name: m.target_name().map(|n| n.into_owned()),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            protocol_version: self.protocol_version.clone(),
+        }
+    }
+
+    fn answered(
+        &self,
+        direction: Direction,
+        id: &Option<Id>,
+        req: PendingRequest,
+        m: &Message,
+    ) -> ExchangeRecord {
+        let mut r = self.record(direction, &req.method);
+        r.name = req.name;
+        r.id = id_text(id);
+        r.latency_ms = Some(req.started.elapsed().as_secs_f64() * 1e3);
+        if m.kind == Kind::Error {
+            r.outcome = "error";
+            r.error_code = m.error_code;
+        }
+        r
+    }
+
+    fn unpaired(&self, direction: Direction, m: &Message) -> ExchangeRecord {
+        let mut r = self.record(direction, "");
+        r.id = id_text(&m.id);
+        r.outcome = "unpaired_response";
+        r.error_code = m.error_code;
+        r.detail = Some("no request with this id is awaiting a response".into());
+        r
+    }
+
+    fn notification(&self, direction: Direction, m: &Message) -> ExchangeRecord {
+        let mut r = self.record(direction, m.method.as_deref().unwrap_or_default());
+        r.name = m.target_name().map(|n| n.into_owned());
+        r.outcome = "notification";
+        r
+    }
+
+    /// A message from the agent. Its requests wait in `local` (this HTTP exchange), except
+    /// on legacy SSE where responses come back on the session's stream.
+    pub fn from_client(
+        &self,
+        m: &Message,
+        local: &mut Pending<PendingRequest>,
+    ) -> Result<Vec<ExchangeRecord>, PairingError> {
+        let id = m.id.clone().unwrap_or(Id::Null);
+        Ok(match m.kind {
+            Kind::Request => {
+                let p = self.pending(m);
+                match (&self.session, self.transport) {
+                    (Some(s), Transport::LegacySse) => s.state().client_pending.insert(id, p)?,
+                    _ => local.insert(id, p)?,
+                }
+                vec![]
+            }
+            Kind::Notification => vec![self.notification(Direction::ClientToServer, m)],
+            Kind::Response | Kind::Error => {
+                let req = self
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.state().server_pending.take(&id));
+                match req {
+                    Some(req) => vec![self.answered(Direction::ServerToClient, &m.id, req, m)],
+                    None => vec![self.unpaired(Direction::ServerToClient, m)],
+                }
+            }
+        })
+    }
+
+    /// A message from the server, on a response body or an SSE stream.
+    pub fn from_server(
+        &self,
+        m: &Message,
+        local: Option<&mut Pending<PendingRequest>>,
+    ) -> Vec<ExchangeRecord> {
+        let id = m.id.clone().unwrap_or(Id::Null);
+        match m.kind {
+            Kind::Response | Kind::Error => {
+                let req = local.and_then(|l| l.take(&id)).or_else(|| {
+                    self.session
+                        .as_ref()
+                        .and_then(|s| s.state().client_pending.take(&id))
+                });
+                match req {
+                    Some(req) => vec![self.answered(Direction::ClientToServer, &m.id, req, m)],
+                    None => vec![self.unpaired(Direction::ClientToServer, m)],
+                }
+            }
+            Kind::Request => {
+                let p = self.pending(m);
+                match &self.session {
+                    Some(s) => match s.state().server_pending.insert(id, p) {
+                        Ok(()) => vec![],
+                        Err(e) => {
+                            let mut r = self.notification(Direction::ServerToClient, m);
+                            r.id = id_text(&m.id);
+                            r.outcome = "unpaired_request";
+                            r.detail = Some(e.to_string());
+                            vec![r]
+                        }
+                    },
+                    // Without a session the agent's answer cannot be tied back to it.
+                    None => {
+                        let mut r = self.notification(Direction::ServerToClient, m);
+                        r.id = id_text(&m.id);
+                        r.outcome = "unpaired_request";
+                        vec![r]
+                    }
+                }
+            }
+            Kind::Notification => vec![self.notification(Direction::ServerToClient, m)],
+        }
+    }
+
+    /// Requests that will get no response (stream ended, upstream failed, refused).
+    pub fn unanswered(
+        &self,
+        direction: Direction,
+        items: Vec<(Id, PendingRequest)>,
+        outcome: &'static str,
+        detail: &str,
+    ) -> Vec<ExchangeRecord> {
+        items
+            .into_iter()
+            .map(|(id, req)| {
+                let mut r = self.record(direction, &req.method);
+                r.name = req.name;
+                r.id = Some(id.to_string());
+                r.outcome = outcome;
+                r.detail = Some(detail.to_string());
+                r.latency_ms = Some(req.started.elapsed().as_secs_f64() * 1e3);
+                r
+            })
+            .collect()
+    }
+
+    /// A message the gateway refused before it reached the server.
+    pub fn refused(&self, m: &Message, code: i32, detail: &str) -> ExchangeRecord {
+        let mut r = self.record(
+            Direction::ClientToServer,
+            m.method.as_deref().unwrap_or_default(),
+        );
+        r.name = m.target_name().map(|n| n.into_owned());
+        r.id = id_text(&m.id);
+        r.outcome = "refused";
+        r.error_code = Some(code as i64);
+        r.detail = Some(detail.to_string());
+        r
+    }
+
+    /// A server message the gateway could not read.
+    pub fn malformed(&self, detail: &str) -> ExchangeRecord {
+        let mut r = self.record(Direction::ServerToClient, "");
+        r.outcome = "malformed";
+        r.detail = Some(detail.to_string());
+        r
+    }
+
+    pub async fn write(&self, records: Vec<ExchangeRecord>) {
+        for r in records {
+            tracing::debug!(
+                server = %r.server,
+                session = r.session.as_deref().unwrap_or("-"),
+                method = %r.method,
+                id = r.id.as_deref().unwrap_or("-"),
+                outcome = r.outcome,
+                latency_ms = r.latency_ms,
+                "mcp exchange"
+            );
+            self.audit.record(&r).await;
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Is this HTTP request MCP, and for which server? Decided by what the wire carries (MCP
+//! headers, the Accept pair of Streamable HTTP, a legacy session's endpoint) and by the
+//! configured servers.
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap, Method, Request};
+
+use super::session::Session;
+use super::ConnCtx;
+
+pub enum McpKind {
+    /// A POST of JSON-RPC; `legacy` when it targets a legacy SSE session's endpoint.
+    Post {
+        legacy: Option<Arc<Session>>,
+    },
+    /// A GET that may open an SSE stream; `confirmed` when the request itself is MCP.
+    Get {
+        confirmed: bool,
+    },
+    Delete,
+    NotMcp,
+}
+
+pub struct Target {
+    /// The configured server's name, else host:port.
+    pub label: Arc<str>,
+    pub configured: bool,
+}
+
+pub const H_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+pub const H_SESSION_ID: &str = "mcp-session-id";
+pub const H_METHOD: &str = "mcp-method";
+pub const H_NAME: &str = "mcp-name";
+
+pub fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn accepts(h: &HeaderMap, mime: &str) -> bool {
+    h.get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim().starts_with(mime)))
+}
+
+/// The request's host without port: `Host` for HTTP/1.1, `:authority` for h2.
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| header_str(req.headers(), "host"))?;
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => raw,
+    };
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> (McpKind, Target) {
+    let host = host_of(req);
+    let path = req.uri().path();
+    let up = ctx.upstream_addr;
+    let configured = ctx.config.servers.iter().find(|s| {
+        let by_addr = s.address.is_some_and(|a| a == up);
+        let by_host = s.host.as_deref().is_some_and(|h| Some(h) == host)
+            && s.port.is_none_or(|p| p == up.port());
+        (by_addr || by_host) && s.path.as_deref().is_none_or(|p| path.starts_with(p))
+    });
+    let label: Arc<str> = match (configured, host) {
+        (Some(s), _) => s.name.as_str().into(),
+        (None, Some(h)) => format!("{h}:{}", up.port()).into(),
+        (None, None) => up.to_string().into(),
+    };
+    let target = Target {
+        label,
+        configured: configured.is_some(),
+    };
+    let h = req.headers();
+    let mcp_headers = [H_PROTOCOL_VERSION, H_SESSION_ID, H_METHOD]
+        .iter()
+        .any(|n| h.contains_key(*n));
+    let streamable_accept = accepts(h, "application/json") && accepts(h, "text/event-stream");
+    let known = target.configured || mcp_headers;
+    let kind = match *req.method() {
+        Method::POST => {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or(path);
+            match ctx.sessions.legacy(up, pq) {
+                Some(s) => McpKind::Post { legacy: Some(s) },
+                None if known || streamable_accept => McpKind::Post { legacy: None },
+                None => McpKind::NotMcp,
+            }
+        }
+        // Legacy SSE streams carry no MCP header: any event stream is watched until it
+        // proves to be MCP or not.
+        Method::GET if accepts(h, "text/event-stream") => McpKind::Get { confirmed: known },
+        Method::DELETE if h.contains_key(H_SESSION_ID) => McpKind::Delete,
+        _ => McpKind::NotMcp,
+    };
+    (kind, target)
+}
+
+/// Whether JSON-RPC batches are allowed: only in 2025-03-26, which is also what a server
+/// assumes when the version header is absent.
+pub fn batches_allowed(version: Option<&str>) -> bool {
+    matches!(version, None | Some("2025-03-26"))
+}

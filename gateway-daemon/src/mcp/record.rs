@@ -1,0 +1,90 @@
+//! The audit record of one JSON-RPC exchange (a request and its response, or a lone
+//! notification), and the principal summary every record carries.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::identity::Identity;
+
+/// Who is talking, as the audit shows it on every MCP record.
+#[derive(Debug, Clone, Serialize)]
+pub struct Principal {
+    pub tgid: u32,
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+impl Principal {
+    pub fn of(id: &Identity) -> Self {
+        Self {
+            tgid: id.tgid,
+            uid: id.uid,
+            user: id.user.clone(),
+            exe: id.exe.as_ref().map(|p| p.display().to_string()),
+            unit: id.unit.clone(),
+            cgroup: id.cgroup.clone(),
+        }
+    }
+
+    /// What must match for a session to be used by this principal: the same user running
+    /// the same program (another process of the same agent may share a session).
+    pub fn session_owner(&self) -> String {
+        format!("{}:{}", self.uid, self.exe.as_deref().unwrap_or("?"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// A request (or notification) of the agent, answered by the server.
+    ClientToServer,
+    /// A request (or notification) of the server (sampling, elicitation, roots, progress).
+    ServerToClient,
+}
+
+/// A request waiting for its response.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    pub method: String,
+    pub name: Option<String>,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub protocol_version: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExchangeRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub principal: Arc<Principal>,
+    pub server: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    pub transport: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    pub direction: Direction,
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// ok, error, notification, refused, upstream_error, no_response, unpaired_response.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}

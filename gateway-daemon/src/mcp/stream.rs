@@ -1,0 +1,240 @@
+//! An SSE response read event by event as it passes: each complete event is observed and
+//! forwarded at once, never held until the stream ends. If the server's stream breaks, the
+//! agent still gets a JSON-RPC error for every request that was waiting on it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::mpsc::Sender;
+use tracing::Instrument;
+
+use super::jsonrpc::{self, Parsed};
+use super::observe::Observer;
+use super::pairing::Pending;
+use super::record::{Direction, ExchangeRecord, PendingRequest};
+use super::reply::{error_event, UPSTREAM_FAILED};
+use super::session::{endpoint_path, Sessions, Transport};
+use super::sse::{SseItem, SseParser};
+use crate::http::body::{boxed, BoxError, ChannelBody, GwBody};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// The response to a POST: its requests' responses come here.
+    Post,
+    /// A GET stream. `confirmed` when the request itself was recognisably MCP; otherwise the
+    /// stream is observed until it proves to be MCP, or passed through raw once it does not.
+    Get { confirmed: bool },
+}
+
+pub struct StreamJob {
+    pub observer: Observer,
+    pub local: Pending<PendingRequest>,
+    pub kind: StreamKind,
+    pub sessions: Arc<Sessions>,
+    pub upstream: SocketAddr,
+    pub max_event_bytes: usize,
+    pub max_depth: usize,
+}
+
+type Tx = Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// Starts observing `body`; returns the body to give the agent.
+pub fn observe(body: Incoming, job: StreamJob) -> GwBody {
+    let (tx, chan) = ChannelBody::new(16);
+    tokio::spawn(run(body, job, tx).in_current_span());
+    boxed(chan)
+}
+
+async fn send(tx: &Tx, bytes: Bytes) -> bool {
+    tx.send(Ok(Frame::data(bytes))).await.is_ok()
+}
+
+async fn run(mut body: Incoming, mut job: StreamJob, tx: Tx) {
+    let mut parser = SseParser::new(job.max_event_bytes);
+    let mut raw = false;
+    let mut confirmed = !matches!(job.kind, StreamKind::Get { confirmed: false });
+    let end = loop {
+        let frame = match body.frame().await {
+            None => break End::Finished,
+            Some(Err(e)) => break End::Failed(format!("the server's stream broke: {e}")),
+            Some(Ok(f)) => f,
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(frame) => {
+                if tx.send(Ok(frame)).await.is_err() {
+                    break End::AgentGone;
+                }
+                continue;
+            }
+        };
+        if raw {
+            if !send(&tx, data).await {
+                break End::AgentGone;
+            }
+            continue;
+        }
+        let mut items = match parser.feed(&data) {
+            Ok(items) => items,
+            Err(e) if !confirmed => {
+                tracing::debug!(error = %e, "GET stream is not MCP; passing it through");
+                raw = true;
+                let mut rest = parser.take_unreturned();
+                rest.extend_from_slice(&data);
+                if !send(&tx, rest.into()).await {
+                    break End::AgentGone;
+                }
+                continue;
+            }
+            Err(e) => break End::Failed(format!("the server sent an invalid SSE stream: {e}")),
+        };
+        // An event ended by a lone CR waits for the next byte inside the parser; release it
+        // now so a CR-only server's events are not delayed (a following LF is forwarded
+        // with the next item, so the bytes stay the same).
+        items.extend(parser.take_held());
+        if !deliver(&mut job, items, &tx, &mut confirmed, &mut raw).await {
+            break End::AgentGone;
+        }
+        if raw {
+            // Not MCP after all: what the parser still buffers goes out before the raw rest.
+            if let Some(tail) = parser.finish() {
+                if !send(&tx, tail.into_raw().into()).await {
+                    break End::AgentGone;
+                }
+            }
+        }
+    };
+    if matches!(end, End::Finished) && !raw {
+        let tail: Vec<SseItem> = parser.finish().into_iter().collect();
+        deliver(&mut job, tail, &tx, &mut confirmed, &mut raw).await;
+    }
+    finish(job, tx, end).await;
+}
+
+/// Observes and forwards parsed items in order; false when the agent has gone.
+async fn deliver(
+    job: &mut StreamJob,
+    items: Vec<SseItem>,
+    tx: &Tx,
+    confirmed: &mut bool,
+    raw: &mut bool,
+) -> bool {
+    for item in items {
+        let bytes = match item {
+            SseItem::Event(ev) => {
+                if !*confirmed {
+                    *confirmed = ev.event.as_deref() == Some("endpoint")
+                        || jsonrpc::parse(ev.data.as_bytes(), job.max_depth).is_ok();
+                    *raw = !*confirmed;
+                }
+                if !*raw {
+                    let records = on_event(job, ev.event.as_deref(), &ev.data);
+                    job.observer.write(records).await;
+                }
+                ev.raw
+            }
+            SseItem::Other { raw, .. } | SseItem::Incomplete(raw) => raw,
+        };
+        if !send(tx, bytes.into()).await {
+            return false;
+        }
+    }
+    true
+}
+
+enum End {
+    Finished,
+    Failed(String),
+    AgentGone,
+}
+
+fn on_event(job: &mut StreamJob, event: Option<&str>, data: &str) -> Vec<ExchangeRecord> {
+    if event == Some("endpoint") && matches!(job.kind, StreamKind::Get { .. }) {
+        let endpoint = endpoint_path(data);
+        let owner = job.observer.principal.session_owner();
+        match job.sessions.open_legacy(job.upstream, &endpoint, &owner) {
+            Ok(s) => {
+                tracing::debug!(endpoint, session = %s.id, "legacy SSE session opened");
+                job.observer.session = Some(s);
+                job.observer.transport = Transport::LegacySse;
+            }
+            Err(e) => tracing::warn!(error = %e, "legacy endpoint not registered"),
+        }
+        return vec![];
+    }
+    if data.is_empty() {
+        return vec![];
+    }
+    match jsonrpc::parse(data.as_bytes(), job.max_depth) {
+        Ok(Parsed::Single(m)) => job.observer.from_server(&m, Some(&mut job.local)),
+        Ok(Parsed::Batch(ms)) => ms
+            .iter()
+            .flat_map(|m| job.observer.from_server(m, Some(&mut job.local)))
+            .collect(),
+        Err(e) => vec![job
+            .observer
+            .malformed(&format!("server sent an event that is not JSON-RPC: {e}"))],
+    }
+}
+
+async fn finish(mut job: StreamJob, tx: Tx, end: End) {
+    let waiting: Vec<_> = job.local.drain_expired(|_| true);
+    let records = match &end {
+        End::Failed(why) => {
+            tracing::warn!(error = %why, "server stream failed");
+            for (id, _) in &waiting {
+                let _ = send(&tx, error_event(id, UPSTREAM_FAILED, why)).await;
+            }
+            job.observer
+                .unanswered(Direction::ClientToServer, waiting, "upstream_error", why)
+        }
+        End::Finished | End::AgentGone => {
+            let detail = match end {
+                End::AgentGone => "the agent closed the stream",
+                _ => "the stream ended without a response",
+            };
+            match (&job.observer.session, job.observer.transport) {
+                // The agent may resume the stream (Last-Event-ID) and get the response there.
+                (Some(s), Transport::StreamableHttp) => {
+                    let mut st = s.state();
+                    let mut lost = Vec::new();
+                    for (id, req) in waiting {
+                        if let Err(e) = st.client_pending.insert(id.clone(), req.clone()) {
+                            tracing::debug!(error = %e, "pending request not kept");
+                            lost.push((id, req));
+                        }
+                    }
+                    drop(st);
+                    job.observer
+                        .unanswered(Direction::ClientToServer, lost, "no_response", detail)
+                }
+                _ => job.observer.unanswered(
+                    Direction::ClientToServer,
+                    waiting,
+                    "no_response",
+                    detail,
+                ),
+            }
+        }
+    };
+    job.observer.write(records).await;
+    // A legacy session lives as long as its SSE stream.
+    if let (StreamKind::Get { .. }, Some(s), Transport::LegacySse) =
+        (job.kind, &job.observer.session, job.observer.transport)
+    {
+        job.sessions
+            .remove(job.upstream, &s.key, Transport::LegacySse);
+        let pending = s.state().client_pending.drain_expired(|_| true);
+        let recs = job.observer.unanswered(
+            Direction::ClientToServer,
+            pending,
+            "no_response",
+            "the legacy SSE stream ended",
+        );
+        job.observer.write(recs).await;
+    }
+}
