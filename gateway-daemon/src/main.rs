@@ -164,6 +164,11 @@ async fn run(resolved: config::Resolved) -> anyhow::Result<()> {
         interceptor.keep_attached();
         tracing::info!("programs left attached (intercept.detach_on_stop = false): agent connections are refused until the daemon is back");
     }
-    writer.finish().await;
+    if tokio::time::timeout(Duration::from_secs(10), writer.finish())
+        .await
+        .is_err()
+    {
+        tracing::error!("audit records still queued after 10 s at shutdown");
+    }
     Ok(())
 }

@@ -183,6 +183,31 @@ impl Gateway {
         cmd
     }
 
+    /// The same command, run inside this test's agent cgroup (environment kept).
+    pub fn wrap(&self, cmd: Command) -> Command {
+        let mut wrapped = Command::new(gateway_bin());
+        wrapped.args(["exec", "--cgroup", &self.cgroup, "--"]);
+        wrapped.arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        wrapped
+    }
+
+    /// The audit's MCP exchange records so far.
+    pub fn mcp_records(&self) -> Vec<Value> {
+        self.audit_records()
+            .into_iter()
+            .filter(|r| r["type"] == "mcp")
+            .collect()
+    }
+
     /// Every audit record so far.
     pub fn audit_records(&self) -> Vec<Value> {
         let mut text = String::new();

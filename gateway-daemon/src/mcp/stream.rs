@@ -58,7 +58,13 @@ async fn run(mut body: Incoming, mut job: StreamJob, tx: Tx) {
     let mut raw = false;
     let mut confirmed = !matches!(job.kind, StreamKind::Get { confirmed: false });
     let end = loop {
-        let frame = match body.frame().await {
+        // An agent that hangs up ends the stream at once, even if the server is silent:
+        // nothing keeps the upstream stream (or this task's audit handle) alive.
+        let next = tokio::select! {
+            f = body.frame() => f,
+            _ = tx.closed() => break End::AgentGone,
+        };
+        let frame = match next {
             None => break End::Finished,
             Some(Err(e)) => break End::Failed(format!("the server's stream broke: {e}")),
             Some(Ok(f)) => f,

@@ -1,0 +1,233 @@
+//! Real MCP peers this project did not write, unmodified, in an agent cgroup: their
+//! results through the gateway equal those of a direct connection, and the audit shows
+//! every exchange. Covers the official Python SDK client, the official server-everything
+//! (Streamable HTTP and legacy SSE), and rmcp client/server (initialize era and the
+//! stateless 2026-07-28 revision).
+
+use gateway_tests::peers::{
+    everything, python_client_cmd, rmcp_client_cmd, rmcp_server, run_json, Profile, Transport,
+    PROGRESS_STEPS,
+};
+use gateway_tests::{free_port, Gateway, GatewayOptions};
+use serde_json::Value;
+
+fn gateway(name: &str, port: u16, extra: &str) -> Gateway {
+    Gateway::start(
+        name,
+        GatewayOptions {
+            ports: vec![port],
+            extra: extra.into(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Waits for the exchange that every client makes last, then returns all MCP records.
+fn exchanges(gw: &Gateway, last_method: &str) -> Vec<Value> {
+    gw.wait_record(&format!("for {last_method}"), |r| {
+        r["type"] == "mcp" && r["method"] == last_method && r["outcome"] == "ok"
+    });
+    gw.mcp_records()
+}
+
+fn find<'a>(records: &'a [Value], method: &str, name: Option<&str>) -> &'a Value {
+    records
+        .iter()
+        .find(|r| r["method"] == method && name.is_none_or(|n| r["name"] == n))
+        .unwrap_or_else(|| panic!("no audit record for {method} {name:?}: {records:#?}"))
+}
+
+/// What the audit must show for one full client run against a server.
+fn assert_audited(
+    records: &[Value],
+    tool: &str,
+    progress_tool: &str,
+    prompt: &str,
+    transport: &str,
+) {
+    for r in records {
+        assert_eq!(r["transport"], transport, "{r}");
+        assert!(r["principal"]["uid"].is_u64(), "{r}");
+    }
+    let call = find(records, "tools/call", Some(tool));
+    assert_eq!(call["outcome"], "ok", "{call}");
+    assert_eq!(call["direction"], "client_to_server");
+    assert!(call["latency_ms"].as_f64().unwrap() > 0.0);
+    let slow = find(records, "tools/call", Some(progress_tool));
+    assert_eq!(slow["outcome"], "ok", "{slow}");
+    let progress = records
+        .iter()
+        .filter(|r| r["method"] == "notifications/progress")
+        .collect::<Vec<_>>();
+    assert_eq!(progress.len() as u64, PROGRESS_STEPS, "{records:#?}");
+    assert!(progress
+        .iter()
+        .all(|r| r["direction"] == "server_to_client"));
+    assert_eq!(find(records, "tools/list", None)["outcome"], "ok");
+    assert_eq!(find(records, "resources/read", None)["outcome"], "ok");
+    assert_eq!(find(records, "prompts/get", Some(prompt))["outcome"], "ok");
+    assert!(
+        records.iter().all(|r| r["outcome"] != "unpaired_response"
+            && r["outcome"] != "no_response"
+            && r["outcome"] != "malformed"),
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn python_sdk_and_everything_over_streamable_http() {
+    let port = free_port();
+    let server = everything(Transport::Streamable, port);
+    let gw = gateway("py-ev-http", port, "");
+    let direct = run_json(python_client_cmd(&server.url, Transport::Streamable));
+    let mediated = run_json(gw.wrap(python_client_cmd(&server.url, Transport::Streamable)));
+    assert_eq!(mediated, direct, "results differ through the gateway");
+
+    let records = exchanges(&gw, "prompts/get");
+    assert_audited(
+        &records,
+        "echo",
+        "trigger-long-running-operation",
+        "args-prompt",
+        "streamable_http",
+    );
+    let init = find(&records, "initialize", None);
+    assert_eq!(init["outcome"], "ok");
+    let session = find(&records, "tools/list", None)["session"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!session.is_empty());
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["method"] != "initialize")
+            .all(|r| r["session"] == session.as_str()),
+        "{records:#?}"
+    );
+    assert_eq!(
+        find(&records, "tools/list", None)["protocol_version"],
+        "2025-11-25"
+    );
+    assert_eq!(
+        find(&records, "tools/list", None)["server"],
+        format!("127.0.0.1:{port}")
+    );
+    // The process is the one that made the calls.
+    let exe = find(&records, "tools/list", None)["principal"]["exe"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(exe.contains("python3"), "{exe}");
+}
+
+#[test]
+fn python_sdk_and_everything_over_legacy_sse() {
+    let port = free_port();
+    let server = everything(Transport::Sse, port);
+    let gw = gateway("py-ev-sse", port, "");
+    let direct = run_json(python_client_cmd(&server.url, Transport::Sse));
+    let mediated = run_json(gw.wrap(python_client_cmd(&server.url, Transport::Sse)));
+    assert_eq!(mediated, direct, "results differ through the gateway");
+
+    let records = exchanges(&gw, "prompts/get");
+    assert_audited(
+        &records,
+        "echo",
+        "trigger-long-running-operation",
+        "args-prompt",
+        "sse",
+    );
+    let session = find(&records, "tools/list", None)["session"]
+        .as_str()
+        .unwrap();
+    assert!(!session.is_empty());
+}
+
+#[test]
+fn rmcp_client_and_server_configured_by_name() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = gateway(
+        "rmcp-rmcp",
+        port,
+        &format!(
+            "[[server]]\nname = \"rmcp-test\"\naddress = \"127.0.0.1:{port}\"\npath = \"/mcp\"\n"
+        ),
+    );
+    let direct = run_json(rmcp_client_cmd(&server.url, Profile::Rmcp));
+    let mediated = run_json(gw.wrap(rmcp_client_cmd(&server.url, Profile::Rmcp)));
+    assert_eq!(mediated, direct);
+    let records = exchanges(&gw, "prompts/get");
+    assert_audited(&records, "echo", "slow_count", "greet", "streamable_http");
+    assert!(
+        records.iter().all(|r| r["server"] == "rmcp-test"),
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn rmcp_stateless_2026_07_28_revision() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = gateway("rmcp-2026", port, "");
+    let run = |wrap: bool| {
+        let mut cmd = rmcp_client_cmd(&server.url, Profile::Rmcp);
+        cmd.args(["--lifecycle", "discover"]);
+        run_json(if wrap { gw.wrap(cmd) } else { cmd })
+    };
+    let direct = run(false);
+    let mediated = run(true);
+    assert_eq!(mediated, direct);
+    assert_eq!(mediated["protocol_version"], "2026-07-28", "{mediated}");
+
+    let records = exchanges(&gw, "prompts/get");
+    assert_audited(&records, "echo", "slow_count", "greet", "streamable_http");
+    assert_eq!(find(&records, "server/discover", None)["outcome"], "ok");
+    assert!(
+        records.iter().all(|r| r["method"] != "initialize"),
+        "{records:#?}"
+    );
+    let call = find(&records, "tools/call", Some("echo"));
+    assert_eq!(call["protocol_version"], "2026-07-28", "{call}");
+    assert!(
+        call.get("session").is_none(),
+        "stateless calls have no session: {call}"
+    );
+}
+
+#[test]
+fn rmcp_client_against_everything_and_python_sdk_against_rmcp() {
+    let ev_port = free_port();
+    let rm_port = free_port();
+    let ev = everything(Transport::Streamable, ev_port);
+    let rm = rmcp_server(rm_port);
+    let gw = Gateway::start(
+        "cross",
+        GatewayOptions {
+            ports: vec![ev_port, rm_port],
+            ..Default::default()
+        },
+    );
+    let direct = run_json(rmcp_client_cmd(&ev.url, Profile::Everything));
+    let mediated = run_json(gw.wrap(rmcp_client_cmd(&ev.url, Profile::Everything)));
+    assert_eq!(mediated, direct);
+
+    let direct = run_json(python_client_cmd(&rm.url, Transport::Streamable));
+    let mediated = run_json(gw.wrap(python_client_cmd(&rm.url, Transport::Streamable)));
+    assert_eq!(mediated, direct);
+
+    let records = exchanges(&gw, "prompts/get");
+    let servers: std::collections::HashSet<&str> = records
+        .iter()
+        .filter_map(|r| r["server"].as_str())
+        .collect();
+    assert!(
+        servers.contains(format!("127.0.0.1:{ev_port}").as_str()),
+        "{servers:?}"
+    );
+    assert!(
+        servers.contains(format!("127.0.0.1:{rm_port}").as_str()),
+        "{servers:?}"
+    );
+}
