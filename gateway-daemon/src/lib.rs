@@ -10,3 +10,4 @@ pub mod intercept;
 pub mod listen;
 pub mod mcp;
 pub mod passthrough;
+pub mod route;

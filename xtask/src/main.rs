@@ -74,6 +74,11 @@ const NEEDS: &[Need] = &[
         package: "npm",
         present: || runs("npm", &["--version"]),
     },
+    // An HTTP/2 (h2c) agent in the tests.
+    Need {
+        package: "curl",
+        present: || runs("curl", &["--version"]),
+    },
 ];
 
 fn main() -> Result<()> {

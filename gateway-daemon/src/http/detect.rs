@@ -64,10 +64,20 @@ pub fn classify(prefix: &[u8]) -> Option<Detected> {
     }
 }
 
-/// Waits for the agent's first bytes (or the server's) and classifies them.
-pub async fn detect(agent: &TcpStream, upstream: &TcpStream) -> Detected {
+/// Waits for the agent's first bytes (or the server's, when `upstream` is given) and
+/// classifies them. Without an upstream, an agent silent for `PREFIX_WAIT` is `Other`.
+pub async fn detect(agent: &TcpStream, upstream: Option<&TcpStream>) -> Detected {
     let mut buf = [0u8; 24];
     let deadline = tokio::time::Instant::now() + PREFIX_WAIT;
+    let server_spoke = async {
+        match upstream {
+            Some(u) => {
+                let _ = u.readable().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(server_spoke);
     loop {
         tokio::select! {
             biased;
@@ -84,7 +94,8 @@ pub async fn detect(agent: &TcpStream, upstream: &TcpStream) -> Detected {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             },
-            _ = upstream.readable() => return Detected::NotClientFirst,
+            _ = &mut server_spoke => return Detected::NotClientFirst,
+            _ = tokio::time::sleep_until(deadline), if upstream.is_none() => return Detected::Other,
         }
     }
 }

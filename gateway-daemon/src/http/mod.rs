@@ -122,7 +122,17 @@ where
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         let upstream = upstream.clone();
-        let span = tracing::info_span!(parent: &span, "http", method = %req.method(), path = %req.uri().path());
+        // The MCP fields are filled in by the MCP stage once it has read the body.
+        let span = tracing::info_span!(
+            parent: &span,
+            "http",
+            method = %req.method(),
+            path = %req.uri().path(),
+            server = tracing::field::Empty,
+            session = tracing::field::Empty,
+            rpc = tracing::field::Empty,
+            id = tracing::field::Empty,
+        );
         async move { Ok::<_, Infallible>(mcp::route(req, &ctx, &upstream).await) }.instrument(span)
     });
     let io = TokioIo::new(agent);

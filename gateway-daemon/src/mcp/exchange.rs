@@ -236,6 +236,19 @@ pub async fn post(
         Parsed::Single(m) => (vec![m], false),
         Parsed::Batch(ms) => (ms, true),
     };
+    let span = tracing::Span::current();
+    span.record("server", &*obs.server);
+    if let Some(s) = &obs.session {
+        span.record("session", s.id.as_str());
+    }
+    if let Some(m) = messages.first() {
+        if let Some(method) = m.method.as_deref() {
+            span.record("rpc", method);
+        }
+        if let Some(id) = &m.id {
+            span.record("id", tracing::field::display(id));
+        }
+    }
     if obs.protocol_version.is_none() {
         obs.protocol_version = messages
             .iter()
@@ -529,4 +542,112 @@ pub async fn delete(
     let (parts, body) = resp.into_parts();
     let body = body.map_err(Into::into).boxed();
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn check(body: &str, pairs: &[(&str, &str)]) -> Option<String> {
+        let parsed = jsonrpc::parse(body.as_bytes(), MAX_DEPTH).unwrap();
+        let messages = match parsed {
+            Parsed::Single(m) => vec![m],
+            Parsed::Batch(ms) => ms,
+        };
+        header_mismatch(&headers(pairs), &messages)
+    }
+
+    const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_weather","arguments":{}}}"#;
+
+    #[test]
+    fn matching_routing_headers_pass() {
+        assert_eq!(check(CALL, &[]), None);
+        assert_eq!(
+            check(
+                CALL,
+                &[("mcp-method", "tools/call"), ("mcp-name", "get_weather")]
+            ),
+            None
+        );
+        let read =
+            r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///a"}}"#;
+        assert_eq!(
+            check(
+                read,
+                &[("mcp-method", "resources/read"), ("mcp-name", "file:///a")]
+            ),
+            None
+        );
+        let task = r#"{"jsonrpc":"2.0","id":3,"method":"tasks/get","params":{"taskId":"t-9"}}"#;
+        assert_eq!(check(task, &[("mcp-name", "t-9")]), None);
+    }
+
+    #[test]
+    fn lying_routing_headers_are_named() {
+        let e = check(CALL, &[("mcp-method", "tools/list")]).unwrap();
+        assert!(
+            e.contains("\"tools/list\"") && e.contains("\"tools/call\""),
+            "{e}"
+        );
+        let e = check(CALL, &[("mcp-name", "safe_tool")]).unwrap();
+        assert!(
+            e.contains("\"safe_tool\"") && e.contains("\"get_weather\""),
+            "{e}"
+        );
+        let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        let e = check(list, &[("mcp-name", "x")]).unwrap();
+        assert!(e.contains("names nothing"), "{e}");
+        // A batch must agree with the header in every message.
+        let batch = format!(
+            "[{CALL},{}]",
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#
+        );
+        assert!(check(&batch, &[("mcp-method", "tools/call")]).is_some());
+    }
+
+    #[test]
+    fn base64_wrapped_names_are_decoded() {
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"météo"}}"#;
+        use base64::Engine as _;
+        let wrapped = format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode("météo")
+        );
+        assert_eq!(check(call, &[("mcp-name", &wrapped)]), None);
+        let other = format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode("meteo")
+        );
+        assert!(check(call, &[("mcp-name", &other)]).is_some());
+        assert!(check(call, &[("mcp-name", "=?base64?!!!?=")])
+            .unwrap()
+            .contains("invalid Base64"));
+    }
+
+    #[test]
+    fn unreadable_routing_header_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "mcp-method",
+            http::HeaderValue::from_bytes(b"tools/\xffcall").unwrap(),
+        );
+        let parsed = jsonrpc::parse(CALL.as_bytes(), MAX_DEPTH).unwrap();
+        let Parsed::Single(m) = parsed else {
+            unreachable!()
+        };
+        assert!(header_mismatch(&h, &[m])
+            .unwrap()
+            .contains("not visible ASCII"));
+    }
 }

@@ -110,3 +110,54 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> (McpKind, Target) {
 pub fn batches_allowed(version: Option<&str>) -> bool {
     matches!(version, None | Some("2025-03-26"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_comes_from_authority_or_host_header_without_port() {
+        assert_eq!(
+            host_of(&req("GET", "/", &[("host", "mcp.example.com:8080")])),
+            Some("mcp.example.com")
+        );
+        assert_eq!(
+            host_of(&req("GET", "http://a.example/x", &[])),
+            Some("a.example")
+        );
+        assert_eq!(
+            host_of(&req("GET", "/", &[("host", "[::1]:3001")])),
+            Some("::1")
+        );
+        assert_eq!(host_of(&req("GET", "/", &[])), None);
+    }
+
+    #[test]
+    fn accept_lists_are_split() {
+        let r = req(
+            "POST",
+            "/mcp",
+            &[("accept", "application/json, text/event-stream;q=0.9")],
+        );
+        assert!(accepts(r.headers(), "application/json"));
+        assert!(accepts(r.headers(), "text/event-stream"));
+        assert!(!accepts(r.headers(), "text/html"));
+    }
+
+    #[test]
+    fn batches_only_in_2025_03_26() {
+        assert!(batches_allowed(None));
+        assert!(batches_allowed(Some("2025-03-26")));
+        assert!(!batches_allowed(Some("2025-06-18")));
+        assert!(!batches_allowed(Some("2025-11-25")));
+        assert!(!batches_allowed(Some("2026-07-28")));
+    }
+}

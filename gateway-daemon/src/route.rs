@@ -1,0 +1,178 @@
+//! The path of an accepted, identified connection: dial the original destination, look
+//! at the first bytes, and hand the flow to the stage that serves it — the MCP-aware HTTP
+//! proxy, or a byte pipe — then write its flow record.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::audit::{timestamp, AuditSink};
+use crate::config::Config;
+use crate::http::counting::Counting;
+use crate::http::detect::{detect, Detected};
+use crate::http::{self as gwhttp, Protocol};
+use crate::identity::Identity;
+use crate::intercept::Redirected;
+use crate::mcp::{ConnCtx, Principal, Sessions};
+use crate::passthrough::{self, Transfer};
+
+/// What a flow's audit record says.
+#[derive(Serialize)]
+struct FlowRecord<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    start: String,
+    duration_ms: f64,
+    identity: &'a Identity,
+    orig_dst: SocketAddr,
+    upstream: SocketAddr,
+    client: SocketAddr,
+    /// What the connection carried: http1, http2, tls, tcp.
+    protocol: &'static str,
+    bytes_to_upstream: u64,
+    bytes_to_agent: u64,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// What every flow task needs from the daemon.
+pub struct Shared {
+    pub audit: AuditSink,
+    pub config: Arc<Config>,
+    pub sessions: Arc<Sessions>,
+}
+
+/// Serves one redirected connection to its end and audits it.
+pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: Shared) {
+    let started = SystemTime::now();
+    let t0 = std::time::Instant::now();
+    let identity = Identity::resolve(&r);
+    let upstream = r.upstream_addr();
+    tracing::debug!(exe = ?identity.exe, "flow start");
+    let (transfer, protocol, outcome) = carry(agent, &identity, upstream, &shared).await;
+    tracing::debug!(
+        up = transfer.to_upstream,
+        down = transfer.to_agent,
+        outcome,
+        "flow end"
+    );
+    shared
+        .audit
+        .record(&FlowRecord {
+            kind: "flow",
+            time: timestamp(SystemTime::now()),
+            start: timestamp(started),
+            duration_ms: t0.elapsed().as_secs_f64() * 1e3,
+            identity: &identity,
+            orig_dst: r.orig_dst,
+            upstream,
+            client,
+            protocol,
+            bytes_to_upstream: transfer.to_upstream,
+            bytes_to_agent: transfer.to_agent,
+            outcome,
+            error: transfer.error,
+        })
+        .await;
+}
+
+type Carried = (Transfer, &'static str, &'static str);
+
+/// An abortive close shows the agent a reset, as a refused or failed direct connect would.
+fn reset(
+    agent: TcpStream,
+    protocol: &'static str,
+    outcome: &'static str,
+    error: Option<String>,
+) -> Carried {
+    let _ = agent.set_zero_linger();
+    drop(agent);
+    let t = Transfer {
+        error,
+        ..Default::default()
+    };
+    (t, protocol, outcome)
+}
+
+async fn dial(upstream: SocketAddr, shared: &Shared) -> Result<TcpStream, String> {
+    passthrough::connect(upstream, shared.config.intercept.mark)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "upstream unreachable; resetting the agent connection");
+            e.to_string()
+        })
+}
+
+fn label(d: Detected) -> &'static str {
+    match d {
+        Detected::Http1 => "http1",
+        Detected::Http2 => "http2",
+        Detected::Tls => "tls",
+        Detected::Other | Detected::NotClientFirst => "tcp",
+    }
+}
+
+async fn carry(
+    agent: TcpStream,
+    identity: &Identity,
+    upstream: SocketAddr,
+    shared: &Shared,
+) -> Carried {
+    // With MCP only, nothing but HTTP is dialed: a refused flow never reaches its
+    // destination. Otherwise the destination is dialed first, so a protocol whose server
+    // speaks first is recognised by that rather than by waiting on the agent.
+    let (detected, up) = if shared.config.http.mcp_only {
+        let d = detect(&agent, None).await;
+        if !matches!(d, Detected::Http1 | Detected::Http2) {
+            tracing::info!(
+                protocol = label(d),
+                "non-HTTP connection refused (http.mcp_only)"
+            );
+            return reset(agent, label(d), "refused_not_mcp", None);
+        }
+        (d, None)
+    } else {
+        match dial(upstream, shared).await {
+            Ok(up) => (detect(&agent, Some(&up)).await, Some(up)),
+            Err(e) => return reset(agent, "tcp", "upstream_connect_failed", Some(e)),
+        }
+    };
+    let up = match up {
+        Some(up) => up,
+        None => match dial(upstream, shared).await {
+            Ok(up) => up,
+            Err(e) => return reset(agent, label(detected), "upstream_connect_failed", Some(e)),
+        },
+    };
+    let protocol = match detected {
+        Detected::Http1 => Protocol::Http1,
+        Detected::Http2 => Protocol::Http2,
+        other => {
+            let t = passthrough::relay(agent, up).await;
+            let outcome = if t.error.is_some() { "error" } else { "closed" };
+            return (t, label(other), outcome);
+        }
+    };
+    let ctx = Arc::new(ConnCtx {
+        principal: Arc::new(Principal::of(identity)),
+        upstream_addr: upstream,
+        audit: shared.audit.clone(),
+        sessions: shared.sessions.clone(),
+        config: shared.config.clone(),
+    });
+    let (agent, agent_bytes) = Counting::new(agent);
+    let result = gwhttp::serve(agent, up, protocol, ctx).await;
+    let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "closed");
+    let t = Transfer {
+        to_upstream: agent_bytes.read.load(Ordering::Relaxed),
+        to_agent: agent_bytes.written.load(Ordering::Relaxed),
+        error: result.err().map(|e| e.to_string()),
+    };
+    (t, label(detected), outcome)
+}

@@ -1,0 +1,158 @@
+//! The HTTP paths around MCP: an h2c agent is served in HTTP/2 on both sides, plain HTTP
+//! that is not MCP passes through unchanged, and `http.mcp_only` refuses everything but MCP.
+
+use std::process::Command;
+
+use gateway_tests::peers::rmcp_server;
+use gateway_tests::{free_port, EchoServer, Gateway, GatewayOptions, PYTHON};
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+
+fn curl(gw: &Gateway, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20"]).args(args);
+    let out = gw.wrap(cmd).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn initialize_args(url: &str, h2: bool) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "-H".into(),
+        "Accept: application/json, text/event-stream".into(),
+        "--data".into(),
+        INITIALIZE.into(),
+        url.into(),
+    ];
+    if h2 {
+        a.insert(0, "--http2-prior-knowledge".into());
+    }
+    a
+}
+
+#[test]
+fn h2c_agent_is_served_in_http2_on_both_sides() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = Gateway::start(
+        "h2c",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let args = initialize_args(&server.url, true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = curl(&gw, &args);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"serverInfo\""), "{out}");
+    let rec = gw.wait_record("initialize", |r| r["method"] == "initialize");
+    assert_eq!(rec["outcome"], "ok", "{rec}");
+    let flow = gw.wait_record("the h2 flow", |r| r["type"] == "flow");
+    assert_eq!(flow["protocol"], "http2", "{flow}");
+}
+
+#[test]
+fn plain_http_that_is_not_mcp_passes_through_unchanged() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let page: String = (0..5000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    std::fs::write(dir.path().join("page.txt"), &page).unwrap();
+    let mut server = Command::new(PYTHON)
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let gw = Gateway::start(
+        "plainhttp",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let url = format!("http://127.0.0.1:{port}/page.txt");
+    let (ok, out) = curl(&gw, &[&url]);
+    assert!(ok, "{out}");
+    assert_eq!(out, page);
+    let flow = gw.wait_record("the flow", |r| r["type"] == "flow");
+    assert_eq!(flow["protocol"], "http1");
+    assert!(gw.mcp_records().is_empty(), "{:#?}", gw.mcp_records());
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn mcp_only_refuses_everything_but_mcp() {
+    let mcp_port = free_port();
+    let server = rmcp_server(mcp_port);
+    let echo = EchoServer::start("127.0.0.1:0");
+    let gw = Gateway::start(
+        "mcponly",
+        GatewayOptions {
+            ports: vec![mcp_port, echo.addr.port()],
+            extra: "[http]\nmcp_only = true\n".into(),
+            ..Default::default()
+        },
+    );
+    // Not MCP: a plain GET of the MCP server's host gets a clear 403.
+    let (_, out) = curl(
+        &gw,
+        &["-i", &format!("http://127.0.0.1:{mcp_port}/robots.txt")],
+    );
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("http.mcp_only"), "{out}");
+    // MCP still works.
+    let args = initialize_args(&server.url, false);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = curl(&gw, &args);
+    assert!(ok && out.contains("\"serverInfo\""), "{out}");
+    // Raw TCP is refused: the agent's connection is reset, the server never sees it.
+    let out = gw
+        .wrap({
+            let mut c = Command::new(PYTHON);
+            c.args(gateway_tests::probe_args(
+                "127.0.0.1",
+                echo.addr.port(),
+                "plain",
+                100,
+            ));
+            c
+        })
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("ConnectionResetError") || stderr.contains("BrokenPipeError"),
+        "{stderr}"
+    );
+    assert!(echo.peers().is_empty(), "{:?}", echo.peers());
+    let flow = gw.wait_record("the refused flow", |r| r["outcome"] == "refused_not_mcp");
+    assert_eq!(flow["protocol"], "tcp");
+}
