@@ -231,3 +231,41 @@ fn rmcp_client_against_everything_and_python_sdk_against_rmcp() {
         "{servers:?}"
     );
 }
+
+/// The server asks the agent to sample in the middle of a tool call (a server-to-client
+/// request on the call's SSE stream); the agent answers with a POST. Both exchanges are
+/// paired and audited, in their own directions.
+#[test]
+fn server_to_client_sampling_is_paired_across_exchanges() {
+    const SAMPLING_CLIENT: &str = include_str!("../fixtures/sampling_client.py");
+    let port = free_port();
+    let server = everything(Transport::Streamable, port);
+    let gw = gateway("sampling", port, "");
+    let mut cmd = std::process::Command::new(gateway_tests::peers::venv_python());
+    cmd.args(["-c", SAMPLING_CLIENT, &server.url]);
+    let direct = run_json(cmd);
+    let mut cmd = std::process::Command::new(gateway_tests::peers::venv_python());
+    cmd.args(["-c", SAMPLING_CLIENT, &server.url]);
+    let mediated = run_json(gw.wrap(cmd));
+    assert_eq!(mediated, direct);
+    assert_eq!(mediated["is_error"], false, "{mediated}");
+    assert!(
+        mediated["result"][0]
+            .as_str()
+            .unwrap()
+            .contains("sampled answer"),
+        "{mediated}"
+    );
+
+    gw.wait_record("the tool call", |r| {
+        r["method"] == "tools/call" && r["name"] == "trigger-sampling-request"
+    });
+    let records = gw.mcp_records();
+    let sampling = find(&records, "sampling/createMessage", None);
+    assert_eq!(sampling["direction"], "server_to_client", "{sampling}");
+    assert_eq!(sampling["outcome"], "ok", "{sampling}");
+    assert!(sampling["latency_ms"].as_f64().is_some(), "{sampling}");
+    let call = find(&records, "tools/call", Some("trigger-sampling-request"));
+    assert_eq!(call["outcome"], "ok");
+    assert_eq!(call["session"], sampling["session"]);
+}
