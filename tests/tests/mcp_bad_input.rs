@@ -10,6 +10,7 @@ use serde_json::Value;
 
 const FAKE_SERVER: &str = include_str!("../fixtures/fake_mcp_server.py");
 const BAD_AGENT: &str = include_str!("../fixtures/bad_agent.py");
+const RAW_AGENT: &str = include_str!("../fixtures/raw_agent.py");
 
 struct Server(Child);
 
@@ -205,4 +206,126 @@ fn bad_requests_get_clear_errors_and_cost_nothing_else() {
         ],
     ));
     assert_eq!(again["good_after_malformed"]["status"], 200);
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use std::io::Write;
+    // Python does the decoding on the other side; base64 via the interpreter keeps the
+    // test crate free of another dependency.
+    let mut child = Command::new(PYTHON)
+        .args(["-c", "import base64,sys; sys.stdout.write(base64.b64encode(sys.stdin.buffer.read()).decode())"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    let out = Command::new(PYTHON)
+        .args([
+            "-c",
+            "import base64,sys; sys.stdout.buffer.write(base64.b64decode(sys.argv[1]))",
+            text,
+        ])
+        .output()
+        .unwrap();
+    out.stdout
+}
+
+fn raw_post(gw: &Gateway, port: u16, body: &[u8], headers: &str) -> Value {
+    run_probe(gw.agent(
+        PYTHON,
+        &[
+            "-c".into(),
+            RAW_AGENT.into(),
+            "127.0.0.1".into(),
+            port.to_string(),
+            b64(body),
+            headers.into(),
+        ],
+    ))
+}
+
+#[test]
+fn messages_pass_byte_for_byte() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "verbatim",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    // Legal JSON-RPC in an unusual shape: odd spacing, escapes, key order, unknown fields.
+    let body = "{\"params\" : {\"name\":\"verbatim\", \"arguments\":{\"q\":\"\\u00e9t\u{e9}\"}, \"x-future\":[1e2]},\n \"method\":\"tools/call\",\"id\":\"a-1\",\"jsonrpc\":\"2.0\"}";
+    let out = raw_post(&gw, port, body.as_bytes(), "{}");
+    assert_eq!(out["status"], 200, "{out}");
+    // What the server received is exactly what the agent sent...
+    let at_server = received(&log);
+    assert_eq!(at_server[0]["raw"], body, "{at_server:?}");
+    // ...and what the agent received is exactly what the server sent.
+    let expected = "{ \"id\" :\"a-1\",\"result\":{\"text\":\"caf\\u00e9 \u{2615}\",\"x-unknown\":[1,2.50,{}]} ,  \"jsonrpc\":\"2.0\"}";
+    let got = unb64(out["body_b64"].as_str().unwrap());
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+}
+
+#[test]
+fn a_session_id_is_not_a_credential_for_another_program() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "hijack",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let init = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"a","version":"1"}}}"#;
+    let out = raw_post(&gw, port, init, "{}");
+    let session = out["session"]
+        .as_str()
+        .expect("the server opened a session")
+        .to_string();
+
+    // The same program (python) goes on using its session.
+    let call = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let hdr = format!("{{\"Mcp-Session-Id\": \"{session}\"}}");
+    assert_eq!(raw_post(&gw, port, call, &hdr)["status"], 200);
+
+    // Another program presenting the stolen id is refused before the server sees it.
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-X", "POST", "-H", "Content-Type: application/json"])
+        .args(["-H", "Accept: application/json, text/event-stream"])
+        .args(["-H", &format!("Mcp-Session-Id: {session}")])
+        .args([
+            "-w",
+            "\n%{http_code}",
+            "--data",
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+        ])
+        .arg(format!("http://127.0.0.1:{port}/mcp"));
+    let out = gw.wrap(curl).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("403"), "{text}");
+    assert!(text.contains("belongs to another principal"), "{text}");
+    assert!(text.contains("-32010"), "{text}");
+    let ids: Vec<i64> = received(&log)
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .collect();
+    assert_eq!(ids, vec![1, 2], "the hijacked request reached the server");
+    let refused = gw.wait_record("the refusal", |r| r["outcome"] == "refused");
+    assert_eq!(refused["id"], "3");
+    assert!(
+        refused["principal"]["exe"]
+            .as_str()
+            .unwrap()
+            .contains("curl"),
+        "{refused}"
+    );
 }
