@@ -1,5 +1,7 @@
 //! mcp-gateway: a transparent host firewall for MCP traffic.
 
+mod audit_cli;
+
 use gateway_daemon::{audit, config, exec, intercept, listen, mcp};
 
 use std::path::PathBuf;
@@ -43,6 +45,13 @@ enum Command {
     },
     /// Validate a config file; exit status 0 when valid.
     CheckConfig { file: PathBuf },
+    /// Read and verify the audit ledger.
+    Audit {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: audit_cli::AuditCmd,
+    },
 }
 
 fn main() {
@@ -82,6 +91,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             };
             exec::exec(&cgroup, &command)
         }
+        Command::Audit { config, command } => audit_cli::run(command, &config),
         Command::Run { config } => {
             init_logging();
             let resolved = config::Config::load(&config)?;
@@ -113,7 +123,7 @@ async fn run(resolved: config::Resolved) -> anyhow::Result<()> {
         );
     }
     let cfg = resolved.config.clone();
-    let (sink, writer) = audit::open(&cfg.audit.path).await?;
+    let (sink, writer) = audit::open(&cfg.audit).await?;
     // Listen before attaching: the first redirected connection must find a listener.
     let listeners = vec![
         listen::bind(cfg.listener.ipv4).await?,

@@ -24,6 +24,8 @@ pub struct GatewayOptions {
     pub no_cgroup: bool,
     /// More TOML appended to the config (e.g. `[http]` limits, `[[server]]` entries).
     pub extra: String,
+    /// More keys of the `[audit]` table (e.g. `sync = "batch"`).
+    pub audit: String,
 }
 
 pub struct Gateway {
@@ -67,10 +69,12 @@ impl Gateway {
                  [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
                  [scope]\nports = [{}]\n\
                  [intercept]\ninstance = \"{instance}\"\n\
-                 [audit]\npath = \"{}\"\n{}\n",
+                 [audit]\npath = \"{}\"\nkey = \"{}\"\njournald = \"off\"\n{}\n{}\n",
                 users.join(", "),
                 ports.join(", "),
                 audit.display(),
+                dir.path().join("audit.key").display(),
+                opts.audit,
                 opts.extra
             ),
         )

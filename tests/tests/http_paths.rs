@@ -56,7 +56,9 @@ fn h2c_agent_is_served_in_http2_on_both_sides() {
     let (ok, out) = curl(&gw, &args);
     assert!(ok, "{out}");
     assert!(out.contains("\"serverInfo\""), "{out}");
-    let rec = gw.wait_record("initialize", |r| r["method"] == "initialize");
+    let rec = gw.wait_record("initialize", |r| {
+        r["type"] == "mcp" && r["method"] == "initialize"
+    });
     assert_eq!(rec["outcome"], "ok", "{rec}");
     let flow = gw.wait_record("the h2 flow", |r| r["type"] == "flow");
     assert_eq!(flow["protocol"], "http2", "{flow}");

@@ -189,7 +189,9 @@ fn bad_requests_get_clear_errors_and_cost_nothing_else() {
     assert_eq!(outcome_of("7").as_deref(), Some("refused"));
     assert_eq!(outcome_of("2").as_deref(), Some("ok"));
     assert_eq!(outcome_of("11").as_deref(), Some("upstream_error"));
-    let died = gw.wait_record("for the stream that died", |r| r["id"] == "13");
+    let died = gw.wait_record("for the stream that died", |r| {
+        r["type"] == "mcp" && r["id"] == "13"
+    });
     assert_eq!(died["outcome"], "upstream_error");
     let v2026 = mcp.iter().find(|r| r["id"] == "6").unwrap();
     assert_eq!(v2026["protocol_version"], "2026-07-28");

@@ -258,7 +258,7 @@ fn server_to_client_sampling_is_paired_across_exchanges() {
     );
 
     gw.wait_record("the tool call", |r| {
-        r["method"] == "tools/call" && r["name"] == "trigger-sampling-request"
+        r["type"] == "mcp" && r["method"] == "tools/call" && r["name"] == "trigger-sampling-request"
     });
     let records = gw.mcp_records();
     let sampling = find(&records, "sampling/createMessage", None);

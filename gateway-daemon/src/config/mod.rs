@@ -166,6 +166,50 @@ pub struct Intercept {
 pub struct Audit {
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
+    /// When records reach the disk: `always` (fdatasync before a call is forwarded; calls
+    /// that arrive together share one sync), `batch` (at most one sync per
+    /// `batch_interval_ms`, calls wait for it), `none` (the OS decides; a crash may lose
+    /// the last records).
+    #[serde(default)]
+    pub sync: SyncPolicy,
+    #[serde(default = "default_batch_interval_ms")]
+    pub batch_interval_ms: u64,
+    /// Rotate the current file past this size...
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// ...or this age in seconds (0: no age limit).
+    #[serde(default = "default_max_file_age_s")]
+    pub max_file_age_s: u64,
+    /// Rotated files kept; older ones are deleted (0: keep all).
+    #[serde(default = "default_retain_files")]
+    pub retain_files: usize,
+    /// Seconds between signed checkpoints (also written at rotation and clean stop).
+    #[serde(default = "default_checkpoint_interval_s")]
+    pub checkpoint_interval_s: u64,
+    /// The ed25519 signing key, created 0600 on first start.
+    #[serde(default = "default_audit_key")]
+    pub key: PathBuf,
+    /// Also send each record to journald: `auto` (when its socket exists), `on`, `off`.
+    #[serde(default)]
+    pub journald: Journald,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    #[default]
+    Always,
+    Batch,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Journald {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 fn default_listen4() -> SocketAddr {
@@ -212,6 +256,24 @@ fn default_max_pending() -> usize {
 }
 fn default_max_sessions() -> usize {
     10_000
+}
+fn default_batch_interval_ms() -> u64 {
+    10
+}
+fn default_max_file_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_file_age_s() -> u64 {
+    86_400
+}
+fn default_retain_files() -> usize {
+    30
+}
+fn default_checkpoint_interval_s() -> u64 {
+    60
+}
+fn default_audit_key() -> PathBuf {
+    "/var/lib/mcp-gateway/audit-signing.key".into()
 }
 fn default_audit_path() -> PathBuf {
     "/var/log/mcp-gateway/audit.jsonl".into()
@@ -262,6 +324,14 @@ impl Default for Audit {
     fn default() -> Self {
         Self {
             path: default_audit_path(),
+            sync: SyncPolicy::Always,
+            batch_interval_ms: default_batch_interval_ms(),
+            max_file_bytes: default_max_file_bytes(),
+            max_file_age_s: default_max_file_age_s(),
+            retain_files: default_retain_files(),
+            checkpoint_interval_s: default_checkpoint_interval_s(),
+            key: default_audit_key(),
+            journald: Journald::Auto,
         }
     }
 }

@@ -194,8 +194,21 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
             }
         }
     }
-    if config.audit.path.as_os_str().is_empty() {
-        return fail("audit.path", "must not be empty");
+    let a = &config.audit;
+    if a.path.as_os_str().is_empty() || a.path.file_name().is_none() {
+        return fail("audit.path", "must name a file");
+    }
+    if a.key.as_os_str().is_empty() {
+        return fail("audit.key", "must name a file");
+    }
+    if a.max_file_bytes < 4096 {
+        return fail("audit.max_file_bytes", "must be at least 4096");
+    }
+    if a.checkpoint_interval_s == 0 {
+        return fail("audit.checkpoint_interval_s", "must be at least 1");
+    }
+    if a.batch_interval_ms == 0 || a.batch_interval_ms > 10_000 {
+        return fail("audit.batch_interval_ms", "must be between 1 and 10000");
     }
     Ok(Resolved { config, agent_uids })
 }

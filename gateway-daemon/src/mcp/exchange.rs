@@ -324,6 +324,20 @@ pub async fn post(
         s.state().protocol_version.get_or_insert_with(|| v.clone());
     }
     obs.write(records).await;
+    // Write-ahead: no request reaches the server before its record is durable.
+    for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+        if let Err(e) = ctx.audit.record_durable(&obs.call(m)).await {
+            tracing::error!(error = %e, "call refused: the audit ledger cannot record it");
+            let waiting = local.drain_expired(|_| true);
+            let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &ids_or_null(ids),
+                GATEWAY_REFUSED,
+                &format!("the gateway cannot record this call in its audit ledger, so it is not forwarded: {e}"),
+            );
+        }
+    }
 
     let resp = match upstream.send(Request::from_parts(parts, full(bytes))).await {
         Ok(r) => r,

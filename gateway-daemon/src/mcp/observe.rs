@@ -6,8 +6,9 @@ use std::time::{Instant, SystemTime};
 
 use super::jsonrpc::{Id, Kind, Message};
 use super::pairing::{PairingError, Pending};
-use super::record::{Direction, ExchangeRecord, PendingRequest, Principal};
+use super::record::{CallRecord, Direction, ExchangeRecord, PendingRequest, Principal};
 use super::session::{Session, Transport};
+use crate::audit::chain::sha256_hex;
 use crate::audit::{timestamp, AuditSink};
 
 pub struct Observer {
@@ -206,6 +207,24 @@ impl Observer {
         r.outcome = "malformed";
         r.detail = Some(detail.to_string());
         r
+    }
+
+    /// The write-ahead record of a request about to be forwarded: what was asked, by whom,
+    /// with a digest of its arguments (never the arguments themselves).
+    pub fn call(&self, m: &Message) -> CallRecord {
+        CallRecord {
+            kind: "mcp_call",
+            time: timestamp(SystemTime::now()),
+            principal: self.principal.clone(),
+            server: self.server.clone(),
+            session: self.session.as_ref().map(|s| s.id.clone()),
+            transport: self.transport.label(),
+            protocol_version: self.protocol_version.clone(),
+            method: m.method.as_deref().unwrap_or_default().to_string(),
+            name: m.target_name().map(|n| n.into_owned()),
+            id: id_text(&m.id),
+            params_sha256: m.params.map(|p| sha256_hex(p.get().as_bytes())),
+        }
     }
 
     pub async fn write(&self, records: Vec<ExchangeRecord>) {

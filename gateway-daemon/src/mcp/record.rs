@@ -88,3 +88,26 @@ pub struct ExchangeRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
 }
+
+/// Written, durably, before a request is forwarded: the ledger holds every call the
+/// server saw, even if the daemon dies before the response.
+#[derive(Debug, Serialize)]
+pub struct CallRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub principal: Arc<Principal>,
+    pub server: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    pub transport: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+    pub method: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params_sha256: Option<String>,
+}

@@ -1,0 +1,144 @@
+//! The hash chain: every record carries its sequence number, the previous record's hash and
+//! its own, a SHA-256 over its canonical form (compact JSON of the record without `hash`,
+//! keys in the order serde_json's map keeps them, which parsing the line reproduces).
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// `prev` of the very first record.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChainError {
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    #[error("missing or invalid `{0}`")]
+    Field(&'static str),
+    #[error("content does not match its hash")]
+    HashMismatch,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn hash_of(map: &Map<String, Value>) -> String {
+    sha256_hex(&serde_json::to_vec(map).expect("a JSON map always serialises"))
+}
+
+/// Seals `body` as record `seq` after `prev`: returns the line (with its newline) and its
+/// hash. Fields of `body` named like the chain's own are dropped.
+pub fn seal(seq: u64, prev: &str, body: Map<String, Value>) -> (Vec<u8>, String) {
+    let mut m = Map::new();
+    m.insert("seq".into(), seq.into());
+    m.insert("prev".into(), prev.into());
+    for (k, v) in body {
+        if !matches!(k.as_str(), "seq" | "prev" | "hash") {
+            m.insert(k, v);
+        }
+    }
+    let hash = hash_of(&m);
+    m.insert("hash".into(), hash.clone().into());
+    let mut line = serde_json::to_vec(&m).expect("a JSON map always serialises");
+    line.push(b'\n');
+    (line, hash)
+}
+
+/// A record read back from a ledger line.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub seq: u64,
+    pub prev: String,
+    pub hash: String,
+    pub body: Map<String, Value>,
+}
+
+/// Parses a line (without its newline) and checks it against its own hash.
+pub fn open(line: &[u8]) -> Result<Sealed, ChainError> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| ChainError::NotJson(e.to_string()))?;
+    let Value::Object(mut map) = value else {
+        return Err(ChainError::NotJson(
+            "a JSON value that is not an object".into(),
+        ));
+    };
+    let hash = match map.remove("hash") {
+        Some(Value::String(h)) => h,
+        _ => return Err(ChainError::Field("hash")),
+    };
+    let seq = map
+        .get("seq")
+        .and_then(Value::as_u64)
+        .ok_or(ChainError::Field("seq"))?;
+    let prev = map
+        .get("prev")
+        .and_then(Value::as_str)
+        .ok_or(ChainError::Field("prev"))?
+        .to_string();
+    if hash_of(&map) != hash {
+        return Err(ChainError::HashMismatch);
+    }
+    Ok(Sealed {
+        seq,
+        prev,
+        hash,
+        body: map,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn sealed_records_open_and_chain() {
+        let (l1, h1) = seal(
+            1,
+            GENESIS_PREV,
+            body(json!({"type": "genesis", "latency_ms": 3.83})),
+        );
+        let (l2, h2) = seal(
+            2,
+            &h1,
+            body(json!({"type": "mcp", "seq": 99, "hash": "forged"})),
+        );
+        let r1 = open(&l1[..l1.len() - 1]).unwrap();
+        let r2 = open(&l2[..l2.len() - 1]).unwrap();
+        assert_eq!((r1.seq, r1.hash.as_str()), (1, h1.as_str()));
+        assert_eq!(
+            (r2.seq, r2.prev.as_str(), r2.hash.as_str()),
+            (2, h1.as_str(), h2.as_str())
+        );
+        assert_eq!(r2.body["type"], "mcp");
+    }
+
+    #[test]
+    fn any_edit_breaks_the_hash() {
+        let (l, _) = seal(
+            7,
+            GENESIS_PREV,
+            body(json!({"type": "mcp", "outcome": "refused"})),
+        );
+        let text = String::from_utf8(l[..l.len() - 1].to_vec()).unwrap();
+        let edited = text.replace("refused", "ok");
+        assert_eq!(
+            open(edited.as_bytes()).unwrap_err(),
+            ChainError::HashMismatch
+        );
+        let reseq = text.replace("\"seq\":7", "\"seq\":8");
+        assert_eq!(
+            open(reseq.as_bytes()).unwrap_err(),
+            ChainError::HashMismatch
+        );
+        assert!(matches!(open(b"{\"seq\":1"), Err(ChainError::NotJson(_))));
+        assert_eq!(
+            open(b"{\"seq\":1,\"prev\":\"x\"}").unwrap_err(),
+            ChainError::Field("hash")
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Where a ledger lives on disk: the current file, its rotated predecessors
+//! (`<path>.000001`, `<path>.000002`, ...; the chain runs through them in that order) and
+//! the signed head (`<path>.head`).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n:06}"));
+    PathBuf::from(s)
+}
+
+pub fn head(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".head");
+    PathBuf::from(s)
+}
+
+/// Rotated files, oldest first, as (number, path).
+pub fn rotated_files(path: &Path) -> Vec<(u32, PathBuf)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return vec![];
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let mut out: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let n = file.strip_prefix(&prefix)?;
+            (n.len() == 6)
+                .then(|| n.parse().ok())
+                .flatten()
+                .map(|n| (n, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every file of the ledger in chain order.
+pub fn ledger_files(path: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = rotated_files(path).into_iter().map(|(_, p)| p).collect();
+    if path.exists() {
+        files.push(path.to_owned());
+    }
+    files
+}
+
+/// The end of a file: its last complete line (without newline) and the bytes after the
+/// last newline (a torn line a crash left), without reading the whole file.
+pub struct Tail {
+    pub last_line: Option<Vec<u8>>,
+    /// Offset where the torn bytes start (= the length to keep).
+    pub complete_len: u64,
+    pub torn: Vec<u8>,
+}
+
+pub fn tail(path: &Path) -> std::io::Result<Tail> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    // Read backwards in growing windows until two newlines (or the start) are in view.
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        f.by_ref().take(len - start).read_to_end(&mut buf)?;
+        let last_nl = buf.iter().rposition(|&b| b == b'\n');
+        let torn_from = last_nl.map_or(0, |i| i + 1);
+        let torn = buf[torn_from..].to_vec();
+        let complete_len = start + torn_from as u64;
+        let body = &buf[..torn_from];
+        let line_start = body[..body.len().saturating_sub(1)]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| i + 1);
+        match (last_nl, line_start) {
+            (Some(nl), Some(ls)) => {
+                return Ok(Tail {
+                    last_line: Some(buf[ls..nl].to_vec()),
+                    complete_len,
+                    torn,
+                })
+            }
+            (Some(nl), None) if start == 0 => {
+                return Ok(Tail {
+                    last_line: Some(buf[..nl].to_vec()),
+                    complete_len,
+                    torn,
+                })
+            }
+            (None, _) if start == 0 => {
+                return Ok(Tail {
+                    last_line: None,
+                    complete_len: 0,
+                    torn,
+                })
+            }
+            _ => window *= 4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_finds_last_line_and_torn_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, b"one\ntwo\nthr").unwrap();
+        let t = tail(&p).unwrap();
+        assert_eq!(t.last_line.as_deref(), Some(&b"two"[..]));
+        assert_eq!(t.torn, b"thr");
+        assert_eq!(t.complete_len, 8);
+        std::fs::write(&p, b"only\n").unwrap();
+        let t = tail(&p).unwrap();
+        assert_eq!(t.last_line.as_deref(), Some(&b"only"[..]));
+        assert!(t.torn.is_empty());
+        std::fs::write(&p, b"").unwrap();
+        assert!(tail(&p).unwrap().last_line.is_none());
+        let long: Vec<u8> = std::iter::repeat_n(b'x', 200_000)
+            .chain(*b"\nlast\n")
+            .collect();
+        std::fs::write(&p, &long).unwrap();
+        assert_eq!(tail(&p).unwrap().last_line.as_deref(), Some(&b"last"[..]));
+    }
+
+    #[test]
+    fn rotated_files_sort_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        for n in [2, 10, 1] {
+            std::fs::write(rotated(&p, n), b"").unwrap();
+        }
+        std::fs::write(head(&p), b"").unwrap();
+        std::fs::write(&p, b"").unwrap();
+        let files = ledger_files(&p);
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "audit.jsonl.000001",
+                "audit.jsonl.000002",
+                "audit.jsonl.000010",
+                "audit.jsonl"
+            ]
+        );
+    }
+}

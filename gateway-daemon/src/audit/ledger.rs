@@ -1,0 +1,333 @@
+//! The ledger writer: one thread owns the file. Records queued by every connection are
+//! sealed into the chain in arrival order, written together, and synced per policy — a
+//! batch of concurrent calls shares one fdatasync (group commit). After each commit the
+//! signed head (`<path>.head`) names the newest record, so cutting records off the end is
+//! found by `audit verify`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::chain::{self, seal, sha256_hex, GENESIS_PREV};
+use super::{files, journal, sign, timestamp, AuditError};
+use crate::config::{Audit as AuditConfig, Journald, SyncPolicy};
+
+pub enum Msg {
+    Record(
+        Map<String, Value>,
+        Option<oneshot::Sender<Result<u64, String>>>,
+    ),
+    Tick,
+    Finish(oneshot::Sender<()>),
+}
+
+pub struct Writer {
+    cfg: AuditConfig,
+    key: SigningKey,
+    file: File,
+    seq: u64,
+    head: String,
+    size: u64,
+    opened: Instant,
+    last_checkpoint: Instant,
+    since_checkpoint: u64,
+    last_sync: Instant,
+    journald: bool,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> AuditError {
+    AuditError::Io {
+        path: path.to_owned(),
+        source: e,
+    }
+}
+
+/// The chain position the ledger on disk ends at, mending a torn last line.
+struct Resume {
+    seq: u64,
+    head: String,
+    torn: Option<(usize, String)>,
+}
+
+fn resume(path: &Path) -> Result<Resume, AuditError> {
+    let mut torn = None;
+    let mut candidates: Vec<PathBuf> = files::rotated_files(path)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    if path.exists() {
+        let t = files::tail(path).map_err(|e| io_err(path, e))?;
+        if !t.torn.is_empty() {
+            // A crash cut the last line short: keep every complete record, note the rest.
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io_err(path, e))?;
+            f.set_len(t.complete_len).map_err(|e| io_err(path, e))?;
+            f.sync_all().map_err(|e| io_err(path, e))?;
+            torn = Some((t.torn.len(), sha256_hex(&t.torn)));
+        }
+        candidates.push(path.to_owned());
+    }
+    for file in candidates.iter().rev() {
+        let t = files::tail(file).map_err(|e| io_err(file, e))?;
+        if let Some(line) = t.last_line {
+            let r = chain::open(&line).map_err(|e| AuditError::Damaged {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
+            return Ok(Resume {
+                seq: r.seq,
+                head: r.hash,
+                torn,
+            });
+        }
+    }
+    Ok(Resume {
+        seq: 0,
+        head: GENESIS_PREV.to_string(),
+        torn,
+    })
+}
+
+fn open_append(path: &Path) -> Result<(File, u64), AuditError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))?;
+    let size = f.metadata().map_err(|e| io_err(path, e))?.len();
+    Ok((f, size))
+}
+
+impl Writer {
+    /// Opens (or starts) the ledger and writes the records of this start.
+    pub fn open(cfg: &AuditConfig) -> Result<Self, AuditError> {
+        let key = sign::load_or_create(&cfg.key)?;
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
+        let r = resume(&cfg.path)?;
+        let (file, size) = open_append(&cfg.path)?;
+        let journald = match cfg.journald {
+            Journald::On => true,
+            Journald::Off => false,
+            Journald::Auto => Path::new("/run/systemd/journal/socket").exists(),
+        };
+        let mut w = Writer {
+            cfg: cfg.clone(),
+            key,
+            file,
+            seq: r.seq,
+            head: r.head,
+            size,
+            opened: Instant::now(),
+            last_checkpoint: Instant::now(),
+            since_checkpoint: 0,
+            last_sync: Instant::now(),
+            journald,
+        };
+        let pubkey = hex::encode(w.key.verifying_key().to_bytes());
+        let mut buf = Vec::new();
+        if w.seq == 0 {
+            w.append(
+                &mut buf,
+                obj(json!({"type": "genesis", "time": now(), "pubkey": pubkey})),
+            );
+        }
+        if let Some((bytes, digest)) = r.torn {
+            tracing::warn!(
+                bytes,
+                "audit ledger ended in a torn line (crash); continuing after it"
+            );
+            w.append(
+                &mut buf,
+                obj(json!({"type": "recovery", "time": now(), "torn_bytes": bytes, "torn_sha256": digest,
+                    "detail": "the last line was incomplete after a crash; it was cut off and the chain continues from the last complete record"})),
+            );
+        }
+        w.append(
+            &mut buf,
+            obj(
+                json!({"type": "daemon_start", "time": now(), "pid": std::process::id(),
+                "version": env!("CARGO_PKG_VERSION"), "pubkey": pubkey}),
+            ),
+        );
+        w.commit(&buf, true).map_err(|e| io_err(&cfg.path, e))?;
+        Ok(w)
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.verifying_key().to_bytes())
+    }
+
+    fn append(&mut self, buf: &mut Vec<u8>, body: Map<String, Value>) -> u64 {
+        self.seq += 1;
+        let (line, hash) = seal(self.seq, &self.head, body);
+        if self.journald {
+            journal::send(&line);
+        }
+        buf.extend_from_slice(&line);
+        self.head = hash;
+        self.since_checkpoint += 1;
+        self.seq
+    }
+
+    fn checkpoint(&mut self, buf: &mut Vec<u8>) {
+        let (seq, hash) = (self.seq, self.head.clone());
+        let signature = sign::sign(&self.key, seq, &hash);
+        self.append(
+            buf,
+            obj(
+                json!({"type": "checkpoint", "time": now(), "head_seq": seq, "head_hash": hash,
+                "signature": signature}),
+            ),
+        );
+        self.last_checkpoint = Instant::now();
+        self.since_checkpoint = 0;
+    }
+
+    /// Writes `buf`, syncs per policy, and publishes the signed head.
+    fn commit(&mut self, buf: &[u8], durable: bool) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all(buf)?;
+        self.size += buf.len() as u64;
+        match self.cfg.sync {
+            SyncPolicy::Always => self.file.sync_data()?,
+            SyncPolicy::Batch if durable => {
+                let interval = Duration::from_millis(self.cfg.batch_interval_ms);
+                if let Some(wait) = interval.checked_sub(self.last_sync.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                self.file.sync_data()?;
+                self.last_sync = Instant::now();
+            }
+            SyncPolicy::Batch | SyncPolicy::None => {}
+        }
+        self.write_head()
+    }
+
+    fn write_head(&self) -> std::io::Result<()> {
+        let head = files::head(&self.cfg.path);
+        let tmp = head.with_extension("head.tmp");
+        let body = json!({
+            "seq": self.seq,
+            "hash": self.head,
+            "time": now(),
+            "signature": sign::sign(&self.key, self.seq, &self.head),
+        });
+        std::fs::write(&tmp, format!("{body}\n"))?;
+        std::fs::rename(&tmp, &head)
+    }
+
+    fn rotation_due(&self) -> bool {
+        self.size >= self.cfg.max_file_bytes
+            || (self.cfg.max_file_age_s > 0
+                && self.opened.elapsed() >= Duration::from_secs(self.cfg.max_file_age_s))
+    }
+
+    /// Closes the current file with a checkpoint and starts the next one, the chain going on.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        self.checkpoint(&mut buf);
+        self.file.write_all(&buf)?;
+        self.file.sync_data()?;
+        let n = files::rotated_files(&self.cfg.path)
+            .last()
+            .map_or(1, |(n, _)| n + 1);
+        let to = files::rotated(&self.cfg.path, n);
+        std::fs::rename(&self.cfg.path, &to)?;
+        let (file, size) = open_append(&self.cfg.path).map_err(std::io::Error::other)?;
+        self.file = file;
+        self.size = size;
+        self.opened = Instant::now();
+        let mut buf = Vec::new();
+        let from = to.file_name().map(|f| f.to_string_lossy().into_owned());
+        self.append(
+            &mut buf,
+            obj(json!({"type": "rotated", "time": now(), "previous_file": from})),
+        );
+        self.commit(&buf, true)?;
+        if self.cfg.retain_files > 0 {
+            let rotated = files::rotated_files(&self.cfg.path);
+            let excess = rotated.len().saturating_sub(self.cfg.retain_files);
+            for (_, old) in rotated.into_iter().take(excess) {
+                tracing::info!(file = %old.display(), "audit retention: removing");
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// The writer thread's loop; returns when every sink is gone or on `Finish`.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut buf = Vec::new();
+            let mut waiters = Vec::new();
+            let mut finish = None;
+            let mut tick = false;
+            for m in batch {
+                match m {
+                    Msg::Record(body, done) => {
+                        let seq = self.append(&mut buf, body);
+                        if let Some(d) = done {
+                            waiters.push((d, seq));
+                        }
+                    }
+                    Msg::Tick => tick = true,
+                    Msg::Finish(tx) => finish = Some(tx),
+                }
+            }
+            let interval = Duration::from_secs(self.cfg.checkpoint_interval_s);
+            let checkpoint_due =
+                tick && self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= interval;
+            if checkpoint_due || (finish.is_some() && self.since_checkpoint > 0) {
+                self.checkpoint(&mut buf);
+            }
+            let result = self
+                .commit(&buf, !waiters.is_empty() || finish.is_some())
+                .map_err(|e| {
+                    tracing::error!(path = %self.cfg.path.display(), error = %e, "audit write failed");
+                    format!("writing {}: {e}", self.cfg.path.display())
+                });
+            for (done, seq) in waiters {
+                let _ = done.send(result.clone().map(|_| seq));
+            }
+            if self.rotation_due() {
+                if let Err(e) = self.rotate() {
+                    tracing::error!(error = %e, "audit rotation failed");
+                }
+            }
+            if let Some(done) = finish {
+                let _ = self.file.sync_all();
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("json! object literal"),
+    }
+}
+
+fn now() -> String {
+    timestamp(SystemTime::now())
+}

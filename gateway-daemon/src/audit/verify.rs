@@ -1,0 +1,313 @@
+//! `mcp-gateway audit verify`: walks the chain through every file and reports the first
+//! record that is not what was written — edited, deleted, reordered, truncated, or under a
+//! signature that does not hold.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::Value;
+
+use super::chain::{self, ChainError, GENESIS_PREV};
+use super::sign;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Edited,
+    Deleted,
+    Reordered,
+    Truncated,
+    BadSignature,
+    /// The last line is incomplete (a crash the daemon has not yet recovered from, or a
+    /// file being written right now).
+    Torn,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Edited => "edited",
+            Reason::Deleted => "deleted",
+            Reason::Reordered => "reordered",
+            Reason::Truncated => "truncated",
+            Reason::BadSignature => "bad signature",
+            Reason::Torn => "torn",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub file: PathBuf,
+    /// 1-based line in `file` (0 when about the ledger as a whole).
+    pub line: usize,
+    pub seq: Option<u64>,
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)?;
+        if let Some(seq) = self.seq {
+            write!(f, " (seq {seq})")?;
+        }
+        write!(f, ": {}: {}", self.reason, self.detail)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub head_checked: bool,
+    pub finding: Option<Finding>,
+}
+
+struct Entry {
+    file: usize,
+    line: usize,
+    sealed: Result<chain::Sealed, ChainError>,
+    /// A checkpoint's (head_seq, head_hash, signature), read from the line itself so the
+    /// signature is checked even when the record's hash no longer matches.
+    checkpoint: Option<(u64, String, String)>,
+}
+
+fn checkpoint_fields(line: &[u8]) -> Option<(u64, String, String)> {
+    // Cheap filter before a second parse: only checkpoint lines name the type.
+    if !line.windows(12).any(|w| w == b"\"checkpoint\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(line).ok()?;
+    if v["type"] != "checkpoint" {
+        return None;
+    }
+    Some((
+        v["head_seq"].as_u64().unwrap_or(u64::MAX),
+        v["head_hash"].as_str().unwrap_or_default().to_string(),
+        v["signature"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Verifies `files` in chain order. `key`: the ledger's public key, to check checkpoint
+/// and head signatures; `head`: the signed head file, to find records cut off the end.
+pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>) -> Report {
+    let mut report = Report::default();
+    let mut entries = Vec::new();
+    for (fi, path) in files.iter().enumerate() {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                report.finding = Some(Finding {
+                    file: path.clone(),
+                    line: 0,
+                    seq: None,
+                    reason: Reason::Deleted,
+                    detail: format!("cannot read the file: {e}"),
+                });
+                return report;
+            }
+        };
+        let ends_clean = bytes.is_empty() || bytes.ends_with(b"\n");
+        let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        let n = lines.len() - 1; // after the final newline (or the torn tail)
+        for (li, line) in lines[..n].iter().enumerate() {
+            entries.push(Entry {
+                file: fi,
+                line: li + 1,
+                sealed: chain::open(line),
+                checkpoint: checkpoint_fields(line),
+            });
+        }
+        if !ends_clean {
+            let last_file = fi + 1 == files.len();
+            report.finding = Some(Finding {
+                file: path.clone(),
+                line: n + 1,
+                seq: None,
+                reason: if last_file {
+                    Reason::Torn
+                } else {
+                    Reason::Truncated
+                },
+                detail: if last_file {
+                    "the last line is incomplete (a crash; the daemon cuts it off when it starts)"
+                        .into()
+                } else {
+                    "the file ends inside a record".into()
+                },
+            });
+        }
+    }
+    let torn = report.finding.take();
+    let seqs: Vec<Option<u64>> = entries
+        .iter()
+        .map(|e| e.sealed.as_ref().ok().map(|s| s.seq))
+        .collect();
+    let mut hashes: HashMap<u64, String> = HashMap::new();
+    let mut prev: Option<(u64, String)> = None;
+    for (i, e) in entries.iter().enumerate() {
+        let at = |reason, seq, detail: String| Finding {
+            file: files[e.file].clone(),
+            line: e.line,
+            seq,
+            reason,
+            detail,
+        };
+        // Checkpoint signatures first: a forged or altered signature is reported as such.
+        if let (Some(key), Some((seq, hash, sig))) = (key, &e.checkpoint) {
+            if !sign::verify(key, *seq, hash, sig) {
+                report.finding = Some(at(
+                    Reason::BadSignature,
+                    seqs[i],
+                    format!("the checkpoint's signature over seq {seq} does not verify"),
+                ));
+                return report;
+            }
+        }
+        let s = match &e.sealed {
+            Ok(s) => s,
+            Err(err) => {
+                report.finding = Some(at(Reason::Edited, None, format!("the record {err}")));
+                return report;
+            }
+        };
+        if let Some((pseq, phash)) = &prev {
+            let expected = pseq + 1;
+            if s.seq <= *pseq {
+                report.finding = Some(at(
+                    Reason::Reordered,
+                    Some(s.seq),
+                    format!("seq {} comes after seq {pseq}", s.seq),
+                ));
+                return report;
+            }
+            if s.seq > expected {
+                let later = seqs[i + 1..].contains(&Some(expected));
+                report.finding = Some(if later {
+                    at(
+                        Reason::Reordered,
+                        Some(s.seq),
+                        format!("seq {} comes before seq {expected}", s.seq),
+                    )
+                } else {
+                    at(
+                        Reason::Deleted,
+                        Some(s.seq),
+                        format!(
+                            "records {expected}..{} are missing before this one",
+                            s.seq - 1
+                        ),
+                    )
+                });
+                return report;
+            }
+            if &s.prev != phash {
+                report.finding = Some(at(
+                    Reason::Edited,
+                    Some(pseq.to_owned()),
+                    format!(
+                        "record {pseq} was changed: record {} points to another hash",
+                        s.seq
+                    ),
+                ));
+                return report;
+            }
+        } else if s.prev == GENESIS_PREV && s.seq != 1 {
+            report.finding = Some(at(
+                Reason::Deleted,
+                Some(s.seq),
+                format!(
+                    "the chain starts at seq {} but claims to be the first record",
+                    s.seq
+                ),
+            ));
+            return report;
+        }
+        if s.body.get("type").and_then(Value::as_str) == Some("checkpoint") {
+            report.checkpoints += 1;
+            let head_seq = s.body.get("head_seq").and_then(Value::as_u64);
+            let head_hash = s.body.get("head_hash").and_then(Value::as_str);
+            if head_seq != Some(s.seq - 1) || head_hash != Some(s.prev.as_str()) {
+                report.finding = Some(at(
+                    Reason::BadSignature,
+                    Some(s.seq),
+                    "the checkpoint does not sign the record before it".into(),
+                ));
+                return report;
+            }
+        }
+        report.first_seq.get_or_insert(s.seq);
+        report.last_seq = Some(s.seq);
+        report.records += 1;
+        hashes.insert(s.seq, s.hash.clone());
+        prev = Some((s.seq, s.hash.clone()));
+    }
+    if let Some(t) = torn {
+        report.finding = Some(t);
+        return report;
+    }
+    if let Some(head) = head.filter(|h| h.exists()) {
+        report.head_checked = true;
+        let whole = Finding {
+            file: head.to_owned(),
+            line: 0,
+            seq: None,
+            reason: Reason::Truncated,
+            detail: String::new(),
+        };
+        let parsed: Option<(u64, String, String)> = std::fs::read(head)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| {
+                Some((
+                    v["seq"].as_u64()?,
+                    v["hash"].as_str()?.to_string(),
+                    v["signature"].as_str()?.to_string(),
+                ))
+            });
+        let Some((hseq, hhash, hsig)) = parsed else {
+            report.finding = Some(Finding {
+                reason: Reason::Edited,
+                detail: "the head file is not valid".into(),
+                ..whole
+            });
+            return report;
+        };
+        if let Some(key) = key {
+            if !sign::verify(key, hseq, &hhash, &hsig) {
+                report.finding = Some(Finding {
+                    reason: Reason::BadSignature,
+                    seq: Some(hseq),
+                    detail: "the head's signature does not verify".into(),
+                    ..whole
+                });
+                return report;
+            }
+        }
+        match (report.last_seq, hashes.get(&hseq)) {
+            (Some(last), _) if last < hseq => {
+                report.finding = Some(Finding {
+                    seq: Some(hseq),
+                    detail: format!(
+                        "the signed head is at seq {hseq} but the ledger ends at seq {last}"
+                    ),
+                    ..whole
+                });
+            }
+            (_, Some(h)) if *h != hhash => {
+                report.finding = Some(Finding {
+                    reason: Reason::Edited,
+                    seq: Some(hseq),
+                    detail: format!("record {hseq} differs from the one the signed head names"),
+                    ..whole
+                });
+            }
+            _ => {}
+        }
+    }
+    report
+}

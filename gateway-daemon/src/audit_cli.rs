@@ -1,0 +1,261 @@
+//! `mcp-gateway audit ...`: read, filter and verify the ledger on disk (no daemon needed).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use gateway_daemon::audit::{self, files, query, sign, verify};
+use gateway_daemon::config::{Config, SyncPolicy};
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Verify the hash chain, checkpoints and signed head; report the first bad record.
+    Verify {
+        /// Ledger files in chain order (default: all files of the configured ledger).
+        files: Vec<PathBuf>,
+        /// Public key (hex) to check signatures with (default: from the configured key).
+        #[arg(long)]
+        pubkey: Option<String>,
+        /// Signed head file (default: `<audit.path>.head` when verifying the configured ledger).
+        #[arg(long)]
+        head: Option<PathBuf>,
+    },
+    /// Print the ledger's public key (hex), for verifying elsewhere.
+    Pubkey,
+    /// Print matching records, oldest first.
+    Show {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Print the last matching records; with --follow, keep printing new ones.
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        lines: usize,
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Measure the cost of each sync policy on the disk of audit.path.
+    Bench {
+        #[arg(long, default_value_t = 2000)]
+        records: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FilterArgs {
+    /// Substring of the principal's user, executable, unit or cgroup, or its uid.
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long)]
+    tool: Option<String>,
+    /// Outcome: ok, error, refused, upstream_error, ...
+    #[arg(long)]
+    decision: Option<String>,
+    /// Record type: mcp, mcp_call, flow, checkpoint, ...
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// RFC 3339 time, e.g. 2026-11-24T10:00:00Z.
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl From<FilterArgs> for query::Filter {
+    fn from(a: FilterArgs) -> Self {
+        query::Filter {
+            principal: a.principal,
+            server: a.server,
+            tool: a.tool,
+            decision: a.decision,
+            kind: a.kind,
+            since: a.since,
+            until: a.until,
+        }
+    }
+}
+
+pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = || Config::load(config).map(|r| r.config);
+    match cmd {
+        AuditCmd::Pubkey => {
+            let key = sign::load_or_create(&cfg()?.audit.key)?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            Ok(())
+        }
+        AuditCmd::Verify {
+            files: given,
+            pubkey,
+            head,
+        } => {
+            let (list, head) = if given.is_empty() {
+                let c = cfg()?;
+                (
+                    files::ledger_files(&c.audit.path),
+                    head.or(Some(files::head(&c.audit.path))),
+                )
+            } else {
+                (given, head)
+            };
+            if list.is_empty() {
+                bail!("no ledger files to verify");
+            }
+            let key = match pubkey {
+                Some(p) => Some(
+                    sign::parse_public(&p)
+                        .context("--pubkey is not 64 hex digits of an ed25519 key")?,
+                ),
+                None => cfg()
+                    .ok()
+                    .and_then(|c| sign::load_or_create_existing(&c.audit.key))
+                    .map(|k| k.verifying_key()),
+            };
+            if key.is_none() {
+                eprintln!("warning: no public key: signatures are not checked (pass --pubkey)");
+            }
+            let report = verify::verify(&list, key.as_ref(), head.as_deref());
+            match report.finding {
+                Some(f) => {
+                    println!("FAILED: first bad record: {f}");
+                    std::process::exit(1);
+                }
+                None => {
+                    println!(
+                        "ok: {} records (seq {}..{}), {} checkpoints, {} file(s){}",
+                        report.records,
+                        report.first_seq.unwrap_or(0),
+                        report.last_seq.unwrap_or(0),
+                        report.checkpoints,
+                        list.len(),
+                        if report.head_checked {
+                            ", signed head matches"
+                        } else {
+                            ""
+                        }
+                    );
+                    Ok(())
+                }
+            }
+        }
+        AuditCmd::Show { filter } => {
+            let list = files::ledger_files(&cfg()?.audit.path);
+            for r in query::select(&list, &filter.into())? {
+                println!("{r}");
+            }
+            Ok(())
+        }
+        AuditCmd::Tail {
+            lines,
+            follow,
+            filter,
+        } => {
+            let path = cfg()?.audit.path;
+            let filter: query::Filter = filter.into();
+            let records = query::select(&files::ledger_files(&path), &filter)?;
+            let mut last_seq = 0;
+            for r in records.iter().skip(records.len().saturating_sub(lines)) {
+                println!("{r}");
+            }
+            if let Some(r) = records.last() {
+                last_seq = r["seq"].as_u64().unwrap_or(0);
+            }
+            while follow {
+                std::thread::sleep(Duration::from_millis(500));
+                let fresh = query::select(&files::ledger_files(&path), &filter)?;
+                let after = last_seq;
+                for r in fresh
+                    .iter()
+                    .filter(|r| r["seq"].as_u64().unwrap_or(0) > after)
+                {
+                    println!("{r}");
+                    last_seq = r["seq"].as_u64().unwrap_or(last_seq);
+                }
+            }
+            Ok(())
+        }
+        AuditCmd::Bench {
+            records,
+            concurrency,
+        } => bench(cfg()?, records, concurrency),
+    }
+}
+
+/// Durable records per second and latency for each sync policy, on a scratch ledger next
+/// to the configured one (same disk).
+fn bench(c: Config, records: usize, concurrency: usize) -> anyhow::Result<()> {
+    let dir = c
+        .audit
+        .path
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir)?;
+    let scratch = tempfile_in(&dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    println!(
+        "{:<8} {:>12} {:>14} {:>14}",
+        "sync", "records/s", "p50 latency", "p99 latency"
+    );
+    for policy in [SyncPolicy::Always, SyncPolicy::Batch, SyncPolicy::None] {
+        let mut a = c.audit.clone();
+        a.sync = policy;
+        a.path = scratch.join(format!("{policy:?}.jsonl"));
+        a.key = scratch.join("bench.key");
+        a.journald = gateway_daemon::config::Journald::Off;
+        let (rate, p50, p99) = rt.block_on(async move {
+            let (sink, writer) = audit::open(&a).await?;
+            let t0 = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..concurrency {
+                let sink = sink.clone();
+                let n = records / concurrency + usize::from(w < records % concurrency);
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(n);
+                    for i in 0..n {
+                        let t = Instant::now();
+                        sink.record_durable(&serde_json::json!({"type": "bench", "i": i}))
+                            .await?;
+                        lat.push(t.elapsed());
+                    }
+                    Ok::<_, audit::AuditError>(lat)
+                }));
+            }
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await??);
+            }
+            let elapsed = t0.elapsed();
+            drop(sink);
+            writer.finish().await;
+            lat.sort();
+            let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+            Ok::<_, anyhow::Error>((
+                lat.len() as f64 / elapsed.as_secs_f64(),
+                pct(0.5),
+                pct(0.99),
+            ))
+        })?;
+        println!(
+            "{:<8} {:>12.0} {:>14?} {:>14?}",
+            format!("{policy:?}").to_lowercase(),
+            rate,
+            p50,
+            p99
+        );
+    }
+    std::fs::remove_dir_all(&scratch)?;
+    Ok(())
+}
+
+fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let p = dir.join(format!(".audit-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
