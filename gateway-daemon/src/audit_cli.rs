@@ -166,7 +166,10 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             if let Some(r) = records.last() {
                 last_seq = r["seq"].as_u64().unwrap_or(0);
             }
-            while follow {
+            if !follow {
+                return Ok(());
+            }
+            loop {
                 std::thread::sleep(Duration::from_millis(500));
                 let fresh = query::select(&files::ledger_files(&path), &filter)?;
                 let after = last_seq;
@@ -178,7 +181,6 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
                     last_seq = r["seq"].as_u64().unwrap_or(last_seq);
                 }
             }
-            Ok(())
         }
         AuditCmd::Bench {
             records,

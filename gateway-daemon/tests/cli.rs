@@ -56,3 +56,91 @@ fn exec_without_a_command_is_refused() {
     let out = gateway().args(["exec", "--cgroup", "x"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// A ledger written by the library, then read with the command line an admin uses.
+fn ledger_with_config() -> (tempfile::TempDir, std::path::PathBuf) {
+    use gateway_daemon::config::{Audit, Journald};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Audit {
+        path: dir.path().join("audit.jsonl"),
+        key: dir.path().join("audit.key"),
+        journald: Journald::Off,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (sink, writer) = gateway_daemon::audit::open(&cfg).await.unwrap();
+        for (i, outcome) in ["ok", "refused", "ok"].iter().enumerate() {
+            sink.record_durable(&serde_json::json!({
+                "type": "mcp", "time": format!("2026-11-24T10:00:0{i}.000000Z"),
+                "server": "gh", "name": "search", "outcome": outcome,
+                "principal": {"uid": 1500, "user": "agent", "exe": "/usr/bin/node"}
+            }))
+            .await
+            .unwrap();
+        }
+        drop(sink);
+        writer.finish().await;
+    });
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agents]\ncgroups = [\"a\"]\n[audit]\npath = \"{}\"\nkey = \"{}\"\n",
+            cfg.path.display(),
+            cfg.key.display()
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+#[test]
+fn audit_verify_pubkey_and_show() {
+    let (dir, config) = ledger_with_config();
+    let run = |args: &[&str]| {
+        let out = gateway()
+            .args(["audit", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("ok: 6 records"), "{out}");
+    assert!(out.contains("signed head matches"), "{out}");
+
+    let (code, key) = run(&["pubkey"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(key.trim().len(), 64, "{key}");
+
+    let (_, shown) = run(&["show", "--decision", "refused", "--principal", "node"]);
+    let shown: Vec<&str> = shown.lines().collect();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(shown[0].contains("\"outcome\":\"refused\""));
+    let (_, tail) = run(&["tail", "-n", "2", "--type", "mcp"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+
+    // Verified elsewhere with only the public key and the files.
+    let ledger = dir.path().join("audit.jsonl");
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(3);
+    std::fs::write(&ledger, lines.join("\n") + "\n").unwrap();
+    let out = gateway()
+        .args(["audit", "verify", "--pubkey", key.trim()])
+        .arg(&ledger)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("deleted") && stdout.contains("seq 5"),
+        "{stdout}"
+    );
+}

@@ -6,6 +6,7 @@
 //! unmodified Python processes, redirection is the real eBPF programs.
 
 mod echo;
+pub mod fake;
 mod gateway;
 pub mod peers;
 

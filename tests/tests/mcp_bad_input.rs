@@ -2,47 +2,15 @@
 //! reaches the server when refused, and costs neither the connection's other requests, nor
 //! other agents, nor the daemon.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use gateway_tests::{free_port, run_probe, Gateway, GatewayOptions, PYTHON};
 use serde_json::Value;
 
-const FAKE_SERVER: &str = include_str!("../fixtures/fake_mcp_server.py");
 const BAD_AGENT: &str = include_str!("../fixtures/bad_agent.py");
 const RAW_AGENT: &str = include_str!("../fixtures/raw_agent.py");
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_fake(port: u16, log: &std::path::Path) -> Server {
-    let child = Command::new(PYTHON)
-        .args(["-c", FAKE_SERVER, &port.to_string()])
-        .arg(log)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "fake MCP server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server(child)
-}
-
-fn received(log: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+use gateway_tests::fake::{received, start as start_fake};
 
 fn error_code(v: &Value) -> i64 {
     v["error"]["code"]

@@ -1,6 +1,8 @@
 //! The hash chain: every record carries its sequence number, the previous record's hash and
-//! its own, a SHA-256 over its canonical form (compact JSON of the record without `hash`,
-//! keys in the order serde_json's map keeps them, which parsing the line reproduces).
+//! its own. The hash is a SHA-256 over the exact bytes of the record's JSON without `hash`;
+//! a line is `{"hash":"<hex>",` followed by those bytes after their `{`, so verification
+//! hashes what is on disk instead of re-serialising parsed values (a float would not
+//! survive that byte for byte).
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -22,9 +24,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn hash_of(map: &Map<String, Value>) -> String {
-    sha256_hex(&serde_json::to_vec(map).expect("a JSON map always serialises"))
-}
+const PREFIX: &[u8] = b"{\"hash\":\"";
+/// `{"hash":"` + 64 hex digits + `",`
+const HEAD_LEN: usize = PREFIX.len() + 64 + 2;
 
 /// Seals `body` as record `seq` after `prev`: returns the line (with its newline) and its
 /// hash. Fields of `body` named like the chain's own are dropped.
@@ -37,9 +39,13 @@ pub fn seal(seq: u64, prev: &str, body: Map<String, Value>) -> (Vec<u8>, String)
             m.insert(k, v);
         }
     }
-    let hash = hash_of(&m);
-    m.insert("hash".into(), hash.clone().into());
-    let mut line = serde_json::to_vec(&m).expect("a JSON map always serialises");
+    let body = serde_json::to_vec(&m).expect("a JSON map always serialises");
+    let hash = sha256_hex(&body);
+    let mut line = Vec::with_capacity(HEAD_LEN + body.len());
+    line.extend_from_slice(PREFIX);
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"\",");
+    line.extend_from_slice(&body[1..]);
     line.push(b'\n');
     (line, hash)
 }
@@ -55,16 +61,28 @@ pub struct Sealed {
 
 /// Parses a line (without its newline) and checks it against its own hash.
 pub fn open(line: &[u8]) -> Result<Sealed, ChainError> {
+    let well_formed = line.len() > HEAD_LEN
+        && line.starts_with(PREFIX)
+        && &line[HEAD_LEN - 2..HEAD_LEN] == b"\","
+        && line[PREFIX.len()..HEAD_LEN - 2]
+            .iter()
+            .all(u8::is_ascii_hexdigit);
+    if !well_formed {
+        return match serde_json::from_slice::<Value>(line) {
+            Err(e) => Err(ChainError::NotJson(e.to_string())),
+            Ok(_) => Err(ChainError::Field("hash")),
+        };
+    }
+    let hash = String::from_utf8_lossy(&line[PREFIX.len()..HEAD_LEN - 2]).into_owned();
+    let mut body = Vec::with_capacity(line.len() - HEAD_LEN + 1);
+    body.push(b'{');
+    body.extend_from_slice(&line[HEAD_LEN..]);
     let value: Value =
-        serde_json::from_slice(line).map_err(|e| ChainError::NotJson(e.to_string()))?;
-    let Value::Object(mut map) = value else {
+        serde_json::from_slice(&body).map_err(|e| ChainError::NotJson(e.to_string()))?;
+    let Value::Object(map) = value else {
         return Err(ChainError::NotJson(
             "a JSON value that is not an object".into(),
         ));
-    };
-    let hash = match map.remove("hash") {
-        Some(Value::String(h)) => h,
-        _ => return Err(ChainError::Field("hash")),
     };
     let seq = map
         .get("seq")
@@ -75,7 +93,7 @@ pub fn open(line: &[u8]) -> Result<Sealed, ChainError> {
         .and_then(Value::as_str)
         .ok_or(ChainError::Field("prev"))?
         .to_string();
-    if hash_of(&map) != hash {
+    if sha256_hex(&body) != hash {
         return Err(ChainError::HashMismatch);
     }
     Ok(Sealed {
@@ -140,5 +158,21 @@ mod tests {
             open(b"{\"seq\":1,\"prev\":\"x\"}").unwrap_err(),
             ChainError::Field("hash")
         );
+        // Reformatting is an edit too: the hash covers the bytes.
+        let spaced = text.replacen(",\"outcome\"", ", \"outcome\"", 1);
+        assert_eq!(
+            open(spaced.as_bytes()).unwrap_err(),
+            ChainError::HashMismatch
+        );
+    }
+
+    #[test]
+    fn floats_that_do_not_round_trip_still_verify() {
+        let (l, _) = seal(
+            3,
+            GENESIS_PREV,
+            body(json!({"latency_ms": 42.537988999999996_f64, "d": 1e-7})),
+        );
+        open(&l[..l.len() - 1]).unwrap();
     }
 }

@@ -10,6 +10,9 @@ pub mod query;
 pub mod sign;
 pub mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 

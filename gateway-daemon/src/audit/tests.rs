@@ -1,0 +1,254 @@
+//! The ledger against tampering and crashes: each kind of damage is found by `verify` with
+//! the right reason; a torn tail is cut off at the next start and the chain goes on.
+
+use std::path::Path;
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::{json, Value};
+
+use super::verify::{verify, Reason, Report};
+use super::{files, open, sign};
+use crate::config::{Audit as AuditConfig, Journald, SyncPolicy};
+
+fn config(dir: &Path) -> AuditConfig {
+    AuditConfig {
+        path: dir.join("audit.jsonl"),
+        key: dir.join("audit.key"),
+        journald: Journald::Off,
+        sync: SyncPolicy::Always,
+        ..Default::default()
+    }
+}
+
+/// Writes `n` records (with a checkpoint every `every` records) and stops cleanly.
+async fn write(cfg: &AuditConfig, n: usize) {
+    let (sink, writer) = open(cfg).await.unwrap();
+    for i in 0..n {
+        sink.record_durable(&json!({"type": "mcp", "time": "t", "i": i, "outcome": "ok"}))
+            .await
+            .unwrap();
+    }
+    drop(sink);
+    writer.finish().await;
+}
+
+fn key(cfg: &AuditConfig) -> VerifyingKey {
+    sign::load_or_create(&cfg.key).unwrap().verifying_key()
+}
+
+fn check(cfg: &AuditConfig) -> Report {
+    verify(
+        &files::ledger_files(&cfg.path),
+        Some(&key(cfg)),
+        Some(&files::head(&cfg.path)),
+    )
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn put(p: &Path, lines: &[String]) {
+    std::fs::write(
+        p,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+}
+
+fn reason(cfg: &AuditConfig) -> (Reason, Option<u64>, String) {
+    let f = check(cfg).finding.expect("verify must find the damage");
+    (f.reason, f.seq, f.detail)
+}
+
+async fn ledger() -> (tempfile::TempDir, AuditConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    write(&cfg, 20).await;
+    (dir, cfg)
+}
+
+#[tokio::test]
+async fn an_untouched_ledger_verifies() {
+    let (_d, cfg) = ledger().await;
+    let r = check(&cfg);
+    assert!(r.finding.is_none(), "{:?}", r.finding);
+    // genesis, start, 20 records, final checkpoint
+    assert_eq!(r.records, 23);
+    assert_eq!(r.checkpoints, 1);
+    assert!(r.head_checked);
+}
+
+#[tokio::test]
+async fn an_edited_record_is_found() {
+    let (_d, cfg) = ledger().await;
+    let mut l = lines(&cfg.path);
+    l[5] = l[5].replace("\"outcome\":\"ok\"", "\"outcome\":\"refused\"");
+    put(&cfg.path, &l);
+    let (r, seq, _) = reason(&cfg);
+    assert_eq!(r, Reason::Edited);
+    assert_eq!(seq, None, "the line itself no longer matches its hash");
+}
+
+#[tokio::test]
+async fn an_edit_with_a_recomputed_hash_is_found_at_the_next_record() {
+    let (_d, cfg) = ledger().await;
+    let mut l = lines(&cfg.path);
+    let mut v: serde_json::Map<String, Value> = serde_json::from_str(&l[5]).unwrap();
+    v.remove("hash");
+    v.insert("outcome".into(), "refused".into());
+    let seq = v["seq"].as_u64().unwrap();
+    let prev = v["prev"].as_str().unwrap().to_string();
+    let (line, _) = super::chain::seal(seq, &prev, v);
+    l[5] = String::from_utf8(line).unwrap().trim_end().to_string();
+    put(&cfg.path, &l);
+    let (r, at, detail) = reason(&cfg);
+    assert_eq!(r, Reason::Edited);
+    assert_eq!(at, Some(seq), "{detail}");
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_found() {
+    let (_d, cfg) = ledger().await;
+    let mut l = lines(&cfg.path);
+    l.remove(7);
+    put(&cfg.path, &l);
+    let (r, seq, detail) = reason(&cfg);
+    assert_eq!(r, Reason::Deleted, "{detail}");
+    assert_eq!(seq, Some(9));
+}
+
+#[tokio::test]
+async fn swapped_records_are_found() {
+    let (_d, cfg) = ledger().await;
+    let mut l = lines(&cfg.path);
+    l.swap(10, 11);
+    put(&cfg.path, &l);
+    let (r, _, detail) = reason(&cfg);
+    assert_eq!(r, Reason::Reordered, "{detail}");
+}
+
+#[tokio::test]
+async fn records_cut_off_the_end_are_found() {
+    let (_d, cfg) = ledger().await;
+    let mut l = lines(&cfg.path);
+    l.truncate(l.len() - 3);
+    put(&cfg.path, &l);
+    let (r, _, detail) = reason(&cfg);
+    assert_eq!(r, Reason::Truncated, "{detail}");
+    assert!(detail.contains("signed head"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_forged_checkpoint_signature_is_found() {
+    let (_d, cfg) = ledger().await;
+    let mut l = lines(&cfg.path);
+    let i = l.iter().position(|x| x.contains("\"checkpoint\"")).unwrap();
+    let mut v: Value = serde_json::from_str(&l[i]).unwrap();
+    let sig = v["signature"].as_str().unwrap().to_string();
+    let flipped = format!(
+        "{}{}",
+        if sig.starts_with('0') { "1" } else { "0" },
+        &sig[1..]
+    );
+    v["signature"] = flipped.into();
+    l[i] = v.to_string();
+    put(&cfg.path, &l);
+    assert_eq!(reason(&cfg).0, Reason::BadSignature);
+    // Signed by another key: also refused.
+    let other = tempfile::tempdir().unwrap();
+    let (_o, ocfg) = (other.path(), config(other.path()));
+    let r = verify(&files::ledger_files(&cfg.path), Some(&key(&ocfg)), None);
+    assert_eq!(r.finding.unwrap().reason, Reason::BadSignature);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_at_restart_and_the_chain_continues() {
+    let (_d, cfg) = ledger().await;
+    let mut bytes = std::fs::read(&cfg.path).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":999,\"prev\":\"ab");
+    std::fs::write(&cfg.path, &bytes).unwrap();
+    assert_eq!(reason(&cfg).0, Reason::Torn);
+    write(&cfg, 3).await;
+    let r = check(&cfg);
+    assert!(r.finding.is_none(), "{:?}", r.finding);
+    let all = lines(&cfg.path);
+    let recovery: Value = serde_json::from_str(
+        all.iter()
+            .find(|l| l.contains("\"recovery\""))
+            .expect("a recovery record"),
+    )
+    .unwrap();
+    assert_eq!(recovery["torn_bytes"], 21);
+}
+
+#[tokio::test]
+async fn rotation_continues_the_chain_and_retention_keeps_it_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_file_bytes = 4096;
+    cfg.retain_files = 3;
+    write(&cfg, 200).await;
+    let rotated = files::rotated_files(&cfg.path);
+    assert_eq!(rotated.len(), 3, "retention keeps three: {rotated:?}");
+    let r = check(&cfg);
+    assert!(r.finding.is_none(), "{:?}", r.finding);
+    assert!(r.first_seq.unwrap() > 1, "the oldest files were removed");
+    // Dropping a middle file breaks the chain.
+    std::fs::remove_file(&rotated[1].1).unwrap();
+    assert_eq!(reason(&cfg).0, Reason::Deleted);
+}
+
+#[tokio::test]
+async fn concurrent_durable_records_share_syncs_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (sink, writer) = open(&cfg).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let sink = sink.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..50 {
+                seqs.push(
+                    sink.record_durable(&json!({"type": "x", "t": t, "i": i}))
+                        .await
+                        .unwrap(),
+                );
+            }
+            seqs
+        }));
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap());
+    }
+    drop(sink);
+    writer.finish().await;
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 800, "every record got its own sequence number");
+    assert!(check(&cfg).finding.is_none());
+}
+
+#[tokio::test]
+async fn a_damaged_last_record_stops_the_start_with_the_reason() {
+    let (_d, cfg) = ledger().await;
+    let mut l = lines(&cfg.path);
+    let last = l.len() - 1;
+    l[last] = l[last].replace("checkpoint", "checkpoinX");
+    put(&cfg.path, &l);
+    let err = open(&cfg)
+        .await
+        .err()
+        .expect("must not start on a damaged ledger");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("damaged") && msg.contains("audit verify"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,137 @@
+//! The ledger under a real daemon: a SIGKILL in the middle of heavy writing leaves a ledger
+//! that verifies after restart, and every call the server saw is in it.
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gateway_tests::fake::{received, start as start_fake};
+use gateway_tests::{free_port, gateway_bin, Gateway, GatewayOptions, PYTHON};
+use serde_json::Value;
+
+/// Hammers the server with tools/call requests from several threads (each on one
+/// kept-alive connection) until the gateway goes away; prints how many were answered.
+const LOAD_AGENT: &str = r#"
+import http.client, json, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+done = [0] * 4
+def run(t):
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    i = 0
+    while True:
+        i += 1
+        body = json.dumps({"jsonrpc": "2.0", "id": t * 1000000 + i, "method": "tools/call",
+                           "params": {"name": "echo", "arguments": {"n": i}}})
+        try:
+            conn.request("POST", "/mcp", body=body, headers={"Content-Type": "application/json",
+                         "Accept": "application/json, text/event-stream"})
+            conn.getresponse().read()
+            done[t] += 1
+        except Exception:
+            return
+threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps({"answered": sum(done)}))
+"#;
+
+fn ledger_records(gw: &Gateway) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(gw.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("audit.jsonl") && !n.ends_with(".head")
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        for l in std::fs::read_to_string(f).unwrap().lines() {
+            if let Ok(v) = serde_json::from_str::<Value>(l) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigkill_under_load_then_restart_verifies_and_no_forwarded_call_is_missing() {
+    let port = free_port();
+    let mut gw = Gateway::start(
+        "ledger-kill",
+        GatewayOptions {
+            ports: vec![port],
+            // Small files: the kill may also land around a rotation.
+            audit: "max_file_bytes = 262144\n".into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+
+    let load = gw
+        .agent(
+            PYTHON,
+            &[
+                "-c".into(),
+                LOAD_AGENT.into(),
+                "127.0.0.1".into(),
+                port.to_string(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    gw.kill9();
+    let out = load.wait_with_output().unwrap();
+    let answered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answered = answered["answered"].as_u64().unwrap();
+    assert!(answered > 100, "not much load: {answered} calls");
+
+    gw.launch();
+    let verify = Command::new(gateway_bin())
+        .args(["audit", "verify", "--config"])
+        .arg(&gw.config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    if !verify.status.success() {
+        let _ = std::fs::copy(
+            gw.dir.path().join("audit.jsonl"),
+            "/tmp/failed-ledger.jsonl",
+        );
+    }
+    assert!(
+        verify.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(report.starts_with("ok:"), "{report}");
+
+    // Every call the server received had been recorded before it was forwarded.
+    let records = ledger_records(&gw);
+    let recorded: HashSet<String> = records
+        .iter()
+        .filter(|r| r["type"] == "mcp_call")
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .collect();
+    let seen = received(&log);
+    assert!(seen.len() as u64 >= answered);
+    for r in &seen {
+        let id = r["id"].to_string();
+        assert!(
+            recorded.contains(&id),
+            "call {id} reached the server but is not in the ledger"
+        );
+    }
+    // The restart is in the ledger, after the records of the killed daemon.
+    let starts = records
+        .iter()
+        .filter(|r| r["type"] == "daemon_start")
+        .count();
+    assert_eq!(starts, 2);
+}
