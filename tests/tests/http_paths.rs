@@ -152,9 +152,13 @@ fn mcp_only_refuses_everything_but_mcp() {
     );
     // The reset surfaces on whichever socket call comes next: send, shutdown or recv.
     assert!(
-        ["ConnectionResetError", "BrokenPipeError", "Transport endpoint is not connected"]
-            .iter()
-            .any(|e| stderr.contains(e)),
+        [
+            "ConnectionResetError",
+            "BrokenPipeError",
+            "Transport endpoint is not connected"
+        ]
+        .iter()
+        .any(|e| stderr.contains(e)),
         "{stderr}"
     );
     assert!(echo.peers().is_empty(), "{:?}", echo.peers());

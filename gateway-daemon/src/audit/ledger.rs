@@ -1,8 +1,9 @@
 //! The ledger writer: one thread owns the file. Records queued by every connection are
 //! sealed into the chain in arrival order, written together, and synced per policy — a
-//! batch of concurrent calls shares one fdatasync (group commit). After each commit the
-//! signed head (`<path>.head`) names the newest record, so cutting records off the end is
-//! found by `audit verify`.
+//! batch of concurrent calls shares one fdatasync (group commit). At most every second (and
+//! at rotation and stop) the signed head (`<path>.head`) is rewritten to name the newest
+//! record, so cutting records off the end is found by `audit verify` — except records of
+//! the last second, which is what keeps the head out of every call's latency.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,6 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::chain::{self, seal, sha256_hex, GENESIS_PREV};
 use super::{files, journal, sign, timestamp, AuditError};
 use crate::config::{Audit as AuditConfig, Journald, SyncPolicy};
+
+/// Longest time the signed head may lag the ledger.
+const HEAD_EVERY: Duration = Duration::from_secs(1);
 
 pub enum Msg {
     Record(
@@ -37,6 +41,9 @@ pub struct Writer {
     last_checkpoint: Instant,
     since_checkpoint: u64,
     last_sync: Instant,
+    /// Sequence number the head file names, and when it was written.
+    head_seq: u64,
+    head_written: Instant,
     journald: bool,
 }
 
@@ -130,6 +137,8 @@ impl Writer {
             last_checkpoint: Instant::now(),
             since_checkpoint: 0,
             last_sync: Instant::now(),
+            head_seq: 0,
+            head_written: Instant::now(),
             journald,
         };
         let pubkey = hex::encode(w.key.verifying_key().to_bytes());
@@ -158,7 +167,9 @@ impl Writer {
                 "version": env!("CARGO_PKG_VERSION"), "pubkey": pubkey}),
             ),
         );
-        w.commit(&buf, true).map_err(|e| io_err(&cfg.path, e))?;
+        w.commit(&buf, true)
+            .and_then(|_| w.write_head())
+            .map_err(|e| io_err(&cfg.path, e))?;
         Ok(w)
     }
 
@@ -192,7 +203,7 @@ impl Writer {
         self.since_checkpoint = 0;
     }
 
-    /// Writes `buf`, syncs per policy, and publishes the signed head.
+    /// Writes `buf` and syncs per policy.
     fn commit(&mut self, buf: &[u8], durable: bool) -> std::io::Result<()> {
         if buf.is_empty() {
             return Ok(());
@@ -211,10 +222,13 @@ impl Writer {
             }
             SyncPolicy::Batch | SyncPolicy::None => {}
         }
-        self.write_head()
+        Ok(())
     }
 
-    fn write_head(&self) -> std::io::Result<()> {
+    fn write_head(&mut self) -> std::io::Result<()> {
+        if self.head_seq == self.seq {
+            return Ok(());
+        }
         let head = files::head(&self.cfg.path);
         let tmp = head.with_extension("head.tmp");
         let body = json!({
@@ -224,7 +238,10 @@ impl Writer {
             "signature": sign::sign(&self.key, self.seq, &self.head),
         });
         std::fs::write(&tmp, format!("{body}\n"))?;
-        std::fs::rename(&tmp, &head)
+        std::fs::rename(&tmp, &head)?;
+        self.head_seq = self.seq;
+        self.head_written = Instant::now();
+        Ok(())
     }
 
     fn rotation_due(&self) -> bool {
@@ -306,6 +323,13 @@ impl Writer {
                 });
             for (done, seq) in waiters {
                 let _ = done.send(result.clone().map(|_| seq));
+            }
+            if result.is_ok()
+                && (tick || finish.is_some() || self.head_written.elapsed() >= HEAD_EVERY)
+            {
+                if let Err(e) = self.write_head() {
+                    tracing::error!(error = %e, "writing the signed audit head failed");
+                }
             }
             if self.rotation_due() {
                 if let Err(e) = self.rotate() {
