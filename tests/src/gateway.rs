@@ -69,12 +69,17 @@ impl Gateway {
                  [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
                  [scope]\nports = [{}]\n\
                  [intercept]\ninstance = \"{instance}\"\n\
-                 [audit]\npath = \"{}\"\nkey = \"{}\"\njournald = \"off\"\n{}\n{}\n",
+                 [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
                 users.join(", "),
                 ports.join(", "),
                 audit.display(),
                 dir.path().join("audit.key").display(),
-                opts.audit,
+                // Tests stay out of the host's journal unless they ask for it.
+                if opts.audit.contains("journald") {
+                    opts.audit.clone()
+                } else {
+                    format!("journald = \"off\"\n{}", opts.audit)
+                },
                 opts.extra
             ),
         )

@@ -135,3 +135,111 @@ fn sigkill_under_load_then_restart_verifies_and_no_forwarded_call_is_missing() {
         .count();
     assert_eq!(starts, 2);
 }
+
+/// Reads journald's native protocol: `KEY=value` lines, or `KEY\n<u64 LE length><bytes>\n`
+/// for values with newlines.
+fn journal_fields(mut d: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    while !d.is_empty() {
+        let nl = d.iter().position(|&b| b == b'\n').unwrap_or(d.len());
+        let line = &d[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            d = &d[(nl + 1).min(d.len())..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            let value = &d[nl + 9..nl + 9 + len];
+            out.insert(key, String::from_utf8_lossy(value).into_owned());
+            d = &d[(nl + 9 + len + 1).min(d.len())..];
+        }
+    }
+    out
+}
+
+#[test]
+fn records_reach_journald_with_structured_fields() {
+    let socket = std::path::Path::new("/run/systemd/journal/socket");
+    assert!(
+        !socket.exists(),
+        "a real journald runs here: this test stands in for it and needs its socket path free"
+    );
+    // Stand in for journald: the daemon finds the socket (journald = "auto") and sends to it.
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let listener = std::os::unix::net::UnixDatagram::bind(socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    struct Cleanup;
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file("/run/systemd/journal/socket");
+            let _ = std::fs::remove_dir("/run/systemd/journal");
+            let _ = std::fs::remove_dir("/run/systemd");
+        }
+    }
+    let _cleanup = Cleanup;
+
+    let port = free_port();
+    let gw = Gateway::start(
+        "journald",
+        GatewayOptions {
+            ports: vec![port],
+            audit: "journald = \"auto\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let agent = r#"
+import http.client, json, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+c.request("POST", "/mcp", body=json.dumps({"jsonrpc":"2.0","id":77,"method":"tools/call",
+    "params":{"name":"echo","arguments":{}}}), headers={"Content-Type":"application/json",
+    "Accept":"application/json, text/event-stream"})
+print(json.dumps({"status": c.getresponse().status}))
+"#;
+    let out =
+        gateway_tests::run_probe(gw.agent(PYTHON, &["-c".into(), agent.into(), port.to_string()]));
+    assert_eq!(out["status"], 200);
+
+    let mut buf = vec![0u8; 1 << 16];
+    let mut seen = Vec::new();
+    loop {
+        let n = listener
+            .recv(&mut buf)
+            .expect("the daemon sent no journald record for the call");
+        let f = journal_fields(&buf[..n]);
+        let done = f.get("MCP_TYPE").map(String::as_str) == Some("mcp");
+        seen.push(f);
+        if done {
+            break;
+        }
+    }
+    let call = seen
+        .iter()
+        .find(|f| f.get("MCP_TYPE").map(String::as_str) == Some("mcp_call"))
+        .expect("the write-ahead call record");
+    assert_eq!(call["SYSLOG_IDENTIFIER"], "mcp-gateway-audit");
+    assert_eq!(call["MCP_METHOD"], "tools/call");
+    assert_eq!(call["MCP_NAME"], "echo");
+    assert_eq!(call["MCP_ID"], "77");
+    assert!(
+        call["MESSAGE"].contains("mcp_call tools/call echo"),
+        "{call:?}"
+    );
+    let exchange = seen.last().unwrap();
+    assert_eq!(exchange["MCP_OUTCOME"], "ok");
+    // The journal entry is the ledger's record, chain fields included.
+    let record: Value = serde_json::from_str(&exchange["MCP_AUDIT_RECORD"]).unwrap();
+    let seq = record["seq"].as_u64().unwrap();
+    assert_eq!(exchange["MCP_SEQ"], seq.to_string());
+    let in_file = ledger_records(&gw)
+        .into_iter()
+        .find(|r| r["seq"] == seq)
+        .unwrap();
+    assert_eq!(in_file, record);
+}

@@ -42,6 +42,7 @@ impl Observer {
             error_code: None,
             detail: None,
             latency_ms: None,
+            result_sha256: None,
         }
     }
 
@@ -66,6 +67,7 @@ impl Observer {
         r.name = req.name;
         r.id = id_text(id);
         r.latency_ms = Some(req.started.elapsed().as_secs_f64() * 1e3);
+        r.result_sha256 = m.result.map(|v| sha256_hex(v.get().as_bytes()));
         if m.kind == Kind::Error {
             r.outcome = "error";
             r.error_code = m.error_code;

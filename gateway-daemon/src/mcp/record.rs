@@ -87,6 +87,9 @@ pub struct ExchangeRecord {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+    /// SHA-256 of the response's `result` as the server sent it (never the result itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_sha256: Option<String>,
 }
 
 /// Written, durably, before a request is forwarded: the ledger holds every call the
