@@ -22,6 +22,15 @@ fn gateway(name: &str, port: u16, extra: &str) -> Gateway {
     )
 }
 
+/// Runs the client made by `client` straight to the server, then as an agent through the
+/// gateway; the two results must be equal. Returns the mediated one.
+fn same_through_gateway(gw: &Gateway, client: impl Fn() -> std::process::Command) -> Value {
+    let direct = run_json(client());
+    let mediated = run_json(gw.wrap(client()));
+    assert_eq!(mediated, direct, "results differ through the gateway");
+    mediated
+}
+
 /// Waits for the exchange that every client makes last, then returns all MCP records.
 fn exchanges(gw: &Gateway, last_method: &str) -> Vec<Value> {
     gw.wait_record(&format!("for {last_method}"), |r| {
@@ -79,9 +88,9 @@ fn python_sdk_and_everything_over_streamable_http() {
     let port = free_port();
     let server = everything(Transport::Streamable, port);
     let gw = gateway("py-ev-http", port, "");
-    let direct = run_json(python_client_cmd(&server.url, Transport::Streamable));
-    let mediated = run_json(gw.wrap(python_client_cmd(&server.url, Transport::Streamable)));
-    assert_eq!(mediated, direct, "results differ through the gateway");
+    same_through_gateway(&gw, || {
+        python_client_cmd(&server.url, Transport::Streamable)
+    });
 
     let records = exchanges(&gw, "prompts/get");
     assert_audited(
@@ -126,9 +135,7 @@ fn python_sdk_and_everything_over_legacy_sse() {
     let port = free_port();
     let server = everything(Transport::Sse, port);
     let gw = gateway("py-ev-sse", port, "");
-    let direct = run_json(python_client_cmd(&server.url, Transport::Sse));
-    let mediated = run_json(gw.wrap(python_client_cmd(&server.url, Transport::Sse)));
-    assert_eq!(mediated, direct, "results differ through the gateway");
+    same_through_gateway(&gw, || python_client_cmd(&server.url, Transport::Sse));
 
     let records = exchanges(&gw, "prompts/get");
     assert_audited(
@@ -155,9 +162,7 @@ fn rmcp_client_and_server_configured_by_name() {
             "[[server]]\nname = \"rmcp-test\"\naddress = \"127.0.0.1:{port}\"\npath = \"/mcp\"\n"
         ),
     );
-    let direct = run_json(rmcp_client_cmd(&server.url, Profile::Rmcp));
-    let mediated = run_json(gw.wrap(rmcp_client_cmd(&server.url, Profile::Rmcp)));
-    assert_eq!(mediated, direct);
+    same_through_gateway(&gw, || rmcp_client_cmd(&server.url, Profile::Rmcp));
     let records = exchanges(&gw, "prompts/get");
     assert_audited(&records, "echo", "slow_count", "greet", "streamable_http");
     assert!(
@@ -171,14 +176,11 @@ fn rmcp_stateless_2026_07_28_revision() {
     let port = free_port();
     let server = rmcp_server(port);
     let gw = gateway("rmcp-2026", port, "");
-    let run = |wrap: bool| {
+    let mediated = same_through_gateway(&gw, || {
         let mut cmd = rmcp_client_cmd(&server.url, Profile::Rmcp);
         cmd.args(["--lifecycle", "discover"]);
-        run_json(if wrap { gw.wrap(cmd) } else { cmd })
-    };
-    let direct = run(false);
-    let mediated = run(true);
-    assert_eq!(mediated, direct);
+        cmd
+    });
     assert_eq!(mediated["protocol_version"], "2026-07-28", "{mediated}");
 
     let records = exchanges(&gw, "prompts/get");
@@ -209,13 +211,9 @@ fn rmcp_client_against_everything_and_python_sdk_against_rmcp() {
             ..Default::default()
         },
     );
-    let direct = run_json(rmcp_client_cmd(&ev.url, Profile::Everything));
-    let mediated = run_json(gw.wrap(rmcp_client_cmd(&ev.url, Profile::Everything)));
-    assert_eq!(mediated, direct);
+    same_through_gateway(&gw, || rmcp_client_cmd(&ev.url, Profile::Everything));
 
-    let direct = run_json(python_client_cmd(&rm.url, Transport::Streamable));
-    let mediated = run_json(gw.wrap(python_client_cmd(&rm.url, Transport::Streamable)));
-    assert_eq!(mediated, direct);
+    same_through_gateway(&gw, || python_client_cmd(&rm.url, Transport::Streamable));
 
     let records = exchanges(&gw, "prompts/get");
     let servers: std::collections::HashSet<&str> = records
@@ -241,13 +239,11 @@ fn server_to_client_sampling_is_paired_across_exchanges() {
     let port = free_port();
     let server = everything(Transport::Streamable, port);
     let gw = gateway("sampling", port, "");
-    let mut cmd = std::process::Command::new(gateway_tests::peers::venv_python());
-    cmd.args(["-c", SAMPLING_CLIENT, &server.url]);
-    let direct = run_json(cmd);
-    let mut cmd = std::process::Command::new(gateway_tests::peers::venv_python());
-    cmd.args(["-c", SAMPLING_CLIENT, &server.url]);
-    let mediated = run_json(gw.wrap(cmd));
-    assert_eq!(mediated, direct);
+    let mediated = same_through_gateway(&gw, || {
+        let mut cmd = std::process::Command::new(gateway_tests::peers::venv_python());
+        cmd.args(["-c", SAMPLING_CLIENT, &server.url]);
+        cmd
+    });
     assert_eq!(mediated["is_error"], false, "{mediated}");
     assert!(
         mediated["result"][0]

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use super::jsonrpc::{Id, Kind, Message};
 use super::pairing::{PairingError, Pending};
-use super::record::{CallRecord, Direction, ExchangeRecord, PendingRequest, Principal};
+use super::record::{CallRecord, Direction, ExchangeRecord, PendingRequest, Principal, Subject};
 use super::session::{Session, Transport};
 use crate::audit::chain::sha256_hex;
 use crate::audit::{timestamp, AuditSink};
@@ -25,19 +25,25 @@ fn id_text(id: &Option<Id>) -> Option<String> {
 }
 
 impl Observer {
-    fn record(&self, direction: Direction, method: &str) -> ExchangeRecord {
-        ExchangeRecord {
-            kind: "mcp",
+    fn subject(&self, method: &str) -> Subject {
+        Subject {
             time: timestamp(SystemTime::now()),
             principal: self.principal.clone(),
             server: self.server.clone(),
             session: self.session.as_ref().map(|s| s.id.clone()),
             transport: self.transport.label(),
             protocol_version: self.protocol_version.clone(),
-            direction,
             method: method.to_string(),
             name: None,
             id: None,
+        }
+    }
+
+    fn record(&self, direction: Direction, method: &str) -> ExchangeRecord {
+        ExchangeRecord {
+            kind: "mcp",
+            about: self.subject(method),
+            direction,
             outcome: "ok",
             error_code: None,
             detail: None,
@@ -51,8 +57,6 @@ impl Observer {
             method: m.method.as_deref().unwrap_or_default().to_string(),
             name: m.target_name().map(|n| n.into_owned()),
             started: Instant::now(),
-            started_at: SystemTime::now(),
-            protocol_version: self.protocol_version.clone(),
         }
     }
 
@@ -64,8 +68,8 @@ impl Observer {
         m: &Message,
     ) -> ExchangeRecord {
         let mut r = self.record(direction, &req.method);
-        r.name = req.name;
-        r.id = id_text(id);
+        r.about.name = req.name;
+        r.about.id = id_text(id);
         r.latency_ms = Some(req.started.elapsed().as_secs_f64() * 1e3);
         r.result_sha256 = m.result.map(|v| sha256_hex(v.get().as_bytes()));
         if m.kind == Kind::Error {
@@ -77,7 +81,7 @@ impl Observer {
 
     fn unpaired(&self, direction: Direction, m: &Message) -> ExchangeRecord {
         let mut r = self.record(direction, "");
-        r.id = id_text(&m.id);
+        r.about.id = id_text(&m.id);
         r.outcome = "unpaired_response";
         r.error_code = m.error_code;
         r.detail = Some("no request with this id is awaiting a response".into());
@@ -86,7 +90,7 @@ impl Observer {
 
     fn notification(&self, direction: Direction, m: &Message) -> ExchangeRecord {
         let mut r = self.record(direction, m.method.as_deref().unwrap_or_default());
-        r.name = m.target_name().map(|n| n.into_owned());
+        r.about.name = m.target_name().map(|n| n.into_owned());
         r.outcome = "notification";
         r
     }
@@ -148,7 +152,7 @@ impl Observer {
                         Ok(()) => vec![],
                         Err(e) => {
                             let mut r = self.notification(Direction::ServerToClient, m);
-                            r.id = id_text(&m.id);
+                            r.about.id = id_text(&m.id);
                             r.outcome = "unpaired_request";
                             r.detail = Some(e.to_string());
                             vec![r]
@@ -157,7 +161,7 @@ impl Observer {
                     // Without a session the agent's answer cannot be tied back to it.
                     None => {
                         let mut r = self.notification(Direction::ServerToClient, m);
-                        r.id = id_text(&m.id);
+                        r.about.id = id_text(&m.id);
                         r.outcome = "unpaired_request";
                         vec![r]
                     }
@@ -179,8 +183,8 @@ impl Observer {
             .into_iter()
             .map(|(id, req)| {
                 let mut r = self.record(direction, &req.method);
-                r.name = req.name;
-                r.id = Some(id.to_string());
+                r.about.name = req.name;
+                r.about.id = Some(id.to_string());
                 r.outcome = outcome;
                 r.detail = Some(detail.to_string());
                 r.latency_ms = Some(req.started.elapsed().as_secs_f64() * 1e3);
@@ -195,8 +199,8 @@ impl Observer {
             Direction::ClientToServer,
             m.method.as_deref().unwrap_or_default(),
         );
-        r.name = m.target_name().map(|n| n.into_owned());
-        r.id = id_text(&m.id);
+        r.about.name = m.target_name().map(|n| n.into_owned());
+        r.about.id = id_text(&m.id);
         r.outcome = "refused";
         r.error_code = Some(code as i64);
         r.detail = Some(detail.to_string());
@@ -214,17 +218,12 @@ impl Observer {
     /// The write-ahead record of a request about to be forwarded: what was asked, by whom,
     /// with a digest of its arguments (never the arguments themselves).
     pub fn call(&self, m: &Message) -> CallRecord {
+        let mut about = self.subject(m.method.as_deref().unwrap_or_default());
+        about.name = m.target_name().map(|n| n.into_owned());
+        about.id = id_text(&m.id);
         CallRecord {
             kind: "mcp_call",
-            time: timestamp(SystemTime::now()),
-            principal: self.principal.clone(),
-            server: self.server.clone(),
-            session: self.session.as_ref().map(|s| s.id.clone()),
-            transport: self.transport.label(),
-            protocol_version: self.protocol_version.clone(),
-            method: m.method.as_deref().unwrap_or_default().to_string(),
-            name: m.target_name().map(|n| n.into_owned()),
-            id: id_text(&m.id),
+            about,
             params_sha256: m.params.map(|p| sha256_hex(p.get().as_bytes())),
         }
     }
@@ -232,10 +231,10 @@ impl Observer {
     pub async fn write(&self, records: Vec<ExchangeRecord>) {
         for r in records {
             tracing::debug!(
-                server = %r.server,
-                session = r.session.as_deref().unwrap_or("-"),
-                method = %r.method,
-                id = r.id.as_deref().unwrap_or("-"),
+                server = %r.about.server,
+                session = r.about.session.as_deref().unwrap_or("-"),
+                method = %r.about.method,
+                id = r.about.id.as_deref().unwrap_or("-"),
                 outcome = r.outcome,
                 latency_ms = r.latency_ms,
                 "mcp exchange"

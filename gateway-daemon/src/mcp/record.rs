@@ -2,7 +2,7 @@
 //! notification), and the principal summary every record carries.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -57,14 +57,11 @@ pub struct PendingRequest {
     pub method: String,
     pub name: Option<String>,
     pub started: Instant,
-    pub started_at: SystemTime,
-    pub protocol_version: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ExchangeRecord {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
+/// Who asked what of whom: what every MCP record carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Subject {
     pub time: String,
     pub principal: Arc<Principal>,
     pub server: Arc<str>,
@@ -73,13 +70,23 @@ pub struct ExchangeRecord {
     pub transport: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<String>,
-    pub direction: Direction,
     pub method: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// ok, error, notification, refused, upstream_error, no_response, unpaired_response.
+}
+
+/// One finished exchange: a request with its response, or a notification.
+#[derive(Debug, Serialize)]
+pub struct ExchangeRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub about: Subject,
+    pub direction: Direction,
+    /// ok, error, notification, refused, upstream_error, no_response, unpaired_response,
+    /// unpaired_request, malformed.
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
@@ -98,19 +105,9 @@ pub struct ExchangeRecord {
 pub struct CallRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,
-    pub time: String,
-    pub principal: Arc<Principal>,
-    pub server: Arc<str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    pub transport: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol_version: Option<String>,
-    pub method: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    #[serde(flatten)]
+    pub about: Subject,
+    /// SHA-256 of the request's `params` as sent (never the arguments themselves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params_sha256: Option<String>,
 }
