@@ -10,4 +10,5 @@ pub mod intercept;
 pub mod listen;
 pub mod mcp;
 pub mod passthrough;
+pub mod policy;
 pub mod route;

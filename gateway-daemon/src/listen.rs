@@ -46,6 +46,9 @@ pub struct Server {
     pub audit: AuditSink,
     pub config: Arc<Config>,
     pub sessions: Arc<Sessions>,
+    pub policy: Arc<crate::policy::PolicyHandle>,
+    pub catalog: Arc<crate::policy::filter::Catalog>,
+    pub limiter: Arc<crate::policy::limits::Limiter>,
 }
 
 impl Server {
@@ -135,6 +138,9 @@ impl Server {
             audit: self.audit.clone(),
             config: self.config.clone(),
             sessions: self.sessions.clone(),
+            policy: self.policy.clone(),
+            catalog: self.catalog.clone(),
+            limiter: self.limiter.clone(),
         };
         flows.spawn(route::flow(stream, peer, redirected, shared).instrument(span));
     }

@@ -2,7 +2,7 @@
 
 mod audit_cli;
 
-use gateway_daemon::{audit, config, exec, intercept, listen, mcp};
+use gateway_daemon::{audit, config, exec, intercept, listen, mcp, policy};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +40,9 @@ enum Command {
         cgroup: Option<String>,
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Run the command as this user (name or uid), after joining the cgroup.
+        #[arg(long)]
+        user: Option<String>,
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
@@ -72,6 +75,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         Command::Exec {
             cgroup,
             config,
+            user,
             command,
         } => {
             let cgroup = match cgroup {
@@ -89,7 +93,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                         )
                     })?,
             };
-            exec::exec(&cgroup, &command)
+            exec::exec(&cgroup, user.as_deref(), &command)
         }
         Command::Audit { config, command } => audit_cli::run(command, &config),
         Command::Run { config } => {
@@ -99,7 +103,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(run(resolved))
+                .block_on(run(resolved, config))
         }
     }
 }
@@ -114,7 +118,47 @@ fn init_logging() {
         .init();
 }
 
-async fn run(resolved: config::Resolved) -> anyhow::Result<()> {
+/// SIGHUP: load the config again and put its policy in force for every new request; open
+/// sessions stay. An invalid file is refused with its reason and the old policy stays.
+async fn reload_on_sighup(
+    path: PathBuf,
+    policy: Arc<policy::PolicyHandle>,
+    audit: audit::AuditSink,
+) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let result = config::Config::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    policy::Policy::compile(&r.config).map_err(|(k, m)| format!("`{k}`: {m}"))
+                });
+            let (outcome, detail) = match result {
+                Ok(p) => {
+                    policy.replace(p);
+                    tracing::info!(config = %path.display(), "SIGHUP: policy reloaded");
+                    ("ok", None)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: config rejected; the previous policy stays in force");
+                    ("rejected", Some(e))
+                }
+            };
+            audit
+                .record(&serde_json::json!({
+                    "type": "reload",
+                    "time": audit::timestamp(std::time::SystemTime::now()),
+                    "config": path.display().to_string(),
+                    "outcome": outcome,
+                    "detail": detail,
+                }))
+                .await;
+        }
+    });
+    Ok(())
+}
+
+async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result<()> {
     let euid = nix::unistd::geteuid();
     if !euid.is_root() {
         anyhow::bail!(
@@ -152,8 +196,15 @@ async fn run(resolved: config::Resolved) -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT: stopping"),
         }
     };
+    let policy = Arc::new(policy::PolicyHandle::new(
+        policy::Policy::compile(&cfg).map_err(|(k, m)| anyhow::anyhow!("`{k}`: {m}"))?,
+    ));
+    reload_on_sighup(config_path, policy.clone(), sink.clone()).await?;
     let server = listen::Server {
         interceptor: interceptor.clone(),
+        policy,
+        catalog: Default::default(),
+        limiter: Default::default(),
         audit: sink,
         sessions: Arc::new(mcp::Sessions::new(
             cfg.http.max_sessions,

@@ -19,6 +19,9 @@ use crate::identity::Identity;
 use crate::intercept::Redirected;
 use crate::mcp::{ConnCtx, Principal, Sessions};
 use crate::passthrough::{self, Transfer};
+use crate::policy::filter::Catalog;
+use crate::policy::limits::Limiter;
+use crate::policy::PolicyHandle;
 
 /// What a flow's audit record says.
 #[derive(Serialize)]
@@ -46,6 +49,9 @@ pub struct Shared {
     pub audit: AuditSink,
     pub config: Arc<Config>,
     pub sessions: Arc<Sessions>,
+    pub policy: Arc<PolicyHandle>,
+    pub catalog: Arc<Catalog>,
+    pub limiter: Arc<Limiter>,
 }
 
 /// Serves one redirected connection to its end and audits it.
@@ -160,7 +166,11 @@ async fn carry(
         }
     };
     let ctx = Arc::new(ConnCtx {
+        identity: Arc::new(identity.clone()),
         principal: Arc::new(Principal::of(identity)),
+        policy: shared.policy.clone(),
+        catalog: shared.catalog.clone(),
+        limiter: shared.limiter.clone(),
         upstream_addr: upstream,
         audit: shared.audit.clone(),
         sessions: shared.sessions.clone(),

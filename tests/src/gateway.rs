@@ -80,7 +80,13 @@ impl Gateway {
                 } else {
                     format!("journald = \"off\"\n{}", opts.audit)
                 },
-                opts.extra
+                // Tests about other stages see the policy in audit mode (everything passes,
+                // decisions are recorded); policy tests bring their own [policy].
+                if opts.extra.contains("[policy]") {
+                    opts.extra.clone()
+                } else {
+                    format!("[policy]\nmode = \"audit\"\n{}", opts.extra)
+                }
             ),
         )
         .unwrap();
@@ -207,6 +213,34 @@ impl Gateway {
             wrapped.current_dir(dir);
         }
         wrapped
+    }
+
+    /// As `wrap`, with the command running as `user` (name or uid) inside the cgroup.
+    pub fn wrap_as(&self, cmd: Command, user: &str) -> Command {
+        let wrapped = self.wrap(cmd);
+        let args: Vec<std::ffi::OsString> = wrapped.get_args().map(|a| a.to_owned()).collect();
+        let mut with_user = Command::new(wrapped.get_program());
+        with_user
+            .args(&args[..3])
+            .args(["--user", user])
+            .args(&args[3..]);
+        for (k, v) in wrapped.get_envs() {
+            if let Some(v) = v {
+                with_user.env(k, v);
+            }
+        }
+        if let Some(dir) = wrapped.get_current_dir() {
+            with_user.current_dir(dir);
+        } else {
+            with_user.current_dir("/");
+        }
+        with_user
+    }
+
+    /// SIGHUP: the daemon reloads its config file (`self.config`).
+    pub fn reload(&self) {
+        let pid = self.pid().expect("the daemon is running");
+        kill(Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();
     }
 
     /// The audit's MCP exchange records so far.

@@ -1,6 +1,7 @@
 //! The daemon's TOML configuration: parsed with unknown keys refused, then validated with
 //! errors that name the key, so `mcp-gateway check-config` and `run` agree on what is valid.
 
+mod policy;
 mod validate;
 
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig};
 pub use validate::Resolved;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,12 @@ pub struct Config {
     /// Known MCP servers: requests to them are MCP whatever their headers say.
     #[serde(default, rename = "server")]
     pub servers: Vec<Server>,
+    #[serde(default)]
+    pub policy: PolicySection,
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalConfig>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
 }
 
 /// An MCP server agents use. It is matched by the destination the agent dialed

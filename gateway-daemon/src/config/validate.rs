@@ -210,5 +210,6 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
     if a.batch_interval_ms == 0 || a.batch_interval_ms > 10_000 {
         return fail("audit.batch_interval_ms", "must be between 1 and 10000");
     }
+    crate::policy::Policy::compile(&config)?;
     Ok(Resolved { config, agent_uids })
 }

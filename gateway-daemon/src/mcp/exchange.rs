@@ -9,21 +9,22 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::jsonrpc::{self, Id, Kind, Message, Parsed};
-use super::observe::Observer;
+use super::observe::{ListView, Observer};
 use super::pairing::Pending;
 use super::recognise::{
     batches_allowed, header_str, Target, H_METHOD, H_NAME, H_PROTOCOL_VERSION, H_SESSION_ID,
 };
 use super::record::{Direction, ExchangeRecord};
 use super::reply::{
-    error_response, http_error, GATEWAY_REFUSED, HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR,
-    UPSTREAM_FAILED,
+    error_response, http_error, GATEWAY_DENIED, GATEWAY_LIMITED, GATEWAY_REFUSED, HEADER_MISMATCH,
+    INVALID_REQUEST, PARSE_ERROR, UPSTREAM_FAILED,
 };
 use super::session::{Session, Transport};
 use super::stream::{self, StreamJob, StreamKind};
 use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
 use crate::http::Upstream;
+use crate::policy::{Decision, Policy};
 
 /// How long the rest of a refused request body may take to skip.
 const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -43,8 +44,16 @@ fn observer(
     let transport = session
         .as_ref()
         .map_or(Transport::StreamableHttp, |s| s.transport);
+    // The principal is decided per exchange: a reload may have renamed or removed it.
+    let policy = ctx.policy.current();
+    let mut principal = (*ctx.principal).clone();
+    principal.name = policy.principal_of(&ctx.identity).map(|p| p.name.clone());
     Observer {
-        principal: ctx.principal.clone(),
+        principal: Arc::new(principal),
+        view: Some(ListView {
+            policy,
+            catalog: ctx.catalog.clone(),
+        }),
         server: target.label.clone(),
         audit: ctx.audit.clone(),
         session,
@@ -73,9 +82,24 @@ async fn refuse(
     code: i32,
     why: &str,
 ) -> Response<GwBody> {
+    refuse_decided(obs, messages, status, code, why, &[]).await
+}
+
+/// As `refuse`, with the policy decision (if any) about each message, in order.
+async fn refuse_decided(
+    obs: &Observer,
+    messages: &[Message<'_>],
+    status: StatusCode,
+    code: i32,
+    why: &str,
+    decisions: &[Option<Decision>],
+) -> Response<GwBody> {
     tracing::info!(reason = why, "MCP request refused");
-    let mut records: Vec<ExchangeRecord> =
-        messages.iter().map(|m| obs.refused(m, code, why)).collect();
+    let mut records: Vec<ExchangeRecord> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| obs.refused(m, code, why, decisions.get(i).cloned().flatten()))
+        .collect();
     if messages.is_empty() {
         let mut r = obs.malformed(why);
         r.direction = Direction::ClientToServer;
@@ -93,6 +117,37 @@ async fn refuse(
         ids.push(None);
     }
     error_response(status, &ids, code, why)
+}
+
+/// Methods that do something for the agent (as opposed to protocol plumbing); the rate
+/// limits count these.
+fn is_call(m: &Message<'_>) -> bool {
+    matches!(
+        m.method.as_deref(),
+        Some("tools/call" | "resources/read" | "prompts/get")
+    )
+}
+
+/// The policy's decision about one message of the agent (None for its responses).
+fn decide(policy: &Policy, obs: &Observer, ctx: &ConnCtx, m: &Message<'_>) -> Option<Decision> {
+    let method = m.method.as_deref()?;
+    let name = routing_name(m);
+    let arguments = m
+        .params
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
+        .and_then(|mut v| v.get_mut("arguments").map(serde_json::Value::take));
+    let annotations = match (method, &name) {
+        ("tools/call", Some(n)) => ctx.catalog.annotations(&obs.server, n),
+        _ => None,
+    };
+    Some(policy.decide(
+        obs.principal.name.as_deref(),
+        &obs.server,
+        method,
+        name.as_deref(),
+        arguments.as_ref(),
+        annotations.as_ref(),
+    ))
 }
 
 /// A routing header's value: `None` when absent, `Err` when unreadable. Values outside
@@ -294,6 +349,65 @@ pub async fn post(
         .await;
     }
 
+    // Policy: every message that names a method is decided before anything is registered
+    // or sent; one denial refuses the whole POST (a batch is all or nothing).
+    let policy = ctx.policy.current();
+    let decisions: Vec<Option<Decision>> = messages
+        .iter()
+        .map(|m| decide(&policy, &obs, ctx, m))
+        .collect();
+    if let Some(denied) = decisions.iter().flatten().find(|d| !d.allows()) {
+        let why = format!(
+            "denied by policy ({}){}",
+            denied.rule,
+            denied
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        return refuse_decided(
+            &obs,
+            &messages,
+            StatusCode::FORBIDDEN,
+            GATEWAY_DENIED,
+            &why,
+            &decisions,
+        )
+        .await;
+    }
+    let mut inflight = Vec::new();
+    if let Some(p) = obs
+        .principal
+        .name
+        .as_deref()
+        .and_then(|n| policy.principal_limits(n))
+    {
+        let calls = messages
+            .iter()
+            .filter(|m| m.kind == Kind::Request && is_call(m));
+        for _ in calls {
+            let window = std::time::Duration::from_secs(p.rate_window_s);
+            match ctx
+                .limiter
+                .admit(&p.name, p.rate_calls, window, p.max_concurrent)
+            {
+                Ok(slot) => inflight.push(slot),
+                Err(why) => {
+                    return refuse_decided(
+                        &obs,
+                        &messages,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        GATEWAY_LIMITED,
+                        &why,
+                        &decisions,
+                    )
+                    .await
+                }
+            }
+        }
+    }
+
     let mut local = Pending::new(limits.max_pending);
     let mut records = Vec::new();
     for m in &messages {
@@ -325,8 +439,11 @@ pub async fn post(
     }
     obs.write(records).await;
     // Write-ahead: no request reaches the server before its record is durable.
-    for m in messages.iter().filter(|m| m.kind == Kind::Request) {
-        if let Err(e) = ctx.audit.record_durable(&obs.call(m)).await {
+    for (m, d) in messages.iter().zip(&decisions) {
+        let (Kind::Request, Some(d)) = (m.kind, d) else {
+            continue;
+        };
+        if let Err(e) = ctx.audit.record_durable(&obs.call(m, d.clone())).await {
             tracing::error!(error = %e, "call refused: the audit ledger cannot record it");
             let waiting = local.drain_expired(|_| true);
             let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
@@ -383,6 +500,7 @@ pub async fn post(
                 upstream: ctx.upstream_addr,
                 max_event_bytes: limits.max_event_bytes,
                 max_depth: MAX_DEPTH,
+                inflight,
             },
         );
         return Response::from_parts(parts, body);
@@ -431,11 +549,12 @@ async fn json_response(
             );
         }
     };
+    let mut lists = Vec::new();
     let records = match jsonrpc::parse(&bytes, MAX_DEPTH) {
-        Ok(Parsed::Single(m)) => obs.from_server(&m, Some(&mut local)),
+        Ok(Parsed::Single(m)) => obs.from_server(&m, Some(&mut local), &mut lists),
         Ok(Parsed::Batch(ms)) => ms
             .iter()
-            .flat_map(|m| obs.from_server(m, Some(&mut local)))
+            .flat_map(|m| obs.from_server(m, Some(&mut local), &mut lists))
             .collect(),
         Err(e) if !local.is_empty() => {
             let (waiting, ids, why) = fail(
@@ -460,6 +579,18 @@ async fn json_response(
         ))
         .await;
     }
+    let mut parts = parts;
+    let bytes = match (!lists.is_empty())
+        .then(|| obs.filter(&bytes, &lists))
+        .flatten()
+    {
+        Some((filtered, _)) => {
+            // The body changed length: let hyper frame it anew.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(filtered)
+        }
+        None => bytes,
+    };
     Response::from_parts(parts, full(bytes))
 }
 
@@ -515,6 +646,7 @@ pub async fn get(
             upstream: ctx.upstream_addr,
             max_event_bytes: ctx.config.http.max_event_bytes,
             max_depth: MAX_DEPTH,
+            inflight: Vec::new(),
         },
     );
     Response::from_parts(parts, body)

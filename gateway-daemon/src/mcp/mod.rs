@@ -33,7 +33,11 @@ pub const MAX_DEPTH: usize = 64;
 
 /// What every exchange of one agent connection shares.
 pub struct ConnCtx {
+    pub identity: Arc<crate::identity::Identity>,
     pub principal: Arc<Principal>,
+    pub policy: Arc<crate::policy::PolicyHandle>,
+    pub catalog: Arc<crate::policy::filter::Catalog>,
+    pub limiter: Arc<crate::policy::limits::Limiter>,
     /// Where the daemon dials: the agent's original destination (v4-mapped made IPv4).
     pub upstream_addr: SocketAddr,
     pub audit: AuditSink,

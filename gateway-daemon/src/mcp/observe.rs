@@ -10,9 +10,18 @@ use super::record::{CallRecord, Direction, ExchangeRecord, PendingRequest, Princ
 use super::session::{Session, Transport};
 use crate::audit::chain::sha256_hex;
 use crate::audit::{timestamp, AuditSink};
+use crate::policy::filter::{self, Catalog};
+use crate::policy::{Decision, Policy};
+
+/// The policy a listing is filtered by, for one exchange.
+pub struct ListView {
+    pub policy: Arc<Policy>,
+    pub catalog: Arc<Catalog>,
+}
 
 pub struct Observer {
     pub principal: Arc<Principal>,
+    pub view: Option<ListView>,
     pub server: Arc<str>,
     pub audit: AuditSink,
     pub session: Option<Arc<Session>>,
@@ -49,6 +58,7 @@ impl Observer {
             detail: None,
             latency_ms: None,
             result_sha256: None,
+            decision: None,
         }
     }
 
@@ -126,11 +136,13 @@ impl Observer {
         })
     }
 
-    /// A message from the server, on a response body or an SSE stream.
+    /// A message from the server, on a response body or an SSE stream. Responses to
+    /// listings are noted in `lists` (id, method) so the caller can filter them.
     pub fn from_server(
         &self,
         m: &Message,
         local: Option<&mut Pending<PendingRequest>>,
+        lists: &mut Vec<(Id, String)>,
     ) -> Vec<ExchangeRecord> {
         let id = m.id.clone().unwrap_or(Id::Null);
         match m.kind {
@@ -141,7 +153,12 @@ impl Observer {
                         .and_then(|s| s.state().client_pending.take(&id))
                 });
                 match req {
-                    Some(req) => vec![self.answered(Direction::ClientToServer, &m.id, req, m)],
+                    Some(req) => {
+                        if crate::policy::filter::listing(&req.method).is_some() {
+                            lists.push((id.clone(), req.method.clone()));
+                        }
+                        vec![self.answered(Direction::ClientToServer, &m.id, req, m)]
+                    }
                     None => vec![self.unpaired(Direction::ClientToServer, m)],
                 }
             }
@@ -194,7 +211,13 @@ impl Observer {
     }
 
     /// A message the gateway refused before it reached the server.
-    pub fn refused(&self, m: &Message, code: i32, detail: &str) -> ExchangeRecord {
+    pub fn refused(
+        &self,
+        m: &Message,
+        code: i32,
+        detail: &str,
+        decision: Option<Decision>,
+    ) -> ExchangeRecord {
         let mut r = self.record(
             Direction::ClientToServer,
             m.method.as_deref().unwrap_or_default(),
@@ -204,7 +227,25 @@ impl Observer {
         r.outcome = "refused";
         r.error_code = Some(code as i64);
         r.detail = Some(detail.to_string());
+        r.decision = decision;
         r
+    }
+
+    /// Filters listing results in a server message body for this principal.
+    pub fn filter(&self, body: &[u8], lists: &[(Id, String)]) -> Option<(Vec<u8>, usize)> {
+        let v = self.view.as_ref()?;
+        let (out, hidden) = filter::rewrite(
+            body,
+            lists,
+            &filter::View {
+                policy: &v.policy,
+                principal: self.principal.name.as_deref(),
+                server: &self.server,
+                catalog: &v.catalog,
+            },
+        )?;
+        tracing::debug!(hidden, "listing filtered by policy");
+        Some((out, hidden))
     }
 
     /// A server message the gateway could not read.
@@ -217,7 +258,7 @@ impl Observer {
 
     /// The write-ahead record of a request about to be forwarded: what was asked, by whom,
     /// with a digest of its arguments (never the arguments themselves).
-    pub fn call(&self, m: &Message) -> CallRecord {
+    pub fn call(&self, m: &Message, decision: Decision) -> CallRecord {
         let mut about = self.subject(m.method.as_deref().unwrap_or_default());
         about.name = m.target_name().map(|n| n.into_owned());
         about.id = id_text(&m.id);
@@ -225,6 +266,7 @@ impl Observer {
             kind: "mcp_call",
             about,
             params_sha256: m.params.map(|p| sha256_hex(p.get().as_bytes())),
+            decision,
         }
     }
 

@@ -11,6 +11,9 @@ use crate::identity::Identity;
 /// Who is talking, as the audit shows it on every MCP record.
 #[derive(Debug, Clone, Serialize)]
 pub struct Principal {
+    /// The `[[principal]]` this process is, per the policy in force (none: unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub tgid: u32,
     pub uid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -26,6 +29,7 @@ pub struct Principal {
 impl Principal {
     pub fn of(id: &Identity) -> Self {
         Self {
+            name: None,
             tgid: id.tgid,
             uid: id.uid,
             user: id.user.clone(),
@@ -97,6 +101,9 @@ pub struct ExchangeRecord {
     /// SHA-256 of the response's `result` as the server sent it (never the result itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result_sha256: Option<String>,
+    /// The policy decision about this request, when the gateway refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<crate::policy::Decision>,
 }
 
 /// Written, durably, before a request is forwarded: the ledger holds every call the
@@ -110,4 +117,7 @@ pub struct CallRecord {
     /// SHA-256 of the request's `params` as sent (never the arguments themselves).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params_sha256: Option<String>,
+    /// The policy decision that let it through (in audit mode, possibly a deny that was
+    /// only recorded).
+    pub decision: crate::policy::Decision,
 }

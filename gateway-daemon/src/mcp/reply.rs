@@ -15,6 +15,10 @@ pub const INTERNAL_ERROR: i32 = -32603;
 pub const HEADER_MISMATCH: i32 = ErrorCode::HEADER_MISMATCH.0;
 /// The gateway refused the message (limits, session ownership, policy).
 pub const GATEWAY_REFUSED: i32 = -32010;
+/// The policy denied the request (the message names the rule).
+pub const GATEWAY_DENIED: i32 = -32012;
+/// A rate or concurrency limit of the principal refused the request.
+pub const GATEWAY_LIMITED: i32 = -32013;
 /// The upstream server failed (unreachable, died mid-stream, sent garbage).
 pub const UPSTREAM_FAILED: i32 = -32011;
 

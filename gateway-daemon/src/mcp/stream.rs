@@ -12,13 +12,14 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 
+use super::jsonrpc::Id;
 use super::jsonrpc::{self, Parsed};
 use super::observe::Observer;
 use super::pairing::Pending;
 use super::record::{Direction, ExchangeRecord, PendingRequest};
 use super::reply::{error_event, UPSTREAM_FAILED};
 use super::session::{endpoint_path, Sessions, Transport};
-use super::sse::{SseItem, SseParser};
+use super::sse::{encode, SseEvent, SseItem, SseParser};
 use crate::http::body::{boxed, BoxError, ChannelBody, GwBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub struct StreamJob {
     pub upstream: SocketAddr,
     pub max_event_bytes: usize,
     pub max_depth: usize,
+    /// Rate-limit slots of the calls this stream answers, released when it ends.
+    pub inflight: Vec<crate::policy::limits::InFlight>,
 }
 
 type Tx = Sender<Result<Frame<Bytes>, BoxError>>;
@@ -137,11 +140,25 @@ async fn deliver(
                         || jsonrpc::parse(ev.data.as_bytes(), job.max_depth).is_ok();
                     *raw = !*confirmed;
                 }
-                if !*raw {
-                    let records = on_event(job, ev.event.as_deref(), &ev.data);
+                if *raw {
+                    ev.raw
+                } else {
+                    let mut lists = Vec::new();
+                    let records = on_event(job, ev.event.as_deref(), &ev.data, &mut lists);
                     job.observer.write(records).await;
+                    // A listing the policy narrows goes out re-encoded; everything else as
+                    // the server sent it.
+                    match (!lists.is_empty())
+                        .then(|| job.observer.filter(ev.data.as_bytes(), &lists))
+                        .flatten()
+                    {
+                        Some((data, _)) => encode(&SseEvent {
+                            data: String::from_utf8(data).expect("serde_json writes UTF-8"),
+                            ..ev
+                        }),
+                        None => ev.raw,
+                    }
                 }
-                ev.raw
             }
             SseItem::Other { raw, .. } | SseItem::Incomplete(raw) => raw,
         };
@@ -158,7 +175,12 @@ enum End {
     AgentGone,
 }
 
-fn on_event(job: &mut StreamJob, event: Option<&str>, data: &str) -> Vec<ExchangeRecord> {
+fn on_event(
+    job: &mut StreamJob,
+    event: Option<&str>,
+    data: &str,
+    lists: &mut Vec<(Id, String)>,
+) -> Vec<ExchangeRecord> {
     if event == Some("endpoint") && matches!(job.kind, StreamKind::Get { .. }) {
         let endpoint = endpoint_path(data);
         let owner = job.observer.principal.session_owner();
@@ -176,10 +198,10 @@ fn on_event(job: &mut StreamJob, event: Option<&str>, data: &str) -> Vec<Exchang
         return vec![];
     }
     match jsonrpc::parse(data.as_bytes(), job.max_depth) {
-        Ok(Parsed::Single(m)) => job.observer.from_server(&m, Some(&mut job.local)),
+        Ok(Parsed::Single(m)) => job.observer.from_server(&m, Some(&mut job.local), lists),
         Ok(Parsed::Batch(ms)) => ms
             .iter()
-            .flat_map(|m| job.observer.from_server(m, Some(&mut job.local)))
+            .flat_map(|m| job.observer.from_server(m, Some(&mut job.local), lists))
             .collect(),
         Err(e) => vec![job
             .observer

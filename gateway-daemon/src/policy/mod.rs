@@ -1,0 +1,233 @@
+//! The firewall's rule set: principals bound to kernel-attested identity, and rules per
+//! principal × server × method × tool × arguments. Default deny: a process no principal
+//! matches, and a call no rule allows, are refused (in `audit` mode, recorded instead).
+
+pub mod filter;
+pub mod limits;
+pub mod principal;
+pub mod rules;
+
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::{Action, Config, PolicyMode};
+use crate::identity::Identity;
+use principal::{ExeHashes, Principal};
+use rules::{Ask, Rule, Verdict};
+
+/// A config key and what is wrong with it.
+pub type Invalid = (String, String);
+
+/// Methods every known principal may use on a server it has any allowing rule for: the
+/// protocol's own plumbing (notifications too). A rule naming one explicitly still decides.
+pub const LIFECYCLE: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "prompts/list",
+    "logging/setLevel",
+    "completion/complete",
+    "subscriptions/listen",
+];
+
+pub struct Policy {
+    pub mode: PolicyMode,
+    principals: Vec<Principal>,
+    rules: Vec<Rule>,
+    hashes: ExeHashes,
+}
+
+/// The outcome of asking the policy about one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// allow, deny or ask.
+    pub action: &'static str,
+    /// The rule that decided, or the default that did.
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// false in audit mode: a deny was recorded, not applied.
+    pub enforced: bool,
+}
+
+impl Decision {
+    pub fn allows(&self) -> bool {
+        self.action == "allow" || !self.enforced
+    }
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+        Action::Ask => "ask",
+    }
+}
+
+impl Policy {
+    pub fn compile(cfg: &Config) -> Result<Self, Invalid> {
+        let principals = cfg
+            .principals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Principal::compile(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in principals.iter().enumerate() {
+            if !names.insert(p.name.as_str()) {
+                return Err((
+                    format!("principal[{i}].name"),
+                    format!("{:?} is defined twice", p.name),
+                ));
+            }
+        }
+        let rules = cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Rule::compile(i, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, r) in rules.iter().enumerate() {
+            if r.principal != "*" && !names.contains(r.principal.as_str()) {
+                return Err((
+                    format!("rule[{i}].principal"),
+                    format!("{:?} is not a [[principal]] name (or \"*\")", r.principal),
+                ));
+            }
+        }
+        Ok(Policy {
+            mode: cfg.policy.mode,
+            principals,
+            rules,
+            hashes: ExeHashes::default(),
+        })
+    }
+
+    /// The first principal `id` matches.
+    pub fn principal_of(&self, id: &Identity) -> Option<&Principal> {
+        self.principals.iter().find(|p| p.matches(id, &self.hashes))
+    }
+
+    fn decision(&self, action: Action, rule: String, reason: Option<String>) -> Decision {
+        Decision {
+            action: action_name(action),
+            rule,
+            reason,
+            enforced: self.mode == PolicyMode::Enforce,
+        }
+    }
+
+    /// Decides a request of `principal` (None: unknown).
+    pub fn decide(
+        &self,
+        principal: Option<&str>,
+        server: &str,
+        method: &str,
+        name: Option<&str>,
+        arguments: Option<&Value>,
+        annotations: Option<&Map<String, Value>>,
+    ) -> Decision {
+        let Some(principal) = principal else {
+            return self.decision(
+                Action::Deny,
+                "default: unknown principal".into(),
+                Some("no [[principal]] matches this process".into()),
+            );
+        };
+        let empty = Value::Object(Map::new());
+        let ask = Ask {
+            principal,
+            server,
+            method,
+            name,
+            arguments: Some(arguments.unwrap_or(&empty)),
+            annotations,
+        };
+        let mut near_miss = None;
+        for r in &self.rules {
+            match r.check(&ask) {
+                Verdict::Match => return self.decision(r.action, r.label.clone(), None),
+                Verdict::ArgumentsRejected(why) => {
+                    near_miss.get_or_insert(format!("{} does not apply: {why}", r.label));
+                }
+                Verdict::NoMatch => {}
+            }
+        }
+        let plumbing = LIFECYCLE.contains(&method) || method.starts_with("notifications/");
+        if plumbing
+            && self
+                .rules
+                .iter()
+                .any(|r| r.action != Action::Deny && r.covers(principal, server))
+        {
+            return self.decision(Action::Allow, "default: protocol lifecycle".into(), None);
+        }
+        let what = name.map_or(String::new(), |n| format!(" {n}"));
+        self.decision(
+            Action::Deny,
+            "default: deny".into(),
+            Some(near_miss.unwrap_or_else(|| {
+                format!("no rule allows {method}{what} for principal {principal} on {server}")
+            })),
+        )
+    }
+
+    /// Whether a listed item (tool, prompt, resource) is shown to `principal`: some rule
+    /// would let it call the item with some arguments.
+    pub fn visible(
+        &self,
+        principal: Option<&str>,
+        server: &str,
+        call_method: &str,
+        name: &str,
+        annotations: Option<&Map<String, Value>>,
+    ) -> bool {
+        let Some(principal) = principal else {
+            return self.mode == PolicyMode::Audit;
+        };
+        let ask = Ask {
+            principal,
+            server,
+            method: call_method,
+            name: Some(name),
+            arguments: None,
+            annotations,
+        };
+        let allowed = self
+            .rules
+            .iter()
+            .find(|r| matches!(r.check(&ask), Verdict::Match))
+            .is_some_and(|r| r.action != Action::Deny);
+        allowed || self.mode == PolicyMode::Audit
+    }
+
+    pub fn principal_limits(&self, name: &str) -> Option<&Principal> {
+        self.principals.iter().find(|p| p.name == name)
+    }
+}
+
+/// The policy in force; a reload swaps it whole, so every decision sees one consistent
+/// rule set and open sessions keep going.
+pub struct PolicyHandle(RwLock<Arc<Policy>>);
+
+impl PolicyHandle {
+    pub fn new(p: Policy) -> Self {
+        Self(RwLock::new(Arc::new(p)))
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, p: Policy) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+//! Rules: the first rule whose principal, server, method, name, annotations and argument
+//! schema all match decides.
+
+use globset::GlobSet;
+use jsonschema::Validator;
+use serde_json::{Map, Value};
+
+use super::principal::globs;
+use super::Invalid;
+use crate::config::{Action, RuleConfig};
+
+pub struct Rule {
+    pub label: String,
+    pub principal: String,
+    server: globset::GlobMatcher,
+    methods: Vec<String>,
+    tools: Option<GlobSet>,
+    pub action: Action,
+    arguments: Option<Validator>,
+    annotations: Option<Map<String, Value>>,
+}
+
+/// What a rule is asked about.
+pub struct Ask<'a> {
+    pub principal: &'a str,
+    pub server: &'a str,
+    pub method: &'a str,
+    pub name: Option<&'a str>,
+    /// The call's arguments; `None` when deciding visibility in a listing (any arguments).
+    pub arguments: Option<&'a Value>,
+    pub annotations: Option<&'a Map<String, Value>>,
+}
+
+pub enum Verdict {
+    Match,
+    NoMatch,
+    /// Everything matched but the arguments: why, for the denial message.
+    ArgumentsRejected(String),
+}
+
+fn to_json(v: &toml::Value) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+impl Rule {
+    pub fn compile(i: usize, c: &RuleConfig) -> Result<Self, Invalid> {
+        let key = |k: &str| format!("rule[{i}].{k}");
+        let server = globset::Glob::new(&c.server)
+            .map_err(|e| {
+                (
+                    key("server"),
+                    format!("{:?} is not a valid glob: {e}", c.server),
+                )
+            })?
+            .compile_matcher();
+        if c.methods.is_empty() {
+            return Err((
+                key("methods"),
+                "must name at least one method (or \"*\")".into(),
+            ));
+        }
+        let arguments = match &c.arguments {
+            None => None,
+            Some(schema) => Some(
+                jsonschema::validator_for(&to_json(schema))
+                    .map_err(|e| (key("arguments"), format!("not a valid JSON Schema: {e}")))?,
+            ),
+        };
+        let annotations = c.annotations.as_ref().map(|t| {
+            t.iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect::<Map<String, Value>>()
+        });
+        let action = format!("{:?}", c.action).to_lowercase();
+        let what = if c.tools.is_empty() {
+            "*".to_string()
+        } else {
+            c.tools.join(",")
+        };
+        Ok(Rule {
+            label: format!(
+                "rule[{i}] {action} {} {} {what} on {}",
+                c.principal,
+                c.methods.join(","),
+                c.server
+            ),
+            principal: c.principal.clone(),
+            server,
+            methods: c.methods.clone(),
+            tools: globs(&key("tools"), &c.tools)?,
+            action: c.action,
+            arguments,
+            annotations,
+        })
+    }
+
+    /// Whether this rule speaks about this principal on this server (whatever the method).
+    pub fn covers(&self, principal: &str, server: &str) -> bool {
+        (self.principal == "*" || self.principal == principal) && self.server.is_match(server)
+    }
+
+    pub fn check(&self, a: &Ask) -> Verdict {
+        if !self.covers(a.principal, a.server)
+            || !self.methods.iter().any(|m| m == "*" || m == a.method)
+        {
+            return Verdict::NoMatch;
+        }
+        if let Some(t) = &self.tools {
+            if !a.name.is_some_and(|n| t.is_match(n)) {
+                return Verdict::NoMatch;
+            }
+        }
+        if let Some(want) = &self.annotations {
+            let Some(have) = a.annotations else {
+                return Verdict::NoMatch;
+            };
+            if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
+                return Verdict::NoMatch;
+            }
+        }
+        if let (Some(schema), Some(args)) = (&self.arguments, a.arguments) {
+            if let Some(err) = schema.iter_errors(args).next() {
+                let at = err.instance_path().to_string();
+                let at = if at.is_empty() {
+                    "arguments".to_string()
+                } else {
+                    format!("arguments{at}")
+                };
+                return Verdict::ArgumentsRejected(format!("{at}: {err}"));
+            }
+        }
+        Verdict::Match
+    }
+}

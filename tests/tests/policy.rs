@@ -1,0 +1,289 @@
+//! The rule set with real peers: unmodified clients in agent cgroups, under different uids
+//! and executables, each see and can call exactly what their principal may; argument
+//! constraints admit and refuse; unknown processes are denied; audit mode records would-be
+//! denials; a reload changes decisions for new calls on an open session.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use gateway_tests::peers::{rmcp_client_cmd, rmcp_server, run_json, venv_python, Profile};
+use gateway_tests::{free_port, Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+const CLIENT: &str = include_str!("../fixtures/policy_client.py");
+
+/// A uid no other test uses, for the second principal.
+fn agent_uid() -> u32 {
+    48_000 + (std::process::id() % 1000)
+}
+
+fn policy(mode: &str, port: u16, uid: u32, py_root_tools: &str) -> String {
+    format!(
+        r#"
+[[server]]
+name = "tools"
+address = "127.0.0.1:{port}"
+path = "/mcp"
+
+[policy]
+mode = "{mode}"
+
+[[principal]]
+name = "rmcp"
+exe = ["*/rmcp-test-client"]
+
+[[principal]]
+name = "py-root"
+users = [0]
+exe = ["/usr/bin/python3*"]
+
+[[principal]]
+name = "py-user"
+users = [{uid}]
+
+[[rule]]
+principal = "py-root"
+server = "tools"
+tools = [{py_root_tools}]
+action = "allow"
+
+[[rule]]
+principal = "py-user"
+server = "tools"
+tools = ["add"]
+action = "allow"
+arguments = {{ type = "object", properties = {{ a = {{ type = "integer", maximum = 10 }} }} }}
+
+[[rule]]
+principal = "rmcp"
+server = "tools"
+methods = ["tools/call", "resources/read", "prompts/get"]
+action = "allow"
+"#
+    )
+}
+
+fn client(url: &str, calls: Value) -> Command {
+    let mut c = Command::new(venv_python());
+    c.args(["-c", CLIENT, url, &calls.to_string()]);
+    c
+}
+
+fn call(out: &Value, i: usize) -> &Value {
+    &out["calls"][i]
+}
+
+#[test]
+fn each_principal_sees_and_calls_exactly_its_tools() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let uid = agent_uid();
+    let gw = Gateway::start(
+        "policy",
+        GatewayOptions {
+            ports: vec![port],
+            extra: policy("enforce", port, uid, "\"echo\""),
+            ..Default::default()
+        },
+    );
+    let calls = json!([
+        {"name": "echo", "arguments": {"text": "hi"}},
+        {"name": "add", "arguments": {"a": 5, "b": 1}},
+        {"name": "add", "arguments": {"a": 50, "b": 1}},
+    ]);
+
+    // Root's python: echo only.
+    let out = run_json(gw.wrap(client(&server.url, calls.clone())));
+    assert_eq!(out["failed"], Value::Null, "{out}");
+    assert_eq!(out["tools"], json!(["echo"]), "{out}");
+    assert_eq!(call(&out, 0)["text"], "hi");
+    for i in [1, 2] {
+        assert_eq!(call(&out, i)["code"], -32012, "{out}");
+        assert!(
+            call(&out, i)["error"]
+                .as_str()
+                .unwrap()
+                .contains("denied by policy"),
+            "{out}"
+        );
+    }
+
+    // The same program as another uid: add, with a ≤ 10.
+    let out = run_json(gw.wrap_as(client(&server.url, calls.clone()), &uid.to_string()));
+    assert_eq!(out["failed"], Value::Null, "{out}");
+    assert_eq!(out["tools"], json!(["add"]), "{out}");
+    assert_eq!(call(&out, 0)["code"], -32012, "{out}");
+    assert_eq!(call(&out, 1)["ok"], true, "{out}");
+    assert_eq!(call(&out, 1)["text"], "6");
+    let refused = call(&out, 2)["error"].as_str().unwrap();
+    assert_eq!(call(&out, 2)["code"], -32012);
+    assert!(
+        refused.contains("arguments/a"),
+        "the message names the constraint: {refused}"
+    );
+
+    // Another executable: everything on this server, same results as going direct.
+    let direct = run_json(rmcp_client_cmd(&server.url, Profile::Rmcp));
+    let mediated = run_json(gw.wrap(rmcp_client_cmd(&server.url, Profile::Rmcp)));
+    assert_eq!(mediated, direct);
+
+    // A process no principal matches gets nothing, not even initialize.
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "-X", "POST", "-H", "Content-Type: application/json"])
+        .args(["-H", "Accept: application/json, text/event-stream", "-w", "\n%{http_code}"])
+        .args(["--data", r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#])
+        .arg(&server.url);
+    let text = String::from_utf8_lossy(&gw.wrap(curl).output().unwrap().stdout).into_owned();
+    assert!(text.ends_with("403"), "{text}");
+    assert!(
+        text.contains("-32012") && text.contains("unknown principal"),
+        "{text}"
+    );
+
+    // The audit names the principal and the rule of every decision.
+    let records = gw.audit_records();
+    let allowed = records
+        .iter()
+        .find(|r| r["type"] == "mcp_call" && r["name"] == "add")
+        .expect("the allowed add call");
+    assert_eq!(allowed["principal"]["name"], "py-user");
+    assert_eq!(allowed["decision"]["action"], "allow");
+    assert!(
+        allowed["decision"]["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("rule[1]"),
+        "{allowed}"
+    );
+    let denied: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["outcome"] == "refused")
+        .collect();
+    assert!(
+        denied.iter().any(|r| r["principal"]["name"] == "py-root"
+            && r["name"] == "add"
+            && r["decision"]["rule"] == "default: deny"),
+        "{denied:#?}"
+    );
+    assert!(
+        denied.iter().any(|r| r["principal"].get("name").is_none()
+            && r["decision"]["rule"] == "default: unknown principal"),
+        "{denied:#?}"
+    );
+    // Nothing denied reached the server: every forwarded call has an allowing decision.
+    assert!(records
+        .iter()
+        .filter(|r| r["type"] == "mcp_call")
+        .all(|r| r["decision"]["action"] == "allow"));
+}
+
+#[test]
+fn audit_mode_lets_everything_through_and_records_would_be_denials() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = Gateway::start(
+        "policy-audit",
+        GatewayOptions {
+            ports: vec![port],
+            extra: policy("audit", port, agent_uid() + 1, "\"echo\""),
+            ..Default::default()
+        },
+    );
+    let out = run_json(gw.wrap(client(
+        &server.url,
+        json!([{"name": "add", "arguments": {"a": 1, "b": 2}}]),
+    )));
+    assert_eq!(
+        out["tools"],
+        json!(["add", "echo", "slow_count"]),
+        "nothing hidden: {out}"
+    );
+    assert_eq!(call(&out, 0)["text"], "3", "{out}");
+    let rec = gw.wait_record("the add call", |r| {
+        r["type"] == "mcp_call" && r["name"] == "add"
+    });
+    assert_eq!(rec["decision"]["action"], "deny", "{rec}");
+    assert_eq!(rec["decision"]["enforced"], false, "{rec}");
+}
+
+#[test]
+fn reload_changes_decisions_on_an_open_session_and_rejects_a_bad_config() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let uid = agent_uid() + 2;
+    let gw = Gateway::start(
+        "policy-reload",
+        GatewayOptions {
+            ports: vec![port],
+            extra: policy("enforce", port, uid, "\"echo\""),
+            ..Default::default()
+        },
+    );
+    let pause = gw.dir.path().join("go");
+    let mut cmd = gw.wrap(client(
+        &server.url,
+        json!([{"name": "add", "arguments": {"a": 2, "b": 2}}]),
+    ));
+    cmd.arg(&pause).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, r#"{"phase": 1}"#);
+
+    // A broken file is refused and the policy in force stays.
+    let original = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        original.replace("tools = [\"add\"]", "tools = [\"a[\"]"),
+    )
+    .unwrap();
+    gw.reload();
+    let rejected = gw.wait_record("the rejected reload", |r| r["type"] == "reload");
+    assert_eq!(rejected["outcome"], "rejected", "{rejected}");
+    assert!(
+        rejected["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rule[1].tools[0]"),
+        "{rejected}"
+    );
+
+    // Now root's python may also add.
+    let before = gw
+        .audit_records()
+        .iter()
+        .filter(|r| r["type"] == "reload")
+        .count();
+    std::fs::write(
+        &gw.config,
+        original.replace("tools = [\"echo\"]", "tools = [\"echo\", \"add\"]"),
+    )
+    .unwrap();
+    gw.reload();
+    gw.wait_record("the second reload", |r| {
+        r["type"] == "reload" && r["outcome"] == "ok"
+    });
+    assert_eq!(before, 1);
+    std::fs::write(&pause, b"").unwrap();
+
+    let out: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    child.wait().unwrap();
+    assert_eq!(out["failed"], Value::Null, "{out}");
+    assert_eq!(
+        out["calls"][0]["code"], -32012,
+        "denied before the reload: {out}"
+    );
+    assert_eq!(
+        out["calls_after"][0]["text"], "4",
+        "allowed after it, same session: {out}"
+    );
+    assert_eq!(out["tools"], json!(["echo"]));
+    assert_eq!(out["tools_after"], json!(["add", "echo"]));
+    // One session throughout.
+    let sessions: std::collections::HashSet<String> = gw
+        .mcp_records()
+        .iter()
+        .filter_map(|r| r["session"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+}
