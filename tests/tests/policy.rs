@@ -287,3 +287,52 @@ fn reload_changes_decisions_on_an_open_session_and_rejects_a_bad_config() {
         .collect();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
 }
+
+#[test]
+fn a_principal_over_its_rate_limit_is_refused() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let extra = format!(
+        r#"
+[[server]]
+name = "tools"
+address = "127.0.0.1:{port}"
+
+[policy]
+mode = "enforce"
+
+[[principal]]
+name = "limited"
+exe = ["/usr/bin/python3*"]
+rate_calls = 2
+rate_window_s = 3600
+
+[[rule]]
+principal = "limited"
+server = "tools"
+action = "allow"
+"#
+    );
+    let gw = Gateway::start(
+        "policy-rate",
+        GatewayOptions {
+            ports: vec![port],
+            extra,
+            ..Default::default()
+        },
+    );
+    let echo = json!({"name": "echo", "arguments": {"text": "x"}});
+    let out = run_json(gw.wrap(client(&server.url, json!([echo, echo, echo]))));
+    assert_eq!(call(&out, 0)["ok"], true, "{out}");
+    assert_eq!(call(&out, 1)["ok"], true, "{out}");
+    assert_eq!(call(&out, 2)["code"], -32013, "{out}");
+    assert!(
+        call(&out, 2)["error"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit: 2 calls per 3600 s"),
+        "{out}"
+    );
+    // Listing is plumbing, not a call: it still works past the limit.
+    assert_eq!(out["tools"], json!(["add", "echo", "slow_count"]));
+}
