@@ -11,4 +11,5 @@ pub mod listen;
 pub mod mcp;
 pub mod passthrough;
 pub mod policy;
+pub mod redact;
 pub mod route;

@@ -58,7 +58,14 @@ pub struct Shared {
 pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: Shared) {
     let started = SystemTime::now();
     let t0 = std::time::Instant::now();
-    let identity = Identity::resolve(&r);
+    let mut identity = Identity::resolve(&r);
+    // Command lines carry tokens (`--api-key=…`): they go to the audit redacted.
+    let redactor = shared.policy.current().redactor.clone();
+    for arg in identity.cmdline.iter_mut().flatten() {
+        if let Some((clean, _)) = redactor.redact_str(arg) {
+            *arg = clean;
+        }
+    }
     let upstream = r.upstream_addr();
     tracing::debug!(exe = ?identity.exe, "flow start");
     let (transfer, protocol, outcome) = carry(agent, &identity, upstream, &shared).await;

@@ -53,6 +53,10 @@ pub struct Config {
     pub principals: Vec<PrincipalConfig>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// Secrets and personal data redacted from what servers return, and guarded in what
+    /// agents send.
+    #[serde(default)]
+    pub redact: crate::redact::RedactConfig,
 }
 
 /// An MCP server agents use. It is matched by the destination the agent dialed
@@ -73,6 +77,12 @@ pub struct Server {
     /// Path prefix of the MCP endpoint(s), e.g. "/mcp"; every path when absent.
     #[serde(default)]
     pub path: Option<String>,
+    /// Overrides `redact.mode_requests` for this server.
+    #[serde(default)]
+    pub redact_requests: Option<crate::redact::RequestMode>,
+    /// Overrides `redact.mode_responses` for this server.
+    #[serde(default)]
+    pub redact_responses: Option<crate::redact::ResponseMode>,
 }
 
 /// Limits and choices of the HTTP stage.

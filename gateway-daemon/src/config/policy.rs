@@ -55,6 +55,9 @@ pub struct PrincipalConfig {
     /// Calls in flight at once (0: no limit).
     #[serde(default)]
     pub max_concurrent: u32,
+    /// Overrides `redact.mode_requests` (and the server's) for this principal.
+    #[serde(default)]
+    pub redact_requests: Option<crate::redact::RequestMode>,
 }
 
 fn default_rate_window() -> u64 {

@@ -210,6 +210,10 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
     if a.batch_interval_ms == 0 || a.batch_interval_ms > 10_000 {
         return fail("audit.batch_interval_ms", "must be between 1 and 10000");
     }
+    config.redact.validate().map_err(|e| match e {
+        crate::redact::RedactError::Config { key, message } => (key, message),
+        other => ("redact".to_string(), other.to_string()),
+    })?;
     crate::policy::Policy::compile(&config)?;
     Ok(Resolved { config, agent_uids })
 }

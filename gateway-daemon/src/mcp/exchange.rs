@@ -16,8 +16,8 @@ use super::recognise::{
 };
 use super::record::{Direction, ExchangeRecord};
 use super::reply::{
-    error_response, http_error, GATEWAY_DENIED, GATEWAY_LIMITED, GATEWAY_REFUSED, HEADER_MISMATCH,
-    INVALID_REQUEST, PARSE_ERROR, UPSTREAM_FAILED,
+    error_response, http_error, GATEWAY_DENIED, GATEWAY_EXFILTRATION, GATEWAY_LIMITED,
+    GATEWAY_REFUSED, HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR, UPSTREAM_FAILED,
 };
 use super::session::{Session, Transport};
 use super::stream::{self, StreamJob, StreamKind};
@@ -25,6 +25,7 @@ use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
 use crate::http::Upstream;
 use crate::policy::{Decision, Policy};
+use crate::redact::{Counts, RequestMode};
 
 /// How long the rest of a refused request body may take to skip.
 const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -126,6 +127,85 @@ fn is_call(m: &Message<'_>) -> bool {
         m.method.as_deref(),
         Some("tools/call" | "resources/read" | "prompts/get")
     )
+}
+
+/// What the exfiltration guard made of a POST's tool arguments.
+struct Guarded {
+    /// The body to forward instead, when arguments were redacted.
+    body: Option<Vec<u8>>,
+    /// Redactions per request id.
+    counts: Vec<(Id, Counts)>,
+}
+
+/// Scans the arguments of the POST's tools/call requests per the principal's and server's
+/// `redact` mode: `refuse` answers Err naming what was found (never the values), `redact`
+/// returns a body with the secrets replaced by markers.
+fn guard_arguments(
+    policy: &Policy,
+    obs: &Observer,
+    bytes: &[u8],
+    messages: &[Message<'_>],
+) -> Result<Guarded, String> {
+    let none = Guarded {
+        body: None,
+        counts: Vec::new(),
+    };
+    let mode = policy.request_redaction(obs.principal.name.as_deref(), &obs.server);
+    let calls = messages
+        .iter()
+        .any(|m| m.method.as_deref() == Some("tools/call"));
+    if mode == RequestMode::Off || !calls {
+        return Ok(none);
+    }
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(none);
+    };
+    let mut counts = Vec::new();
+    {
+        let items: Vec<&mut serde_json::Value> = match &mut doc {
+            serde_json::Value::Array(a) => a.iter_mut().collect(),
+            v => vec![v],
+        };
+        for v in items {
+            if v["method"] != "tools/call" {
+                continue;
+            }
+            let id = match &v["id"] {
+                serde_json::Value::Number(n) => n.as_i64().map(Id::Num),
+                serde_json::Value::String(s) => Some(Id::Str(s.clone())),
+                _ => None,
+            };
+            let tool = v["params"]["name"].as_str().unwrap_or("?").to_string();
+            let Some(args) = v.get_mut("params").and_then(|p| p.get_mut("arguments")) else {
+                continue;
+            };
+            let found = match mode {
+                RequestMode::Refuse => policy.redactor.scan_json(args),
+                _ => policy.redactor.redact_json(args),
+            };
+            if found.is_empty() {
+                continue;
+            }
+            if mode == RequestMode::Refuse {
+                let what: Vec<String> = found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+                return Err(format!(
+                    "the arguments of tools/call {tool} carry secrets or personal data ({}); \
+                     refused so they do not leave the host (redact.mode_requests = \"refuse\")",
+                    what.join(", ")
+                ));
+            }
+            if let Some(id) = id {
+                counts.push((id, found));
+            }
+        }
+    }
+    if counts.is_empty() {
+        return Ok(none);
+    }
+    Ok(Guarded {
+        body: Some(serde_json::to_vec(&doc).expect("a JSON value always serialises")),
+        counts,
+    })
 }
 
 /// The policy's decision about one message of the agent (None for its responses).
@@ -235,7 +315,7 @@ pub async fn post(
     target: &Target,
     legacy: Option<Arc<Session>>,
 ) -> Response<GwBody> {
-    let (parts, mut body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
     let version = header_str(&parts.headers, H_PROTOCOL_VERSION).map(str::to_string);
     let session = match legacy {
         Some(s) => Ok(Some(s)),
@@ -408,6 +488,22 @@ pub async fn post(
         }
     }
 
+    // Secrets in tool arguments are refused or redacted before anything leaves the host.
+    let guard = match guard_arguments(&policy, &obs, &bytes, &messages) {
+        Ok(g) => g,
+        Err(why) => {
+            return refuse_decided(
+                &obs,
+                &messages,
+                StatusCode::FORBIDDEN,
+                GATEWAY_EXFILTRATION,
+                &why,
+                &decisions,
+            )
+            .await
+        }
+    };
+
     let mut local = Pending::new(limits.max_pending);
     let mut records = Vec::new();
     for m in &messages {
@@ -443,7 +539,12 @@ pub async fn post(
         let (Kind::Request, Some(d)) = (m.kind, d) else {
             continue;
         };
-        if let Err(e) = ctx.audit.record_durable(&obs.call(m, d.clone())).await {
+        let mut call = obs.call(m, d.clone());
+        call.argument_redactions =
+            m.id.as_ref()
+                .and_then(|id| guard.counts.iter().find(|(i, _)| i == id))
+                .map(|(_, c)| c.clone());
+        if let Err(e) = ctx.audit.record_durable(&call).await {
             tracing::error!(error = %e, "call refused: the audit ledger cannot record it");
             let waiting = local.drain_expired(|_| true);
             let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
@@ -456,7 +557,15 @@ pub async fn post(
         }
     }
 
-    let resp = match upstream.send(Request::from_parts(parts, full(bytes))).await {
+    let body = match guard.body {
+        Some(redacted) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Bytes::from(redacted)
+        }
+        None => bytes.clone(),
+    };
+    drop(messages);
+    let resp = match upstream.send(Request::from_parts(parts, full(body))).await {
         Ok(r) => r,
         Err(e) => {
             let why = format!("the upstream server failed: {e}");
@@ -550,7 +659,7 @@ async fn json_response(
         }
     };
     let mut lists = Vec::new();
-    let records = match jsonrpc::parse(&bytes, MAX_DEPTH) {
+    let mut records = match jsonrpc::parse(&bytes, MAX_DEPTH) {
         Ok(Parsed::Single(m)) => obs.from_server(&m, Some(&mut local), &mut lists),
         Ok(Parsed::Batch(ms)) => ms
             .iter()
@@ -568,6 +677,7 @@ async fn json_response(
         // An error page for a POST without requests: nothing waits on it; pass it on.
         Err(e) => vec![obs.malformed(&e.to_string())],
     };
+    let rewritten = obs.rewrite(&bytes, &lists, &mut records);
     obs.write(records).await;
     let waiting = local.drain_expired(|_| true);
     if !waiting.is_empty() {
@@ -580,14 +690,11 @@ async fn json_response(
         .await;
     }
     let mut parts = parts;
-    let bytes = match (!lists.is_empty())
-        .then(|| obs.filter(&bytes, &lists))
-        .flatten()
-    {
-        Some((filtered, _)) => {
+    let bytes = match rewritten {
+        Some(changed) => {
             // The body changed length: let hyper frame it anew.
             parts.headers.remove(header::CONTENT_LENGTH);
-            Bytes::from(filtered)
+            Bytes::from(changed)
         }
         None => bytes,
     };

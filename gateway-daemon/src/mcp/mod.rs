@@ -10,6 +10,7 @@ pub mod pairing;
 pub mod recognise;
 pub mod record;
 pub mod reply;
+pub mod rewrite;
 pub mod session;
 pub mod sse;
 pub mod stream;

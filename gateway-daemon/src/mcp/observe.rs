@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 use super::jsonrpc::{Id, Kind, Message};
 use super::pairing::{PairingError, Pending};
 use super::record::{CallRecord, Direction, ExchangeRecord, PendingRequest, Principal, Subject};
+use super::rewrite;
 use super::session::{Session, Transport};
 use crate::audit::chain::sha256_hex;
 use crate::audit::{timestamp, AuditSink};
@@ -59,6 +60,8 @@ impl Observer {
             latency_ms: None,
             result_sha256: None,
             decision: None,
+            redactions: None,
+            hidden: None,
         }
     }
 
@@ -154,7 +157,7 @@ impl Observer {
                 });
                 match req {
                     Some(req) => {
-                        if crate::policy::filter::listing(&req.method).is_some() {
+                        if super::rewrite::inspected(&req.method) {
                             lists.push((id.clone(), req.method.clone()));
                         }
                         vec![self.answered(Direction::ClientToServer, &m.id, req, m)]
@@ -231,21 +234,52 @@ impl Observer {
         r
     }
 
-    /// Filters listing results in a server message body for this principal.
-    pub fn filter(&self, body: &[u8], lists: &[(Id, String)]) -> Option<(Vec<u8>, usize)> {
+    /// Narrows listings and redacts content in a server message body for this principal
+    /// (see `rewrite`), noting what changed in the exchange records of `records`.
+    pub fn rewrite(
+        &self,
+        body: &[u8],
+        inspect: &[(Id, String)],
+        records: &mut [ExchangeRecord],
+    ) -> Option<Vec<u8>> {
+        if inspect.is_empty() {
+            return None;
+        }
         let v = self.view.as_ref()?;
-        let (out, hidden) = filter::rewrite(
+        let redactor = v
+            .policy
+            .response_redaction(&self.server)
+            .then_some(&*v.policy.redactor);
+        let out = rewrite::rewrite(
             body,
-            lists,
+            inspect,
             &filter::View {
                 policy: &v.policy,
                 principal: self.principal.name.as_deref(),
                 server: &self.server,
                 catalog: &v.catalog,
             },
+            redactor,
         )?;
-        tracing::debug!(hidden, "listing filtered by policy");
-        Some((out, hidden))
+        for (id, counts) in out.redactions {
+            let id = id.to_string();
+            if let Some(r) = records
+                .iter_mut()
+                .find(|r| r.about.id.as_deref() == Some(&id))
+            {
+                r.redactions = Some(counts);
+            }
+        }
+        if out.hidden > 0 {
+            tracing::debug!(hidden = out.hidden, "listing narrowed by policy");
+            if let Some(r) = records
+                .iter_mut()
+                .find(|r| r.about.method.ends_with("/list"))
+            {
+                r.hidden = Some(out.hidden);
+            }
+        }
+        Some(out.body)
     }
 
     /// A server message the gateway could not read.
@@ -267,6 +301,7 @@ impl Observer {
             about,
             params_sha256: m.params.map(|p| sha256_hex(p.get().as_bytes())),
             decision,
+            argument_redactions: None,
         }
     }
 

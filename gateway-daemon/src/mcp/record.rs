@@ -104,6 +104,12 @@ pub struct ExchangeRecord {
     /// The policy decision about this request, when the gateway refused it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<crate::policy::Decision>,
+    /// What was redacted from the response, per detector (counts, never the values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redactions: Option<crate::redact::Counts>,
+    /// Listing items hidden from this principal by the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
 }
 
 /// Written, durably, before a request is forwarded: the ledger holds every call the
@@ -120,4 +126,7 @@ pub struct CallRecord {
     /// The policy decision that let it through (in audit mode, possibly a deny that was
     /// only recorded).
     pub decision: crate::policy::Decision,
+    /// Secrets found in the arguments and redacted before forwarding, per detector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argument_redactions: Option<crate::redact::Counts>,
 }

@@ -19,6 +19,8 @@ pub const GATEWAY_REFUSED: i32 = -32010;
 pub const GATEWAY_DENIED: i32 = -32012;
 /// A rate or concurrency limit of the principal refused the request.
 pub const GATEWAY_LIMITED: i32 = -32013;
+/// Secrets in a call's arguments: refused so they do not leave the host.
+pub const GATEWAY_EXFILTRATION: i32 = -32014;
 /// The upstream server failed (unreachable, died mid-stream, sent garbage).
 pub const UPSTREAM_FAILED: i32 = -32011;
 

@@ -144,15 +144,15 @@ async fn deliver(
                     ev.raw
                 } else {
                     let mut lists = Vec::new();
-                    let records = on_event(job, ev.event.as_deref(), &ev.data, &mut lists);
+                    let mut records = on_event(job, ev.event.as_deref(), &ev.data, &mut lists);
+                    let changed = job
+                        .observer
+                        .rewrite(ev.data.as_bytes(), &lists, &mut records);
                     job.observer.write(records).await;
-                    // A listing the policy narrows goes out re-encoded; everything else as
-                    // the server sent it.
-                    match (!lists.is_empty())
-                        .then(|| job.observer.filter(ev.data.as_bytes(), &lists))
-                        .flatten()
-                    {
-                        Some((data, _)) => encode(&SseEvent {
+                    // A changed message goes out re-encoded; everything else as the server
+                    // sent it.
+                    match changed {
+                        Some(data) => encode(&SseEvent {
                             data: String::from_utf8(data).expect("serde_json writes UTF-8"),
                             ..ev
                         }),

@@ -8,7 +8,6 @@ use std::sync::RwLock;
 use serde_json::{Map, Value};
 
 use super::Policy;
-use crate::mcp::jsonrpc::Id;
 
 /// Tool annotations by (server, tool), from the listings the gateway has seen.
 #[derive(Default)]
@@ -57,63 +56,29 @@ pub fn listing(method: &str) -> Option<(&'static str, &'static str, &'static str
     })
 }
 
-fn id_of(v: &Value) -> Option<Id> {
-    match v {
-        Value::Number(n) => n.as_i64().map(Id::Num),
-        Value::String(s) => Some(Id::Str(s.clone())),
-        _ => None,
+/// Hides the items of one listing `result` the principal may not use; returns how many.
+pub fn filter_listing(method: &str, result: &mut Value, view: &View) -> usize {
+    let Some((field, key, call)) = listing(method) else {
+        return 0;
+    };
+    let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) else {
+        return 0;
+    };
+    if method == "tools/list" {
+        view.catalog.learn(view.server, items);
     }
-}
-
-/// Filters the listing results in `body` (one message or a batch) that answer `lists`
-/// (request id, listing method). Returns the new body and how many items were hidden, or
-/// None when nothing changed (the original bytes are then forwarded).
-pub fn rewrite(body: &[u8], lists: &[(Id, String)], view: &View) -> Option<(Vec<u8>, usize)> {
-    let mut doc: Value = serde_json::from_slice(body).ok()?;
-    let mut hidden = 0;
-    {
-        let messages: Vec<&mut Value> = match &mut doc {
-            Value::Array(a) => a.iter_mut().collect(),
-            v => vec![v],
+    let before = items.len();
+    items.retain(|item| {
+        let Some(name) = item[key].as_str() else {
+            return false;
         };
-        for m in messages {
-            let Some(id) = id_of(&m["id"]) else { continue };
-            let Some((_, method)) = lists.iter().find(|(i, _)| *i == id) else {
-                continue;
-            };
-            let Some((field, key, call)) = listing(method) else {
-                continue;
-            };
-            let Some(items) = m
-                .get_mut("result")
-                .and_then(|r| r.get_mut(field))
-                .and_then(Value::as_array_mut)
-            else {
-                continue;
-            };
-            if method == "tools/list" {
-                view.catalog.learn(view.server, items);
-            }
-            let before = items.len();
-            items.retain(|item| {
-                let Some(name) = item[key].as_str() else {
-                    return false;
-                };
-                view.policy.visible(
-                    view.principal,
-                    view.server,
-                    call,
-                    name,
-                    item["annotations"].as_object(),
-                )
-            });
-            hidden += before - items.len();
-        }
-    }
-    (hidden > 0).then(|| {
-        (
-            serde_json::to_vec(&doc).expect("a JSON value always serialises"),
-            hidden,
+        view.policy.visible(
+            view.principal,
+            view.server,
+            call,
+            name,
+            item["annotations"].as_object(),
         )
-    })
+    });
+    before - items.len()
 }

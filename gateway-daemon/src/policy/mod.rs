@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Action, Config, PolicyMode};
 use crate::identity::Identity;
+use crate::redact::{RedactConfig, Redactor, RequestMode, ResponseMode};
 use principal::{ExeHashes, Principal};
 use rules::{Ask, Rule, Verdict};
 
@@ -40,6 +41,10 @@ pub struct Policy {
     principals: Vec<Principal>,
     rules: Vec<Rule>,
     hashes: ExeHashes,
+    /// Redaction reloads with the rules: one swap changes both.
+    pub redactor: Arc<Redactor>,
+    redact: RedactConfig,
+    servers: Vec<crate::config::Server>,
 }
 
 /// The outcome of asking the policy about one request.
@@ -100,11 +105,18 @@ impl Policy {
                 ));
             }
         }
+        let redactor = Redactor::new(&cfg.redact).map_err(|e| match e {
+            crate::redact::RedactError::Config { key, message } => (key, message),
+            other => ("redact".to_string(), other.to_string()),
+        })?;
         Ok(Policy {
             mode: cfg.policy.mode,
             principals,
             rules,
             hashes: ExeHashes::default(),
+            redactor: Arc::new(redactor),
+            redact: cfg.redact.clone(),
+            servers: cfg.servers.clone(),
         })
     }
 
@@ -204,6 +216,31 @@ impl Policy {
             .find(|r| matches!(r.check(&ask), Verdict::Match))
             .is_some_and(|r| r.action != Action::Deny);
         allowed || self.mode == PolicyMode::Audit
+    }
+
+    /// What to do with secrets in a call's arguments: the principal's override, else the
+    /// server's, else `redact.mode_requests`.
+    pub fn request_redaction(&self, principal: Option<&str>, server: &str) -> RequestMode {
+        principal
+            .and_then(|n| self.principal_limits(n))
+            .and_then(|p| p.redact_requests)
+            .or_else(|| {
+                self.servers
+                    .iter()
+                    .find(|s| s.name == server)
+                    .and_then(|s| s.redact_requests)
+            })
+            .unwrap_or(self.redact.mode_requests)
+    }
+
+    /// Whether responses from `server` are redacted.
+    pub fn response_redaction(&self, server: &str) -> bool {
+        self.servers
+            .iter()
+            .find(|s| s.name == server)
+            .and_then(|s| s.redact_responses)
+            .unwrap_or(self.redact.mode_responses)
+            == ResponseMode::Redact
     }
 
     pub fn principal_limits(&self, name: &str) -> Option<&Principal> {

@@ -24,6 +24,7 @@ pub struct Principal {
     pub rate_calls: u32,
     pub rate_window_s: u64,
     pub max_concurrent: u32,
+    pub redact_requests: Option<crate::redact::RequestMode>,
 }
 
 pub fn globs(key: &str, patterns: &[String]) -> Result<Option<GlobSet>, Invalid> {
@@ -89,6 +90,7 @@ impl Principal {
             rate_calls: c.rate_calls,
             rate_window_s: c.rate_window_s.max(1),
             max_concurrent: c.max_concurrent,
+            redact_requests: c.redact_requests,
         };
         if let Some(bad) = p
             .exe_sha256

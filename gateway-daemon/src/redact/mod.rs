@@ -1,0 +1,306 @@
+//! Inline redaction of secrets and personal data (issue 6): detectors find secrets (keys,
+//! tokens, password hashes, passwords in URLs and assignments, random-looking strings next to
+//! key-like words) and personal data (e-mail, phone, payment card, IBAN, configurable national
+//! ids) in text, and replace each match with `[REDACTED:<detector>]`.
+//!
+//! One pass of a `RegexSet` of cheap triggers over the text says which detectors can match;
+//! a string where none can is left alone without allocating (the common case). Only the
+//! detectors whose trigger fired run their own regex and validator (Luhn, mod-97, entropy, a JWT header that decodes, …).
+//! Overlapping matches are settled once: the more specific detector wins (see
+//! `detectors::BUILTINS`, ranks), then the longer match; each region is replaced once.
+//! Allow-listed values are never replaced, nor is any match lying inside one.
+//!
+//! JSON: every string leaf is redacted, object keys and non-string leaves are not, so the
+//! document stays valid and every value keeps its type. A card number written as a JSON
+//! *number* is therefore not redacted (turning it into a string would break a schema-checked
+//! `structuredContent`; turning it into another number would silently corrupt data).
+
+mod config;
+mod counts;
+mod detectors;
+mod json;
+mod validate;
+
+#[cfg(test)]
+mod bench_tests;
+#[cfg(test)]
+mod corpus_tests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+
+use regex::{Regex, RegexSet, RegexSetBuilder};
+
+pub use config::{CustomDetector, RedactConfig, RequestMode, ResponseMode, Validator};
+pub use counts::Counts;
+pub use validate::{luhn, mod97, shannon_entropy};
+
+use detectors::{BUILTINS, RANK_CUSTOM};
+use validate::{Check, Params};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    /// A `[redact]` config key is wrong; `key` names it (`redact.custom[2].pattern`).
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+    /// The detectors, valid one by one, do not compile together (too large).
+    #[error(
+        "cannot compile the redaction detectors together: {0}; \
+         simplify or remove custom detectors (redact.custom)"
+    )]
+    Compile(#[source] regex::Error),
+}
+
+/// The names of all built-in detectors, in rank order of the table.
+pub fn builtin_detector_names() -> impl Iterator<Item = &'static str> {
+    BUILTINS.iter().map(|b| b.name)
+}
+
+struct Detector {
+    name: String,
+    rank: u8,
+    /// Pattern of the one-pass set: the trigger of a built-in, the pattern of a custom one.
+    trigger: String,
+    regex: Regex,
+    has_groups: bool,
+    check: Check,
+}
+
+/// The compiled detectors. Immutable: build once from the config, share behind an `Arc`.
+pub struct Redactor {
+    /// Pattern i of the set is `detectors[i].trigger`.
+    set: RegexSet,
+    detectors: Vec<Detector>,
+    allow: HashSet<String>,
+    allow_patterns: Option<RegexSet>,
+    params: Params,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("detectors", &self.detector_names())
+            .field("allow", &self.allow.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One accepted match: the byte range replaced and the detector (index) that found it.
+struct Found {
+    span: Range<usize>,
+    det: usize,
+}
+
+impl Redactor {
+    pub fn new(cfg: &RedactConfig) -> Result<Self, RedactError> {
+        cfg.validate()?;
+        let compile = |p: &str| Regex::new(p).map_err(RedactError::Compile);
+        let mut detectors = Vec::new();
+        for b in BUILTINS {
+            if cfg.disable.iter().any(|d| d == b.name) {
+                continue;
+            }
+            let regex = compile(b.pattern)?;
+            detectors.push(Detector {
+                name: b.name.to_string(),
+                rank: b.rank,
+                trigger: b.trigger.to_string(),
+                has_groups: regex.captures_len() > 1,
+                regex,
+                check: b.check,
+            });
+        }
+        for c in &cfg.custom {
+            let regex = compile(&c.pattern)?;
+            detectors.push(Detector {
+                name: c.name.clone(),
+                rank: RANK_CUSTOM,
+                trigger: c.pattern.clone(),
+                has_groups: regex.captures_len() > 1,
+                regex,
+                check: match c.validator {
+                    None => Check::None,
+                    Some(Validator::Luhn) => Check::Luhn,
+                    Some(Validator::Mod97) => Check::Mod97,
+                    Some(Validator::Iban) => Check::Iban,
+                    Some(Validator::Entropy) => Check::Entropy,
+                },
+            });
+        }
+        let set = RegexSetBuilder::new(detectors.iter().map(|d| d.trigger.as_str()))
+            .size_limit(64 << 20)
+            .dfa_size_limit(16 << 20)
+            .build()
+            .map_err(RedactError::Compile)?;
+        let allow_patterns = if cfg.allow_patterns.is_empty() {
+            None
+        } else {
+            Some(
+                RegexSet::new(cfg.allow_patterns.iter().map(|p| format!("^(?:{p})$")))
+                    .map_err(RedactError::Compile)?,
+            )
+        };
+        Ok(Redactor {
+            set,
+            detectors,
+            allow: cfg.allow.iter().cloned().collect(),
+            allow_patterns,
+            params: Params {
+                entropy_threshold: cfg.entropy_threshold,
+                entropy_min_length: cfg.entropy_min_length,
+            },
+        })
+    }
+
+    /// Finds and replaces every match in one string with `[REDACTED:<detector>]`.
+    /// Returns None when nothing matched (the caller then forwards the original bytes).
+    pub fn redact_str(&self, s: &str) -> Option<(String, Counts)> {
+        let mut counts = Counts::default();
+        self.redact_into(s, &mut counts).map(|out| (out, counts))
+    }
+
+    /// Which detectors fire on one string, without changing it.
+    pub fn scan_str(&self, s: &str) -> Counts {
+        let mut counts = Counts::default();
+        for f in self.find(s) {
+            counts.add(&self.detectors[f.det].name, 1);
+        }
+        counts
+    }
+
+    /// Applies `redact_str` to every string leaf of a JSON value in place (object keys
+    /// untouched), returns counts per detector. The JSON stays valid and well-typed.
+    pub fn redact_json(&self, v: &mut serde_json::Value) -> Counts {
+        json::redact(self, v)
+    }
+
+    /// Scans without changing (for the request exfiltration guard): which detectors fire on
+    /// the string leaves — and, unlike `redact_json`, on object keys too, since refusing a
+    /// call cannot break its shape.
+    pub fn scan_json(&self, v: &serde_json::Value) -> Counts {
+        json::scan(self, v)
+    }
+
+    /// Enabled detectors: built-in ones in table order, then custom ones in config order.
+    pub fn detector_names(&self) -> Vec<&str> {
+        self.detectors.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// Replaces the matches in `s`, adding to `counts`; None (and no allocation) when
+    /// nothing matched.
+    pub(crate) fn redact_into(&self, s: &str, counts: &mut Counts) -> Option<String> {
+        let found = self.find(s);
+        if found.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(s.len() + 16 * found.len());
+        let mut at = 0;
+        for f in &found {
+            let name = &self.detectors[f.det].name;
+            out.push_str(&s[at..f.span.start]);
+            out.push_str("[REDACTED:");
+            out.push_str(name);
+            out.push(']');
+            counts.add(name, 1);
+            at = f.span.end;
+        }
+        out.push_str(&s[at..]);
+        Some(out)
+    }
+
+    pub(crate) fn scan_into(&self, s: &str, counts: &mut Counts) {
+        for f in self.find(s) {
+            counts.add(&self.detectors[f.det].name, 1);
+        }
+    }
+
+    /// Whether any detector's trigger matches somewhere in `s` (one early-exit pass).
+    pub(crate) fn any_trigger(&self, s: &str) -> bool {
+        self.set.is_match(s)
+    }
+
+    fn allowed(&self, text: &str) -> bool {
+        self.allow.contains(text)
+            || self
+                .allow_patterns
+                .as_ref()
+                .is_some_and(|set| set.is_match(text))
+    }
+
+    /// The matches to replace in `s`, disjoint and in order.
+    fn find(&self, s: &str) -> Vec<Found> {
+        // The common case — no trigger anywhere — in one early-exit pass, no allocation.
+        if !self.any_trigger(s) {
+            return Vec::new();
+        }
+        let hits = self.set.matches(s);
+        let mut candidates = Vec::new();
+        let mut allowed: Vec<Range<usize>> = Vec::new();
+        let mut consider = |det: usize, whole: Range<usize>, span: Range<usize>| {
+            let check = self.detectors[det].check;
+            let Some(span) = check.run(s, whole, span, &self.params) else {
+                return;
+            };
+            if span.is_empty() {
+                return;
+            }
+            if self.allowed(&s[span.clone()]) {
+                allowed.push(span);
+            } else {
+                candidates.push(Found { span, det });
+            }
+        };
+        for det in hits.iter() {
+            let d = &self.detectors[det];
+            if d.has_groups {
+                for caps in d.regex.captures_iter(s) {
+                    // The first group that took part, else the whole match.
+                    let whole = caps.get(0).expect("group 0 always matches").range();
+                    let part = caps.iter().skip(1).flatten().next();
+                    consider(det, whole.clone(), part.map_or(whole, |m| m.range()));
+                }
+            } else {
+                for m in d.regex.find_iter(s) {
+                    consider(det, m.range(), m.range());
+                }
+            }
+        }
+        self.resolve(candidates, &allowed)
+    }
+
+    /// Settles overlaps: by rank (more specific first), then length, then position; a
+    /// candidate overlapping one already kept is dropped, as is one inside an allowed value.
+    fn resolve(&self, mut candidates: Vec<Found>, allowed: &[Range<usize>]) -> Vec<Found> {
+        candidates.retain(|c| {
+            !allowed
+                .iter()
+                .any(|a| a.start <= c.span.start && c.span.end <= a.end)
+        });
+        if candidates.len() <= 1 {
+            return candidates;
+        }
+        candidates.sort_by(|a, b| {
+            let (da, db) = (&self.detectors[a.det], &self.detectors[b.det]);
+            da.rank
+                .cmp(&db.rank)
+                .then(b.span.len().cmp(&a.span.len()))
+                .then(a.span.start.cmp(&b.span.start))
+                .then(a.det.cmp(&b.det))
+        });
+        // Kept spans, disjoint, by start: only the last one starting before a candidate's
+        // end can overlap it.
+        let mut kept: BTreeMap<usize, Found> = BTreeMap::new();
+        for c in candidates {
+            let overlaps = kept
+                .range(..c.span.end)
+                .next_back()
+                .is_some_and(|(_, k)| k.span.end > c.span.start);
+            if !overlaps {
+                kept.insert(c.span.start, c);
+            }
+        }
+        kept.into_values().collect()
+    }
+}

@@ -1,0 +1,137 @@
+//! Redaction on the wire: secrets and personal data in a tool result reach the unmodified
+//! agent as markers — in a JSON response and in an SSE stream split mid-secret — and an
+//! agent sending a private key in its arguments is refused when so configured. The ledger
+//! counts what was redacted and never holds the values.
+
+use gateway_tests::fake::{received, start as start_fake};
+use gateway_tests::{free_port, run_probe, Gateway, GatewayOptions, PYTHON};
+use serde_json::Value;
+
+const AWS_KEY: &str = "AKIAZ7QX3M2L5RT6PW4N";
+const BCRYPT: &str = "$2b$12$KIXQJQ3gV0pW3dX8b9Yk8eQ5v7m2WvZ3Yx1dG9uO8kH0m1QvT6a2C";
+const EMAIL: &str = "jane.doe@acme-robotics.com";
+
+const AGENT: &str = r#"
+import http.client, json, sys
+port = int(sys.argv[1])
+def call(i, name, args):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+              "params": {"name": name, "arguments": args}}),
+              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = c.getresponse()
+    raw = r.read().decode()
+    if (r.getheader("Content-Type") or "").startswith("text/event-stream"):
+        msgs = [json.loads(l[5:]) for l in raw.splitlines() if l.startswith("data:")]
+        return {"status": r.status, "sse": True, "body": msgs[-1]}
+    return {"status": r.status, "sse": False, "body": json.loads(raw)}
+key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\nQyNTUxOQAAACDx7v3bPqY6uM2hX0nU7wQk2sJd0aE5gq8tYk1fH2nQ5AAAAJgN5l0gDeZd\n-----END OPENSSH PRIVATE KEY-----"
+print(json.dumps({
+    "json": call(1, "secret_json", {}),
+    "sse": call(2, "secret_sse", {}),
+    "exfiltrate": call(3, "echo", {"note": "here is my key " + key}),
+    "clean": call(4, "echo", {"note": "nothing to see"}),
+}))
+"#;
+
+fn assert_redacted(result: &Value) {
+    let text = result["content"][0]["text"].as_str().unwrap();
+    for secret in [AWS_KEY, BCRYPT, EMAIL] {
+        assert!(!text.contains(secret), "{secret} reached the agent: {text}");
+    }
+    assert!(text.contains("[REDACTED:"), "{text}");
+    assert!(text.starts_with("deploy log: user [REDACTED:"), "{text}");
+    // structuredContent keeps its shape: strings stay strings.
+    let owner = result["structuredContent"]["owner"].as_str().unwrap();
+    let hash = result["structuredContent"]["hash"].as_str().unwrap();
+    assert!(
+        owner.starts_with("[REDACTED:") && hash.starts_with("[REDACTED:"),
+        "{result}"
+    );
+}
+
+#[test]
+fn secrets_in_results_are_redacted_and_secrets_in_arguments_refused() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "redact",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[redact]\nmode_requests = \"refuse\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+
+    let out = run_probe(gw.agent(PYTHON, &["-c".into(), AGENT.into(), port.to_string()]));
+    assert_eq!(out["json"]["sse"], false);
+    assert_redacted(&out["json"]["body"]["result"]);
+    assert_eq!(out["sse"]["sse"], true, "{out}");
+    assert_redacted(&out["sse"]["body"]["result"]);
+
+    let r = &out["exfiltrate"];
+    assert_eq!(r["status"], 403, "{r}");
+    assert_eq!(r["body"]["error"]["code"], -32014, "{r}");
+    let msg = r["body"]["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("private_key") || msg.contains("private key"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("BEGIN OPENSSH"),
+        "the refusal must not echo the secret: {msg}"
+    );
+    assert_eq!(out["clean"]["status"], 200);
+    let ids: Vec<i64> = received(&log)
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 4], "the refused call reached the server");
+
+    // The ledger counts redactions per detector and never holds a value.
+    let rec = gw.wait_record("the JSON exchange", |r| {
+        r["type"] == "mcp" && r["id"] == "1"
+    });
+    let counts = rec["redactions"].as_object().expect("redaction counts");
+    assert!(
+        counts.values().map(|v| v.as_u64().unwrap()).sum::<u64>() >= 5,
+        "{rec}"
+    );
+    let sse = gw.wait_record("the SSE exchange", |r| r["type"] == "mcp" && r["id"] == "2");
+    assert_eq!(sse["redactions"], rec["redactions"]);
+    let ledger = std::fs::read_to_string(&gw.audit).unwrap();
+    for secret in [AWS_KEY, BCRYPT, EMAIL, "BEGIN OPENSSH"] {
+        assert!(!ledger.contains(secret), "{secret} is in the ledger");
+    }
+}
+
+#[test]
+fn arguments_are_redacted_in_redact_mode() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "redact-args",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[redact]\nmode_requests = \"redact\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let out = run_probe(gw.agent(PYTHON, &["-c".into(), AGENT.into(), port.to_string()]));
+    assert_eq!(out["exfiltrate"]["status"], 200, "{out}");
+    // The server got the call, with the key replaced by a marker.
+    let at_server = received(&log);
+    let call = at_server
+        .iter()
+        .find(|e| e["id"] == 3)
+        .expect("call 3 forwarded");
+    let raw = call["raw"].as_str().unwrap();
+    assert!(!raw.contains("BEGIN OPENSSH"), "{raw}");
+    assert!(raw.contains("[REDACTED:"), "{raw}");
+    let rec = gw.wait_record("the call record", |r| {
+        r["type"] == "mcp_call" && r["id"] == "3"
+    });
+    assert!(rec["argument_redactions"].is_object(), "{rec}");
+}
