@@ -1,6 +1,7 @@
 //! `cargo xtask run|test`: the two commands of the README, with the build's system
 //! packages installed where missing.
 
+mod deb;
 mod peers;
 
 use std::path::{Path, PathBuf};
@@ -28,9 +29,19 @@ enum Cmd {
     },
     /// Run the whole test suite: unit tests, then the privileged integration tests (root).
     Test {
+        /// Also run the boot test: the .deb installed in a systemd-nspawn container
+        /// (Debian bookworm, debootstrapped on first use; root, several minutes).
+        #[arg(long)]
+        full: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Build the Debian package (cargo-deb, installed when missing) into target/debian/.
+    Deb {
+        /// Then run the boot test on it alone (what `test --full` adds; root).
+        #[arg(long)]
+        boot_test: bool,
     },
     /// Install the system packages the build and the tests need (apt, as root).
     Deps,
@@ -79,6 +90,11 @@ const NEEDS: &[Need] = &[
         package: "curl",
         present: || runs("curl", &["--version"]),
     },
+    // `systemd-analyze verify` of the units (tests/tests/systemd_units.rs).
+    Need {
+        package: "systemd",
+        present: || runs("systemd-analyze", &["--version"]),
+    },
 ];
 
 fn main() -> Result<()> {
@@ -113,7 +129,15 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Test { args } => {
+        Cmd::Deb { boot_test } => {
+            ensure_deps()?;
+            let package = deb::build(&root)?;
+            if boot_test {
+                deb::boot_test(&package)?;
+            }
+            Ok(())
+        }
+        Cmd::Test { full, args } => {
             ensure_deps()?;
             peers::install(&root)?;
             let bin = build_daemon(false)?;
@@ -122,6 +146,8 @@ fn main() -> Result<()> {
                 &args,
                 &bin,
             )?;
+            // The package, inspected by tests/tests/systemd_units.rs.
+            let package = deb::build(&root)?;
             // The privileged suite runs as root: through sudo when we are not, as the test
             // binary's runner, so the build itself stays unprivileged.
             let mut cmd = Command::new(cargo_bin());
@@ -136,7 +162,12 @@ fn main() -> Result<()> {
                 );
             }
             cmd.args(["test", "-p", "gateway-tests"]);
-            run_cargo(cmd, &args, &bin)
+            cmd.env("MCP_GATEWAY_DEB", &package);
+            run_cargo(cmd, &args, &bin)?;
+            if full {
+                deb::boot_test(&package)?;
+            }
+            Ok(())
         }
     }
 }
@@ -170,6 +201,11 @@ fn ensure_deps() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs Debian packages (as root; otherwise fails with the command to run).
+fn apt_install(missing: &[&str]) -> Result<()> {
     let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
     if !is_root() {
         bail!(
