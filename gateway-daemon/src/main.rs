@@ -188,6 +188,28 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
+    // Agent cgroups can be removed and created again under the daemon (a slice stopped
+    // and started): their new ids are picked up within a second.
+    let watched = interceptor.clone();
+    let watcher = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            match watched.resync_agent_cgroups() {
+                Ok(changed) => {
+                    for (cgroup, id) in changed {
+                        tracing::warn!(
+                            cgroup,
+                            id,
+                            "agent cgroup was created again; mediating its new id"
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "re-resolving agent cgroups failed"),
+            }
+        }
+    });
+
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let stop = async {
@@ -216,6 +238,9 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     drop(server);
 
+    // The watcher holds the interceptor too: stop it before detaching.
+    watcher.abort();
+    let _ = watcher.await;
     let interceptor = Arc::try_unwrap(interceptor)
         .map_err(|_| anyhow::anyhow!("interceptor still in use at shutdown"))?;
     if cfg.intercept.detach_on_stop {

@@ -319,7 +319,7 @@ impl Drop for Gateway {
     }
 }
 
-fn cgroup2_mount() -> std::io::Result<PathBuf> {
+pub fn cgroup2_mount() -> std::io::Result<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     info.lines()
         .find_map(|l| {

@@ -11,7 +11,7 @@ mod gateway;
 pub mod peers;
 
 pub use echo::EchoServer;
-pub use gateway::{Gateway, GatewayOptions};
+pub use gateway::{cgroup2_mount, Gateway, GatewayOptions};
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -300,3 +300,29 @@ fn unprivileged_daemon_fails_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs root"), "{err}");
 }
+
+#[test]
+fn an_agent_cgroup_created_again_is_still_mediated() {
+    let echo = EchoServer::start("127.0.0.1:0");
+    let port = echo.addr.port();
+    let gw = Gateway::start("recreated", opts(&[port]));
+    let path = gateway_tests::cgroup2_mount().unwrap().join(&gw.cgroup);
+    let old = std::fs::metadata(&path).unwrap();
+    // What systemd does when a slice is stopped and started: a new cgroup, a new id.
+    std::fs::remove_dir(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let new = std::fs::metadata(&path).unwrap();
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&old),
+        std::os::unix::fs::MetadataExt::ino(&new)
+    );
+    // The daemon re-resolves its agent cgroups every second.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 100)));
+    assert_mediated(&gw, &echo, &out, &format!("127.0.0.1:{port}"), 100);
+    assert!(
+        gw.log().contains("agent cgroup was created again"),
+        "{}",
+        gw.log()
+    );
+}

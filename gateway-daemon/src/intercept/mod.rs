@@ -88,6 +88,9 @@ pub struct Interceptor {
     // Keeps the loaded programs and map fds alive for the daemon's lifetime.
     _ebpf: Ebpf,
     conns: Mutex<HashMap<MapData, GwTuple, GwRecord>>,
+    agent_cgroup_map: Mutex<HashMap<MapData, u64, u8>>,
+    /// Configured agent cgroups and the ids they resolve to now.
+    agent_cgroup_ids: Mutex<Vec<(String, u64)>>,
     config_map: Mutex<Array<MapData, GwConfig>>,
     links: Vec<PinnedLink>,
     pin_dir: PathBuf,
@@ -164,6 +167,7 @@ impl Interceptor {
             .set(0, gw_config, 0)
             .map_err(|e| map_err(gateway_ebpf::MAP_CONFIG, &e))?;
         let conns = take_map(&mut ebpf, gateway_ebpf::MAP_CONNS)?;
+        let agent_cgroup_map = take_map(&mut ebpf, gateway_ebpf::MAP_AGENT_CGROUPS)?;
 
         let old_links = pinned_links(&links_dir)?;
         let cgroup_file = File::open(&attach_path).map_err(|source| InterceptError::Cgroup {
@@ -209,6 +213,8 @@ impl Interceptor {
         Ok(Self {
             _ebpf: ebpf,
             conns: Mutex::new(conns),
+            agent_cgroup_map: Mutex::new(agent_cgroup_map),
+            agent_cgroup_ids: Mutex::new(agent_cgroups.clone()),
             config_map: Mutex::new(config_map),
             links,
             pin_dir: pin_dir.clone(),
@@ -220,6 +226,33 @@ impl Interceptor {
                 replaced_links,
             },
         })
+    }
+
+    /// Re-resolves the configured agent cgroups. A cgroup removed and created again (systemd
+    /// does so when a slice is stopped and started) gets a new id: until the map holds it,
+    /// agents there would connect unmediated. Returns the cgroups whose id changed.
+    pub fn resync_agent_cgroups(&self) -> Result<Vec<(String, u64)>, InterceptError> {
+        let mut known = self
+            .agent_cgroup_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut changed = Vec::new();
+        for (rel, id) in known.iter_mut() {
+            let now = cgroup::ensure(&self.attached.cgroup2, rel)?;
+            if now != *id {
+                let mut map = self
+                    .agent_cgroup_map
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                map.insert(now, 1, 0)
+                    .map_err(|e| map_err(gateway_ebpf::MAP_AGENT_CGROUPS, &e))?;
+                // The old id names a cgroup that no longer exists; nothing can be in it.
+                let _ = map.remove(id);
+                *id = now;
+                changed.push((rel.clone(), now));
+            }
+        }
+        Ok(changed)
     }
 
     /// Takes (reads and deletes) the record of an accepted connection.
