@@ -46,6 +46,17 @@ fn find<'a>(records: &'a [Value], method: &str, name: Option<&str>) -> &'a Value
         .unwrap_or_else(|| panic!("no audit record for {method} {name:?}: {records:#?}"))
 }
 
+/// `assert_audited` for a run against server-everything.
+fn assert_everything_audited(records: &[Value], transport: &str) {
+    assert_audited(
+        records,
+        "echo",
+        "trigger-long-running-operation",
+        "args-prompt",
+        transport,
+    );
+}
+
 /// What the audit must show for one full client run against a server.
 fn assert_audited(
     records: &[Value],
@@ -93,13 +104,7 @@ fn python_sdk_and_everything_over_streamable_http() {
     });
 
     let records = exchanges(&gw, "prompts/get");
-    assert_audited(
-        &records,
-        "echo",
-        "trigger-long-running-operation",
-        "args-prompt",
-        "streamable_http",
-    );
+    assert_everything_audited(&records, "streamable_http");
     let init = find(&records, "initialize", None);
     assert_eq!(init["outcome"], "ok");
     let session = find(&records, "tools/list", None)["session"]
@@ -138,13 +143,7 @@ fn python_sdk_and_everything_over_legacy_sse() {
     same_through_gateway(&gw, || python_client_cmd(&server.url, Transport::Sse));
 
     let records = exchanges(&gw, "prompts/get");
-    assert_audited(
-        &records,
-        "echo",
-        "trigger-long-running-operation",
-        "args-prompt",
-        "sse",
-    );
+    assert_everything_audited(&records, "sse");
     let session = find(&records, "tools/list", None)["session"]
         .as_str()
         .unwrap();

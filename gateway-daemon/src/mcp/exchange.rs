@@ -212,8 +212,10 @@ fn guard_arguments(
 fn decide(policy: &Policy, obs: &Observer, ctx: &ConnCtx, m: &Message<'_>) -> Option<Decision> {
     let method = m.method.as_deref()?;
     let name = routing_name(m);
+    // Parsed only when some rule looks at arguments: this is on every call's path.
     let arguments = m
         .params
+        .filter(|_| policy.uses_arguments())
         .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
         .and_then(|mut v| v.get_mut("arguments").map(serde_json::Value::take));
     let annotations = match (method, &name) {
@@ -658,12 +660,12 @@ async fn json_response(
             );
         }
     };
-    let mut lists = Vec::new();
+    let mut inspect = Vec::new();
     let mut records = match jsonrpc::parse(&bytes, MAX_DEPTH) {
-        Ok(Parsed::Single(m)) => obs.from_server(&m, Some(&mut local), &mut lists),
+        Ok(Parsed::Single(m)) => obs.from_server(&m, Some(&mut local), &mut inspect),
         Ok(Parsed::Batch(ms)) => ms
             .iter()
-            .flat_map(|m| obs.from_server(m, Some(&mut local), &mut lists))
+            .flat_map(|m| obs.from_server(m, Some(&mut local), &mut inspect))
             .collect(),
         Err(e) if !local.is_empty() => {
             let (waiting, ids, why) = fail(
@@ -677,7 +679,7 @@ async fn json_response(
         // An error page for a POST without requests: nothing waits on it; pass it on.
         Err(e) => vec![obs.malformed(&e.to_string())],
     };
-    let rewritten = obs.rewrite(&bytes, &lists, &mut records);
+    let rewritten = obs.rewrite(&bytes, &inspect, &mut records);
     obs.write(records).await;
     let waiting = local.drain_expired(|_| true);
     if !waiting.is_empty() {

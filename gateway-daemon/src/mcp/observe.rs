@@ -139,13 +139,14 @@ impl Observer {
         })
     }
 
-    /// A message from the server, on a response body or an SSE stream. Responses to
-    /// listings are noted in `lists` (id, method) so the caller can filter them.
+    /// A message from the server, on a response body or an SSE stream. Responses the
+    /// gateway may change (listings, content) are noted in `inspect` (id, method) for
+    /// `rewrite`.
     pub fn from_server(
         &self,
         m: &Message,
         local: Option<&mut Pending<PendingRequest>>,
-        lists: &mut Vec<(Id, String)>,
+        inspect: &mut Vec<(Id, String)>,
     ) -> Vec<ExchangeRecord> {
         let id = m.id.clone().unwrap_or(Id::Null);
         match m.kind {
@@ -158,7 +159,7 @@ impl Observer {
                 match req {
                     Some(req) => {
                         if super::rewrite::inspected(&req.method) {
-                            lists.push((id.clone(), req.method.clone()));
+                            inspect.push((id.clone(), req.method.clone()));
                         }
                         vec![self.answered(Direction::ClientToServer, &m.id, req, m)]
                     }

@@ -143,11 +143,11 @@ async fn deliver(
                 if *raw {
                     ev.raw
                 } else {
-                    let mut lists = Vec::new();
-                    let mut records = on_event(job, ev.event.as_deref(), &ev.data, &mut lists);
+                    let mut inspect = Vec::new();
+                    let mut records = on_event(job, ev.event.as_deref(), &ev.data, &mut inspect);
                     let changed = job
                         .observer
-                        .rewrite(ev.data.as_bytes(), &lists, &mut records);
+                        .rewrite(ev.data.as_bytes(), &inspect, &mut records);
                     job.observer.write(records).await;
                     // A changed message goes out re-encoded; everything else as the server
                     // sent it.
@@ -179,7 +179,7 @@ fn on_event(
     job: &mut StreamJob,
     event: Option<&str>,
     data: &str,
-    lists: &mut Vec<(Id, String)>,
+    inspect: &mut Vec<(Id, String)>,
 ) -> Vec<ExchangeRecord> {
     if event == Some("endpoint") && matches!(job.kind, StreamKind::Get { .. }) {
         let endpoint = endpoint_path(data);
@@ -198,10 +198,10 @@ fn on_event(
         return vec![];
     }
     match jsonrpc::parse(data.as_bytes(), job.max_depth) {
-        Ok(Parsed::Single(m)) => job.observer.from_server(&m, Some(&mut job.local), lists),
+        Ok(Parsed::Single(m)) => job.observer.from_server(&m, Some(&mut job.local), inspect),
         Ok(Parsed::Batch(ms)) => ms
             .iter()
-            .flat_map(|m| job.observer.from_server(m, Some(&mut job.local), lists))
+            .flat_map(|m| job.observer.from_server(m, Some(&mut job.local), inspect))
             .collect(),
         Err(e) => vec![job
             .observer

@@ -243,6 +243,12 @@ impl Policy {
             == ResponseMode::Redact
     }
 
+    /// Whether any rule constrains arguments: when none does, a call's arguments need not
+    /// be parsed to decide it.
+    pub fn uses_arguments(&self) -> bool {
+        self.rules.iter().any(Rule::has_schema)
+    }
+
     pub fn principal_limits(&self, name: &str) -> Option<&Principal> {
         self.principals.iter().find(|p| p.name == name)
     }

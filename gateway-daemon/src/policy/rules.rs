@@ -94,6 +94,11 @@ impl Rule {
         })
     }
 
+    /// Whether this rule constrains arguments (so deciding needs them parsed).
+    pub fn has_schema(&self) -> bool {
+        self.arguments.is_some()
+    }
+
     /// Whether this rule speaks about this principal on this server (whatever the method).
     pub fn covers(&self, principal: &str, server: &str) -> bool {
         (self.principal == "*" || self.principal == principal) && self.server.is_match(server)
