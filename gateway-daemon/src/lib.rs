@@ -13,3 +13,4 @@ pub mod passthrough;
 pub mod policy;
 pub mod redact;
 pub mod route;
+pub mod tls;

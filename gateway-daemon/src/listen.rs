@@ -49,6 +49,7 @@ pub struct Server {
     pub policy: Arc<crate::policy::PolicyHandle>,
     pub catalog: Arc<crate::policy::filter::Catalog>,
     pub limiter: Arc<crate::policy::limits::Limiter>,
+    pub tls: Arc<crate::tls::Tls>,
 }
 
 impl Server {
@@ -141,6 +142,7 @@ impl Server {
             policy: self.policy.clone(),
             catalog: self.catalog.clone(),
             limiter: self.limiter.clone(),
+            tls: self.tls.clone(),
         };
         flows.spawn(route::flow(stream, peer, redirected, shared).instrument(span));
     }

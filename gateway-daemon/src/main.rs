@@ -2,7 +2,7 @@
 
 mod audit_cli;
 
-use gateway_daemon::{audit, config, exec, intercept, listen, mcp, policy};
+use gateway_daemon::{audit, config, exec, intercept, listen, mcp, policy, tls};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +48,13 @@ enum Command {
     },
     /// Validate a config file; exit status 0 when valid.
     CheckConfig { file: PathBuf },
+    /// The gateway's local CA, which agents trust for the MCP servers it terminates.
+    Ca {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: CaCmd,
+    },
     /// Read and verify the audit ledger.
     Audit {
         #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
@@ -55,6 +62,12 @@ enum Command {
         #[command(subcommand)]
         command: audit_cli::AuditCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Print the CA certificate (PEM), making the CA first if the daemon has not yet.
+    Export,
 }
 
 fn main() {
@@ -96,6 +109,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             exec::exec(&cgroup, user.as_deref(), &command)
         }
         Command::Audit { config, command } => audit_cli::run(command, &config),
+        Command::Ca {
+            config,
+            command: CaCmd::Export,
+        } => {
+            let cfg = config::Config::load(&config)?.config;
+            let ca = tls::Ca::load_or_create(&cfg.tls.ca_cert, &cfg.tls.ca_key)?;
+            print!("{}", ca.pem);
+            Ok(())
+        }
         Command::Run { config } => {
             init_logging();
             let resolved = config::Config::load(&config)?;
@@ -168,6 +190,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     }
     let cfg = resolved.config.clone();
     let (sink, writer) = audit::open(&cfg.audit).await?;
+    let tls = Arc::new(tls::Tls::load(&cfg.tls)?);
     // Listen before attaching: the first redirected connection must find a listener.
     let listeners = vec![
         listen::bind(cfg.listener.ipv4).await?,
@@ -227,6 +250,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         policy,
         catalog: Default::default(),
         limiter: Default::default(),
+        tls,
         audit: sink,
         sessions: Arc::new(mcp::Sessions::new(
             cfg.http.max_sessions,

@@ -26,6 +26,8 @@ pub struct GatewayOptions {
     pub extra: String,
     /// More keys of the `[audit]` table (e.g. `sync = "batch"`).
     pub audit: String,
+    /// More keys of the `[tls]` table (the CA always lives in the test's directory).
+    pub tls: String,
 }
 
 pub struct Gateway {
@@ -69,9 +71,13 @@ impl Gateway {
                  [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
                  [scope]\nports = [{}]\n\
                  [intercept]\ninstance = \"{instance}\"\n\
+                 [tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n{}\n\
                  [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
                 users.join(", "),
                 ports.join(", "),
+                dir.path().join("ca.pem").display(),
+                dir.path().join("ca.key").display(),
+                opts.tls,
                 audit.display(),
                 dir.path().join("audit.key").display(),
                 // Tests stay out of the host's journal unless they ask for it.
@@ -291,6 +297,11 @@ impl Gateway {
                     .and_then(|p| p.parse::<u64>().ok())
                     == Some(port)
         })
+    }
+
+    /// The gateway's CA certificate (made at its first start).
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     pub fn pin_dir(&self) -> PathBuf {

@@ -2,6 +2,7 @@
 //! errors that name the key, so `mcp-gateway check-config` and `run` agree on what is valid.
 
 mod policy;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig};
+pub use tls::{Passthrough, Tls};
 pub use validate::Resolved;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub struct Config {
     pub audit: Audit,
     #[serde(default)]
     pub http: Http,
+    #[serde(default)]
+    pub tls: Tls,
     /// Known MCP servers: requests to them are MCP whatever their headers say.
     #[serde(default, rename = "server")]
     pub servers: Vec<Server>,

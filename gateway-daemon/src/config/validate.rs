@@ -210,6 +210,33 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
     if a.batch_interval_ms == 0 || a.batch_interval_ms > 10_000 {
         return fail("audit.batch_interval_ms", "must be between 1 and 10000");
     }
+    let t = &config.tls;
+    for (key, path) in [("tls.ca_cert", &t.ca_cert), ("tls.ca_key", &t.ca_key)] {
+        if path.as_os_str().is_empty() || path.file_name().is_none() {
+            return fail(key, "must name a file");
+        }
+    }
+    if t.ca_cert == t.ca_key {
+        return fail("tls.ca_key", "must be a different file from tls.ca_cert");
+    }
+    if t.leaf_cache == 0 {
+        return fail("tls.leaf_cache", "must be at least 1");
+    }
+    if !(3_600..=90 * 86_400).contains(&t.leaf_validity_s) {
+        return fail(
+            "tls.leaf_validity_s",
+            "must be between 3600 (an hour) and 7776000 (90 days)",
+        );
+    }
+    if !(100..=120_000).contains(&t.handshake_timeout_ms) {
+        return fail("tls.handshake_timeout_ms", "must be between 100 and 120000");
+    }
+    if !t.system_roots && t.extra_roots.is_empty() {
+        return fail(
+            "tls.system_roots",
+            "is false and tls.extra_roots is empty: no upstream server could be verified",
+        );
+    }
     config.redact.validate().map_err(|e| match e {
         crate::redact::RedactError::Config { key, message } => (key, message),
         other => ("redact".to_string(), other.to_string()),

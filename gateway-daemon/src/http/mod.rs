@@ -194,3 +194,44 @@ pub async fn forward(mut req: Request<Incoming>, upstream: &Upstream) -> Respons
         }
     }
 }
+
+/// How long an agent may keep a connection the gateway only answers with an error.
+const REFUSAL_LINGER: Duration = Duration::from_secs(30);
+
+/// Answers every request on the agent's connection with 502 and `message`, for a
+/// connection whose upstream the gateway refused; HTTP/1 closes after the first answer.
+pub async fn refuse<A>(agent: A, protocol: Protocol, message: &str)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let message: Arc<str> = message.into();
+    let svc = service_fn(move |_req: Request<Incoming>| {
+        let mut resp = mcp::reply::http_error(StatusCode::BAD_GATEWAY, &message);
+        if protocol == Protocol::Http1 {
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let io = TokioIo::new(agent);
+    let serve = async {
+        match protocol {
+            Protocol::Http1 => {
+                server1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(io, svc)
+                    .await
+            }
+            Protocol::Http2 => {
+                server2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, svc)
+                    .await
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, serve).await;
+}

@@ -41,6 +41,8 @@ pub struct ConnCtx {
     pub limiter: Arc<crate::policy::limits::Limiter>,
     /// Where the daemon dials: the agent's original destination (v4-mapped made IPv4).
     pub upstream_addr: SocketAddr,
+    /// The server name the agent's TLS asked for, when the gateway terminated it.
+    pub tls_sni: Option<Arc<str>>,
     pub audit: AuditSink,
     pub sessions: Arc<Sessions>,
     pub config: Arc<Config>,
@@ -49,6 +51,19 @@ pub struct ConnCtx {
 /// One HTTP exchange of an agent: MCP goes through the MCP handlers, the rest is forwarded
 /// as it is (or refused when the config allows agents MCP only).
 pub async fn route(req: Request<Incoming>, ctx: &ConnCtx, upstream: &Upstream) -> Response<GwBody> {
+    if let Some(sni) = &ctx.tls_sni {
+        if let Some(host) = recognise::host_of(&req) {
+            if !host.eq_ignore_ascii_case(sni) {
+                // The certificate the agent accepted was for `sni`; a request for another
+                // host on it would reach a server the TLS decision never looked at.
+                tracing::info!(%sni, host, "request for another host on a TLS connection refused");
+                return reply::http_error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    &format!("this TLS connection is for {sni}, not {host}"),
+                );
+            }
+        }
+    }
     let (kind, target) = recognise::classify(&req, ctx);
     match kind {
         McpKind::NotMcp => {

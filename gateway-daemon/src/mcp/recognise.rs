@@ -45,7 +45,7 @@ fn accepts(h: &HeaderMap, mime: &str) -> bool {
 }
 
 /// The request's host without port: `Host` for HTTP/1.1, `:authority` for h2.
-fn host_of<B>(req: &Request<B>) -> Option<&str> {
+pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
     let raw = req
         .uri()
         .authority()

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::audit::{timestamp, AuditSink};
@@ -22,6 +23,9 @@ use crate::passthrough::{self, Transfer};
 use crate::policy::filter::Catalog;
 use crate::policy::limits::Limiter;
 use crate::policy::PolicyHandle;
+use crate::tls::Tls;
+
+mod tls_flow;
 
 /// What a flow's audit record says.
 #[derive(Serialize)]
@@ -37,11 +41,26 @@ struct FlowRecord<'a> {
     client: SocketAddr,
     /// What the connection carried: http1, http2, tls, tcp.
     protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<TlsFlow>,
     bytes_to_upstream: u64,
     bytes_to_agent: u64,
     outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// What the flow record says about TLS.
+#[derive(Serialize, Default, Debug, Clone)]
+pub struct TlsFlow {
+    /// `terminated`, `passthrough` or `refused`.
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// ALPN protocols the agent offered, and the one spoken (when terminated).
+    pub alpn_offered: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<String>,
 }
 
 /// What every flow task needs from the daemon.
@@ -52,6 +71,7 @@ pub struct Shared {
     pub policy: Arc<PolicyHandle>,
     pub catalog: Arc<Catalog>,
     pub limiter: Arc<Limiter>,
+    pub tls: Arc<Tls>,
 }
 
 /// Serves one redirected connection to its end and audits it.
@@ -68,7 +88,13 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: S
     }
     let upstream = r.upstream_addr();
     tracing::debug!(exe = ?identity.exe, "flow start");
-    let (transfer, protocol, outcome) = carry(agent, &identity, upstream, &shared).await;
+    let carried = carry(agent, &identity, upstream, &shared).await;
+    let Carried {
+        transfer,
+        protocol,
+        outcome,
+        tls,
+    } = carried;
     tracing::debug!(
         up = transfer.to_upstream,
         down = transfer.to_agent,
@@ -87,6 +113,7 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: S
             upstream,
             client,
             protocol,
+            tls,
             bytes_to_upstream: transfer.to_upstream,
             bytes_to_agent: transfer.to_agent,
             outcome,
@@ -95,10 +122,27 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: S
         .await;
 }
 
-type Carried = (Transfer, &'static str, &'static str);
+/// How a flow went, for its record.
+pub struct Carried {
+    pub transfer: Transfer,
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+    pub tls: Option<TlsFlow>,
+}
+
+impl Carried {
+    fn new(transfer: Transfer, protocol: &'static str, outcome: &'static str) -> Self {
+        Carried {
+            transfer,
+            protocol,
+            outcome,
+            tls: None,
+        }
+    }
+}
 
 /// An abortive close shows the agent a reset, as a refused or failed direct connect would.
-fn reset(
+pub fn reset(
     agent: TcpStream,
     protocol: &'static str,
     outcome: &'static str,
@@ -110,10 +154,10 @@ fn reset(
         error,
         ..Default::default()
     };
-    (t, protocol, outcome)
+    Carried::new(t, protocol, outcome)
 }
 
-async fn dial(upstream: SocketAddr, shared: &Shared) -> Result<TcpStream, String> {
+pub async fn dial(upstream: SocketAddr, shared: &Shared) -> Result<TcpStream, String> {
     passthrough::connect(upstream, shared.config.intercept.mark)
         .await
         .map_err(|e| {
@@ -137,12 +181,12 @@ async fn carry(
     upstream: SocketAddr,
     shared: &Shared,
 ) -> Carried {
-    // With MCP only, nothing but HTTP is dialed: a refused flow never reaches its
+    // With MCP only, nothing but HTTP and TLS is dialed: a refused flow never reaches its
     // destination. Otherwise the destination is dialed first, so a protocol whose server
     // speaks first is recognised by that rather than by waiting on the agent.
     let (detected, up) = if shared.config.http.mcp_only {
         let d = detect(&agent, None).await;
-        if !matches!(d, Detected::Http1 | Detected::Http2) {
+        if !matches!(d, Detected::Http1 | Detected::Http2 | Detected::Tls) {
             tracing::info!(
                 protocol = label(d),
                 "non-HTTP connection refused (http.mcp_only)"
@@ -156,6 +200,17 @@ async fn carry(
             Err(e) => return reset(agent, "tcp", "upstream_connect_failed", Some(e)),
         }
     };
+    let protocol = match detected {
+        Detected::Http1 => Protocol::Http1,
+        Detected::Http2 => Protocol::Http2,
+        Detected::Tls => return tls_flow::carry(agent, up, identity, upstream, shared).await,
+        other => {
+            let up = up.expect("only HTTP and TLS are detected before dialing");
+            let t = passthrough::relay(agent, up).await;
+            let outcome = if t.error.is_some() { "error" } else { "closed" };
+            return Carried::new(t, label(other), outcome);
+        }
+    };
     let up = match up {
         Some(up) => up,
         None => match dial(upstream, shared).await {
@@ -163,15 +218,31 @@ async fn carry(
             Err(e) => return reset(agent, label(detected), "upstream_connect_failed", Some(e)),
         },
     };
-    let protocol = match detected {
-        Detected::Http1 => Protocol::Http1,
-        Detected::Http2 => Protocol::Http2,
-        other => {
-            let t = passthrough::relay(agent, up).await;
-            let outcome = if t.error.is_some() { "error" } else { "closed" };
-            return (t, label(other), outcome);
-        }
+    let (agent, agent_bytes) = Counting::new(agent);
+    let (result, outcome) = serve_http(agent, up, protocol, identity, upstream, None, shared).await;
+    let t = Transfer {
+        to_upstream: agent_bytes.read.load(Ordering::Relaxed),
+        to_agent: agent_bytes.written.load(Ordering::Relaxed),
+        error: result.err(),
     };
+    Carried::new(t, label(detected), outcome)
+}
+
+/// The MCP-aware HTTP proxy between the agent and its server, over whatever streams carry
+/// them (plain TCP, or TLS on both sides).
+pub async fn serve_http<A, U>(
+    agent: A,
+    up: U,
+    protocol: Protocol,
+    identity: &Identity,
+    upstream: SocketAddr,
+    tls_sni: Option<Arc<str>>,
+    shared: &Shared,
+) -> (Result<(), String>, &'static str)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ctx = Arc::new(ConnCtx {
         identity: Arc::new(identity.clone()),
         principal: Arc::new(Principal::of(identity)),
@@ -179,17 +250,12 @@ async fn carry(
         catalog: shared.catalog.clone(),
         limiter: shared.limiter.clone(),
         upstream_addr: upstream,
+        tls_sni,
         audit: shared.audit.clone(),
         sessions: shared.sessions.clone(),
         config: shared.config.clone(),
     });
-    let (agent, agent_bytes) = Counting::new(agent);
     let result = gwhttp::serve(agent, up, protocol, ctx).await;
     let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "closed");
-    let t = Transfer {
-        to_upstream: agent_bytes.read.load(Ordering::Relaxed),
-        to_agent: agent_bytes.written.load(Ordering::Relaxed),
-        error: result.err().map(|e| e.to_string()),
-    };
-    (t, label(detected), outcome)
+    (result.map_err(|e| e.to_string()), outcome)
 }
