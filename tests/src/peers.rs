@@ -164,7 +164,8 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 pub struct Peer {
     pub name: String,
     pub port: u16,
-    /// The URL a client starts from: `http://127.0.0.1:PORT/mcp` (or `/sse`).
+    /// The URL a client starts from: `http://127.0.0.1:PORT/mcp` (or `/sse`);
+    /// `https://localhost:PORT/mcp` from [`rmcp_server_tls`].
     pub url: String,
     log: tempfile::NamedTempFile,
     child: Option<Child>,
@@ -268,6 +269,22 @@ pub fn rmcp_server(port: u16) -> Peer {
     let mut cmd = Command::new(crate_bin("rmcp-test-server"));
     cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
     Peer::spawn("rmcp-test-server", cmd, port, "/mcp")
+}
+
+/// Starts `rmcp-test-server` over HTTPS on 127.0.0.1:`port` with `cert` and `key` (PEM). Its
+/// `url` names `localhost` (`https://localhost:PORT/mcp`), the name a test certificate is issued
+/// for; a client resolves it to 127.0.0.1 from /etc/hosts.
+pub fn rmcp_server_tls(port: u16, cert: &Path, key: &Path) -> Peer {
+    let mut cmd = Command::new(crate_bin("rmcp-test-server"));
+    cmd.arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key);
+    let mut peer = Peer::spawn("rmcp-test-server-tls", cmd, port, "/mcp");
+    peer.url = format!("https://localhost:{port}/mcp");
+    peer
 }
 
 /// The Python SDK client for `url` (`…/mcp` for Streamable HTTP, `…/sse` for SSE).

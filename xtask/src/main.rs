@@ -95,6 +95,16 @@ const NEEDS: &[Need] = &[
         package: "systemd",
         present: || runs("systemd-analyze", &["--version"]),
     },
+    // The TLS tests add their CA to a private copy of the host's trust store
+    // (tests/src/tls.rs: `unshare`, `update-ca-certificates`; it brings `openssl`).
+    Need {
+        package: "ca-certificates",
+        present: || Path::new("/usr/sbin/update-ca-certificates").exists(),
+    },
+    Need {
+        package: "util-linux",
+        present: || runs("unshare", &["--version"]),
+    },
 ];
 
 fn main() -> Result<()> {

@@ -169,3 +169,27 @@ fn only_http_protocols_are_offered_upstream() {
     let offered = vec![b"acme-tls/1".to_vec(), HTTP11.to_vec(), H2.to_vec()];
     assert_eq!(http_alpn(&offered), vec![HTTP11.to_vec(), H2.to_vec()]);
 }
+
+#[test]
+fn the_gateway_resumes_its_own_sessions_with_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = Tls::load(&config(dir.path())).unwrap();
+    // The gateway's own leaves stand in for a server; its CA is the extra root.
+    let cfg = config::Tls {
+        extra_roots: vec![dir.path().join("ca.pem")],
+        system_roots: false,
+        ..config(dir.path())
+    };
+    let tls = Tls::load(&cfg).unwrap();
+    assert_eq!(tls.ca_pem(), made.ca_pem());
+    // As `upstream::connect` does: a clone of the base configuration per connection.
+    let per_conn = || Arc::new((*tls.client).clone());
+    let first = handshake(per_conn(), "mcp.example.com", &tls, None);
+    assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    let second = handshake(per_conn(), "mcp.example.com", &tls, None);
+    assert_eq!(
+        second.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "per-connection clones of the client configuration share one session cache"
+    );
+}

@@ -25,9 +25,13 @@ use rmcp::model::{
     GetPromptRequestParams, Implementation, JsonObject, ProgressNotificationParam, ProtocolVersion,
     ReadResourceRequestParams, ResourceContents,
 };
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, RunningService};
+use rmcp::service::{
+    ClientInitializeError, ClientLifecycleMode, ClientServiceExt, NotificationContext,
+    RunningService,
+};
+use rmcp::transport::streamable_http_client::StreamableHttpError;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient, ServiceError, ServiceExt};
 use serde_json::{json, Value};
 
 const ECHO_TEXT: &str = "hello through the gateway";
@@ -309,6 +313,39 @@ async fn run(cli: &Cli) -> Result<Value> {
     out
 }
 
+type Cause<'a> = &'a (dyn std::error::Error + 'static);
+
+/// The cause rmcp keeps out of `source()`: a transport failure, down to reqwest's error.
+fn hidden_cause(e: Cause<'_>) -> Option<Cause<'_>> {
+    if let Some(ClientInitializeError::TransportError { error, .. }) = e.downcast_ref() {
+        return Some(error);
+    }
+    if let Some(ServiceError::TransportSend(error)) = e.downcast_ref() {
+        return Some(error);
+    }
+    if let Some(StreamableHttpError::Client(error)) =
+        e.downcast_ref::<StreamableHttpError<reqwest::Error>>()
+    {
+        return Some(error);
+    }
+    None
+}
+
+/// `e` with every cause, so that e.g. a refused certificate is named, not only "error sending
+/// request".
+fn reason(e: &anyhow::Error) -> String {
+    let mut out = format!("{e:#}");
+    let mut cause = e.chain().last().and_then(hidden_cause);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = hidden_cause(c).or_else(|| c.source());
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -316,7 +353,11 @@ async fn main() {
     match out {
         Ok(Ok(v)) => println!("{v}"),
         Ok(Err(e)) => {
-            eprintln!("rmcp-test-client: session with {} failed: {e:#}", cli.url);
+            eprintln!(
+                "rmcp-test-client: session with {} failed: {}",
+                cli.url,
+                reason(&e)
+            );
             std::process::exit(2);
         }
         Err(_) => {

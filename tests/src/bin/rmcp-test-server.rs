@@ -1,5 +1,6 @@
-//! `rmcp-test-server --listen 127.0.0.1:PORT`: an MCP server built on the official Rust SDK
-//! (rmcp), serving Streamable HTTP at `/mcp`, for the gateway's integration tests.
+//! `rmcp-test-server --listen 127.0.0.1:PORT [--tls-cert CERT.pem --tls-key KEY.pem]`: an MCP
+//! server built on the official Rust SDK (rmcp), serving Streamable HTTP at `/mcp`, for the
+//! gateway's integration tests. With a certificate it serves HTTPS (ALPN `h2` and `http/1.1`).
 //!
 //! - tools: `echo {text}` → the text; `add {a, b}` → the sum; `slow_count {steps, delay_ms?}`
 //!   → one `notifications/progress` per step (progress 1..=steps, total steps) when the request
@@ -7,12 +8,19 @@
 //! - resource: `test://hello` (text/plain "hello world").
 //! - prompt: `greet {name}` → one user message "Hello, NAME! Please greet me back.".
 //!
-//! It prints `listening on ADDR` on stderr once the socket is bound.
+//! It prints `listening on ADDR` on stderr once the socket is bound, and a line per failed TLS
+//! handshake.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use rmcp::handler::server::router::prompt::PromptRouter;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -28,6 +36,11 @@ use rmcp::{
     prompt, prompt_handler, prompt_router, schemars, tool, tool_handler, tool_router, ErrorData,
     Peer, RoleServer, ServerHandler,
 };
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::ServerConfig as TlsConfig;
+use tokio_rustls::TlsAcceptor;
 
 const RESOURCE_URI: &str = "test://hello";
 const RESOURCE_TEXT: &str = "hello world";
@@ -41,6 +54,12 @@ struct Cli {
     /// Address to listen on, e.g. 127.0.0.1:8080.
     #[arg(long)]
     listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -194,21 +213,86 @@ impl ServerHandler for TestServer {
     }
 }
 
+fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading a private key from {}", key.display()))?;
+    let mut config = TlsConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the certificate and key do not make a TLS server identity")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `router` over TLS until ctrl-c. A client that fails its handshake (e.g. it does not
+/// trust the certificate) costs only its own connection.
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+) -> anyhow::Result<()> {
+    let service = TowerToHyperService::new(router);
+    let shutdown = tokio::signal::ctrl_c();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    eprintln!("rmcp-test-server: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("rmcp-test-server: TLS handshake with {peer} failed: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                eprintln!("rmcp-test-server: connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let mut config = StreamableHttpServerConfig::default();
     if !cli.listen.ip().is_loopback() {
-        // The default Host allow-list is loopback only (DNS-rebinding protection).
+        // The default Host allow-list (localhost, 127.0.0.1, ::1) is loopback only
+        // (DNS-rebinding protection).
         config = config.disable_allowed_hosts();
     }
     let service: StreamableHttpService<TestServer, LocalSessionManager> =
         StreamableHttpService::new(|| Ok(TestServer::new()), Default::default(), config);
     let router = axum::Router::new().nest_service("/mcp", service);
-    let listener = tokio::net::TcpListener::bind(cli.listen)
+    let listener = TcpListener::bind(cli.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", cli.listen))?;
-    eprintln!("rmcp-test-server: listening on {}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    if let Some(acceptor) = tls {
+        eprintln!("rmcp-test-server: listening on {addr} (TLS)");
+        return serve_tls(listener, acceptor, router).await;
+    }
+    eprintln!("rmcp-test-server: listening on {addr}");
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
