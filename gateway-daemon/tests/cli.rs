@@ -144,3 +144,55 @@ fn audit_verify_pubkey_and_show() {
         "{stdout}"
     );
 }
+
+#[test]
+fn ca_export_prints_the_same_ca_every_time_and_keeps_its_key_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    let (cert, key) = (
+        dir.path().join("state/ca.pem"),
+        dir.path().join("state/ca.key"),
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[agents]\ncgroups = [\"a\"]\n[tls]\nca_cert = {:?}\nca_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let export = || {
+        let out = gateway()
+            .args(["ca", "export", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = export();
+    assert!(first.starts_with("-----BEGIN CERTIFICATE-----"), "{first}");
+    assert_eq!(first, std::fs::read_to_string(&cert).unwrap());
+    assert_eq!(export(), first, "the CA is made once and kept");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    std::fs::remove_file(&key).unwrap();
+    let out = gateway()
+        .args(["ca", "export", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("half there") && err.contains("ca.key"),
+        "{err}"
+    );
+}
