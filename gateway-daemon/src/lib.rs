@@ -1,6 +1,7 @@
 //! mcp-gateway's daemon, as a library: the stages of a connection's path, in order.
 //! The `mcp-gateway` binary (src/main.rs) is the command line around them.
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod exec;
@@ -10,6 +11,7 @@ pub mod intercept;
 pub mod listen;
 pub mod mcp;
 pub mod passthrough;
+pub mod pins;
 pub mod policy;
 pub mod redact;
 pub mod route;

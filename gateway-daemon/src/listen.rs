@@ -50,6 +50,7 @@ pub struct Server {
     pub catalog: Arc<crate::policy::filter::Catalog>,
     pub limiter: Arc<crate::policy::limits::Limiter>,
     pub tls: Arc<crate::tls::Tls>,
+    pub pins: Arc<crate::pins::Pins>,
 }
 
 impl Server {
@@ -143,6 +144,7 @@ impl Server {
             catalog: self.catalog.clone(),
             limiter: self.limiter.clone(),
             tls: self.tls.clone(),
+            pins: self.pins.clone(),
         };
         flows.spawn(route::flow(stream, peer, redirected, shared).instrument(span));
     }

@@ -1,8 +1,9 @@
 //! mcp-gateway: a transparent host firewall for MCP traffic.
 
 mod audit_cli;
+mod pins_cli;
 
-use gateway_daemon::{audit, config, exec, intercept, listen, mcp, policy, tls};
+use gateway_daemon::{admin, audit, config, exec, intercept, listen, mcp, pins, policy, tls};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,6 +55,13 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: CaCmd,
+    },
+    /// Tool manifest pins on the running daemon: review, approve, reject, forget.
+    Pins {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: pins_cli::PinsCmd,
     },
     /// Read and verify the audit ledger.
     Audit {
@@ -109,6 +117,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             exec::exec(&cgroup, user.as_deref(), &command)
         }
         Command::Audit { config, command } => audit_cli::run(command, &config),
+        Command::Pins { config, command } => pins_cli::run(command, &config),
         Command::Ca {
             config,
             command: CaCmd::Export,
@@ -191,6 +200,15 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     let cfg = resolved.config.clone();
     let (sink, writer) = audit::open(&cfg.audit).await?;
     let tls = Arc::new(tls::Tls::load(&cfg.tls)?);
+    let pins = Arc::new(pins::Pins::open(&cfg)?);
+    let admin_listener = admin::AdminListener::bind(&cfg.admin)?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(admin::ops::Ops {
+            pins: pins.clone(),
+            audit: sink.clone(),
+        }),
+    ));
     // Listen before attaching: the first redirected connection must find a listener.
     let listeners = vec![
         listen::bind(cfg.listener.ipv4).await?,
@@ -251,6 +269,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         catalog: Default::default(),
         limiter: Default::default(),
         tls,
+        pins: pins.clone(),
         audit: sink,
         sessions: Arc::new(mcp::Sessions::new(
             cfg.http.max_sessions,

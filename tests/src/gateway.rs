@@ -28,6 +28,8 @@ pub struct GatewayOptions {
     pub audit: String,
     /// More keys of the `[tls]` table (the CA always lives in the test's directory).
     pub tls: String,
+    /// Keys of the `[pins]` table; pins are off unless the test sets `mode`.
+    pub pins: String,
 }
 
 pub struct Gateway {
@@ -72,12 +74,22 @@ impl Gateway {
                  [scope]\nports = [{}]\n\
                  [intercept]\ninstance = \"{instance}\"\n\
                  [tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n{}\n\
+                 [admin]\nsocket = \"{}\"\n\
+                 [pins]\npath = \"{}\"\n{}\n\
                  [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
                 users.join(", "),
                 ports.join(", "),
                 dir.path().join("ca.pem").display(),
                 dir.path().join("ca.key").display(),
                 opts.tls,
+                dir.path().join("admin.sock").display(),
+                dir.path().join("pins.json").display(),
+                // Tests about other stages call tools without pinning them first.
+                if opts.pins.contains("mode") {
+                    opts.pins.clone()
+                } else {
+                    format!("mode = \"off\"\n{}", opts.pins)
+                },
                 audit.display(),
                 dir.path().join("audit.key").display(),
                 // Tests stay out of the host's journal unless they ask for it.
@@ -297,6 +309,16 @@ impl Gateway {
                     .and_then(|p| p.parse::<u64>().ok())
                     == Some(port)
         })
+    }
+
+    /// `mcp-gateway ARGS… --config <this daemon's config>`, e.g. `pins list`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(gateway_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("running mcp-gateway")
     }
 
     /// The gateway's CA certificate (made at its first start).

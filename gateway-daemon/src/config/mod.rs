@@ -1,6 +1,7 @@
 //! The daemon's TOML configuration: parsed with unknown keys refused, then validated with
 //! errors that name the key, so `mcp-gateway check-config` and `run` agree on what is valid.
 
+mod admin;
 mod policy;
 mod tls;
 mod validate;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use admin::{Admin, OnChange, PinMode, Pins, PoisonAction};
 pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig};
 pub use tls::{Passthrough, Tls};
 pub use validate::Resolved;
@@ -48,6 +50,10 @@ pub struct Config {
     pub http: Http,
     #[serde(default)]
     pub tls: Tls,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub pins: Pins,
     /// Known MCP servers: requests to them are MCP whatever their headers say.
     #[serde(default, rename = "server")]
     pub servers: Vec<Server>,
@@ -84,6 +90,9 @@ pub struct Server {
     /// Overrides `redact.mode_requests` for this server.
     #[serde(default)]
     pub redact_requests: Option<crate::redact::RequestMode>,
+    /// Overrides `pins.mode` for this server.
+    #[serde(default)]
+    pub pins: Option<PinMode>,
     /// Overrides `redact.mode_responses` for this server.
     #[serde(default)]
     pub redact_responses: Option<crate::redact::ResponseMode>,

@@ -17,7 +17,8 @@ use super::recognise::{
 use super::record::{Direction, ExchangeRecord};
 use super::reply::{
     error_response, http_error, GATEWAY_DENIED, GATEWAY_EXFILTRATION, GATEWAY_LIMITED,
-    GATEWAY_REFUSED, HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR, UPSTREAM_FAILED,
+    GATEWAY_REFUSED, GATEWAY_UNPINNED, HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR,
+    UPSTREAM_FAILED,
 };
 use super::session::{Session, Transport};
 use super::stream::{self, StreamJob, StreamKind};
@@ -54,6 +55,7 @@ fn observer(
         view: Some(ListView {
             policy,
             catalog: ctx.catalog.clone(),
+            pins: ctx.pins.clone(),
         }),
         server: target.label.clone(),
         audit: ctx.audit.clone(),
@@ -457,6 +459,28 @@ pub async fn post(
             &decisions,
         )
         .await;
+    }
+    // Pins: a tool or prompt whose definition is not approved is not callable, even when
+    // the agent never asked for the listing that would have hidden it.
+    for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+        let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
+            continue;
+        };
+        let Some(kind) = crate::pins::Kind::of_call(method) else {
+            continue;
+        };
+        if let Err(why) = ctx.pins.check_call(&obs.server, kind, &name) {
+            tracing::info!(server = %obs.server, name = %name, "call to an unapproved definition refused");
+            return refuse_decided(
+                &obs,
+                &messages,
+                StatusCode::FORBIDDEN,
+                GATEWAY_UNPINNED,
+                &why,
+                &decisions,
+            )
+            .await;
+        }
     }
     let mut inflight = Vec::new();
     if let Some(p) = obs

@@ -38,6 +38,7 @@ pub struct ConnCtx {
     pub principal: Arc<Principal>,
     pub policy: Arc<crate::policy::PolicyHandle>,
     pub catalog: Arc<crate::policy::filter::Catalog>,
+    pub pins: Arc<crate::pins::Pins>,
     pub limiter: Arc<crate::policy::limits::Limiter>,
     /// Where the daemon dials: the agent's original destination (v4-mapped made IPv4).
     pub upstream_addr: SocketAddr,

@@ -18,6 +18,7 @@ use crate::policy::{Decision, Policy};
 pub struct ListView {
     pub policy: Arc<Policy>,
     pub catalog: Arc<Catalog>,
+    pub pins: Arc<crate::pins::Pins>,
 }
 
 pub struct Observer {
@@ -62,6 +63,7 @@ impl Observer {
             decision: None,
             redactions: None,
             hidden: None,
+            pins: None,
         }
     }
 
@@ -251,7 +253,7 @@ impl Observer {
             .policy
             .response_redaction(&self.server)
             .then_some(&*v.policy.redactor);
-        let out = rewrite::rewrite(
+        let mut out = rewrite::rewrite(
             body,
             inspect,
             &filter::View {
@@ -260,8 +262,24 @@ impl Observer {
                 server: &self.server,
                 catalog: &v.catalog,
             },
+            &v.pins,
             redactor,
         )?;
+        if !out.pin_events.is_empty() {
+            for e in &out.pin_events {
+                if e.event == "held" || e.event == "poison_warning" {
+                    tracing::warn!(server = %self.server, kind = e.kind.label(), name = %e.name,
+                        event = e.event, change = e.change.as_deref(), findings = e.findings.len(),
+                        "definition held for review");
+                }
+            }
+            if let Some(r) = records
+                .iter_mut()
+                .find(|r| r.about.method.ends_with("/list"))
+            {
+                r.pins = Some(std::mem::take(&mut out.pin_events));
+            }
+        }
         for (id, counts) in out.redactions {
             let id = id.to_string();
             if let Some(r) = records
@@ -280,7 +298,7 @@ impl Observer {
                 r.hidden = Some(out.hidden);
             }
         }
-        Some(out.body)
+        out.body
     }
 
     /// A server message the gateway could not read.

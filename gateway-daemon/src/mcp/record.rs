@@ -110,6 +110,9 @@ pub struct ExchangeRecord {
     /// Listing items hidden from this principal by the policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden: Option<usize>,
+    /// What manifest pinning saw in a listing: pinned, held, removed, poisoned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pins: Option<Vec<crate::pins::PinEvent>>,
 }
 
 /// Written, durably, before a request is forwarded: the ledger holds every call the

@@ -21,6 +21,8 @@ pub const GATEWAY_DENIED: i32 = -32012;
 pub const GATEWAY_LIMITED: i32 = -32013;
 /// Secrets in a call's arguments: refused so they do not leave the host.
 pub const GATEWAY_EXFILTRATION: i32 = -32014;
+/// The tool or prompt's definition is not approved (new, changed, poisoned: see pins).
+pub const GATEWAY_UNPINNED: i32 = -32015;
 /// The upstream server failed (unreachable, died mid-stream, sent garbage).
 pub const UPSTREAM_FAILED: i32 = -32011;
 

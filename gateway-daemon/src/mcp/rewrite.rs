@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::jsonrpc::Id;
+use crate::pins::{Kind, PinEvent, Pins};
 use crate::policy::filter::{filter_listing, listing, View};
 use crate::redact::{Counts, Redactor};
 
@@ -20,10 +21,13 @@ pub fn inspected(method: &str) -> bool {
 }
 
 pub struct Rewritten {
-    pub body: Vec<u8>,
+    /// The new body, when anything in it changed.
+    pub body: Option<Vec<u8>>,
     /// Redactions per response id.
     pub redactions: Vec<(Id, Counts)>,
     pub hidden: usize,
+    /// What pinning saw in listings (reported even when nothing was hidden).
+    pub pin_events: Vec<PinEvent>,
 }
 
 fn id_of(v: &Value) -> Option<Id> {
@@ -40,13 +44,15 @@ pub fn rewrite(
     body: &[u8],
     inspect: &[(Id, String)],
     view: &View,
+    pins: &Pins,
     redactor: Option<&Redactor>,
 ) -> Option<Rewritten> {
     let mut doc: Value = serde_json::from_slice(body).ok()?;
     let mut out = Rewritten {
-        body: Vec::new(),
+        body: None,
         redactions: Vec::new(),
         hidden: 0,
+        pin_events: Vec::new(),
     };
     {
         let messages: Vec<&mut Value> = match &mut doc {
@@ -61,6 +67,8 @@ pub fn rewrite(
             let Some(result) = m.get_mut("result") else {
                 continue;
             };
+            // Pins first: a held definition is hidden from everyone, whatever the policy.
+            out.hidden += review_pins(method, result, view.server, pins, &mut out.pin_events);
             out.hidden += filter_listing(method, result, view);
             if let (true, Some(r)) = (carries_content(method), redactor) {
                 let counts = r.redact_json(result);
@@ -70,9 +78,38 @@ pub fn rewrite(
             }
         }
     }
-    if out.hidden == 0 && out.redactions.is_empty() {
-        return None;
+    if out.hidden > 0 || !out.redactions.is_empty() {
+        out.body = Some(serde_json::to_vec(&doc).expect("a JSON value always serialises"));
     }
-    out.body = serde_json::to_vec(&doc).expect("a JSON value always serialises");
     Some(out)
+}
+
+/// Hands a listing to the pins and removes what they hold; returns how many.
+fn review_pins(
+    method: &str,
+    result: &mut Value,
+    server: &str,
+    pins: &Pins,
+    events: &mut Vec<PinEvent>,
+) -> usize {
+    let (Some((kind, name_field)), Some((field, _, _))) =
+        (Kind::of_listing(method), listing(method))
+    else {
+        return 0;
+    };
+    let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) else {
+        return 0;
+    };
+    let review = pins.review(server, kind, name_field, items);
+    events.extend(review.events);
+    if review.hide.is_empty() {
+        return 0;
+    }
+    let before = items.len();
+    items.retain(|i| {
+        i[name_field]
+            .as_str()
+            .is_none_or(|n| !review.hide.contains(n))
+    });
+    before - items.len()
 }

@@ -72,6 +72,7 @@ pub struct Shared {
     pub catalog: Arc<Catalog>,
     pub limiter: Arc<Limiter>,
     pub tls: Arc<Tls>,
+    pub pins: Arc<crate::pins::Pins>,
 }
 
 /// Serves one redirected connection to its end and audits it.
@@ -248,6 +249,7 @@ where
         principal: Arc::new(Principal::of(identity)),
         policy: shared.policy.clone(),
         catalog: shared.catalog.clone(),
+        pins: shared.pins.clone(),
         limiter: shared.limiter.clone(),
         upstream_addr: upstream,
         tls_sni,

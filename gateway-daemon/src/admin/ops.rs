@@ -1,0 +1,86 @@
+//! What the running daemon answers on its admin socket: one operation per stage that an
+//! administrator steers. Every change is written to the audit with the caller's uid.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+
+use super::{Caller, Handler, HandlerFuture};
+use crate::audit::{timestamp, AuditSink};
+use crate::pins::Pins;
+
+pub struct Ops {
+    pub pins: Arc<Pins>,
+    pub audit: AuditSink,
+}
+
+fn arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing argument {name:?}"))
+}
+
+fn opt<'a>(args: &'a Value, name: &str) -> Option<&'a str> {
+    args.get(name).and_then(Value::as_str)
+}
+
+impl Ops {
+    async fn audit_change(&self, caller: &Caller, op: &str, server: &str, keys: &[String]) {
+        self.audit
+            .record(&json!({
+                "type": "pins_admin",
+                "time": timestamp(SystemTime::now()),
+                "op": op,
+                "server": server,
+                "keys": keys,
+                "by_uid": caller.uid,
+                "by_pid": caller.pid,
+            }))
+            .await;
+    }
+
+    async fn run(&self, caller: &Caller, op: &str, args: Value) -> Result<Value, String> {
+        let by = format!("uid {}", caller.uid);
+        match op {
+            "pins.list" => Ok(self.pins.list()),
+            "pins.diff" => self
+                .pins
+                .diff(arg(&args, "server")?)
+                .map_err(|e| e.to_string()),
+            "pins.approve" | "pins.reject" => {
+                let server = arg(&args, "server")?;
+                let name = opt(&args, "name");
+                let keys = if op == "pins.approve" {
+                    self.pins.approve(server, name, &by)
+                } else {
+                    self.pins.reject(server, name)
+                }
+                .map_err(|e| e.to_string())?;
+                let verb = op.trim_start_matches("pins.");
+                tracing::info!(server, ?keys, uid = caller.uid, "pins {verb}d");
+                self.audit_change(caller, verb, server, &keys).await;
+                Ok(json!({ "keys": keys }))
+            }
+            "pins.forget" => {
+                let server = arg(&args, "server")?;
+                let n = self.pins.forget(server).map_err(|e| e.to_string())?;
+                tracing::info!(server, n, uid = caller.uid, "pins forgotten");
+                self.audit_change(caller, "forget", server, &[]).await;
+                Ok(json!({ "forgotten": n }))
+            }
+            other => Err(format!(
+                "unknown operation {other:?} (this daemon answers pins.list, pins.diff, \
+                 pins.approve, pins.reject, pins.forget)"
+            )),
+        }
+    }
+}
+
+impl Handler for Ops {
+    fn handle(&self, caller: &Caller, op: &str, args: Value) -> HandlerFuture<'_> {
+        let caller = *caller;
+        let op = op.to_string();
+        Box::pin(async move { self.run(&caller, &op, args).await })
+    }
+}
