@@ -51,6 +51,7 @@ pub struct Server {
     pub limiter: Arc<crate::policy::limits::Limiter>,
     pub tls: Arc<crate::tls::Tls>,
     pub pins: Arc<crate::pins::Pins>,
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 impl Server {
@@ -145,6 +146,7 @@ impl Server {
             limiter: self.limiter.clone(),
             tls: self.tls.clone(),
             pins: self.pins.clone(),
+            approvals: self.approvals.clone(),
         };
         flows.spawn(route::flow(stream, peer, redirected, shared).instrument(span));
     }

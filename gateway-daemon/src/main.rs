@@ -1,9 +1,12 @@
 //! mcp-gateway: a transparent host firewall for MCP traffic.
 
+mod approvals_cli;
 mod audit_cli;
 mod pins_cli;
 
-use gateway_daemon::{admin, audit, config, exec, intercept, listen, mcp, pins, policy, tls};
+use gateway_daemon::{
+    admin, approvals, audit, config, exec, intercept, listen, mcp, pins, policy, tls,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +58,13 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: CaCmd,
+    },
+    /// Calls held for a person (`ask` rules) on the running daemon: list, approve, deny.
+    Approvals {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: approvals_cli::ApprovalsCmd,
     },
     /// Tool manifest pins on the running daemon: review, approve, reject, forget.
     Pins {
@@ -118,6 +128,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { config, command } => audit_cli::run(command, &config),
         Command::Pins { config, command } => pins_cli::run(command, &config),
+        Command::Approvals { config, command } => approvals_cli::run(command, &config),
         Command::Ca {
             config,
             command: CaCmd::Export,
@@ -201,11 +212,13 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     let (sink, writer) = audit::open(&cfg.audit).await?;
     let tls = Arc::new(tls::Tls::load(&cfg.tls)?);
     let pins = Arc::new(pins::Pins::open(&cfg)?);
+    let approvals = Arc::new(approvals::Approvals::new(&cfg.approvals));
     let admin_listener = admin::AdminListener::bind(&cfg.admin)?;
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(admin::ops::Ops {
             pins: pins.clone(),
+            approvals: approvals.clone(),
             audit: sink.clone(),
         }),
     ));
@@ -270,6 +283,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         limiter: Default::default(),
         tls,
         pins: pins.clone(),
+        approvals,
         audit: sink,
         sessions: Arc::new(mcp::Sessions::new(
             cfg.http.max_sessions,

@@ -7,11 +7,13 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::{Caller, Handler, HandlerFuture};
+use crate::approvals::{Approvals, Widen};
 use crate::audit::{timestamp, AuditSink};
 use crate::pins::Pins;
 
 pub struct Ops {
     pub pins: Arc<Pins>,
+    pub approvals: Arc<Approvals>,
     pub audit: AuditSink,
 }
 
@@ -69,9 +71,49 @@ impl Ops {
                 self.audit_change(caller, "forget", server, &[]).await;
                 Ok(json!({ "forgotten": n }))
             }
+            "approvals.list" => Ok(self.approvals.list()),
+            "approvals.approve" | "approvals.deny" => {
+                let id = args
+                    .get("id")
+                    .and_then(Value::as_u64)
+                    .ok_or("missing argument \"id\" (a number from `approvals list`)")?;
+                let approved = op == "approvals.approve";
+                let widen = match (
+                    args.get("for_session").and_then(Value::as_bool),
+                    args.get("for_s").and_then(Value::as_u64),
+                ) {
+                    (Some(true), Some(_)) => {
+                        return Err("choose one of --for-session and --for".into())
+                    }
+                    (Some(true), None) => Widen::Session,
+                    (_, Some(s)) => Widen::For(std::time::Duration::from_secs(s)),
+                    _ => Widen::Call,
+                };
+                let reason = opt(&args, "reason").map(str::to_owned);
+                let (call, verdict) = self
+                    .approvals
+                    .decide(id, approved, caller.uid, reason, widen)?;
+                let event = if approved { "approved" } else { "denied" };
+                tracing::info!(id, event, uid = caller.uid, tool = %call.tool, "approval decided");
+                self.audit
+                    .record(&json!({
+                        "type": "approval",
+                        "time": timestamp(SystemTime::now()),
+                        "event": event,
+                        "id": id,
+                        "call": call,
+                        "by_uid": caller.uid,
+                        "by_pid": caller.pid,
+                        "reason": verdict.reason,
+                        "scope": verdict.scope,
+                    }))
+                    .await;
+                Ok(json!({ "id": id, "event": event, "scope": verdict.scope, "tool": call.tool }))
+            }
             other => Err(format!(
                 "unknown operation {other:?} (this daemon answers pins.list, pins.diff, \
-                 pins.approve, pins.reject, pins.forget)"
+                 pins.approve, pins.reject, pins.forget, approvals.list, approvals.approve, \
+                 approvals.deny)"
             )),
         }
     }

@@ -90,3 +90,55 @@ impl Default for Pins {
         }
     }
 }
+
+/// `[approvals]`: calls a rule answers with `ask` wait for a person.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approvals {
+    /// Seconds a held call waits for a decision; then it is denied.
+    #[serde(default = "default_approval_timeout_s")]
+    pub timeout_s: u64,
+    /// Calls held at once; more are denied at once (a flood of asks must not pile up).
+    #[serde(default = "default_max_held")]
+    pub max_held: usize,
+    /// Seconds between progress notifications to an agent whose call is held (when the
+    /// call carries a progress token).
+    #[serde(default = "default_progress_interval_s")]
+    pub progress_interval_s: u64,
+    /// Longest `--for` an administrator may grant, in seconds.
+    #[serde(default = "default_max_grant_s")]
+    pub max_grant_s: u64,
+}
+
+/// `[metrics]`: Prometheus text format on a loopback address.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// e.g. "127.0.0.1:9464"; no endpoint when absent.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+fn default_approval_timeout_s() -> u64 {
+    120
+}
+fn default_max_held() -> usize {
+    256
+}
+fn default_progress_interval_s() -> u64 {
+    5
+}
+fn default_max_grant_s() -> u64 {
+    86_400
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Self {
+            timeout_s: default_approval_timeout_s(),
+            max_held: default_max_held(),
+            progress_interval_s: default_progress_interval_s(),
+            max_grant_s: default_max_grant_s(),
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use admin::{Admin, OnChange, PinMode, Pins, PoisonAction};
+pub use admin::{Admin, Approvals, Metrics, OnChange, PinMode, Pins, PoisonAction};
 pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig};
 pub use tls::{Passthrough, Tls};
 pub use validate::Resolved;
@@ -54,6 +54,10 @@ pub struct Config {
     pub admin: Admin,
     #[serde(default)]
     pub pins: Pins,
+    #[serde(default)]
+    pub approvals: Approvals,
+    #[serde(default)]
+    pub metrics: Metrics,
     /// Known MCP servers: requests to them are MCP whatever their headers say.
     #[serde(default, rename = "server")]
     pub servers: Vec<Server>,

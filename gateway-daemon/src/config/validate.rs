@@ -237,6 +237,27 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
             "is false and tls.extra_roots is empty: no upstream server could be verified",
         );
     }
+    let ap = &config.approvals;
+    if !(1..=86_400).contains(&ap.timeout_s) {
+        return fail("approvals.timeout_s", "must be between 1 and 86400");
+    }
+    if ap.max_held == 0 {
+        return fail("approvals.max_held", "must be at least 1");
+    }
+    if !(1..=3_600).contains(&ap.progress_interval_s) {
+        return fail(
+            "approvals.progress_interval_s",
+            "must be between 1 and 3600",
+        );
+    }
+    if let Some(m) = config.metrics.listen {
+        if !m.ip().is_loopback() {
+            return fail(
+                "metrics.listen",
+                format!("{m} is not a loopback address: metrics stay on this host"),
+            );
+        }
+    }
     config.redact.validate().map_err(|e| match e {
         crate::redact::RedactError::Config { key, message } => (key, message),
         other => ("redact".to_string(), other.to_string()),

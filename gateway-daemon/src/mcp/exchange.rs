@@ -436,11 +436,15 @@ pub async fn post(
     // Policy: every message that names a method is decided before anything is registered
     // or sent; one denial refuses the whole POST (a batch is all or nothing).
     let policy = ctx.policy.current();
-    let decisions: Vec<Option<Decision>> = messages
+    let mut decisions: Vec<Option<Decision>> = messages
         .iter()
         .map(|m| decide(&policy, &obs, ctx, m))
         .collect();
-    if let Some(denied) = decisions.iter().flatten().find(|d| !d.allows()) {
+    if let Some(denied) = decisions
+        .iter()
+        .flatten()
+        .find(|d| !d.allows() && d.action != "ask")
+    {
         let why = format!(
             "denied by policy ({}){}",
             denied.rule,
@@ -459,6 +463,30 @@ pub async fn post(
             &decisions,
         )
         .await;
+    }
+    // Ask: held for a person, one after another (a batch waits for every answer).
+    for (i, m) in messages.iter().enumerate() {
+        let Some(d) = decisions[i].clone().filter(|d| !d.allows()) else {
+            continue;
+        };
+        match super::ask::ask(ctx, &obs, &policy, m, &d).await {
+            Ok(v) => {
+                if let Some(d) = decisions[i].as_mut() {
+                    d.reason = Some(format!("approved by uid {} ({})", v.by_uid, v.scope));
+                }
+            }
+            Err((code, why)) => {
+                return refuse_decided(
+                    &obs,
+                    &messages,
+                    StatusCode::FORBIDDEN,
+                    code,
+                    &why,
+                    &decisions,
+                )
+                .await
+            }
+        }
     }
     // Pins: a tool or prompt whose definition is not approved is not callable, even when
     // the agent never asked for the listing that would have hidden it.

@@ -3,6 +3,7 @@
 //! JSON-RPC messages across exchanges and connections, and audits every exchange. Messages
 //! pass through byte for byte; the stages that change them build on this one.
 
+pub mod ask;
 pub mod exchange;
 pub mod jsonrpc;
 pub mod observe;
@@ -39,6 +40,7 @@ pub struct ConnCtx {
     pub policy: Arc<crate::policy::PolicyHandle>,
     pub catalog: Arc<crate::policy::filter::Catalog>,
     pub pins: Arc<crate::pins::Pins>,
+    pub approvals: Arc<crate::approvals::Approvals>,
     pub limiter: Arc<crate::policy::limits::Limiter>,
     /// Where the daemon dials: the agent's original destination (v4-mapped made IPv4).
     pub upstream_addr: SocketAddr,

@@ -45,6 +45,9 @@ pub struct Policy {
     pub redactor: Arc<Redactor>,
     redact: RedactConfig,
     servers: Vec<crate::config::Server>,
+    /// Which load of the rules this is (1 at start, +1 per reload): approvals are bound to
+    /// it, so a changed policy never inherits an approval given under the old one.
+    pub generation: u64,
 }
 
 /// The outcome of asking the policy about one request.
@@ -117,6 +120,7 @@ impl Policy {
             redactor: Arc::new(redactor),
             redact: cfg.redact.clone(),
             servers: cfg.servers.clone(),
+            generation: 0,
         })
     }
 
@@ -259,7 +263,8 @@ impl Policy {
 pub struct PolicyHandle(RwLock<Arc<Policy>>);
 
 impl PolicyHandle {
-    pub fn new(p: Policy) -> Self {
+    pub fn new(mut p: Policy) -> Self {
+        p.generation = 1;
         Self(RwLock::new(Arc::new(p)))
     }
 
@@ -267,8 +272,10 @@ impl PolicyHandle {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn replace(&self, p: Policy) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(p);
+    pub fn replace(&self, mut p: Policy) {
+        let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
+        p.generation = cur.generation + 1;
+        *cur = Arc::new(p);
     }
 }
 

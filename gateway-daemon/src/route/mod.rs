@@ -73,6 +73,7 @@ pub struct Shared {
     pub limiter: Arc<Limiter>,
     pub tls: Arc<Tls>,
     pub pins: Arc<crate::pins::Pins>,
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// Serves one redirected connection to its end and audits it.
@@ -250,6 +251,7 @@ where
         policy: shared.policy.clone(),
         catalog: shared.catalog.clone(),
         pins: shared.pins.clone(),
+        approvals: shared.approvals.clone(),
         limiter: shared.limiter.clone(),
         upstream_addr: upstream,
         tls_sni,

@@ -1,0 +1,242 @@
+//! `ask` rules with a real MCP server (the official Python SDK) and an unmodified SDK
+//! agent: the call is held while the agent waits, and an administrator answers it with
+//! `mcp-gateway approvals` through the daemon's admin socket — approved, denied, or left
+//! to time out. Every step is in the audit with the uid that decided.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_tests::peers::{venv_python, Peer};
+use gateway_tests::{free_port, gateway_bin, Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+const CLIENT: &str = include_str!("../fixtures/policy_client.py");
+const BANK: &str = include_str!("../fixtures/rug_server.py");
+
+fn bank(port: u16) -> Peer {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(BANK).arg(port.to_string()).arg("v2");
+    Peer::spawn("bank", cmd, port, "/mcp")
+}
+
+fn gateway(port: u16, timeout_s: u64) -> Gateway {
+    Gateway::start(
+        "approvals",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                "[[server]]\nname = \"bank\"\naddress = \"127.0.0.1:{port}\"\n\
+                 [approvals]\ntimeout_s = {timeout_s}\n\
+                 [policy]\nmode = \"enforce\"\n\
+                 [[principal]]\nname = \"agent\"\nexe = [\"/usr/bin/python3*\"]\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"bank\"\ntools = [\"withdraw_funds\"]\naction = \"ask\"\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"bank\"\naction = \"allow\"\n"
+            ),
+            ..Default::default()
+        },
+    )
+}
+
+/// The agent lists the tools and withdraws; it runs while the test plays administrator.
+fn withdraw(gw: &Gateway, url: &str, amount: u32) -> Child {
+    let calls =
+        json!([{"name": "withdraw_funds", "arguments": {"account": "acme", "amount": amount}}]);
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(CLIENT).arg(url).arg(calls.to_string());
+    gw.wrap(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the agent")
+}
+
+fn finish(mut agent: Child) -> Value {
+    let mut out = String::new();
+    agent
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "agent failed: {out}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}"))
+}
+
+fn cli(gw: &Gateway, args: &[&str]) -> String {
+    let out = gw.cli(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "mcp-gateway {args:?}: {stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    stdout
+}
+
+/// Waits until the daemon holds a call for `amount`; returns its id.
+fn held(gw: &Gateway, amount: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list: Value = serde_json::from_str(&cli(gw, &["approvals", "list", "--json"])).unwrap();
+        if let Some(h) = list["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["call"]["arguments"]["amount"] == amount)
+        {
+            let c = &h["call"];
+            assert_eq!(c["tool"], "withdraw_funds", "{h}");
+            assert_eq!(c["server"], "bank");
+            assert_eq!(c["principal"], "agent");
+            assert!(c["arguments_sha256"].as_str().unwrap().len() == 64, "{h}");
+            return h["id"].as_u64().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no held call: {list}\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn held_calls_are_approved_denied_or_time_out() {
+    let port = free_port();
+    let server = bank(port);
+    let gw = gateway(port, 3);
+
+    // Approved from the command line: the call completes.
+    let agent = withdraw(&gw, &server.url, 5);
+    let id = held(&gw, 5);
+    let text = cli(
+        &gw,
+        &[
+            "approvals",
+            "approve",
+            &id.to_string(),
+            "--reason",
+            "payroll",
+        ],
+    );
+    assert!(text.contains(&format!("approved call {id}")), "{text}");
+    let out = finish(agent);
+    assert_eq!(out["calls"][0]["ok"], true, "{out}");
+    assert!(out["calls"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("withdrew 5"));
+
+    // Denied: a clear error naming who and why; the server never sees it.
+    let agent = withdraw(&gw, &server.url, 7);
+    let id = held(&gw, 7);
+    cli(
+        &gw,
+        &["approvals", "deny", &id.to_string(), "--reason", "too much"],
+    );
+    let out = finish(agent);
+    let c = &out["calls"][0];
+    assert_eq!(c["ok"], false, "{out}");
+    assert_eq!(c["code"], -32012, "{out}");
+    let e = c["error"].as_str().unwrap();
+    assert!(
+        e.contains("denied by an administrator (uid 0): too much"),
+        "{e}"
+    );
+
+    // Nobody answers: denied when the timeout passes.
+    let t0 = Instant::now();
+    let out = finish(withdraw(&gw, &server.url, 9));
+    assert!(t0.elapsed() >= Duration::from_secs(3));
+    let e = out["calls"][0]["error"].as_str().unwrap_or_default();
+    assert!(e.contains("none came within 3 s"), "{out}");
+
+    let records = gw.audit_records();
+    let events: Vec<(&str, Option<u64>)> = records
+        .iter()
+        .filter(|r| r["type"] == "approval")
+        .map(|r| (r["event"].as_str().unwrap(), r["by_uid"].as_u64()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("held", None),
+            ("approved", Some(0)),
+            ("held", None),
+            ("denied", Some(0)),
+            ("held", None),
+            ("timed_out", None)
+        ],
+        "{records:#?}"
+    );
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "mcp_call" && r["name"] == "withdraw_funds")
+        .collect();
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the approved call was forwarded: {calls:#?}"
+    );
+    assert_eq!(calls[0]["decision"]["reason"], "approved by uid 0 (call)");
+}
+
+#[test]
+fn approvals_widened_to_the_session_and_refused_to_non_admins() {
+    let port = free_port();
+    let server = bank(port);
+    let gw = gateway(port, 30);
+
+    // The agent withdraws twice in one session; approving the first for the session lets
+    // the second through without a second question.
+    let calls = json!([
+        {"name": "withdraw_funds", "arguments": {"account": "acme", "amount": 11}},
+        {"name": "withdraw_funds", "arguments": {"account": "acme", "amount": 12}},
+    ]);
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c")
+        .arg(CLIENT)
+        .arg(&server.url)
+        .arg(calls.to_string());
+    let agent = gw
+        .wrap(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = held(&gw, 11);
+    cli(
+        &gw,
+        &["approvals", "approve", &id.to_string(), "--for-session"],
+    );
+    let out = finish(agent);
+    assert_eq!(out["calls"][0]["ok"], true, "{out}");
+    assert_eq!(out["calls"][1]["ok"], true, "{out}");
+    assert!(gw
+        .audit_records()
+        .iter()
+        .any(|r| r["type"] == "approval" && r["event"] == "granted"));
+
+    // An ordinary user may not use the admin socket.
+    for p in [gw.dir.path(), gw.config.as_path()] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(gateway_bin())
+        .args(["approvals", "list", "--config"])
+        .arg(&gw.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied on") && err.contains("admin.sock"),
+        "the socket refuses uid 65534: {err}"
+    );
+}
