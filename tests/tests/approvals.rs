@@ -22,13 +22,17 @@ fn bank(port: u16) -> Peer {
 }
 
 fn gateway(port: u16, timeout_s: u64) -> Gateway {
+    gateway_with(port, timeout_s, "")
+}
+
+fn gateway_with(port: u16, timeout_s: u64, approvals: &str) -> Gateway {
     Gateway::start(
         "approvals",
         GatewayOptions {
             ports: vec![port],
             extra: format!(
                 "[[server]]\nname = \"bank\"\naddress = \"127.0.0.1:{port}\"\n\
-                 [approvals]\ntimeout_s = {timeout_s}\n\
+                 [approvals]\ntimeout_s = {timeout_s}\n{approvals}\
                  [policy]\nmode = \"enforce\"\n\
                  [[principal]]\nname = \"agent\"\nexe = [\"/usr/bin/python3*\"]\n\
                  [[rule]]\nprincipal = \"agent\"\nserver = \"bank\"\ntools = [\"withdraw_funds\"]\naction = \"ask\"\n\
@@ -238,5 +242,41 @@ fn approvals_widened_to_the_session_and_refused_to_non_admins() {
     assert!(
         err.contains("permission denied on") && err.contains("admin.sock"),
         "the socket refuses uid 65534: {err}"
+    );
+}
+
+#[test]
+fn an_agent_waiting_with_a_progress_token_hears_why() {
+    let port = free_port();
+    let server = bank(port);
+    let gw = gateway_with(port, 30, "progress_interval_s = 1\n");
+    let calls = json!([{"name": "withdraw_funds", "progress": true,
+                        "arguments": {"account": "acme", "amount": 21}}]);
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c")
+        .arg(CLIENT)
+        .arg(&server.url)
+        .arg(calls.to_string());
+    let agent = gw
+        .wrap(cmd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = held(&gw, 21);
+    std::thread::sleep(Duration::from_millis(2500));
+    cli(&gw, &["approvals", "approve", &id.to_string()]);
+    let out = finish(agent);
+    let c = &out["calls"][0];
+    assert_eq!(c["ok"], true, "{out}");
+    assert!(c["text"].as_str().unwrap().contains("withdrew 21"), "{out}");
+    let notes = c["progress"].as_array().unwrap();
+    assert!(notes.len() >= 2, "progress while held: {out}");
+    assert!(
+        notes[0]
+            .as_str()
+            .unwrap()
+            .contains(&format!("approvals approve {id}")),
+        "{out}"
     );
 }

@@ -318,6 +318,7 @@ pub async fn post(
     upstream: &Upstream,
     target: &Target,
     legacy: Option<Arc<Session>>,
+    early: Option<&super::ask::Early>,
 ) -> Response<GwBody> {
     let (mut parts, mut body) = req.into_parts();
     let version = header_str(&parts.headers, H_PROTOCOL_VERSION).map(str::to_string);
@@ -469,7 +470,7 @@ pub async fn post(
         let Some(d) = decisions[i].clone().filter(|d| !d.allows()) else {
             continue;
         };
-        match super::ask::ask(ctx, &obs, &policy, m, &d).await {
+        match super::ask::ask(ctx, &obs, &policy, m, &d, early).await {
             Ok(v) => {
                 if let Some(d) = decisions[i].as_mut() {
                     d.reason = Some(format!("approved by uid {} ({})", v.by_uid, v.scope));

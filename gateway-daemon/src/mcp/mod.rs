@@ -53,7 +53,11 @@ pub struct ConnCtx {
 
 /// One HTTP exchange of an agent: MCP goes through the MCP handlers, the rest is forwarded
 /// as it is (or refused when the config allows agents MCP only).
-pub async fn route(req: Request<Incoming>, ctx: &ConnCtx, upstream: &Upstream) -> Response<GwBody> {
+pub async fn route(
+    req: Request<Incoming>,
+    ctx: &Arc<ConnCtx>,
+    upstream: &Upstream,
+) -> Response<GwBody> {
     if let Some(sni) = &ctx.tls_sni {
         if let Some(host) = recognise::host_of(&req) {
             if !host.eq_ignore_ascii_case(sni) {
@@ -79,7 +83,10 @@ pub async fn route(req: Request<Incoming>, ctx: &ConnCtx, upstream: &Upstream) -
             }
             forward(req, upstream).await
         }
-        McpKind::Post { legacy } => exchange::post(req, ctx, upstream, &target, legacy).await,
+        McpKind::Post { legacy } if ctx.policy.current().has_ask() => {
+            ask::post_that_may_wait(req, ctx.clone(), upstream.clone(), target, legacy).await
+        }
+        McpKind::Post { legacy } => exchange::post(req, ctx, upstream, &target, legacy, None).await,
         McpKind::Get { confirmed } => exchange::get(req, ctx, upstream, &target, confirmed).await,
         McpKind::Delete => exchange::delete(req, ctx, upstream, &target).await,
     }

@@ -22,6 +22,7 @@ pub enum McpKind {
     NotMcp,
 }
 
+#[derive(Clone)]
 pub struct Target {
     /// The configured server's name, else host:port.
     pub label: Arc<str>,

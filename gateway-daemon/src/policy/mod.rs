@@ -249,6 +249,12 @@ impl Policy {
 
     /// Whether any rule constrains arguments: when none does, a call's arguments need not
     /// be parsed to decide it.
+    /// Whether any rule can hold a call for a person (so exchanges must be able to outlive
+    /// their HTTP request's first answer).
+    pub fn has_ask(&self) -> bool {
+        self.mode == PolicyMode::Enforce && self.rules.iter().any(|r| r.action == Action::Ask)
+    }
+
     pub fn uses_arguments(&self) -> bool {
         self.rules.iter().any(Rule::has_schema)
     }
