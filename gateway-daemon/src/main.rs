@@ -99,7 +99,10 @@ fn main() {
 fn run_cli(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { file } => {
-            config::Config::load(&file)?;
+            let resolved = config::Config::load(&file)?;
+            // The same reading of credential files as at start, so a missing one shows here.
+            mcp::inject::load(&resolved.config)
+                .with_context(|| format!("invalid config {}", file.display()))?;
             println!("{}: ok", file.display());
             Ok(())
         }
@@ -173,11 +176,15 @@ async fn reload_on_sighup(
             let result = config::Config::load(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|r| {
-                    policy::Policy::compile(&r.config).map_err(|(k, m)| format!("`{k}`: {m}"))
+                    let p = policy::Policy::compile(&r.config)
+                        .map_err(|(k, m)| format!("`{k}`: {m}"))?;
+                    let i = mcp::inject::load(&r.config).map_err(|e| e.to_string())?;
+                    Ok((p, i))
                 });
             let (outcome, detail) = match result {
-                Ok(p) => {
+                Ok((p, i)) => {
                     policy.replace(p);
+                    mcp::inject::install(i);
                     tracing::info!(config = %path.display(), "SIGHUP: policy reloaded");
                     ("ok", None)
                 }
@@ -209,6 +216,11 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         );
     }
     let cfg = resolved.config.clone();
+    // Credentials are read before anything is attached: a missing one stops the start.
+    mcp::inject::install(
+        mcp::inject::load(&cfg)
+            .with_context(|| format!("invalid config {}", config_path.display()))?,
+    );
     let (sink, writer) = audit::open(&cfg.audit).await?;
     let tls = Arc::new(tls::Tls::load(&cfg.tls)?);
     let pins = Arc::new(pins::Pins::open(&cfg)?);

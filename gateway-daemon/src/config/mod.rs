@@ -2,6 +2,7 @@
 //! errors that name the key, so `mcp-gateway check-config` and `run` agree on what is valid.
 
 mod admin;
+mod credential;
 mod policy;
 mod tls;
 mod validate;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use admin::{Admin, Approvals, Metrics, OnChange, PinMode, Pins, PoisonAction};
+pub use credential::{read_secret_file, Credential, CredentialError, Secret};
 pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig};
 pub use tls::{Passthrough, Tls};
 pub use validate::Resolved;
@@ -100,6 +102,10 @@ pub struct Server {
     /// Overrides `redact.mode_responses` for this server.
     #[serde(default)]
     pub redact_responses: Option<crate::redact::ResponseMode>,
+    /// Headers the gateway sets toward this server from secrets agents never hold, and
+    /// agent headers it removes (`[[server.credential]]`, see `mcp::inject`).
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<Credential>,
 }
 
 /// Limits and choices of the HTTP stage.

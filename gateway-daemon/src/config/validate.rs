@@ -194,6 +194,8 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
             }
         }
     }
+    // Credentials: their shape here; the secrets are read at start (mcp::inject::load).
+    super::credential::validate(&config.servers).map_err(|e| (e.key, e.message))?;
     let a = &config.audit;
     if a.path.as_os_str().is_empty() || a.path.file_name().is_none() {
         return fail("audit.path", "must name a file");

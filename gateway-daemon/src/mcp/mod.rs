@@ -5,6 +5,7 @@
 
 pub mod ask;
 pub mod exchange;
+pub mod inject;
 pub mod jsonrpc;
 pub mod observe;
 pub mod pairing;
@@ -54,7 +55,7 @@ pub struct ConnCtx {
 /// One HTTP exchange of an agent: MCP goes through the MCP handlers, the rest is forwarded
 /// as it is (or refused when the config allows agents MCP only).
 pub async fn route(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
     upstream: &Upstream,
 ) -> Response<GwBody> {
@@ -72,7 +73,13 @@ pub async fn route(
         }
     }
     let (kind, target) = recognise::classify(&req, ctx);
-    match kind {
+    // The server's credentials go on now (the agent's own come off); its response is
+    // scrubbed of them below, whichever path it takes.
+    let injected = match inject::apply(&mut req, ctx, &target, !matches!(kind, McpKind::NotMcp)) {
+        Ok(i) => i,
+        Err(refused) => return refused.response(),
+    };
+    let resp = match kind {
         McpKind::NotMcp => {
             if ctx.config.http.mcp_only {
                 tracing::info!(server = %target.label, "non-MCP request refused (http.mcp_only)");
@@ -89,5 +96,6 @@ pub async fn route(
         McpKind::Post { legacy } => exchange::post(req, ctx, upstream, &target, legacy, None).await,
         McpKind::Get { confirmed } => exchange::get(req, ctx, upstream, &target, confirmed).await,
         McpKind::Delete => exchange::delete(req, ctx, upstream, &target).await,
-    }
+    };
+    injected.scrub(resp)
 }
