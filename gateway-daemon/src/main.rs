@@ -3,9 +3,11 @@
 mod approvals_cli;
 mod audit_cli;
 mod pins_cli;
+mod status_cli;
+mod top_cli;
 
 use gateway_daemon::{
-    admin, approvals, audit, config, exec, intercept, listen, mcp, pins, policy, tls,
+    admin, approvals, audit, config, exec, intercept, listen, mcp, metrics, pins, policy, tls,
 };
 
 use std::path::PathBuf;
@@ -65,6 +67,23 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         command: approvals_cli::ApprovalsCmd,
+    },
+    /// The running daemon at a glance: listeners, sessions, what waits for review, counters.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of the running daemon (q, Esc or Ctrl-C quits); prints one snapshot
+    /// when stdout is not a terminal.
+    Top {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Refresh interval, e.g. 2s or 500ms.
+        #[arg(long, short, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: Duration,
     },
     /// Tool manifest pins on the running daemon: review, approve, reject, forget.
     Pins {
@@ -131,6 +150,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { config, command } => audit_cli::run(command, &config),
         Command::Pins { config, command } => pins_cli::run(command, &config),
+        Command::Status { config, json } => status_cli::run(&config, json),
+        Command::Top { config, interval } => top_cli::run(&config, interval),
         Command::Approvals { config, command } => approvals_cli::run(command, &config),
         Command::Ca {
             config,
@@ -226,14 +247,9 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     let pins = Arc::new(pins::Pins::open(&cfg)?);
     let approvals = Arc::new(approvals::Approvals::new(&cfg.approvals));
     let admin_listener = admin::AdminListener::bind(&cfg.admin)?;
-    tokio::spawn(admin::serve(
-        admin_listener,
-        Arc::new(admin::ops::Ops {
-            pins: pins.clone(),
-            approvals: approvals.clone(),
-            audit: sink.clone(),
-        }),
-    ));
+    if let Some(addr) = cfg.metrics.listen {
+        tokio::spawn(metrics::serve_on(metrics::bind(addr).await?));
+    }
     // Listen before attaching: the first redirected connection must find a listener.
     let listeners = vec![
         listen::bind(cfg.listener.ipv4).await?,
@@ -252,6 +268,32 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         ipv6 = %cfg.listener.ipv6,
         "ready: programs attached"
     );
+    let sessions = Arc::new(mcp::Sessions::new(
+        cfg.http.max_sessions,
+        cfg.http.max_pending,
+    ));
+    let started = admin::ops::Started {
+        at: std::time::SystemTime::now(),
+        programs: intercept::PROGRAMS.iter().map(|p| p.to_string()).collect(),
+        attach_cgroup: a.attach_cgroup.display().to_string(),
+        cgroups: a
+            .agent_cgroups
+            .iter()
+            .map(|(c, id)| format!("{c} (id {id})"))
+            .collect(),
+        listeners: vec![cfg.listener.ipv4, cfg.listener.ipv6],
+        metrics_listen: cfg.metrics.listen,
+    };
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(admin::ops::Ops {
+            started,
+            sessions: sessions.clone(),
+            pins: pins.clone(),
+            approvals: approvals.clone(),
+            audit: sink.clone(),
+        }),
+    ));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     // Agent cgroups can be removed and created again under the daemon (a slice stopped
@@ -297,10 +339,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         pins: pins.clone(),
         approvals,
         audit: sink,
-        sessions: Arc::new(mcp::Sessions::new(
-            cfg.http.max_sessions,
-            cfg.http.max_pending,
-        )),
+        sessions: sessions.clone(),
         config: Arc::new(cfg.clone()),
     };
     server.serve(listeners, stop, Duration::from_secs(5)).await;

@@ -11,7 +11,19 @@ use crate::approvals::{Approvals, Widen};
 use crate::audit::{timestamp, AuditSink};
 use crate::pins::Pins;
 
+/// What `status` reports that only the daemon's start knows.
+pub struct Started {
+    pub at: SystemTime,
+    pub programs: Vec<String>,
+    pub attach_cgroup: String,
+    pub cgroups: Vec<String>,
+    pub listeners: Vec<std::net::SocketAddr>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
 pub struct Ops {
+    pub started: Started,
+    pub sessions: Arc<crate::mcp::Sessions>,
     pub pins: Arc<Pins>,
     pub approvals: Arc<Approvals>,
     pub audit: AuditSink,
@@ -45,6 +57,29 @@ impl Ops {
     async fn run(&self, caller: &Caller, op: &str, args: Value) -> Result<Value, String> {
         let by = format!("uid {}", caller.uid);
         match op {
+            "status" => {
+                let pins = self.pins.list();
+                let waiting = crate::status::pins_waiting(&pins)
+                    .iter()
+                    .map(|(_, n)| n.len())
+                    .sum();
+                let m = crate::metrics::global();
+                m.set_pins_waiting(waiting);
+                m.set_sessions(self.sessions.len());
+                m.set_pending_approvals(self.approvals.pending());
+                let s = &self.started;
+                Ok(crate::status::report(crate::status::StatusParts {
+                    started_at: s.at,
+                    programs: s.programs.clone(),
+                    attach_cgroup: s.attach_cgroup.clone(),
+                    cgroups: s.cgroups.clone(),
+                    listeners: s.listeners.clone(),
+                    metrics_listen: s.metrics_listen,
+                    sessions: self.sessions.per_owner(),
+                    pins,
+                    pending_approvals: self.approvals.pending() as u64,
+                }))
+            }
             "pins.list" => Ok(self.pins.list()),
             "pins.diff" => self
                 .pins
@@ -112,7 +147,7 @@ impl Ops {
             }
             other => Err(format!(
                 "unknown operation {other:?} (this daemon answers pins.list, pins.diff, \
-                 pins.approve, pins.reject, pins.forget, approvals.list, approvals.approve, \
+                 pins.approve, pins.reject, pins.forget, status, approvals.list, approvals.approve, \
                  approvals.deny)"
             )),
         }

@@ -66,6 +66,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// so they coexist with systemd's and other daemons' programs; `Single` means "no flags".
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
+/// Every program the daemon attaches, for `status`.
+pub const PROGRAMS: [&str; 5] = [
+    SOCK_ADDR_PROGS[0],
+    SOCK_ADDR_PROGS[1],
+    SOCK_ADDR_PROGS[2],
+    SOCK_ADDR_PROGS[3],
+    gateway_ebpf::PROG_SOCKOPS,
+];
+
 const SOCK_ADDR_PROGS: [&str; 4] = [
     gateway_ebpf::PROG_CONNECT4,
     gateway_ebpf::PROG_CONNECT6,

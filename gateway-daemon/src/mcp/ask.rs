@@ -245,7 +245,7 @@ pub async fn ask(
     m: &Message<'_>,
     d: &Decision,
     early: Option<&Early>,
-) -> Result<Verdict, (i32, String)> {
+) -> Result<Verdict, (i32, String, &'static str)> {
     let call = call_of(ctx, obs, policy, m, d);
     let (id, rx) = match ctx.approvals.hold(call.clone()) {
         Ok(held) => held,
@@ -258,6 +258,7 @@ pub async fn ask(
             return Err((
                 GATEWAY_REFUSED,
                 format!("{n} calls already wait for approval; try again later"),
+                "other",
             ));
         }
         Err(other) => unreachable!("hold returns only Granted or Full: {other:?}"),
@@ -284,6 +285,7 @@ pub async fn ask(
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default()
             ),
+            "approval_denied",
         )),
         Outcome::TimedOut(t) => {
             record(obs, "timed_out", Some(id), &call, json!({})).await;
@@ -294,6 +296,7 @@ pub async fn ask(
                     d.rule,
                     t.as_secs()
                 ),
+                "approval_timeout",
             ))
         }
         Outcome::Full(_) | Outcome::Granted(_) => unreachable!("wait returns Decided or TimedOut"),

@@ -85,7 +85,11 @@ async fn refuse(
     code: i32,
     why: &str,
 ) -> Response<GwBody> {
-    refuse_decided(obs, messages, status, code, why, &[]).await
+    let metric = match code {
+        PARSE_ERROR | INVALID_REQUEST | HEADER_MISMATCH => "malformed",
+        _ => "other",
+    };
+    refuse_decided(obs, messages, status, code, why, &[], metric).await
 }
 
 /// As `refuse`, with the policy decision (if any) about each message, in order.
@@ -96,8 +100,10 @@ async fn refuse_decided(
     code: i32,
     why: &str,
     decisions: &[Option<Decision>],
+    metric: &'static str,
 ) -> Response<GwBody> {
     tracing::info!(reason = why, "MCP request refused");
+    crate::metrics::global().denied(metric);
     let mut records: Vec<ExchangeRecord> = messages
         .iter()
         .enumerate()
@@ -462,6 +468,7 @@ pub async fn post(
             GATEWAY_DENIED,
             &why,
             &decisions,
+            "policy",
         )
         .await;
     }
@@ -476,7 +483,7 @@ pub async fn post(
                     d.reason = Some(format!("approved by uid {} ({})", v.by_uid, v.scope));
                 }
             }
-            Err((code, why)) => {
+            Err((code, why, metric)) => {
                 return refuse_decided(
                     &obs,
                     &messages,
@@ -484,6 +491,7 @@ pub async fn post(
                     code,
                     &why,
                     &decisions,
+                    metric,
                 )
                 .await
             }
@@ -507,6 +515,7 @@ pub async fn post(
                 GATEWAY_UNPINNED,
                 &why,
                 &decisions,
+                "unpinned",
             )
             .await;
         }
@@ -536,6 +545,7 @@ pub async fn post(
                         GATEWAY_LIMITED,
                         &why,
                         &decisions,
+                        "rate_limit",
                     )
                     .await
                 }
@@ -554,6 +564,7 @@ pub async fn post(
                 GATEWAY_EXFILTRATION,
                 &why,
                 &decisions,
+                "exfiltration",
             )
             .await
         }
@@ -729,6 +740,9 @@ async fn json_response(
                 .await;
             return error_response(StatusCode::BAD_GATEWAY, &ids, UPSTREAM_FAILED, &why);
         }
+        // An empty body answering only notifications or responses is an acknowledgement
+        // (some servers label their 202 as JSON); nothing to record.
+        Err(_) if local.is_empty() && bytes.iter().all(u8::is_ascii_whitespace) => Vec::new(),
         // An error page for a POST without requests: nothing waits on it; pass it on.
         Err(e) => vec![obs.malformed(&e.to_string())],
     };

@@ -325,7 +325,12 @@ impl Observer {
     }
 
     pub async fn write(&self, records: Vec<ExchangeRecord>) {
+        let metrics = crate::metrics::global();
         for r in records {
+            metrics.mcp(&r.about.server, &r.about.method, r.outcome);
+            if let Some(c) = &r.redactions {
+                metrics.redactions(c.total());
+            }
             tracing::debug!(
                 server = %r.about.server,
                 session = r.about.session.as_deref().unwrap_or("-"),

@@ -172,6 +172,17 @@ impl Sessions {
         lock(&self.streamable).len() + lock(&self.legacy).len()
     }
 
+    /// Open sessions per owner (uid:exe), for `status`.
+    pub fn per_owner(&self) -> Vec<(String, u64)> {
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for map in [&self.streamable, &self.legacy] {
+            for s in lock(map).values() {
+                *counts.entry(s.owner.clone()).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -80,6 +80,7 @@ pub struct Shared {
 pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: Shared) {
     let started = SystemTime::now();
     let t0 = std::time::Instant::now();
+    let _open = crate::metrics::global().open_connection();
     let mut identity = Identity::resolve(&r);
     // Command lines carry tokens (`--api-key=…`): they go to the audit redacted.
     let redactor = shared.policy.current().redactor.clone();
@@ -97,6 +98,7 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: S
         outcome,
         tls,
     } = carried;
+    crate::metrics::global().flow(protocol, outcome);
     tracing::debug!(
         up = transfer.to_upstream,
         down = transfer.to_agent,

@@ -1,0 +1,101 @@
+//! `mcp-gateway status` / `top` and the Prometheus endpoint of a running daemon, after a
+//! real agent's calls: the numbers an administrator reads are the ones that happened.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::{free_port, Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+const CLIENT: &str = include_str!("../fixtures/policy_client.py");
+const BANK: &str = include_str!("../fixtures/rug_server.py");
+
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn status_top_and_metrics_report_what_the_agent_did() {
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(BANK).arg(port.to_string()).arg("v1");
+    let server = Peer::spawn("bank", cmd, port, "/mcp");
+    let gw = Gateway::start(
+        "status",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                "[[server]]\nname = \"bank\"\naddress = \"127.0.0.1:{port}\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+            ),
+            pins: "mode = \"tofu\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let calls = json!([{"name": "balance", "arguments": {"account": "a"}},
+                       {"name": "withdraw_funds", "arguments": {"account": "a", "amount": 1}}]);
+    let mut agent = Command::new(venv_python());
+    agent
+        .arg("-c")
+        .arg(CLIENT)
+        .arg(&server.url)
+        .arg(calls.to_string());
+    let out = run_json(gw.wrap(agent));
+    assert_eq!(out["calls"][0]["ok"], true, "{out}");
+    assert_eq!(out["calls"][1]["code"], -32015, "never listed: {out}");
+
+    let st = gw.cli(&["status", "--json"]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let status: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let text = status.to_string();
+    assert!(
+        text.contains(&gw.listen4.to_string()),
+        "listener shown: {status:#}"
+    );
+    assert!(text.contains("connect4"), "programs shown: {status:#}");
+    assert!(text.contains(&gw.cgroup), "agent cgroup shown: {status:#}");
+    let human = gw.cli(&["status"]);
+    assert!(human.status.success());
+    let human = String::from_utf8_lossy(&human.stdout).into_owned();
+    assert!(human.contains("bank"), "{human}");
+    let top = gw.cli(&["top"]);
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+
+    let m = scrape(metrics_port);
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    let line = |prefix: &str| {
+        m.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{m}"))
+            .to_string()
+    };
+    assert!(
+        line(r#"mcp_gateway_mcp_calls_total{server="bank",method="tools/call",outcome="ok"}"#)
+            .ends_with(" 1"),
+        "{m}"
+    );
+    assert!(
+        line(r#"mcp_gateway_denied_total{reason="unpinned"}"#).ends_with(" 1"),
+        "{m}"
+    );
+    assert!(line("mcp_gateway_flows_total{").len() > 10);
+    assert!(
+        !m.contains(r#"outcome="malformed""#),
+        "the server's empty 202 acknowledgements are not malformed: {m}"
+    );
+}
