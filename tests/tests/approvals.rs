@@ -21,13 +21,10 @@ fn bank(port: u16) -> Peer {
     Peer::spawn("bank", cmd, port, "/mcp")
 }
 
-fn gateway(port: u16, timeout_s: u64) -> Gateway {
-    gateway_with(port, timeout_s, "")
-}
-
-fn gateway_with(port: u16, timeout_s: u64, approvals: &str) -> Gateway {
+/// A daemon for one test (`name` must be unique: it names the daemon's pins).
+fn gateway(name: &str, port: u16, timeout_s: u64, approvals: &str) -> Gateway {
     Gateway::start(
-        "approvals",
+        name,
         GatewayOptions {
             ports: vec![port],
             extra: format!(
@@ -112,7 +109,7 @@ fn held(gw: &Gateway, amount: u32) -> u64 {
 fn held_calls_are_approved_denied_or_time_out() {
     let port = free_port();
     let server = bank(port);
-    let gw = gateway(port, 3);
+    let gw = gateway("approvals-decide", port, 3, "");
 
     // Approved from the command line: the call completes.
     let agent = withdraw(&gw, &server.url, 5);
@@ -193,7 +190,7 @@ fn held_calls_are_approved_denied_or_time_out() {
 fn approvals_widened_to_the_session_and_refused_to_non_admins() {
     let port = free_port();
     let server = bank(port);
-    let gw = gateway(port, 30);
+    let gw = gateway("approvals-widen", port, 30, "");
 
     // The agent withdraws twice in one session; approving the first for the session lets
     // the second through without a second question.
@@ -249,7 +246,7 @@ fn approvals_widened_to_the_session_and_refused_to_non_admins() {
 fn an_agent_waiting_with_a_progress_token_hears_why() {
     let port = free_port();
     let server = bank(port);
-    let gw = gateway_with(port, 30, "progress_interval_s = 1\n");
+    let gw = gateway("approvals-progress", port, 30, "progress_interval_s = 1\n");
     let calls = json!([{"name": "withdraw_funds", "progress": true,
                         "arguments": {"account": "acme", "amount": 21}}]);
     let mut cmd = Command::new(venv_python());

@@ -27,6 +27,23 @@ fn gateway(name: &str, ports: Vec<u16>, servers: &str, tls: &str) -> Gateway {
     )
 }
 
+/// `tls_agent.py MODE 127.0.0.1 PORT --sni localhost --cafile CA`, as an agent of `gw`.
+fn to_localhost(gw: &Gateway, mode: &str, port: u16, ca: &Path) -> Value {
+    let (port, ca) = (port.to_string(), ca.display().to_string());
+    tls_agent(
+        gw,
+        &[
+            mode,
+            "127.0.0.1",
+            &port,
+            "--sni",
+            "localhost",
+            "--cafile",
+            &ca,
+        ],
+    )
+}
+
 /// `tests/fixtures/tls_agent.py` with `args`, as an agent of `gw`.
 fn tls_agent(gw: &Gateway, args: &[&str]) -> Value {
     let mut cmd = Command::new("python3");
@@ -132,20 +149,7 @@ fn tls_to_other_hosts_passes_through_with_the_real_certificate() {
     let port = free_port();
     let _server = rmcp_server_tls(port, &cert, &key);
     let gw = gateway("tls-pass", vec![port], "", "");
-    let ca = pki.ca_pem().display().to_string();
-    let port_s = port.to_string();
-    let seen = tls_agent(
-        &gw,
-        &[
-            "resume",
-            "127.0.0.1",
-            &port_s,
-            "--sni",
-            "localhost",
-            "--cafile",
-            &ca,
-        ],
-    );
+    let seen = to_localhost(&gw, "resume", port, &pki.ca_pem());
     assert_eq!(seen["first"]["ok"], true, "{seen}");
     assert_eq!(
         seen["first"]["cert_sha256"],
@@ -175,20 +179,7 @@ fn an_agent_session_resumes_and_shows_the_gateway_leaf() {
         &format!("[[server]]\nname = \"secure\"\nhost = \"localhost\"\nport = {port}\n"),
         &extra_roots(&pki.ca_pem()),
     );
-    let ca = gw.ca_pem().display().to_string();
-    let port_s = port.to_string();
-    let seen = tls_agent(
-        &gw,
-        &[
-            "resume",
-            "127.0.0.1",
-            &port_s,
-            "--sni",
-            "localhost",
-            "--cafile",
-            &ca,
-        ],
-    );
+    let seen = to_localhost(&gw, "resume", port, &gw.ca_pem());
     assert_eq!(seen["first"]["ok"], true, "{seen}");
     let issuer = seen["first"]["issuer_cn"].as_str().unwrap_or_default();
     assert!(issuer.starts_with("mcp-gateway local CA"), "{seen}");
@@ -218,21 +209,8 @@ fn upstreams_with_bad_certificates_are_refused_with_a_clear_error() {
         ),
         &extra_roots(&pki.ca_pem()),
     );
-    let ca = gw.ca_pem().display().to_string();
     for (port, what) in [(p1, "self-signed"), (p2, "wrong name")] {
-        let port_s = port.to_string();
-        let seen = tls_agent(
-            &gw,
-            &[
-                "get",
-                "127.0.0.1",
-                &port_s,
-                "--sni",
-                "localhost",
-                "--cafile",
-                &ca,
-            ],
-        );
+        let seen = to_localhost(&gw, "get", port, &gw.ca_pem());
         assert_eq!(
             seen["ok"], true,
             "{what}: the agent's own handshake completes: {seen}"
@@ -285,7 +263,7 @@ fn bad_handshakes_are_refused_cleanly_and_the_daemon_carries_on() {
         &extra_roots(&pki.ca_pem()),
     );
     let ca = gw.ca_pem().display().to_string();
-    let (tls_s, plain_s) = (tls_port.to_string(), plain_port.to_string());
+    let tls_s = tls_port.to_string();
 
     // A handshake record whose body is garbage: the agent gets an alert, then EOF.
     let seen = tls_agent(
@@ -305,18 +283,7 @@ fn bad_handshakes_are_refused_cleanly_and_the_daemon_carries_on() {
     flow_with(&gw, "no SNI", |r| r["outcome"] == "refused_tls_no_sni");
 
     // TLS to a server that speaks plain HTTP: the agent hears why, in HTTP.
-    let seen = tls_agent(
-        &gw,
-        &[
-            "get",
-            "127.0.0.1",
-            &plain_s,
-            "--sni",
-            "localhost",
-            "--cafile",
-            &ca,
-        ],
-    );
+    let seen = to_localhost(&gw, "get", plain_port, &gw.ca_pem());
     assert_eq!(seen["status"], 502, "{seen}");
     assert!(
         seen["body"].as_str().unwrap().contains("does it speak TLS"),
@@ -329,18 +296,7 @@ fn bad_handshakes_are_refused_cleanly_and_the_daemon_carries_on() {
     );
 
     // After all that, a good agent is served.
-    let seen = tls_agent(
-        &gw,
-        &[
-            "get",
-            "127.0.0.1",
-            &tls_s,
-            "--sni",
-            "localhost",
-            "--cafile",
-            &ca,
-        ],
-    );
+    let seen = to_localhost(&gw, "get", tls_port, &gw.ca_pem());
     assert_eq!(seen["ok"], true, "{seen}");
     assert_ne!(seen["status"], 502, "{seen}");
 }
