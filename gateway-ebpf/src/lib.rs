@@ -15,6 +15,8 @@ pub const PROG_CONNECT6: &str = "gw_connect6";
 pub const PROG_SOCKOPS: &str = "gw_sockops";
 pub const PROG_GETPEERNAME4: &str = "gw_getpeername4";
 pub const PROG_GETPEERNAME6: &str = "gw_getpeername6";
+pub const PROG_SENDMSG4: &str = "gw_sendmsg4";
+pub const PROG_SENDMSG6: &str = "gw_sendmsg6";
 
 /// Map names, as pinned under the instance's bpffs directory.
 pub const MAP_CONFIG: &str = "gw_config";

@@ -103,6 +103,17 @@ fn v4_mapped_address_on_ipv6_socket_is_mediated() {
 }
 
 #[test]
+fn another_address_of_the_same_server_is_mediated_too() {
+    // The server listens on every address; the agent picks one nobody configured.
+    let echo = EchoServer::start("0.0.0.0:0");
+    let port = echo.addr.port();
+    let gw = Gateway::start("otheraddr", opts(&[port]));
+    let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.2", port, "plain", 10_000)));
+    assert_eq!(out["peer"], serde_json::json!(["127.0.0.2", port]));
+    assert_mediated(&gw, &echo, &out, &format!("127.0.0.2:{port}"), 10_000);
+}
+
+#[test]
 fn forked_child_and_thread_are_mediated() {
     let echo = EchoServer::start("127.0.0.1:0");
     let port = echo.addr.port();
@@ -211,7 +222,7 @@ fn daemon_killed_means_refused_and_restart_restores() {
     );
 
     gw.launch();
-    assert!(gw.log().contains("replaced_links=5"), "{}", gw.log());
+    assert!(gw.log().contains("replaced_links=7"), "{}", gw.log());
     let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 10)));
     assert_eq!(out["echo_ok"], true, "{out}");
     gw.flow_from(&out["local"]);

@@ -67,19 +67,23 @@ fn chain(e: &dyn std::error::Error) -> String {
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// Every program the daemon attaches, for `status`.
-pub const PROGRAMS: [&str; 5] = [
+pub const PROGRAMS: [&str; 7] = [
     SOCK_ADDR_PROGS[0],
     SOCK_ADDR_PROGS[1],
     SOCK_ADDR_PROGS[2],
     SOCK_ADDR_PROGS[3],
+    SOCK_ADDR_PROGS[4],
+    SOCK_ADDR_PROGS[5],
     gateway_ebpf::PROG_SOCKOPS,
 ];
 
-const SOCK_ADDR_PROGS: [&str; 4] = [
+const SOCK_ADDR_PROGS: [&str; 6] = [
     gateway_ebpf::PROG_CONNECT4,
     gateway_ebpf::PROG_CONNECT6,
     gateway_ebpf::PROG_GETPEERNAME4,
     gateway_ebpf::PROG_GETPEERNAME6,
+    gateway_ebpf::PROG_SENDMSG4,
+    gateway_ebpf::PROG_SENDMSG6,
 ];
 
 /// Facts about the attached programs, for logs and status.

@@ -2,7 +2,9 @@
  *
  * connect4/6 (process context) decide and record; sock_ops (softirq, never reads "current")
  * re-keys the record by the established tuple for the daemon's accept(); getpeername4/6
- * keep the redirection invisible to the agent. */
+ * keep the redirection invisible to the agent. UDP from agents to a port in scope (and
+ * always to 443) is refused in connect4/6 and sendmsg4/6, so QUIC and HTTP/3 clients fall
+ * back to TCP, which is mediated. */
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
@@ -12,8 +14,13 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
 #define ALLOW 1
+#define REFUSE 0
+/* QUIC's port: refused even when only other ports are in scope for TCP. */
+#define QUIC_PORT 443
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -156,9 +163,45 @@ static __always_inline int is_v4_mapped(const __u32 a[4])
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
 }
 
+/* UDP of an agent toward a mediated port: refused (EPERM), never redirected. The daemon's
+ * own sockets (marked, or its tgid) and non-agents pass. `all_tcp` does not widen this: it
+ * would refuse DNS. */
+static __always_inline int udp_verdict(struct bpf_sock_addr *ctx)
+{
+	struct gw_config *cfg = config_get();
+	if (!cfg)
+		return ALLOW;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	if (port != QUIC_PORT && !bpf_map_lookup_elem(&gw_scope_ports, &port))
+		return ALLOW;
+	struct bpf_sock *sk = ctx->sk;
+	if (sk && cfg->mark && sk->mark == cfg->mark)
+		return ALLOW;
+	return caller_is_agent(cfg) ? REFUSE : ALLOW;
+}
+
+static __always_inline int is_udp(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
+}
+
+SEC("cgroup/sendmsg4")
+int gw_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return is_udp(ctx) ? udp_verdict(ctx) : ALLOW;
+}
+
+SEC("cgroup/sendmsg6")
+int gw_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return is_udp(ctx) ? udp_verdict(ctx) : ALLOW;
+}
+
 SEC("cgroup/connect4")
 int gw_connect4(struct bpf_sock_addr *ctx)
 {
+	if (is_udp(ctx))
+		return udp_verdict(ctx);
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return ALLOW;
 	struct gw_config *cfg = config_get();
@@ -181,6 +224,8 @@ int gw_connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int gw_connect6(struct bpf_sock_addr *ctx)
 {
+	if (is_udp(ctx))
+		return udp_verdict(ctx);
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return ALLOW;
 	struct gw_config *cfg = config_get();
