@@ -228,6 +228,22 @@ async fn reload_on_sighup(
     Ok(())
 }
 
+/// Every mediated connection holds two descriptors (agent and upstream): the default soft
+/// limit of 1024 would turn away agents past ~500 connections while the hard limit allows
+/// far more, so the soft limit is raised to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the open files limit failed"),
+    }
+}
+
 async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result<()> {
     let euid = nix::unistd::geteuid();
     if !euid.is_root() {
@@ -237,6 +253,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         );
     }
     let cfg = resolved.config.clone();
+    raise_open_files_limit();
     // Credentials are read before anything is attached: a missing one stops the start.
     mcp::inject::install(
         mcp::inject::load(&cfg)

@@ -62,8 +62,12 @@ import json, http.server
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        body = json.dumps({"jsonrpc": "2.0", "id": req.get("id"),
-                           "result": {"content": [{"type": "text", "text": "pong"}]}}).encode()
+        if req.get("method") == "tools/list":
+            result = {"tools": [{"name": "ping", "description": "Answers pong.",
+                                 "inputSchema": {"type": "object"}}]}
+        else:
+            result = {"content": [{"type": "text", "text": "pong"}]}
+        body = json.dumps({"jsonrpc": "2.0", "id": req.get("id"), "result": result}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -74,19 +78,22 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
 '''
 
+# Lists the tools, as an agent does (the gateway pins what it lists and refuses calls to
+# tools it never saw listed), then calls one.
 AGENT = r'''
 import json, sys, urllib.request
-body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-                   "params": {"name": "ping", "arguments": {}}}).encode()
-req = urllib.request.Request("http://127.0.0.1:8080/mcp", data=body, method="POST", headers={
-    "Content-Type": "application/json",
-    "Accept": "application/json, text/event-stream",
-    "MCP-Protocol-Version": "2025-11-25"})
-try:
-    with urllib.request.urlopen(req, timeout=10) as r:
-        print(r.status, r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code, e.read().decode())
+def post(msg):
+    req = urllib.request.Request("http://127.0.0.1:8080/mcp", data=json.dumps(msg).encode(),
+        method="POST", headers={"Content-Type": "application/json",
+                                "Accept": "application/json, text/event-stream",
+                                "MCP-Protocol-Version": "2025-11-25"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            print(r.status, r.read().decode())
+    except urllib.error.HTTPError as e:
+        print(e.code, e.read().decode())
+post({"jsonrpc": "2.0", "id": 6, "method": "tools/list"})
+post({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "ping", "arguments": {}}})
 '''
 
 # The README's example of an agent service: any unit with Slice=mcp-agents.slice.
@@ -178,6 +185,13 @@ def main():
     ok = [r for r in recs if r.get("outcome") == "ok"]
     check(len(ok) >= 1, "an mcp record with outcome ok for the agent's tools/call")
     log("record: " + json.dumps(ok[-1]))
+
+    # The admin socket under the service's sandbox: root:mcp-gateway 0660, answering.
+    sock = sh("stat -c '%U:%G %a' /run/mcp-gateway/admin.sock", check=False).strip()
+    check(sock == "root:mcp-gateway 660", f"the admin socket is root:mcp-gateway 660 ({sock})")
+    check("127.0.0.1:8080" in sh("mcp-gateway pins list", check=False),
+          "pins list (through the admin socket) shows the server the agent listed")
+    check("listeners:" in sh("mcp-gateway status", check=False), "mcp-gateway status answers")
 
     # The agent's flow, with the identity the kernel gave. The procfs half (exe, cmdline,
     # cgroup, unit) cannot be checked here: the kernel reports pids of the initial pid
