@@ -97,3 +97,88 @@ fn agents_cannot_use_udp_to_mediated_ports_and_others_can() {
         .expect("a non-agent's QUIC datagram arrived");
     assert_eq!(&buf[..n], b"host");
 }
+
+/// Connects again and again for `seconds`, reporting each attempt's local port and result.
+const CONNECTING_AGENT: &str = r#"
+import json, socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+attempts, end = [], time.monotonic() + seconds
+while time.monotonic() < end:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"x")
+        ok = s.recv(1) == b"x"
+        attempts.append({"local": s.getsockname()[1], "result": "echoed" if ok else "closed"})
+    except OSError as e:
+        attempts.append({"result": type(e).__name__})
+    finally:
+        s.close()
+    time.sleep(0.005)
+print(json.dumps(attempts))
+"#;
+
+#[test]
+fn a_daemon_killed_and_restarted_under_load_never_lets_an_agent_around_it() {
+    let echo = gateway_tests::EchoServer::start("127.0.0.1:0");
+    let port = echo.addr.port();
+    let mut gw = Gateway::start(
+        "restart-load",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg("-c")
+        .arg(CONNECTING_AGENT)
+        .arg(port.to_string())
+        .arg("4");
+    let agent = gw
+        .wrap(cmd)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    gw.kill9();
+    std::thread::sleep(Duration::from_millis(1000));
+    gw.launch();
+    let out = agent.wait_with_output().unwrap();
+    let attempts: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let count = |r: &str| attempts.iter().filter(|a| a["result"] == r).count();
+    assert!(
+        count("echoed") > 20,
+        "mediated before and after: {attempts:?}"
+    );
+    assert!(
+        count("ConnectionRefusedError") > 5,
+        "refused while the daemon was down: {attempts:?}"
+    );
+    // A bypass would show as the server meeting the agent's own socket.
+    let agent_ports: std::collections::HashSet<u64> = attempts
+        .iter()
+        .filter_map(|a| a["local"].as_u64())
+        .collect();
+    let around: Vec<_> = echo
+        .peers()
+        .into_iter()
+        .filter(|p| agent_ports.contains(&(p.port() as u64)))
+        .collect();
+    assert!(
+        around.is_empty(),
+        "agent connections reached the server directly: {around:?}"
+    );
+    let unknown: Vec<&Value> = attempts
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a["result"].as_str(),
+                Some("echoed" | "ConnectionRefusedError")
+            )
+        })
+        .collect();
+    assert!(
+        unknown.len() <= 2,
+        "only connections cut by the kill itself may end otherwise: {unknown:?}"
+    );
+}
