@@ -40,10 +40,9 @@ fn gateway(name: &str, port: u16, timeout_s: u64, approvals: &str) -> Gateway {
     )
 }
 
-/// The agent lists the tools and withdraws; it runs while the test plays administrator.
-fn withdraw(gw: &Gateway, url: &str, amount: u32) -> Child {
-    let calls =
-        json!([{"name": "withdraw_funds", "arguments": {"account": "acme", "amount": amount}}]);
+/// The SDK agent: lists the tools, then makes `calls`; it runs while the test plays
+/// administrator.
+fn agent(gw: &Gateway, url: &str, calls: Value) -> Child {
     let mut cmd = Command::new(venv_python());
     cmd.arg("-c").arg(CLIENT).arg(url).arg(calls.to_string());
     gw.wrap(cmd)
@@ -51,6 +50,12 @@ fn withdraw(gw: &Gateway, url: &str, amount: u32) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the agent")
+}
+
+fn withdraw(gw: &Gateway, url: &str, amount: u32) -> Child {
+    let calls =
+        json!([{"name": "withdraw_funds", "arguments": {"account": "acme", "amount": amount}}]);
+    agent(gw, url, calls)
 }
 
 fn finish(mut agent: Child) -> Value {
@@ -198,23 +203,13 @@ fn approvals_widened_to_the_session_and_refused_to_non_admins() {
         {"name": "withdraw_funds", "arguments": {"account": "acme", "amount": 11}},
         {"name": "withdraw_funds", "arguments": {"account": "acme", "amount": 12}},
     ]);
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c")
-        .arg(CLIENT)
-        .arg(&server.url)
-        .arg(calls.to_string());
-    let agent = gw
-        .wrap(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let running = agent(&gw, &server.url, calls);
     let id = held(&gw, 11);
     cli(
         &gw,
         &["approvals", "approve", &id.to_string(), "--for-session"],
     );
-    let out = finish(agent);
+    let out = finish(running);
     assert_eq!(out["calls"][0]["ok"], true, "{out}");
     assert_eq!(out["calls"][1]["ok"], true, "{out}");
     assert!(gw
@@ -249,21 +244,11 @@ fn an_agent_waiting_with_a_progress_token_hears_why() {
     let gw = gateway("approvals-progress", port, 30, "progress_interval_s = 1\n");
     let calls = json!([{"name": "withdraw_funds", "progress": true,
                         "arguments": {"account": "acme", "amount": 21}}]);
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c")
-        .arg(CLIENT)
-        .arg(&server.url)
-        .arg(calls.to_string());
-    let agent = gw
-        .wrap(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let running = agent(&gw, &server.url, calls);
     let id = held(&gw, 21);
     std::thread::sleep(Duration::from_millis(2500));
     cli(&gw, &["approvals", "approve", &id.to_string()]);
-    let out = finish(agent);
+    let out = finish(running);
     let c = &out["calls"][0];
     assert_eq!(c["ok"], true, "{out}");
     assert!(c["text"].as_str().unwrap().contains("withdrew 21"), "{out}");
