@@ -108,6 +108,9 @@ impl Server {
     }
 
     async fn accepted(&self, stream: TcpStream, peer: SocketAddr, flows: &mut JoinSet<()>) {
+        // Responses leave in several small writes (headers, SSE events); with Nagle the
+        // last one waits for the agent's delayed ACK, ~40 ms a call.
+        let _ = stream.set_nodelay(true);
         let local = match stream.local_addr() {
             Ok(l) => l,
             Err(e) => {

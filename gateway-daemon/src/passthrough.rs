@@ -35,7 +35,10 @@ pub async fn connect(addr: SocketAddr, mark: u32) -> Result<TcpStream, Passthrou
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &mark)
         .map_err(|source| PassthroughError::Mark { mark, source })?;
     match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr)).await {
-        Ok(r) => r.map_err(err),
+        // As toward the agent: small writes must not wait on delayed ACKs.
+        Ok(r) => r.map_err(err).inspect(|s| {
+            let _ = s.set_nodelay(true);
+        }),
         Err(_) => Err(PassthroughError::ConnectTimeout {
             addr,
             secs: CONNECT_TIMEOUT.as_secs(),

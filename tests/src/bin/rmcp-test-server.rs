@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
+
 use anyhow::Context;
 use clap::Parser;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -249,6 +251,8 @@ async fn serve_tls(
             },
             _ = &mut shutdown => return Ok(()),
         };
+        // Small writes (SSE events) must not wait on the client's delayed ACKs.
+        let _ = tcp.set_nodelay(true);
         let (acceptor, service) = (acceptor.clone(), service.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
@@ -293,10 +297,15 @@ async fn main() -> anyhow::Result<()> {
         return serve_tls(listener, acceptor, router).await;
     }
     eprintln!("rmcp-test-server: listening on {addr}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        router,
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
