@@ -1,7 +1,9 @@
 //! `cargo xtask run|test`: the two commands of the README, with the build's system
 //! packages installed where missing.
 
+mod bench;
 mod deb;
+mod fuzz;
 mod peers;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +49,12 @@ enum Cmd {
     Deps,
     /// Install the MCP test peers (server-everything, the Python SDK) into target/peers.
     Peers,
+    /// Measure the gateway against direct connections (release build; root; ~5 min, --quick
+    /// ~1 min); writes target/bench/bench-<sha>-<date>.json. --compare OLD NEW diffs two runs.
+    Bench(bench::BenchArgs),
+    /// Run the cargo-fuzz targets in fuzz/ (all by default) for --seconds each; fails on a
+    /// crash, naming the input libFuzzer wrote.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// A system package the build or the tests need, and how to tell it is present.
@@ -113,6 +121,8 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.command {
         Cmd::Deps => ensure_deps(),
+        Cmd::Bench(args) => bench::run(&root, args),
+        Cmd::Fuzz(args) => fuzz::run(&root, &args),
         Cmd::Peers => {
             ensure_deps()?;
             peers::install(&root)

@@ -1,0 +1,631 @@
+//! `cargo xtask bench`: the gateway measured against direct connections to the same upstream,
+//! side by side in one run (DESIGN.md, "Performance"), printed as a table and written as JSON
+//! for comparison between commits (`cargo xtask bench --compare OLD.json NEW.json`).
+//!
+//! Per scenario: an upstream MCP server (`mcp-bench-client serve`, rmcp, TCP_NODELAY), for
+//! the mediated ones a daemon with a generated config, and the load client
+//! (`mcp-bench-client`), run directly or through `mcp-gateway exec` as an agent. The client
+//! reads the CPU time of the daemon and the upstream over its timed windows; xtask reads the
+//! daemon's RSS.
+
+mod json;
+mod procs;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use json::{obj, Json};
+use procs::{Client, Daemon, Env, GatewayConfig};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// About a minute instead of about five: shorter timed windows, fewer new connections
+    /// (the numbers are noisier).
+    #[arg(long)]
+    quick: bool,
+    /// Compare two result files instead of measuring: every metric, old → new, with
+    /// regressions flagged.
+    #[arg(long, num_args = 2, value_names = ["OLD", "NEW"])]
+    compare: Option<Vec<PathBuf>>,
+    /// With --compare: changes smaller than this many percent are not flagged.
+    #[arg(long, default_value_t = 10.0)]
+    threshold: f64,
+    /// Only these scenarios (comma-separated: direct, gateway, full-always, full-batch,
+    /// full-none, direct-tls, gateway-tls); their direct baselines run too.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Write the JSON here instead of target/bench/bench-<git sha>-<date>.json.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Bytes of text each `echo` call carries (both ways).
+    #[arg(long, default_value_t = 128)]
+    text_bytes: usize,
+    /// Keep each scenario's files (generated configs, daemon and upstream logs, audit
+    /// ledgers) in target/bench/bench-<pid>/ instead of removing them.
+    #[arg(long)]
+    keep: bool,
+    /// The binaries are built already (set when xtask re-runs itself through sudo).
+    #[arg(long, hide = true)]
+    prebuilt: bool,
+}
+
+#[derive(Clone, Copy)]
+struct Scenario {
+    key: &'static str,
+    title: &'static str,
+    tls: bool,
+    gateway: Option<GatewayConfig>,
+    /// The direct scenario of the same transport, for ratios.
+    baseline: &'static str,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        key: "direct",
+        title: "plain HTTP, straight to the upstream (not an agent)",
+        tls: false,
+        gateway: None,
+        baseline: "direct",
+    },
+    Scenario {
+        key: "gateway",
+        title: "plain HTTP through the gateway: policy audit-only, no redaction, no pins, \
+                ledger sync=none",
+        tls: false,
+        gateway: Some(GatewayConfig::Plain),
+        baseline: "direct",
+    },
+    Scenario {
+        key: "full-always",
+        title: "plain HTTP, policy enforced + redaction both ways + pins, ledger sync=always",
+        tls: false,
+        gateway: Some(GatewayConfig::Full("always")),
+        baseline: "direct",
+    },
+    Scenario {
+        key: "full-batch",
+        title: "as full-always, ledger sync=batch (10 ms)",
+        tls: false,
+        gateway: Some(GatewayConfig::Full("batch")),
+        baseline: "direct",
+    },
+    Scenario {
+        key: "full-none",
+        title: "as full-always, ledger sync=none",
+        tls: false,
+        gateway: Some(GatewayConfig::Full("none")),
+        baseline: "direct",
+    },
+    Scenario {
+        key: "direct-tls",
+        title: "HTTPS straight to the upstream",
+        tls: true,
+        gateway: None,
+        baseline: "direct-tls",
+    },
+    Scenario {
+        key: "gateway-tls",
+        title: "HTTPS through the gateway, TLS terminated (leaf from its CA), otherwise as gateway",
+        tls: true,
+        gateway: Some(GatewayConfig::Plain),
+        baseline: "direct-tls",
+    },
+];
+
+/// How long and how much, full or --quick.
+struct Params {
+    latency_seconds: f64,
+    latency_warmup: usize,
+    load_connections: usize,
+    load_seconds: f64,
+    load_warmup: usize,
+    new_connections: usize,
+    new_connection_seconds: f64,
+    sessions: usize,
+    session_connections: usize,
+    text_bytes: usize,
+}
+
+impl Params {
+    fn new(quick: bool, text_bytes: usize) -> Params {
+        Params {
+            latency_seconds: if quick { 2.0 } else { 10.0 },
+            latency_warmup: if quick { 100 } else { 500 },
+            load_connections: 16,
+            load_seconds: if quick { 3.0 } else { 12.0 },
+            load_warmup: if quick { 10 } else { 50 },
+            new_connections: if quick { 150 } else { 500 },
+            new_connection_seconds: if quick { 2.0 } else { 6.0 },
+            sessions: 1000,
+            session_connections: 8,
+            text_bytes,
+        }
+    }
+
+    fn json(&self) -> Json {
+        obj([
+            ("latency_seconds", self.latency_seconds.into()),
+            ("latency_warmup_calls", (self.latency_warmup as f64).into()),
+            ("load_connections", (self.load_connections as f64).into()),
+            ("load_seconds", self.load_seconds.into()),
+            (
+                "load_warmup_calls_per_conn",
+                (self.load_warmup as f64).into(),
+            ),
+            ("new_connections", (self.new_connections as f64).into()),
+            ("new_connection_seconds", self.new_connection_seconds.into()),
+            ("sessions", (self.sessions as f64).into()),
+            (
+                "session_connections",
+                (self.session_connections as f64).into(),
+            ),
+            ("text_bytes", (self.text_bytes as f64).into()),
+        ])
+    }
+}
+
+pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
+    if let Some(files) = &args.compare {
+        return report::compare(&files[0], &files[1], args.threshold);
+    }
+    for key in &args.only {
+        if !SCENARIOS.iter().any(|s| s.key == key) {
+            bail!(
+                "--only: no scenario {key:?}; the scenarios are {}",
+                SCENARIOS
+                    .iter()
+                    .map(|s| s.key)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    if !args.prebuilt {
+        super::ensure_deps()?;
+        build()?;
+    }
+    if !super::is_root() {
+        // The daemon loads eBPF and the client joins an agent cgroup: both need root. The
+        // build above stayed the caller's.
+        eprintln!("xtask: running the bench through sudo (eBPF, cgroups)");
+        let exe = std::env::current_exe().context("finding the xtask binary")?;
+        let status = Command::new("sudo")
+            .arg(exe)
+            .args(std::env::args_os().skip(1))
+            .args((!args.prebuilt).then_some("--prebuilt"))
+            .status()
+            .context("running sudo")?;
+        if !status.success() {
+            bail!("the bench failed ({status})");
+        }
+        return Ok(());
+    }
+
+    let params = Params::new(args.quick, args.text_bytes);
+    let chosen: Vec<Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| {
+            args.only.is_empty()
+                || args.only.iter().any(|k| k == s.key)
+                || SCENARIOS
+                    .iter()
+                    .any(|o| o.baseline == s.key && args.only.iter().any(|k| k == o.key))
+        })
+        .copied()
+        .collect();
+    let target = root.join("target");
+    let env = Env::new(&target)?;
+    let mut machine = machine();
+    let started = Instant::now();
+    let mut scenarios = Vec::new();
+    let mut failed = 0;
+    for s in &chosen {
+        eprintln!(
+            "bench: {:<12} ({:>3.0} s) {}",
+            s.key,
+            started.elapsed().as_secs_f64(),
+            s.title
+        );
+        let (metrics, raw, error) = match run_scenario(&env, s, &params) {
+            Ok((m, raw)) => (m, raw, None),
+            Err(e) => {
+                failed += 1;
+                eprintln!("bench: {} failed: {e:#}", s.key);
+                (Vec::new(), Json::Obj(Vec::new()), Some(format!("{e:#}")))
+            }
+        };
+        scenarios.push((s, metrics, raw, error));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    env.cleanup(args.keep);
+    machine.set("loadavg_end", loadavg().into());
+
+    // What the gateway adds over the direct run of the same transport.
+    let value = |key: &str, metric: &str| -> Option<f64> {
+        scenarios
+            .iter()
+            .find(|(s, ..)| s.key == key)
+            .and_then(|(_, m, ..)| m.iter().find(|(k, _)| *k == metric).map(|(_, v)| *v))
+    };
+    let mut added = Vec::new();
+    for (s, m, ..) in &scenarios {
+        if s.baseline == s.key {
+            added.push(Vec::new());
+            continue;
+        }
+        let mut extra = Vec::new();
+        for (metric, from) in [
+            ("p50_added_us", "p50_us"),
+            ("new_conn_added_us", "new_conn_p50_us"),
+        ] {
+            let here = m.iter().find(|(k, _)| *k == from).map(|(_, v)| *v);
+            if let (Some(h), Some(b)) = (here, value(s.baseline, from)) {
+                extra.push((metric, h - b));
+            }
+        }
+        added.push(extra);
+    }
+
+    let (sha, dirty) = git_head(root);
+    let (date_iso, date_file) = now_utc();
+    let result = obj([
+        ("schema", 1.0.into()),
+        ("tool", "cargo xtask bench".into()),
+        (
+            "git",
+            obj([("sha", sha.clone().into()), ("dirty", dirty.into())]),
+        ),
+        ("date", date_iso.into()),
+        ("quick", args.quick.into()),
+        ("seconds", elapsed.into()),
+        ("machine", machine),
+        ("params", params.json()),
+        (
+            "scenarios",
+            Json::Arr(
+                scenarios
+                    .iter()
+                    .zip(&added)
+                    .map(|((s, m, raw, error), extra)| {
+                        let mut metrics: Vec<(String, Json)> = Vec::new();
+                        // In the table's order, then whatever else was measured.
+                        for def in report::METRICS {
+                            if let Some((_, v)) = m.iter().chain(extra).find(|(k, _)| *k == def.key)
+                            {
+                                metrics.push((def.key.to_string(), (*v).into()));
+                            }
+                        }
+                        for (k, v) in m {
+                            if !metrics.iter().any(|(mk, _)| mk == k) {
+                                metrics.push((k.to_string(), (*v).into()));
+                            }
+                        }
+                        obj([
+                            ("key", s.key.into()),
+                            ("title", s.title.into()),
+                            ("tls", s.tls.into()),
+                            ("mediated", s.gateway.is_some().into()),
+                            ("baseline", s.baseline.into()),
+                            ("error", error.clone().into()),
+                            ("metrics", Json::Obj(metrics)),
+                            ("raw", raw.clone()),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+    ]);
+
+    let out = args.out.clone().unwrap_or_else(|| {
+        target
+            .join("bench")
+            .join(format!("bench-{sha}-{date_file}.json"))
+    });
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, result.pretty()).with_context(|| format!("writing {}", out.display()))?;
+    give_back(&out);
+
+    println!();
+    report::print_table(&result);
+    report::print_targets(&result);
+    println!(
+        "\n{} ({:.0} s{}). Compare runs with `cargo xtask bench --compare OLD.json NEW.json`.",
+        out.display(),
+        elapsed,
+        if args.quick { ", --quick" } else { "" }
+    );
+    if failed > 0 {
+        bail!("{failed} scenario(s) failed");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    let args = [
+        "build",
+        "--release",
+        "-p",
+        "gateway-daemon",
+        "-p",
+        "gateway-tests",
+        "--bins",
+    ];
+    let status = Command::new(super::cargo_bin())
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+type Metrics = Vec<(&'static str, f64)>;
+
+fn run_scenario(env: &Env, s: &Scenario, p: &Params) -> Result<(Metrics, Json)> {
+    let dir = env.work.join(s.key);
+    std::fs::create_dir_all(&dir)?;
+    let port = procs::free_port()?;
+    let upstream = procs::upstream(env, &dir, port, s.tls)?;
+    let daemon = match s.gateway {
+        Some(config) => Some(Daemon::start(env, &dir, s.key, port, s.tls, config)?),
+        None => None,
+    };
+    let result = measure(env, s, p, port, &upstream, daemon.as_ref());
+    let result = match (result, &daemon) {
+        (Err(e), Some(d)) => Err(e.context(format!("daemon log (tail):\n{}", d.log()))),
+        (r, _) => r,
+    };
+    if let Some(d) = daemon {
+        d.stop()?;
+    }
+    drop(upstream);
+    result
+}
+
+fn measure(
+    env: &Env,
+    s: &Scenario,
+    p: &Params,
+    port: u16,
+    upstream: &procs::Proc,
+    daemon: Option<&Daemon>,
+) -> Result<(Metrics, Json)> {
+    let mut args = vec![
+        "--addr".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--text-bytes".into(),
+        p.text_bytes.to_string(),
+        "--watch".into(),
+        upstream.pid().to_string(),
+    ];
+    if s.tls {
+        // Direct, the client trusts the upstream's CA; as an agent, only the gateway's.
+        let ca = match daemon {
+            Some(d) => d.dir.join("ca.pem"),
+            None => env.ca.clone(),
+        };
+        args.extend([
+            "--tls-name".into(),
+            "localhost".into(),
+            "--ca".into(),
+            ca.display().to_string(),
+        ]);
+    }
+    if let Some(d) = daemon {
+        args.extend(["--watch".into(), d.pid().to_string()]);
+    }
+    let client = Client {
+        env,
+        mediated: daemon.is_some(),
+        args,
+    };
+    let mut m: Metrics = Vec::new();
+    let mut raw = Vec::new();
+    let rss = |field: &str| -> Result<Option<f64>> {
+        daemon
+            .map(|d| procs::status_kib(d.pid(), field))
+            .transpose()
+    };
+
+    // Memory first, on the fresh daemon: idle, then holding 1000 sessions (over a few
+    // connections), all of it counted against the sessions. They are ended (DELETE) before
+    // the timed runs.
+    if daemon.is_some() {
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = rss("VmRSS")?.unwrap_or(0.0);
+        m.push(("rss_idle_mib", idle / 1024.0));
+        let (count, conns) = (p.sessions.to_string(), p.session_connections.to_string());
+        let mut held = client.spawn(&["sessions", "--count", &count, "--connections", &conns])?;
+        let open = held.next()?;
+        let opened = open.get("sessions").num().unwrap_or(0.0);
+        if opened != p.sessions as f64 {
+            bail!(
+                "only {opened} of {} sessions opened: {}",
+                p.sessions,
+                open.get("first_error").str().unwrap_or("?")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let with = rss("VmRSS")?.unwrap_or(0.0);
+        held.finish()?;
+        m.push(("rss_sessions_mib", with / 1024.0));
+        m.push(("rss_per_session_kib", (with - idle) / p.sessions as f64));
+        raw.push(("sessions".to_string(), open));
+    }
+
+    let cpu_per_10k = |run: &Json, pid: u32| -> Option<f64> {
+        let calls = run.get("calls").num()?;
+        let cpu = run.get("cpu_s").get(&pid.to_string()).num()?;
+        (calls > 0.0).then(|| cpu / calls * 10_000.0)
+    };
+
+    let (secs, warm) = (p.latency_seconds.to_string(), p.latency_warmup.to_string());
+    let one = client.run(&[
+        "load",
+        "--connections",
+        "1",
+        "--seconds",
+        &secs,
+        "--warmup",
+        &warm,
+    ])?;
+    m.push(("p50_us", num(&one, "latency.p50_us")?));
+    m.push(("p99_us", num(&one, "latency.p99_us")?));
+    m.push(("calls_per_s_1", num(&one, "calls_per_s")?));
+    if let Some(c) = daemon.and_then(|d| cpu_per_10k(&one, d.pid())) {
+        m.push(("cpu_s_per_10k_1", c));
+    }
+    if let Some(c) = cpu_per_10k(&one, upstream.pid()) {
+        m.push(("upstream_cpu_s_per_10k_1", c));
+    }
+    raw.push(("load_1".to_string(), one));
+
+    let (conns, secs, warm) = (
+        p.load_connections.to_string(),
+        p.load_seconds.to_string(),
+        p.load_warmup.to_string(),
+    );
+    let many = client.run(&[
+        "load",
+        "--connections",
+        &conns,
+        "--seconds",
+        &secs,
+        "--warmup",
+        &warm,
+    ])?;
+    m.push(("calls_per_s_16", num(&many, "calls_per_s")?));
+    m.push(("p50_us_16", num(&many, "latency.p50_us")?));
+    m.push(("p99_us_16", num(&many, "latency.p99_us")?));
+    if let Some(c) = daemon.and_then(|d| cpu_per_10k(&many, d.pid())) {
+        m.push(("cpu_s_per_10k_16", c));
+    }
+    if let Some(c) = cpu_per_10k(&many, upstream.pid()) {
+        m.push(("upstream_cpu_s_per_10k_16", c));
+    }
+    raw.push(("load_16".to_string(), many));
+
+    let count = p.new_connections.to_string();
+    let max = p.new_connection_seconds.to_string();
+    let conn = client.run(&["connect", "--count", &count, "--max-seconds", &max])?;
+    m.push(("new_conn_p50_us", num(&conn, "connect_initialize.p50_us")?));
+    m.push(("new_conn_p99_us", num(&conn, "connect_initialize.p99_us")?));
+    m.push(("connect_p50_us", num(&conn, "connect.p50_us")?));
+    raw.push(("connect".to_string(), conn));
+    if daemon.is_some() {
+        m.push(("rss_peak_mib", rss("VmHWM")?.unwrap_or(0.0) / 1024.0));
+    }
+
+    Ok((m, Json::Obj(raw)))
+}
+
+fn num(v: &Json, path: &str) -> Result<f64> {
+    v.at(path)
+        .num()
+        .with_context(|| format!("no {path} in the client's output {}", v.pretty()))
+}
+
+/// Cores, kernel, CPU model, memory, load: what makes two runs comparable or not.
+fn machine() -> Json {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k.trim(), "model name" | "Model" | "Hardware").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+    });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(0.0);
+    let rustc = Command::new("rustc")
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    obj([
+        ("cores", cores.into()),
+        ("cpu", cpu.into()),
+        ("kernel", kernel.into()),
+        ("mem_mib", mem_kib.map(|k| (k / 1024.0).round()).into()),
+        ("rustc", rustc.into()),
+        ("loadavg_start", loadavg().into()),
+    ])
+}
+
+/// The 1, 5 and 15 minute load averages: a busy machine makes a noisy bench.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn git_head(root: &Path) -> (String, bool) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(["-c", "safe.directory=*", "-C"])
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let sha = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    (sha, dirty)
+}
+
+/// Now in UTC: ISO 8601, and `YYYYmmdd-HHMMSS` for a file name.
+fn now_utc() -> (String, String) {
+    // SAFETY: time and gmtime_r write only to the struct we pass.
+    let tm = unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::gmtime_r(&t, &mut tm);
+        tm
+    };
+    let (y, mo, d, h, mi, s) = (
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+    );
+    (
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}"),
+    )
+}
+
+/// Run through sudo, hands the result (and target/bench) back to the calling user.
+fn give_back(file: &Path) {
+    let ids = std::env::var("SUDO_UID")
+        .ok()
+        .zip(std::env::var("SUDO_GID").ok())
+        .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)));
+    let Some((uid, gid)) = ids else { return };
+    for path in [file.parent(), Some(file)].into_iter().flatten() {
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid C string; chown has no other preconditions.
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The processes of a bench run: the upstream MCP server, the daemon under test (its config
+//! generated per scenario), and the load client, run directly or as a mediated agent.
+
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::json::{self, Json};
+
+/// What a run needs from the build and the host.
+pub struct Env {
+    pub gateway: PathBuf,
+    pub client: PathBuf,
+    /// target/bench/run-PID: every scenario's files; removed at the end.
+    pub work: PathBuf,
+    /// The upstream's PKI (from `mcp-bench-client pki`).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The agent cgroup of mediated clients, relative to the cgroup2 mount.
+    pub cgroup: String,
+    pub run_id: String,
+}
+
+impl Env {
+    pub fn new(target: &Path) -> Result<Env> {
+        let release = target.join("release");
+        let (gateway, client) = (
+            release.join("mcp-gateway"),
+            release.join("mcp-bench-client"),
+        );
+        for bin in [&gateway, &client] {
+            if !bin.exists() {
+                bail!(
+                    "{} is missing: build it with `cargo build --release -p gateway-daemon -p \
+                     gateway-tests --bins`",
+                    bin.display()
+                );
+            }
+        }
+        let run_id = format!("bench-{}", std::process::id());
+        let work = target.join("bench").join(&run_id);
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let pki = work.join("pki");
+        let out = Command::new(&client)
+            .args(["pki", "--dir"])
+            .arg(&pki)
+            .output()
+            .context("running mcp-bench-client pki")?;
+        if !out.status.success() {
+            bail!(
+                "mcp-bench-client pki failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Env {
+            gateway,
+            client,
+            ca: pki.join("ca.pem"),
+            cert: pki.join("server.pem"),
+            key: pki.join("server.key"),
+            cgroup: format!("mcp-gateway-bench/{run_id}"),
+            work,
+            run_id,
+        })
+    }
+
+    /// Removes the run's agent cgroup, and its files unless `keep`.
+    pub fn cleanup(&self, keep: bool) {
+        if keep {
+            eprintln!("bench: kept {}", self.work.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.work);
+        }
+        if let Ok(mount) = cgroup2_mount() {
+            let _ = std::fs::remove_dir(mount.join(&self.cgroup));
+            let _ = std::fs::remove_dir(mount.join("mcp-gateway-bench"));
+        }
+    }
+}
+
+/// A child killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `mcp-bench-client serve` on 127.0.0.1:`port` (HTTPS with the run's certificate if `tls`).
+pub fn upstream(env: &Env, dir: &Path, port: u16, tls: bool) -> Result<Proc> {
+    let mut cmd = Command::new(&env.client);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    if tls {
+        cmd.arg("--tls-cert")
+            .arg(&env.cert)
+            .arg("--tls-key")
+            .arg(&env.key);
+    }
+    let log = dir.join("upstream.stderr");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting the upstream (mcp-bench-client serve)")?;
+    let mut p = Proc { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = p.child.try_wait()? {
+            bail!(
+                "the upstream exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the upstream did not listen on port {port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(p)
+}
+
+/// How the daemon under test is configured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GatewayConfig {
+    /// The least the gateway does for an MCP call: intercept, identity, parse, the audit
+    /// ledger without fsync; policy in audit mode, no redaction, no pins.
+    Plain,
+    /// Policy enforced (principal by cgroup and executable, a deny rule and an allow rule
+    /// with an argument schema), redaction both ways, pins (tofu), the ledger with this sync.
+    Full(&'static str),
+}
+
+pub struct Daemon {
+    pub proc: Proc,
+    pub dir: PathBuf,
+    pub instance: String,
+}
+
+impl Daemon {
+    pub fn start(
+        env: &Env,
+        dir: &Path,
+        key: &str,
+        upstream_port: u16,
+        tls: bool,
+        config: GatewayConfig,
+    ) -> Result<Daemon> {
+        let instance = format!("{}-{key}", env.run_id);
+        let (l4, l6) = (free_port()?, free_port()?);
+        let d = |name: &str| dir.join(name).display().to_string();
+        let server = if tls {
+            format!("[[server]]\nname = \"bench\"\nhost = \"localhost\"\nport = {upstream_port}\n")
+        } else {
+            format!("[[server]]\nname = \"bench\"\naddress = \"127.0.0.1:{upstream_port}\"\n")
+        };
+        let tls_extra = if tls {
+            format!("extra_roots = [{:?}]\n", env.ca.display().to_string())
+        } else {
+            String::new()
+        };
+        let (sync, redact, pins, policy) = match config {
+            GatewayConfig::Plain => ("none", "off", "off", "[policy]\nmode = \"audit\"\n".into()),
+            GatewayConfig::Full(sync) => (
+                sync,
+                "redact",
+                "tofu",
+                format!(
+                    "[policy]\nmode = \"enforce\"\n\
+                     [[principal]]\nname = \"bench\"\ncgroup = [\"/{cgroup}\"]\n\
+                     exe = [\"*/mcp-bench-client\"]\n\
+                     [[rule]]\nprincipal = \"*\"\nserver = \"*\"\ntools = [\"delete_*\", \
+                     \"drop_*\"]\naction = \"deny\"\n\
+                     [[rule]]\nprincipal = \"bench\"\nserver = \"bench\"\ntools = [\"echo\"]\n\
+                     action = \"allow\"\narguments = {{ type = \"object\", required = \
+                     [\"text\"], properties = {{ text = {{ type = \"string\", maxLength = \
+                     65536 }} }} }}\n",
+                    cgroup = env.cgroup
+                ),
+            ),
+        };
+        let text = format!(
+            "[listener]\nipv4 = \"127.0.0.1:{l4}\"\nipv6 = \"[::1]:{l6}\"\n\
+             [agents]\ncgroups = [{cgroup:?}]\n\
+             [scope]\nports = [{upstream_port}]\n\
+             [intercept]\ninstance = {instance:?}\n\
+             [tls]\nca_cert = {ca_cert:?}\nca_key = {ca_key:?}\n{tls_extra}\
+             [admin]\nsocket = {admin:?}\n\
+             [pins]\npath = {pins_path:?}\nmode = \"{pins}\"\n\
+             [audit]\npath = {audit:?}\nkey = {audit_key:?}\nsync = \"{sync}\"\n\
+             journald = \"off\"\n\
+             [redact]\nmode_responses = \"{redact}\"\nmode_requests = \"{redact}\"\n\
+             {server}{policy}",
+            cgroup = env.cgroup,
+            ca_cert = d("ca.pem"),
+            ca_key = d("ca.key"),
+            admin = d("admin.sock"),
+            pins_path = d("pins.json"),
+            audit = d("audit.jsonl"),
+            audit_key = d("audit.key"),
+        );
+        let config_path = dir.join("gateway.toml");
+        std::fs::write(&config_path, text)?;
+
+        let notify = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&notify);
+        let sock = UnixDatagram::bind(&notify).context("binding the notify socket")?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let log = dir.join("daemon.stderr");
+        let child = Command::new(&env.gateway)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &notify)
+            // The service's default level, whatever the caller's environment says.
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting mcp-gateway run")?;
+        let mut proc = Proc { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = sock.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    break;
+                }
+            }
+            if let Some(status) = proc.child.try_wait()? {
+                bail!(
+                    "mcp-gateway exited before it was ready ({status}):\n{}",
+                    tail(&log)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("mcp-gateway not ready after 30 s:\n{}", tail(&log));
+            }
+        }
+        Ok(Daemon {
+            proc,
+            dir: dir.to_path_buf(),
+            instance,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn log(&self) -> String {
+        tail(&self.dir.join("daemon.stderr"))
+    }
+
+    /// SIGTERM and wait (it detaches its programs), then remove its pins.
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.proc.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        // SAFETY: kill with the pid of a child we have not reaped.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let result = loop {
+            if let Some(status) = self.proc.child.try_wait()? {
+                break if status.success() {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!(
+                        "mcp-gateway exited with {status}:\n{}",
+                        self.log()
+                    ))
+                };
+            }
+            if Instant::now() > deadline {
+                let _ = self.proc.child.kill();
+                let _ = self.proc.child.wait();
+                break Err(anyhow::anyhow!("mcp-gateway ignored SIGTERM for 15 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/mcp-gateway").join(&self.instance));
+        result
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// The last lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// How the load client reaches the upstream: directly, or as an agent of the daemon.
+pub struct Client<'a> {
+    pub env: &'a Env,
+    pub mediated: bool,
+    pub args: Vec<String>,
+}
+
+impl Client<'_> {
+    fn command(&self, args: &[String]) -> Command {
+        let mut cmd = if self.mediated {
+            let mut c = Command::new(&self.env.gateway);
+            c.args(["exec", "--cgroup", &self.env.cgroup, "--"])
+                .arg(&self.env.client);
+            c
+        } else {
+            Command::new(&self.env.client)
+        };
+        cmd.args(&self.args).args(args);
+        cmd
+    }
+
+    /// Runs one client command to its end; its JSON line.
+    pub fn run(&self, args: &[&str]) -> Result<Json> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let out = self
+            .command(&args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running mcp-bench-client")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "mcp-bench-client {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v = json::parse(stdout.trim())
+            .with_context(|| format!("mcp-bench-client printed {stdout:?}"))?;
+        if v.get("errors").num().unwrap_or(0.0) > 0.0 {
+            bail!(
+                "mcp-bench-client {}: {} errors, the first: {}",
+                args.join(" "),
+                v.get("errors").num().unwrap_or(0.0),
+                v.get("first_error").str().unwrap_or("?")
+            );
+        }
+        Ok(v)
+    }
+
+    /// Starts a client command that talks line by line (`sessions`).
+    pub fn spawn(&self, args: &[&str]) -> Result<Interactive> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = self
+            .command(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting mcp-bench-client")?;
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Ok(Interactive {
+            proc: Proc { child },
+            stdin,
+            lines,
+        })
+    }
+}
+
+pub struct Interactive {
+    proc: Proc,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Interactive {
+    pub fn next(&mut self) -> Result<Json> {
+        match self.lines.next() {
+            Some(line) => json::parse(line?.trim()),
+            None => {
+                let _ = self.proc.child.wait();
+                let mut err = String::new();
+                if let Some(mut e) = self.proc.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                bail!("mcp-bench-client ended early: {err}")
+            }
+        }
+    }
+
+    /// Tells it to let go, and waits for it to end.
+    pub fn finish(mut self) -> Result<()> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"\n");
+        }
+        self.next()?;
+        let status = self.proc.child.wait()?;
+        if !status.success() {
+            bail!("mcp-bench-client exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            if post.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+        })
+        .context("no cgroup2 mount in /proc/self/mountinfo")
+}

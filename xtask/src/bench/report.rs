@@ -1,0 +1,539 @@
+//! The bench's table (metrics × scenarios, with ratios to the direct baseline), the check
+//! against the design's targets, and `--compare OLD NEW`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::json::{self, Json};
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+pub struct Metric {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub better: Better,
+    /// Shown with its ratio to the scenario's direct baseline.
+    pub ratio: bool,
+    pub digits: usize,
+    /// Smaller changes are never flagged by --compare (noise floor, in the metric's unit).
+    pub min_change: f64,
+}
+
+const fn m(
+    key: &'static str,
+    label: &'static str,
+    better: Better,
+    ratio: bool,
+    digits: usize,
+    min_change: f64,
+) -> Metric {
+    Metric {
+        key,
+        label,
+        better,
+        ratio,
+        digits,
+        min_change,
+    }
+}
+
+use Better::{Higher, Lower};
+
+/// Every metric of a scenario, in the table's order. Keys are those of the JSON file.
+pub const METRICS: &[Metric] = &[
+    m(
+        "p50_us",
+        "tools/call p50, 1 conn (µs)",
+        Lower,
+        true,
+        0,
+        10.0,
+    ),
+    m(
+        "p99_us",
+        "tools/call p99, 1 conn (µs)",
+        Lower,
+        true,
+        0,
+        20.0,
+    ),
+    m("p50_added_us", "  added p50 (µs)", Lower, false, 0, 10.0),
+    m("calls_per_s_1", "calls/s, 1 conn", Higher, true, 0, 0.0),
+    m("calls_per_s_16", "calls/s, 16 conns", Higher, true, 0, 0.0),
+    m(
+        "p50_us_16",
+        "tools/call p50, 16 conns (µs)",
+        Lower,
+        true,
+        0,
+        20.0,
+    ),
+    m(
+        "p99_us_16",
+        "tools/call p99, 16 conns (µs)",
+        Lower,
+        true,
+        0,
+        50.0,
+    ),
+    m(
+        "cpu_s_per_10k_1",
+        "daemon CPU s/10k calls, 1 conn",
+        Lower,
+        false,
+        3,
+        0.01,
+    ),
+    m(
+        "cpu_s_per_10k_16",
+        "daemon CPU s/10k calls, 16 conns",
+        Lower,
+        false,
+        3,
+        0.01,
+    ),
+    m(
+        "upstream_cpu_s_per_10k_1",
+        "upstream CPU s/10k calls, 1 conn",
+        Lower,
+        true,
+        3,
+        0.01,
+    ),
+    m(
+        "upstream_cpu_s_per_10k_16",
+        "upstream CPU s/10k calls, 16 conns",
+        Lower,
+        true,
+        3,
+        0.01,
+    ),
+    m(
+        "rss_idle_mib",
+        "daemon RSS idle (MiB)",
+        Lower,
+        false,
+        1,
+        0.25,
+    ),
+    m(
+        "rss_sessions_mib",
+        "daemon RSS, 1000 sessions (MiB)",
+        Lower,
+        false,
+        1,
+        0.5,
+    ),
+    m(
+        "rss_per_session_kib",
+        "  per session (KiB)",
+        Lower,
+        false,
+        1,
+        2.0,
+    ),
+    m(
+        "rss_peak_mib",
+        "daemon peak RSS (MiB)",
+        Lower,
+        false,
+        1,
+        0.5,
+    ),
+    m(
+        "new_conn_p50_us",
+        "new conn+initialize p50 (µs)",
+        Lower,
+        true,
+        0,
+        20.0,
+    ),
+    m(
+        "new_conn_p99_us",
+        "new conn+initialize p99 (µs)",
+        Lower,
+        true,
+        0,
+        50.0,
+    ),
+    m(
+        "new_conn_added_us",
+        "  added p50 (µs)",
+        Lower,
+        false,
+        0,
+        20.0,
+    ),
+];
+
+fn fmt(v: f64, digits: usize) -> String {
+    if digits > 0 {
+        return format!("{v:.digits$}");
+    }
+    // Thousands separators for whole numbers.
+    let n = v.round() as i64;
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn scenario<'a>(result: &'a Json, key: &str) -> Option<&'a Json> {
+    result
+        .get("scenarios")
+        .arr()
+        .iter()
+        .find(|s| s.get("key").str() == Some(key))
+}
+
+fn metric(s: &Json, key: &str) -> Option<f64> {
+    s.get("metrics").get(key).num()
+}
+
+/// A mediated scenario's metric divided by its direct baseline's, in the same run.
+fn ratio_to_base(result: &Json, s: &Json, m: &Metric) -> Option<f64> {
+    if !m.ratio {
+        return None;
+    }
+    let base = scenario(result, s.get("baseline").str()?)?;
+    if base.get("key") == s.get("key") {
+        return None;
+    }
+    let b = metric(base, m.key).filter(|b| *b > 0.0)?;
+    Some(metric(s, m.key)? / b)
+}
+
+/// Prints the table: one row per metric, one column per scenario.
+pub fn print_table(result: &Json) {
+    let scenarios = result.get("scenarios").arr();
+    let mut header = vec!["".to_string()];
+    header.extend(
+        scenarios
+            .iter()
+            .map(|s| s.get("key").str().unwrap_or("?").to_string()),
+    );
+    let mut rows = vec![header];
+    for m in METRICS {
+        let mut row = vec![m.label.to_string()];
+        for s in scenarios {
+            let cell = match metric(s, m.key) {
+                None if s.get("error").str().is_some() => "failed".to_string(),
+                None => "-".to_string(),
+                Some(v) => {
+                    let mut c = fmt(v, m.digits);
+                    if m.key.ends_with("_added_us") && v >= 0.0 {
+                        c.insert(0, '+');
+                    }
+                    if let Some(r) = ratio_to_base(result, s, m) {
+                        c.push_str(&format!(" ×{r:.2}"));
+                    }
+                    c
+                }
+            };
+            row.push(cell);
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (n, row) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let pad = widths[i] - cell.chars().count();
+            if i == 0 {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            } else {
+                line.push_str("  ");
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            }
+        }
+        println!("{}", line.trim_end());
+        if n == 0 {
+            println!(
+                "{}",
+                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+            );
+        }
+    }
+    println!();
+    for s in scenarios {
+        println!(
+            "  {:<12} {}",
+            s.get("key").str().unwrap_or("?"),
+            s.get("title").str().unwrap_or("")
+        );
+        if let Some(e) = s.get("error").str() {
+            println!("  {:<12} FAILED: {}", "", e.lines().next().unwrap_or(""));
+        }
+    }
+    println!("  ×R = ratio to the direct column of the same transport (direct, direct-tls).");
+}
+
+/// One of the design's targets, checked on a run.
+struct Check {
+    what: &'static str,
+    value: Option<f64>,
+    unit: &'static str,
+    target: f64,
+    /// `value ≤ target` (else `value ≥ target`).
+    at_most: bool,
+    digits: usize,
+}
+
+/// The design's targets ("Performance" in DESIGN.md), checked on this run.
+pub fn print_targets(result: &Json) {
+    let get = |s: &str, k: &str| scenario(result, s).and_then(|s| metric(s, k));
+    let ratio = |s: &str, b: &str, k: &str| Some(get(s, k)? / get(b, k)? * 100.0);
+    let check = |what, value, unit, target, at_most, digits| Check {
+        what,
+        value,
+        unit,
+        target,
+        at_most,
+        digits,
+    };
+    let checks = [
+        check(
+            "added p50 latency, plain",
+            get("gateway", "p50_added_us"),
+            "µs",
+            50.0,
+            true,
+            0,
+        ),
+        check(
+            "added p50 latency, TLS terminated",
+            get("gateway-tls", "p50_added_us"),
+            "µs",
+            150.0,
+            true,
+            0,
+        ),
+        check(
+            "throughput vs direct, 16 conns",
+            ratio("gateway", "direct", "calls_per_s_16"),
+            "%",
+            80.0,
+            false,
+            0,
+        ),
+        check(
+            "daemon CPU per call, 1 conn",
+            get("gateway", "cpu_s_per_10k_1").map(|c| c * 100.0),
+            "µs",
+            20.0,
+            true,
+            0,
+        ),
+        check(
+            "daemon RSS idle",
+            get("gateway", "rss_idle_mib"),
+            "MiB",
+            20.0,
+            true,
+            1,
+        ),
+        check(
+            "daemon RSS per idle session",
+            get("gateway", "rss_per_session_kib"),
+            "KiB",
+            64.0,
+            true,
+            1,
+        ),
+        check(
+            "new-connection overhead p50",
+            get("gateway", "new_conn_added_us"),
+            "µs",
+            200.0,
+            true,
+            0,
+        ),
+    ];
+    println!("\nTargets (DESIGN.md, Performance; the plain `gateway` and `gateway-tls` columns):");
+    for c in checks {
+        let (shown, verdict) = match c.value {
+            None => ("n/a".to_string(), "not measured"),
+            Some(v) => {
+                let ok = if c.at_most {
+                    v <= c.target
+                } else {
+                    v >= c.target
+                };
+                (
+                    format!("{} {}", fmt(v, c.digits), c.unit),
+                    if ok { "ok" } else { "MISSED" },
+                )
+            }
+        };
+        let op = if c.at_most { "≤" } else { "≥" };
+        println!(
+            "  {:<36} {shown:>10}   {op} {:>3} {:<4} {verdict}",
+            c.what, c.target, c.unit
+        );
+    }
+    println!(
+        "  (redaction ≥ 200 MB/s per core is measured by `cargo test --release -p gateway-daemon \
+         --lib redact::bench_tests -- --ignored --nocapture`)"
+    );
+}
+
+fn load(path: &Path) -> Result<Json> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    json::parse(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn describe(r: &Json) -> String {
+    let m = r.get("machine");
+    format!(
+        "{}{} {} ({}{}; {} cores, {}, kernel {})",
+        r.at("git.sha").str().unwrap_or("?"),
+        if r.at("git.dirty") == &Json::Bool(true) {
+            "+dirty"
+        } else {
+            ""
+        },
+        r.get("date").str().unwrap_or("?"),
+        if r.get("quick") == &Json::Bool(true) {
+            "quick"
+        } else {
+            "full"
+        },
+        m.get("loadavg_start")
+            .str()
+            .map(|l| format!(", load {l}"))
+            .unwrap_or_default(),
+        m.get("cores").num().unwrap_or(0.0),
+        m.get("cpu").str().unwrap_or("?"),
+        m.get("kernel").str().unwrap_or("?"),
+    )
+}
+
+/// `--compare OLD NEW`: every metric of every scenario in both, with the change; changes
+/// for the worse beyond `threshold` percent (and the metric's noise floor) are flagged.
+pub fn compare(old_path: &Path, new_path: &Path, threshold: f64) -> Result<()> {
+    let (old, new) = (load(old_path)?, load(new_path)?);
+    println!("old: {}  {}", old_path.display(), describe(&old));
+    println!("new: {}  {}", new_path.display(), describe(&new));
+    for field in ["cpu", "cores", "kernel"] {
+        if old.get("machine").get(field) != new.get("machine").get(field) {
+            println!("warning: the machines differ ({field}); the numbers may not compare");
+        }
+    }
+    if old.get("quick") != new.get("quick") {
+        println!("warning: one run is --quick and the other is not");
+    }
+    println!();
+    let mut regressions = Vec::new();
+    let mut improvements = 0;
+    for ns in new.get("scenarios").arr() {
+        let key = ns.get("key").str().unwrap_or("?");
+        let Some(os) = scenario(&old, key) else {
+            println!("{key}: new scenario, not in the old file");
+            continue;
+        };
+        println!("{key}");
+        for m in METRICS {
+            let (Some(o), Some(n)) = (metric(os, m.key), metric(ns, m.key)) else {
+                continue;
+            };
+            let delta = n - o;
+            let pct = if o != 0.0 {
+                delta / o.abs() * 100.0
+            } else {
+                0.0
+            };
+            let worse = match m.better {
+                Better::Lower => delta,
+                Better::Higher => -delta,
+            };
+            let significant =
+                worse.abs() > m.min_change && worse.abs() > o.abs() * threshold / 100.0;
+            let flag = match (significant, worse > 0.0) {
+                (true, true) => {
+                    regressions.push(format!("{key}: {} {:+.1}%", m.label.trim(), pct));
+                    "  ▲ REGRESSION"
+                }
+                (true, false) => {
+                    improvements += 1;
+                    "  ▼ better"
+                }
+                _ => "",
+            };
+            println!(
+                "  {:<36} {:>12} → {:>12}  {:>+8.1}%{flag}",
+                m.label.trim(),
+                fmt(o, m.digits),
+                fmt(n, m.digits),
+                pct
+            );
+            // The ratio to the same run's direct baseline: steadier than the absolute number
+            // when the machine (or its load) differs between the runs.
+            let (Some(or), Some(nr)) = (ratio_to_base(&old, os, m), ratio_to_base(&new, ns, m))
+            else {
+                continue;
+            };
+            let change = (nr - or) / or * 100.0;
+            let worse = match m.better {
+                Better::Lower => change,
+                Better::Higher => -change,
+            };
+            let flag = if worse > threshold {
+                regressions.push(format!(
+                    "{key}: {} relative to direct {change:+.1}%",
+                    m.label.trim()
+                ));
+                "  ▲ REGRESSION"
+            } else if worse < -threshold {
+                improvements += 1;
+                "  ▼ better"
+            } else {
+                ""
+            };
+            println!(
+                "  {:<36} {:>12} → {:>12}  {:>+8.1}%{flag}",
+                "  ÷ direct",
+                format!("×{or:.2}"),
+                format!("×{nr:.2}"),
+                change
+            );
+        }
+    }
+    for os in old.get("scenarios").arr() {
+        let key = os.get("key").str().unwrap_or("?");
+        if scenario(&new, key).is_none() {
+            println!("{key}: only in the old file");
+        }
+    }
+    println!();
+    if regressions.is_empty() {
+        println!("no regressions beyond {threshold}% ({improvements} metrics better beyond it)");
+    } else {
+        println!(
+            "{} regressions beyond {threshold}% ({improvements} metrics better beyond it):",
+            regressions.len()
+        );
+        for r in &regressions {
+            println!("  {r}");
+        }
+    }
+    Ok(())
+}
