@@ -270,8 +270,12 @@ impl Redactor {
         self.resolve(candidates, &allowed)
     }
 
-    /// Settles overlaps: by rank (more specific first), then length, then position; a
-    /// candidate overlapping one already kept is dropped, as is one inside an allowed value.
+    /// Settles overlaps: by rank (more specific first), then length, then position. A
+    /// candidate inside one already kept is dropped, as is one inside an allowed value. One
+    /// that overlaps kept spans but reaches past them is merged with them into one span,
+    /// named for the best-ranked of them: dropping it would leave the part it alone covers
+    /// in clear (the e-mail address in `postgres://app:S3cret@db.ret@db.internal` whose
+    /// local part is the URL's password).
     fn resolve(&self, mut candidates: Vec<Found>, allowed: &[Range<usize>]) -> Vec<Found> {
         candidates.retain(|c| {
             !allowed
@@ -281,25 +285,49 @@ impl Redactor {
         if candidates.len() <= 1 {
             return candidates;
         }
-        candidates.sort_by(|a, b| {
+        let order = |a: &Found, b: &Found| {
             let (da, db) = (&self.detectors[a.det], &self.detectors[b.det]);
             da.rank
                 .cmp(&db.rank)
                 .then(b.span.len().cmp(&a.span.len()))
                 .then(a.span.start.cmp(&b.span.start))
                 .then(a.det.cmp(&b.det))
-        });
-        // Kept spans, disjoint, by start: only the last one starting before a candidate's
-        // end can overlap it.
+        };
+        candidates.sort_by(order);
+        // Kept spans, disjoint, by start: those overlapping a candidate are a run that ends
+        // with the last one starting before the candidate's end.
         let mut kept: BTreeMap<usize, Found> = BTreeMap::new();
         for c in candidates {
-            let overlaps = kept
+            let overlapping: Vec<usize> = kept
                 .range(..c.span.end)
-                .next_back()
-                .is_some_and(|(_, k)| k.span.end > c.span.start);
-            if !overlaps {
-                kept.insert(c.span.start, c);
+                .rev()
+                .take_while(|(_, k)| k.span.end > c.span.start)
+                .map(|(start, _)| *start)
+                .collect();
+            let inside_one = overlapping.len() == 1 && {
+                let k = &kept[&overlapping[0]];
+                k.span.start <= c.span.start && c.span.end <= k.span.end
+            };
+            if inside_one {
+                continue;
             }
+            let mut merged = c;
+            let mut best: Option<Found> = None;
+            for start in overlapping {
+                let k = kept.remove(&start).expect("listed above");
+                merged.span.start = merged.span.start.min(k.span.start);
+                merged.span.end = merged.span.end.max(k.span.end);
+                if best
+                    .as_ref()
+                    .is_none_or(|b| order(&k, b) == std::cmp::Ordering::Less)
+                {
+                    best = Some(k);
+                }
+            }
+            if let Some(b) = best {
+                merged.det = b.det;
+            }
+            kept.insert(merged.span.start, merged);
         }
         kept.into_values().collect()
     }

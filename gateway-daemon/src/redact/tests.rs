@@ -535,3 +535,25 @@ proptest! {
         }
     }
 }
+
+// --- findings of the redact fuzz target
+
+#[test]
+fn assignment_after_a_multibyte_character_does_not_panic() {
+    let r = default();
+    let (out, _) = r.redact_str("\u{FFFD}TOKEN=v8Kq2LxTzP9w").expect("redacted");
+    assert_eq!(out, "\u{FFFD}TOKEN=[REDACTED:secret_assignment]");
+    let (out, _) = r.redact_str("“password=hunter2xyz”").expect("redacted");
+    assert!(!out.contains("hunter2xyz"), "{out}");
+}
+
+#[test]
+fn a_match_reaching_past_a_better_one_is_merged_not_left_in_clear() {
+    let r = default();
+    let s = "DATABASE_URL=postgres://app:Sup3r-S3cret@db.ret@db.internalpp";
+    let (out, _) = r.redact_str(s).expect("redacted");
+    assert!(!out.contains("Sup3r-S3cret"), "{out}");
+    assert!(!out.contains("db.ret@db"), "{out}");
+    // What is left has nothing more to redact.
+    assert!(r.redact_str(&out).is_none(), "{out} redacted again");
+}

@@ -612,7 +612,7 @@ fn assignment_key(hay: &str, at: usize) -> bool {
     }
     let key_start = hay[..at]
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-        .map_or(0, |i| i + 1);
+        .map_or(0, |i| i + hay[i..].chars().next().map_or(1, char::len_utf8));
     let key = hay[key_start..at].to_ascii_lowercase();
     // MCP's own `progressToken` is protocol, not a credential.
     !["page", "cursor", "next", "continuation", "sync", "progress"]
