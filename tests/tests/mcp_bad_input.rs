@@ -299,3 +299,69 @@ fn a_session_id_is_not_a_credential_for_another_program() {
         "{refused}"
     );
 }
+
+/// A number beyond a double or a lone surrogate is JSON the upstream may read (Python reads
+/// `1e999` as inf) but the gateway's rule and redaction stages cannot: such a call is
+/// refused, so padding the arguments cannot slip past an argument rule or the secret guard.
+#[test]
+fn values_the_gateway_cannot_read_are_refused_not_forwarded() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "unreadable",
+        GatewayOptions {
+            ports: vec![port],
+            extra: r#"
+[redact]
+mode_requests = "refuse"
+
+[policy]
+mode = "enforce"
+
+[[principal]]
+name = "agent"
+users = [0]
+
+[[rule]]
+principal = "agent"
+tools = ["echo"]
+action = "allow"
+arguments = { type = "object", properties = { a = { type = "integer", maximum = 10 } } }
+"#
+            .into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let call = |id: u32, args: &str| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{args}}}}}"#)
+    };
+
+    // Within the rule: forwarded.
+    let ok = raw_post(&gw, port, call(1, r#"{"a":5}"#).as_bytes(), "{}");
+    assert_eq!(ok["status"], 200, "{ok}");
+    // Beyond the rule: denied.
+    let denied = raw_post(&gw, port, call(2, r#"{"a":1000}"#).as_bytes(), "{}");
+    assert_eq!(denied["status"], 403, "{denied}");
+    assert_eq!(error_code(&body(&denied)), -32012, "{denied}");
+
+    for (id, args) in [
+        (3, r#"{"a":1000,"pad":1e999}"#),
+        (4, r#"{"a":1000,"pad":"\ud800"}"#),
+        (5, r#"{"a":1,"key":"AKIAQX3TZLMB7NRWK2EH","pad":-1E400}"#),
+    ] {
+        let r = raw_post(&gw, port, call(id, args).as_bytes(), "{}");
+        assert_eq!(r["status"], 400, "{args}: {r}");
+        let reply = body(&r);
+        assert_eq!(error_code(&reply), -32700, "{args}: {reply}");
+        let msg = reply["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("cannot check"), "{args}: {msg}");
+    }
+    let ids: Vec<Value> = received(&log).iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(ids, vec![Value::from(1)], "only the call within the rule reached the server");
+}
+
+/// The JSON body of a `raw_post` answer.
+fn body(r: &Value) -> Value {
+    serde_json::from_slice(&unb64(r["body_b64"].as_str().unwrap())).unwrap()
+}

@@ -165,9 +165,10 @@ fn guard_arguments(
     if mode == RequestMode::Off || !calls {
         return Ok(none);
     }
-    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
-        return Ok(none);
-    };
+    // `jsonrpc::parse` refused what a Value cannot hold; should that ever disagree, the
+    // call is refused rather than forwarded unscanned.
+    let mut doc = serde_json::from_slice::<serde_json::Value>(bytes)
+        .map_err(|e| format!("the arguments could not be scanned for secrets: {e}"))?;
     let mut counts = Vec::new();
     {
         let items: Vec<&mut serde_json::Value> = match &mut doc {
@@ -370,9 +371,9 @@ pub async fn post(
         Ok(p) => p,
         Err(e) => {
             let code = match e {
-                jsonrpc::JsonRpcError::NotJson(_) | jsonrpc::JsonRpcError::TooDeep(_) => {
-                    PARSE_ERROR
-                }
+                jsonrpc::JsonRpcError::NotJson(_)
+                | jsonrpc::JsonRpcError::TooDeep(_)
+                | jsonrpc::JsonRpcError::Unreadable(_) => PARSE_ERROR,
                 _ => INVALID_REQUEST,
             };
             return refuse(&obs, &[], StatusCode::BAD_REQUEST, code, &e.to_string()).await;
@@ -731,7 +732,7 @@ async fn json_response(
             .iter()
             .flat_map(|m| obs.from_server(m, Some(&mut local), &mut inspect))
             .collect(),
-        Err(e) if !local.is_empty() => {
+        Err(e) if !local.is_empty() || matches!(e, jsonrpc::JsonRpcError::Unreadable(_)) => {
             let (waiting, ids, why) = fail(
                 format!("the server's response is not JSON-RPC: {e}"),
                 &mut local,

@@ -286,6 +286,11 @@ pub enum JsonRpcError {
     /// Nesting deeper than the configured limit.
     #[error("JSON nesting deeper than {0}")]
     TooDeep(usize),
+    /// JSON that other parsers read (Python's as `inf` or a lone surrogate) but whose
+    /// values the gateway cannot hold: a number beyond a double, a lone UTF-16 surrogate.
+    /// Forwarding it would let a value pass the policy and redaction stages unread.
+    #[error("body holds JSON the gateway cannot check ({0}); numbers beyond the range of a double and lone UTF-16 surrogates are refused")]
+    Unreadable(String),
 }
 
 /// Parses a JSON-RPC message or batch.
@@ -306,10 +311,22 @@ pub enum JsonRpcError {
 /// Allocation: none per member of `params`/`result` (kept as [`RawValue`]); only
 /// strings containing escapes (`Cow::Owned`), string ids and the batch vector allocate.
 pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> {
-    let first = check_depth(body, max_depth)?;
+    let scan = check_depth(body, max_depth)?;
+    let first = scan.first;
     let text = std::str::from_utf8(body).map_err(|e| {
         JsonRpcError::NotJson(format!("invalid UTF-8 at byte offset {}", e.valid_up_to()))
     })?;
+    if scan.suspect {
+        // Every later stage reads params, arguments and results as serde_json Values: what
+        // they cannot read must not pass unread.
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
+            // Well-formed to serde_json's raw reader (and so to the upstream): unreadable.
+            // Otherwise it is plain bad JSON, reported below like any other.
+            if serde_json::from_str::<&RawValue>(text).is_ok() {
+                return Err(JsonRpcError::Unreadable(e.to_string()));
+            }
+        }
+    }
     match first {
         Some(b'{') => {
             let env: Envelope<'_> = serde_json::from_str(text).map_err(serde_error)?;
@@ -354,9 +371,19 @@ fn serde_error(e: serde_json::Error) -> JsonRpcError {
     }
 }
 
-/// Scans raw bytes for bracket nesting, skipping string contents. Returns the first
-/// non-whitespace byte. Malformed input is left for serde_json to reject.
-fn check_depth(body: &[u8], max_depth: usize) -> Result<Option<u8>, JsonRpcError> {
+/// What one pass over the raw bytes found.
+struct Scan {
+    /// The first non-whitespace byte.
+    first: Option<u8>,
+    /// Something a serde_json Value may not hold: a `\uD...` escape (perhaps a lone
+    /// surrogate), a number with an exponent or of 300 digits or more (perhaps beyond a
+    /// double), nesting near serde_json's recursion limit.
+    suspect: bool,
+}
+
+/// Scans raw bytes for bracket nesting, skipping string contents, and notes what only a
+/// full parse can tell is readable. Malformed input is left for serde_json to reject.
+fn check_depth(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
     let first = body
         .iter()
         .copied()
@@ -364,10 +391,17 @@ fn check_depth(body: &[u8], max_depth: usize) -> Result<Option<u8>, JsonRpcError
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
+    let mut after_u = false;
+    let mut digits = 0usize;
+    let mut suspect = false;
     for &b in body {
         if in_string {
-            if escaped {
+            if after_u {
+                suspect |= matches!(b, b'd' | b'D');
+                after_u = false;
+            } else if escaped {
                 escaped = false;
+                after_u = b == b'u';
             } else if b == b'\\' {
                 escaped = true;
             } else if b == b'"' {
@@ -376,18 +410,26 @@ fn check_depth(body: &[u8], max_depth: usize) -> Result<Option<u8>, JsonRpcError
             continue;
         }
         match b {
+            b'0'..=b'9' => {
+                digits += 1;
+                suspect |= digits >= 300;
+                continue;
+            }
+            b'e' | b'E' if digits > 0 => suspect = true,
             b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max_depth {
                     return Err(JsonRpcError::TooDeep(max_depth));
                 }
+                suspect |= depth > 100;
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        digits = 0;
     }
-    Ok(first)
+    Ok(Scan { first, suspect })
 }
 
 /// Deserialises a present member as `Some(raw)`, even when it is JSON `null` (a plain
@@ -550,6 +592,7 @@ fn strip(e: JsonRpcError) -> String {
     match e {
         JsonRpcError::NotJsonRpc(s) | JsonRpcError::NotJson(s) => s,
         JsonRpcError::TooDeep(n) => format!("nesting deeper than {n}"),
+        JsonRpcError::Unreadable(s) => s,
     }
 }
 
@@ -1362,6 +1405,44 @@ mod tests {
     }
 
     // ---- depth, encoding, framing -------------------------------------------------
+
+    #[test]
+    fn values_a_json_value_cannot_hold_are_refused_not_passed_unread() {
+        let call = |args: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#)
+        };
+        for bad in [
+            r#"{"a":1000,"pad":1e999}"#,
+            r#"{"a":-1E+400}"#,
+            r#"{"s":"\ud800"}"#,
+            r#"{"s":"x\uDC00y"}"#,
+            &format!(r#"{{"n":{}}}"#, "9".repeat(400)),
+        ] {
+            let body = call(bad);
+            match parse(body.as_bytes(), D) {
+                Err(JsonRpcError::Unreadable(why)) => assert!(!why.is_empty(), "{bad}"),
+                other => panic!("{bad}: {:?}", other.map(|_| ())),
+            }
+        }
+        // What a Value holds still parses: exponents in range, surrogate pairs, long
+        // strings of digits.
+        for good in [
+            r#"{"a":1e300,"b":2.5E-3}"#,
+            r#"{"s":"\ud83d\ude00 \u00e9 \uD7FF"}"#,
+            &format!(r#"{{"s":"{}"}}"#, "9".repeat(400)),
+        ] {
+            let body = call(good);
+            assert!(parse(body.as_bytes(), D).is_ok(), "{good}");
+        }
+        // Malformed JSON is still "not JSON", even when it has an exponent in it.
+        assert!(matches!(
+            parse(br#"{"jsonrpc":"2.0","id":1e5,"method":}"#, D),
+            Err(JsonRpcError::NotJson(_))
+        ));
+        let e = parse(call(r#"{"a":1e999}"#).as_bytes(), D).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("beyond the range of a double"), "{e}");
+    }
+
 
     #[test]
     fn deep_nesting_rejected_without_stack_overflow() {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 
 use super::jsonrpc::Id;
-use super::jsonrpc::{self, Parsed};
+use super::jsonrpc::{self, JsonRpcError, Parsed};
 use super::observe::Observer;
 use super::pairing::Pending;
 use super::record::{Direction, ExchangeRecord, PendingRequest};
@@ -137,14 +137,24 @@ async fn deliver(
             SseItem::Event(ev) => {
                 if !*confirmed {
                     *confirmed = ev.event.as_deref() == Some("endpoint")
-                        || jsonrpc::parse(ev.data.as_bytes(), job.max_depth).is_ok();
+                        || matches!(
+                            jsonrpc::parse(ev.data.as_bytes(), job.max_depth),
+                            Ok(_) | Err(JsonRpcError::Unreadable(_))
+                        );
                     *raw = !*confirmed;
                 }
                 if *raw {
                     ev.raw
                 } else {
                     let mut inspect = Vec::new();
-                    let mut records = on_event(job, ev.event.as_deref(), &ev.data, &mut inspect);
+                    let mut records =
+                        match on_event(job, ev.event.as_deref(), &ev.data, &mut inspect) {
+                            Ok(records) => records,
+                            Err(dropped) => {
+                                job.observer.write(vec![dropped]).await;
+                                continue;
+                            }
+                        };
                     let changed = job
                         .observer
                         .rewrite(ev.data.as_bytes(), &inspect, &mut records);
@@ -175,12 +185,14 @@ enum End {
     AgentGone,
 }
 
+/// The records of one server event; Err (its record) when the event must not reach the
+/// agent.
 fn on_event(
     job: &mut StreamJob,
     event: Option<&str>,
     data: &str,
     inspect: &mut Vec<(Id, String)>,
-) -> Vec<ExchangeRecord> {
+) -> Result<Vec<ExchangeRecord>, ExchangeRecord> {
     if event == Some("endpoint") && matches!(job.kind, StreamKind::Get { .. }) {
         let endpoint = endpoint_path(data);
         let owner = job.observer.principal.session_owner();
@@ -192,21 +204,26 @@ fn on_event(
             }
             Err(e) => tracing::warn!(error = %e, "legacy endpoint not registered"),
         }
-        return vec![];
+        return Ok(vec![]);
     }
     if data.is_empty() {
-        return vec![];
+        return Ok(vec![]);
     }
-    match jsonrpc::parse(data.as_bytes(), job.max_depth) {
+    Ok(match jsonrpc::parse(data.as_bytes(), job.max_depth) {
         Ok(Parsed::Single(m)) => job.observer.from_server(&m, Some(&mut job.local), inspect),
         Ok(Parsed::Batch(ms)) => ms
             .iter()
             .flat_map(|m| job.observer.from_server(m, Some(&mut job.local), inspect))
             .collect(),
+        Err(e @ JsonRpcError::Unreadable(_)) => {
+            // Its values would reach the agent unredacted and unfiltered.
+            tracing::warn!(error = %e, "server event dropped");
+            return Err(job.observer.malformed(&format!("server event dropped: {e}")));
+        }
         Err(e) => vec![job
             .observer
             .malformed(&format!("server sent an event that is not JSON-RPC: {e}"))],
-    }
+    })
 }
 
 async fn finish(mut job: StreamJob, tx: Tx, end: End) {
