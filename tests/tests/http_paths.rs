@@ -165,3 +165,87 @@ fn mcp_only_refuses_everything_but_mcp() {
     let flow = gw.wait_record("the refused flow", |r| r["outcome"] == "refused_not_mcp");
     assert_eq!(flow["protocol"], "tcp");
 }
+
+/// An upstream that honours Content-Length on any method: it reads the body a GET announces
+/// (for 3 s at most) and says what it got.
+const STRICT_UPSTREAM: &str = r#"
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.settimeout(3)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    try:
+        while len(body) < length:
+            body += c.recv(4096)
+        answer = b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"
+    except socket.timeout:
+        answer = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+    c.sendall(answer); c.close()
+"#;
+
+#[test]
+fn a_get_with_a_body_is_forwarded_without_it_or_its_framing() {
+    use std::io::BufRead;
+    let port = free_port();
+    /// Killed however the test ends: an orphan would hold the test's output pipe open.
+    struct Upstream(std::process::Child);
+    impl Drop for Upstream {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut upstream = Upstream(
+        Command::new(PYTHON)
+            .args(["-c", STRICT_UPSTREAM, &port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    std::io::BufReader::new(upstream.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let gw = Gateway::start(
+        "getbody",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                "[[server]]\nname = \"strict\"\naddress = \"127.0.0.1:{port}\"\npath = \"/mcp\"\n"
+            ),
+            ..Default::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let (_, out) = curl(
+        &gw,
+        &[
+            "-i",
+            "-X",
+            "GET",
+            "-H",
+            "Accept: text/event-stream",
+            "--data-binary",
+            "hello",
+            &format!("http://127.0.0.1:{port}/mcp"),
+        ],
+    );
+    // The server answered the GET itself, at once: it was not left waiting for five
+    // bytes the gateway had dropped.
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

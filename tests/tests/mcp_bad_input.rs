@@ -334,7 +334,9 @@ arguments = { type = "object", properties = { a = { type = "integer", maximum = 
     let log = gw.dir.path().join("server.log");
     let _server = start_fake(port, &log);
     let call = |id: u32, args: &str| {
-        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{args}}}}}"#)
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{args}}}}}"#
+        )
     };
 
     // Within the rule: forwarded.
@@ -358,7 +360,11 @@ arguments = { type = "object", properties = { a = { type = "integer", maximum = 
         assert!(msg.contains("cannot check"), "{args}: {msg}");
     }
     let ids: Vec<Value> = received(&log).iter().map(|m| m["id"].clone()).collect();
-    assert_eq!(ids, vec![Value::from(1)], "only the call within the rule reached the server");
+    assert_eq!(
+        ids,
+        vec![Value::from(1)],
+        "only the call within the rule reached the server"
+    );
 }
 
 /// The JSON body of a `raw_post` answer.

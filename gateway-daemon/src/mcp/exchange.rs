@@ -798,8 +798,12 @@ pub async fn get(
         tracing::debug!(last_event_id = last, "stream resumption");
     }
     let obs = observer(ctx, target, session, version);
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     drop(body);
+    // A GET's body means nothing to MCP and is not forwarded: neither is the framing that
+    // announced it, or the server would wait for bytes that never come.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
     let resp = match upstream.send(Request::from_parts(parts, empty())).await {
         Ok(r) => r,
         Err(e) => {

@@ -1409,7 +1409,9 @@ mod tests {
     #[test]
     fn values_a_json_value_cannot_hold_are_refused_not_passed_unread() {
         let call = |args: &str| {
-            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#)
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#
+            )
         };
         for bad in [
             r#"{"a":1000,"pad":1e999}"#,
@@ -1439,10 +1441,14 @@ mod tests {
             parse(br#"{"jsonrpc":"2.0","id":1e5,"method":}"#, D),
             Err(JsonRpcError::NotJson(_))
         ));
-        let e = parse(call(r#"{"a":1e999}"#).as_bytes(), D).map(|_| ()).unwrap_err();
-        assert!(e.to_string().contains("beyond the range of a double"), "{e}");
+        let e = parse(call(r#"{"a":1e999}"#).as_bytes(), D)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("beyond the range of a double"),
+            "{e}"
+        );
     }
-
 
     #[test]
     fn deep_nesting_rejected_without_stack_overflow() {

@@ -218,7 +218,9 @@ fn on_event(
         Err(e @ JsonRpcError::Unreadable(_)) => {
             // Its values would reach the agent unredacted and unfiltered.
             tracing::warn!(error = %e, "server event dropped");
-            return Err(job.observer.malformed(&format!("server event dropped: {e}")));
+            return Err(job
+                .observer
+                .malformed(&format!("server event dropped: {e}")));
         }
         Err(e) => vec![job
             .observer

@@ -541,7 +541,9 @@ proptest! {
 #[test]
 fn assignment_after_a_multibyte_character_does_not_panic() {
     let r = default();
-    let (out, _) = r.redact_str("\u{FFFD}TOKEN=v8Kq2LxTzP9w").expect("redacted");
+    let (out, _) = r
+        .redact_str("\u{FFFD}TOKEN=v8Kq2LxTzP9w")
+        .expect("redacted");
     assert_eq!(out, "\u{FFFD}TOKEN=[REDACTED:secret_assignment]");
     let (out, _) = r.redact_str("“password=hunter2xyz”").expect("redacted");
     assert!(!out.contains("hunter2xyz"), "{out}");
