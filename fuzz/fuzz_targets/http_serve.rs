@@ -79,8 +79,6 @@ async fn one_connection(mode: Upstream, chunk: usize, agent: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|_| panic!("the agent's connection did not end within {DEADLINE:?}"));
     match tokio::time::timeout(DEADLINE, gateway).await {
         Ok(Ok(_)) => {}
-        // A known, reported bug (see gateway_fuzz::skip_known_bugs): that connection died.
-        Ok(Err(e)) if e.is_panic() && gateway_fuzz::take_known_panic() => {}
         Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
         Err(_) => panic!("http::serve did not return within {DEADLINE:?} of the agent closing"),
     }
@@ -130,7 +128,6 @@ fuzz_target!(|data: &[u8]| {
             )
         }
     };
-    gateway_fuzz::skip_known_bugs();
     harness();
     let rt = runtime();
     let out = rt.block_on(async {

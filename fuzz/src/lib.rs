@@ -324,16 +324,11 @@ async fn answer(
         .get_all(http::header::ACCEPT)
         .iter()
         .any(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"));
-    // Known, reported: `mcp::exchange::get` drops the agent's body but forwards its
-    // Content-Length, so a server that reads the body waits for bytes that never come (and
-    // the agent's connection never ends). Stepping over it, the server does not read a GET's.
-    let body = if method == http::Method::GET && skipping_known() {
-        Bytes::new()
-    } else {
-        match req.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => Bytes::new(),
-        }
+    // Read whatever the request carries, a GET's too: a gateway that forwarded framing
+    // without its body would leave this server waiting (and the fuzzer's deadline fires).
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
     };
     let respond = |status: StatusCode, ctype: &str, body: Vec<u8>| {
         let mut b = Response::builder()
@@ -448,60 +443,4 @@ where
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
         .await;
-}
-
-// ---------------------------------------------------------------------------------------
-// Known bugs a local run may step over
-
-/// Set when a panic of a known, reported gateway bug was let through by the filter.
-static KNOWN_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether a panic is one of the known, reported gateway bugs:
-/// `redact::validate::assignment_key` slices `hay[key_start..at]` with `key_start` one byte
-/// past a multi-byte character (`"\u{FFFD}TOKEN=v"` panics: "start byte index 1 is not a
-/// char boundary").
-fn known(info: &std::panic::PanicHookInfo<'_>) -> bool {
-    let at = info
-        .location()
-        .is_some_and(|l| l.file().ends_with("gateway-daemon/src/redact/validate.rs"));
-    let msg = info
-        .payload()
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| info.payload().downcast_ref::<&str>().copied())
-        .unwrap_or("");
-    at && msg.contains("is not a char boundary")
-}
-
-/// With `GATEWAY_FUZZ_SKIP_KNOWN=1` in the environment, the panics of known bugs (see
-/// `known`) unwind instead of aborting, so a long local run can look past them; the target
-/// then skips that input (see `take_known_panic`). Without it (the default, and CI) they
-/// crash the target like any other panic.
-pub fn skip_known_bugs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if !skipping_known() {
-            return;
-        }
-        let abort = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if known(info) {
-                KNOWN_PANIC.store(true, std::sync::atomic::Ordering::SeqCst);
-                return;
-            }
-            abort(info)
-        }));
-    });
-}
-
-/// Whether `GATEWAY_FUZZ_SKIP_KNOWN=1`: targets step over the inputs of known, reported
-/// gateway bugs instead of failing on them (for long local runs; CI runs without it).
-pub fn skipping_known() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("GATEWAY_FUZZ_SKIP_KNOWN").is_some_and(|v| v == "1"))
-}
-
-/// Whether a known bug's panic happened since the last call.
-pub fn take_known_panic() -> bool {
-    KNOWN_PANIC.swap(false, std::sync::atomic::Ordering::SeqCst)
 }
