@@ -184,6 +184,10 @@ fn main() -> Result<()> {
             cmd.args(["test", "-p", "gateway-tests"]);
             cmd.env("MCP_GATEWAY_DEB", &package);
             run_cargo(cmd, &args, &bin)?;
+            // A short run of every fuzz target, unless a filter picked some tests only.
+            if args.is_empty() {
+                fuzz::smoke(&root)?;
+            }
             if full {
                 deb::boot_test(&package)?;
             }
