@@ -316,17 +316,19 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> 
     let text = std::str::from_utf8(body).map_err(|e| {
         JsonRpcError::NotJson(format!("invalid UTF-8 at byte offset {}", e.valid_up_to()))
     })?;
+    let parsed = parse_envelopes(text, first)?;
+    // Every later stage reads params, arguments and results as serde_json Values: a message
+    // they cannot read must not pass unread. Checked after the envelopes, so a message that
+    // is wrong anyway keeps its more precise error.
     if scan.suspect {
-        // Every later stage reads params, arguments and results as serde_json Values: what
-        // they cannot read must not pass unread.
         if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
-            // Well-formed to serde_json's raw reader (and so to the upstream): unreadable.
-            // Otherwise it is plain bad JSON, reported below like any other.
-            if serde_json::from_str::<&RawValue>(text).is_ok() {
-                return Err(JsonRpcError::Unreadable(e.to_string()));
-            }
+            return Err(JsonRpcError::Unreadable(e.to_string()));
         }
     }
+    Ok(parsed)
+}
+
+fn parse_envelopes(text: &str, first: Option<u8>) -> Result<Parsed<'_>, JsonRpcError> {
     match first {
         Some(b'{') => {
             let env: Envelope<'_> = serde_json::from_str(text).map_err(serde_error)?;
@@ -377,7 +379,7 @@ struct Scan {
     first: Option<u8>,
     /// Something a serde_json Value may not hold: a `\uD...` escape (perhaps a lone
     /// surrogate), a number with an exponent or of 300 digits or more (perhaps beyond a
-    /// double), nesting near serde_json's recursion limit.
+    /// double). (Nesting is not: the gateway's limit, 64, is below serde_json's 128.)
     suspect: bool,
 }
 
@@ -422,7 +424,6 @@ fn check_depth(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
                 if depth > max_depth {
                     return Err(JsonRpcError::TooDeep(max_depth));
                 }
-                suspect |= depth > 100;
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
