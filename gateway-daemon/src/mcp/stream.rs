@@ -151,7 +151,7 @@ async fn deliver(
                         match on_event(job, ev.event.as_deref(), &ev.data, &mut inspect) {
                             Ok(records) => records,
                             Err(dropped) => {
-                                job.observer.write(vec![dropped]).await;
+                                job.observer.write(vec![*dropped]).await;
                                 continue;
                             }
                         };
@@ -192,7 +192,7 @@ fn on_event(
     event: Option<&str>,
     data: &str,
     inspect: &mut Vec<(Id, String)>,
-) -> Result<Vec<ExchangeRecord>, ExchangeRecord> {
+) -> Result<Vec<ExchangeRecord>, Box<ExchangeRecord>> {
     if event == Some("endpoint") && matches!(job.kind, StreamKind::Get { .. }) {
         let endpoint = endpoint_path(data);
         let owner = job.observer.principal.session_owner();
