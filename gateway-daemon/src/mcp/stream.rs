@@ -218,9 +218,10 @@ fn on_event(
         Err(e @ JsonRpcError::Unreadable(_)) => {
             // Its values would reach the agent unredacted and unfiltered.
             tracing::warn!(error = %e, "server event dropped");
-            return Err(job
+            let record = job
                 .observer
-                .malformed(&format!("server event dropped: {e}")));
+                .malformed(&format!("server event dropped: {e}"));
+            return Err(Box::new(record));
         }
         Err(e) => vec![job
             .observer
