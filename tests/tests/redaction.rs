@@ -135,3 +135,62 @@ fn arguments_are_redacted_in_redact_mode() {
     });
     assert!(rec["argument_redactions"].is_object(), "{rec}");
 }
+
+/// A server result holding a number no double holds (`1e999`, which Python reads as inf)
+/// cannot be read for redaction, so it never reaches the agent: as JSON the agent gets a
+/// 502, as an SSE event the event is dropped; both are recorded.
+#[test]
+fn results_the_gateway_cannot_read_never_reach_the_agent() {
+    const RAW: &str = r#"
+import http.client, json, sys
+port = int(sys.argv[1])
+def call(i, name):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+              "params": {"name": name, "arguments": {}}}),
+              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = c.getresponse()
+    return {"status": r.status, "raw": r.read().decode()}
+print(json.dumps({"json": call(1, "secret_json_inf"), "sse": call(2, "secret_sse_inf")}))
+"#;
+    let port = free_port();
+    let gw = Gateway::start(
+        "redactinf",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let out = run_probe(gw.agent(PYTHON, &["-c".into(), RAW.into(), port.to_string()]));
+    for case in ["json", "sse"] {
+        let raw = out[case]["raw"].as_str().unwrap();
+        for secret in [AWS_KEY, BCRYPT, EMAIL] {
+            assert!(
+                !raw.contains(secret),
+                "{case}: {secret} reached the agent: {raw}"
+            );
+        }
+    }
+    assert_eq!(out["json"]["status"], 502, "{out}");
+    assert!(
+        out["json"]["raw"]
+            .as_str()
+            .unwrap()
+            .contains("cannot check"),
+        "{out}"
+    );
+    let dropped = gw.wait_record("the dropped event", |r| {
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("server event dropped"))
+    });
+    assert!(
+        dropped["detail"]
+            .as_str()
+            .unwrap()
+            .contains("number out of range"),
+        "{dropped}"
+    );
+}
