@@ -311,7 +311,7 @@ pub enum JsonRpcError {
 /// Allocation: none per member of `params`/`result` (kept as [`RawValue`]); only
 /// strings containing escapes (`Cow::Owned`), string ids and the batch vector allocate.
 pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> {
-    let scan = check_depth(body, max_depth)?;
+    let scan = scan(body, max_depth)?;
     let first = scan.first;
     let text = std::str::from_utf8(body).map_err(|e| {
         JsonRpcError::NotJson(format!("invalid UTF-8 at byte offset {}", e.valid_up_to()))
@@ -385,7 +385,7 @@ struct Scan {
 
 /// Scans raw bytes for bracket nesting, skipping string contents, and notes what only a
 /// full parse can tell is readable. Malformed input is left for serde_json to reject.
-fn check_depth(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
+fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
     let first = body
         .iter()
         .copied()
