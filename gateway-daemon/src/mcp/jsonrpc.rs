@@ -311,8 +311,8 @@ pub enum JsonRpcError {
 /// Allocation: none per member of `params`/`result` (kept as [`RawValue`]); only
 /// strings containing escapes (`Cow::Owned`), string ids and the batch vector allocate.
 pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> {
-    let scan = scan(body, max_depth)?;
-    let first = scan.first;
+    let seen = scan(body, max_depth)?;
+    let first = seen.first;
     let text = std::str::from_utf8(body).map_err(|e| {
         JsonRpcError::NotJson(format!("invalid UTF-8 at byte offset {}", e.valid_up_to()))
     })?;
@@ -320,7 +320,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> 
     // Every later stage reads params, arguments and results as serde_json Values: a message
     // they cannot read must not pass unread. Checked after the envelopes, so a message that
     // is wrong anyway keeps its more precise error.
-    if scan.suspect {
+    if seen.suspect {
         if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
             return Err(JsonRpcError::Unreadable(e.to_string()));
         }
