@@ -84,10 +84,34 @@ pub fn probe_args(host: &str, port: u16, mode: &str, size: usize) -> Vec<String>
     ]
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody uses right now, for a server a test starts.
+///
+/// Taken below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and up by
+/// default): a port the kernel hands out with `bind(0)` is free only until some outgoing
+/// connection (the gateway's, an agent's) takes it as its source port, and then the
+/// server's own bind fails ("port already in use", seen on a loaded CI run). Ports go
+/// round from a point set by the process id, so test binaries and threads do not collide.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(997) % COUNT,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        // Free on both loopback families: some peers listen on every address.
+        let v6_free = match std::net::TcpListener::bind(("::1", port)) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::AddrNotAvailable,
+        };
+        if v6_free && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT)
 }
