@@ -52,6 +52,12 @@ enum Command {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Detach the programs a stopped daemon left attached: agents then connect directly,
+    /// unmediated, until the daemon starts again. The daemon must be stopped first.
+    Detach {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate a config file; exit status 0 when valid.
     CheckConfig { file: PathBuf },
     /// The gateway's local CA, which agents trust for the MCP servers it terminates.
@@ -119,6 +125,9 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { file } => {
             let resolved = config::Config::load(&file)?;
+            for w in &resolved.warnings {
+                eprintln!("mcp-gateway: warning: {w}");
+            }
             // The same reading of credential files as at start, so a missing one shows here.
             mcp::inject::load(&resolved.config)
                 .with_context(|| format!("invalid config {}", file.display()))?;
@@ -148,6 +157,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             };
             exec::exec(&cgroup, user.as_deref(), &command)
         }
+        Command::Detach { config } => detach(&config),
         Command::Audit { config, command } => audit_cli::run(command, &config),
         Command::Pins { config, command } => pins_cli::run(command, &config),
         Command::Status { config, json } => status_cli::run(&config, json),
@@ -172,6 +182,36 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 .block_on(run(resolved, config))
         }
     }
+}
+
+/// `mcp-gateway detach`: the explicit way to open agents' traffic, never a side effect of a
+/// stop or restart.
+fn detach(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = config::Config::load(config)?.config;
+    match admin::call(&cfg.admin.socket, "status", serde_json::json!({})) {
+        Err(admin::AdminError::NotRunning { .. }) => {}
+        Ok(_) | Err(_) => anyhow::bail!(
+            "the daemon of {} is running (its admin socket {} answers or exists): stop it \
+             first (`systemctl stop mcp-gateway`); detaching under it would leave it \
+             believing it mediates traffic that goes around it",
+            config.display(),
+            cfg.admin.socket.display()
+        ),
+    }
+    let links = intercept::detach_pinned(&cfg)?;
+    if links == 0 {
+        println!(
+            "nothing to detach: no programs of instance {:?} are pinned",
+            cfg.intercept.instance
+        );
+    } else {
+        println!(
+            "detached {links} programs of instance {:?}: agents now connect directly, \
+             unmediated, until the daemon starts again",
+            cfg.intercept.instance
+        );
+    }
+    Ok(())
 }
 
 fn init_logging() {
@@ -253,6 +293,9 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         );
     }
     let cfg = resolved.config.clone();
+    for w in &resolved.warnings {
+        tracing::warn!("{w}");
+    }
     raise_open_files_limit();
     // Credentials are read before anything is attached: a missing one stops the start.
     mcp::inject::install(
@@ -272,7 +315,10 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         listen::bind(cfg.listener.ipv4).await?,
         listen::bind(cfg.listener.ipv6).await?,
     ];
-    let interceptor = Arc::new(intercept::Interceptor::start(&resolved)?);
+    let interceptor = Arc::new(intercept::Interceptor::start(
+        &resolved,
+        [&listeners[0], &listeners[1]],
+    )?);
     let a = &interceptor.attached;
     tracing::info!(
         cgroup2 = %a.cgroup2.display(),
@@ -314,26 +360,8 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     // Agent cgroups can be removed and created again under the daemon (a slice stopped
-    // and started): their new ids are picked up within a second.
-    let watched = interceptor.clone();
-    let watcher = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            every.tick().await;
-            match watched.resync_agent_cgroups() {
-                Ok(changed) => {
-                    for (cgroup, id) in changed {
-                        tracing::warn!(
-                            cgroup,
-                            id,
-                            "agent cgroup was created again; mediating its new id"
-                        );
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "re-resolving agent cgroups failed"),
-            }
-        }
-    });
+    // and started): new ids are resolved as cgroupfs reports them.
+    let watcher = tokio::spawn(intercept::watch::run(interceptor.clone()));
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

@@ -17,14 +17,28 @@ pub const PROG_GETPEERNAME4: &str = "gw_getpeername4";
 pub const PROG_GETPEERNAME6: &str = "gw_getpeername6";
 pub const PROG_SENDMSG4: &str = "gw_sendmsg4";
 pub const PROG_SENDMSG6: &str = "gw_sendmsg6";
+pub const PROG_BIND4: &str = "gw_bind4";
+pub const PROG_BIND6: &str = "gw_bind6";
+pub const PROG_SK_LOOKUP: &str = "gw_sk_lookup";
 
 /// Map names, as pinned under the instance's bpffs directory.
 pub const MAP_CONFIG: &str = "gw_config";
-pub const MAP_AGENT_CGROUPS: &str = "gw_agent_cgroups";
+/// cgroup id → class (`CGROUP_*`).
+pub const MAP_CGROUPS: &str = "gw_cgroups";
 pub const MAP_AGENT_UIDS: &str = "gw_agent_uids";
 pub const MAP_SCOPE_PORTS: &str = "gw_scope_ports";
 pub const MAP_CONNS: &str = "gw_conns";
 pub const MAP_PENDING: &str = "gw_pending";
+/// The daemon's listening sockets, at `LISTENER_V4` and `LISTENER_V6`.
+pub const MAP_LISTENERS: &str = "gw_listeners";
+
+/// Classes of `gw_cgroups` (GW_CGROUP_* in gateway.h).
+pub const CGROUP_AGENT: u8 = 1;
+pub const CGROUP_KNOWN: u8 = 2;
+pub const CGROUP_WATCHED: u8 = 3;
+/// Slots of `gw_listeners` (GW_LISTENER_* in gateway.h).
+pub const LISTENER_V4: u32 = 0;
+pub const LISTENER_V6: u32 = 1;
 
 pub const COMM_LEN: usize = 16;
 
@@ -64,7 +78,8 @@ pub struct GwConfig {
     pub listen6: [u8; 16],
     pub listen4_port: u16,
     pub listen6_port: u16,
-    pub daemon_tgid: u32,
+    /// Zero: it was the daemon's tgid, an exemption a forking agent could obtain.
+    pub _reserved: u32,
     pub mark: u32,
     pub enabled: u8,
     pub all_tcp: u8,
@@ -87,6 +102,6 @@ const _: () = {
     assert!(offset_of!(GwRecord, comm) == 64);
     assert!(size_of::<GwConfig>() == 36);
     assert!(offset_of!(GwConfig, listen4_port) == 20);
-    assert!(offset_of!(GwConfig, daemon_tgid) == 24);
+    assert!(offset_of!(GwConfig, mark) == 28);
     assert!(offset_of!(GwConfig, enabled) == 32);
 };

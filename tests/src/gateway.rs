@@ -30,6 +30,11 @@ pub struct GatewayOptions {
     pub tls: String,
     /// Keys of the `[pins]` table; pins are off unless the test sets `mode`.
     pub pins: String,
+    /// Raw keys of the `[scope]` table (e.g. the example config's), replacing the
+    /// `ports = [...]` line made from `ports`.
+    pub scope: Option<String>,
+    /// More keys of the `[intercept]` table (e.g. `detach_on_stop = false`).
+    pub intercept: String,
 }
 
 pub struct Gateway {
@@ -71,14 +76,18 @@ impl Gateway {
             format!(
                 "[listener]\nipv4 = \"127.0.0.1:{listen4}\"\nipv6 = \"[::1]:{listen6}\"\n\
                  [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
-                 [scope]\nports = [{}]\n\
-                 [intercept]\ninstance = \"{instance}\"\n\
+                 [scope]\n{}\n\
+                 [intercept]\ninstance = \"{instance}\"\n{}\n\
                  [tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n{}\n\
                  [admin]\nsocket = \"{}\"\n\
                  [pins]\npath = \"{}\"\n{}\n\
                  [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
                 users.join(", "),
-                ports.join(", "),
+                opts.scope
+                    .clone()
+                    // Tests name the ports they mediate (the daemon's default is every port).
+                    .unwrap_or_else(|| format!("ports = [{}]\nall_tcp = false", ports.join(", "))),
+                opts.intercept,
                 dir.path().join("ca.pem").display(),
                 dir.path().join("ca.key").display(),
                 opts.tls,

@@ -222,14 +222,48 @@ fn daemon_killed_means_refused_and_restart_restores() {
     );
 
     gw.launch();
-    assert!(gw.log().contains("replaced_links=7"), "{}", gw.log());
+    // Eight cgroup sock_addr programs, sock_ops and the netns's sk_lookup.
+    assert!(gw.log().contains("replaced_links=10"), "{}", gw.log());
     let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 10)));
     assert_eq!(out["echo_ok"], true, "{out}");
     gw.flow_from(&out["local"]);
 
-    // A clean stop detaches: nothing of this instance stays pinned.
+    // `detach` refuses while the daemon runs: it would mediate nothing it believes it does.
+    let out = gw.cli(&["detach"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A clean stop (what `systemctl restart` and upgrades do) stays attached: refused.
     assert_eq!(gw.stop(), Some(0));
+    assert!(gw.pin_dir().exists());
+    let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 10)));
+    assert_eq!(
+        out["errno"],
+        libc::ECONNREFUSED,
+        "after a clean stop: {out}"
+    );
+    assert_eq!(echo.peers().len(), 2, "only the two mediated connections");
+
+    // Detaching is explicit: then, and only then, agents connect directly.
+    let out = gw.cli(&["detach"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached 10 programs"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(!gw.pin_dir().exists());
+    let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 10)));
+    assert_eq!(out["echo_ok"], true, "{out}");
+    assert_eq!(echo.peers().last(), Some(&local_addr(&out["local"])));
 }
 
 #[test]
@@ -327,12 +361,13 @@ fn an_agent_cgroup_created_again_is_still_mediated() {
         std::os::unix::fs::MetadataExt::ino(&old),
         std::os::unix::fs::MetadataExt::ino(&new)
     );
-    // The daemon re-resolves its agent cgroups every second.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The daemon resolves the new id as cgroupfs reports it (and treats the cgroup as an
+    // agent's until then).
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 100)));
     assert_mediated(&gw, &echo, &out, &format!("127.0.0.1:{port}"), 100);
     assert!(
-        gw.log().contains("agent cgroup was created again"),
+        gw.log().contains("agent cgroup (re)created"),
         "{}",
         gw.log()
     );

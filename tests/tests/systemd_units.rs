@@ -123,8 +123,9 @@ fn unit_and_slice_dependencies() {
     assert!(reload.contains("kill -HUP"), "{reload}");
 }
 
-/// sysusers.d creates the admin group; tmpfiles.d creates the directories with the modes
-/// the unit also uses. Both run against a scratch root.
+/// sysusers.d creates the admin group and the agents' user the example config selects;
+/// tmpfiles.d creates the directories with the modes the unit also uses. Both run against a
+/// scratch root.
 #[test]
 fn sysusers_and_tmpfiles_create_group_and_directories() {
     let root = tempfile::tempdir().unwrap();
@@ -139,6 +140,17 @@ fn sysusers_and_tmpfiles_create_group_and_directories() {
     assert!(
         group.lines().any(|l| l.starts_with("mcp-gateway:")),
         "no mcp-gateway group in {group}"
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let agent = passwd
+        .lines()
+        .find(|l| l.starts_with("mcp-agent:"))
+        .unwrap_or_else(|| panic!("no mcp-agent user in {passwd}"));
+    assert!(agent.ends_with(":/usr/sbin/nologin"), "{agent}");
+    let example = std::fs::read_to_string(systemd_dir().join("mcp-gateway.toml")).unwrap();
+    assert!(
+        example.contains("users = [\"mcp-agent\"]"),
+        "the example selects agents by the user the package creates"
     );
 
     let (ok, text) = output(

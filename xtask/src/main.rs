@@ -222,10 +222,41 @@ fn ensure_deps() -> Result<()> {
         .filter(|n| !(n.present)())
         .map(|n| n.package)
         .collect();
-    if missing.is_empty() {
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    ensure_agent_user()
+}
+
+/// The example config selects agents by the `mcp-agent` user as well as by cgroup (the
+/// package's sysusers file creates it); `run`, the unit tests and check-config need it.
+fn ensure_agent_user() -> Result<()> {
+    const USER: &str = "mcp-agent";
+    if runs("id", &["-u", USER]) {
         return Ok(());
     }
-    apt_install(&missing)
+    let args = [
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+        "--comment",
+        "AI agents mediated by mcp-gateway",
+        USER,
+    ];
+    if !is_root() {
+        bail!(
+            "the example config's agent user {USER} does not exist. Create it with: sudo useradd {}",
+            args.join(" ")
+        );
+    }
+    eprintln!("xtask: creating the system user {USER}");
+    if !Command::new("useradd").args(args).status()?.success() {
+        bail!("`useradd {}` failed", args.join(" "));
+    }
+    Ok(())
 }
 
 /// Installs Debian packages (as root; otherwise fails with the command to run).

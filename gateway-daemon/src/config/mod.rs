@@ -168,7 +168,9 @@ pub enum UserRef {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scope {
-    #[serde(default)]
+    /// Every TCP destination port of agents is mediated (the default): an MCP server on a
+    /// dev port is a server too. `false` mediates only `ports`.
+    #[serde(default = "default_all_tcp")]
     pub all_tcp: bool,
     #[serde(default = "default_ports")]
     pub ports: Vec<u16>,
@@ -196,9 +198,11 @@ pub struct Intercept {
     /// Capacity of each selector map (agent cgroups, agent users, ports).
     #[serde(default = "default_selector_capacity")]
     pub selector_capacity: u32,
-    /// On a clean stop, detach the programs (agents then connect directly). With `false`
-    /// they stay attached and agent connections are refused until the daemon is back.
-    #[serde(default = "default_true")]
+    /// On a clean stop, detach the programs (agents then connect directly). With `false`,
+    /// the default, they stay attached and agent connections are refused until the daemon
+    /// is back: a `systemctl restart` or an upgrade never opens a window. `mcp-gateway
+    /// detach` detaches on purpose.
+    #[serde(default)]
     pub detach_on_stop: bool,
 }
 
@@ -262,6 +266,9 @@ fn default_listen6() -> SocketAddr {
 fn default_ports() -> Vec<u16> {
     vec![80, 443, 8080]
 }
+fn default_all_tcp() -> bool {
+    true
+}
 fn default_instance() -> String {
     "default".into()
 }
@@ -279,9 +286,6 @@ fn default_max_connections() -> u32 {
 }
 fn default_selector_capacity() -> u32 {
     1024
-}
-fn default_true() -> bool {
-    true
 }
 fn default_max_request_bytes() -> usize {
     4 << 20
@@ -331,7 +335,7 @@ impl Default for Listener {
 impl Default for Scope {
     fn default() -> Self {
         Self {
-            all_tcp: false,
+            all_tcp: default_all_tcp(),
             ports: default_ports(),
         }
     }
@@ -345,7 +349,7 @@ impl Default for Intercept {
             mark: default_mark(),
             max_connections: default_max_connections(),
             selector_capacity: default_selector_capacity(),
-            detach_on_stop: true,
+            detach_on_stop: false,
         }
     }
 }

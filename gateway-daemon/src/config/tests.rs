@@ -19,6 +19,30 @@ fn minimal_config_gets_defaults() {
     assert_eq!(r.config.listener.ipv4.to_string(), "127.0.0.1:15001");
     assert_eq!(r.config.scope.ports, vec![80, 443, 8080]);
     assert!(r.agent_uids.is_empty());
+    // Closed by default: every TCP port of agents, and no window on stop or restart.
+    assert!(r.config.scope.all_tcp);
+    assert!(!r.config.intercept.detach_on_stop);
+}
+
+#[test]
+fn doors_left_open_are_warned_about() {
+    let r = parse("[agents]\ncgroups = [\"a\"]\n").unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains("selected by cgroup only"),
+        "{:?}",
+        r.warnings
+    );
+    let r = parse(
+        "[agents]\ncgroups = [\"a\"]\nusers = [4242]\n[scope]\nall_tcp = false\n\
+         [intercept]\ndetach_on_stop = true\n",
+    )
+    .unwrap();
+    assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+    assert!(r.warnings[0].contains("detach_on_stop = true"));
+    assert!(r.warnings[1].contains("all_tcp = false"));
+    let r = parse("[agents]\ncgroups = [\"a\"]\nusers = [4242]\n").unwrap();
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
 #[test]
@@ -62,7 +86,7 @@ fn validation_names_the_key() {
         "listener"
     );
     assert_eq!(
-        invalid_key("[agents]\ncgroups=[\"a\"]\n[scope]\nports = []\n"),
+        invalid_key("[agents]\ncgroups=[\"a\"]\n[scope]\nall_tcp = false\nports = []\n"),
         "scope.ports"
     );
     assert_eq!(
@@ -76,9 +100,12 @@ fn validation_names_the_key() {
 }
 
 #[test]
-fn example_config_is_valid() {
+fn example_config_is_valid_and_leaves_no_door_open() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/mcp-gateway.toml");
-    Config::load(&path).unwrap();
+    let r = Config::load(&path).unwrap_or_else(|e| {
+        panic!("{e} (the example selects the user mcp-agent: `cargo xtask test` creates it)")
+    });
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
 #[test]

@@ -10,6 +10,8 @@ use super::{Config, UserRef};
 pub struct Resolved {
     pub config: Config,
     pub agent_uids: Vec<u32>,
+    /// A valid config that leaves a door open: printed by `check-config`, logged at start.
+    pub warnings: Vec<String>,
 }
 
 type Failure = (String, String);
@@ -265,5 +267,38 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
         other => ("redact".to_string(), other.to_string()),
     })?;
     crate::policy::Policy::compile(&config)?;
-    Ok(Resolved { config, agent_uids })
+    let warnings = warnings(&config);
+    Ok(Resolved {
+        config,
+        agent_uids,
+        warnings,
+    })
+}
+
+fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.agents.users.is_empty() && !config.agents.cgroups.is_empty() {
+        out.push(
+            "agents.users is empty: agents are selected by cgroup only. An agent can ptrace \
+             a process of its own uid that runs outside the agent cgroups (unless Yama's \
+             kernel.yama.ptrace_scope is 1 or more) and connect through it, unmediated. Run \
+             agents as dedicated users and list them in agents.users too"
+                .to_string(),
+        );
+    }
+    if config.intercept.detach_on_stop {
+        out.push(
+            "intercept.detach_on_stop = true: every stop and restart of the daemon (an \
+             upgrade, `systemctl restart`) lets agents connect directly until it is back"
+                .to_string(),
+        );
+    }
+    if !config.scope.all_tcp {
+        out.push(format!(
+            "scope.all_tcp = false: only agent connections to ports {:?} are mediated; an MCP \
+             server on any other port (a dev server on 3000 or 8000) is reached unaudited",
+            config.scope.ports
+        ));
+    }
+    out
 }

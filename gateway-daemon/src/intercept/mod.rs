@@ -9,17 +9,19 @@
 pub mod bpffs;
 pub mod cgroup;
 pub mod record;
+pub mod selection;
+pub mod watch;
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, SockMap};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
 use gateway_ebpf::{GwConfig, GwRecord, GwTuple};
 
@@ -67,24 +69,32 @@ fn chain(e: &dyn std::error::Error) -> String {
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// Every program the daemon attaches, for `status`.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 10] = [
     SOCK_ADDR_PROGS[0],
     SOCK_ADDR_PROGS[1],
     SOCK_ADDR_PROGS[2],
     SOCK_ADDR_PROGS[3],
     SOCK_ADDR_PROGS[4],
     SOCK_ADDR_PROGS[5],
+    SOCK_ADDR_PROGS[6],
+    SOCK_ADDR_PROGS[7],
     gateway_ebpf::PROG_SOCKOPS,
+    gateway_ebpf::PROG_SK_LOOKUP,
 ];
 
-const SOCK_ADDR_PROGS: [&str; 6] = [
+const SOCK_ADDR_PROGS: [&str; 8] = [
     gateway_ebpf::PROG_CONNECT4,
     gateway_ebpf::PROG_CONNECT6,
     gateway_ebpf::PROG_GETPEERNAME4,
     gateway_ebpf::PROG_GETPEERNAME6,
     gateway_ebpf::PROG_SENDMSG4,
     gateway_ebpf::PROG_SENDMSG6,
+    gateway_ebpf::PROG_BIND4,
+    gateway_ebpf::PROG_BIND6,
 ];
+
+/// The network namespace whose incoming connections sk_lookup steers: the daemon's own.
+const NETNS: &str = "/proc/self/ns/net";
 
 /// Facts about the attached programs, for logs and status.
 #[derive(Debug, Clone)]
@@ -101,9 +111,11 @@ pub struct Interceptor {
     // Keeps the loaded programs and map fds alive for the daemon's lifetime.
     _ebpf: Ebpf,
     conns: Mutex<HashMap<MapData, GwTuple, GwRecord>>,
-    agent_cgroup_map: Mutex<HashMap<MapData, u64, u8>>,
-    /// Configured agent cgroups and the ids they resolve to now.
-    agent_cgroup_ids: Mutex<Vec<(String, u64)>>,
+    cgroup_map: Mutex<HashMap<MapData, u64, u8>>,
+    /// Configured agent cgroups (relative paths).
+    agent_cgroups: Vec<String>,
+    /// What `cgroup_map` holds now.
+    selection: Mutex<selection::Selection>,
     config_map: Mutex<Array<MapData, GwConfig>>,
     links: Vec<PinnedLink>,
     pin_dir: PathBuf,
@@ -113,7 +125,11 @@ pub struct Interceptor {
 impl Interceptor {
     /// Loads, configures and attaches everything; replaces the links a previous daemon
     /// of the same instance left pinned, without a moment in which agents are unmediated.
-    pub fn start(resolved: &Resolved) -> Result<Self, InterceptError> {
+    /// `listeners` (IPv4, IPv6) become the only sockets redirected connections reach.
+    pub fn start(
+        resolved: &Resolved,
+        listeners: [&impl AsRawFd; 2],
+    ) -> Result<Self, InterceptError> {
         let cfg = &resolved.config;
         let bpffs = &cfg.intercept.bpffs;
         bpffs::ensure_mounted(bpffs)?;
@@ -129,37 +145,49 @@ impl Interceptor {
 
         let cgroup2 = cgroup::cgroup2_mount()?;
         let attach_path = cgroup::path_of(&cgroup2, &cfg.intercept.attach_cgroup);
-        let mut agent_cgroups = Vec::new();
+        // Created at start so `exec` and services find them; later removals are watched,
+        // never undone (systemd creates a slice again itself).
         for rel in &cfg.agents.cgroups {
-            agent_cgroups.push((rel.clone(), cgroup::ensure(&cgroup2, rel)?));
+            cgroup::ensure(&cgroup2, rel)?;
         }
+        let selected = selection::resolve(&cgroup2, &cfg.agents.cgroups)?;
 
         let cap = cfg.intercept.selector_capacity;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries(gateway_ebpf::MAP_CONNS, cfg.intercept.max_connections)
-            .map_max_entries(gateway_ebpf::MAP_AGENT_CGROUPS, cap)
+            .map_max_entries(gateway_ebpf::MAP_CGROUPS, cap)
             .map_max_entries(gateway_ebpf::MAP_AGENT_UIDS, cap)
             .map_max_entries(gateway_ebpf::MAP_SCOPE_PORTS, cap)
             .load(gateway_ebpf::REDIRECT_OBJ)
             .map_err(|e| InterceptError::Load { message: chain(&e) })?;
 
         // Selectors first, `enabled` last: a program never sees a half-written config.
-        sync_set(
+        sync_map(
             &mut ebpf,
-            gateway_ebpf::MAP_AGENT_CGROUPS,
-            agent_cgroups.iter().map(|(_, id)| *id).collect(),
+            gateway_ebpf::MAP_CGROUPS,
+            selected.classes.clone(),
         )?;
-        sync_set(
+        sync_map(
             &mut ebpf,
             gateway_ebpf::MAP_AGENT_UIDS,
-            resolved.agent_uids.iter().copied().collect(),
+            resolved.agent_uids.iter().map(|u| (*u, 1u8)).collect(),
         )?;
-        sync_set(
+        sync_map(
             &mut ebpf,
             gateway_ebpf::MAP_SCOPE_PORTS,
-            cfg.scope.ports.iter().copied().collect(),
+            cfg.scope.ports.iter().map(|p| (*p, 1u8)).collect(),
         )?;
+        // The listeners before the programs: a connection sk_lookup steers finds them.
+        let mut sockets: SockMap<MapData> = take_map(&mut ebpf, gateway_ebpf::MAP_LISTENERS)?;
+        for (slot, listener) in [gateway_ebpf::LISTENER_V4, gateway_ebpf::LISTENER_V6]
+            .into_iter()
+            .zip(listeners)
+        {
+            sockets
+                .set(slot, listener, 0)
+                .map_err(|e| map_err(gateway_ebpf::MAP_LISTENERS, &e))?;
+        }
         let mut config_map: Array<MapData, GwConfig> =
             take_map(&mut ebpf, gateway_ebpf::MAP_CONFIG)?;
         let gw_config = GwConfig {
@@ -170,7 +198,7 @@ impl Interceptor {
             listen6: record::addr_bytes(cfg.listener.ipv6.ip()),
             listen4_port: cfg.listener.ipv4.port(),
             listen6_port: cfg.listener.ipv6.port(),
-            daemon_tgid: std::process::id(),
+            _reserved: 0,
             mark: cfg.intercept.mark,
             enabled: 1,
             all_tcp: cfg.scope.all_tcp as u8,
@@ -180,7 +208,7 @@ impl Interceptor {
             .set(0, gw_config, 0)
             .map_err(|e| map_err(gateway_ebpf::MAP_CONFIG, &e))?;
         let conns = take_map(&mut ebpf, gateway_ebpf::MAP_CONNS)?;
-        let agent_cgroup_map = take_map(&mut ebpf, gateway_ebpf::MAP_AGENT_CGROUPS)?;
+        let cgroup_map = take_map(&mut ebpf, gateway_ebpf::MAP_CGROUPS)?;
 
         let old_links = pinned_links(&links_dir)?;
         let cgroup_file = File::open(&attach_path).map_err(|source| InterceptError::Cgroup {
@@ -211,6 +239,15 @@ impl Interceptor {
             links.push(attach_pinned!(CgroupSockAddr, name));
         }
         links.push(attach_pinned!(SockOps, gateway_ebpf::PROG_SOCKOPS));
+        {
+            let name = gateway_ebpf::PROG_SK_LOOKUP;
+            let netns = File::open(NETNS).map_err(|e| prog_err(name, &e))?;
+            let prog: &mut SkLookup = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| prog_err(name, &e))?;
+            let id = prog.attach(&netns).map_err(|e| prog_err(name, &e))?;
+            let link: FdLink = prog.take_link(id).map_err(|e| prog_err(name, &e))?.into();
+            links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
+        }
 
         // The new programs are attached and share the pinned maps: only now let go of
         // the old ones.
@@ -226,8 +263,8 @@ impl Interceptor {
         Ok(Self {
             _ebpf: ebpf,
             conns: Mutex::new(conns),
-            agent_cgroup_map: Mutex::new(agent_cgroup_map),
-            agent_cgroup_ids: Mutex::new(agent_cgroups.clone()),
+            cgroup_map: Mutex::new(cgroup_map),
+            agent_cgroups: cfg.agents.cgroups.clone(),
             config_map: Mutex::new(config_map),
             links,
             pin_dir: pin_dir.clone(),
@@ -235,37 +272,45 @@ impl Interceptor {
                 cgroup2,
                 attach_cgroup: attach_path,
                 pin_dir,
-                agent_cgroups,
+                agent_cgroups: selected.agents.clone(),
                 replaced_links,
             },
+            selection: Mutex::new(selected),
         })
     }
 
-    /// Re-resolves the configured agent cgroups. A cgroup removed and created again (systemd
-    /// does so when a slice is stopped and started) gets a new id: until the map holds it,
-    /// agents there would connect unmediated. Returns the cgroups whose id changed.
-    pub fn resync_agent_cgroups(&self) -> Result<Vec<(String, u64)>, InterceptError> {
-        let mut known = self
-            .agent_cgroup_ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut changed = Vec::new();
-        for (rel, id) in known.iter_mut() {
-            let now = cgroup::ensure(&self.attached.cgroup2, rel)?;
-            if now != *id {
-                let mut map = self
-                    .agent_cgroup_map
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                map.insert(now, 1, 0)
-                    .map_err(|e| map_err(gateway_ebpf::MAP_AGENT_CGROUPS, &e))?;
-                // The old id names a cgroup that no longer exists; nothing can be in it.
-                let _ = map.remove(id);
-                *id = now;
-                changed.push((rel.clone(), now));
+    /// Reads the agent cgroups, their ancestors and the ancestors' children again and puts
+    /// the difference in force. A cgroup removed and created again (systemd does so when a
+    /// slice is stopped and started) has a new id: until it is resolved here the programs
+    /// treat it as an agent's. Returns the agent cgroups whose id changed (or that appeared
+    /// or vanished) and the directories to watch now.
+    pub fn resync_agent_cgroups(&self) -> Result<Resync, InterceptError> {
+        let new = selection::resolve(&self.attached.cgroup2, &self.agent_cgroups)?;
+        let mut current = self.selection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.cgroup_map.lock().unwrap_or_else(|p| p.into_inner());
+        // New entries first: a moment with an entry too many is a moment of a stale id
+        // nothing can be in; one too few would be a resolved cgroup read as unknown.
+        for (id, class) in &new.classes {
+            if current.classes.get(id) != Some(class) {
+                map.insert(id, class, 0)
+                    .map_err(|e| map_err(gateway_ebpf::MAP_CGROUPS, &e))?;
             }
         }
-        Ok(changed)
+        for id in current.classes.keys() {
+            if !new.classes.contains_key(id) {
+                // The cgroup is gone; a failed removal only leaves a dead id behind.
+                let _ = map.remove(id);
+            }
+        }
+        let changed = new
+            .agents
+            .iter()
+            .filter(|a| !current.agents.contains(a))
+            .cloned()
+            .collect();
+        let watched = new.watched.clone();
+        *current = new;
+        Ok(Resync { changed, watched })
     }
 
     /// Takes (reads and deletes) the record of an accepted connection.
@@ -281,29 +326,74 @@ impl Interceptor {
 
     /// Stops redirecting and removes every pin of this instance.
     pub fn detach(self) -> Result<(), InterceptError> {
-        let mut cfg = self.config_map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Ok(mut c) = cfg.get(&0, 0) {
-            c.enabled = 0;
-            let _ = cfg.set(0, c, 0);
-        }
-        drop(cfg);
-        for link in self.links {
-            drop(link.unpin().map_err(|e| InterceptError::Pin {
-                path: self.pin_dir.clone(),
-                message: e.to_string(),
-            })?);
-        }
-        std::fs::remove_dir_all(&self.pin_dir).map_err(|e| InterceptError::Pin {
-            path: self.pin_dir.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(())
+        disable(&mut self.config_map.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let links = self.links.into_iter().map(|l| (self.pin_dir.clone(), l));
+        unpin_all(links.collect(), &self.pin_dir)
     }
 
     /// Leaves links and maps pinned: agents are refused until a daemon is back.
     pub fn keep_attached(self) {
         drop(self);
     }
+}
+
+/// What a re-resolution of the agent cgroups found.
+#[derive(Debug)]
+pub struct Resync {
+    /// Agent cgroups with an id not seen before (created again, or created at last).
+    pub changed: Vec<(String, u64)>,
+    /// The directories whose new children must be resolved at once.
+    pub watched: Vec<PathBuf>,
+}
+
+/// `mcp-gateway detach`: lets agents connect directly again, on purpose, after the daemon
+/// of `cfg`'s instance stopped and left its programs attached (as it does by default, so
+/// that a restart or an upgrade never opens a window). Returns the number of links removed;
+/// 0 when nothing of the instance is pinned.
+pub fn detach_pinned(cfg: &crate::config::Config) -> Result<usize, InterceptError> {
+    let pin_dir = cfg
+        .intercept
+        .bpffs
+        .join("mcp-gateway")
+        .join(&cfg.intercept.instance);
+    if !pin_dir.exists() {
+        return Ok(0);
+    }
+    let config_pin = pin_dir.join("maps").join(gateway_ebpf::MAP_CONFIG);
+    if config_pin.exists() {
+        let data =
+            MapData::from_pin(&config_pin).map_err(|e| map_err(gateway_ebpf::MAP_CONFIG, &e))?;
+        let mut map: Array<MapData, GwConfig> = Array::try_from(aya::maps::Map::Array(data))
+            .map_err(|e| map_err(gateway_ebpf::MAP_CONFIG, &e))?;
+        disable(&mut map)?;
+    }
+    let links = pinned_links(&pin_dir.join("links"))?;
+    let count = links.len();
+    unpin_all(links, &pin_dir)?;
+    Ok(count)
+}
+
+/// Programs still attached (a link held open elsewhere) pass everything once disabled.
+fn disable(map: &mut Array<MapData, GwConfig>) -> Result<(), InterceptError> {
+    let mut c = map
+        .get(&0, 0)
+        .map_err(|e| map_err(gateway_ebpf::MAP_CONFIG, &e))?;
+    c.enabled = 0;
+    map.set(0, c, 0)
+        .map_err(|e| map_err(gateway_ebpf::MAP_CONFIG, &e))
+}
+
+fn unpin_all(links: Vec<(PathBuf, PinnedLink)>, pin_dir: &Path) -> Result<(), InterceptError> {
+    for (path, link) in links {
+        drop(link.unpin().map_err(|e| InterceptError::Pin {
+            path,
+            message: e.to_string(),
+        })?);
+    }
+    std::fs::remove_dir_all(pin_dir).map_err(|e| InterceptError::Pin {
+        path: pin_dir.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn boot_ns() -> u128 {
@@ -351,29 +441,28 @@ where
     T::try_from(map).map_err(|e| map_err(name, &e))
 }
 
-/// Makes a pinned hash map used as a set hold exactly `want` (it may hold an earlier
-/// daemon's selectors).
-fn sync_set<K: Pod + Eq + Hash>(
+/// Makes a pinned hash map hold exactly `want` (it may hold an earlier daemon's selectors).
+fn sync_map<K: Pod + Eq + Hash, V: Pod>(
     ebpf: &mut Ebpf,
     name: &str,
-    want: HashSet<K>,
+    want: std::collections::HashMap<K, V>,
 ) -> Result<(), InterceptError> {
     let map = ebpf.map_mut(name).ok_or_else(|| InterceptError::Map {
         name: name.into(),
         message: "missing from the embedded object".into(),
     })?;
-    let mut set: HashMap<&mut MapData, K, u8> =
+    let mut set: HashMap<&mut MapData, K, V> =
         HashMap::try_from(map).map_err(|e| map_err(name, &e))?;
     let stale: Vec<K> = set
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !want.contains(k))
+        .filter(|k| !want.contains_key(k))
         .collect();
     for k in stale {
         set.remove(&k).map_err(|e| map_err(name, &e))?;
     }
-    for k in want {
-        set.insert(k, 1, 0).map_err(|e| map_err(name, &e))?;
+    for (k, v) in want {
+        set.insert(k, v, 0).map_err(|e| map_err(name, &e))?;
     }
     Ok(())
 }

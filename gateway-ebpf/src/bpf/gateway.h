@@ -9,6 +9,16 @@
 /* Deepest cgroup nesting searched for an agent ancestor. */
 #define GW_MAX_CGROUP_DEPTH 32
 
+/* Values of the `gw_cgroups` map: what the daemon resolved a cgroup id to. */
+#define GW_CGROUP_AGENT 1   /* a configured agent cgroup: it and everything below are agents */
+#define GW_CGROUP_KNOWN 2   /* resolved, not an agent */
+#define GW_CGROUP_WATCHED 3 /* an ancestor of an agent cgroup: not an agent itself, but a child
+			     * the daemon has not resolved yet (just created) is one */
+
+/* Keys of the `gw_listeners` sockmap. */
+#define GW_LISTENER_V4 0
+#define GW_LISTENER_V6 1
+
 /* Key of the `conns` map: the connection as the daemon sees it on accept.
  * Addresses are 16 bytes in network order, IPv4 written v4-mapped (::ffff:a.b.c.d) on both
  * sides so an AF_INET6 agent socket dialing a v4-mapped address meets the daemon's v4 view. */
@@ -41,8 +51,10 @@ struct gw_config {
 	__u32 listen6[4];     /* network order */
 	__u16 listen4_port;   /* host order */
 	__u16 listen6_port;   /* host order */
-	__u32 daemon_tgid;    /* the daemon's own connections are never redirected */
-	__u32 mark;           /* SO_MARK of the daemon's upstream sockets: never redirected */
+	__u32 _reserved;      /* was the daemon's tgid, which a forking agent can obtain; kept
+			       * zero so the pinned map keeps its layout across an upgrade */
+	__u32 mark;           /* SO_MARK of the daemon's upstream sockets: never redirected
+			       * (setting SO_MARK needs CAP_NET_ADMIN or CAP_NET_RAW) */
 	__u8 enabled;         /* 0 until the daemon has filled the selector maps */
 	__u8 all_tcp;         /* every TCP port is in scope, not only `scope_ports` */
 	__u16 _pad;
@@ -58,7 +70,7 @@ _Static_assert(__builtin_offsetof(struct gw_record, cgroup_id) == 40, "gw_record
 _Static_assert(__builtin_offsetof(struct gw_record, comm) == 64, "gw_record.comm");
 _Static_assert(sizeof(struct gw_config) == 36, "gw_config size");
 _Static_assert(__builtin_offsetof(struct gw_config, listen4_port) == 20, "gw_config.listen4_port");
-_Static_assert(__builtin_offsetof(struct gw_config, daemon_tgid) == 24, "gw_config.daemon_tgid");
+_Static_assert(__builtin_offsetof(struct gw_config, mark) == 28, "gw_config.mark");
 _Static_assert(__builtin_offsetof(struct gw_config, enabled) == 32, "gw_config.enabled");
 
 #endif

@@ -2,9 +2,18 @@
  *
  * connect4/6 (process context) decide and record; sock_ops (softirq, never reads "current")
  * re-keys the record by the established tuple for the daemon's accept(); getpeername4/6
- * keep the redirection invisible to the agent. UDP from agents to a port in scope (and
- * always to 443) is refused in connect4/6 and sendmsg4/6, so QUIC and HTTP/3 clients fall
- * back to TCP, which is mediated. */
+ * keep the redirection invisible to the agent. Any other transport of an agent toward a
+ * port in scope (and datagrams to 443 always) is refused in connect4/6 and sendmsg4/6, so
+ * QUIC and HTTP/3 clients fall back to TCP, which is mediated.
+ *
+ * The redirect target is the daemon's socket and nothing else: bind4/6 refuse agents the
+ * listener's port, and sk_lookup hands connections to the listener address to the socket
+ * the daemon put in `gw_listeners`, or refuses them while there is none (daemon down).
+ *
+ * Every path an agent's socket can reach ends in "redirected and recorded" or "refused":
+ * nothing the agent shapes (option memory, pid, binds, protocol) turns a refusal into an
+ * unmediated connection. Only the daemon's own sockets, marked with SO_MARK (which needs
+ * CAP_NET_ADMIN), are exempt. */
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
@@ -14,9 +23,8 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
-#define SOCK_DGRAM 2
 #define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
+#define IPPROTO_MPTCP 262
 #define ALLOW 1
 #define REFUSE 0
 /* QUIC's port: refused even when only other ports are in scope for TCP. */
@@ -40,13 +48,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } gw_config SEC(".maps");
 
+/* cgroup id -> GW_CGROUP_*: agent cgroups, their ancestors and the ancestors' children. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u64);
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} gw_agent_cgroups SEC(".maps");
+} gw_cgroups SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -83,6 +92,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } gw_conns SEC(".maps");
 
+/* The daemon's listening sockets (GW_LISTENER_V4/V6). A socket leaves the map when it is
+ * closed, so a dead daemon leaves the slots empty and sk_lookup refuses. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32); /* a socket fd when written from user space */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} gw_listeners SEC(".maps");
+
 static __always_inline struct gw_config *config_get(void)
 {
 	__u32 zero = 0;
@@ -99,44 +118,46 @@ static __always_inline int port_in_scope(const struct gw_config *cfg, __u16 port
 	return bpf_map_lookup_elem(&gw_scope_ports, &port) != 0;
 }
 
-static __always_inline int caller_is_agent(const struct gw_config *cfg)
+/* Whether the calling task's cgroup is an agent's. Walks from the root down: an agent
+ * cgroup or anything below one is an agent; so is a cgroup the daemon has not resolved yet
+ * whose parent is an ancestor of an agent cgroup. systemd removes and creates slices again
+ * (with new ids) and starts the service's process at once: that process is mediated from
+ * its first connect, before the daemon has seen the new cgroup. */
+static __always_inline int cgroup_is_agent(void)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if ((__u32)(pid_tgid >> 32) == cfg->daemon_tgid)
-		return 0;
-
-	__u32 uid = (__u32)bpf_get_current_uid_gid();
-	if (bpf_map_lookup_elem(&gw_agent_uids, &uid))
-		return 1;
-
-	__u64 id = bpf_get_current_cgroup_id();
-	if (bpf_map_lookup_elem(&gw_agent_cgroups, &id))
-		return 1;
-	for (int level = 1; level < GW_MAX_CGROUP_DEPTH; level++) {
-		id = bpf_get_current_ancestor_cgroup_id(level);
+	int parent_watched = 0;
+	for (int level = 0; level < GW_MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
 		if (id == 0)
 			break;
-		if (bpf_map_lookup_elem(&gw_agent_cgroups, &id))
+		__u8 *class = bpf_map_lookup_elem(&gw_cgroups, &id);
+		if (!class)
+			return parent_watched;
+		if (*class == GW_CGROUP_AGENT)
 			return 1;
+		parent_watched = *class == GW_CGROUP_WATCHED;
 	}
 	return 0;
 }
 
-/* Shared by connect4 and connect6: checks the socket, then records the caller. */
-static __always_inline int record_caller(struct bpf_sock_addr *ctx, const struct gw_config *cfg,
-					 const __u32 orig[4], __u16 orig_port, __u16 family)
+static __always_inline int caller_is_agent(void)
 {
-	struct bpf_sock *sk = ctx->sk;
-	if (!sk)
-		return 0;
-	if (cfg->mark && sk->mark == cfg->mark)
-		return 0;
-	if (!caller_is_agent(cfg))
-		return 0;
+	__u32 uid = (__u32)bpf_get_current_uid_gid();
+	if (bpf_map_lookup_elem(&gw_agent_uids, &uid))
+		return 1;
+	return cgroup_is_agent();
+}
 
-	struct gw_record *r = bpf_sk_storage_get(&gw_pending, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!r)
-		return 0;
+/* The daemon's own upstream sockets. The mark is the only exemption: a pid or a port can be
+ * had by a forking or binding agent, SO_MARK cannot without CAP_NET_ADMIN. */
+static __always_inline int is_daemons(const struct gw_config *cfg, struct bpf_sock *sk)
+{
+	return sk && cfg->mark && sk->mark == cfg->mark;
+}
+
+static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4],
+					__u16 orig_port, __u16 family)
+{
 	__builtin_memset(r, 0, sizeof(*r));
 	r->orig_addr[0] = orig[0];
 	r->orig_addr[1] = orig[1];
@@ -155,7 +176,121 @@ static __always_inline int record_caller(struct bpf_sock_addr *ctx, const struct
 	bpf_get_current_comm(r->comm, sizeof(r->comm));
 	struct task_struct *task = bpf_get_current_task_btf();
 	r->start_boottime = task->group_leader->start_boottime;
+}
+
+/* Records an agent's connect in the socket's storage (and, for an MPTCP subflow, in its
+ * connection socket's, where getpeername looks). Returns 0 when the record cannot be kept:
+ * the storage is charged to the socket's option memory, which the agent can fill first,
+ * and then the connection is refused rather than let through unrecorded. */
+static __always_inline int record_agent(struct bpf_sock *sk, const __u32 orig[4],
+					__u16 orig_port, __u16 family)
+{
+	struct gw_record *r = bpf_sk_storage_get(&gw_pending, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!r)
+		return 0;
+	fill_record(r, orig, orig_port, family);
+	struct mptcp_sock *msk = bpf_skc_to_mptcp_sock(sk);
+	if (msk) {
+		struct gw_record *m =
+			bpf_sk_storage_get(&gw_pending, msk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!m)
+			return 0;
+		fill_record(m, orig, orig_port, family);
+	}
 	return 1;
+}
+
+/* Datagrams (UDP, UDP-Lite, any other protocol) and non-TCP streams (SCTP) of an agent
+ * toward a mediated port, and datagrams to 443, are refused (EPERM), never redirected: only
+ * TCP is mediated. `all_tcp` does not widen the datagram rule: it would refuse DNS. */
+static __always_inline int other_transport_verdict(struct bpf_sock_addr *ctx,
+						   const struct gw_config *cfg)
+{
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	int mediated = ctx->type == SOCK_STREAM ? port_in_scope(cfg, port)
+						: bpf_map_lookup_elem(&gw_scope_ports, &port) != 0;
+	if (!mediated && port != QUIC_PORT)
+		return ALLOW;
+	if (is_daemons(cfg, ctx->sk))
+		return ALLOW;
+	return caller_is_agent() ? REFUSE : ALLOW;
+}
+
+static __always_inline int is_tcp(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
+}
+
+/* An MPTCP connection socket: its connect() goes on to its first subflow, a TCP socket whose
+ * own connect4/6 run redirects and records it. */
+static __always_inline int is_mptcp(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_MPTCP;
+}
+
+SEC("cgroup/sendmsg4")
+int gw_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct gw_config *cfg = config_get();
+	return cfg ? other_transport_verdict(ctx, cfg) : ALLOW;
+}
+
+SEC("cgroup/sendmsg6")
+int gw_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct gw_config *cfg = config_get();
+	return cfg ? other_transport_verdict(ctx, cfg) : ALLOW;
+}
+
+/* The TCP verdict shared by connect4 and connect6, after the daemon's own sockets and
+ * out-of-scope ports have been let through: agents are recorded (and the caller redirects),
+ * everyone else passes. A socket an agent dials the listener with directly is refused: it
+ * could carry a record from an earlier connect of another process. */
+static __always_inline int tcp_verdict(struct bpf_sock_addr *ctx, const __u32 orig[4],
+				       __u16 port, __u16 family, int to_listener)
+{
+	if (!caller_is_agent())
+		return ALLOW;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || to_listener)
+		return REFUSE;
+	return record_agent(sk, orig, port, family) ? 2 : REFUSE;
+}
+
+/* A TCP connect out of scope goes where it was dialed. A record left on the socket by an
+ * earlier, failed connect in scope goes: getpeername would otherwise name that server. */
+static __always_inline int not_mediated(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (sk)
+		bpf_sk_storage_delete(&gw_pending, sk);
+	return ALLOW;
+}
+
+SEC("cgroup/connect4")
+int gw_connect4(struct bpf_sock_addr *ctx)
+{
+	struct gw_config *cfg = config_get();
+	if (!cfg)
+		return ALLOW;
+	if (is_mptcp(ctx))
+		return ALLOW;
+	if (!is_tcp(ctx))
+		return other_transport_verdict(ctx, cfg);
+	__u32 dst = ctx->user_ip4;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	int to_listener = dst == cfg->listen4 && port == cfg->listen4_port;
+	if (!to_listener && !port_in_scope(cfg, port))
+		return not_mediated(ctx);
+	if (is_daemons(cfg, ctx->sk))
+		return ALLOW;
+	__u32 orig[4] = {0, 0, bpf_htonl(0xffff), dst};
+	int verdict = tcp_verdict(ctx, orig, port, AF_INET, to_listener);
+	if (verdict != 2)
+		return verdict;
+	ctx->user_ip4 = cfg->listen4;
+	ctx->user_port = bpf_htons(cfg->listen4_port);
+	return ALLOW;
 }
 
 static __always_inline int is_v4_mapped(const __u32 a[4])
@@ -163,74 +298,16 @@ static __always_inline int is_v4_mapped(const __u32 a[4])
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
 }
 
-/* UDP of an agent toward a mediated port: refused (EPERM), never redirected. The daemon's
- * own sockets (marked, or its tgid) and non-agents pass. `all_tcp` does not widen this: it
- * would refuse DNS. */
-static __always_inline int udp_verdict(struct bpf_sock_addr *ctx)
-{
-	struct gw_config *cfg = config_get();
-	if (!cfg)
-		return ALLOW;
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (port != QUIC_PORT && !bpf_map_lookup_elem(&gw_scope_ports, &port))
-		return ALLOW;
-	struct bpf_sock *sk = ctx->sk;
-	if (sk && cfg->mark && sk->mark == cfg->mark)
-		return ALLOW;
-	return caller_is_agent(cfg) ? REFUSE : ALLOW;
-}
-
-static __always_inline int is_udp(struct bpf_sock_addr *ctx)
-{
-	return ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP;
-}
-
-SEC("cgroup/sendmsg4")
-int gw_sendmsg4(struct bpf_sock_addr *ctx)
-{
-	return is_udp(ctx) ? udp_verdict(ctx) : ALLOW;
-}
-
-SEC("cgroup/sendmsg6")
-int gw_sendmsg6(struct bpf_sock_addr *ctx)
-{
-	return is_udp(ctx) ? udp_verdict(ctx) : ALLOW;
-}
-
-SEC("cgroup/connect4")
-int gw_connect4(struct bpf_sock_addr *ctx)
-{
-	if (is_udp(ctx))
-		return udp_verdict(ctx);
-	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-		return ALLOW;
-	struct gw_config *cfg = config_get();
-	if (!cfg)
-		return ALLOW;
-	__u32 dst = ctx->user_ip4;
-	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	if (dst == cfg->listen4 && port == cfg->listen4_port)
-		return ALLOW;
-	if (!port_in_scope(cfg, port))
-		return ALLOW;
-	__u32 orig[4] = {0, 0, bpf_htonl(0xffff), dst};
-	if (!record_caller(ctx, cfg, orig, port, AF_INET))
-		return ALLOW;
-	ctx->user_ip4 = cfg->listen4;
-	ctx->user_port = bpf_htons(cfg->listen4_port);
-	return ALLOW;
-}
-
 SEC("cgroup/connect6")
 int gw_connect6(struct bpf_sock_addr *ctx)
 {
-	if (is_udp(ctx))
-		return udp_verdict(ctx);
-	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-		return ALLOW;
 	struct gw_config *cfg = config_get();
 	if (!cfg)
 		return ALLOW;
+	if (is_mptcp(ctx))
+		return ALLOW;
+	if (!is_tcp(ctx))
+		return other_transport_verdict(ctx, cfg);
 	/* user_ip6 must be read and written one 32-bit word at a time. */
 	__u32 dst[4];
 	dst[0] = ctx->user_ip6[0];
@@ -239,18 +316,20 @@ int gw_connect6(struct bpf_sock_addr *ctx)
 	dst[3] = ctx->user_ip6[3];
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	int mapped = is_v4_mapped(dst);
-	if (mapped) {
-		if (dst[3] == cfg->listen4 && port == cfg->listen4_port)
-			return ALLOW;
-	} else if (dst[0] == cfg->listen6[0] && dst[1] == cfg->listen6[1] &&
-		   dst[2] == cfg->listen6[2] && dst[3] == cfg->listen6[3] &&
-		   port == cfg->listen6_port) {
+	int to_listener;
+	if (mapped)
+		to_listener = dst[3] == cfg->listen4 && port == cfg->listen4_port;
+	else
+		to_listener = dst[0] == cfg->listen6[0] && dst[1] == cfg->listen6[1] &&
+			      dst[2] == cfg->listen6[2] && dst[3] == cfg->listen6[3] &&
+			      port == cfg->listen6_port;
+	if (!to_listener && !port_in_scope(cfg, port))
+		return not_mediated(ctx);
+	if (is_daemons(cfg, ctx->sk))
 		return ALLOW;
-	}
-	if (!port_in_scope(cfg, port))
-		return ALLOW;
-	if (!record_caller(ctx, cfg, dst, port, AF_INET6))
-		return ALLOW;
+	int verdict = tcp_verdict(ctx, dst, port, AF_INET6, to_listener);
+	if (verdict != 2)
+		return verdict;
 	if (mapped) {
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;
@@ -265,6 +344,32 @@ int gw_connect6(struct bpf_sock_addr *ctx)
 		ctx->user_port = bpf_htons(cfg->listen6_port);
 	}
 	return ALLOW;
+}
+
+/* Agents may not bind the listener's port, on any address (a wildcard bind would take the
+ * listener's connections too): while the daemon is down or restarting, an agent holding it
+ * would receive every other agent's redirected connections. */
+static __always_inline int bind_verdict(struct bpf_sock_addr *ctx)
+{
+	struct gw_config *cfg = config_get();
+	if (!cfg)
+		return ALLOW;
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	if (port != cfg->listen4_port && port != cfg->listen6_port)
+		return ALLOW;
+	return caller_is_agent() ? REFUSE : ALLOW;
+}
+
+SEC("cgroup/bind4")
+int gw_bind4(struct bpf_sock_addr *ctx)
+{
+	return bind_verdict(ctx);
+}
+
+SEC("cgroup/bind6")
+int gw_bind6(struct bpf_sock_addr *ctx)
+{
+	return bind_verdict(ctx);
 }
 
 /* Separate non-inlined functions: clang would otherwise merge the v4 and v6 context loads
@@ -289,6 +394,8 @@ static __noinline void key_v6(struct bpf_sock_ops *skops, struct gw_tuple *key)
 	key->listener[3] = skops->remote_ip6[3];
 }
 
+/* A record that cannot be re-keyed leaves the daemon a connection without one, which it
+ * refuses: nothing here can let a connection through unrecorded. */
 SEC("sockops")
 int gw_sockops(struct bpf_sock_ops *skops)
 {
@@ -342,4 +449,38 @@ int gw_getpeername6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[3] = r->orig_addr[3];
 	ctx->user_port = bpf_htons(r->orig_port);
 	return ALLOW;
+}
+
+/* The listener address is reachable only as the daemon's own socket: a connection to it
+ * goes to the socket in `gw_listeners`, whoever else has bound the address (a process
+ * outside the agents, a squatter while the daemon was down), and is refused while the slot
+ * is empty. Other traffic is not looked at. */
+SEC("sk_lookup")
+int gw_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	struct gw_config *cfg = config_get();
+	if (!cfg)
+		return SK_PASS;
+	__u32 slot;
+	if (ctx->family == AF_INET) {
+		if (ctx->local_ip4 != cfg->listen4 || ctx->local_port != cfg->listen4_port)
+			return SK_PASS;
+		slot = GW_LISTENER_V4;
+	} else if (ctx->family == AF_INET6) {
+		if (ctx->local_ip6[0] != cfg->listen6[0] || ctx->local_ip6[1] != cfg->listen6[1] ||
+		    ctx->local_ip6[2] != cfg->listen6[2] || ctx->local_ip6[3] != cfg->listen6[3] ||
+		    ctx->local_port != cfg->listen6_port)
+			return SK_PASS;
+		slot = GW_LISTENER_V6;
+	} else {
+		return SK_PASS;
+	}
+	struct bpf_sock *sk = bpf_map_lookup_elem(&gw_listeners, &slot);
+	if (!sk)
+		return SK_DROP;
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
 }
