@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -25,10 +25,24 @@ pub enum ListenError {
     },
 }
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ListenError::Bind { addr, source })
+/// Binds a listener whose socket carries the daemon's mark: the programs refuse agents a
+/// bind of the listener's port, and the daemon's own process may be in a cgroup they take
+/// for an agent's until it is resolved (created again by systemd on a restart, below a
+/// watched one). The mark, which needs CAP_NET_ADMIN, is what tells the daemon's socket.
+pub async fn bind(addr: SocketAddr, mark: u32) -> Result<TcpListener, ListenError> {
+    let err = |source| ListenError::Bind { addr, source };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &mark)
+        .map_err(|e| err(e.into()))?;
+    // As std and tokio's own bind do: a restarted daemon rebinds despite TIME_WAIT.
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(addr).map_err(err)?;
+    sock.listen(1024).map_err(err)
 }
 
 #[derive(Serialize)]

@@ -312,8 +312,8 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     }
     // Listen before attaching: the first redirected connection must find a listener.
     let listeners = vec![
-        listen::bind(cfg.listener.ipv4).await?,
-        listen::bind(cfg.listener.ipv6).await?,
+        listen::bind(cfg.listener.ipv4, cfg.intercept.mark).await?,
+        listen::bind(cfg.listener.ipv6, cfg.intercept.mark).await?,
     ];
     let interceptor = Arc::new(intercept::Interceptor::start(
         &resolved,

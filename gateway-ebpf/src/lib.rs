@@ -20,6 +20,7 @@ pub const PROG_SENDMSG6: &str = "gw_sendmsg6";
 pub const PROG_BIND4: &str = "gw_bind4";
 pub const PROG_BIND6: &str = "gw_bind6";
 pub const PROG_SK_LOOKUP: &str = "gw_sk_lookup";
+pub const PROG_SOCK_CREATE: &str = "gw_sock_create";
 
 /// Map names, as pinned under the instance's bpffs directory.
 pub const MAP_CONFIG: &str = "gw_config";

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use aya::maps::{Array, HashMap, MapData, SockMap};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
 use gateway_ebpf::{GwConfig, GwRecord, GwTuple};
 
@@ -69,7 +69,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// Every program the daemon attaches, for `status`.
-pub const PROGRAMS: [&str; 10] = [
+pub const PROGRAMS: [&str; 11] = [
     SOCK_ADDR_PROGS[0],
     SOCK_ADDR_PROGS[1],
     SOCK_ADDR_PROGS[2],
@@ -78,6 +78,7 @@ pub const PROGRAMS: [&str; 10] = [
     SOCK_ADDR_PROGS[5],
     SOCK_ADDR_PROGS[6],
     SOCK_ADDR_PROGS[7],
+    gateway_ebpf::PROG_SOCK_CREATE,
     gateway_ebpf::PROG_SOCKOPS,
     gateway_ebpf::PROG_SK_LOOKUP,
 ];
@@ -217,7 +218,7 @@ impl Interceptor {
         })?;
         // bpffs refuses names with a dot.
         let tag = format!("{}_{}", std::process::id(), boot_ns());
-        // The two program types share no attach trait in aya; the steps are the same.
+        // The cgroup program types share no attach trait in aya; the steps are the same.
         macro_rules! attach_pinned {
             ($ty:ty, $name:expr) => {{
                 let name = $name;
@@ -238,6 +239,7 @@ impl Interceptor {
         for name in SOCK_ADDR_PROGS {
             links.push(attach_pinned!(CgroupSockAddr, name));
         }
+        links.push(attach_pinned!(CgroupSock, gateway_ebpf::PROG_SOCK_CREATE));
         links.push(attach_pinned!(SockOps, gateway_ebpf::PROG_SOCKOPS));
         {
             let name = gateway_ebpf::PROG_SK_LOOKUP;

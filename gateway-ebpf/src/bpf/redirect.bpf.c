@@ -23,7 +23,10 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+#define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ICMPV6 58
 #define IPPROTO_MPTCP 262
 #define ALLOW 1
 #define REFUSE 0
@@ -228,6 +231,25 @@ static __always_inline int is_mptcp(struct bpf_sock_addr *ctx)
 	return ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_MPTCP;
 }
 
+/* The inet transports an agent may open: those whose every path the programs here see.
+ * UDP-Lite has no connect hook (a connected socket's sends pass no hook either), SCTP its
+ * own paths: an agent's socket of any other protocol is refused at creation (EPERM). */
+SEC("cgroup/sock_create")
+int gw_sock_create(struct bpf_sock *sk)
+{
+	switch (sk->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_MPTCP:
+	case IPPROTO_UDP:
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		return ALLOW;
+	}
+	if (!config_get())
+		return ALLOW;
+	return caller_is_agent() ? REFUSE : ALLOW;
+}
+
 SEC("cgroup/sendmsg4")
 int gw_sendmsg4(struct bpf_sock_addr *ctx)
 {
@@ -356,6 +378,8 @@ static __always_inline int bind_verdict(struct bpf_sock_addr *ctx)
 		return ALLOW;
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	if (port != cfg->listen4_port && port != cfg->listen6_port)
+		return ALLOW;
+	if (is_daemons(cfg, ctx->sk))
 		return ALLOW;
 	return caller_is_agent() ? REFUSE : ALLOW;
 }
