@@ -143,6 +143,12 @@ impl Gateway {
 
     /// Starts the daemon process and waits for READY=1 on a notify socket, as systemd would.
     pub fn launch(&mut self) {
+        self.launch_in(None)
+    }
+
+    /// As `launch`, with the daemon started inside `cgroup` (relative to the cgroup2 mount,
+    /// created when missing), as systemd starts a service in its own cgroup.
+    pub fn launch_in(&mut self, cgroup: Option<&str>) {
         let notify = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify);
         let sock = UnixDatagram::bind(&notify).expect("notify socket");
@@ -153,7 +159,12 @@ impl Gateway {
             .append(true)
             .open(self.stderr_path())
             .unwrap();
-        let child = Command::new(gateway_bin())
+        let mut cmd = Command::new(gateway_bin());
+        if let Some(cgroup) = cgroup {
+            cmd.args(["exec", "--cgroup", cgroup, "--"])
+                .arg(gateway_bin());
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &notify)

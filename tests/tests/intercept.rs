@@ -372,3 +372,25 @@ fn an_agent_cgroup_created_again_is_still_mediated() {
         gw.log()
     );
 }
+
+/// systemd starts a restarted service in a cgroup created anew. Below an ancestor of an agent
+/// cgroup, the programs left attached take that new cgroup for an agent's until the daemon
+/// has resolved it, and refuse agents the listener's port: the daemon's own listener still
+/// binds (it carries the daemon's mark) and the daemon mediates again.
+#[test]
+fn a_daemon_restarted_in_a_new_cgroup_next_to_the_agents_binds_and_mediates() {
+    let echo = EchoServer::start("127.0.0.1:0");
+    let port = echo.addr.port();
+    let mut gw = Gateway::start("newcg", opts(&[port]));
+    assert_eq!(gw.stop(), Some(0));
+    // A sibling of the agent cgroup: its parent is an ancestor of the agent cgroup.
+    let daemon_cgroup = format!("{}-daemon", gw.cgroup);
+    gw.launch_in(Some(&daemon_cgroup));
+    let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 10)));
+    assert_eq!(out["echo_ok"], true, "{out}");
+    gw.flow_from(&out["local"]);
+    assert_ne!(echo.peers().last(), Some(&local_addr(&out["local"])));
+    assert_eq!(gw.stop(), Some(0));
+    let mount = gateway_tests::cgroup2_mount().unwrap();
+    std::fs::remove_dir(mount.join(&daemon_cgroup)).unwrap();
+}

@@ -206,7 +206,7 @@ impl Daemon {
         let text = format!(
             "[listener]\nipv4 = \"127.0.0.1:{l4}\"\nipv6 = \"[::1]:{l6}\"\n\
              [agents]\ncgroups = [{cgroup:?}]\n\
-             [scope]\nports = [{upstream_port}]\n\
+             [scope]\nall_tcp = false\nports = [{upstream_port}]\n\
              [intercept]\ninstance = {instance:?}\n\
              [tls]\nca_cert = {ca_cert:?}\nca_key = {ca_key:?}\n{tls_extra}\
              [admin]\nsocket = {admin:?}\n\
@@ -276,7 +276,7 @@ impl Daemon {
         tail(&self.dir.join("daemon.stderr"))
     }
 
-    /// SIGTERM and wait (it detaches its programs), then remove its pins.
+    /// SIGTERM and wait (its programs stay attached), then remove its pins (detaching them).
     pub fn stop(mut self) -> Result<()> {
         self.shutdown()
     }
