@@ -302,6 +302,15 @@ fn deb_control_conffile_and_maintainer_scripts() {
         prerm.contains("deb-systemd-invoke stop mcp-gateway.service") && prerm.contains("remove"),
         "prerm stops the service on removal only:\n{prerm}"
     );
+    // The stopped daemon stays attached; removing the package detaches on purpose, after
+    // the stop.
+    let detach = prerm
+        .find("mcp-gateway detach")
+        .unwrap_or_else(|| panic!("prerm does not detach on removal:\n{prerm}"));
+    assert!(
+        prerm.find("deb-systemd-invoke stop") < Some(detach),
+        "prerm detaches before stopping the service:\n{prerm}"
+    );
     let postrm = control("postrm");
     assert!(
         postrm.contains("systemctl --system daemon-reload"),
