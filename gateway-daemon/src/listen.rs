@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -31,14 +31,7 @@ pub enum ListenError {
 /// watched one). The mark, which needs CAP_NET_ADMIN, is what tells the daemon's socket.
 pub async fn bind(addr: SocketAddr, mark: u32) -> Result<TcpListener, ListenError> {
     let err = |source| ListenError::Bind { addr, source };
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(err)?;
-    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &mark)
-        .map_err(|e| err(e.into()))?;
+    let sock = crate::intercept::mark::socket(addr, mark).map_err(err)?;
     // As std and tokio's own bind do: a restarted daemon rebinds despite TIME_WAIT.
     sock.set_reuseaddr(true).map_err(err)?;
     sock.bind(addr).map_err(err)?;

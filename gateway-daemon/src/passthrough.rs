@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassthroughError {
@@ -17,8 +17,6 @@ pub enum PassthroughError {
     },
     #[error("connecting to {addr}: no answer within {secs} s")]
     ConnectTimeout { addr: SocketAddr, secs: u64 },
-    #[error("setting SO_MARK {mark:#x} on the upstream socket: {source}")]
-    Mark { mark: u32, source: nix::Error },
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,14 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dials `addr` with SO_MARK `mark`.
 pub async fn connect(addr: SocketAddr, mark: u32) -> Result<TcpStream, PassthroughError> {
     let err = |source| PassthroughError::Connect { addr, source };
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(err)?;
-    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Mark, &mark)
-        .map_err(|source| PassthroughError::Mark { mark, source })?;
+    let sock = crate::intercept::mark::socket(addr, mark).map_err(err)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(addr)).await {
         // As toward the agent: small writes must not wait on delayed ACKs.
         Ok(r) => r.map_err(err).inspect(|s| {

@@ -20,6 +20,33 @@ use std::process::Command;
 /// The agent program every test runs. It is passed with `-c` so that any uid can run it.
 pub const PROBE: &str = include_str!("probe.py");
 
+/// An agent that connects again and again for `seconds` (argv: port, seconds), printing each
+/// attempt's local port and result as one JSON list. Its sockets are bound to 127.0.0.3, an
+/// address the gateway's own upstream sockets never use, so one that reached the server
+/// directly is told apart by its address (ports alone are not enough: the gateway's upstream
+/// sockets take ephemeral ports from the same range, and on a loaded machine a few of them
+/// equalled an agent's earlier port).
+pub const CONNECTING_AGENT: &str = r#"
+import json, socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+attempts, end = [], time.monotonic() + seconds
+while time.monotonic() < end:
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.bind(("127.0.0.3", 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"x")
+        ok = s.recv(1) == b"x"
+        attempts.append({"local": s.getsockname()[1], "result": "echoed" if ok else "closed"})
+    except OSError as e:
+        attempts.append({"result": type(e).__name__})
+    finally:
+        s.close()
+    time.sleep(0.005)
+print(json.dumps(attempts))
+"#;
+
 /// Debian's interpreter: readable by every uid, unlike a per-user pyenv.
 pub const PYTHON: &str = "/usr/bin/python3";
 

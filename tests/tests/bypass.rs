@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
 
-use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
+use gateway_tests::{free_port, Gateway, GatewayOptions, CONNECTING_AGENT, PYTHON};
 use serde_json::Value;
 
 /// An agent that tries each way to send a datagram and reports what the kernel said.
@@ -97,31 +97,6 @@ fn agents_cannot_use_udp_to_mediated_ports_and_others_can() {
         .expect("a non-agent's QUIC datagram arrived");
     assert_eq!(&buf[..n], b"host");
 }
-
-/// Connects again and again for `seconds`, reporting each attempt's local port and result.
-/// Its sockets are bound to 127.0.0.3, an address the gateway's own upstream sockets never
-/// use, so one that reached the server directly is told apart by its address (ports alone
-/// are not enough: the gateway's upstream sockets take ephemeral ports from the same range,
-/// and on a loaded machine a few of them equalled an agent's earlier port).
-const CONNECTING_AGENT: &str = r#"
-import json, socket, sys, time
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-attempts, end = [], time.monotonic() + seconds
-while time.monotonic() < end:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.3", 0))
-        s.connect(("127.0.0.1", port))
-        s.sendall(b"x")
-        ok = s.recv(1) == b"x"
-        attempts.append({"local": s.getsockname()[1], "result": "echoed" if ok else "closed"})
-    except OSError as e:
-        attempts.append({"result": type(e).__name__})
-    finally:
-        s.close()
-    time.sleep(0.005)
-print(json.dumps(attempts))
-"#;
 
 #[test]
 fn a_daemon_killed_and_restarted_under_load_never_lets_an_agent_around_it() {

@@ -22,7 +22,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway_tests::{cgroup2_mount, free_port, EchoServer, Gateway, GatewayOptions, PYTHON};
+use gateway_tests::{
+    cgroup2_mount, free_port, EchoServer, Gateway, GatewayOptions, CONNECTING_AGENT, PYTHON,
+};
 use serde_json::{json, Value};
 
 /// The unprivileged agent user (nobody).
@@ -280,28 +282,6 @@ for i in range(rounds):
     os.waitpid(pid, 0)
     results.append(json.loads(data))
 print(json.dumps({"results": results, "made_by_daemon": made_by_daemon}))
-"#;
-
-/// Connects again and again for `seconds` (as CONNECTING_AGENT in bypass.rs), from
-/// 127.0.0.3, reporting each attempt's local port and result. argv = port, seconds.
-const CONNECTING_AGENT: &str = r#"
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-attempts, end = [], time.monotonic() + seconds
-while time.monotonic() < end:
-    s = socket.socket()
-    s.settimeout(3)
-    try:
-        s.bind(("127.0.0.3", 0))
-        s.connect(("127.0.0.1", port))
-        s.sendall(b"x")
-        ok = s.recv(1) == b"x"
-        attempts.append({"local": s.getsockname()[1], "result": "echoed" if ok else "closed"})
-    except OSError as e:
-        attempts.append({"result": type(e).__name__})
-    finally:
-        s.close()
-    time.sleep(0.005)
-print(json.dumps(attempts))
 "#;
 
 /// UDP-Lite to 443 every way: sendto and connect()+send, IPv4, IPv6 and v4-mapped.
@@ -668,14 +648,17 @@ fn root_squat_problems(gw: &Gateway, echo: &EchoServer) -> Vec<String> {
     problems
 }
 
-// 3a. Listener squatting after a crash: the programs still redirect to 127.0.0.1:listen4,
-//     so an agent that listens there would receive other agents' connections.
-#[test]
-fn agents_cannot_squat_the_listener_while_the_daemon_is_down() {
+/// Takes a fresh daemon down with `down`, lets `squat` try to take its place, brings the
+/// daemon back and asserts that nothing went around it and it mediates again.
+fn squat_round(
+    name: &str,
+    down: impl FnOnce(&mut Gateway) -> String,
+    squat: impl Fn(&Gateway, &EchoServer) -> Vec<String>,
+) {
     let echo = EchoServer::start("127.0.0.1:0");
-    let mut gw = Gateway::start("squat-kill", opts(echo.addr.port()));
-    gw.kill9();
-    let mut problems = agent_squat_problems(&gw, &echo);
+    let mut gw = Gateway::start(name, opts(echo.addr.port()));
+    let how = down(&mut gw);
+    let mut problems = squat(&gw, &echo);
     problems = [no_direct_problem(&echo), problems].concat();
     // The daemon can take its listener back.
     gw.launch();
@@ -684,9 +667,20 @@ fn agents_cannot_squat_the_listener_while_the_daemon_is_down() {
         &echo,
         "an agent after the restart",
     ));
-    assert_none(
-        &problems,
-        "agents squatting the listener while the daemon is down",
+    assert_none(&problems, &format!("squatting the listener {how}"));
+}
+
+// 3a. Listener squatting after a crash: the programs still redirect to 127.0.0.1:listen4,
+//     so an agent that listens there would receive other agents' connections.
+#[test]
+fn agents_cannot_squat_the_listener_while_the_daemon_is_down() {
+    squat_round(
+        "squat-kill",
+        |gw| {
+            gw.kill9();
+            "by agents while the daemon is down (SIGKILL)".into()
+        },
+        agent_squat_problems,
     );
 }
 
@@ -694,39 +688,30 @@ fn agents_cannot_squat_the_listener_while_the_daemon_is_down() {
 //     redirected connections must only ever reach the daemon's own socket.
 #[test]
 fn a_root_squatter_outside_the_agents_gets_no_redirected_connection() {
-    let echo = EchoServer::start("127.0.0.1:0");
-    let mut gw = Gateway::start("squat-root", opts(echo.addr.port()));
-    gw.kill9();
-    let mut problems = root_squat_problems(&gw, &echo);
-    problems = [no_direct_problem(&echo), problems].concat();
-    gw.launch();
-    problems.extend(ordinary_agent_problems(
-        &gw,
-        &echo,
-        "an agent after the restart",
-    ));
-    assert_none(&problems, "a root squatter while the daemon is down");
+    squat_round(
+        "squat-root",
+        |gw| {
+            gw.kill9();
+            "by root outside the agents while the daemon is down".into()
+        },
+        root_squat_problems,
+    );
 }
 
 // 4. Listener squatting during a clean restart (SIGTERM, what systemctl restart does), with
 //    the default intercept settings: the programs must stay attached and refuse.
 #[test]
 fn agents_cannot_squat_the_listener_during_a_restart() {
-    let echo = EchoServer::start("127.0.0.1:0");
-    let mut gw = Gateway::start("squat-stop", opts(echo.addr.port()));
-    let status = gw.stop();
-    let mut problems = agent_squat_problems(&gw, &echo);
-    problems.extend(root_squat_problems(&gw, &echo));
-    problems = [no_direct_problem(&echo), problems].concat();
-    gw.launch();
-    problems.extend(ordinary_agent_problems(
-        &gw,
-        &echo,
-        "an agent after the restart",
-    ));
-    assert_none(
-        &problems,
-        &format!("squatting the listener during a clean restart (stop exit status {status:?})"),
+    squat_round(
+        "squat-stop",
+        |gw| format!("during a clean restart (stop exit status {:?})", gw.stop()),
+        |gw, echo| {
+            [
+                agent_squat_problems(gw, echo),
+                root_squat_problems(gw, echo),
+            ]
+            .concat()
+        },
     );
 }
 

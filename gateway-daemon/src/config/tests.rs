@@ -41,6 +41,11 @@ fn doors_left_open_are_warned_about() {
     assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
     assert!(r.warnings[0].contains("detach_on_stop = true"));
     assert!(r.warnings[1].contains("all_tcp = false"));
+    let r =
+        parse("[agents]\ncgroups = [\"a\"]\nusers = [4242]\n[intercept]\nattach_cgroup = \"a\"\n")
+            .unwrap();
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(r.warnings[0].contains("attach_cgroup"), "{:?}", r.warnings);
     let r = parse("[agents]\ncgroups = [\"a\"]\nusers = [4242]\n").unwrap();
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }

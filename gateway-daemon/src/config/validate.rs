@@ -293,6 +293,15 @@ fn warnings(config: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
+    if config.intercept.attach_cgroup.trim_matches('/') != "" {
+        out.push(format!(
+            "intercept.attach_cgroup = {:?}: the programs see only processes below it, and go \
+             with it when it is removed (systemd removes a stopped slice): agents created \
+             again there, or selected by user elsewhere, would connect unmediated. Attach to \
+             \"/\"",
+            config.intercept.attach_cgroup
+        ));
+    }
     if !config.scope.all_tcp {
         out.push(format!(
             "scope.all_tcp = false: only agent connections to ports {:?} are mediated; an MCP \

@@ -8,6 +8,7 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod mark;
 pub mod record;
 pub mod selection;
 pub mod watch;
