@@ -292,6 +292,10 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
              hierarchy and mounts bpffs (running as uid {euid})"
         );
     }
+    // Before READY=1: a SIGTERM that follows readiness at once must stop the daemon
+    // cleanly, not kill it by the default action.
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let cfg = resolved.config.clone();
     for w in &resolved.warnings {
         tracing::warn!("{w}");
@@ -363,8 +367,6 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     // and started): new ids are resolved as cgroupfs reports them.
     let watcher = tokio::spawn(intercept::watch::run(interceptor.clone()));
 
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let stop = async {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
