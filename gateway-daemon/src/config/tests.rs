@@ -148,3 +148,18 @@ fn servers_are_validated_by_key() {
         "http.max_request_bytes"
     );
 }
+
+#[test]
+fn listener_ports_the_kernel_may_hand_out_are_refused() {
+    use super::validate::ephemeral_clash;
+    assert!(ephemeral_clash(&[15001, 15001], "32768\t60999\n", "\n").is_none());
+    let m = ephemeral_clash(&[15001, 40001], "32768\t60999\n", "\n").unwrap();
+    assert!(m.contains("port 40001"), "{m}");
+    assert!(m.contains("32768-60999"), "{m}");
+    // Reserved ports are never handed out.
+    assert!(ephemeral_clash(&[40001], "32768 60999", "40000-40010,50000\n").is_none());
+    assert!(ephemeral_clash(&[50000], "32768 60999", "40000-40010,50000\n").is_none());
+    assert!(ephemeral_clash(&[50001], "32768 60999", "40000-40010,50000\n").is_some());
+    // Unreadable sysctls (no procfs): nothing to say.
+    assert!(ephemeral_clash(&[40001], "", "").is_none());
+}

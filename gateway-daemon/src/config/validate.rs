@@ -48,6 +48,14 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
         );
     }
 
+    if let Some(message) = ephemeral_clash(
+        &[l.ipv4.port(), l.ipv6.port()],
+        &std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default(),
+        &std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default(),
+    ) {
+        return fail("listener", message);
+    }
+
     for (i, c) in config.agents.cgroups.iter().enumerate() {
         if c.is_empty() || c.split('/').any(|part| part == "..") {
             return fail(
@@ -273,6 +281,33 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
         agent_uids,
         warnings,
     })
+}
+
+/// A listener port the kernel may hand out as an ephemeral port: while the daemon is down,
+/// any process (an agent too: autobind runs no bind program) could take it with a bare
+/// `listen()` and keep the daemon from starting again.
+pub(super) fn ephemeral_clash(ports: &[u16], range: &str, reserved: &str) -> Option<String> {
+    let mut bounds = range.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(low)), Some(Ok(high))) = (bounds.next(), bounds.next()) else {
+        return None;
+    };
+    let reserved: Vec<(u16, u16)> = reserved
+        .trim()
+        .split(',')
+        .filter_map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+        })
+        .collect();
+    let port = *ports.iter().find(|p| {
+        (low..=high).contains(*p) && !reserved.iter().any(|(a, b)| (*a..=*b).contains(*p))
+    })?;
+    Some(format!(
+        "port {port} lies in the kernel's ephemeral range {low}-{high} \
+         (net.ipv4.ip_local_port_range): while the daemon is down any process could take it \
+         by autobind and keep the daemon from starting. Choose a port below {low}, or reserve \
+         it in net.ipv4.ip_local_reserved_ports"
+    ))
 }
 
 fn warnings(config: &Config) -> Vec<String> {

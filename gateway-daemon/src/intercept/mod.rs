@@ -153,6 +153,16 @@ impl Interceptor {
             cgroup::ensure(&cgroup2, rel)?;
         }
         let selected = selection::resolve(&cgroup2, &cfg.agents.cgroups)?;
+        for w in &selected.widened {
+            tracing::warn!(
+                cgroup = w.cgroup,
+                subtree = %w.to.display(),
+                owner = w.owner,
+                "agent cgroup lies in a subtree delegated to a user, who can move processes \
+                 anywhere in it: the whole subtree is mediated as agents (select agents by \
+                 user instead, or keep agent cgroups out of delegated subtrees)"
+            );
+        }
 
         let cap = cfg.intercept.selector_capacity;
         let mut ebpf = EbpfLoader::new()

@@ -24,6 +24,16 @@ pub struct Selection {
     pub watched: Vec<PathBuf>,
     /// Configured agent cgroups that exist now, with their ids.
     pub agents: Vec<(String, u64)>,
+    /// Agent cgroups inside a subtree delegated to a user, and that subtree's top with its
+    /// owner: mediated whole, since a process of that user moves itself anywhere in it.
+    pub widened: Vec<Widened>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Widened {
+    pub cgroup: String,
+    pub to: PathBuf,
+    pub owner: u32,
 }
 
 /// Reads the configured agent cgroups (relative to `mount`), their ancestors and the
@@ -36,6 +46,7 @@ pub fn resolve(mount: &Path, agent_cgroups: &[String]) -> Result<Selection, Inte
         .iter()
         .map(|rel| cgroup::path_of(mount, rel))
         .collect();
+    let mut delegated = Vec::new();
     for (rel, path) in agent_cgroups.iter().zip(&agent_paths) {
         let mut dir = mount.to_path_buf();
         let relative = path.strip_prefix(mount).unwrap_or(path);
@@ -43,6 +54,24 @@ pub fn resolve(mount: &Path, agent_cgroups: &[String]) -> Result<Selection, Inte
         for part in relative.parent().into_iter().flat_map(Path::components) {
             dir.push(part);
             ancestors.push(dir.clone());
+        }
+        // Moving a process needs write access to the cgroup.procs of the common ancestor
+        // of where it is and where it goes: below an ancestor whose cgroup.procs a user
+        // may write (systemd delegates user@UID.service so), an agent of that user can
+        // leave its cgroup for one of its own making. That ancestor is the agents' real
+        // boundary: it and everything below it are agents.
+        let top = ancestors
+            .iter()
+            .skip(1)
+            .find_map(|a| delegated_to(a).map(|owner| (a.clone(), owner)));
+        if let Some((to, owner)) = &top {
+            ancestors.retain(|a| !a.starts_with(to));
+            sel.widened.push(Widened {
+                cgroup: rel.clone(),
+                to: to.clone(),
+                owner: *owner,
+            });
+            delegated.push(to.clone());
         }
         for a in ancestors {
             if !sel.watched.contains(&a) && a.is_dir() {
@@ -76,7 +105,26 @@ pub fn resolve(mount: &Path, agent_cgroups: &[String]) -> Result<Selection, Inte
     for (_, id) in &sel.agents {
         sel.classes.insert(*id, AGENT);
     }
+    for dir in &delegated {
+        if let Some(id) = existing_id(dir)? {
+            sel.classes.insert(id, AGENT);
+        }
+    }
     Ok(sel)
+}
+
+/// The uid a cgroup is delegated to: who may move processes below it. None for root's.
+fn delegated_to(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir.join("cgroup.procs")).ok()?;
+    if meta.uid() != 0 {
+        Some(meta.uid())
+    } else if meta.mode() & 0o022 != 0 {
+        // Writable by a group or by everyone: as good as delegated, to no one in particular.
+        Some(meta.gid())
+    } else {
+        None
+    }
 }
 
 /// The cgroup's id, or None when it does not exist (now).
@@ -134,5 +182,50 @@ mod tests {
         // "gone" does not exist: its parent (the root) is watched, so it will be an agent
         // from its creation; it has no entry of its own.
         assert_eq!(sel.classes.len(), 5);
+    }
+
+    #[test]
+    fn an_agent_cgroup_inside_a_delegated_subtree_widens_to_its_top() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in [
+            "user.slice/user@1000.service/app.slice/agent.scope",
+            "system.slice",
+        ] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for d in [
+            "",
+            "user.slice",
+            "user.slice/user@1000.service",
+            "user.slice/user@1000.service/app.slice",
+        ] {
+            std::fs::write(r.join(d).join("cgroup.procs"), "").unwrap();
+            std::fs::set_permissions(
+                r.join(d).join("cgroup.procs"),
+                PermissionsExt::from_mode(0o644),
+            )
+            .unwrap();
+        }
+        // What systemd's delegation does (chown to the user); here: writable by everyone,
+        // since a test cannot chown without root.
+        let service = r.join("user.slice/user@1000.service");
+        std::fs::set_permissions(
+            service.join("cgroup.procs"),
+            PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+        let sel = resolve(
+            r,
+            &["user.slice/user@1000.service/app.slice/agent.scope".into()],
+        )
+        .unwrap();
+        assert_eq!(sel.widened.len(), 1, "{sel:?}");
+        assert_eq!(sel.widened[0].to, service);
+        assert_eq!(sel.classes[&ino(&service)], AGENT);
+        assert_eq!(sel.watched, vec![r.to_path_buf(), r.join("user.slice")]);
+        assert_eq!(sel.classes[&ino(&r.join("user.slice"))], WATCHED);
+        assert_eq!(sel.classes[&ino(&r.join("system.slice"))], KNOWN);
     }
 }

@@ -301,7 +301,8 @@ int gw_connect4(struct bpf_sock_addr *ctx)
 		return other_transport_verdict(ctx, cfg);
 	__u32 dst = ctx->user_ip4;
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	int to_listener = dst == cfg->listen4 && port == cfg->listen4_port;
+	/* 0.0.0.0 dials the local host: the listener too. */
+	int to_listener = (dst == cfg->listen4 || dst == 0) && port == cfg->listen4_port;
 	if (!to_listener && !port_in_scope(cfg, port))
 		return not_mediated(ctx);
 	if (is_daemons(cfg, ctx->sk))
@@ -340,10 +341,11 @@ int gw_connect6(struct bpf_sock_addr *ctx)
 	int mapped = is_v4_mapped(dst);
 	int to_listener;
 	if (mapped)
-		to_listener = dst[3] == cfg->listen4 && port == cfg->listen4_port;
+		to_listener = (dst[3] == cfg->listen4 || dst[3] == 0) && port == cfg->listen4_port;
 	else
-		to_listener = dst[0] == cfg->listen6[0] && dst[1] == cfg->listen6[1] &&
-			      dst[2] == cfg->listen6[2] && dst[3] == cfg->listen6[3] &&
+		to_listener = ((dst[0] == cfg->listen6[0] && dst[1] == cfg->listen6[1] &&
+				dst[2] == cfg->listen6[2] && dst[3] == cfg->listen6[3]) ||
+			       (dst[0] | dst[1] | dst[2] | dst[3]) == 0) &&
 			      port == cfg->listen6_port;
 	if (!to_listener && !port_in_scope(cfg, port))
 		return not_mediated(ctx);
