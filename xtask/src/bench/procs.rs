@@ -104,10 +104,26 @@ impl Drop for Proc {
 }
 
 /// A loopback port nobody listens on right now.
+/// A loopback port free on both families, below the kernel's ephemeral range: the daemon
+/// refuses listener ports the kernel could hand out by autobind, and a server's port taken
+/// from that range could meanwhile become some connection's source port.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(997);
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = (FIRST + start.wrapping_add(n) % COUNT) as u16;
+        let v6_free = match std::net::TcpListener::bind(("::1", port)) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::AddrNotAvailable,
+        };
+        if v6_free && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// `mcp-bench-client serve` on 127.0.0.1:`port` (HTTPS with the run's certificate if `tls`).
