@@ -372,7 +372,7 @@ format = "Bearer {{}}"
             todo.to_string(),
         ],
     ));
-    assert_eq!(out[0]["status"], 502, "{out}");
+    assert_eq!(out[0]["status"], 421, "{out}");
     let body = out[0]["body"].as_str().unwrap();
     assert!(
         body.contains("by-host") && body.contains("plain HTTP"),

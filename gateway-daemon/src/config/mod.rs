@@ -76,7 +76,8 @@ pub struct Config {
 }
 
 /// An MCP server agents use. It is matched by the destination the agent dialed
-/// (`address`), or by the HTTP `Host` (`host`, optional port), and optionally a path prefix.
+/// (`address`), or by the host name the gateway verified over TLS (`host`, optional port),
+/// and optionally a path prefix. Over plain HTTP a `host` is never trusted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
@@ -84,7 +85,7 @@ pub struct Server {
     /// Destination address:port as dialed, e.g. "127.0.0.1:3001" or "[::1]:8080".
     #[serde(default)]
     pub address: Option<SocketAddr>,
-    /// HTTP host (as in the Host header / :authority), without port.
+    /// Host name, without port: matched against the SNI of TLS the gateway terminates.
     #[serde(default)]
     pub host: Option<String>,
     /// Destination port, with `host`.

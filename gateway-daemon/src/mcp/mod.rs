@@ -72,7 +72,13 @@ pub async fn route(
             }
         }
     }
-    let (kind, target) = recognise::classify(&req, ctx);
+    let (kind, target) = match recognise::classify(&req, ctx) {
+        Ok(c) => c,
+        Err(recognise::Unverifiable(why)) => {
+            tracing::info!(reason = %why, "request for an unverifiable server refused");
+            return reply::http_error(StatusCode::MISDIRECTED_REQUEST, &why);
+        }
+    };
     // The server's credentials go on now (the agent's own come off); its response is
     // scrubbed of them below, whichever path it takes.
     let injected = match inject::apply(&mut req, ctx, &target, !matches!(kind, McpKind::NotMcp)) {

@@ -59,17 +59,50 @@ pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
     Some(host.trim_start_matches('[').trim_end_matches(']'))
 }
 
-pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> (McpKind, Target) {
-    let host = host_of(req);
+/// A request the gateway cannot tie to a server it can vouch for: over plain HTTP, a
+/// `Host` naming a server configured by host only (any address could claim that name).
+#[derive(Debug)]
+pub struct Unverifiable(pub String);
+
+/// Which server a request is for, and whether it is MCP. The server is the destination the
+/// kernel recorded for the connection, or the host name the gateway verified over TLS (the
+/// SNI, which the upstream certificate was checked against and `Host` must equal) — never
+/// the request's `Host`, which the agent writes.
+pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target), Unverifiable> {
     let path = req.uri().path();
     let up = ctx.upstream_addr;
+    let verified_host = ctx.tls_sni.as_deref();
+    let host_matches = |s: &crate::config::Server, host: &str| {
+        s.host
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(host))
+            && s.port.is_none_or(|p| p == up.port())
+    };
+    let path_matches =
+        |s: &crate::config::Server| s.path.as_deref().is_none_or(|p| path.starts_with(p));
     let configured = ctx.config.servers.iter().find(|s| {
         let by_addr = s.address.is_some_and(|a| a == up);
-        let by_host = s.host.as_deref().is_some_and(|h| Some(h) == host)
-            && s.port.is_none_or(|p| p == up.port());
-        (by_addr || by_host) && s.path.as_deref().is_none_or(|p| path.starts_with(p))
+        let by_host = verified_host.is_some_and(|h| host_matches(s, h));
+        (by_addr || by_host) && path_matches(s)
     });
-    let label: Arc<str> = match (configured, host) {
+    if configured.is_none() && verified_host.is_none() {
+        if let Some(claimed) = host_of(req) {
+            if let Some(s) = ctx
+                .config
+                .servers
+                .iter()
+                .find(|s| s.address.is_none() && host_matches(s, claimed) && path_matches(s))
+            {
+                return Err(Unverifiable(format!(
+                    "this request names server {:?} ({claimed}) over plain HTTP to {up}: the \
+                     gateway cannot verify that this address is that server. Configure its \
+                     `address`, or reach it over TLS",
+                    s.name
+                )));
+            }
+        }
+    }
+    let label: Arc<str> = match (configured, verified_host) {
         (Some(s), _) => s.name.as_str().into(),
         (None, Some(h)) => format!("{h}:{}", up.port()).into(),
         (None, None) => up.to_string().into(),
@@ -103,7 +136,7 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> (McpKind, Target) {
         Method::DELETE if h.contains_key(H_SESSION_ID) => McpKind::Delete,
         _ => McpKind::NotMcp,
     };
-    (kind, target)
+    Ok((kind, target))
 }
 
 /// Whether JSON-RPC batches are allowed: only in 2025-03-26, which is also what a server
