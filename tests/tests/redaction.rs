@@ -194,3 +194,75 @@ print(json.dumps({"json": call(1, "secret_json_inf"), "sse": call(2, "secret_sse
         "{dropped}"
     );
 }
+
+/// A server's result reaches the agent only as the gateway read it, whatever the spelling of
+/// its Content-Type: in any case or with parameters it is read (and redacted) as clients
+/// read it; a type some client reads one way and another the other, or a success body of a
+/// type no client reads while a call waits, is not passed on (502 and a JSON-RPC error).
+#[test]
+fn a_content_type_in_any_spelling_does_not_carry_a_result_past_redaction() {
+    const RAW: &str = r#"
+import http.client, json, sys
+port, types = int(sys.argv[1]), json.loads(sys.argv[2])
+out = []
+for i, ct in enumerate(types):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+              "params": {"name": "secret_typed", "arguments": {"content_type": ct}}}),
+              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = c.getresponse()
+    try:
+        raw = r.read().decode()
+    except Exception as e:
+        raw = "the response could not be read: %r" % e
+    out.append({"type": ct, "status": r.status, "raw": raw})
+print(json.dumps(out))
+"#;
+    let read = [
+        "Application/JSON",
+        "APPLICATION/JSON; charset=utf-8",
+        "Text/Event-Stream",
+        "text/event-stream;charset=UTF-8",
+    ];
+    let refused = ["text/plain", "application/json; x=text/event-stream"];
+    let port = free_port();
+    let gw = Gateway::start(
+        "redact-ctype",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let types: Vec<&str> = read.iter().chain(refused.iter()).copied().collect();
+    let out = run_probe(gw.agent(
+        PYTHON,
+        &[
+            "-c".into(),
+            RAW.into(),
+            port.to_string(),
+            serde_json::to_string(&types).unwrap(),
+        ],
+    ));
+    let out = out.as_array().unwrap();
+    for case in out {
+        let raw = case["raw"].as_str().unwrap();
+        for secret in [AWS_KEY, EMAIL] {
+            assert!(!raw.contains(secret), "{secret} reached the agent: {case}");
+        }
+    }
+    for case in &out[..read.len()] {
+        assert_eq!(case["status"], 200, "{case}");
+        assert!(
+            case["raw"].as_str().unwrap().contains("[REDACTED:"),
+            "{case}"
+        );
+    }
+    for case in &out[read.len()..] {
+        assert_eq!(case["status"], 502, "{case}");
+        let raw = case["raw"].as_str().unwrap();
+        assert!(raw.contains("cannot read"), "{case}");
+        assert!(raw.contains("\"error\""), "a JSON-RPC error: {case}");
+    }
+}

@@ -132,12 +132,7 @@ pub async fn post_that_may_wait(
     target: Target,
     legacy: Option<Arc<Session>>,
 ) -> Response<GwBody> {
-    let accepts_sse = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"));
+    let accepts_sse = super::media::accepts_sse(req.headers());
     let (respond, early_rx) = oneshot::channel();
     let early = Arc::new(Early {
         accepts_sse,
@@ -209,11 +204,7 @@ impl Drop for AbortOnDrop {
 /// Continues an early SSE answer with the exchange's final response: its SSE events as
 /// they come, or its JSON body as one event.
 async fn finish_stream(resp: Response<GwBody>, tx: Events) {
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = super::media::of(resp.headers()) == super::media::Media::Sse;
     let mut body = resp.into_body();
     if is_sse {
         while let Some(frame) = body.frame().await {

@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::jsonrpc::{self, Id, Kind, Message, Parsed};
+use super::media::{self, Media};
 use super::observe::{ListView, Observer};
 use super::pairing::Pending;
 use super::recognise::{
@@ -663,9 +664,12 @@ pub async fn post(
             }
         }
     }
-    let (parts, body) = resp.into_parts();
-    let ct = content_type(&parts.headers);
-    if ct.starts_with("text/event-stream") {
+    let (mut parts, body) = resp.into_parts();
+    let media = media::of(&parts.headers);
+    if media == Media::Sse {
+        // Events may be redacted or dropped on the way: a length the server framed the
+        // stream with would no longer hold (the agent would wait for bytes never sent).
+        parts.headers.remove(header::CONTENT_LENGTH);
         let body = stream::observe(
             body,
             StreamJob {
@@ -681,8 +685,35 @@ pub async fn post(
         );
         return Response::from_parts(parts, body);
     }
-    if ct.starts_with("application/json") {
+    if media == Media::Json {
         return json_response(parts, body, obs, local, limits.max_response_bytes).await;
+    }
+    // A body some client would read as MCP that the gateway cannot tell how to read, or a
+    // success carrying a body no client should read while requests wait for answers: not
+    // passed on unread (a server could hand a tool list or a secret past pins and redaction
+    // under a content type a client reads and the gateway did not).
+    let waiting_requests = !local.is_empty();
+    let unread_success = parts.status.is_success()
+        && parts.status != StatusCode::ACCEPTED
+        && !http_body::Body::is_end_stream(&body)
+        && waiting_requests;
+    if media == Media::Ambiguous || unread_success {
+        let why = format!(
+            "the server answered HTTP {} with Content-Type {:?}, which the gateway cannot read \
+             as one JSON body or one event stream",
+            parts.status.as_u16(),
+            content_type(&parts.headers)
+        );
+        let waiting = local.drain_expired(|_| true);
+        let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
+        obs.write(obs.unanswered(Direction::ClientToServer, waiting, "upstream_error", &why))
+            .await;
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            &ids_or_null(ids),
+            UPSTREAM_FAILED,
+            &why,
+        );
     }
     // 202 for notifications and responses, legacy acknowledgements, or a non-MCP answer
     // (401, 404 pages): whatever requests this POST carried get no response here.
@@ -813,10 +844,13 @@ pub async fn get(
             );
         }
     };
-    let (parts, body) = resp.into_parts();
-    if !content_type(&parts.headers).starts_with("text/event-stream") {
+    let (mut parts, body) = resp.into_parts();
+    // Clients read a GET's answer only as an event stream: whatever they would take for
+    // one (in any case, the type anywhere in the header) is read here first.
+    if !matches!(media::of(&parts.headers), Media::Sse | Media::Ambiguous) {
         return Response::from_parts(parts, boxed(body));
     }
+    parts.headers.remove(header::CONTENT_LENGTH);
     let body = stream::observe(
         body,
         StreamJob {

@@ -7,6 +7,7 @@ pub mod ask;
 pub mod exchange;
 pub mod inject;
 pub mod jsonrpc;
+pub mod media;
 pub mod observe;
 pub mod pairing;
 pub mod recognise;
