@@ -249,3 +249,55 @@ fn a_get_with_a_body_is_forwarded_without_it_or_its_framing() {
         started.elapsed()
     );
 }
+
+/// Over h2 as over HTTP/1.1: a call naming its tool twice is refused (-32602), not decided
+/// as a call without a name (which a rule denying that tool would not match).
+#[test]
+fn h2c_call_with_a_duplicated_name_is_refused() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = Gateway::start(
+        "h2c-dup",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[policy]\nmode = \"enforce\"\n\
+                    [[principal]]\nname = \"agent\"\nusers = [0]\n\
+                    [[rule]]\nprincipal = \"agent\"\ntools = [\"echo\"]\naction = \"deny\"\n\
+                    [[rule]]\nprincipal = \"agent\"\naction = \"allow\"\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","name":"echo","arguments":{"text":"ran"}}}"#;
+    let (ok, out) = curl(
+        &gw,
+        &[
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Accept: application/json, text/event-stream",
+            "-H",
+            "MCP-Protocol-Version: 2025-06-18",
+            "--data",
+            body,
+            &server.url,
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("-32602"), "{out}");
+    assert!(!out.contains("ran"), "the call ran: {out}");
+    let rec = gw.wait_record("the refusal", |r| {
+        r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "refused"
+    });
+    assert!(
+        rec["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unambiguously")
+            || rec.to_string().contains("unambiguously"),
+        "{rec}"
+    );
+}

@@ -371,3 +371,68 @@ arguments = { type = "object", properties = { a = { type = "integer", maximum = 
 fn body(r: &Value) -> Value {
     serde_json::from_slice(&unb64(r["body_b64"].as_str().unwrap())).unwrap()
 }
+
+/// A call whose name, uri or `_meta` the gateway cannot read unambiguously is refused with
+/// -32602 and never reaches the server: a member twice (also spelled with an escape), `_meta`
+/// twice, a `progressToken` twice or of the wrong type, a protocol version that is not a
+/// string — alone and inside a batch. With any of these, a lenient read had found no name,
+/// so a rule denying the tool did not match and the pins check was skipped.
+#[test]
+fn a_call_whose_name_cannot_be_read_unambiguously_is_refused() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "dup-keys",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[policy]\nmode = \"enforce\"\n\
+                    [[principal]]\nname = \"agent\"\nusers = [0]\n\
+                    [[rule]]\nprincipal = \"agent\"\ntools = [\"delete_all\"]\naction = \"deny\"\n\
+                    [[rule]]\nprincipal = \"agent\"\naction = \"allow\"\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let v = "io.modelcontextprotocol/protocolVersion";
+    let attacks = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all","name":"delete_all"}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"other","na\u006de":"delete_all"}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_all","_meta":{},"_meta":{}}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"delete_all","_meta":{"progressToken":1,"progressToken":2}}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"delete_all","_meta":{"progressToken":true}}}"#.to_string(),
+        format!(r#"{{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{{"name":"delete_all","_meta":{{"{v}":5}}}}}}"#),
+        r#"[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"other"}},{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_all","name":"delete_all"}}]"#.to_string(),
+    ];
+    for body in &attacks {
+        let out = raw_post(&gw, port, body.as_bytes(), "{}");
+        assert_eq!(out["status"], 400, "{body}: {out}");
+        let reply = String::from_utf8(unb64(out["body_b64"].as_str().unwrap())).unwrap();
+        assert!(reply.contains("-32602"), "{body}: {reply}");
+        assert!(
+            reply.contains("cannot read this call unambiguously"),
+            "{body}: {reply}"
+        );
+    }
+    assert!(
+        received(&log).is_empty(),
+        "a refused call reached the server: {:?}",
+        received(&log)
+    );
+    // The audit has each refusal, with its reason.
+    let refused = gw
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["type"] == "mcp" && r["outcome"] == "refused")
+        .count();
+    assert!(refused >= attacks.len(), "{:#?}", gw.audit_records());
+    // An ordinary call still goes through.
+    let ok = raw_post(
+        &gw,
+        port,
+        br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"other","arguments":{}}}"#,
+        "{}",
+    );
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(received(&log).len(), 1);
+}

@@ -18,8 +18,8 @@ use super::recognise::{
 use super::record::{Direction, ExchangeRecord};
 use super::reply::{
     error_response, http_error, GATEWAY_DENIED, GATEWAY_EXFILTRATION, GATEWAY_LIMITED,
-    GATEWAY_REFUSED, GATEWAY_UNPINNED, HEADER_MISMATCH, INVALID_REQUEST, PARSE_ERROR,
-    UPSTREAM_FAILED,
+    GATEWAY_REFUSED, GATEWAY_UNPINNED, HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST,
+    PARSE_ERROR, UPSTREAM_FAILED,
 };
 use super::session::{Session, Transport};
 use super::stream::{self, StreamJob, StreamKind};
@@ -427,6 +427,25 @@ pub async fn post(
             &messages,
             StatusCode::BAD_REQUEST,
             INVALID_REQUEST,
+            &why,
+        )
+        .await;
+    }
+    // Every later stage names the call by what these members say: a request whose name,
+    // uri or `_meta` cannot be read unambiguously (a member twice, a wrong type) is refused,
+    // never decided as a call without a name.
+    if let Some((m, e)) = messages
+        .iter()
+        .filter(|m| m.method.is_some())
+        .find_map(|m| m.params_info().err().map(|e| (m, e)))
+    {
+        let method = m.method.as_deref().unwrap_or("");
+        let why = format!("{method}: the gateway cannot read this call unambiguously: {e}");
+        return refuse(
+            &obs,
+            &messages,
+            StatusCode::BAD_REQUEST,
+            INVALID_PARAMS,
             &why,
         )
         .await;

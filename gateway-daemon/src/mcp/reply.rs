@@ -10,6 +10,7 @@ use crate::http::body::{full, GwBody};
 
 pub const PARSE_ERROR: i32 = -32700;
 pub const INVALID_REQUEST: i32 = -32600;
+pub const INVALID_PARAMS: i32 = -32602;
 pub const INTERNAL_ERROR: i32 = -32603;
 /// The MCP code for an `Mcp-Method`/`Mcp-Name` header that disagrees with the body.
 pub const HEADER_MISMATCH: i32 = ErrorCode::HEADER_MISMATCH.0;
