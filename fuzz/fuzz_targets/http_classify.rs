@@ -3,30 +3,30 @@
 //! classify}` on arbitrary HTTP/1 request heads (parsed as hyper would, with httparse).
 //!
 //! Asserts, for `detect::classify`: a decision, once made on a prefix, stays the same for
-//! every longer prefix; it is made within the 24 bytes the daemon peeks (else an agent
-//! could hold a connection undecided); and each answer is justified by the bytes (TLS
-//! record header, the h2 preface, an HTTP method and a space).
+//! every longer prefix; and each answer is justified by the bytes (TLS record header, the
+//! h2 preface, after any empty lines a common HTTP method and a space, or a method token, a
+//! space and a line that ends in an HTTP/1 version).
 //!
 //! For `recognise`: `host_of` is a part of the request's authority or `Host` header; the
-//! kind follows the documented rules (a POST is MCP when it targets a configured server,
+//! kind follows the documented rules (methods in any case; a POST is MCP when it targets a configured server,
 //! carries an MCP header, accepts both JSON and SSE, or names a legacy session's endpoint;
 //! a GET is watched when it accepts SSE, confirmed when the request itself is MCP; a DELETE
 //! with a session id ends a session; nothing else is MCP); the target is the configured
-//! server that matches (by address, or by host and port, under its path prefix) and its
-//! label that server's name, else host:port.
+//! server that matches (by address, or by the TLS-verified host and port, under its path
+//! prefix) and its label that server's name, else the address dialed: never the `Host`
+//! header, and a plain-HTTP `Host` naming a server configured by host alone is refused.
 #![no_main]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use gateway_daemon::http::detect::{classify as detect, Detected};
+use gateway_daemon::http::detect::{classify as detect, Detected, PEEK};
 use gateway_daemon::mcp::recognise::{self, McpKind};
 use gateway_daemon::mcp::ConnCtx;
 use gateway_fuzz::{harness, OTHER_ADDR, TOOLS_ADDR};
 use http::{Method, Request};
 use libfuzzer_sys::fuzz_target;
 
-const PEEK: usize = 24;
 const METHODS: &[&[u8]] = &[
     b"GET ",
     b"POST ",
@@ -60,14 +60,40 @@ fn check_detect(bytes: &[u8]) {
             match d {
                 Detected::Tls => assert!(p.starts_with(&[0x16, 0x03])),
                 Detected::Http2 => assert!(p.starts_with(H2_PREFACE)),
-                Detected::Http1 => assert!(METHODS.iter().any(|m| p.starts_with(m))),
+                Detected::Http1 => assert!(http1_justified(p), "{p:?} taken for HTTP/1"),
                 Detected::Other => assert!(!p.is_empty()),
-                Detected::NotClientFirst => panic!("classify never says NotClientFirst"),
+                Detected::NotClientFirst | Detected::Stalled => {
+                    panic!("classify never says {d:?}")
+                }
             }
         }
     }
     if bytes.is_empty() {
         assert_eq!(detect(bytes), None);
+    }
+}
+
+/// After any empty lines: a common method and a space, or a method token, a space and a
+/// line that ends in an HTTP/1 version (or runs past what is peeked).
+fn http1_justified(p: &[u8]) -> bool {
+    let start = p.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(p.len());
+    let line = &p[start..];
+    if METHODS.iter().any(|m| line.starts_with(m)) {
+        return true;
+    }
+    let token = line
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+        .count();
+    if token == 0 || line.get(token) != Some(&b' ') {
+        return false;
+    }
+    match line.iter().position(|b| *b == b'\n') {
+        Some(end) => {
+            let l = line[..end].strip_suffix(b"\r").unwrap_or(&line[..end]);
+            l.ends_with(b" HTTP/1.1") || l.ends_with(b" HTTP/1.0")
+        }
+        None => p.len() >= PEEK,
     }
 }
 
@@ -124,22 +150,40 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
             "host {h:?} is in none of {sources:?}"
         );
     }
-    let (kind, target) = recognise::classify(req, ctx);
-    let again = recognise::classify(req, ctx);
-    assert_eq!(again.1.label, target.label);
-
-    // The configured server that should match, by the documented rule.
     let path = req.uri().path();
+    let host_only = |h: &str| {
+        ctx.config.servers.iter().any(|s| {
+            s.address.is_none()
+                && s.host.as_deref().is_some_and(|sh| sh.eq_ignore_ascii_case(h))
+                && s.port.is_none_or(|p| p == up.port())
+                && s.path.as_deref().is_none_or(|p| path.starts_with(p))
+        })
+    };
+    // The server by the documented rule: the address dialed, or the host the gateway
+    // verified over TLS; never the Host header.
+    let verified = ctx.tls_sni.as_deref();
     let expected = ctx.config.servers.iter().find(|s| {
         let by_addr = s.address == Some(up);
-        let by_host =
-            s.host.is_some() && s.host.as_deref() == host && s.port.is_none_or(|p| p == up.port());
+        let by_host = verified.is_some_and(|v| {
+            s.host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(v))
+                && s.port.is_none_or(|p| p == up.port())
+        });
         (by_addr || by_host) && s.path.as_deref().is_none_or(|p| path.starts_with(p))
     });
+    let (kind, target) = match recognise::classify(req, ctx) {
+        Ok(c) => c,
+        Err(_) => {
+            assert!(expected.is_none() && verified.is_none());
+            assert!(host.is_some_and(host_only), "refused without a host-only server named");
+            return;
+        }
+    };
+    let again = recognise::classify(req, ctx).expect("the same answer twice");
+    assert_eq!(again.1.label, target.label);
     assert_eq!(target.configured, expected.is_some());
-    match (expected, host) {
+    match (expected, verified) {
         (Some(s), _) => assert_eq!(&*target.label, s.name.as_str()),
-        (None, Some(h)) => assert_eq!(&*target.label, format!("{h}:{}", up.port())),
+        (None, Some(v)) => assert_eq!(&*target.label, format!("{v}:{}", up.port())),
         (None, None) => assert_eq!(&*target.label, up.to_string()),
     }
 
@@ -153,9 +197,10 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
         .map(|p| p.as_str())
         .unwrap_or(path);
     let legacy = ctx.sessions.legacy(up, pq);
+    let method = req.method().as_str().to_ascii_uppercase();
     match kind {
         McpKind::Post { legacy: l } => {
-            assert_eq!(req.method(), Method::POST);
+            assert_eq!(method, "POST");
             assert_eq!(l.is_some(), legacy.is_some());
             if l.is_none() {
                 assert!(
@@ -166,21 +211,21 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
             }
         }
         McpKind::Get { confirmed } => {
-            assert_eq!(req.method(), Method::GET);
+            assert_eq!(method, "GET");
             assert!(accepts(req, "text/event-stream"));
             assert_eq!(confirmed, known);
         }
         McpKind::Delete => {
-            assert_eq!(req.method(), Method::DELETE);
+            assert_eq!(method, "DELETE");
             assert!(req.headers().contains_key("mcp-session-id"));
         }
-        McpKind::NotMcp => match *req.method() {
-            Method::POST => {
+        McpKind::NotMcp => match method.as_str() {
+            "POST" => {
                 assert!(legacy.is_none() && !known);
                 assert!(!(accepts(req, "application/json") && accepts(req, "text/event-stream")));
             }
-            Method::GET => assert!(!accepts(req, "text/event-stream")),
-            Method::DELETE => assert!(!req.headers().contains_key("mcp-session-id")),
+            "GET" => assert!(!accepts(req, "text/event-stream")),
+            "DELETE" => assert!(!req.headers().contains_key("mcp-session-id")),
             _ => {}
         },
     }

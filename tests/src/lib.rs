@@ -36,7 +36,7 @@ while time.monotonic() < end:
     try:
         s.bind(("127.0.0.3", 0))
         s.connect(("127.0.0.1", port))
-        s.sendall(b"x")
+        s.sendall(b"x\n")
         ok = s.recv(1) == b"x"
         attempts.append({"local": s.getsockname()[1], "result": "echoed" if ok else "closed"})
     except OSError as e:

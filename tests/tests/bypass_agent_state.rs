@@ -34,7 +34,7 @@ const AGENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const IPPROTO_UDPLITE: i32 = 136;
 const IPPROTO_MPTCP: u32 = 262;
 
-/// Shared by every agent program: connect from a chosen source address, send four bytes,
+/// Shared by every agent program: connect from a chosen source address, send a line,
 /// read them back, and report what happened.
 const PRELUDE: &str = r#"
 import errno, json, os, socket, struct, sys, time
@@ -46,14 +46,14 @@ def talk(s, dst, port, out):
     try:
         s.connect((dst, port))
         out["peer"] = list(s.getpeername()[:2])
-        s.sendall(b"ping")
+        s.sendall(b"ping\n")
         got = b""
-        while len(got) < 4:
-            chunk = s.recv(4 - len(got))
+        while len(got) < 5:
+            chunk = s.recv(5 - len(got))
             if not chunk:
                 break
             got += chunk
-        out["result"] = "echoed" if got == b"ping" else "closed after %r" % got
+        out["result"] = "echoed" if got == b"ping\n" else "closed after %r" % got
     except OSError as e:
         out["result"] = type(e).__name__
         out["errno"] = err_name(e)

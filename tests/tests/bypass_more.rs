@@ -78,7 +78,7 @@ def fresh(family=socket.AF_INET, src="127.0.0.3", proto=0, seconds=5):
         s.bind((src, 0))
     return s
 
-def echo(s, out, sent=0, payload=b"ping"):
+def echo(s, out, sent=0, payload=b"ping\n"):
     # The rest of `payload` goes out (`sent` bytes already went, e.g. in a SYN), the echo
     # is read back, and the socket's addresses are reported.
     try:
@@ -213,7 +213,7 @@ def attempt(name, family, src, dst, dport, mode, proto=0, no_cookie=False):
             s.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
         if mode == "sendto":
             try:
-                sent = s.sendto(b"ping", MSG_FASTOPEN, (dst, dport))
+                sent = s.sendto(b"ping\n", MSG_FASTOPEN, (dst, dport))
             except OSError as e:
                 local_of(s, out)
                 return failed(out, e, "sendto")
@@ -505,8 +505,8 @@ def ring_fastopen(name, ring):
         s.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_NO_COOKIE, 1)
         local_of(s, r)
         sa = sockaddr(socket.AF_INET, "127.0.0.1", port)
-        data = ctypes.create_string_buffer(b"ping", 4)
-        iov = Iovec(ctypes.addressof(data), 4)
+        data = ctypes.create_string_buffer(b"ping\n", 5)
+        iov = Iovec(ctypes.addressof(data), 5)
         msg = Msghdr(ctypes.addressof(sa), 16, ctypes.pointer(iov), 1, None, 0, 0)
         res = ring.run(OP_SENDMSG, s.fileno(), addr=ctypes.addressof(msg),
                        op_flags=MSG_FASTOPEN, sqe_flags=IOSQE_ASYNC)

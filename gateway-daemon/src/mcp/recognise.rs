@@ -117,7 +117,10 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
         .any(|n| h.contains_key(*n));
     let streamable_accept = accepts(h, "application/json") && accepts(h, "text/event-stream");
     let known = target.configured || mcp_headers;
-    let kind = match *req.method() {
+    // Methods as lenient servers read them: `post` is a POST to some.
+    let method = Method::from_bytes(req.method().as_str().to_ascii_uppercase().as_bytes())
+        .unwrap_or_else(|_| req.method().clone());
+    let kind = match method {
         Method::POST => {
             let pq = req
                 .uri()

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use crate::audit::{timestamp, AuditSink};
 use crate::config::Config;
 use crate::http::counting::Counting;
-use crate::http::detect::{detect, Detected};
+use crate::http::detect::{after_server_first, detect, AfterServer, Detected};
 use crate::http::{self as gwhttp, Protocol};
 use crate::identity::Identity;
 use crate::intercept::Redirected;
@@ -175,7 +175,7 @@ fn label(d: Detected) -> &'static str {
         Detected::Http1 => "http1",
         Detected::Http2 => "http2",
         Detected::Tls => "tls",
-        Detected::Other | Detected::NotClientFirst => "tcp",
+        Detected::Other | Detected::NotClientFirst | Detected::Stalled => "tcp",
     }
 }
 
@@ -205,9 +205,49 @@ async fn carry(
         }
     };
     let protocol = match detected {
+        Detected::Stalled => {
+            tracing::info!("agent's first bytes began HTTP and stalled: refused");
+            return reset(
+                agent,
+                "tcp",
+                "refused_undecided",
+                Some(
+                    "the agent's first bytes began an HTTP request line or preface and did not \
+                     complete in time: never passed through unread"
+                        .into(),
+                ),
+            );
+        }
         Detected::Http1 => Protocol::Http1,
         Detected::Http2 => Protocol::Http2,
         Detected::Tls => return tls_flow::carry(agent, up, identity, upstream, shared).await,
+        Detected::NotClientFirst => {
+            let mut up = up.expect("only HTTP and TLS are detected before dialing");
+            let mut agent = agent;
+            let (first, relayed) = after_server_first(&mut agent, &mut up).await;
+            if let AfterServer::Mediable(d) = first {
+                tracing::info!(
+                    protocol = label(d),
+                    "agent spoke HTTP or TLS after its server spoke first: refused"
+                );
+                let mut c = reset(
+                    agent,
+                    label(d),
+                    "refused_server_first",
+                    Some(format!(
+                        "the server spoke first, then the agent sent {}: a connection whose \
+                         server's bytes already reached the agent unread cannot be mediated",
+                        label(d)
+                    )),
+                );
+                c.transfer.to_agent = relayed;
+                return c;
+            }
+            let mut t = passthrough::relay(agent, up).await;
+            t.to_agent += relayed;
+            let outcome = if t.error.is_some() { "error" } else { "closed" };
+            return Carried::new(t, "tcp", outcome);
+        }
         other => {
             let up = up.expect("only HTTP and TLS are detected before dialing");
             let t = passthrough::relay(agent, up).await;
