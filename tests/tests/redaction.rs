@@ -266,3 +266,46 @@ print(json.dumps(out))
         assert!(raw.contains("\"error\""), "a JSON-RPC error: {case}");
     }
 }
+
+/// Secrets in a server's JSON-RPC error (its message and data) are redacted like a result's,
+/// and a result whose id is written `2.0` for request `2` is paired, so redacted too.
+#[test]
+fn secrets_in_errors_and_under_a_float_id_are_redacted() {
+    const RAW: &str = r#"
+import http.client, json, sys
+port = int(sys.argv[1])
+out = {}
+for i, name in [(2, "secret_error"), (3, "secret_float_id")]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+              "params": {"name": name, "arguments": {}}}),
+              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = c.getresponse()
+    out[name] = {"status": r.status, "raw": r.read().decode()}
+print(json.dumps(out))
+"#;
+    let port = free_port();
+    let gw = Gateway::start(
+        "redact-errors",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let out = run_probe(gw.agent(PYTHON, &["-c".into(), RAW.into(), port.to_string()]));
+    for case in ["secret_error", "secret_float_id"] {
+        let raw = out[case]["raw"].as_str().unwrap();
+        assert_eq!(out[case]["status"], 200, "{out}");
+        for secret in [AWS_KEY, BCRYPT, EMAIL] {
+            assert!(
+                !raw.contains(secret),
+                "{case}: {secret} reached the agent: {raw}"
+            );
+        }
+        assert!(raw.contains("[REDACTED:"), "{case}: {raw}");
+    }
+    let error: Value = serde_json::from_str(out["secret_error"]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], -32000, "{error}");
+}

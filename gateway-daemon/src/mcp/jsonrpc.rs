@@ -647,7 +647,7 @@ fn id_from_raw(raw: &RawValue, allow_null: bool, what: &str) -> Result<Id, JsonR
 
 /// The exact value of a JSON number text (already validated by serde_json) if it is an
 /// integer within `i64`, whatever the notation (`-0`, `1.0`, `250e-1`, `2.5E1`).
-fn integer_value(text: &str) -> Option<i64> {
+pub fn integer_value(text: &str) -> Option<i64> {
     if let Ok(n) = text.parse::<i64>() {
         return Some(n);
     }

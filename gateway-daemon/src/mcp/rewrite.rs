@@ -30,9 +30,11 @@ pub struct Rewritten {
     pub pin_events: Vec<PinEvent>,
 }
 
+/// The id as JSON-RPC compares it: by value, so `2.0` answers request `2` (as pairing and
+/// clients read it); a response that is not looked at would pass pins and redaction.
 fn id_of(v: &Value) -> Option<Id> {
     match v {
-        Value::Number(n) => n.as_i64().map(Id::Num),
+        Value::Number(n) => super::jsonrpc::integer_value(&n.to_string()).map(Id::Num),
         Value::String(s) => Some(Id::Str(s.clone())),
         _ => None,
     }
@@ -64,6 +66,15 @@ pub fn rewrite(
             let Some((_, method)) = inspect.iter().find(|(i, _)| *i == id) else {
                 continue;
             };
+            // A server's error says what it likes in `message` and `data`: redacted like a
+            // result before the agent (and its model) reads it.
+            if let (Some(error), Some(r)) = (m.get_mut("error"), redactor) {
+                let counts = r.redact_json(error);
+                if !counts.is_empty() {
+                    out.redactions.push((id, counts));
+                }
+                continue;
+            }
             let Some(result) = m.get_mut("result") else {
                 continue;
             };
