@@ -309,3 +309,47 @@ print(json.dumps(out))
     let error: Value = serde_json::from_str(out["secret_error"]["raw"].as_str().unwrap()).unwrap();
     assert_eq!(error["error"]["code"], -32000, "{error}");
 }
+
+/// On an MCP event stream, an event the gateway cannot read as JSON-RPC (a duplicated key)
+/// and a response to no request it saw never reach the agent: they were never checked.
+/// The stream's real answer does, and the audit records each dropped event.
+#[test]
+fn stray_and_unreadable_server_events_never_reach_the_agent() {
+    const RAW: &str = r#"
+import http.client, json, sys
+port = int(sys.argv[1])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+          "params": {"name": "secret_stray_events", "arguments": {}}}),
+          headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+r = c.getresponse()
+print(json.dumps({"status": r.status, "raw": r.read().decode()}))
+"#;
+    let port = free_port();
+    let gw = Gateway::start(
+        "redact-stray",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let out = run_probe(gw.agent(PYTHON, &["-c".into(), RAW.into(), port.to_string()]));
+    let raw = out["raw"].as_str().unwrap();
+    for secret in [AWS_KEY, BCRYPT, EMAIL] {
+        assert!(!raw.contains(secret), "{secret} reached the agent: {raw}");
+    }
+    assert!(raw.contains("clean"), "the real answer arrived: {raw}");
+    assert!(!raw.contains("1005"), "the stray response arrived: {raw}");
+    let dropped: Vec<Value> = gw
+        .audit_records()
+        .into_iter()
+        .filter(|r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("server event dropped"))
+        })
+        .collect();
+    assert_eq!(dropped.len(), 2, "{:#?}", gw.audit_records());
+}

@@ -21,6 +21,14 @@ pub struct ListView {
     pub pins: Arc<crate::pins::Pins>,
 }
 
+/// The outcome of a response that answers no request the gateway saw.
+pub const UNPAIRED_RESPONSE: &str = "unpaired_response";
+
+/// Whether a record is of a response that answers no request the gateway saw.
+pub fn is_unpaired_response(r: &ExchangeRecord) -> bool {
+    r.outcome == UNPAIRED_RESPONSE
+}
+
 pub struct Observer {
     pub principal: Arc<Principal>,
     pub view: Option<ListView>,
@@ -97,7 +105,7 @@ impl Observer {
     fn unpaired(&self, direction: Direction, m: &Message) -> ExchangeRecord {
         let mut r = self.record(direction, "");
         r.about.id = id_text(&m.id);
-        r.outcome = "unpaired_response";
+        r.outcome = UNPAIRED_RESPONSE;
         r.error_code = m.error_code;
         r.detail = Some("no request with this id is awaiting a response".into());
         r

@@ -151,7 +151,7 @@ async fn deliver(
                         match on_event(job, ev.event.as_deref(), &ev.data, &mut inspect) {
                             Ok(records) => records,
                             Err(dropped) => {
-                                job.observer.write(vec![*dropped]).await;
+                                job.observer.write(dropped).await;
                                 continue;
                             }
                         };
@@ -185,14 +185,15 @@ enum End {
     AgentGone,
 }
 
-/// The records of one server event; Err (its record) when the event must not reach the
-/// agent.
+/// The records of one server event; Err (its records) when the event must not reach the
+/// agent: what the gateway cannot read as JSON-RPC, or a response to no request it saw,
+/// would otherwise reach the agent as if checked (unredacted, unpinned).
 fn on_event(
     job: &mut StreamJob,
     event: Option<&str>,
     data: &str,
     inspect: &mut Vec<(Id, String)>,
-) -> Result<Vec<ExchangeRecord>, Box<ExchangeRecord>> {
+) -> Result<Vec<ExchangeRecord>, Vec<ExchangeRecord>> {
     if event == Some("endpoint") && matches!(job.kind, StreamKind::Get { .. }) {
         let endpoint = endpoint_path(data);
         let owner = job.observer.principal.session_owner();
@@ -209,24 +210,36 @@ fn on_event(
     if data.is_empty() {
         return Ok(vec![]);
     }
-    Ok(match jsonrpc::parse(data.as_bytes(), job.max_depth) {
+    let mut records = match jsonrpc::parse(data.as_bytes(), job.max_depth) {
         Ok(Parsed::Single(m)) => job.observer.from_server(&m, Some(&mut job.local), inspect),
         Ok(Parsed::Batch(ms)) => ms
             .iter()
             .flat_map(|m| job.observer.from_server(m, Some(&mut job.local), inspect))
             .collect(),
-        Err(e @ JsonRpcError::Unreadable(_)) => {
+        Err(e) => {
             // Its values would reach the agent unredacted and unfiltered.
             tracing::warn!(error = %e, "server event dropped");
             let record = job
                 .observer
                 .malformed(&format!("server event dropped: {e}"));
-            return Err(Box::new(record));
+            return Err(vec![record]);
         }
-        Err(e) => vec![job
-            .observer
-            .malformed(&format!("server sent an event that is not JSON-RPC: {e}"))],
-    })
+    };
+    if records.iter().any(super::observe::is_unpaired_response) {
+        tracing::warn!("server event with a response to no known request dropped");
+        for r in records
+            .iter_mut()
+            .filter(|r| super::observe::is_unpaired_response(r))
+        {
+            r.detail = Some(
+                "server event dropped: it answers no request the gateway saw, so it was \
+                 never checked"
+                    .into(),
+            );
+        }
+        return Err(records);
+    }
+    Ok(records)
 }
 
 async fn finish(mut job: StreamJob, tx: Tx, end: End) {
