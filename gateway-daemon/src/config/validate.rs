@@ -328,7 +328,7 @@ fn warnings(config: &Config) -> Vec<String> {
                 .to_string(),
         );
     }
-    if config.intercept.attach_cgroup.trim_matches('/') != "" {
+    if !config.intercept.attach_cgroup.trim_matches('/').is_empty() {
         out.push(format!(
             "intercept.attach_cgroup = {:?}: the programs see only processes below it, and go \
              with it when it is removed (systemd removes a stopped slice): agents created \
