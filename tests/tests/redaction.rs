@@ -5,7 +5,7 @@
 
 use gateway_tests::fake::{received, start as start_fake};
 use gateway_tests::{free_port, run_probe, Gateway, GatewayOptions, PYTHON};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const AWS_KEY: &str = "AKIAZ7QX3M2L5RT6PW4N";
 const BCRYPT: &str = "$2b$12$KIXQJQ3gV0pW3dX8b9Yk8eQ5v7m2WvZ3Yx1dG9uO8kH0m1QvT6a2C";
@@ -33,6 +33,51 @@ print(json.dumps({
     "clean": call(4, "echo", {"note": "nothing to see"}),
 }))
 "#;
+
+/// An agent that makes each call of argv[2] (a JSON list of [id, tool, arguments]) as one
+/// raw POST and prints, for each, the status and the body exactly as it arrived.
+const RAW_CALLS: &str = r#"
+import http.client, json, sys
+port, calls = int(sys.argv[1]), json.loads(sys.argv[2])
+out = []
+for i, name, args in calls:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+              "params": {"name": name, "arguments": args}}),
+              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = c.getresponse()
+    try:
+        raw = r.read().decode()
+    except Exception as e:
+        raw = "the response could not be read: %r" % e
+    out.append({"status": r.status, "raw": raw})
+print(json.dumps(out))
+"#;
+
+/// A gateway with the fake server behind it, and `calls` made through it by `RAW_CALLS`.
+fn raw_calls(name: &str, calls: Value) -> (Gateway, Vec<Value>) {
+    let port = free_port();
+    let gw = Gateway::start(
+        name,
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let server = start_fake(port, &log);
+    let out = run_probe(gw.agent(
+        PYTHON,
+        &[
+            "-c".into(),
+            RAW_CALLS.into(),
+            port.to_string(),
+            calls.to_string(),
+        ],
+    ));
+    drop(server);
+    (gw, out.as_array().expect("a list").clone())
+}
 
 fn assert_redacted(result: &Value) {
     let text = result["content"][0]["text"].as_str().unwrap();
@@ -201,23 +246,6 @@ print(json.dumps({"json": call(1, "secret_json_inf"), "sse": call(2, "secret_sse
 /// type no client reads while a call waits, is not passed on (502 and a JSON-RPC error).
 #[test]
 fn a_content_type_in_any_spelling_does_not_carry_a_result_past_redaction() {
-    const RAW: &str = r#"
-import http.client, json, sys
-port, types = int(sys.argv[1]), json.loads(sys.argv[2])
-out = []
-for i, ct in enumerate(types):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
-              "params": {"name": "secret_typed", "arguments": {"content_type": ct}}}),
-              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
-    r = c.getresponse()
-    try:
-        raw = r.read().decode()
-    except Exception as e:
-        raw = "the response could not be read: %r" % e
-    out.append({"type": ct, "status": r.status, "raw": raw})
-print(json.dumps(out))
-"#;
     let read = [
         "Application/JSON",
         "APPLICATION/JSON; charset=utf-8",
@@ -225,27 +253,14 @@ print(json.dumps(out))
         "text/event-stream;charset=UTF-8",
     ];
     let refused = ["text/plain", "application/json; x=text/event-stream"];
-    let port = free_port();
-    let gw = Gateway::start(
-        "redact-ctype",
-        GatewayOptions {
-            ports: vec![port],
-            ..Default::default()
-        },
-    );
-    let log = gw.dir.path().join("server.log");
-    let _server = start_fake(port, &log);
-    let types: Vec<&str> = read.iter().chain(refused.iter()).copied().collect();
-    let out = run_probe(gw.agent(
-        PYTHON,
-        &[
-            "-c".into(),
-            RAW.into(),
-            port.to_string(),
-            serde_json::to_string(&types).unwrap(),
-        ],
-    ));
-    let out = out.as_array().unwrap();
+    let calls: Vec<Value> = read
+        .iter()
+        .chain(refused.iter())
+        .enumerate()
+        .map(|(i, ct)| json!([i + 1, "secret_typed", {"content_type": ct}]))
+        .collect();
+    let (_gw, out) = raw_calls("redact-ctype", Value::Array(calls));
+    let out = &out;
     for case in out {
         let raw = case["raw"].as_str().unwrap();
         for secret in [AWS_KEY, EMAIL] {
@@ -271,30 +286,11 @@ print(json.dumps(out))
 /// and a result whose id is written `2.0` for request `2` is paired, so redacted too.
 #[test]
 fn secrets_in_errors_and_under_a_float_id_are_redacted() {
-    const RAW: &str = r#"
-import http.client, json, sys
-port = int(sys.argv[1])
-out = {}
-for i, name in [(2, "secret_error"), (3, "secret_float_id")]:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
-              "params": {"name": name, "arguments": {}}}),
-              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
-    r = c.getresponse()
-    out[name] = {"status": r.status, "raw": r.read().decode()}
-print(json.dumps(out))
-"#;
-    let port = free_port();
-    let gw = Gateway::start(
+    let (_gw, out) = raw_calls(
         "redact-errors",
-        GatewayOptions {
-            ports: vec![port],
-            ..Default::default()
-        },
+        json!([[2, "secret_error", {}], [3, "secret_float_id", {}]]),
     );
-    let log = gw.dir.path().join("server.log");
-    let _server = start_fake(port, &log);
-    let out = run_probe(gw.agent(PYTHON, &["-c".into(), RAW.into(), port.to_string()]));
+    let out = json!({"secret_error": out[0], "secret_float_id": out[1]});
     for case in ["secret_error", "secret_float_id"] {
         let raw = out[case]["raw"].as_str().unwrap();
         assert_eq!(out[case]["status"], 200, "{out}");
@@ -315,27 +311,8 @@ print(json.dumps(out))
 /// The stream's real answer does, and the audit records each dropped event.
 #[test]
 fn stray_and_unreadable_server_events_never_reach_the_agent() {
-    const RAW: &str = r#"
-import http.client, json, sys
-port = int(sys.argv[1])
-c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-c.request("POST", "/mcp", body=json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-          "params": {"name": "secret_stray_events", "arguments": {}}}),
-          headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
-r = c.getresponse()
-print(json.dumps({"status": r.status, "raw": r.read().decode()}))
-"#;
-    let port = free_port();
-    let gw = Gateway::start(
-        "redact-stray",
-        GatewayOptions {
-            ports: vec![port],
-            ..Default::default()
-        },
-    );
-    let log = gw.dir.path().join("server.log");
-    let _server = start_fake(port, &log);
-    let out = run_probe(gw.agent(PYTHON, &["-c".into(), RAW.into(), port.to_string()]));
+    let (gw, out) = raw_calls("redact-stray", json!([[5, "secret_stray_events", {}]]));
+    let out = &out[0];
     let raw = out["raw"].as_str().unwrap();
     for secret in [AWS_KEY, BCRYPT, EMAIL] {
         assert!(!raw.contains(secret), "{secret} reached the agent: {raw}");
