@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -28,11 +27,7 @@ pub fn start(port: u16, log: &Path) -> FakeServer {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "fake MCP server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::wait_listening(port, "fake MCP server");
     FakeServer(child)
 }
 

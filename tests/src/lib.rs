@@ -142,3 +142,12 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port in {FIRST}..{}", FIRST + COUNT)
 }
+
+/// Waits (up to 10 s) until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -4,7 +4,7 @@
 //! stage. Every request here is written byte by byte on a raw socket.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gateway_tests::fake::{received, start as start_fake};
 use gateway_tests::{free_port, run_probe, Gateway, GatewayOptions, PYTHON};
@@ -124,11 +124,7 @@ while True:
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gateway_tests::wait_listening(port, "the server-first server");
     // The probe connection above was served too: start the log afresh.
     std::thread::sleep(Duration::from_millis(100));
     let _ = std::fs::remove_file(log);
