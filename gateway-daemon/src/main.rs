@@ -337,6 +337,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     );
     let sessions = Arc::new(mcp::Sessions::new(
         cfg.http.max_sessions,
+        cfg.http.max_sessions_per_user,
         cfg.http.max_pending,
     ));
     let started = admin::ops::Started {

@@ -19,11 +19,17 @@ impl Drop for FakeServer {
     }
 }
 
-/// Starts it on `port`, logging to `log`, and waits until it accepts connections.
+/// Starts it on 127.0.0.1:`port`, logging to `log`, and waits until it accepts connections.
 pub fn start(port: u16, log: &Path) -> FakeServer {
+    start_on("127.0.0.1", port, log)
+}
+
+/// As `start`, listening on `host` (`0.0.0.0`: one server behind every loopback address).
+pub fn start_on(host: &str, port: u16, log: &Path) -> FakeServer {
     let child = Command::new(PYTHON)
         .args(["-c", FAKE_SERVER, &port.to_string()])
         .arg(log)
+        .arg(host)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

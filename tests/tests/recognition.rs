@@ -216,3 +216,223 @@ fn a_server_that_speaks_first_carries_no_http_past_the_mcp_stage() {
     let _ = smtp.kill();
     let _ = smtp.wait();
 }
+
+/// A request with exactly these header lines (Python escapes) and body; it asks the
+/// gateway to close after answering, so the probe reads one answer.
+fn raw_request(method: &str, headers: &[&str], body: &str) -> String {
+    let mut lines = format!("{method} /mcp HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n");
+    for h in headers {
+        lines.push_str(h);
+        lines.push_str("\\r\\n");
+    }
+    format!(
+        "{lines}Content-Length: {}\\r\\n\\r\\n{body}",
+        escaped_len(body)
+    )
+}
+
+/// How many bytes Python's escape_decode makes of `s` (`\xNN`, `\r`, `\n` are one each).
+fn escaped_len(s: &str) -> usize {
+    let (mut n, mut rest) = (0, s);
+    while let Some(c) = rest.chars().next() {
+        rest = match (c, rest.as_bytes().get(1)) {
+            ('\\', Some(b'x')) => &rest[4..],
+            ('\\', Some(_)) => &rest[2..],
+            _ => &rest[c.len_utf8()..],
+        };
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn a_json_rpc_body_is_mcp_whatever_the_headers_say() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "recognise-body",
+        GatewayOptions {
+            ports: vec![port],
+            extra: deny_delete_all(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let padded = format!(" \\r\\n\\t{DELETE_ALL}");
+    let bom = format!("\\xef\\xbb\\xbf{DELETE_ALL}");
+    let attacks = [
+        // Accept as clients and servers spell it too: no comma, wildcards, another case.
+        (
+            raw_request(
+                "POST",
+                &["Accept: application/json text/event-stream"],
+                DELETE_ALL,
+            ),
+            "-32012",
+        ),
+        (raw_request("POST", &["Accept: */*"], DELETE_ALL), "-32012"),
+        (
+            raw_request("POST", &["Accept: application/*, text/*"], DELETE_ALL),
+            "-32012",
+        ),
+        (
+            raw_request(
+                "POST",
+                &[
+                    "Accept: APPLICATION/JSON, TEXT/EVENT-STREAM",
+                    "Content-Type: text/plain",
+                ],
+                DELETE_ALL,
+            ),
+            "-32012",
+        ),
+        // No header says anything; the body is JSON-RPC behind whitespace.
+        (raw_request("POST", &[], &padded), "-32012"),
+        // Behind a byte order mark, which some JSON readers skip: the gateway's does not,
+        // so it refuses the call as unreadable rather than pass it on.
+        (raw_request("POST", &[], &bom), "-32700"),
+    ];
+    for (raw, code) in &attacks {
+        let out = run_probe(gw.agent(
+            PYTHON,
+            &["-c".into(), RAW.into(), port.to_string(), raw.clone()],
+        ));
+        let got = out["got"].as_str().unwrap();
+        assert!(
+            got.contains(code),
+            "{raw:?} was not refused with {code}: {got}"
+        );
+    }
+    // Plain JSON that no peer would take for JSON-RPC still passes as plain HTTP.
+    let plain = raw_request("POST", &["Accept: */*"], r#"{"hello":"world"}"#);
+    let out = run_probe(gw.agent(PYTHON, &["-c".into(), RAW.into(), port.to_string(), plain]));
+    assert!(
+        out["got"].as_str().unwrap().starts_with("HTTP/1.1 202"),
+        "{out}"
+    );
+    let seen = received(&log);
+    assert!(
+        seen.iter()
+            .any(|r| r["raw"].as_str().is_some_and(|b| b.contains("hello"))),
+        "the plain request did not reach the server: {seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|r| r["raw"].as_str().is_some_and(|b| b.contains("delete_all"))),
+        "a denied call reached the server: {seen:?}"
+    );
+    let denied = gw
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["type"] == "mcp" && r["name"] == "delete_all" && r["outcome"] == "refused")
+        .count();
+    assert_eq!(denied, attacks.len() - 1, "{:#?}", gw.audit_records());
+}
+
+/// An HTTP server on `port` that answers every request with `head` and then `body` (Python
+/// escapes) and closes, logging each request it read to `log`.
+fn answering_server(port: u16, head: &str, body: &str, log: &std::path::Path) -> Child {
+    const SERVER: &str = r#"
+import codecs, socket, sys, threading
+port, head, body, log = int(sys.argv[1]), codecs.escape_decode(sys.argv[2])[0], codecs.escape_decode(sys.argv[3])[0], sys.argv[4]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen(16)
+def serve(c):
+    req = b""
+    while b"\r\n\r\n" not in req:
+        data = c.recv(65536)
+        if not data:
+            c.close()
+            return
+        req += data
+    with open(log, "ab") as f:
+        f.write(req)
+    c.sendall(head)
+    c.sendall(body)
+    c.close()
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let child = Command::new(PYTHON)
+        .args(["-c", SERVER, &port.to_string(), head, body])
+        .arg(log)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    gateway_tests::wait_listening(port, "the answering server");
+    child
+}
+
+const GH_TOKEN: &str = "ghp_R8x2Lq0Zt5Vb9Nc3Md7Kf1Hj6Gs4Pw2Ye8Ua0";
+
+#[test]
+fn an_event_stream_is_watched_however_it_was_asked_for_and_whatever_comes_first() {
+    // A stream a client reads as MCP messages: first something that is not JSON-RPC (an
+    // event of plain text, or bytes that are not UTF-8, which lenient decoders replace),
+    // then a response carrying a token that answers no request the gateway saw.
+    let secret = format!(
+        r#"data: {{"jsonrpc":"2.0","id":7,"result":{{"content":[{{"type":"text","text":"token {GH_TOKEN}"}}]}}}}\n\n"#
+    );
+    let head =
+        "HTTP/1.1 200 OK\\r\\nContent-Type: Text/Event-Stream\\r\\nConnection: close\\r\\n\\r\\n";
+    let cases = [
+        (
+            "a plain event first",
+            format!("data: hello\\n\\n{secret}"),
+            "hello",
+            "server event dropped",
+        ),
+        (
+            "bytes that are not UTF-8 first",
+            format!("data: \\xff\\n\\n{secret}"),
+            "",
+            "invalid SSE stream",
+        ),
+    ];
+    for (what, body, shown, why) in cases {
+        let port = free_port();
+        let gw = Gateway::start(
+            "recognise-stream",
+            GatewayOptions {
+                ports: vec![port],
+                ..Default::default()
+            },
+        );
+        let log = gw.dir.path().join("server.log");
+        let mut server = answering_server(port, head, &body, &log);
+        // A GET that asks for anything: not marked as MCP by its headers.
+        let get =
+            "GET /events HTTP/1.1\\r\\nHost: x\\r\\nAccept: */*\\r\\nConnection: close\\r\\n\\r\\n";
+        let out = run_probe(gw.agent(
+            PYTHON,
+            &["-c".into(), RAW.into(), port.to_string(), get.into()],
+        ));
+        let got = out["got"].as_str().unwrap();
+        assert!(
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .starts_with("GET /events"),
+            "{what}: the request did not reach the server"
+        );
+        assert!(got.contains(shown), "{what}: {got}");
+        assert!(
+            !got.contains(GH_TOKEN),
+            "{what}: the token reached the agent unchecked: {got}"
+        );
+        let recorded = gw
+            .audit_records()
+            .into_iter()
+            .any(|r| r["type"] == "mcp" && r["detail"].as_str().is_some_and(|d| d.contains(why)));
+        assert!(
+            recorded,
+            "{what}: no record says {why:?}: {:#?}",
+            gw.audit_records()
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+}

@@ -330,3 +330,23 @@ fn stray_and_unreadable_server_events_never_reach_the_agent() {
         .collect();
     assert_eq!(dropped.len(), 2, "{:#?}", gw.audit_records());
 }
+
+/// The same in one JSON body: a response there to no request of the POST was never checked,
+/// so the whole answer is dropped and the call gets an error instead (502).
+#[test]
+fn a_json_answer_with_a_stray_response_never_reaches_the_agent() {
+    let (gw, out) = raw_calls("redact-stray-json", json!([[6, "secret_stray_json", {}]]));
+    let out = &out[0];
+    let raw = out["raw"].as_str().unwrap();
+    for secret in [AWS_KEY, BCRYPT, EMAIL] {
+        assert!(!raw.contains(secret), "{secret} reached the agent: {raw}");
+    }
+    assert_eq!(out["status"], 502, "{out}");
+    assert!(raw.contains("no request of this POST"), "{out}");
+    let dropped = gw.wait_record("the dropped response", |r| {
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("server response dropped"))
+    });
+    assert_eq!(dropped["id"], "1006", "{dropped}");
+}

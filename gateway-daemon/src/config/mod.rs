@@ -129,9 +129,14 @@ pub struct Http {
     /// Requests awaiting a response per session and direction.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
-    /// MCP sessions tracked at once (oldest idle ones are forgotten first).
+    /// MCP sessions tracked at once (past it, the longest idle session of the user holding
+    /// the most is forgotten).
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
+    /// MCP sessions one user (uid) holds at once (past it, its own longest idle one is
+    /// forgotten): no user can push another's sessions out.
+    #[serde(default = "default_max_sessions_per_user")]
+    pub max_sessions_per_user: usize,
 }
 
 /// Where redirected connections arrive. Both families are needed: an AF_INET6 agent socket
@@ -303,6 +308,9 @@ fn default_max_pending() -> usize {
 fn default_max_sessions() -> usize {
     10_000
 }
+fn default_max_sessions_per_user() -> usize {
+    1_000
+}
 fn default_batch_interval_ms() -> u64 {
     10
 }
@@ -363,6 +371,7 @@ impl Default for Http {
             mcp_only: false,
             max_pending: default_max_pending(),
             max_sessions: default_max_sessions(),
+            max_sessions_per_user: default_max_sessions_per_user(),
         }
     }
 }

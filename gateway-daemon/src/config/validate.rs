@@ -164,6 +164,7 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
         ("http.max_event_bytes", h.max_event_bytes, 1024),
         ("http.max_pending", h.max_pending, 1),
         ("http.max_sessions", h.max_sessions, 1),
+        ("http.max_sessions_per_user", h.max_sessions_per_user, 1),
     ] {
         if v < min {
             return fail(key, format!("{v} is below the minimum {min}"));

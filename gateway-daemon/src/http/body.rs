@@ -111,3 +111,56 @@ where
     };
     tokio::time::timeout(within, drain).await.unwrap_or(false)
 }
+
+/// A body whose first frames were read already (to look at them): they go out again
+/// first, then the rest as it comes.
+pub struct Replay<B> {
+    head: std::collections::VecDeque<Frame<Bytes>>,
+    rest: B,
+}
+
+impl<B> Replay<B> {
+    pub fn new(head: impl IntoIterator<Item = Frame<Bytes>>, rest: B) -> Self {
+        Self {
+            head: head.into_iter().collect(),
+            rest,
+        }
+    }
+}
+
+impl<B> Body for Replay<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(f) = self.head.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let held: u64 = self
+            .head
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + held);
+        if let Some(u) = rest.upper() {
+            hint.set_upper(u + held);
+        }
+        hint
+    }
+}

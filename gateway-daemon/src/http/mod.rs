@@ -157,7 +157,11 @@ where
 
 /// Forwards a request the gateway does not interpret, streaming both bodies; an HTTP/1
 /// upgrade (WebSocket) becomes a byte pipe once the server agrees.
-pub async fn forward(mut req: Request<Incoming>, upstream: &Upstream) -> Response<GwBody> {
+pub async fn forward<B>(mut req: Request<B>, upstream: &Upstream) -> Response<GwBody>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let wants_upgrade = req.headers().contains_key(http::header::UPGRADE);
     let agent_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = req.map(boxed);

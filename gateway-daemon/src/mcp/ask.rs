@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,7 +15,7 @@ use super::jsonrpc::{Id, Message};
 use super::observe::Observer;
 use super::recognise::Target;
 use super::reply::{GATEWAY_DENIED, GATEWAY_REFUSED};
-use super::session::Session;
+use super::session::{Session, SessionError};
 use super::ConnCtx;
 use crate::approvals::{Call, Outcome, Verdict};
 use crate::audit::chain::sha256_hex;
@@ -126,11 +125,11 @@ fn event(message: &Value) -> Result<Frame<Bytes>, BoxError> {
 /// has answered the agent early (an SSE stream of progress) it can go on to the end. Until
 /// then, the agent hanging up cancels it, as for any other request.
 pub async fn post_that_may_wait(
-    req: Request<Incoming>,
+    req: Request<GwBody>,
     ctx: Arc<ConnCtx>,
     upstream: Upstream,
     target: Target,
-    legacy: Option<Arc<Session>>,
+    legacy: Result<Option<Arc<Session>>, SessionError>,
 ) -> Response<GwBody> {
     let accepts_sse = super::media::accepts_sse(req.headers());
     let (respond, early_rx) = oneshot::channel();

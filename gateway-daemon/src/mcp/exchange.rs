@@ -21,7 +21,7 @@ use super::reply::{
     GATEWAY_REFUSED, GATEWAY_UNPINNED, HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST,
     PARSE_ERROR, UPSTREAM_FAILED,
 };
-use super::session::{Session, Transport};
+use super::session::{Session, SessionError, Transport};
 use super::stream::{self, StreamJob, StreamKind};
 use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
@@ -66,15 +66,25 @@ fn observer(
     }
 }
 
-/// The Streamable HTTP session a request names, refusing ids owned by someone else.
-fn session_of(ctx: &ConnCtx, h: &HeaderMap) -> Result<Option<Arc<Session>>, String> {
+/// The Streamable HTTP session a request names: refused when someone else owns it, or
+/// when the gateway never saw this server open it.
+fn session_of(ctx: &ConnCtx, h: &HeaderMap) -> Result<Option<Arc<Session>>, SessionError> {
     match header_str(h, H_SESSION_ID) {
         None => Ok(None),
         Some(id) => ctx
             .sessions
-            .streamable(ctx.upstream_addr, id, &ctx.principal.session_owner())
-            .map(Some)
-            .map_err(|e| e.to_string()),
+            .streamable(&ctx.server_key(), id, &ctx.principal.session_owner())
+            .map(Some),
+    }
+}
+
+/// The HTTP status a session refusal is answered with: 404 for an unknown session is what
+/// a server answers, and what makes clients start a new one.
+fn session_status(e: &SessionError) -> StatusCode {
+    match e {
+        SessionError::NotOwner { .. } => StatusCode::FORBIDDEN,
+        SessionError::Unknown { .. } => StatusCode::NOT_FOUND,
+        SessionError::Ambiguous { .. } => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -223,11 +233,7 @@ fn decide(policy: &Policy, obs: &Observer, ctx: &ConnCtx, m: &Message<'_>) -> Op
     let method = m.method.as_deref()?;
     let name = routing_name(m);
     // Parsed only when some rule looks at arguments: this is on every call's path.
-    let arguments = m
-        .params
-        .filter(|_| policy.uses_arguments())
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
-        .and_then(|mut v| v.get_mut("arguments").map(serde_json::Value::take));
+    let arguments = policy.uses_arguments().then(|| call_arguments(m)).flatten();
     let annotations = match (method, &name) {
         ("tools/call", Some(n)) => ctx.catalog.annotations(&obs.server, n),
         _ => None,
@@ -240,6 +246,13 @@ fn decide(policy: &Policy, obs: &Observer, ctx: &ConnCtx, m: &Message<'_>) -> Op
         arguments.as_ref(),
         annotations.as_ref(),
     ))
+}
+
+/// The arguments a call is decided on: `params.arguments` as a JSON value reads it (the
+/// last of duplicated members, as the server's parser takes it).
+pub(super) fn call_arguments(m: &Message<'_>) -> Option<serde_json::Value> {
+    let mut params = serde_json::from_str::<serde_json::Value>(m.params?.get()).ok()?;
+    params.get_mut("arguments").map(serde_json::Value::take)
 }
 
 /// A routing header's value: `None` when absent, `Err` when unreadable. Values outside
@@ -266,7 +279,8 @@ fn routing_header(h: &HeaderMap, name: &str) -> Option<Result<String, String>> {
 }
 
 /// What `Mcp-Name` must say for a message: the tool/prompt name, resource uri or task id.
-fn routing_name(m: &Message<'_>) -> Option<String> {
+/// Also the name policy and pins decide a call by.
+pub(super) fn routing_name(m: &Message<'_>) -> Option<String> {
     if let Some(n) = m.target_name() {
         return Some(n.into_owned());
     }
@@ -321,18 +335,21 @@ fn header_mismatch(h: &HeaderMap, messages: &[Message<'_>]) -> Option<String> {
 }
 
 pub async fn post(
-    req: Request<Incoming>,
+    req: Request<GwBody>,
     ctx: &ConnCtx,
     upstream: &Upstream,
     target: &Target,
-    legacy: Option<Arc<Session>>,
+    legacy: Result<Option<Arc<Session>>, SessionError>,
     early: Option<&super::ask::Early>,
 ) -> Response<GwBody> {
     let (mut parts, mut body) = req.into_parts();
     let version = header_str(&parts.headers, H_PROTOCOL_VERSION).map(str::to_string);
     let session = match legacy {
-        Some(s) => Ok(Some(s)),
-        None => session_of(ctx, &parts.headers),
+        Ok(Some(s)) => s
+            .check_owner(&ctx.principal.session_owner())
+            .map(|()| Some(s)),
+        Ok(None) => session_of(ctx, &parts.headers),
+        Err(e) => Err(e),
     };
     let mut obs = observer(ctx, target, session.clone().unwrap_or(None), version);
     let limits = &ctx.config.http;
@@ -407,13 +424,13 @@ pub async fn post(
                     .and_then(|s| s.state().protocol_version.clone())
             });
     }
-    if let Err(why) = session {
+    if let Err(e) = session {
         return refuse(
             &obs,
             &messages,
-            StatusCode::FORBIDDEN,
+            session_status(&e),
             GATEWAY_REFUSED,
-            &why,
+            &e.to_string(),
         )
         .await;
     }
@@ -668,10 +685,11 @@ pub async fn post(
     };
     if obs.session.is_none() {
         if let Some(id) = header_str(resp.headers(), H_SESSION_ID) {
-            match ctx
-                .sessions
-                .streamable(ctx.upstream_addr, id, &ctx.principal.session_owner())
-            {
+            match ctx.sessions.open_streamable(
+                &ctx.server_key(),
+                id,
+                &ctx.principal.session_owner(),
+            ) {
                 Ok(s) => {
                     tracing::debug!(session = id, "session opened");
                     if let Some(v) = &obs.protocol_version {
@@ -696,7 +714,7 @@ pub async fn post(
                 local,
                 kind: StreamKind::Post,
                 sessions: ctx.sessions.clone(),
-                upstream: ctx.upstream_addr,
+                server: ctx.server_key(),
                 max_event_bytes: limits.max_event_bytes,
                 max_depth: MAX_DEPTH,
                 inflight,
@@ -775,6 +793,7 @@ async fn json_response(
             );
         }
     };
+    let asked = local.ids();
     let mut inspect = Vec::new();
     let mut records = match jsonrpc::parse(&bytes, MAX_DEPTH) {
         Ok(Parsed::Single(m)) => obs.from_server(&m, Some(&mut local), &mut inspect),
@@ -794,9 +813,46 @@ async fn json_response(
         // An empty body answering only notifications or responses is an acknowledgement
         // (some servers label their 202 as JSON); nothing to record.
         Err(_) if local.is_empty() && bytes.iter().all(u8::is_ascii_whitespace) => Vec::new(),
+        // JSON-looking bytes the gateway cannot read: a lenient client might still take
+        // messages (a server request) from them, unchecked.
+        Err(e) if super::sniff::classify(&bytes) == super::sniff::Sniffed::JsonRpc => {
+            let why = format!(
+                "the server's answer was dropped: it is not JSON-RPC the gateway can read ({e})"
+            );
+            obs.write(vec![obs.malformed(&why)]).await;
+            return http_error(StatusCode::BAD_GATEWAY, &why);
+        }
         // An error page for a POST without requests: nothing waits on it; pass it on.
         Err(e) => vec![obs.malformed(&e.to_string())],
     };
+    // A response to no request of this POST was never checked against one (pins,
+    // redaction by method): the whole answer is dropped, and every request it carried
+    // gets an error instead.
+    if records.iter().any(super::observe::is_unpaired_response) {
+        for r in records
+            .iter_mut()
+            .filter(|r| super::observe::is_unpaired_response(r))
+        {
+            r.detail = Some(
+                "server response dropped: it answers no request the gateway saw, so it was \
+                 never checked"
+                    .into(),
+            );
+        }
+        obs.write(records).await;
+        let why = "the server's answer was dropped: it carried a response to no request \
+                   of this POST";
+        let (waiting, _, _) = fail(why.to_string(), &mut local);
+        obs.write(obs.unanswered(Direction::ClientToServer, waiting, "upstream_error", why))
+            .await;
+        let ids = asked.into_iter().map(Some).collect();
+        return error_response(
+            StatusCode::BAD_GATEWAY,
+            &ids_or_null(ids),
+            UPSTREAM_FAILED,
+            why,
+        );
+    }
     let rewritten = obs.rewrite(&bytes, &inspect, &mut records);
     obs.write(records).await;
     let waiting = local.drain_expired(|_| true);
@@ -830,7 +886,7 @@ fn ids_or_null(ids: Vec<Option<Id>>) -> Vec<Option<Id>> {
 }
 
 pub async fn get(
-    req: Request<Incoming>,
+    req: Request<GwBody>,
     ctx: &ConnCtx,
     upstream: &Upstream,
     target: &Target,
@@ -839,9 +895,9 @@ pub async fn get(
     let version = header_str(req.headers(), H_PROTOCOL_VERSION).map(str::to_string);
     let session = match session_of(ctx, req.headers()) {
         Ok(s) => s,
-        Err(why) => {
-            tracing::info!(reason = %why, "GET stream refused");
-            return error_response(StatusCode::FORBIDDEN, &[None], GATEWAY_REFUSED, &why);
+        Err(e) => {
+            tracing::info!(reason = %e, "GET stream refused");
+            return error_response(session_status(&e), &[None], GATEWAY_REFUSED, &e.to_string());
         }
     };
     if let Some(last) = header_str(req.headers(), "last-event-id") {
@@ -863,9 +919,27 @@ pub async fn get(
             );
         }
     };
+    watch(resp, ctx, obs, confirmed)
+}
+
+/// The answer to a request forwarded as plain HTTP: an event stream in it is watched like
+/// a GET's, the rest passes as it is.
+pub fn watch_plain(resp: Response<GwBody>, ctx: &ConnCtx, target: &Target) -> Response<GwBody> {
+    if !matches!(media::of(resp.headers()), Media::Sse | Media::Ambiguous) {
+        return resp;
+    }
+    let obs = observer(ctx, target, None, None);
+    watch(resp, ctx, obs, false)
+}
+
+/// Watches a response that clients would read as an event stream (in any case, the type
+/// anywhere in the header); the rest passes as it is.
+fn watch<B>(resp: Response<B>, ctx: &ConnCtx, obs: Observer, confirmed: bool) -> Response<GwBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<crate::http::body::BoxError> + std::fmt::Display + Send,
+{
     let (mut parts, body) = resp.into_parts();
-    // Clients read a GET's answer only as an event stream: whatever they would take for
-    // one (in any case, the type anywhere in the header) is read here first.
     if !matches!(media::of(&parts.headers), Media::Sse | Media::Ambiguous) {
         return Response::from_parts(parts, boxed(body));
     }
@@ -877,7 +951,7 @@ pub async fn get(
             local: Pending::new(1),
             kind: StreamKind::Get { confirmed },
             sessions: ctx.sessions.clone(),
-            upstream: ctx.upstream_addr,
+            server: ctx.server_key(),
             max_event_bytes: ctx.config.http.max_event_bytes,
             max_depth: MAX_DEPTH,
             inflight: Vec::new(),
@@ -887,16 +961,19 @@ pub async fn get(
 }
 
 pub async fn delete(
-    req: Request<Incoming>,
+    req: Request<GwBody>,
     ctx: &ConnCtx,
     upstream: &Upstream,
     target: &Target,
 ) -> Response<GwBody> {
     let session = match session_of(ctx, req.headers()) {
         Ok(s) => s,
-        Err(why) => return error_response(StatusCode::FORBIDDEN, &[None], GATEWAY_REFUSED, &why),
+        Err(e) => {
+            tracing::info!(reason = %e, "DELETE refused");
+            return error_response(session_status(&e), &[None], GATEWAY_REFUSED, &e.to_string());
+        }
     };
-    let resp = match upstream.send(req.map(boxed)).await {
+    let resp = match upstream.send(req).await {
         Ok(r) => r,
         Err(e) => {
             return http_error(
@@ -907,7 +984,7 @@ pub async fn delete(
     };
     if let (true, Some(s)) = (resp.status().is_success(), session) {
         ctx.sessions
-            .remove(ctx.upstream_addr, &s.key, Transport::StreamableHttp);
+            .remove(&ctx.server_key(), &s.key, Transport::StreamableHttp);
         let waiting = s.state().client_pending.drain_expired(|_| true);
         let obs = observer(ctx, target, Some(s), None);
         obs.write(obs.unanswered(

@@ -4,6 +4,8 @@
 //! pass through byte for byte; the stages that change them build on this one.
 
 pub mod ask;
+#[cfg(test)]
+mod decided_tests;
 pub mod exchange;
 pub mod inject;
 pub mod jsonrpc;
@@ -15,6 +17,7 @@ pub mod record;
 pub mod reply;
 pub mod rewrite;
 pub mod session;
+pub mod sniff;
 pub mod sse;
 pub mod stream;
 
@@ -26,7 +29,7 @@ use hyper::body::Incoming;
 
 use crate::audit::AuditSink;
 use crate::config::Config;
-use crate::http::body::GwBody;
+use crate::http::body::{boxed, BodyError, GwBody};
 use crate::http::{forward, Upstream};
 use recognise::McpKind;
 pub use record::Principal;
@@ -53,10 +56,20 @@ pub struct ConnCtx {
     pub config: Arc<Config>,
 }
 
+impl ConnCtx {
+    /// The server this connection reaches, as sessions are keyed.
+    pub fn server_key(&self) -> session::ServerKey {
+        session::ServerKey {
+            addr: self.upstream_addr,
+            sni: self.tls_sni.clone(),
+        }
+    }
+}
+
 /// One HTTP exchange of an agent: MCP goes through the MCP handlers, the rest is forwarded
 /// as it is (or refused when the config allows agents MCP only).
 pub async fn route(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
     upstream: &Upstream,
 ) -> Response<GwBody> {
@@ -80,6 +93,37 @@ pub async fn route(
             return reply::http_error(StatusCode::MISDIRECTED_REQUEST, &why);
         }
     };
+    // Headers are the agent's to choose: a request they do not mark as MCP is MCP all the
+    // same when its body is JSON-RPC (a server reads the body, whatever Accept says).
+    let (kind, mut req) = match kind {
+        McpKind::NotMcp => match sniff::request(req, ctx.config.http.max_request_bytes).await {
+            Ok((sniff::Sniffed::Plain, req)) => (McpKind::NotMcp, req),
+            Ok((sniff::Sniffed::JsonRpc, req)) => {
+                tracing::debug!("a JSON-RPC body without MCP headers: decided as MCP");
+                (McpKind::Post { legacy: Ok(None) }, req)
+            }
+            Err(e) => {
+                let (status, why) = match e {
+                    BodyError::TooLarge { .. } => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "a request body that may be JSON-RPC {e} (http.max_request_bytes): \
+                             the gateway cannot decide it"
+                        ),
+                    ),
+                    BodyError::Read(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+                };
+                tracing::info!(reason = %why, "request refused before recognition");
+                let mut resp = reply::http_error(status, &why);
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return resp;
+            }
+        },
+        kind => (kind, req.map(boxed)),
+    };
     // The server's credentials go on now (the agent's own come off); its response is
     // scrubbed of them below, whichever path it takes.
     let injected = match inject::apply(&mut req, ctx, &target, !matches!(kind, McpKind::NotMcp)) {
@@ -95,7 +139,9 @@ pub async fn route(
                     "this agent may only make MCP requests (http.mcp_only)",
                 );
             }
-            forward(req, upstream).await
+            // Whatever the request, an event stream in answer is watched: a server message
+            // never reaches the agent unchecked because of how the agent asked.
+            exchange::watch_plain(forward(req, upstream).await, ctx, &target)
         }
         McpKind::Post { legacy } if ctx.policy.current().has_ask() => {
             ask::post_that_may_wait(req, ctx.clone(), upstream.clone(), target, legacy).await

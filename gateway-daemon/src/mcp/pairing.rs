@@ -72,6 +72,11 @@ impl<T> Pending<T> {
         self.entries.len()
     }
 
+    /// The ids of every pending request.
+    pub fn ids(&self) -> Vec<Id> {
+        self.entries.keys().cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use http::{header, HeaderMap, Method, Request};
 
-use super::session::Session;
+use super::session::{Session, SessionError};
 use super::ConnCtx;
 
 pub enum McpKind {
-    /// A POST of JSON-RPC; `legacy` when it targets a legacy SSE session's endpoint.
+    /// A POST of JSON-RPC; `legacy` when it targets a legacy SSE session's endpoint (Err
+    /// when it names one ambiguously).
     Post {
-        legacy: Option<Arc<Session>>,
+        legacy: Result<Option<Arc<Session>>, SessionError>,
     },
     /// A GET that may open an SSE stream; `confirmed` when the request itself is MCP.
     Get {
@@ -38,11 +39,18 @@ pub fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Whether `Accept` lists `mime` (lower case), in any case. Wildcards do not count: a
+/// request that only says `*/*` is judged by its body instead (see `sniff`).
 fn accepts(h: &HeaderMap, mime: &str) -> bool {
     h.get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|p| p.trim().starts_with(mime)))
+        .any(|v| {
+            v.split(',').any(|p| {
+                let p = p.trim().as_bytes();
+                p.len() >= mime.len() && p[..mime.len()].eq_ignore_ascii_case(mime.as_bytes())
+            })
+        })
 }
 
 /// The request's host without port: `Host` for HTTP/1.1, `:authority` for h2.
@@ -127,10 +135,9 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or(path);
-            match ctx.sessions.legacy(up, pq) {
-                Some(s) => McpKind::Post { legacy: Some(s) },
-                None if known || streamable_accept => McpKind::Post { legacy: None },
-                None => McpKind::NotMcp,
+            match ctx.sessions.legacy(&ctx.server_key(), pq) {
+                Ok(None) if !(known || streamable_accept) => McpKind::NotMcp,
+                legacy => McpKind::Post { legacy },
             }
         }
         // Legacy SSE streams carry no MCP header: any event stream is watched until it
@@ -187,6 +194,8 @@ mod tests {
         assert!(accepts(r.headers(), "application/json"));
         assert!(accepts(r.headers(), "text/event-stream"));
         assert!(!accepts(r.headers(), "text/html"));
+        let r = req("GET", "/", &[("accept", "Text/Event-Stream")]);
+        assert!(accepts(r.headers(), "text/event-stream"));
     }
 
     #[test]

@@ -41,8 +41,11 @@ impl Principal {
 
     /// What must match for a session to be used by this principal: the same user running
     /// the same program (another process of the same agent may share a session).
-    pub fn session_owner(&self) -> String {
-        format!("{}:{}", self.uid, self.exe.as_deref().unwrap_or("?"))
+    pub fn session_owner(&self) -> super::session::Owner {
+        super::session::Owner {
+            uid: self.uid,
+            label: format!("{}:{}", self.uid, self.exe.as_deref().unwrap_or("?")),
+        }
     }
 }
 

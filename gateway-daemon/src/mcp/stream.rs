@@ -2,23 +2,22 @@
 //! forwarded at once, never held until the stream ends. If the server's stream breaks, the
 //! agent still gets a JSON-RPC error for every request that was waiting on it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 
 use super::jsonrpc::Id;
-use super::jsonrpc::{self, JsonRpcError, Parsed};
+use super::jsonrpc::{self, Parsed};
 use super::observe::Observer;
 use super::pairing::Pending;
 use super::record::{Direction, ExchangeRecord, PendingRequest};
 use super::reply::{error_event, UPSTREAM_FAILED};
-use super::session::{endpoint_path, Sessions, Transport};
+use super::session::{endpoint_path, ServerKey, Sessions, Transport};
+use super::sniff::{self, Sniffed};
 use super::sse::{encode, SseEvent, SseItem, SseParser};
 use crate::http::body::{boxed, BoxError, ChannelBody, GwBody};
 
@@ -26,8 +25,9 @@ use crate::http::body::{boxed, BoxError, ChannelBody, GwBody};
 pub enum StreamKind {
     /// The response to a POST: its requests' responses come here.
     Post,
-    /// A GET stream. `confirmed` when the request itself was recognisably MCP; otherwise the
-    /// stream is observed until it proves to be MCP, or passed through raw once it does not.
+    /// A GET stream (or any event stream in answer to plain HTTP). `confirmed` when the
+    /// request itself was recognisably MCP; otherwise events that could not be messages pass
+    /// as they are until one could, from which on the stream is MCP.
     Get { confirmed: bool },
 }
 
@@ -36,7 +36,8 @@ pub struct StreamJob {
     pub local: Pending<PendingRequest>,
     pub kind: StreamKind,
     pub sessions: Arc<Sessions>,
-    pub upstream: SocketAddr,
+    /// The server the stream comes from, as sessions are keyed.
+    pub server: ServerKey,
     pub max_event_bytes: usize,
     pub max_depth: usize,
     /// Rate-limit slots of the calls this stream answers, released when it ends.
@@ -46,7 +47,11 @@ pub struct StreamJob {
 type Tx = Sender<Result<Frame<Bytes>, BoxError>>;
 
 /// Starts observing `body`; returns the body to give the agent.
-pub fn observe(body: Incoming, job: StreamJob) -> GwBody {
+pub fn observe<B>(body: B, job: StreamJob) -> GwBody
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     let (tx, chan) = ChannelBody::new(16);
     tokio::spawn(run(body, job, tx).in_current_span());
     boxed(chan)
@@ -56,9 +61,12 @@ async fn send(tx: &Tx, bytes: Bytes) -> bool {
     tx.send(Ok(Frame::data(bytes))).await.is_ok()
 }
 
-async fn run(mut body: Incoming, mut job: StreamJob, tx: Tx) {
+async fn run<B>(mut body: B, mut job: StreamJob, tx: Tx)
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: std::fmt::Display + Send,
+{
     let mut parser = SseParser::new(job.max_event_bytes);
-    let mut raw = false;
     let mut confirmed = !matches!(job.kind, StreamKind::Get { confirmed: false });
     let end = loop {
         // An agent that hangs up ends the stream at once, even if the server is silent:
@@ -81,69 +89,40 @@ async fn run(mut body: Incoming, mut job: StreamJob, tx: Tx) {
                 continue;
             }
         };
-        if raw {
-            if !send(&tx, data).await {
-                break End::AgentGone;
-            }
-            continue;
-        }
+        // A stream the gateway cannot frame is ended, never passed on raw: past a framing
+        // error a client (which may decode more leniently) could still read messages.
         let mut items = match parser.feed(&data) {
             Ok(items) => items,
-            Err(e) if !confirmed => {
-                tracing::debug!(error = %e, "GET stream is not MCP; passing it through");
-                raw = true;
-                let mut rest = parser.take_unreturned();
-                rest.extend_from_slice(&data);
-                if !send(&tx, rest.into()).await {
-                    break End::AgentGone;
-                }
-                continue;
-            }
             Err(e) => break End::Failed(format!("the server sent an invalid SSE stream: {e}")),
         };
         // An event ended by a lone CR waits for the next byte inside the parser; release it
         // now so a CR-only server's events are not delayed (a following LF is forwarded
         // with the next item, so the bytes stay the same).
         items.extend(parser.take_held());
-        if !deliver(&mut job, items, &tx, &mut confirmed, &mut raw).await {
+        if !deliver(&mut job, items, &tx, &mut confirmed).await {
             break End::AgentGone;
         }
-        if raw {
-            // Not MCP after all: what the parser still buffers goes out before the raw rest.
-            if let Some(tail) = parser.finish() {
-                if !send(&tx, tail.into_raw().into()).await {
-                    break End::AgentGone;
-                }
-            }
-        }
     };
-    if matches!(end, End::Finished) && !raw {
+    if matches!(end, End::Finished) {
         let tail: Vec<SseItem> = parser.finish().into_iter().collect();
-        deliver(&mut job, tail, &tx, &mut confirmed, &mut raw).await;
+        deliver(&mut job, tail, &tx, &mut confirmed).await;
     }
     finish(job, tx, end).await;
 }
 
 /// Observes and forwards parsed items in order; false when the agent has gone.
-async fn deliver(
-    job: &mut StreamJob,
-    items: Vec<SseItem>,
-    tx: &Tx,
-    confirmed: &mut bool,
-    raw: &mut bool,
-) -> bool {
+async fn deliver(job: &mut StreamJob, items: Vec<SseItem>, tx: &Tx, confirmed: &mut bool) -> bool {
     for item in items {
         let bytes = match item {
             SseItem::Event(ev) => {
+                // Until a stream shows MCP, each event is judged alone: one any client could
+                // read as a JSON-RPC message (the endpoint of a legacy session) is checked,
+                // and the stream is MCP from then on; the rest passes as the server sent it.
                 if !*confirmed {
                     *confirmed = ev.event.as_deref() == Some("endpoint")
-                        || matches!(
-                            jsonrpc::parse(ev.data.as_bytes(), job.max_depth),
-                            Ok(_) | Err(JsonRpcError::Unreadable(_))
-                        );
-                    *raw = !*confirmed;
+                        || sniff::classify(ev.data.as_bytes()) == Sniffed::JsonRpc;
                 }
-                if *raw {
+                if !*confirmed {
                     ev.raw
                 } else {
                     let mut inspect = Vec::new();
@@ -197,7 +176,7 @@ fn on_event(
     if event == Some("endpoint") && matches!(job.kind, StreamKind::Get { .. }) {
         let endpoint = endpoint_path(data);
         let owner = job.observer.principal.session_owner();
-        match job.sessions.open_legacy(job.upstream, &endpoint, &owner) {
+        match job.sessions.open_legacy(&job.server, &endpoint, &owner) {
             Ok(s) => {
                 tracing::debug!(endpoint, session = %s.id, "legacy SSE session opened");
                 job.observer.session = Some(s);
@@ -250,8 +229,16 @@ async fn finish(mut job: StreamJob, tx: Tx, end: End) {
             for (id, _) in &waiting {
                 let _ = send(&tx, error_event(id, UPSTREAM_FAILED, why)).await;
             }
-            job.observer
-                .unanswered(Direction::ClientToServer, waiting, "upstream_error", why)
+            // Recorded even when nothing waited: what the stream would have carried on is
+            // what the agent did not get.
+            let mut records = vec![job.observer.malformed(why)];
+            records.extend(job.observer.unanswered(
+                Direction::ClientToServer,
+                waiting,
+                "upstream_error",
+                why,
+            ));
+            records
         }
         End::Finished | End::AgentGone => {
             let detail = match end {
@@ -288,7 +275,7 @@ async fn finish(mut job: StreamJob, tx: Tx, end: End) {
         (job.kind, &job.observer.session, job.observer.transport)
     {
         job.sessions
-            .remove(job.upstream, &s.key, Transport::LegacySse);
+            .remove(&job.server, &s.key, Transport::LegacySse);
         let pending = s.state().client_pending.drain_expired(|_| true);
         let recs = job.observer.unanswered(
             Direction::ClientToServer,
