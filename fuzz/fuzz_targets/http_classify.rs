@@ -133,7 +133,10 @@ fn header_values<'a>(req: &'a Request<()>, name: &str) -> Vec<&'a str> {
 fn accepts(req: &Request<()>, mime: &str) -> bool {
     header_values(req, "accept")
         .iter()
-        .any(|v| v.split(',').any(|p| p.trim().starts_with(mime)))
+        .any(|v| {
+            v.split(',')
+                .any(|p| p.trim().to_ascii_lowercase().starts_with(mime))
+        })
 }
 
 fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
@@ -196,13 +199,17 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or(path);
-    let legacy = ctx.sessions.legacy(up, pq);
+    // Matched by the session parameter as servers route it (Err: named twice).
+    let legacy = ctx
+        .sessions
+        .legacy(&ctx.server_key(), pq)
+        .map(|s| s.is_some());
     let method = req.method().as_str().to_ascii_uppercase();
     match kind {
         McpKind::Post { legacy: l } => {
             assert_eq!(method, "POST");
-            assert_eq!(l.is_some(), legacy.is_some());
-            if l.is_none() {
+            assert_eq!(l.as_ref().map(Option::is_some).ok(), legacy.as_ref().ok().copied());
+            if matches!(l, Ok(None)) {
                 assert!(
                     known
                         || (accepts(req, "application/json") && accepts(req, "text/event-stream")),
@@ -221,7 +228,7 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
         }
         McpKind::NotMcp => match method.as_str() {
             "POST" => {
-                assert!(legacy.is_none() && !known);
+                assert!(matches!(legacy, Ok(false)) && !known);
                 assert!(!(accepts(req, "application/json") && accepts(req, "text/event-stream")));
             }
             "GET" => assert!(!accepts(req, "text/event-stream")),

@@ -185,9 +185,17 @@ impl Harness {
         let _ = std::fs::remove_file(self.dir.join("pins.json"));
         let pins = gateway_daemon::pins::Pins::open(&self.config).expect("an empty pin store");
         let principal = Principal::of(&self.identity);
-        let sessions = Sessions::new(self.config.http.max_sessions, self.config.http.max_pending);
+        let sessions = Sessions::new(
+            self.config.http.max_sessions,
+            self.config.http.max_sessions_per_user,
+            self.config.http.max_pending,
+        );
+        let server = gateway_daemon::mcp::session::ServerKey {
+            addr: upstream,
+            sni: None,
+        };
         sessions
-            .open_legacy(upstream, LEGACY_ENDPOINT, &principal.session_owner())
+            .open_legacy(&server, LEGACY_ENDPOINT, &principal.session_owner())
             .expect("a legacy session");
         Arc::new(ConnCtx {
             identity: self.identity.clone(),
