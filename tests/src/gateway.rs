@@ -35,6 +35,8 @@ pub struct GatewayOptions {
     pub scope: Option<String>,
     /// More keys of the `[intercept]` table (e.g. `detach_on_stop = false`).
     pub intercept: String,
+    /// More keys of the `[listener]` table (e.g. `max_connections_per_user = 100`).
+    pub listener: String,
 }
 
 pub struct Gateway {
@@ -74,7 +76,7 @@ impl Gateway {
         std::fs::write(
             &config,
             format!(
-                "[listener]\nipv4 = \"127.0.0.1:{listen4}\"\nipv6 = \"[::1]:{listen6}\"\n\
+                "[listener]\nipv4 = \"127.0.0.1:{listen4}\"\nipv6 = \"[::1]:{listen6}\"\n{}\n\
                  [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
                  [scope]\n{}\n\
                  [intercept]\ninstance = \"{instance}\"\n{}\n\
@@ -82,6 +84,7 @@ impl Gateway {
                  [admin]\nsocket = \"{}\"\n\
                  [pins]\npath = \"{}\"\n{}\n\
                  [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
+                opts.listener,
                 users.join(", "),
                 opts.scope
                     .clone()

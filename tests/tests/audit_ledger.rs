@@ -243,3 +243,92 @@ print(json.dumps({"status": c.getresponse().status}))
         .unwrap();
     assert_eq!(in_file, record);
 }
+
+/// Connects to 127.0.0.1:argv[1] from argv[2] processes in turn, each carrying about a
+/// megabyte of command line (ten arguments of 100 KB); each sends one byte and closes.
+const FLOOD: &str = r#"
+import socket, subprocess, sys
+port, n = sys.argv[1], int(sys.argv[2])
+one = "import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5); s.sendall(b'x'); s.close()"
+big = ["A" * 100_000 for _ in range(10)]
+for i in range(n):
+    subprocess.run([sys.executable, "-c", one, port] + big, check=True)
+print("{}")
+"#;
+
+#[test]
+fn a_flood_of_huge_command_lines_cannot_flush_history_out_of_the_ledger() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "ledger-flood",
+        GatewayOptions {
+            ports: vec![port],
+            audit: "max_file_bytes = 65536\nretain_files = 2\n".into(),
+            ..Default::default()
+        },
+    );
+    let echo = gateway_tests::EchoServer::start(&format!("127.0.0.1:{port}"));
+    let flows = 40;
+    gateway_tests::run_probe(gw.agent(
+        PYTHON,
+        &["-c".into(), FLOOD.into(), port.to_string(), flows.to_string()],
+    ));
+    drop(echo);
+    // Every flow is recorded: wait for the last ones to land.
+    gw.wait_record("a flow of the flood", |r| {
+        r["type"] == "flow" && r["identity"]["cmdline"].as_array().is_some_and(|a| a.len() > 4)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Bounded: about 40 MB of command lines make a few kilobytes per record, not megabytes.
+    let records = ledger_records(&gw);
+    let flow = records
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "flow" && r["identity"]["cmdline"].is_array())
+        .expect("a flow record");
+    let line = serde_json::to_string(flow).unwrap();
+    assert!(line.len() < 16 * 1024, "a flow record of {} bytes", line.len());
+    let argv = flow["identity"]["cmdline"].as_array().unwrap();
+    assert!(
+        argv.iter()
+            .any(|a| a.as_str().unwrap().contains("bytes, sha256 ")),
+        "a long argument keeps its length and digest: {argv:?}"
+    );
+    let written = files_written(&gw) * 65536;
+    assert!(
+        written < flows * 16 * 1024 + 4 * 65536,
+        "the flood wrote about {written} bytes"
+    );
+
+    // Retention removed the oldest files, each after a signed record of what went; verify
+    // reports where the chain starts and every retention point.
+    let verify = Command::new(gateway_bin())
+        .args(["audit", "verify", "--config"])
+        .arg(&gw.config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{report}");
+    assert!(report.contains("the chain starts at seq "), "{report}");
+    assert!(report.contains("retention at seq "), "{report}");
+    let retention = records
+        .iter()
+        .filter(|r| r["type"] == "retention")
+        .count();
+    assert!(retention >= 1, "no retention record");
+}
+
+/// How many files the ledger has rotated through (the highest rotated number).
+fn files_written(gw: &Gateway) -> usize {
+    std::fs::read_dir(gw.dir.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("audit.jsonl.")?.parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+        + 1
+}

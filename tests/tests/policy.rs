@@ -336,3 +336,57 @@ action = "allow"
     // Listing is plumbing, not a call: it still works past the limit.
     assert_eq!(out["tools"], json!(["add", "echo", "slow_count"]));
 }
+
+/// An argument-schema denial names the argument and the constraint it missed, never the
+/// value: neither the agent's error nor any ledger record quotes it.
+#[test]
+fn a_schema_denial_records_no_argument_value() {
+    const RAW: &str = r#"
+import http.client, json, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+c.request("POST", "/mcp", body=sys.argv[2], headers={"Content-Type": "application/json",
+          "Accept": "application/json, text/event-stream"})
+r = c.getresponse()
+print(json.dumps({"status": r.status, "body": r.read().decode()}))
+"#;
+    let port = free_port();
+    let gw = Gateway::start(
+        "policy-schema-value",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[policy]\nmode = \"enforce\"\n\
+                    [[principal]]\nname = \"agent\"\nusers = [0]\n\
+                    [[rule]]\nprincipal = \"agent\"\ntools = [\"write\"]\naction = \"allow\"\n\
+                    arguments = { type = \"object\", properties = { text = { type = \"string\", maxLength = 100 } } }\n\
+                    [[rule]]\nprincipal = \"agent\"\ntools = [\"write\"]\naction = \"deny\"\n\
+                    [[rule]]\nprincipal = \"agent\"\naction = \"allow\"\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = gateway_tests::fake::start(port, &log);
+    let value = format!("SECRET-VALUE-{}", "z".repeat(150));
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "write", "arguments": {"text": value}}});
+    let out = gateway_tests::run_probe(gw.agent(
+        gateway_tests::PYTHON,
+        &["-c".into(), RAW.into(), port.to_string(), body.to_string()],
+    ));
+    let answer = out["body"].as_str().unwrap();
+    assert!(answer.contains("-32012"), "{out}");
+    assert!(answer.contains("arguments/text"), "{out}");
+    assert!(!answer.contains("SECRET-VALUE"), "{out}");
+    let record = gw.wait_record("the denial", |r| {
+        r["type"] == "mcp" && r["name"] == "write" && r["outcome"] == "refused"
+    });
+    assert!(
+        record["detail"].as_str().unwrap().contains("maxLength"),
+        "{record}"
+    );
+    let ledger = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        !ledger.contains("SECRET-VALUE"),
+        "the ledger quotes the argument's value"
+    );
+}
