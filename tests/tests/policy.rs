@@ -344,7 +344,7 @@ fn a_schema_denial_records_no_argument_value() {
     const RAW: &str = r#"
 import http.client, json, sys
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
-c.request("POST", "/mcp", body=sys.argv[2], headers={"Content-Type": "application/json",
+c.request("POST", "/mcp", body=open(sys.argv[2], "rb").read(), headers={"Content-Type": "application/json",
           "Accept": "application/json, text/event-stream"})
 r = c.getresponse()
 print(json.dumps({"status": r.status, "body": r.read().decode()}))
@@ -357,9 +357,7 @@ print(json.dumps({"status": r.status, "body": r.read().decode()}))
             extra: "[policy]\nmode = \"enforce\"\n\
                     [[principal]]\nname = \"agent\"\nusers = [0]\n\
                     [[rule]]\nprincipal = \"agent\"\ntools = [\"write\"]\naction = \"allow\"\n\
-                    arguments = { type = \"object\", properties = { text = { type = \"string\", maxLength = 100 } } }\n\
-                    [[rule]]\nprincipal = \"agent\"\ntools = [\"write\"]\naction = \"deny\"\n\
-                    [[rule]]\nprincipal = \"agent\"\naction = \"allow\"\n"
+                    arguments = { type = \"object\", properties = { text = { type = \"string\", maxLength = 100 } } }\n"
                 .into(),
             ..Default::default()
         },
@@ -369,9 +367,17 @@ print(json.dumps({"status": r.status, "body": r.read().decode()}))
     let value = format!("SECRET-VALUE-{}", "z".repeat(150));
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                       "params": {"name": "write", "arguments": {"text": value}}});
+    // From a file: the agent's command line is in the ledger (its flow record).
+    let body_file = gw.dir.path().join("call.json");
+    std::fs::write(&body_file, body.to_string()).unwrap();
     let out = gateway_tests::run_probe(gw.agent(
         gateway_tests::PYTHON,
-        &["-c".into(), RAW.into(), port.to_string(), body.to_string()],
+        &[
+            "-c".into(),
+            RAW.into(),
+            port.to_string(),
+            body_file.display().to_string(),
+        ],
     ));
     let answer = out["body"].as_str().unwrap();
     assert!(answer.contains("-32012"), "{out}");

@@ -131,7 +131,13 @@ impl Rule {
                 } else {
                     format!("arguments{at}")
                 };
-                return Verdict::ArgumentsRejected(format!("{at}: {err}"));
+                // The argument and the constraint, never the value: the ledger holds
+                // digests of arguments only (and the value may be a secret).
+                return Verdict::ArgumentsRejected(format!(
+                    "{at} does not satisfy the rule's schema ({} at {})",
+                    err.kind().keyword(),
+                    err.schema_path()
+                ));
             }
         }
         Verdict::Match

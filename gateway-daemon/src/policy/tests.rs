@@ -206,9 +206,11 @@ fn a_denial_explains_the_argument_constraint_it_missed() {
     );
     let why = d.reason.unwrap();
     assert!(
-        why.contains("rule[2]") && why.contains("arguments/path"),
+        why.contains("rule[2]") && why.contains("arguments/path") && why.contains("pattern"),
         "{why}"
     );
+    // The ledger holds digests of arguments only: the value itself is never quoted.
+    assert!(!why.contains("/etc/shadow"), "{why}");
 }
 
 #[test]
