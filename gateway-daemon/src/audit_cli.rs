@@ -140,6 +140,21 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
                             ""
                         }
                     );
+                    // Where history begins, and every point where retention removed some.
+                    match report.first_seq {
+                        Some(1) => println!("the chain starts at its genesis (seq 1)"),
+                        Some(seq) => println!(
+                            "the chain starts at seq {seq}: records before it were removed by \
+                             retention"
+                        ),
+                        None => {}
+                    }
+                    for r in &report.retention {
+                        println!(
+                            "retention at seq {}: deleted {} (seq {}..{}, last hash {})",
+                            r.seq, r.deleted_file, r.first_seq, r.last_seq, r.last_hash
+                        );
+                    }
                     Ok(())
                 }
             }

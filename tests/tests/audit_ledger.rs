@@ -245,14 +245,15 @@ print(json.dumps({"status": c.getresponse().status}))
 }
 
 /// Connects to 127.0.0.1:argv[1] from argv[2] processes in turn, each carrying about a
-/// megabyte of command line (ten arguments of 100 KB); each sends one byte and closes.
+/// megabyte of command line (ten arguments of 100 KB); each sends a few bytes and waits
+/// for the server to hang up (alive until its flow ends, so procfs names it).
 const FLOOD: &str = r#"
 import socket, subprocess, sys
 port, n = sys.argv[1], int(sys.argv[2])
-one = "import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5); s.sendall(b'x'); s.close()"
+one = "import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5); s.sendall(b'hello\\x00'); s.recv(1); s.close()"
 big = ["A" * 100_000 for _ in range(10)]
 for i in range(n):
-    subprocess.run([sys.executable, "-c", one, port] + big, check=True)
+    subprocess.run([sys.executable, "-c", one, port, "flow-%d" % i] + big, check=True)
 print("{}")
 "#;
 
@@ -263,22 +264,47 @@ fn a_flood_of_huge_command_lines_cannot_flush_history_out_of_the_ledger() {
         "ledger-flood",
         GatewayOptions {
             ports: vec![port],
-            audit: "max_file_bytes = 65536\nretain_files = 2\n".into(),
+            audit: "max_file_bytes = 32768\nretain_files = 2\n".into(),
             ..Default::default()
         },
     );
-    let echo = gateway_tests::EchoServer::start(&format!("127.0.0.1:{port}"));
+    // A server that reads what comes and hangs up, so every flow ends (and is recorded).
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::Read;
+            let _ = conn.read(&mut [0u8; 16]);
+        }
+    });
     let flows = 40;
     gateway_tests::run_probe(gw.agent(
         PYTHON,
-        &["-c".into(), FLOOD.into(), port.to_string(), flows.to_string()],
+        &[
+            "-c".into(),
+            FLOOD.into(),
+            port.to_string(),
+            flows.to_string(),
+        ],
     ));
-    drop(echo);
-    // Every flow is recorded: wait for the last ones to land.
-    gw.wait_record("a flow of the flood", |r| {
-        r["type"] == "flow" && r["identity"]["cmdline"].as_array().is_some_and(|a| a.len() > 4)
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    // Every flow is recorded: wait for the last one to land.
+    let last = format!("flow-{}", flows - 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = ledger_records(&gw);
+        let seen: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["type"] == "flow")
+            .map(|r| &r["identity"]["cmdline"][4])
+            .collect();
+        if seen.iter().any(|c| *c == last.as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last flow was not recorded: flows {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Bounded: about 40 MB of command lines make a few kilobytes per record, not megabytes.
     let records = ledger_records(&gw);
@@ -288,19 +314,32 @@ fn a_flood_of_huge_command_lines_cannot_flush_history_out_of_the_ledger() {
         .find(|r| r["type"] == "flow" && r["identity"]["cmdline"].is_array())
         .expect("a flow record");
     let line = serde_json::to_string(flow).unwrap();
-    assert!(line.len() < 16 * 1024, "a flow record of {} bytes", line.len());
+    assert!(
+        line.len() < 16 * 1024,
+        "a flow record of {} bytes",
+        line.len()
+    );
     let argv = flow["identity"]["cmdline"].as_array().unwrap();
     assert!(
         argv.iter()
             .any(|a| a.as_str().unwrap().contains("bytes, sha256 ")),
         "a long argument keeps its length and digest: {argv:?}"
     );
-    let written = files_written(&gw) * 65536;
+    // Every record is bounded, and the flood made one record per connection: the ledger
+    // grew by at most that many bounded records (about 40 MB of argv became kilobytes).
+    for r in &records {
+        let n = serde_json::to_string(r).unwrap().len();
+        assert!(n < 16 * 1024, "a record of {n} bytes: {}", r["type"]);
+    }
+    let last_seq = records
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .unwrap();
     assert!(
-        written < flows * 16 * 1024 + 4 * 65536,
-        "the flood wrote about {written} bytes"
+        last_seq < flows as u64 + 30,
+        "{last_seq} records for {flows} flows"
     );
-
     // Retention removed the oldest files, each after a signed record of what went; verify
     // reports where the chain starts and every retention point.
     let verify = Command::new(gateway_bin())
@@ -309,26 +348,23 @@ fn a_flood_of_huge_command_lines_cannot_flush_history_out_of_the_ledger() {
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&verify.stdout);
-    assert!(verify.status.success(), "{report}");
-    assert!(report.contains("the chain starts at seq "), "{report}");
-    assert!(report.contains("retention at seq "), "{report}");
-    let retention = records
-        .iter()
-        .filter(|r| r["type"] == "retention")
-        .count();
-    assert!(retention >= 1, "no retention record");
-}
-
-/// How many files the ledger has rotated through (the highest rotated number).
-fn files_written(gw: &Gateway) -> usize {
-    std::fs::read_dir(gw.dir.path())
+    let listing: Vec<String> = std::fs::read_dir(gw.dir.path())
         .unwrap()
         .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix("audit.jsonl.")?.parse::<usize>().ok()
+        .map(|e| {
+            format!(
+                "{:?} {}",
+                e.file_name(),
+                e.metadata().map_or(0, |m| m.len())
+            )
         })
-        .max()
-        .unwrap_or(0)
-        + 1
+        .collect();
+    assert!(verify.status.success(), "{report}");
+    assert!(
+        report.contains("the chain starts at seq "),
+        "{report} {listing:?}"
+    );
+    assert!(report.contains("retention at seq "), "{report}");
+    let retention = records.iter().filter(|r| r["type"] == "retention").count();
+    assert!(retention >= 1, "no retention record");
 }

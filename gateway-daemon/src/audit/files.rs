@@ -55,6 +55,40 @@ pub fn ledger_files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The records a ledger file holds: its first and last seq, and the last one's hash.
+pub struct Span {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_hash: String,
+}
+
+/// The span of a ledger file, None when it holds no complete record.
+pub fn span(path: &Path) -> std::io::Result<Option<Span>> {
+    use std::io::BufRead;
+    let bad = |e: super::chain::ChainError| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    };
+    let mut first = Vec::new();
+    std::io::BufReader::new(File::open(path)?).read_until(b'\n', &mut first)?;
+    if !first.ends_with(b"\n") {
+        return Ok(None);
+    }
+    first.pop();
+    let first = super::chain::open(&first).map_err(bad)?;
+    let Some(last) = tail(path)?.last_line else {
+        return Ok(None);
+    };
+    let last = super::chain::open(&last).map_err(bad)?;
+    Ok(Some(Span {
+        first_seq: first.seq,
+        last_seq: last.seq,
+        last_hash: last.hash,
+    }))
+}
+
 /// The end of a file: its last complete line (without newline) and the bytes after the
 /// last newline (a torn line a crash left), without reading the whole file.
 pub struct Tail {

@@ -102,11 +102,19 @@ fn resume(path: &Path) -> Result<Resume, AuditError> {
     })
 }
 
+/// Ledger files are the daemon's and its administrators': what agents did, who they are.
+const FILE_MODE: u32 = 0o640;
+
 fn open_append(path: &Path) -> Result<(File, u64), AuditError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let f = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(FILE_MODE)
         .open(path)
+        .map_err(|e| io_err(path, e))?;
+    // A file an earlier version made readable to all is narrowed too.
+    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
         .map_err(|e| io_err(path, e))?;
     let size = f.metadata().map_err(|e| io_err(path, e))?.len();
     Ok((f, size))
@@ -177,7 +185,8 @@ impl Writer {
         hex::encode(self.key.verifying_key().to_bytes())
     }
 
-    fn append(&mut self, buf: &mut Vec<u8>, body: Map<String, Value>) -> u64 {
+    fn append(&mut self, buf: &mut Vec<u8>, mut body: Map<String, Value>) -> u64 {
+        super::bound::record(&mut body);
         self.seq += 1;
         let (line, hash) = seal(self.seq, &self.head, body);
         if self.journald {
@@ -237,7 +246,16 @@ impl Writer {
             "time": now(),
             "signature": sign::sign(&self.key, self.seq, &self.head),
         });
-        std::fs::write(&tmp, format!("{body}\n"))?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(FILE_MODE)
+                .open(&tmp)?;
+            f.write_all(format!("{body}\n").as_bytes())?;
+        }
         std::fs::rename(&tmp, &head)?;
         self.head_seq = self.seq;
         self.head_written = Instant::now();
@@ -276,11 +294,45 @@ impl Writer {
             let rotated = files::rotated_files(&self.cfg.path);
             let excess = rotated.len().saturating_sub(self.cfg.retain_files);
             for (_, old) in rotated.into_iter().take(excess) {
-                tracing::info!(file = %old.display(), "audit retention: removing");
-                let _ = std::fs::remove_file(old);
+                self.retire(&old)?;
             }
         }
         Ok(())
+    }
+
+    /// Deletes a rotated file for retention, after a signed record naming what goes (its
+    /// records' seq range and the hash the chain continues from) is on disk: `verify` then
+    /// tells history removed by retention from history removed by anyone else.
+    fn retire(&mut self, old: &Path) -> std::io::Result<()> {
+        let span = files::span(old)?;
+        let name = old.file_name().map(|f| f.to_string_lossy().into_owned());
+        let mut buf = Vec::new();
+        match span {
+            Some(span) => {
+                let signature = sign::sign(&self.key, span.last_seq, &span.last_hash);
+                self.append(
+                    &mut buf,
+                    obj(
+                        json!({"type": "retention", "time": now(), "deleted_file": name,
+                        "first_seq": span.first_seq, "last_seq": span.last_seq,
+                        "last_hash": span.last_hash, "signature": signature}),
+                    ),
+                );
+            }
+            None => {
+                self.append(
+                    &mut buf,
+                    obj(
+                        json!({"type": "retention", "time": now(), "deleted_file": name,
+                        "detail": "the file held no record"}),
+                    ),
+                );
+            }
+        }
+        self.commit(&buf, true)?;
+        self.file.sync_data()?;
+        tracing::info!(file = %old.display(), "audit retention: removing");
+        std::fs::remove_file(old)
     }
 
     /// The writer thread's loop; returns when every sink is gone or on `Finish`.

@@ -2,6 +2,7 @@
 //! (see `chain`, `ledger`, `verify`). Every stage submits records through an `AuditSink`;
 //! a call's record is made durable before the call is forwarded (`record_durable`).
 
+pub mod bound;
 pub mod chain;
 pub mod files;
 pub mod journal;

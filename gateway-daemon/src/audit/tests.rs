@@ -197,10 +197,47 @@ async fn rotation_continues_the_chain_and_retention_keeps_it_verifiable() {
     assert_eq!(rotated.len(), 3, "retention keeps three: {rotated:?}");
     let r = check(&cfg);
     assert!(r.finding.is_none(), "{:?}", r.finding);
-    assert!(r.first_seq.unwrap() > 1, "the oldest files were removed");
+    let start = r.first_seq.unwrap();
+    assert!(start > 1, "the oldest files were removed");
+    // Each deletion left a signed record of what went; the newest accounts for the start.
+    assert!(!r.retention.is_empty());
+    assert!(
+        r.retention.iter().any(|p| p.last_seq + 1 == start),
+        "{:?}",
+        r.retention
+    );
+    for pair in r.retention.windows(2) {
+        assert_eq!(pair[0].last_seq + 1, pair[1].first_seq, "{:?}", r.retention);
+    }
     // Dropping a middle file breaks the chain.
     std::fs::remove_file(&rotated[1].1).unwrap();
     assert_eq!(reason(&cfg).0, Reason::Deleted);
+}
+
+#[tokio::test]
+async fn history_deleted_by_someone_other_than_retention_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_file_bytes = 4096;
+    write(&cfg, 120).await;
+    let rotated = files::rotated_files(&cfg.path);
+    assert!(rotated.len() >= 2, "{rotated:?}");
+    assert!(check(&cfg).finding.is_none());
+    // The oldest file removed by hand: the chain now starts late, with no record saying so.
+    std::fs::remove_file(&rotated[0].1).unwrap();
+    let (why, _, detail) = reason(&cfg);
+    assert_eq!(why, Reason::Deleted);
+    assert!(detail.contains("no retention record"), "{detail}");
+}
+
+#[tokio::test]
+async fn ledger_files_are_not_readable_by_everyone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, cfg) = ledger().await;
+    for f in [cfg.path.clone(), files::head(&cfg.path)] {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{}", f.display());
+    }
 }
 
 #[tokio::test]

@@ -57,6 +57,17 @@ impl fmt::Display for Finding {
     }
 }
 
+/// A `retention` record: the daemon deleted a rotated file, naming what it held.
+#[derive(Debug, Clone)]
+pub struct RetentionPoint {
+    /// The retention record's own seq.
+    pub seq: u64,
+    pub deleted_file: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_hash: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub records: u64,
@@ -64,7 +75,20 @@ pub struct Report {
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     pub head_checked: bool,
+    /// Every retention point the chain records, oldest first.
+    pub retention: Vec<RetentionPoint>,
     pub finding: Option<Finding>,
+}
+
+fn retention_point(seq: u64, body: &serde_json::Map<String, Value>) -> Option<RetentionPoint> {
+    (body.get("type")?.as_str()? == "retention").then_some(())?;
+    Some(RetentionPoint {
+        seq,
+        deleted_file: body.get("deleted_file")?.as_str()?.to_string(),
+        first_seq: body.get("first_seq")?.as_u64()?,
+        last_seq: body.get("last_seq")?.as_u64()?,
+        last_hash: body.get("last_hash")?.as_str()?.to_string(),
+    })
 }
 
 struct Entry {
@@ -149,6 +173,8 @@ pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>
         .collect();
     let mut hashes: HashMap<u64, String> = HashMap::new();
     let mut prev: Option<(u64, String)> = None;
+    // Where the chain on disk starts: (entry, seq, the hash it continues from).
+    let mut start: Option<(usize, u64, String)> = None;
     for (i, e) in entries.iter().enumerate() {
         let at = |reason, seq, detail: String| Finding {
             file: files[e.file].clone(),
@@ -240,11 +266,55 @@ pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>
                 return report;
             }
         }
+        if let Some(point) = retention_point(s.seq, &s.body) {
+            let signature = s.body.get("signature").and_then(Value::as_str);
+            if let Some(key) = key {
+                if !signature
+                    .is_some_and(|sig| sign::verify(key, point.last_seq, &point.last_hash, sig))
+                {
+                    report.finding = Some(at(
+                        Reason::BadSignature,
+                        Some(s.seq),
+                        format!(
+                            "the retention record's signature over seq {} does not verify",
+                            point.last_seq
+                        ),
+                    ));
+                    return report;
+                }
+            }
+            report.retention.push(point);
+        }
+        if report.first_seq.is_none() {
+            start = Some((i, s.seq, s.prev.clone()));
+        }
         report.first_seq.get_or_insert(s.seq);
         report.last_seq = Some(s.seq);
         report.records += 1;
         hashes.insert(s.seq, s.hash.clone());
         prev = Some((s.seq, s.hash.clone()));
+    }
+    // A chain that does not start at its genesis lost its beginning: only to retention,
+    // which says so in a record of its own, or to someone deleting files.
+    if let Some((i, seq, from)) = start.filter(|(_, seq, _)| *seq > 1) {
+        let accounted = report
+            .retention
+            .iter()
+            .any(|r| r.last_seq + 1 == seq && r.last_hash == from);
+        if !accounted {
+            report.finding = Some(Finding {
+                file: files[entries[i].file].clone(),
+                line: entries[i].line,
+                seq: Some(seq),
+                reason: Reason::Deleted,
+                detail: format!(
+                    "the chain starts at seq {seq} and no retention record accounts for \
+                     records 1..{}",
+                    seq - 1
+                ),
+            });
+            return report;
+        }
     }
     if let Some(t) = torn {
         report.finding = Some(t);
