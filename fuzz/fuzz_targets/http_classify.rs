@@ -62,7 +62,7 @@ fn check_detect(bytes: &[u8]) {
                 Detected::Http2 => assert!(p.starts_with(H2_PREFACE)),
                 Detected::Http1 => assert!(http1_justified(p), "{p:?} taken for HTTP/1"),
                 Detected::Other => assert!(!p.is_empty()),
-                Detected::NotClientFirst | Detected::Stalled => {
+                Detected::NotClientFirst | Detected::Stalled | Detected::Idle => {
                     panic!("classify never says {d:?}")
                 }
             }

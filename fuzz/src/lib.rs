@@ -212,6 +212,10 @@ impl Harness {
             audit: self.audit.clone(),
             sessions: Arc::new(sessions),
             config: self.config.clone(),
+            budget: Arc::new(gateway_daemon::http::budget::Budget::new(
+                self.config.http.max_buffered_bytes,
+                self.config.http.max_buffered_bytes_per_user,
+            )),
         })
     }
 }

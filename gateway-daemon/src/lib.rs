@@ -2,6 +2,7 @@
 //! The `mcp-gateway` binary (src/main.rs) is the command line around them.
 
 pub mod admin;
+pub mod admit;
 pub mod approvals;
 pub mod audit;
 pub mod config;

@@ -48,7 +48,23 @@ struct RefusedRecord {
     reason: &'static str,
 }
 
+/// A connection refused for a connection limit: one record per user per interval, with
+/// how many it covers.
+#[derive(Serialize)]
+struct LimitedRecord {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    client: SocketAddr,
+    uid: u32,
+    tgid: u32,
+    reason: String,
+    refused: u64,
+}
+
 pub struct Server {
+    pub admission: Arc<crate::admit::Admission>,
+    pub budget: Arc<crate::http::budget::Budget>,
     pub interceptor: Arc<Interceptor>,
     pub audit: AuditSink,
     pub config: Arc<Config>,
@@ -140,6 +156,29 @@ impl Server {
             return;
         };
         let redirected = Redirected::from_record(&record);
+        let permit = match self.admission.admit(redirected.uid) {
+            Ok(p) => p,
+            Err((why, report)) => {
+                // Reset, as a refused connect would be: the agent sees a failure at once.
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                if let Some(refused) = report {
+                    tracing::warn!(uid = redirected.uid, refused, reason = %why, "connections refused");
+                    self.audit
+                        .record(&LimitedRecord {
+                            kind: "connection_limited",
+                            time: timestamp(SystemTime::now()),
+                            client: peer,
+                            uid: redirected.uid,
+                            tgid: redirected.tgid,
+                            reason: why.to_string(),
+                            refused,
+                        })
+                        .await;
+                }
+                return;
+            }
+        };
         let span = tracing::info_span!(
             "conn",
             client = %peer,
@@ -148,6 +187,7 @@ impl Server {
             dst = %redirected.orig_dst,
         );
         let shared = Shared {
+            budget: self.budget.clone(),
             audit: self.audit.clone(),
             config: self.config.clone(),
             sessions: self.sessions.clone(),
@@ -158,6 +198,12 @@ impl Server {
             pins: self.pins.clone(),
             approvals: self.approvals.clone(),
         };
-        flows.spawn(route::flow(stream, peer, redirected, shared).instrument(span));
+        flows.spawn(
+            async move {
+                let _permit = permit;
+                route::flow(stream, peer, redirected, shared).await
+            }
+            .instrument(span),
+        );
     }
 }

@@ -7,7 +7,8 @@ mod status_cli;
 mod top_cli;
 
 use gateway_daemon::{
-    admin, approvals, audit, config, exec, intercept, listen, mcp, metrics, pins, policy, tls,
+    admin, admit, approvals, audit, config, exec, intercept, listen, mcp, metrics, pins, policy,
+    tls,
 };
 
 use std::path::PathBuf;
@@ -378,7 +379,25 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         policy::Policy::compile(&cfg).map_err(|(k, m)| anyhow::anyhow!("`{k}`: {m}"))?,
     ));
     reload_on_sighup(config_path, policy.clone(), sink.clone()).await?;
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft);
+    let admission = Arc::new(admit::Admission::new(
+        nofile,
+        cfg.listener.max_connections_per_user,
+    ));
+    let (max_total, max_per_user) = admission.limits();
+    tracing::info!(
+        nofile,
+        max_connections = max_total,
+        max_connections_per_user = max_per_user,
+        "connection limits"
+    );
     let server = listen::Server {
+        admission,
+        budget: Arc::new(gateway_daemon::http::budget::Budget::new(
+            cfg.http.max_buffered_bytes,
+            cfg.http.max_buffered_bytes_per_user,
+        )),
         interceptor: interceptor.clone(),
         policy,
         catalog: Default::default(),

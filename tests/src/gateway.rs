@@ -257,6 +257,22 @@ impl Gateway {
     }
 
     /// As `wrap`, with the command running as `user` (name or uid) inside the cgroup.
+    /// As `agent`, running as `user` (a name or uid): `exec --user`.
+    pub fn agent_as(&self, user: &str, program: &str, args: &[String]) -> Command {
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args([
+            "exec",
+            "--cgroup",
+            &self.cgroup,
+            "--user",
+            user,
+            "--",
+            program,
+        ]);
+        cmd.args(args);
+        cmd
+    }
+
     pub fn wrap_as(&self, cmd: Command, user: &str) -> Command {
         let wrapped = self.wrap(cmd);
         let args: Vec<std::ffi::OsString> = wrapped.get_args().map(|a| a.to_owned()).collect();

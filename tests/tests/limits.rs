@@ -78,7 +78,12 @@ fn ten_thousand_silent_connections_of_one_agent_leave_another_agents_calls_answe
     let mut holder = gw
         .agent(
             PYTHON,
-            &["-c".into(), HOLDER.into(), silent_port.to_string(), "10000".into()],
+            &[
+                "-c".into(),
+                HOLDER.into(),
+                silent_port.to_string(),
+                "10000".into(),
+            ],
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -95,21 +100,16 @@ fn ten_thousand_silent_connections_of_one_agent_leave_another_agents_calls_answe
     assert!(opened["opened"].as_u64().unwrap() > 100, "{opened}");
 
     // Another user's agent, while they are held: its call is answered.
-    let out = run_probe(gw.agent(
-        "setpriv",
-        &[
-            "--reuid=65534".into(),
-            "--regid=65534".into(),
-            "--clear-groups".into(),
-            "--".into(),
-            PYTHON.into(),
-            "-c".into(),
-            CALL.into(),
-            mcp_port.to_string(),
-        ],
+    let out = run_probe(gw.agent_as(
+        "65534",
+        PYTHON,
+        &["-c".into(), CALL.into(), mcp_port.to_string()],
     ));
     assert_eq!(out["status"], 200, "{out}");
-    assert!(out["body"].as_str().unwrap().contains("\"result\""), "{out}");
+    assert!(
+        out["body"].as_str().unwrap().contains("\"result\""),
+        "{out}"
+    );
 
     // The excess was refused, and audited once for the burst, not once a connection.
     let limited: Vec<serde_json::Value> = gw
@@ -213,8 +213,9 @@ fn sixty_stalled_huge_answers_leave_the_daemons_memory_bounded() {
         "limits-memory",
         GatewayOptions {
             ports: vec![port],
-            extra: "[http]\nmax_buffered_bytes = 134217728\nmax_buffered_bytes_per_user = 67108864\n"
-                .into(),
+            extra:
+                "[http]\nmax_buffered_bytes = 134217728\nmax_buffered_bytes_per_user = 67108864\n"
+                    .into(),
             ..Default::default()
         },
     );
@@ -233,18 +234,10 @@ fn sixty_stalled_huge_answers_leave_the_daemons_memory_bounded() {
     // While they stall: the daemon's memory, and another user's call.
     std::thread::sleep(Duration::from_secs(4));
     let during = rss_bytes(pid);
-    let out = run_probe(gw.agent(
-        "setpriv",
-        &[
-            "--reuid=65534".into(),
-            "--regid=65534".into(),
-            "--clear-groups".into(),
-            "--".into(),
-            PYTHON.into(),
-            "-c".into(),
-            CALL.into(),
-            port.to_string(),
-        ],
+    let out = run_probe(gw.agent_as(
+        "65534",
+        PYTHON,
+        &["-c".into(), CALL.into(), port.to_string()],
     ));
     let result = stallers.wait_with_output().unwrap();
     let counts: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();

@@ -44,15 +44,7 @@ fn initialize(id: u64) -> Value {
 fn client(gw: &Gateway, nobody: bool, requests: &Value) -> Vec<Value> {
     let script = ["-c".to_string(), CLIENT.to_string(), requests.to_string()];
     let cmd = if nobody {
-        let mut args = vec![
-            "--reuid=65534".to_string(),
-            "--regid=65534".into(),
-            "--clear-groups".into(),
-            "--".into(),
-            PYTHON.into(),
-        ];
-        args.extend(script);
-        gw.agent("setpriv", &args)
+        gw.agent_as("65534", PYTHON, &script)
     } else {
         gw.agent(PYTHON, &script)
     };
@@ -269,18 +261,7 @@ r = c.getresponse()
 print(json.dumps({{"status": r.status, "body": r.read().decode()}}))
 "#
     );
-    let stolen = run_probe(gw.agent(
-        "setpriv",
-        &[
-            "--reuid=65534".into(),
-            "--regid=65534".into(),
-            "--clear-groups".into(),
-            "--".into(),
-            PYTHON.into(),
-            "-c".into(),
-            steal,
-        ],
-    ));
+    let stolen = run_probe(gw.agent_as("65534", PYTHON, &["-c".into(), steal]));
     assert_eq!(stolen["status"], 403, "{stolen}");
     assert!(
         stolen["body"]

@@ -137,6 +137,13 @@ pub struct Http {
     /// forgotten): no user can push another's sessions out.
     #[serde(default = "default_max_sessions_per_user")]
     pub max_sessions_per_user: usize,
+    /// Bytes of bodies held for inspection at once, by all exchanges together (requests
+    /// and JSON responses read whole, SSE events read to their end).
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// The same, per user (uid): past it that user's exchanges get an error, others' not.
+    #[serde(default = "default_max_buffered_bytes_per_user")]
+    pub max_buffered_bytes_per_user: usize,
 }
 
 /// Where redirected connections arrive. Both families are needed: an AF_INET6 agent socket
@@ -148,6 +155,13 @@ pub struct Listener {
     pub ipv4: SocketAddr,
     #[serde(default = "default_listen6")]
     pub ipv6: SocketAddr,
+    /// Connections one user (uid) holds at once; more are refused (and audited). Also
+    /// bounded to half of what the daemon's open-files limit allows.
+    #[serde(default = "default_max_connections_per_user")]
+    pub max_connections_per_user: usize,
+    /// Seconds a connection may stay open with neither side having sent a byte.
+    #[serde(default = "default_first_byte_timeout_s")]
+    pub first_byte_timeout_s: u64,
 }
 
 /// Which processes are agents: members of these cgroups (or their descendants), or running
@@ -269,6 +283,12 @@ fn default_listen4() -> SocketAddr {
 fn default_listen6() -> SocketAddr {
     "[::1]:15001".parse().expect("literal")
 }
+fn default_max_connections_per_user() -> usize {
+    4096
+}
+fn default_first_byte_timeout_s() -> u64 {
+    60
+}
 fn default_ports() -> Vec<u16> {
     vec![80, 443, 8080]
 }
@@ -311,6 +331,12 @@ fn default_max_sessions() -> usize {
 fn default_max_sessions_per_user() -> usize {
     1_000
 }
+fn default_max_buffered_bytes() -> usize {
+    1 << 30
+}
+fn default_max_buffered_bytes_per_user() -> usize {
+    256 << 20
+}
 fn default_batch_interval_ms() -> u64 {
     10
 }
@@ -338,6 +364,8 @@ impl Default for Listener {
         Self {
             ipv4: default_listen4(),
             ipv6: default_listen6(),
+            max_connections_per_user: default_max_connections_per_user(),
+            first_byte_timeout_s: default_first_byte_timeout_s(),
         }
     }
 }
@@ -372,6 +400,8 @@ impl Default for Http {
             max_pending: default_max_pending(),
             max_sessions: default_max_sessions(),
             max_sessions_per_user: default_max_sessions_per_user(),
+            max_buffered_bytes: default_max_buffered_bytes(),
+            max_buffered_bytes_per_user: default_max_buffered_bytes_per_user(),
         }
     }
 }

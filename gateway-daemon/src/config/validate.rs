@@ -165,10 +165,44 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
         ("http.max_pending", h.max_pending, 1),
         ("http.max_sessions", h.max_sessions, 1),
         ("http.max_sessions_per_user", h.max_sessions_per_user, 1),
+        (
+            "listener.max_connections_per_user",
+            config.listener.max_connections_per_user,
+            1,
+        ),
+        (
+            "listener.first_byte_timeout_s",
+            config.listener.first_byte_timeout_s as usize,
+            1,
+        ),
     ] {
         if v < min {
             return fail(key, format!("{v} is below the minimum {min}"));
         }
+    }
+    // One user must be able to hold at least one body of each kind at its largest.
+    let largest = h
+        .max_request_bytes
+        .max(h.max_response_bytes)
+        .max(h.max_event_bytes);
+    if h.max_buffered_bytes_per_user < largest {
+        return fail(
+            "http.max_buffered_bytes_per_user",
+            format!(
+                "{} is below the largest body one exchange may hold ({largest}: \
+                 max_request_bytes, max_response_bytes or max_event_bytes)",
+                h.max_buffered_bytes_per_user
+            ),
+        );
+    }
+    if h.max_buffered_bytes < h.max_buffered_bytes_per_user {
+        return fail(
+            "http.max_buffered_bytes",
+            format!(
+                "{} is below http.max_buffered_bytes_per_user ({})",
+                h.max_buffered_bytes, h.max_buffered_bytes_per_user
+            ),
+        );
     }
     let mut names = std::collections::HashSet::new();
     for (i, s) in config.servers.iter().enumerate() {

@@ -18,6 +18,8 @@ pub enum BodyError {
     TooLarge { limit: usize },
     #[error("reading body: {0}")]
     Read(String),
+    #[error(transparent)]
+    OverBudget(#[from] super::budget::OverBudget),
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> GwBody {
@@ -39,8 +41,13 @@ where
     b.map_err(Into::into).boxed()
 }
 
-/// Reads a whole body, failing as soon as it passes `limit` (memory stays bounded).
-pub async fn collect_limited<B>(body: &mut B, limit: usize) -> Result<Bytes, BodyError>
+/// Reads a whole body, failing as soon as it passes `limit`, or as soon as `held` (what
+/// the exchange holds, shared with every other) cannot grow (memory stays bounded).
+pub async fn collect_limited<B>(
+    body: &mut B,
+    limit: usize,
+    held: &mut super::budget::Reservation,
+) -> Result<Bytes, BodyError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -55,6 +62,7 @@ where
             if buf.len() + data.len() > limit {
                 return Err(BodyError::TooLarge { limit });
             }
+            held.grow(data.len())?;
             buf.extend_from_slice(&data);
         }
     }

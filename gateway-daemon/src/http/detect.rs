@@ -36,6 +36,9 @@ pub enum Detected {
     /// The start of an HTTP request line or a preface that did not complete within
     /// `PREFIX_WAIT`: it could still become HTTP, so it is never passed through unread.
     Stalled,
+    /// Neither side sent a byte within the first-byte timeout: the connection only held
+    /// the daemon's descriptors.
+    Idle,
 }
 
 /// Bytes peeked to find the end of an HTTP/1 request line with an unlisted method.
@@ -177,10 +180,13 @@ pub async fn after_server_first(
 }
 
 /// Waits for the agent's first bytes (or the server's, when `upstream` is given) and
-/// classifies them. Without an upstream, an agent silent for `PREFIX_WAIT` is `Other`.
-pub async fn detect(agent: &TcpStream, upstream: Option<&TcpStream>) -> Detected {
+/// classifies them. Without an upstream, an agent silent for `PREFIX_WAIT` is `Other`;
+/// with one, a connection on which neither side sent a byte within `idle` is `Idle`.
+pub async fn detect(agent: &TcpStream, upstream: Option<&TcpStream>, idle: Duration) -> Detected {
     let mut buf = vec![0u8; PEEK];
     let deadline = tokio::time::Instant::now() + PREFIX_WAIT;
+    let idle_deadline = tokio::time::Instant::now() + idle;
+    let mut spoke = false;
     let server_spoke = async {
         match upstream {
             Some(u) => {
@@ -196,6 +202,7 @@ pub async fn detect(agent: &TcpStream, upstream: Option<&TcpStream>) -> Detected
             r = agent.peek(&mut buf) => match r {
                 Ok(0) | Err(_) => return Detected::NotClientFirst,
                 Ok(n) => {
+                    spoke = true;
                     if let Some(d) = classify(&buf[..n]) {
                         return d;
                     }
@@ -208,6 +215,9 @@ pub async fn detect(agent: &TcpStream, upstream: Option<&TcpStream>) -> Detected
             },
             _ = &mut server_spoke => return Detected::NotClientFirst,
             _ = tokio::time::sleep_until(deadline), if upstream.is_none() => return Detected::Other,
+            _ = tokio::time::sleep_until(idle_deadline), if upstream.is_some() && !spoke => {
+                return Detected::Idle
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! mirror what the agent asked for. Every request goes through `mcp::route`.
 
 pub mod body;
+pub mod budget;
 pub mod counting;
 pub mod detect;
 

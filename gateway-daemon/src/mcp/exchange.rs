@@ -354,8 +354,22 @@ pub async fn post(
     let mut obs = observer(ctx, target, session.clone().unwrap_or(None), version);
     let limits = &ctx.config.http;
 
-    let bytes = match collect_limited(&mut body, limits.max_request_bytes).await {
+    let mut held = ctx.budget.reserve(ctx.principal.uid);
+    let bytes = match collect_limited(&mut body, limits.max_request_bytes, &mut held).await {
         Ok(b) => b,
+        Err(BodyError::OverBudget(e)) => {
+            let mut resp = refuse(
+                &obs,
+                &[],
+                StatusCode::SERVICE_UNAVAILABLE,
+                GATEWAY_LIMITED,
+                &e.to_string(),
+            )
+            .await;
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return resp;
+        }
         Err(e @ BodyError::TooLarge { .. }) => {
             let why = format!("request {e} (http.max_request_bytes)");
             let mut resp = refuse(
@@ -718,12 +732,14 @@ pub async fn post(
                 max_event_bytes: limits.max_event_bytes,
                 max_depth: MAX_DEPTH,
                 inflight,
+                held: ctx.budget.reserve(ctx.principal.uid),
             },
         );
         return Response::from_parts(parts, body);
     }
     if media == Media::Json {
-        return json_response(parts, body, obs, local, limits.max_response_bytes).await;
+        let held = ctx.budget.reserve(ctx.principal.uid);
+        return json_response(parts, body, obs, local, limits.max_response_bytes, held).await;
     }
     // A body some client would read as MCP that the gateway cannot tell how to read, or a
     // success carrying a body no client should read while requests wait for answers: not
@@ -769,6 +785,7 @@ async fn json_response(
     obs: Observer,
     mut local: Pending<super::record::PendingRequest>,
     limit: usize,
+    mut held: crate::http::budget::Reservation,
 ) -> Response<GwBody> {
     let fail = |why: String, local: &mut Pending<_>| {
         let waiting = local.drain_expired(|_| true);
@@ -776,11 +793,16 @@ async fn json_response(
         (waiting, ids, why)
     };
     let mut body = body;
-    let bytes: Bytes = match collect_limited(&mut body, limit).await {
+    let bytes: Bytes = match collect_limited(&mut body, limit, &mut held).await {
         Ok(b) => b,
         Err(e) => {
             let (waiting, ids, why) = fail(
-                format!("the server's response could not be read: {e} (http.max_response_bytes)"),
+                match e {
+                    BodyError::TooLarge { .. } => format!(
+                        "the server's response could not be read: {e} (http.max_response_bytes)"
+                    ),
+                    e => format!("the server's response could not be read: {e}"),
+                },
                 &mut local,
             );
             obs.write(obs.unanswered(Direction::ClientToServer, waiting, "upstream_error", &why))
@@ -828,17 +850,7 @@ async fn json_response(
     // A response to no request of this POST was never checked against one (pins,
     // redaction by method): the whole answer is dropped, and every request it carried
     // gets an error instead.
-    if records.iter().any(super::observe::is_unpaired_response) {
-        for r in records
-            .iter_mut()
-            .filter(|r| super::observe::is_unpaired_response(r))
-        {
-            r.detail = Some(
-                "server response dropped: it answers no request the gateway saw, so it was \
-                 never checked"
-                    .into(),
-            );
-        }
+    if super::observe::mark_unpaired_dropped(&mut records, "server response") {
         obs.write(records).await;
         let why = "the server's answer was dropped: it carried a response to no request \
                    of this POST";
@@ -955,6 +967,7 @@ where
             max_event_bytes: ctx.config.http.max_event_bytes,
             max_depth: MAX_DEPTH,
             inflight: Vec::new(),
+            held: ctx.budget.reserve(ctx.principal.uid),
         },
     );
     Response::from_parts(parts, body)

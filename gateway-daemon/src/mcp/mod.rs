@@ -54,6 +54,8 @@ pub struct ConnCtx {
     pub audit: AuditSink,
     pub sessions: Arc<Sessions>,
     pub config: Arc<Config>,
+    /// Memory for bodies under inspection, shared by every connection.
+    pub budget: Arc<crate::http::budget::Budget>,
 }
 
 impl ConnCtx {
@@ -95,8 +97,12 @@ pub async fn route(
     };
     // Headers are the agent's to choose: a request they do not mark as MCP is MCP all the
     // same when its body is JSON-RPC (a server reads the body, whatever Accept says).
+    // Held until the request is decided and forwarded (this exchange's share of memory).
+    let mut held = ctx.budget.reserve(ctx.principal.uid);
     let (kind, mut req) = match kind {
-        McpKind::NotMcp => match sniff::request(req, ctx.config.http.max_request_bytes).await {
+        McpKind::NotMcp => match sniff::request(req, ctx.config.http.max_request_bytes, &mut held)
+            .await
+        {
             Ok((sniff::Sniffed::Plain, req)) => (McpKind::NotMcp, req),
             Ok((sniff::Sniffed::JsonRpc, req)) => {
                 tracing::debug!("a JSON-RPC body without MCP headers: decided as MCP");
@@ -112,6 +118,7 @@ pub async fn route(
                         ),
                     ),
                     BodyError::Read(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+                    BodyError::OverBudget(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
                 };
                 tracing::info!(reason = %why, "request refused before recognition");
                 let mut resp = reply::http_error(status, &why);

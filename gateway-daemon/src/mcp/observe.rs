@@ -29,6 +29,19 @@ pub fn is_unpaired_response(r: &ExchangeRecord) -> bool {
     r.outcome == UNPAIRED_RESPONSE
 }
 
+/// Whether `records` hold a response to no request the gateway saw; if so each such record
+/// says that the `what` (a server event, a server response) carrying it was dropped.
+pub fn mark_unpaired_dropped(records: &mut [ExchangeRecord], what: &str) -> bool {
+    let mut any = false;
+    for r in records.iter_mut().filter(|r| is_unpaired_response(r)) {
+        r.detail = Some(format!(
+            "{what} dropped: it answers no request the gateway saw, so it was never checked"
+        ));
+        any = true;
+    }
+    any
+}
+
 pub struct Observer {
     pub principal: Arc<Principal>,
     pub view: Option<ListView>,

@@ -74,6 +74,7 @@ fn is_message_like(v: &serde_json::Value) -> bool {
 pub async fn request(
     req: Request<Incoming>,
     limit: usize,
+    held: &mut crate::http::budget::Reservation,
 ) -> Result<(Sniffed, Request<GwBody>), BodyError> {
     let (parts, mut body) = req.into_parts();
     let mut seen = BytesMut::new();
@@ -93,6 +94,7 @@ pub async fn request(
                     if seen.len() + d.len() > limit {
                         return Err(BodyError::TooLarge { limit });
                     }
+                    held.grow(d.len())?;
                     seen.extend_from_slice(&d);
                 }
                 Err(t) => trailers = Some(t),
@@ -107,7 +109,7 @@ pub async fn request(
         let req = Request::from_parts(parts, boxed(Replay::new(head, body)));
         return Ok((Sniffed::Plain, req));
     }
-    let rest = collect_limited(&mut body, limit - seen.len())
+    let rest = collect_limited(&mut body, limit - seen.len(), held)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge { .. } => BodyError::TooLarge { limit },

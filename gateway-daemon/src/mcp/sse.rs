@@ -478,6 +478,11 @@ impl SseParser {
     /// failing one that no returned item carried (the unfinished block, or the held one).
     /// A caller that falls back to passing the stream through unparsed forwards these, then
     /// the failing chunk. Returns them once; empty otherwise.
+    /// Bytes held for the block not yet complete (its raw bytes and its data so far).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() + self.block.data.len()
+    }
+
     pub fn take_unreturned(&mut self) -> Vec<u8> {
         mem::take(&mut self.unreturned)
     }

@@ -42,6 +42,8 @@ pub struct StreamJob {
     pub max_depth: usize,
     /// Rate-limit slots of the calls this stream answers, released when it ends.
     pub inflight: Vec<crate::policy::limits::InFlight>,
+    /// The memory the parser holds for an event not yet complete.
+    pub held: crate::http::budget::Reservation,
 }
 
 type Tx = Sender<Result<Frame<Bytes>, BoxError>>;
@@ -95,6 +97,9 @@ where
             Ok(items) => items,
             Err(e) => break End::Failed(format!("the server sent an invalid SSE stream: {e}")),
         };
+        if let Err(e) = job.held.set(parser.buffered()) {
+            break End::Failed(format!("the server's event could not be read: {e}"));
+        }
         // An event ended by a lone CR waits for the next byte inside the parser; release it
         // now so a CR-only server's events are not delayed (a following LF is forwarded
         // with the next item, so the bytes stay the same).
@@ -204,18 +209,8 @@ fn on_event(
             return Err(vec![record]);
         }
     };
-    if records.iter().any(super::observe::is_unpaired_response) {
+    if super::observe::mark_unpaired_dropped(&mut records, "server event") {
         tracing::warn!("server event with a response to no known request dropped");
-        for r in records
-            .iter_mut()
-            .filter(|r| super::observe::is_unpaired_response(r))
-        {
-            r.detail = Some(
-                "server event dropped: it answers no request the gateway saw, so it was \
-                 never checked"
-                    .into(),
-            );
-        }
         return Err(records);
     }
     Ok(records)

@@ -65,6 +65,7 @@ pub struct TlsFlow {
 
 /// What every flow task needs from the daemon.
 pub struct Shared {
+    pub budget: Arc<crate::http::budget::Budget>,
     pub audit: AuditSink,
     pub config: Arc<Config>,
     pub sessions: Arc<Sessions>,
@@ -175,7 +176,7 @@ fn label(d: Detected) -> &'static str {
         Detected::Http1 => "http1",
         Detected::Http2 => "http2",
         Detected::Tls => "tls",
-        Detected::Other | Detected::NotClientFirst | Detected::Stalled => "tcp",
+        Detected::Other | Detected::NotClientFirst | Detected::Stalled | Detected::Idle => "tcp",
     }
 }
 
@@ -188,8 +189,9 @@ async fn carry(
     // With MCP only, nothing but HTTP and TLS is dialed: a refused flow never reaches its
     // destination. Otherwise the destination is dialed first, so a protocol whose server
     // speaks first is recognised by that rather than by waiting on the agent.
+    let idle = std::time::Duration::from_secs(shared.config.listener.first_byte_timeout_s);
     let (detected, up) = if shared.config.http.mcp_only {
-        let d = detect(&agent, None).await;
+        let d = detect(&agent, None, idle).await;
         if !matches!(d, Detected::Http1 | Detected::Http2 | Detected::Tls) {
             tracing::info!(
                 protocol = label(d),
@@ -200,7 +202,7 @@ async fn carry(
         (d, None)
     } else {
         match dial(upstream, shared).await {
-            Ok(up) => (detect(&agent, Some(&up)).await, Some(up)),
+            Ok(up) => (detect(&agent, Some(&up), idle).await, Some(up)),
             Err(e) => return reset(agent, "tcp", "upstream_connect_failed", Some(e)),
         }
     };
@@ -216,6 +218,19 @@ async fn carry(
                      complete in time: never passed through unread"
                         .into(),
                 ),
+            );
+        }
+        Detected::Idle => {
+            tracing::info!("neither side sent a byte in time: closed");
+            return reset(
+                agent,
+                "tcp",
+                "idle_no_first_byte",
+                Some(format!(
+                    "neither the agent nor its server sent a byte within {}s \
+                     (listener.first_byte_timeout_s)",
+                    idle.as_secs()
+                )),
             );
         }
         Detected::Http1 => Protocol::Http1,
@@ -300,6 +315,7 @@ where
         audit: shared.audit.clone(),
         sessions: shared.sessions.clone(),
         config: shared.config.clone(),
+        budget: shared.budget.clone(),
     });
     let result = gwhttp::serve(agent, up, protocol, ctx).await;
     let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "closed");
