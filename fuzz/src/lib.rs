@@ -162,6 +162,8 @@ pub fn harness() -> &'static Harness {
             cgroup_id: 77,
             start_time: 1,
             exe: Some("/usr/bin/agent".into()),
+            exe_file: None,
+            exe_now: None,
             cmdline: Some(vec!["agent".into()]),
             cgroup: Some("/mcp.slice/mcp-agents.slice/agent.service".into()),
             unit: Some("agent.service".into()),

@@ -4,6 +4,11 @@
 //! what the kernel record lacks (executable, command line, cgroup path, unit), and is only
 //! believed when the process found under the pid started at the same instant as the one the
 //! kernel saw: a pid reused since then yields no procfs facts at all.
+//!
+//! The executable is the one the kernel saw at connect() (its file's device and inode):
+//! a process that exec'd another program since is still named for the one that connected
+//! (procfs's path is used only when it is that same file; else a path under which that
+//! file was seen before), and what it runs now is recorded beside it.
 
 use std::path::PathBuf;
 
@@ -11,6 +16,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use procfs::process::Process;
 use serde::Serialize;
 
+use crate::intercept::record::ExeFile;
 use crate::intercept::Redirected;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +50,16 @@ pub struct Identity {
     pub cgroup_id: u64,
     /// Process start, clock ticks since boot (as /proc/PID/stat field 22).
     pub start_time: u64,
+    /// The executable at connect(): the path procfs shows when it is the file the kernel
+    /// saw, else a path that file was seen under before (None: not known).
     pub exe: Option<PathBuf>,
+    /// The file the kernel saw at connect().
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_file: Option<ExeFile>,
+    /// What procfs shows the process running now, when it is not `exe_file`: it exec'd
+    /// another program after connecting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_now: Option<PathBuf>,
     pub cmdline: Option<Vec<String>>,
     pub cgroup: Option<String>,
     pub unit: Option<String>,
@@ -74,6 +89,8 @@ impl Identity {
             cgroup_id: r.cgroup_id,
             start_time,
             exe: None,
+            exe_file: r.exe_file,
+            exe_now: None,
             cmdline: None,
             cgroup: None,
             unit: None,
@@ -81,6 +98,10 @@ impl Identity {
         };
         if let Err(e) = id.fill_from_procfs() {
             id.procfs_error = Some(e.to_string());
+        }
+        // Exited, or exec'd since: named for the file it connected with, when known.
+        if id.exe.is_none() {
+            id.exe = r.exe_file.and_then(known_path);
         }
         id
     }
@@ -122,11 +143,45 @@ impl Identity {
             .map(|c| c.pathname);
         check(&proc)?;
         self.unit = cgroup.as_deref().and_then(unit_of);
-        self.exe = Some(exe);
+        let now = ExeFile::of_path(std::path::Path::new(&format!("/proc/{tgid}/exe")));
+        match (self.exe_file, now) {
+            // Without a kernel identity (an older program), procfs is all there is.
+            (None, _) => self.exe = Some(exe),
+            (Some(at_connect), Some(now)) if at_connect == now => {
+                remember(at_connect, &exe);
+                self.exe = Some(exe);
+            }
+            (Some(_), _) => self.exe_now = Some(exe),
+        }
         self.cmdline = Some(cmdline);
         self.cgroup = cgroup;
         Ok(())
     }
+}
+
+/// Paths executables were confirmed under (by device and inode), to name the file a process
+/// connected with after it exec'd another or exited. Bounded: forgotten all at once when
+/// full, which only costs names, never a decision.
+static KNOWN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<ExeFile, PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
+const KNOWN_MAX: usize = 4096;
+
+fn remember(file: ExeFile, path: &std::path::Path) {
+    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if known.len() >= KNOWN_MAX && !known.contains_key(&file) {
+        known.clear();
+    }
+    known.insert(file, path.to_owned());
+}
+
+/// A path `file` was seen under, if it still is that file.
+fn known_path(file: ExeFile) -> Option<PathBuf> {
+    let path = KNOWN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&file)
+        .cloned()?;
+    (ExeFile::of_path(&path) == Some(file)).then_some(path)
 }
 
 /// The systemd unit a cgroup path belongs to: its innermost `.service` or `.scope`.
@@ -169,6 +224,7 @@ mod tests {
             cgroup_id: 0,
             start_boottime_ns: (stat.starttime + ticks_off) * (1_000_000_000 / ticks),
             comm: "x".into(),
+            exe_file: ExeFile::of_path(&std::env::current_exe().unwrap()),
         }
     }
 
@@ -178,6 +234,15 @@ mod tests {
         assert_eq!(id.procfs_error, None);
         assert_eq!(id.exe.unwrap(), std::env::current_exe().unwrap());
         assert_eq!(id.cmdline.unwrap(), std::env::args().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_process_running_another_file_than_it_connected_with_is_not_named_for_it() {
+        let mut r = own_record(0);
+        r.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"));
+        let id = Identity::resolve(&r);
+        assert_eq!(id.exe_now.unwrap(), std::env::current_exe().unwrap());
+        assert_ne!(id.exe, Some(std::env::current_exe().unwrap()));
     }
 
     #[test]

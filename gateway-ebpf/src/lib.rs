@@ -69,6 +69,11 @@ pub struct GwRecord {
     pub start_boottime: u64,
     pub connect_boot_ns: u64,
     pub comm: [u8; COMM_LEN],
+    /// Inode of the caller's executable at connect(); 0 when it had none.
+    pub exe_ino: u64,
+    /// Its filesystem's device, in the kernel's encoding (major << 20 | minor).
+    pub exe_dev: u32,
+    pub _pad2: u32,
 }
 
 /// The single entry of `gw_config`.
@@ -96,7 +101,8 @@ unsafe impl aya::Pod for GwConfig {}
 const _: () = {
     assert!(size_of::<GwTuple>() == 36);
     assert!(offset_of!(GwTuple, client_port) == 32);
-    assert!(size_of::<GwRecord>() == 80);
+    assert!(size_of::<GwRecord>() == 96);
+    assert!(offset_of!(GwRecord, exe_ino) == 80);
     assert!(offset_of!(GwRecord, orig_port) == 16);
     assert!(offset_of!(GwRecord, pid) == 20);
     assert!(offset_of!(GwRecord, cgroup_id) == 40);

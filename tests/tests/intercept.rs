@@ -394,3 +394,49 @@ fn a_daemon_restarted_in_a_new_cgroup_next_to_the_agents_binds_and_mediates() {
     let mount = gateway_tests::cgroup2_mount().unwrap();
     std::fs::remove_dir(mount.join(&daemon_cgroup)).unwrap();
 }
+
+/// Pins an LRU hash map at argv[1] with the record layout of an older version (80-byte
+/// values), as a daemon of that version left it.
+const PIN_OLD_MAP: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_bpf, BPF_MAP_CREATE, BPF_OBJ_PIN, LRU_HASH = 321, 0, 6, 9
+attr = ctypes.create_string_buffer(128)
+struct.pack_into("IIIII", attr, 0, LRU_HASH, 36, 80, 64, 0)
+name = b"gw_conns"
+attr[28:28 + len(name)] = name
+fd = libc.syscall(SYS_bpf, BPF_MAP_CREATE, attr, 128)
+assert fd >= 0, os.strerror(ctypes.get_errno())
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+pin = ctypes.create_string_buffer(128)
+struct.pack_into("QI", pin, 0, ctypes.addressof(path), fd)
+r = libc.syscall(SYS_bpf, BPF_OBJ_PIN, pin, 128)
+assert r == 0, os.strerror(ctypes.get_errno())
+"#;
+
+#[test]
+fn a_map_pinned_by_an_older_version_is_made_anew() {
+    let echo = EchoServer::start("127.0.0.1:0");
+    let port = echo.addr.port();
+    // Where a daemon of this test's instance pins its maps, filled first by an "older" one.
+    let instance = format!("t-upgrade-{}", std::process::id());
+    let maps = std::path::PathBuf::from("/sys/fs/bpf/mcp-gateway")
+        .join(&instance)
+        .join("maps");
+    let status = Command::new(PYTHON)
+        .args(["-c", PIN_OLD_MAP])
+        .arg(maps.join("gw_conns"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let gw = Gateway::start("upgrade", opts(&[port]));
+    assert_eq!(gw.instance, instance);
+    assert!(gw.log().contains("older record layout"), "{}", gw.log());
+    let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 1000)));
+    let flow = assert_mediated(&gw, &echo, &out, &format!("127.0.0.1:{port}"), 1000);
+    assert!(
+        flow["identity"]["exe_file"]["ino"].as_u64().is_some(),
+        "{flow:#}"
+    );
+}

@@ -164,6 +164,7 @@ impl Interceptor {
             );
         }
 
+        drop_stale_pins(&maps_dir)?;
         let cap = cfg.intercept.selector_capacity;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
@@ -357,6 +358,39 @@ pub struct Resync {
     pub changed: Vec<(String, u64)>,
     /// The directories whose new children must be resolved at once.
     pub watched: Vec<PathBuf>,
+}
+
+/// Pinned record maps an older version made with another record layout: this version's
+/// programs could not use them, so they are unpinned and the loader makes them anew. The
+/// records of connections in flight across the upgrade are lost with them: those
+/// connections are refused, never let through.
+fn drop_stale_pins(maps_dir: &Path) -> Result<(), InterceptError> {
+    let want = std::mem::size_of::<gateway_ebpf::GwRecord>() as u32;
+    for name in [gateway_ebpf::MAP_CONNS, gateway_ebpf::MAP_PENDING] {
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        match aya::maps::MapInfo::from_pin(&path) {
+            Ok(info) if info.value_size() == want => {}
+            Ok(info) => {
+                tracing::warn!(
+                    map = name,
+                    pinned = info.value_size(),
+                    now = want,
+                    "pinned map has an older record layout: made anew"
+                );
+                std::fs::remove_file(&path).map_err(|e| InterceptError::Pin {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            Err(e) => {
+                tracing::warn!(map = name, error = %e, "reading a pinned map's layout failed")
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `mcp-gateway detach`: lets agents connect directly again, on purpose, after the daemon

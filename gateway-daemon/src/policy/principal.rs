@@ -147,6 +147,13 @@ impl ExeHashes {
         id.exe.as_ref()?;
         let mut f = std::fs::File::open(format!("/proc/{}/exe", id.tgid)).ok()?;
         let m = f.metadata().ok()?;
+        // The file it runs now must be the one it connected with (it may have exec'd).
+        if id
+            .exe_file
+            .is_some_and(|e| (e.dev, e.ino) != (m.dev(), m.ino()))
+        {
+            return None;
+        }
         let key = (m.dev(), m.ino(), m.mtime(), m.size());
         if let Some(h) = self.cache.lock().ok()?.get(&key) {
             return Some(h.clone());

@@ -92,6 +92,8 @@ fn identity(uid: u32, exe: &str, cgroup: &str, comm: &str) -> Identity {
         cgroup_id: 0,
         start_time: 0,
         exe: Some(PathBuf::from(exe)),
+        exe_file: None,
+        exe_now: None,
         cmdline: None,
         cgroup: Some(cgroup.into()),
         unit: crate::identity::unit_of(cgroup),

@@ -43,6 +43,9 @@ struct gw_record {
 	__u64 start_boottime; /* ns since boot, thread-group leader: guards pid reuse */
 	__u64 connect_boot_ns;
 	char comm[GW_COMM_LEN];
+	__u64 exe_ino;       /* inode of the caller's executable (mm->exe_file) at connect(); 0: none */
+	__u32 exe_dev;       /* its filesystem's device, kernel encoding (major << 20 | minor) */
+	__u32 _pad2;
 };
 
 /* The single entry of the `config` array map, written by the daemon. */
@@ -63,7 +66,8 @@ struct gw_config {
 /* Layout contract with gateway-ebpf/src/lib.rs (which asserts the same numbers). */
 _Static_assert(sizeof(struct gw_tuple) == 36, "gw_tuple size");
 _Static_assert(__builtin_offsetof(struct gw_tuple, client_port) == 32, "gw_tuple.client_port");
-_Static_assert(sizeof(struct gw_record) == 80, "gw_record size");
+_Static_assert(sizeof(struct gw_record) == 96, "gw_record size");
+_Static_assert(__builtin_offsetof(struct gw_record, exe_ino) == 80, "gw_record.exe_ino");
 _Static_assert(__builtin_offsetof(struct gw_record, orig_port) == 16, "gw_record.orig_port");
 _Static_assert(__builtin_offsetof(struct gw_record, pid) == 20, "gw_record.pid");
 _Static_assert(__builtin_offsetof(struct gw_record, cgroup_id) == 40, "gw_record.cgroup_id");

@@ -36,9 +36,27 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /* Only the fields read here; CO-RE relocates them against the running kernel's BTF. */
+struct super_block {
+	__u32 s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct mm_struct {
+	struct file *exe_file;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	__u64 start_boottime;
 	struct task_struct *group_leader;
+	struct mm_struct *mm;
 } __attribute__((preserve_access_index));
 
 /* Every map is pinned by name under the instance's bpffs directory, so the programs of a
@@ -179,6 +197,21 @@ static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4]
 	bpf_get_current_comm(r->comm, sizeof(r->comm));
 	struct task_struct *task = bpf_get_current_task_btf();
 	r->start_boottime = task->group_leader->start_boottime;
+	/* The executable the caller runs now, at connect(): procfs, read later, may show
+	 * another (the process exec'd since) or nothing (it exited). */
+	struct mm_struct *mm = task->mm;
+	if (mm) {
+		struct file *exe = mm->exe_file;
+		if (exe) {
+			struct inode *ino = exe->f_inode;
+			if (ino) {
+				r->exe_ino = ino->i_ino;
+				struct super_block *sb = ino->i_sb;
+				if (sb)
+					r->exe_dev = sb->s_dev;
+			}
+		}
+	}
 }
 
 /* Records an agent's connect in the socket's storage (and, for an MPTCP subflow, in its

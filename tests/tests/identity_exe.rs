@@ -1,0 +1,124 @@
+//! The audit names the program that connected, not the one the process runs by the time
+//! the daemon looks: the kernel records the executable's file at connect(), and a process
+//! that exec's another program right after connecting, or exits at once, is still named for
+//! it (what it runs now is recorded beside it).
+
+use std::time::Duration;
+
+use gateway_tests::{free_port, run_probe, Gateway, GatewayOptions, PYTHON};
+use serde_json::Value;
+
+/// argv[2] rounds of: connect to 127.0.0.1:argv[1] from a child that sends a few bytes and
+/// then exec's `sleep` (argv[3] = "exec") or exits at once ("exit"); prints the children's
+/// pids. One plain connection comes first, so the daemon has seen this interpreter.
+const AGENT: &str = r#"
+import json, os, socket, subprocess, sys, time
+port, rounds, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port), timeout=5)
+s.sendall(b"hello\x00")
+s.recv(1)
+s.close()
+time.sleep(0.3)
+child = r'''
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"hello\x00")
+if sys.argv[2] == "exec":
+    os.set_inheritable(s.fileno(), True)
+    os.execv("/bin/sleep", ["sleep", "1"])
+os._exit(0)
+'''
+pids = []
+for i in range(rounds):
+    p = subprocess.Popen([sys.executable, "-c", child, str(port), how])
+    pids.append(p.pid)
+    p.wait()
+print(json.dumps({"pids": pids}))
+"#;
+
+fn run(how: &str) -> (Vec<Value>, String) {
+    let port = free_port();
+    let gw = Gateway::start(
+        &format!("identity-{how}"),
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    // Reads what comes, then hangs up: every flow ends and is recorded.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::Read;
+            let _ = conn.read(&mut [0u8; 16]);
+        }
+    });
+    let out = run_probe(gw.agent(
+        PYTHON,
+        &[
+            "-c".into(),
+            AGENT.into(),
+            port.to_string(),
+            "6".into(),
+            how.into(),
+        ],
+    ));
+    let pids: Vec<u64> = out["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let flows: Vec<Value> = gw
+            .audit_records()
+            .into_iter()
+            .filter(|r| {
+                r["type"] == "flow"
+                    && r["identity"]["tgid"]
+                        .as_u64()
+                        .is_some_and(|t| pids.contains(&t))
+            })
+            .collect();
+        if flows.len() == pids.len() {
+            let python = std::fs::canonicalize(PYTHON).unwrap();
+            return (flows, python.display().to_string());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} flows recorded",
+            flows.len(),
+            pids.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_process_that_execs_after_connecting_is_named_for_the_program_that_connected() {
+    let (flows, python) = run("exec");
+    // Exec'ing takes a millisecond, the daemon's look longer: most children ran `sleep` by
+    // then, which is the case this is about.
+    assert!(
+        flows.iter().any(|f| !f["identity"]["exe_now"].is_null()),
+        "no child had exec'd when the daemon looked: {flows:?}"
+    );
+    for f in &flows {
+        let id = &f["identity"];
+        assert_eq!(id["exe"], python.as_str(), "{id}");
+        assert!(id["exe_file"]["ino"].as_u64().is_some(), "{id}");
+        // When the daemon looked after the exec, what runs now is recorded beside it.
+        if !id["exe_now"].is_null() {
+            assert_eq!(id["exe_now"], "/usr/bin/sleep", "{id}");
+        }
+    }
+}
+
+#[test]
+fn a_process_that_exits_at_once_is_still_named() {
+    let (flows, python) = run("exit");
+    for f in &flows {
+        assert_eq!(f["identity"]["exe"], python.as_str(), "{}", f["identity"]);
+    }
+}
