@@ -1,4 +1,5 @@
-//! Admission: how many connections the daemon holds, and how many of them one user's.
+//! Admission: how many connections the daemon holds, how many of them one user's, and how
+//! fast one user may open new ones.
 //!
 //! Every mediated connection costs the daemon two descriptors (the agent's and the
 //! upstream's). Unbounded, one agent holding thousands of silent connections exhausts the
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 const RESERVED_FDS: u64 = 512;
 /// How often one user's refusals are audited (the record counts those in between).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Seconds of its rate a user may open at once (a burst), after being quiet.
+const BURST_SECONDS: f64 = 5.0;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -22,6 +25,9 @@ pub enum Refused {
     User { uid: u32, limit: usize },
     /// The daemon holds all the connections its descriptors allow.
     Total { limit: usize },
+    /// The user opens connections faster than its rate: each one is a flow record, and a
+    /// flood of them would bury the rest of the ledger.
+    Rate { uid: u32, per_second: u32 },
 }
 
 impl std::fmt::Display for Refused {
@@ -35,6 +41,11 @@ impl std::fmt::Display for Refused {
                 f,
                 "the daemon holds {limit} connections, all its open-files limit allows"
             ),
+            Refused::Rate { uid, per_second } => write!(
+                f,
+                "uid {uid} opens connections faster than {per_second} a second \
+                 (listener.connections_per_second_per_user)"
+            ),
         }
     }
 }
@@ -45,12 +56,15 @@ struct Counts {
     per_uid: HashMap<u32, usize>,
     /// Per uid: when its refusals were last audited, and how many since.
     reported: HashMap<u32, (Instant, u64)>,
+    /// Per uid: connections it may still open now (a token bucket), as of when.
+    tokens: HashMap<u32, (f64, Instant)>,
 }
 
 pub struct Admission {
     counts: Mutex<Counts>,
     max_total: usize,
     max_per_user: usize,
+    per_second: u32,
 }
 
 /// A held connection: gives its place back when dropped.
@@ -75,12 +89,14 @@ impl Drop for Permit {
 impl Admission {
     /// Limits from the open-files limit `nofile`: all flows together leave
     /// `RESERVED_FDS` free, one user at most `per_user` (and at most half of all).
-    pub fn new(nofile: u64, per_user: usize) -> Self {
+    /// `per_second`: new connections one user may open a second, on average.
+    pub fn new(nofile: u64, per_user: usize, per_second: u32) -> Self {
         let max_total = (nofile.saturating_sub(RESERVED_FDS) / 2).max(16) as usize;
         Self {
             counts: Mutex::new(Counts::default()),
             max_total,
             max_per_user: per_user.min(max_total / 2).max(1),
+            per_second: per_second.max(1),
         }
     }
 
@@ -97,7 +113,18 @@ impl Admission {
     pub fn admit(self: &Arc<Self>, uid: u32) -> Result<Permit, (Refused, Option<u64>)> {
         let mut c = self.lock();
         let held = c.per_uid.get(&uid).copied().unwrap_or(0);
-        let refused = if held >= self.max_per_user {
+        let now = Instant::now();
+        let rate = f64::from(self.per_second);
+        let burst = rate * BURST_SECONDS;
+        let (tokens, since) = c.tokens.get(&uid).copied().unwrap_or((burst, now));
+        let tokens = (tokens + now.duration_since(since).as_secs_f64() * rate).min(burst);
+        let refused = if tokens < 1.0 {
+            c.tokens.insert(uid, (tokens, now));
+            Some(Refused::Rate {
+                uid,
+                per_second: self.per_second,
+            })
+        } else if held >= self.max_per_user {
             Some(Refused::User {
                 uid,
                 limit: self.max_per_user,
@@ -120,6 +147,7 @@ impl Admission {
             });
             return Err((why, report));
         }
+        c.tokens.insert(uid, (tokens - 1.0, now));
         c.total += 1;
         *c.per_uid.entry(uid).or_default() += 1;
         Ok(Permit {
@@ -135,7 +163,7 @@ mod tests {
 
     #[test]
     fn one_user_cannot_take_the_others_places() {
-        let a = Arc::new(Admission::new(512 + 2 * 100, 30));
+        let a = Arc::new(Admission::new(512 + 2 * 100, 30, 1000));
         assert_eq!(a.limits(), (100, 30));
         let mine: Vec<Permit> = (0..30).map(|_| a.admit(1000).ok().unwrap()).collect();
         let (why, report) = a.admit(1000).err().unwrap();
@@ -160,10 +188,31 @@ mod tests {
 
     #[test]
     fn all_together_stay_under_the_descriptor_limit() {
-        let a = Arc::new(Admission::new(512 + 2 * 20, 1000));
+        let a = Arc::new(Admission::new(512 + 2 * 20, 1000, 1000));
         assert_eq!(a.limits(), (20, 10));
         let held: Vec<Permit> = (0..20).map(|u| a.admit(u).ok().unwrap()).collect();
         assert_eq!(a.admit(99).err().unwrap().0, Refused::Total { limit: 20 });
         drop(held);
+    }
+
+    #[test]
+    fn one_user_opening_connections_too_fast_is_slowed_alone() {
+        let a = Arc::new(Admission::new(1 << 20, 1 << 20, 10));
+        // A burst of five seconds' worth, then nothing until tokens come back.
+        let opened: Vec<Permit> = (0..50).map(|_| a.admit(7).ok().unwrap()).collect();
+        let (why, report) = a.admit(7).err().unwrap();
+        assert_eq!(
+            why,
+            Refused::Rate {
+                uid: 7,
+                per_second: 10
+            }
+        );
+        assert_eq!(report, Some(1));
+        assert!(a.admit(8).is_ok(), "another user is not slowed");
+        drop(opened);
+        assert!(a.admit(7).is_err(), "closing does not give rate back");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(a.admit(7).is_ok(), "time does");
     }
 }

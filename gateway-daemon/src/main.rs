@@ -384,6 +384,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     let admission = Arc::new(admit::Admission::new(
         nofile,
         cfg.listener.max_connections_per_user,
+        cfg.listener.connections_per_second_per_user,
     ));
     let (max_total, max_per_user) = admission.limits();
     tracing::info!(

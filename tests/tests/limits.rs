@@ -1,6 +1,7 @@
-//! No agent can starve the daemon of descriptors: one user holds a bounded share of the
-//! connections (the excess is reset and audited once per interval), and a connection on
-//! which neither side says anything is closed after `listener.first_byte_timeout_s`.
+//! No agent can starve the daemon of descriptors or bury the ledger in flows: one user
+//! holds a bounded share of the connections and opens them at a bounded rate (the excess is
+//! reset and audited once per interval), and a connection on which neither side says
+//! anything is closed after `listener.first_byte_timeout_s`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,11 +121,12 @@ fn ten_thousand_silent_connections_of_one_agent_leave_another_agents_calls_answe
     assert!(!limited.is_empty(), "no record of the refused connections");
     assert!(limited.len() <= 3, "{limited:?}");
     assert_eq!(limited[0]["uid"], 0, "{limited:?}");
+    // Refused for holding its share, or for opening them faster than its rate.
     assert!(
-        limited[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("max_connections_per_user"),
+        limited.iter().all(|r| {
+            let why = r["reason"].as_str().unwrap();
+            why.contains("max_connections_per_user") || why.contains("connections_per_second")
+        }),
         "{limited:?}"
     );
 
@@ -259,4 +261,71 @@ fn sixty_stalled_huge_answers_leave_the_daemons_memory_bounded() {
         })
         .count();
     assert!(refused >= 50, "{refused} refusals audited");
+}
+
+/// Opens argv[2] connections to 127.0.0.1:argv[1] one after another, each sending a line and
+/// reading it back; prints how many were answered and how many were refused.
+const RAPID: &str = r#"
+import json, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+ok = refused = 0
+for i in range(n):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"ping\x00")
+        if s.recv(16):
+            ok += 1
+        else:
+            refused += 1
+        s.close()
+    except OSError:
+        refused += 1
+print(json.dumps({"ok": ok, "refused": refused}))
+"#;
+
+#[test]
+fn an_agent_opening_connections_too_fast_is_slowed_and_audited_once() {
+    let echo = gateway_tests::EchoServer::start("127.0.0.1:0");
+    let port = echo.addr.port();
+    let gw = Gateway::start(
+        "limits-rate",
+        GatewayOptions {
+            ports: vec![port],
+            listener: "connections_per_second_per_user = 20".into(),
+            ..Default::default()
+        },
+    );
+    let out = run_probe(gw.agent(
+        PYTHON,
+        &["-c".into(), RAPID.into(), port.to_string(), "400".into()],
+    ));
+    let ok = out["ok"].as_u64().unwrap();
+    assert!(out["refused"].as_u64().unwrap() > 0, "{out}");
+    // A burst of five seconds' worth, then twenty a second for as long as it took.
+    assert!((100..=300).contains(&ok), "{out}");
+    // Another user is not slowed by it.
+    let other = run_probe(gw.agent_as(
+        "65534",
+        PYTHON,
+        &["-c".into(), RAPID.into(), port.to_string(), "5".into()],
+    ));
+    assert_eq!(other["ok"], 5, "{other}");
+    let records = gw.audit_records();
+    let limited: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["type"] == "connection_limited")
+        .collect();
+    assert!(!limited.is_empty() && limited.len() <= 3, "{limited:?}");
+    assert!(
+        limited[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("connections_per_second_per_user"),
+        "{limited:?}"
+    );
+    let flows = records.iter().filter(|r| r["type"] == "flow").count() as u64;
+    assert!(
+        flows <= ok + 10,
+        "{flows} flow records for {ok} connections"
+    );
 }

@@ -162,6 +162,10 @@ pub struct Listener {
     /// Seconds a connection may stay open with neither side having sent a byte.
     #[serde(default = "default_first_byte_timeout_s")]
     pub first_byte_timeout_s: u64,
+    /// New connections one user may open a second, on average (bursts of five seconds'
+    /// worth); faster ones are refused and audited once per interval.
+    #[serde(default = "default_connections_per_second_per_user")]
+    pub connections_per_second_per_user: u32,
 }
 
 /// Which processes are agents: members of these cgroups (or their descendants), or running
@@ -289,6 +293,9 @@ fn default_max_connections_per_user() -> usize {
 fn default_first_byte_timeout_s() -> u64 {
     60
 }
+fn default_connections_per_second_per_user() -> u32 {
+    500
+}
 fn default_ports() -> Vec<u16> {
     vec![80, 443, 8080]
 }
@@ -366,6 +373,7 @@ impl Default for Listener {
             ipv6: default_listen6(),
             max_connections_per_user: default_max_connections_per_user(),
             first_byte_timeout_s: default_first_byte_timeout_s(),
+            connections_per_second_per_user: default_connections_per_second_per_user(),
         }
     }
 }

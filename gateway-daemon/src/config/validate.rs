@@ -175,6 +175,11 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
             config.listener.first_byte_timeout_s as usize,
             1,
         ),
+        (
+            "listener.connections_per_second_per_user",
+            config.listener.connections_per_second_per_user as usize,
+            1,
+        ),
     ] {
         if v < min {
             return fail(key, format!("{v} is below the minimum {min}"));
