@@ -115,6 +115,7 @@ enum CaCmd {
 }
 
 fn main() {
+    large_allocations_go_back();
     if let Err(e) = run_cli(Cli::parse()) {
         // `{:#}` prints the cause chain on one line; the Debug form would add a backtrace.
         eprintln!("mcp-gateway: error: {e:#}");
@@ -267,6 +268,18 @@ async fn reload_on_sighup(
         }
     });
     Ok(())
+}
+
+/// Bodies under inspection are held in large buffers, bounded by `http.max_buffered_bytes`.
+/// glibc would serve buffers up to 32 MiB from its heap once a few were freed, and keep
+/// them after they are freed: the daemon's memory would stay at its peak, above the bound.
+/// A fixed threshold keeps every allocation of 256 KiB or more in its own mapping, given
+/// back to the system when freed.
+fn large_allocations_go_back() {
+    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
 }
 
 /// Every mediated connection holds two descriptors (agent and upstream): the default soft

@@ -243,8 +243,9 @@ fn sixty_stalled_huge_answers_leave_the_daemons_memory_bounded() {
     ));
     let result = stallers.wait_with_output().unwrap();
     let counts: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    // Under the configured cap (128 MiB for everyone), allocator and buffers included.
     assert!(
-        during < before + (300 << 20),
+        during < before + (128 << 20),
         "the daemon grew from {before} to {during} bytes"
     );
     assert_eq!(out["status"], 200, "another user's call: {out}");

@@ -52,21 +52,42 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    if body.size_hint().lower() > limit as u64 {
+    collect_after(Vec::new(), body, limit, held).await
+}
+
+/// As `collect_limited`, the body's first bytes already read into `buf`. What is charged
+/// to `held` is the memory allocated, not only the bytes in it: the buffer grows by half
+/// at a time (bounded by `limit`), and each growth is charged before it is made.
+pub async fn collect_after<B>(
+    mut buf: Vec<u8>,
+    body: &mut B,
+    limit: usize,
+    held: &mut super::budget::Reservation,
+) -> Result<Bytes, BodyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    if body.size_hint().lower() > (limit - buf.len().min(limit)) as u64 {
         return Err(BodyError::TooLarge { limit });
     }
-    let mut buf = bytes::BytesMut::new();
+    held.set(buf.capacity())?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            let needed = buf.len() + data.len();
+            if needed > limit {
                 return Err(BodyError::TooLarge { limit });
             }
-            held.grow(data.len())?;
+            if needed > buf.capacity() {
+                let grown = (buf.capacity() + buf.capacity() / 2).clamp(needed, limit);
+                held.set(grown)?;
+                buf.reserve_exact(grown - buf.len());
+            }
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf.freeze())
+    Ok(Bytes::from(buf))
 }
 
 /// A body whose frames come from a task (which sees the agent leave when sends fail).

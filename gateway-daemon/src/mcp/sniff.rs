@@ -3,13 +3,13 @@
 //! a server event that some MCP peer would read as a message is treated as one (decided,
 //! observed, refused if unreadable), whatever its Content-Type, Accept or method says.
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use http::Request;
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::http::body::{boxed, collect_limited, BodyError, GwBody, Replay};
+use crate::http::body::{boxed, collect_after, BodyError, GwBody, Replay};
 
 /// What a body or event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub async fn request(
     held: &mut crate::http::budget::Reservation,
 ) -> Result<(Sniffed, Request<GwBody>), BodyError> {
     let (parts, mut body) = req.into_parts();
-    let mut seen = BytesMut::new();
+    let mut seen = Vec::new();
     let mut trailers = None;
     let first = loop {
         if let Some(b) = first_significant(&seen) {
@@ -94,7 +94,7 @@ pub async fn request(
                     if seen.len() + d.len() > limit {
                         return Err(BodyError::TooLarge { limit });
                     }
-                    held.grow(d.len())?;
+                    held.set(seen.len() + d.len())?;
                     seen.extend_from_slice(&d);
                 }
                 Err(t) => trailers = Some(t),
@@ -103,20 +103,13 @@ pub async fn request(
     };
     if !first.is_some_and(may_be_json) {
         let head = (!seen.is_empty())
-            .then(|| Frame::data(seen.freeze()))
+            .then(|| Frame::data(Bytes::from(seen)))
             .into_iter()
             .chain(trailers);
         let req = Request::from_parts(parts, boxed(Replay::new(head, body)));
         return Ok((Sniffed::Plain, req));
     }
-    let rest = collect_limited(&mut body, limit - seen.len(), held)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge { .. } => BodyError::TooLarge { limit },
-            e => e,
-        })?;
-    seen.extend_from_slice(&rest);
-    let whole = seen.freeze();
+    let whole = collect_after(seen, &mut body, limit, held).await?;
     let verdict = classify(&whole);
     Ok((
         verdict,
