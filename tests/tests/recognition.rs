@@ -118,13 +118,13 @@ while True:
     c, _ = srv.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
-    let child = Command::new(PYTHON)
-        .args(["-c", SERVER, &port.to_string(), greeting, reply])
-        .arg(log)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    gateway_tests::wait_listening(port, "the server-first server");
+    let child = spawn_server(
+        SERVER,
+        port,
+        [greeting, reply],
+        log,
+        "the server-first server",
+    );
     // The probe connection above was served too: start the log afresh.
     std::thread::sleep(Duration::from_millis(100));
     let _ = std::fs::remove_file(log);
@@ -357,13 +357,25 @@ while True:
     c, _ = srv.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
+    spawn_server(SERVER, port, [head, body], log, "the answering server")
+}
+
+/// Runs a Python test server (`script PORT ARG ARG LOG`) and waits until it listens.
+fn spawn_server(
+    script: &str,
+    port: u16,
+    args: [&str; 2],
+    log: &std::path::Path,
+    what: &str,
+) -> Child {
     let child = Command::new(PYTHON)
-        .args(["-c", SERVER, &port.to_string(), head, body])
+        .args(["-c", script, &port.to_string()])
+        .args(args)
         .arg(log)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    gateway_tests::wait_listening(port, "the answering server");
+    gateway_tests::wait_listening(port, what);
     child
 }
 
