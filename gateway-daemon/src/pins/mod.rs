@@ -35,7 +35,7 @@ pub enum PinsError {
     Admin(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Tool,
@@ -88,6 +88,9 @@ pub struct PinEvent {
     pub previous_sha256: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub findings: Vec<Finding>,
+    /// Another server whose approved definition this one equals, name and all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
 }
 
 /// What a listing review decided.
@@ -157,7 +160,7 @@ impl Pins {
             return review;
         }
         let mut state = self.lock();
-        let others: Vec<(String, String)> = state
+        let others: Vec<(String, String, String)> = state
             .servers
             .iter()
             .filter(|(s, _)| s.as_str() != server)
@@ -165,10 +168,10 @@ impl Pins {
                 p.approved
                     .values()
                     .filter(|pin| pin.kind == Kind::Tool)
-                    .map(|pin| (s.clone(), pin.name.clone()))
+                    .map(|pin| (s.clone(), pin.name.clone(), pin.sha256.clone()))
             })
             .collect();
-        let first_sight = !state.servers.contains_key(server);
+        let new_server = !state.servers.contains_key(server);
         let pins = state
             .servers
             .entry(server.to_string())
@@ -176,7 +179,11 @@ impl Pins {
                 first_seen: now(),
                 ..Default::default()
             });
-        let mut changed = first_sight;
+        // First sight is per kind: a server first listed through its tools has its prompts
+        // and templates pinned when they are first listed, not held as added.
+        let first_sight = pins.first_sight_of(kind);
+        let mut changed = new_server || first_sight;
+        pins.kinds_seen.insert(kind);
         let mut listed = HashSet::new();
         for item in items {
             let Some(name) = item[name_field].as_str() else {
@@ -206,11 +213,21 @@ impl Pins {
                 }
             }
             let mut findings = poison::inspect(item);
+            // The same definition, name and all, that another server has approved is a copy
+            // (another instance of that server): it gains nothing by the name. A name that
+            // collides with a different definition is a look-alike.
+            let copy_of = others
+                .iter()
+                .find(|(_, t, osha)| t == name && *osha == sha)
+                .map(|(s, _, _)| s.clone());
             if kind == Kind::Tool {
                 findings.extend(poison::shadowing(
                     server,
                     name,
-                    others.iter().map(|(s, t)| (s.as_str(), t.as_str())),
+                    others
+                        .iter()
+                        .filter(|(_, _, osha)| *osha != sha)
+                        .map(|(s, t, _)| (s.as_str(), t.as_str())),
                 ));
             }
             let blocking = !findings.is_empty() && self.cfg.poison == PoisonAction::Block;
@@ -233,7 +250,9 @@ impl Pins {
                         missing_since: None,
                     },
                 );
-                review.events.push(event("pinned", kind, name, &sha));
+                let mut e = event("pinned", kind, name, &sha);
+                e.copy_of = copy_of;
+                review.events.push(e);
                 continue;
             }
             let change = match (&approved_sha, first_sight) {
@@ -346,6 +365,7 @@ fn event(event: &'static str, kind: Kind, name: &str, sha: &str) -> PinEvent {
         change: None,
         previous_sha256: None,
         findings: Vec::new(),
+        copy_of: None,
     }
 }
 

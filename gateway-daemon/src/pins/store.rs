@@ -1,7 +1,7 @@
 //! The pin store on disk: one JSON document, rewritten whole through a temporary file and
 //! a rename, so a crash leaves the old store or the new one and pins survive restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -29,6 +29,19 @@ pub struct ServerPins {
     /// Definitions waiting for an administrator: new, changed, or poisoned.
     #[serde(default)]
     pub pending: BTreeMap<String, Pending>,
+    /// The kinds this server has listed (tools, prompts, templates), each first seen on
+    /// its own. Stores written before this was kept infer it from what they pin.
+    #[serde(default)]
+    pub kinds_seen: BTreeSet<Kind>,
+}
+
+impl ServerPins {
+    /// Whether no listing of `kind` was seen yet.
+    pub fn first_sight_of(&self, kind: Kind) -> bool {
+        !self.kinds_seen.contains(&kind)
+            && !self.approved.values().any(|p| p.kind == kind)
+            && !self.pending.values().any(|p| p.kind == kind)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
