@@ -340,3 +340,34 @@ pub fn without_client(v: &Value) -> Value {
     }
     v
 }
+
+/// The SDK a refusal client is built on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sdk {
+    /// The official Python SDK (`tests/peers/refusal_client.py`).
+    Python,
+    /// The official TypeScript SDK (`tests/peers/refusal_client.cjs`).
+    TypeScript,
+}
+
+/// A client that makes `cases` (see `tests/peers/refusal_client.py`) as an agent on `sdk`
+/// would, over `transport` (`streamable`, `sse`, or `modern` for the 2026-07-28 revision,
+/// Python only), and prints what its library surfaced for each call.
+pub fn refusal_client_cmd(sdk: Sdk, url: &str, transport: &str, cases: &Value) -> Command {
+    let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers");
+    let mut cmd = match sdk {
+        Sdk::Python => {
+            let mut c = Command::new(venv_python());
+            c.arg(peers.join("refusal_client.py"));
+            c
+        }
+        Sdk::TypeScript => {
+            let mut c = Command::new(node_bin());
+            c.env("NODE_PATH", peers_dir().join("node/node_modules"))
+                .arg(peers.join("refusal_client.cjs"));
+            c
+        }
+    };
+    cmd.arg(url).arg(transport).arg(cases.to_string());
+    cmd
+}

@@ -17,9 +17,9 @@ use super::recognise::{
 };
 use super::record::{Direction, ExchangeRecord};
 use super::reply::{
-    error_response, http_error, GATEWAY_DENIED, GATEWAY_EXFILTRATION, GATEWAY_LIMITED,
-    GATEWAY_REFUSED, GATEWAY_UNPINNED, HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST,
-    PARSE_ERROR, UPSTREAM_FAILED,
+    accepted, error_event, error_response, http_error, rpc_errors, Form, GATEWAY_DENIED,
+    GATEWAY_EXFILTRATION, GATEWAY_LIMITED, GATEWAY_REFUSED, GATEWAY_UNPINNED, HEADER_MISMATCH,
+    INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, UPSTREAM_FAILED,
 };
 use super::session::{Session, SessionError, Transport};
 use super::stream::{self, StreamJob, StreamKind};
@@ -100,19 +100,81 @@ async fn refuse(
         PARSE_ERROR | INVALID_REQUEST | HEADER_MISMATCH => "malformed",
         _ => "other",
     };
-    refuse_decided(obs, messages, status, code, why, &[], metric).await
+    write_refusal(obs, messages, code, why, &[], metric).await;
+    error_response(status, &request_ids(messages), code, why)
 }
 
-/// As `refuse`, with the policy decision (if any) about each message, in order.
+/// The ids of a POST's requests, or one null id when it has none.
+fn request_ids(messages: &[Message<'_>]) -> Vec<Option<Id>> {
+    let mut ids: Vec<Option<Id>> = messages
+        .iter()
+        .filter(|m| m.kind == Kind::Request)
+        .map(|m| m.id.clone())
+        .collect();
+    if ids.is_empty() {
+        ids.push(None);
+    }
+    ids
+}
+
+/// A decision against a POST: the JSON-RPC code and message each request gets, the HTTP
+/// status for a POST without requests, and the metric it counts under.
+struct Refusal<'a> {
+    status: StatusCode,
+    code: i32,
+    why: &'a str,
+    metric: &'static str,
+}
+
+/// Refuses a whole POST the gateway read and decided against (policy, approval, pins,
+/// limits, secrets): each request gets its JSON-RPC error the way the server's own answer
+/// would have come, in a 200 response (JSON or an event, as the agent accepts) or, on a
+/// legacy session, on the agent's event stream. `status` answers a POST with no request to
+/// answer (notifications only), as the transport asks; and a legacy POST whose stream
+/// cannot carry the answer.
 async fn refuse_decided(
     obs: &Observer,
     messages: &[Message<'_>],
-    status: StatusCode,
+    form: Form,
+    refusal: Refusal<'_>,
+    decisions: &[Option<Decision>],
+) -> Response<GwBody> {
+    let Refusal {
+        status,
+        code,
+        why,
+        metric,
+    } = refusal;
+    write_refusal(obs, messages, code, why, decisions, metric).await;
+    let ids: Vec<Id> = messages
+        .iter()
+        .filter(|m| m.kind == Kind::Request)
+        .filter_map(|m| m.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return error_response(status, &[None], code, why);
+    }
+    if let (Transport::LegacySse, Some(s)) = (obs.transport, &obs.session) {
+        let events = ids.iter().map(|id| error_event(id, code, why)).collect();
+        if s.answer(events) {
+            return accepted();
+        }
+        tracing::debug!("the legacy stream cannot carry the refusal: answered on the POST");
+        let ids: Vec<Option<Id>> = ids.into_iter().map(Some).collect();
+        return error_response(status, &ids, code, why);
+    }
+    rpc_errors(form, &ids, code, why)
+}
+
+/// Counts and records a refusal.
+async fn write_refusal(
+    obs: &Observer,
+    messages: &[Message<'_>],
     code: i32,
     why: &str,
     decisions: &[Option<Decision>],
     metric: &'static str,
-) -> Response<GwBody> {
+) {
     tracing::info!(reason = why, "MCP request refused");
     crate::metrics::global().denied(metric);
     let mut records: Vec<ExchangeRecord> = messages
@@ -128,15 +190,6 @@ async fn refuse_decided(
         records.push(r);
     }
     obs.write(records).await;
-    let mut ids: Vec<Option<Id>> = messages
-        .iter()
-        .filter(|m| m.kind == Kind::Request)
-        .map(|m| m.id.clone())
-        .collect();
-    if ids.is_empty() {
-        ids.push(None);
-    }
-    error_response(status, &ids, code, why)
 }
 
 /// Methods that do something for the agent (as opposed to protocol plumbing); the rate
@@ -344,6 +397,7 @@ pub async fn post(
 ) -> Response<GwBody> {
     let (mut parts, mut body) = req.into_parts();
     let version = header_str(&parts.headers, H_PROTOCOL_VERSION).map(str::to_string);
+    let form = Form::of(&parts.headers);
     let session = match legacy {
         Ok(Some(s)) => s
             .check_owner(&ctx.principal.session_owner())
@@ -516,11 +570,14 @@ pub async fn post(
         return refuse_decided(
             &obs,
             &messages,
-            StatusCode::FORBIDDEN,
-            GATEWAY_DENIED,
-            &why,
+            form,
+            Refusal {
+                status: StatusCode::FORBIDDEN,
+                code: GATEWAY_DENIED,
+                why: &why,
+                metric: "policy",
+            },
             &decisions,
-            "policy",
         )
         .await;
     }
@@ -539,11 +596,14 @@ pub async fn post(
                 return refuse_decided(
                     &obs,
                     &messages,
-                    StatusCode::FORBIDDEN,
-                    code,
-                    &why,
+                    form,
+                    Refusal {
+                        status: StatusCode::FORBIDDEN,
+                        code,
+                        why: &why,
+                        metric,
+                    },
                     &decisions,
-                    metric,
                 )
                 .await
             }
@@ -563,11 +623,14 @@ pub async fn post(
             return refuse_decided(
                 &obs,
                 &messages,
-                StatusCode::FORBIDDEN,
-                GATEWAY_UNPINNED,
-                &why,
+                form,
+                Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    code: GATEWAY_UNPINNED,
+                    why: &why,
+                    metric: "unpinned",
+                },
                 &decisions,
-                "unpinned",
             )
             .await;
         }
@@ -593,11 +656,14 @@ pub async fn post(
                     return refuse_decided(
                         &obs,
                         &messages,
-                        StatusCode::TOO_MANY_REQUESTS,
-                        GATEWAY_LIMITED,
-                        &why,
+                        form,
+                        Refusal {
+                            status: StatusCode::TOO_MANY_REQUESTS,
+                            code: GATEWAY_LIMITED,
+                            why: &why,
+                            metric: "rate_limit",
+                        },
                         &decisions,
-                        "rate_limit",
                     )
                     .await
                 }
@@ -612,11 +678,14 @@ pub async fn post(
             return refuse_decided(
                 &obs,
                 &messages,
-                StatusCode::FORBIDDEN,
-                GATEWAY_EXFILTRATION,
-                &why,
+                form,
+                Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    code: GATEWAY_EXFILTRATION,
+                    why: &why,
+                    metric: "exfiltration",
+                },
                 &decisions,
-                "exfiltration",
             )
             .await
         }
@@ -637,12 +706,17 @@ pub async fn post(
                         }
                     }
                 }
-                return refuse(
+                return refuse_decided(
                     &obs,
                     &messages,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    GATEWAY_REFUSED,
-                    &e.to_string(),
+                    form,
+                    Refusal {
+                        status: StatusCode::TOO_MANY_REQUESTS,
+                        code: GATEWAY_REFUSED,
+                        why: &e.to_string(),
+                        metric: "other",
+                    },
+                    &[],
                 )
                 .await;
             }

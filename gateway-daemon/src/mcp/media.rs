@@ -43,6 +43,23 @@ pub fn accepts_sse(headers: &HeaderMap) -> bool {
     })
 }
 
+/// Whether an `Accept` header list admits a JSON body (named, by a wildcard, or by no
+/// `Accept` at all).
+pub fn accepts_json(headers: &HeaderMap) -> bool {
+    let mut any = false;
+    for v in headers.get_all(header::ACCEPT) {
+        any = true;
+        let v = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
+        if v.split(',').any(|range| {
+            let range = range.split(';').next().unwrap_or("").trim();
+            range == "*/*" || range == "application/*" || range.contains(JSON)
+        }) {
+            return true;
+        }
+    }
+    !any
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,57 @@ pub fn error_response(
         .expect("static response parts are valid")
 }
 
+/// How an agent reads the answer to its POST, by what its `Accept` admits: JSON when it
+/// takes JSON (or says nothing), else an event stream when it takes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Json,
+    Sse,
+}
+
+impl Form {
+    pub fn of(headers: &http::HeaderMap) -> Form {
+        if !super::media::accepts_json(headers) && super::media::accepts_sse(headers) {
+            Form::Sse
+        } else {
+            Form::Json
+        }
+    }
+}
+
+/// JSON-RPC errors answering requests the gateway refused, delivered as a server delivers
+/// its own errors: in a 200 response, so that clients surface them as the call's error and
+/// not as a failed transport.
+pub fn rpc_errors(form: Form, ids: &[Id], code: i32, message: &str) -> Response<GwBody> {
+    match form {
+        Form::Json => {
+            let ids: Vec<Option<Id>> = ids.iter().cloned().map(Some).collect();
+            error_response(StatusCode::OK, &ids, code, message)
+        }
+        Form::Sse => {
+            let mut body = Vec::new();
+            for id in ids {
+                body.extend_from_slice(&error_event(id, code, message));
+            }
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(full(body))
+                .expect("static response parts are valid")
+        }
+    }
+}
+
+/// What a legacy HTTP+SSE server answers a POST it took: the answer comes on the stream.
+pub fn accepted() -> Response<GwBody> {
+    Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full("Accepted"))
+        .expect("static response parts are valid")
+}
+
 /// The error as an SSE `message` event, for a stream whose headers are already sent.
 pub fn error_event(id: &Id, code: i32, message: &str) -> Bytes {
     let mut ev = b"event: message\ndata: ".to_vec();

@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
 use super::pairing::Pending;
 use super::record::PendingRequest;
 
@@ -65,7 +68,14 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// When it was last used, readable without touching it (eviction compares these).
     last_used: Mutex<Instant>,
+    /// A legacy session's event stream to the agent, for answers the gateway gives itself:
+    /// a legacy client reads every response from its stream, never from a POST's body.
+    stream: Mutex<Option<mpsc::Sender<Bytes>>>,
 }
+
+/// Events the gateway may queue on a legacy stream before its agent reads them; past this
+/// the agent is not reading, and the refusal is answered on the POST instead.
+const STREAM_QUEUE: usize = 64;
 
 pub struct SessionState {
     /// Agent requests awaiting the server's response.
@@ -94,7 +104,34 @@ impl Session {
                 protocol_version: None,
             }),
             last_used: Mutex::new(Instant::now()),
+            stream: Mutex::new(None),
         }
+    }
+
+    /// Attaches the agent's event stream of this (legacy) session: what `answer` queues
+    /// comes out of the returned receiver, which the stream's task sends between the
+    /// server's events.
+    pub fn attach_stream(&self) -> mpsc::Receiver<Bytes> {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        *lock(&self.stream) = Some(tx);
+        rx
+    }
+
+    /// Queues whole SSE events on the agent's stream; false when there is no stream to
+    /// carry them (it ended, or the agent does not read it), and nothing was queued.
+    pub fn answer(&self, events: Vec<Bytes>) -> bool {
+        let guard = lock(&self.stream);
+        let Some(tx) = guard.as_ref() else {
+            return false;
+        };
+        // All or nothing: a batch's answers are not split between the stream and the POST.
+        let Ok(permits) = tx.try_reserve_many(events.len()) else {
+            return false;
+        };
+        for (permit, ev) in permits.zip(events) {
+            permit.send(ev);
+        }
+        true
     }
 
     pub fn state(&self) -> MutexGuard<'_, SessionState> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::{self, Sender};
 use tracing::Instrument;
 
 use super::jsonrpc::Id;
@@ -59,6 +59,14 @@ where
     boxed(chan)
 }
 
+/// The next answer queued for the agent; never ready while there is no queue.
+async fn next_answer(answers: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match answers {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn send(tx: &Tx, bytes: Bytes) -> bool {
     tx.send(Ok(Frame::data(bytes))).await.is_ok()
 }
@@ -70,11 +78,20 @@ where
 {
     let mut parser = SseParser::new(job.max_event_bytes);
     let mut confirmed = !matches!(job.kind, StreamKind::Get { confirmed: false });
+    // The gateway's own answers on a legacy session (its refusals): sent between the
+    // server's events, never inside one.
+    let mut answers: Option<mpsc::Receiver<Bytes>> = None;
     let end = loop {
         // An agent that hangs up ends the stream at once, even if the server is silent:
         // nothing keeps the upstream stream (or this task's audit handle) alive.
         let next = tokio::select! {
             f = body.frame() => f,
+            Some(answer) = next_answer(&mut answers) => {
+                if !send(&tx, answer).await {
+                    break End::AgentGone;
+                }
+                continue;
+            }
             _ = tx.closed() => break End::AgentGone,
         };
         let frame = match next {
@@ -106,6 +123,11 @@ where
         items.extend(parser.take_held());
         if !deliver(&mut job, items, &tx, &mut confirmed).await {
             break End::AgentGone;
+        }
+        if answers.is_none() && job.observer.transport == Transport::LegacySse {
+            if let (StreamKind::Get { .. }, Some(s)) = (job.kind, &job.observer.session) {
+                answers = Some(s.attach_stream());
+            }
         }
     };
     if matches!(end, End::Finished) {

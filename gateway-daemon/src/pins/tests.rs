@@ -237,7 +237,7 @@ fn each_kind_has_its_own_first_sight() {
     assert_eq!(events(&r), [("pinned", "echo".into())]);
     // Prompts and templates listed after the tools are pinned too, not held as added.
     let prompt = json!({"name": "greet", "description": "Greets.", "arguments": []});
-    let r = p.review("srv", Kind::Prompt, "name", &[prompt.clone()]);
+    let r = p.review("srv", Kind::Prompt, "name", std::slice::from_ref(&prompt));
     assert!(r.hide.is_empty(), "{:?}", r.hide);
     assert_eq!(events(&r), [("pinned", "greet".into())]);
     assert!(p.check_call("srv", Kind::Prompt, "greet").is_ok());
@@ -304,6 +304,8 @@ fn a_second_instance_is_a_copy_and_a_look_alike_is_held() {
     let mut hidden: Vec<&str> = r.hide.iter().map(String::as_str).collect();
     hidden.sort();
     assert_eq!(hidden, ["sendEmail", "send_email"]);
-    assert!(r.events.iter().all(|e| e.copy_of.is_none()
-        && e.findings.iter().any(|f| f.check == "shadowed_name")));
+    assert!(r
+        .events
+        .iter()
+        .all(|e| e.copy_of.is_none() && e.findings.iter().any(|f| f.check == "shadowed_name")));
 }

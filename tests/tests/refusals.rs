@@ -1,0 +1,188 @@
+//! Every way the gateway refuses a call reaches real agents as that call's JSON-RPC error,
+//! promptly, and the session goes on: the official Python SDK and TypeScript SDK clients,
+//! over Streamable HTTP (the server answering in JSON, and in event streams), the
+//! 2026-07-28 stateless revision and the legacy HTTP+SSE transport. The tests read what the
+//! client library surfaced (its error's code and message), not the bytes on the wire.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_tests::peers::{refusal_client_cmd, run_json, venv_python, Peer, Sdk};
+use gateway_tests::{free_port, Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+const SERVER: &str = include_str!("../fixtures/refusal_server.py");
+/// `approvals.timeout_s`: the timed-out case waits this long.
+const APPROVAL_TIMEOUT_S: u64 = 3;
+/// The rate limit's window; the rate-limited case waits it out before going on.
+const RATE_WINDOW_S: u64 = 2;
+
+fn server(port: u16, mode: &str) -> Peer {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(SERVER).arg(port.to_string()).arg(mode);
+    let path = if mode == "legacy" { "/sse" } else { "/mcp" };
+    Peer::spawn(&format!("refusal-server-{mode}"), cmd, port, path)
+}
+
+/// Enforcing, pins on first use (the example config's defaults), approvals, secrets in
+/// arguments refused, and a rate limit.
+fn gateway(name: &str, port: u16) -> Gateway {
+    Gateway::start(
+        name,
+        GatewayOptions {
+            ports: vec![port],
+            pins: "mode = \"tofu\"\n".into(),
+            extra: format!(
+                "[[server]]\nname = \"refusals\"\naddress = \"127.0.0.1:{port}\"\n\
+                 [approvals]\ntimeout_s = {APPROVAL_TIMEOUT_S}\n\
+                 [redact]\nmode_requests = \"refuse\"\n\
+                 [policy]\nmode = \"enforce\"\n\
+                 [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
+                 rate_calls = 20\nrate_window_s = {RATE_WINDOW_S}\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"delete_all\"]\naction = \"deny\"\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"transfer\", \"pay\"]\naction = \"ask\"\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"echo\"]\naction = \"allow\"\n\
+                 arguments = {{ type = \"object\", properties = {{ text = {{ type = \"string\", maxLength = 60 }} }} }}\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"add\"]\naction = \"allow\"\n"
+            ),
+            ..Default::default()
+        },
+    )
+}
+
+/// One case per kind of refusal: (label, call, the code the agent must get, words its
+/// message must hold).
+fn cases() -> (Value, Vec<(&'static str, i64, &'static str)>) {
+    let github_token = format!("ghp_{}", "a1B2c3D4e5".repeat(4).get(..36).unwrap());
+    let calls = json!([
+        {"label": "policy", "tool": "delete_all", "arguments": {}},
+        {"label": "schema", "tool": "echo", "arguments": {"text": "x".repeat(100)}},
+        {"label": "secret", "tool": "echo", "arguments": {"text": github_token}},
+        {"label": "pins", "tool": "add", "arguments": {"a": 1, "b": 2}},
+        {"label": "rate", "tool": "echo", "arguments": {"text": "again"}, "repeat": 40,
+         "pause": RATE_WINDOW_S as f64 + 0.3},
+        {"label": "approval_denied", "tool": "transfer", "arguments": {"amount": 7}},
+        {"label": "approval_timed_out", "tool": "pay", "arguments": {"amount": 9}},
+    ]);
+    let expect = vec![
+        ("policy", -32012, "denied by policy"),
+        ("schema", -32012, "maxLength"),
+        ("secret", -32014, "github"),
+        ("pins", -32015, "not approved"),
+        ("rate", -32013, ""),
+        ("approval_denied", -32012, "denied by an administrator"),
+        ("approval_timed_out", -32012, "none came within"),
+    ];
+    (calls, expect)
+}
+
+/// Plays the administrator: denies every held `transfer` until told to stop.
+fn deny_transfers(gw: &Gateway, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let out = gw.cli(&["approvals", "list", "--json"]);
+        if let Ok(list) = serde_json::from_slice::<Value>(&out.stdout) {
+            for h in list["held"].as_array().into_iter().flatten() {
+                if h["call"]["tool"] == "transfer" {
+                    let id = h["id"].to_string();
+                    gw.cli(&["approvals", "deny", &id, "--reason", "not today"]);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs the cases with each client over `transport`; asserts what each library surfaced.
+fn refusals_reach(gw: &Gateway, url: &str, clients: &[(Sdk, &str)]) {
+    let (calls, expect) = cases();
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        s.spawn(|| deny_transfers(gw, &stop));
+        for &(sdk, transport) in clients {
+            let got = run_json(gw.wrap(refusal_client_cmd(sdk, url, transport, &calls)));
+            let who = format!("{sdk:?} over {transport}");
+            // The held tool is hidden from the listing (pins), the rest is there.
+            let tools = got["tools"].as_array().unwrap();
+            assert!(!tools.contains(&json!("add")), "{who}: {got}");
+            assert!(tools.contains(&json!("echo")), "{who}: {got}");
+            for (label, code, words) in &expect {
+                let r = &got[*label];
+                assert_eq!(r["code"], *code, "{who}, {label}: {r}\n{}", gw.log());
+                let message = r["message"].as_str().unwrap_or_default();
+                assert!(message.contains(words), "{who}, {label}: {message:?}");
+                // Promptly: at once, or as soon as the approval wait ends.
+                let within = match *label {
+                    "approval_timed_out" => APPROVAL_TIMEOUT_S as f64 + 3.0,
+                    _ => 3.0,
+                };
+                let took = r["seconds"].as_f64().unwrap();
+                assert!(took < within, "{who}, {label}: the error took {took} s");
+                assert_eq!(
+                    r["next_ok"], true,
+                    "{who}, {label}: the next call failed: {r}"
+                );
+            }
+            println!("{who}: every refusal surfaced as its JSON-RPC error: {got}");
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    // Each refusal is in the ledger, with the code the agent got.
+    let refused: Vec<i64> = gw
+        .audit_records()
+        .iter()
+        .filter(|r| r["type"] == "mcp" && r["outcome"] == "refused")
+        .filter_map(|r| r["error_code"].as_i64())
+        .collect();
+    for (_, code, _) in &expect {
+        assert!(
+            refused.contains(code),
+            "no refused record with {code}: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn refusals_reach_clients_when_the_server_answers_in_json() {
+    let port = free_port();
+    let gw = gateway("refusals-json", port);
+    let server = server(port, "json");
+    refusals_reach(
+        &gw,
+        &server.url,
+        &[
+            (Sdk::Python, "streamable"),
+            (Sdk::TypeScript, "streamable"),
+            (Sdk::Python, "modern"),
+        ],
+    );
+}
+
+#[test]
+fn refusals_reach_clients_when_the_server_answers_in_event_streams() {
+    let port = free_port();
+    let gw = gateway("refusals-sse", port);
+    let server = server(port, "sse");
+    refusals_reach(
+        &gw,
+        &server.url,
+        &[
+            (Sdk::Python, "streamable"),
+            (Sdk::TypeScript, "streamable"),
+            (Sdk::Python, "modern"),
+        ],
+    );
+}
+
+#[test]
+fn refusals_reach_legacy_sse_clients_on_their_stream() {
+    let port = free_port();
+    let gw = gateway("refusals-legacy", port);
+    let server = server(port, "legacy");
+    refusals_reach(
+        &gw,
+        &server.url,
+        &[(Sdk::Python, "sse"), (Sdk::TypeScript, "sse")],
+    );
+}
