@@ -8,7 +8,8 @@ TRANSPORT is `streamable` (Streamable HTTP, URL like http://127.0.0.1:PORT/mcp) 
 
 It does what an agent would do with a server: initialize, list the tools, call the echo tool,
 call a tool that sends progress notifications while it runs (with a progress token), read a
-resource, list the prompts and get one. It prints ONE JSON object on stdout with the results
+resource, list the prompts and get one (and with --templates, list the resource templates and
+read from the first). It prints ONE JSON object on stdout with the results
 normalised (sorted names, no session ids, timestamps or random values), so that a run straight
 to the server and a run through a proxy can be compared for equality. Any failure exits 2 with
 the reason on stderr.
@@ -21,6 +22,7 @@ The profile names the server's tool, resource and prompt names: `everything` for
 import argparse
 import asyncio
 import json
+import re
 import sys
 import traceback
 
@@ -61,7 +63,7 @@ def tool_result(result):
     return [content_json(c) for c in result.content]
 
 
-async def exercise(session, profile_name):
+async def exercise(session, profile_name, templates=False):
     init = await session.initialize()
     out = {
         "client": "python-mcp",
@@ -129,18 +131,29 @@ async def exercise(session, profile_name):
         "arguments": prompt_args,
         "messages": [{"role": m.role, "content": content_json(m.content)} for m in prompt.messages],
     }
+    if templates:
+        listed = await session.list_resource_templates()
+        out["templates"] = sorted(t.uri_template for t in listed.resource_templates)
+        # The first template, every variable set to 1.
+        uri = re.sub(r"\{[^}]*\}", "1", out["templates"][0])
+        contents = (await session.read_resource(uri)).contents
+        out["template_read"] = {
+            "uri": uri,
+            # What was read, not its bytes (the server stamps them with the time).
+            "contents": ["text" if getattr(c, "text", None) else "blob" for c in contents],
+        }
     return out
 
 
-async def run(url, transport, profile):
+async def run(url, transport, profile, templates):
     if transport == "streamable":
         async with streamable_http_client(url) as (read, write):
             async with ClientSession(read, write) as session:
-                return await exercise(session, profile)
+                return await exercise(session, profile, templates)
     else:
         async with sse_client(url) as (read, write):
             async with ClientSession(read, write) as session:
-                return await exercise(session, profile)
+                return await exercise(session, profile, templates)
 
 
 def main():
@@ -148,10 +161,12 @@ def main():
     parser.add_argument("url")
     parser.add_argument("transport", choices=["streamable", "sse"])
     parser.add_argument("--profile", choices=["auto", "everything", "rmcp"], default="auto")
+    parser.add_argument("--templates", action="store_true",
+                        help="then list the resource templates and read from the first")
     parser.add_argument("--timeout", type=float, default=60, help="seconds for the whole run")
     args = parser.parse_args()
     try:
-        out = asyncio.run(asyncio.wait_for(run(args.url, args.transport, args.profile), args.timeout))
+        out = asyncio.run(asyncio.wait_for(run(args.url, args.transport, args.profile, args.templates), args.timeout))
     except BaseException as e:  # noqa: BLE001 - report every failure, including groups
         if isinstance(e, KeyboardInterrupt):
             raise

@@ -264,3 +264,75 @@ fn server_to_client_sampling_is_paired_across_exchanges() {
     assert_eq!(call["outcome"], "ok");
     assert_eq!(call["session"], sampling["session"]);
 }
+
+/// With the defaults an administrator runs — enforcing, pins on first use — and a rule that
+/// allows everything, a server that never changed loses nothing: its prompts and resource
+/// templates, first listed after its tools, are pinned (not held as added), and a second
+/// instance of the same server (server-everything on another port and transport) is a copy
+/// of the first, not a look-alike.
+#[test]
+fn default_pins_hide_nothing_of_servers_that_never_changed() {
+    let (http, sse) = (free_port(), free_port());
+    let gw = Gateway::start(
+        "peers-pins",
+        GatewayOptions {
+            ports: vec![http, sse],
+            pins: "mode = \"tofu\"\n".into(),
+            extra: "[policy]\nmode = \"enforce\"\n\
+                    [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
+                    [[rule]]\nprincipal = \"agent\"\nserver = \"*\"\nmethods = [\"*\"]\naction = \"allow\"\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let first = everything(Transport::Streamable, http);
+    let second = everything(Transport::Sse, sse);
+    for (server, transport) in [(&first, Transport::Streamable), (&second, Transport::Sse)] {
+        let mediated = same_through_gateway(&gw, || {
+            let mut cmd = python_client_cmd(&server.url, transport);
+            cmd.arg("--templates");
+            cmd
+        });
+        // Tools, then prompts, then templates were listed, and one of each used.
+        assert!(
+            mediated["prompts"].as_array().unwrap().len() > 1,
+            "{mediated}"
+        );
+        assert!(
+            !mediated["templates"].as_array().unwrap().is_empty(),
+            "{mediated}"
+        );
+        assert!(
+            mediated["template_read"]["contents"][0].is_string(),
+            "{mediated}"
+        );
+    }
+    gw.wait_record("of the second server's templates", |r| {
+        r["type"] == "mcp"
+            && r["method"] == "resources/read"
+            && r["server"] == format!("127.0.0.1:{sse}")
+    });
+    let events: Vec<Value> = gw
+        .mcp_records()
+        .iter()
+        .filter_map(|r| r["pins"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert!(
+        events.iter().all(|e| e["event"] == "pinned"),
+        "only pinned, nothing held: {events:#?}"
+    );
+    for kind in ["tool", "prompt", "resource_template"] {
+        assert!(
+            events.iter().any(|e| e["kind"] == kind),
+            "no {kind} pinned: {events:#?}"
+        );
+    }
+    // The second instance's definitions equal the first's: pinned as copies.
+    let copies = events
+        .iter()
+        .filter(|e| e["copy_of"] == format!("127.0.0.1:{http}"))
+        .count();
+    assert!(copies > 5, "{events:#?}");
+}

@@ -6,7 +6,6 @@
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_tests::peers::{refusal_client_cmd, run_json, venv_python, Peer, Sdk};
@@ -94,12 +93,22 @@ fn deny_transfers(gw: &Gateway, stop: &AtomicBool) {
     }
 }
 
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Runs the cases with each client over `transport`; asserts what each library surfaced.
 fn refusals_reach(gw: &Gateway, url: &str, clients: &[(Sdk, &str)]) {
     let (calls, expect) = cases();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| deny_transfers(gw, &stop));
+        // The administrator stops however this ends (a failed assertion too).
+        let _stop = StopOnDrop(&stop);
         for &(sdk, transport) in clients {
             let got = run_json(gw.wrap(refusal_client_cmd(sdk, url, transport, &calls)));
             let who = format!("{sdk:?} over {transport}");
@@ -126,7 +135,6 @@ fn refusals_reach(gw: &Gateway, url: &str, clients: &[(Sdk, &str)]) {
             }
             println!("{who}: every refusal surfaced as its JSON-RPC error: {got}");
         }
-        stop.store(true, Ordering::Relaxed);
     });
     // Each refusal is in the ledger, with the code the agent got.
     let refused: Vec<i64> = gw
