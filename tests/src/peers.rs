@@ -371,3 +371,15 @@ pub fn refusal_client_cmd(sdk: Sdk, url: &str, transport: &str, cases: &Value) -
     cmd.arg(url).arg(transport).arg(cases.to_string());
     cmd
 }
+
+/// The MCP conformance suite's runner (`@modelcontextprotocol/conformance`).
+pub fn conformance_script() -> PathBuf {
+    let path =
+        peers_dir().join("node/node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask peers`",
+        path.display()
+    );
+    path
+}
