@@ -28,6 +28,10 @@ fn server(port: u16, mode: &str) -> Peer {
 /// Enforcing, pins on first use (the example config's defaults), approvals, secrets in
 /// arguments refused, and a rate limit.
 fn gateway(name: &str, port: u16) -> Gateway {
+    gateway_in(name, port, "enforce")
+}
+
+fn gateway_in(name: &str, port: u16, mode: &str) -> Gateway {
     Gateway::start(
         name,
         GatewayOptions {
@@ -37,7 +41,7 @@ fn gateway(name: &str, port: u16) -> Gateway {
                 "[[server]]\nname = \"refusals\"\naddress = \"127.0.0.1:{port}\"\n\
                  [approvals]\ntimeout_s = {APPROVAL_TIMEOUT_S}\n\
                  [redact]\nmode_requests = \"refuse\"\n\
-                 [policy]\nmode = \"enforce\"\n\
+                 [policy]\nmode = \"{mode}\"\n\
                  [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
                  rate_calls = 20\nrate_window_s = {RATE_WINDOW_S}\n\
                  [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"delete_all\"]\naction = \"deny\"\n\
@@ -192,5 +196,66 @@ fn refusals_reach_legacy_sse_clients_on_their_stream() {
         &gw,
         &server.url,
         &[(Sdk::Python, "sse"), (Sdk::TypeScript, "sse")],
+    );
+}
+
+/// `mode = "observe"`: the same policy, pins, redaction and limits change nothing the agent
+/// sends or gets (every call runs, secrets pass as sent), and the audit still says what
+/// enforcing would have done.
+#[test]
+fn observe_mode_changes_nothing_and_records_what_enforce_would_do() {
+    let port = free_port();
+    let gw = gateway_in("refusals-observe", port, "observe");
+    let server = server(port, "sse");
+    let (calls, _) = cases();
+    let got = run_json(gw.wrap(refusal_client_cmd(
+        Sdk::Python,
+        &server.url,
+        "streamable",
+        &calls,
+    )));
+    let text = |label: &str| got[label]["ok"][0]["text"].as_str().map(str::to_string);
+    assert_eq!(
+        text("policy").as_deref(),
+        Some("deleted everything"),
+        "{got}"
+    );
+    assert_eq!(text("pins").as_deref(), Some("3"), "{got}");
+    assert_eq!(
+        text("approval_denied").as_deref(),
+        Some("transferred 7"),
+        "{got}"
+    );
+    assert_eq!(text("schema").unwrap().len(), 100, "{got}");
+    // The secret went out and came back as sent: nothing redacted either way.
+    let secret = calls[2]["arguments"]["text"].as_str().unwrap();
+    assert_eq!(text("secret").as_deref(), Some(secret), "{got}");
+    assert!(got["rate"]["ok"].is_array(), "no rate limit: {got}");
+    let tools = got["tools"].as_array().unwrap();
+    assert!(tools.contains(&json!("add")), "pins hid nothing: {got}");
+
+    let records = gw.mcp_records();
+    let refused = records.iter().filter(|r| r["outcome"] == "refused").count();
+    assert_eq!(refused, 0, "{records:#?}");
+    // What enforcing would have done is on record.
+    let denied = gw.wait_record("of the would-be denial", |r| {
+        r["type"] == "mcp_call" && r["name"] == "delete_all"
+    });
+    assert_eq!(denied["decision"]["action"], "deny", "{denied}");
+    assert_eq!(denied["decision"]["enforced"], false, "{denied}");
+    let held = records
+        .iter()
+        .filter_map(|r| r["pins"].as_array())
+        .flatten()
+        .find(|e| e["name"] == "add")
+        .cloned();
+    assert_eq!(
+        held.as_ref().map(|e| &e["event"]),
+        Some(&json!("held")),
+        "{records:#?}"
+    );
+    assert!(
+        records.iter().all(|r| r.get("hidden").is_none()),
+        "{records:#?}"
     );
 }

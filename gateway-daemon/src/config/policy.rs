@@ -13,6 +13,11 @@ pub enum PolicyMode {
     Enforce,
     /// Everything is allowed; what would have been denied is recorded as such.
     Audit,
+    /// A pure observer, for rolling the gateway out: as `Audit`, and nothing else changes
+    /// or refuses traffic either — no redaction (responses or arguments), no definition
+    /// hidden or refused by pins (their events are still audited, and what a later enforce
+    /// would hold waits in `pins list`), no rate limit, no call held for approval.
+    Observe,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,3 +1,4 @@
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::{Config, ConfigError};
@@ -162,4 +163,124 @@ fn listener_ports_the_kernel_may_hand_out_are_refused() {
     assert!(ephemeral_clash(&[50001], "32768 60999", "40000-40010,50000\n").is_some());
     // Unreadable sysctls (no procfs): nothing to say.
     assert!(ephemeral_clash(&[40001], "", "").is_none());
+}
+
+/// The example config with every commented-out key and table put in, so that it is read as
+/// a complete config (a key its table already sets stays as set).
+fn example_uncommented() -> String {
+    let text = include_str!("../../../systemd/mcp-gateway.toml");
+    let is_header = |s: &str| s.starts_with('[') && s.trim_end().ends_with(']');
+    // A line that is one TOML key and value (not prose that happens to hold " = ").
+    let key_of = |s: &str| -> Option<String> {
+        let t: toml::Table = toml::from_str(s).ok()?;
+        let (k, _) = s.split_once(" = ")?;
+        (t.len() == 1 && t.contains_key(k)).then(|| k.to_string())
+    };
+    let mut out = String::new();
+    let mut keys = std::collections::HashSet::new();
+    for line in text.lines() {
+        let (body, commented) = match line.strip_prefix("# ") {
+            Some(b) => (b, true),
+            None => (line, false),
+        };
+        if is_header(body) {
+            if commented || !body.starts_with('#') {
+                keys.clear();
+                out.push_str(body);
+            }
+        } else if let Some(k) = key_of(body) {
+            if keys.insert(k) {
+                out.push_str(body);
+            } else if !commented {
+                panic!("the example config sets a key twice: {line}");
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Every table of `v` (in arrays and inline tables too), by its path from the root.
+fn tables(v: &toml::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        toml::Value::Table(t) => {
+            out.push(path.clone());
+            for (k, v) in t {
+                path.push(k.clone());
+                tables(v, path, out);
+                path.pop();
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                path.push(i.to_string());
+                tables(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn table_at<'a>(v: &'a mut toml::Value, path: &[String]) -> &'a mut toml::Table {
+    let mut v = v;
+    for p in path {
+        v = match v {
+            toml::Value::Table(t) => t.get_mut(p).unwrap(),
+            toml::Value::Array(a) => &mut a[p.parse::<usize>().unwrap()],
+            _ => unreachable!(),
+        };
+    }
+    v.as_table_mut().unwrap()
+}
+
+/// The example config documents every key the daemon reads: each table of it, given a key
+/// no struct has, makes serde list the keys that table may hold, and each must be there.
+#[test]
+fn the_example_config_holds_every_key() {
+    let text = example_uncommented();
+    if let Err(e) = toml::from_str::<Config>(&text) {
+        panic!("the example config, uncommented, does not read: {e}\n{text}");
+    }
+    let root: toml::Value = toml::from_str(&text).unwrap();
+    let mut paths = Vec::new();
+    tables(&root, &mut Vec::new(), &mut paths);
+    // By table, entries of an array together (`[[rule]]`: a key any rule shows is shown).
+    let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut present: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for path in paths {
+        let name = path
+            .iter()
+            .map(|p| if p.parse::<usize>().is_ok() { "*" } else { p })
+            .collect::<Vec<_>>()
+            .join(".");
+        let mut probe = root.clone();
+        table_at(&mut probe, &path).insert("zz_not_a_key".into(), toml::Value::Integer(1));
+        let err = match toml::from_str::<Config>(&toml::to_string(&probe).unwrap()) {
+            // A free-form table (a JSON schema, annotations): any key is its content.
+            Ok(_) => continue,
+            Err(e) => e.to_string(),
+        };
+        let Some((_, err_keys)) = err.split_once("expected ") else {
+            panic!("no key list for [{}]: {err}", path.join("."));
+        };
+        let keys = err_keys.split('`').skip(1).step_by(2).map(str::to_string);
+        expected.entry(name.clone()).or_default().extend(keys);
+        let shown = table_at(&mut root.clone(), &path)
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>();
+        present.entry(name).or_default().extend(shown);
+    }
+    let mut missing = Vec::new();
+    for (table, keys) in &expected {
+        for key in keys.difference(&present[table]) {
+            missing.push(format!("[{table}] {key}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys the daemon reads that systemd/mcp-gateway.toml does not show (set or \
+         commented out, with a comment): {missing:#?}"
+    );
 }

@@ -611,7 +611,11 @@ pub async fn post(
     }
     // Pins: a tool or prompt whose definition is not approved is not callable, even when
     // the agent never asked for the listing that would have hidden it.
-    for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+    let pinned_only = !policy.observing();
+    for m in messages
+        .iter()
+        .filter(|m| pinned_only && m.kind == Kind::Request)
+    {
         let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
             continue;
         };
@@ -641,6 +645,7 @@ pub async fn post(
         .name
         .as_deref()
         .and_then(|n| policy.principal_limits(n))
+        .filter(|_| !policy.observing())
     {
         let calls = messages
             .iter()

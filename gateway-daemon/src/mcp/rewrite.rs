@@ -78,8 +78,10 @@ pub fn rewrite(
             let Some(result) = m.get_mut("result") else {
                 continue;
             };
-            // Pins first: a held definition is hidden from everyone, whatever the policy.
-            out.hidden += review_pins(method, result, view.server, pins, &mut out.pin_events);
+            // Pins first: a held definition is hidden from everyone, whatever the policy
+            // (an observing gateway reviews and audits, and hides nothing).
+            let hide = !view.policy.observing();
+            out.hidden += review_pins(method, result, view.server, pins, hide, &mut out.pin_events);
             out.hidden += filter_listing(method, result, view);
             if let (true, Some(r)) = (carries_content(method), redactor) {
                 let counts = r.redact_json(result);
@@ -101,6 +103,7 @@ fn review_pins(
     result: &mut Value,
     server: &str,
     pins: &Pins,
+    hide: bool,
     events: &mut Vec<PinEvent>,
 ) -> usize {
     let (Some((kind, name_field)), Some((field, _, _))) =
@@ -113,7 +116,7 @@ fn review_pins(
     };
     let review = pins.review(server, kind, name_field, items);
     events.extend(review.events);
-    if review.hide.is_empty() {
+    if !hide || review.hide.is_empty() {
         return 0;
     }
     let before = items.len();

@@ -124,6 +124,17 @@ impl Policy {
         })
     }
 
+    /// Whether decisions are enforced (not `audit` or `observe`).
+    pub fn enforcing(&self) -> bool {
+        self.mode == PolicyMode::Enforce
+    }
+
+    /// Whether the gateway only observes: nothing is changed or refused by policy, pins,
+    /// redaction or limits.
+    pub fn observing(&self) -> bool {
+        self.mode == PolicyMode::Observe
+    }
+
     /// The first principal `id` matches.
     pub fn principal_of(&self, id: &Identity) -> Option<&Principal> {
         self.principals.iter().find(|p| p.matches(id, &self.hashes))
@@ -204,7 +215,7 @@ impl Policy {
         annotations: Option<&Map<String, Value>>,
     ) -> bool {
         let Some(principal) = principal else {
-            return self.mode == PolicyMode::Audit;
+            return !self.enforcing();
         };
         let ask = Ask {
             principal,
@@ -219,12 +230,15 @@ impl Policy {
             .iter()
             .find(|r| matches!(r.check(&ask), Verdict::Match))
             .is_some_and(|r| r.action != Action::Deny);
-        allowed || self.mode == PolicyMode::Audit
+        allowed || !self.enforcing()
     }
 
     /// What to do with secrets in a call's arguments: the principal's override, else the
     /// server's, else `redact.mode_requests`.
     pub fn request_redaction(&self, principal: Option<&str>, server: &str) -> RequestMode {
+        if self.observing() {
+            return RequestMode::Off;
+        }
         principal
             .and_then(|n| self.principal_limits(n))
             .and_then(|p| p.redact_requests)
@@ -239,12 +253,14 @@ impl Policy {
 
     /// Whether responses from `server` are redacted.
     pub fn response_redaction(&self, server: &str) -> bool {
-        self.servers
-            .iter()
-            .find(|s| s.name == server)
-            .and_then(|s| s.redact_responses)
-            .unwrap_or(self.redact.mode_responses)
-            == ResponseMode::Redact
+        !self.observing()
+            && self
+                .servers
+                .iter()
+                .find(|s| s.name == server)
+                .and_then(|s| s.redact_responses)
+                .unwrap_or(self.redact.mode_responses)
+                == ResponseMode::Redact
     }
 
     /// Whether any rule constrains arguments: when none does, a call's arguments need not
@@ -252,7 +268,7 @@ impl Policy {
     /// Whether any rule can hold a call for a person (so exchanges must be able to outlive
     /// their HTTP request's first answer).
     pub fn has_ask(&self) -> bool {
-        self.mode == PolicyMode::Enforce && self.rules.iter().any(|r| r.action == Action::Ask)
+        self.enforcing() && self.rules.iter().any(|r| r.action == Action::Ask)
     }
 
     pub fn uses_arguments(&self) -> bool {
