@@ -179,6 +179,25 @@ fn arguments_are_redacted_in_redact_mode() {
         r["type"] == "mcp_call" && r["id"] == "3"
     });
     assert!(rec["argument_redactions"].is_object(), "{rec}");
+    // `status` counts every redaction the ledger shows: in results and in arguments.
+    let sum = |key: &str| -> u64 {
+        gw.audit_records()
+            .iter()
+            .filter_map(|r| r[key].as_object())
+            .flat_map(|o| o.values())
+            .filter_map(|n| n.as_u64())
+            .sum()
+    };
+    let (results, arguments) = (sum("redactions"), sum("argument_redactions"));
+    assert!(arguments > 0);
+    let st = gw.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(
+        status["metrics"]["redactions"].as_u64(),
+        Some(results + arguments),
+        "{}",
+        status["metrics"]
+    );
 }
 
 /// A server result holding a number no double holds (`1e999`, which Python reads as inf)

@@ -64,8 +64,11 @@ pub enum PoisonAction {
 fn default_socket() -> PathBuf {
     "/run/mcp-gateway/admin.sock".into()
 }
+/// The admin group the package creates.
+pub const DEFAULT_GROUP: &str = "mcp-gateway";
+
 fn default_group() -> String {
-    "mcp-gateway".into()
+    DEFAULT_GROUP.into()
 }
 fn default_pins_path() -> PathBuf {
     "/var/lib/mcp-gateway/pins.json".into()

@@ -284,3 +284,16 @@ fn the_example_config_holds_every_key() {
          commented out, with a comment): {missing:#?}"
     );
 }
+
+#[test]
+fn an_admin_group_named_on_purpose_must_exist() {
+    let base = "[agents]\ncgroups = [\"a\"]\n[admin]\n";
+    let key = invalid_key(&format!("{base}group = \"mcp-gw-no-such-group\"\n"));
+    assert_eq!(key, "admin.group");
+    let err = parse(&format!("{base}group = \"mcp-gw-no-such-group\"\n")).unwrap_err();
+    assert!(err.to_string().contains("no such group"), "{err}");
+    assert!(parse(&format!("{base}group = \"root\"\n")).is_ok());
+    // The package's group may be missing where the package is not installed: the daemon
+    // warns at start then.
+    assert!(parse(&format!("{base}group = \"mcp-gateway\"\n")).is_ok());
+}

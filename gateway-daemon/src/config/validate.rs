@@ -310,6 +310,31 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
             );
         }
     }
+    // A group named on purpose must exist: the daemon would make the socket root-only and
+    // only say so in its log. The default's group comes with the package (sysusers); without
+    // it the daemon warns at start.
+    if config.admin.group != super::admin::DEFAULT_GROUP {
+        match nix::unistd::Group::from_name(&config.admin.group) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return fail(
+                    "admin.group",
+                    format!(
+                        "no such group {:?}: create it (its members may use the admin \
+                         socket), or leave admin.group out for {:?}, which the package creates",
+                        config.admin.group,
+                        super::admin::DEFAULT_GROUP
+                    ),
+                )
+            }
+            Err(e) => {
+                return fail(
+                    "admin.group",
+                    format!("looking up {:?}: {e}", config.admin.group),
+                )
+            }
+        }
+    }
     config.redact.validate().map_err(|e| match e {
         crate::redact::RedactError::Config { key, message } => (key, message),
         other => ("redact".to_string(), other.to_string()),

@@ -696,6 +696,12 @@ pub async fn post(
         }
     };
 
+    // Argument redactions count with the response ones (`status`, metrics).
+    let redacted: u64 = guard.counts.iter().map(|(_, c)| c.total()).sum();
+    if redacted > 0 {
+        crate::metrics::global().redactions(redacted);
+    }
+
     let mut local = Pending::new(limits.max_pending);
     let mut records = Vec::new();
     for m in &messages {
