@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Descriptors kept for everything that is not a flow (listeners, maps, files, admin).
 const RESERVED_FDS: u64 = 512;
 /// How often one user's refusals are audited (the record counts those in between).
-const REPORT_EVERY: Duration = Duration::from_secs(10);
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Seconds of its rate a user may open at once (a burst), after being quiet.
 const BURST_SECONDS: f64 = 5.0;
 
@@ -54,10 +54,27 @@ impl std::fmt::Display for Refused {
 struct Counts {
     total: usize,
     per_uid: HashMap<u32, usize>,
-    /// Per uid: when its refusals were last audited, and how many since.
-    reported: HashMap<u32, (Instant, u64)>,
+    /// Per uid: refusals since they were last audited.
+    reported: HashMap<u32, Unreported>,
     /// Per uid: connections it may still open now (a token bucket), as of when.
     tokens: HashMap<u32, (f64, Instant)>,
+}
+
+struct Unreported {
+    /// When this uid's refusals were last audited.
+    since: Instant,
+    /// How many since then.
+    count: u64,
+    /// Why the last one was refused.
+    last: Option<Refused>,
+}
+
+/// Refusals of one uid the audit has not heard of yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overdue {
+    pub uid: u32,
+    pub reason: Refused,
+    pub refused: u64,
 }
 
 pub struct Admission {
@@ -138,13 +155,19 @@ impl Admission {
         };
         if let Some(why) = refused {
             let now = Instant::now();
-            let entry = c.reported.entry(uid).or_insert((now - REPORT_EVERY, 0));
-            entry.1 += 1;
-            let report = (now.duration_since(entry.0) >= REPORT_EVERY).then(|| {
-                let n = entry.1;
-                *entry = (now, 0);
+            let entry = c.reported.entry(uid).or_insert(Unreported {
+                since: now - REPORT_EVERY,
+                count: 0,
+                last: None,
+            });
+            entry.count += 1;
+            let report = (now.duration_since(entry.since) >= REPORT_EVERY).then(|| {
+                let n = entry.count;
+                entry.since = now;
+                entry.count = 0;
                 n
             });
+            entry.last = report.is_none().then(|| why.clone());
             return Err((why, report));
         }
         c.tokens.insert(uid, (tokens - 1.0, now));
@@ -154,6 +177,40 @@ impl Admission {
             admission: self.clone(),
             uid,
         })
+    }
+}
+
+impl Admission {
+    /// Refusals the audit has not heard of whose interval has passed (all of them when
+    /// `all`, at a stop): the accept loop records these, so the tail of a burst is counted
+    /// even when the same user is never refused again.
+    pub fn overdue(&self, all: bool) -> Vec<Overdue> {
+        self.overdue_at(Instant::now(), all)
+    }
+
+    fn overdue_at(&self, now: Instant, all: bool) -> Vec<Overdue> {
+        let mut c = self.lock();
+        let mut out = Vec::new();
+        c.reported.retain(|&uid, u| {
+            let due = all || now.duration_since(u.since) >= REPORT_EVERY;
+            if !due {
+                return true;
+            }
+            if let (n @ 1.., Some(reason)) = (u.count, u.last.take()) {
+                out.push(Overdue {
+                    uid,
+                    reason,
+                    refused: n,
+                });
+                u.count = 0;
+                u.since = now;
+                return true;
+            }
+            // Nothing refused for a whole interval: forgotten (the next refusal is
+            // audited at once, as the first was).
+            false
+        });
+        out
     }
 }
 
@@ -214,5 +271,53 @@ mod tests {
         assert!(a.admit(7).is_err(), "closing does not give rate back");
         std::thread::sleep(Duration::from_millis(250));
         assert!(a.admit(7).is_ok(), "time does");
+    }
+}
+
+#[cfg(test)]
+mod overdue_tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_of_a_burst_is_reported_when_its_interval_ends() {
+        let a = Arc::new(Admission::new(1 << 20, 1 << 20, 1));
+        let mut audited = 0;
+        let mut refused = 0;
+        for _ in 0..50 {
+            if let Err((_, report)) = a.admit(7) {
+                refused += 1;
+                audited += report.unwrap_or(0);
+            }
+        }
+        // The first refusal was audited at once; the rest wait for the interval.
+        assert_eq!(audited, 1);
+        assert!(refused > 10);
+        assert!(a.overdue(false).is_empty(), "not due yet");
+        let late = a.overdue_at(Instant::now() + REPORT_EVERY, false);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].uid, 7);
+        assert!(matches!(late[0].reason, Refused::Rate { uid: 7, .. }));
+        assert_eq!(
+            audited + late[0].refused,
+            refused,
+            "every refusal counted once"
+        );
+        // Reported once; a quiet interval later the uid is forgotten.
+        assert!(a
+            .overdue_at(Instant::now() + REPORT_EVERY, false)
+            .is_empty());
+        assert!(a
+            .overdue_at(Instant::now() + 3 * REPORT_EVERY, true)
+            .is_empty());
+        assert!(a.lock().reported.is_empty());
+    }
+
+    #[test]
+    fn at_a_stop_everything_unreported_is_reported() {
+        let a = Arc::new(Admission::new(1 << 20, 1 << 20, 1));
+        let refused = (0..20).filter(|_| a.admit(3).is_err()).count() as u64;
+        let stop = a.overdue(true);
+        assert_eq!(stop.len(), 1);
+        assert_eq!(stop[0].refused + 1, refused);
     }
 }

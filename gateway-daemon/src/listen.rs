@@ -55,9 +55,13 @@ struct LimitedRecord {
     #[serde(rename = "type")]
     kind: &'static str,
     time: String,
-    client: SocketAddr,
+    /// The refused connection's peer and process (absent on a record that counts the
+    /// rest of an interval's refusals, which had several).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<SocketAddr>,
     uid: u32,
-    tgid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tgid: Option<u32>,
     reason: String,
     refused: u64,
 }
@@ -109,14 +113,17 @@ impl Server {
         }
         drop(tx);
         tokio::pin!(stop);
+        let mut overdue = tokio::time::interval(crate::admit::REPORT_EVERY);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 Some((stream, peer)) = rx.recv() => self.accepted(stream, peer, &mut flows).await,
                 Some(_) = flows.join_next(), if !flows.is_empty() => {}
+                _ = overdue.tick() => self.report_overdue(false).await,
             }
         }
         acceptors.abort_all();
+        self.report_overdue(true).await;
         if !flows.is_empty() {
             tracing::info!(open = flows.len(), "waiting for open flows to end");
             let drain = async { while flows.join_next().await.is_some() {} };
@@ -127,6 +134,24 @@ impl Server {
                 );
                 flows.shutdown().await;
             }
+        }
+    }
+
+    /// Audits refusals no record has counted yet (see `Admission::overdue`).
+    async fn report_overdue(&self, all: bool) {
+        for o in self.admission.overdue(all) {
+            tracing::warn!(uid = o.uid, refused = o.refused, reason = %o.reason, "connections refused");
+            self.audit
+                .record(&LimitedRecord {
+                    kind: "connection_limited",
+                    time: timestamp(SystemTime::now()),
+                    client: None,
+                    uid: o.uid,
+                    tgid: None,
+                    reason: o.reason.to_string(),
+                    refused: o.refused,
+                })
+                .await;
         }
     }
 
@@ -168,9 +193,9 @@ impl Server {
                         .record(&LimitedRecord {
                             kind: "connection_limited",
                             time: timestamp(SystemTime::now()),
-                            client: peer,
+                            client: Some(peer),
                             uid: redirected.uid,
-                            tgid: redirected.tgid,
+                            tgid: Some(redirected.tgid),
                             reason: why.to_string(),
                             refused,
                         })
