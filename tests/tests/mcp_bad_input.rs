@@ -436,3 +436,55 @@ fn a_call_whose_name_cannot_be_read_unambiguously_is_refused() {
     assert_eq!(ok["status"], 200, "{ok}");
     assert_eq!(received(&log).len(), 1);
 }
+
+/// What an agent sends can be quoted back in a refusal (a tool's name), and each refusal is
+/// copied into every request's error and every message's record: the quote is bounded, and
+/// a batch of more messages than may be pending is refused before anything is made of it.
+#[test]
+fn a_refusal_quoting_the_agent_stays_small_and_huge_batches_are_refused_whole() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "bad-bounded",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[policy]\nmode = \"enforce\"\n[[principal]]\nname = \"agent\"\nusers = [0]\n\
+                    [[rule]]\nprincipal = \"agent\"\ntools = [\"echo\"]\naction = \"allow\"\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+
+    let name = "n".repeat(60_000);
+    let call = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
+    );
+    let r = raw_post(&gw, port, call.as_bytes(), "{}");
+    assert_eq!(r["status"], 200, "{r}");
+    let reply = body(&r);
+    assert_eq!(error_code(&reply), -32012, "{reply}");
+    let msg = reply["error"]["message"].as_str().unwrap();
+    assert!(msg.len() < 1200, "{} bytes of message", msg.len());
+    assert!(msg.ends_with("bytes)"), "says it was cut: {msg}");
+
+    let batch: Vec<String> = (0..1100)
+        .map(|i| format!(r#"{{"jsonrpc":"2.0","method":"notifications/n{i}"}}"#))
+        .collect();
+    let batch = format!("[{}]", batch.join(","));
+    let r = raw_post(
+        &gw,
+        port,
+        batch.as_bytes(),
+        r#"{"MCP-Protocol-Version": "2025-03-26"}"#,
+    );
+    assert_eq!(r["status"], 400, "{r}");
+    let reply = body(&r);
+    assert_eq!(error_code(&reply), -32600, "{reply}");
+    let msg = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("1100 messages") && msg.contains("http.max_pending"),
+        "{msg}"
+    );
+    assert!(received(&log).is_empty(), "nothing reached the server");
+}

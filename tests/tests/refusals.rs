@@ -4,6 +4,7 @@
 //! 2026-07-28 stateless revision and the legacy HTTP+SSE transport. The tests read what the
 //! client library surfaced (its error's code and message), not the bytes on the wire.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,14 +16,31 @@ use serde_json::{json, Value};
 const SERVER: &str = include_str!("../fixtures/refusal_server.py");
 /// `approvals.timeout_s`: the timed-out case waits this long.
 const APPROVAL_TIMEOUT_S: u64 = 3;
-/// The rate limit's window; the rate-limited case waits it out before going on.
-const RATE_WINDOW_S: u64 = 2;
+/// The rate limit: calls per window. The rate-limited case comes first and makes more than
+/// that many calls in a row (the window is long enough for them on a loaded machine), then
+/// waits the window out; the other cases make fewer calls than that in any window.
+const RATE_CALLS: u64 = 10;
+const RATE_WINDOW_S: u64 = 4;
 
-fn server(port: u16, mode: &str) -> Peer {
+/// The server, logging what it runs to `log`.
+fn server(port: u16, mode: &str, log: &Path) -> Peer {
     let mut cmd = Command::new(venv_python());
-    cmd.arg("-c").arg(SERVER).arg(port.to_string()).arg(mode);
+    cmd.arg("-c")
+        .arg(SERVER)
+        .arg(port.to_string())
+        .arg(mode)
+        .arg(log);
     let path = if mode == "legacy" { "/sse" } else { "/mcp" };
     Peer::spawn(&format!("refusal-server-{mode}"), cmd, port, path)
+}
+
+/// The tool calls the server ran: (tool, arguments).
+fn ran(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Enforcing, pins on first use (the example config's defaults), approvals, secrets in
@@ -43,7 +61,7 @@ fn gateway_in(name: &str, port: u16, mode: &str) -> Gateway {
                  [redact]\nmode_requests = \"refuse\"\n\
                  [policy]\nmode = \"{mode}\"\n\
                  [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
-                 rate_calls = 20\nrate_window_s = {RATE_WINDOW_S}\n\
+                 rate_calls = {RATE_CALLS}\nrate_window_s = {RATE_WINDOW_S}\n\
                  [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"delete_all\"]\naction = \"deny\"\n\
                  [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"transfer\", \"pay\"]\naction = \"ask\"\n\
                  [[rule]]\nprincipal = \"agent\"\nserver = \"refusals\"\ntools = [\"echo\"]\naction = \"allow\"\n\
@@ -60,12 +78,12 @@ fn gateway_in(name: &str, port: u16, mode: &str) -> Gateway {
 fn cases() -> (Value, Vec<(&'static str, i64, &'static str)>) {
     let github_token = format!("ghp_{}", "a1B2c3D4e5".repeat(4).get(..36).unwrap());
     let calls = json!([
+        {"label": "rate", "tool": "echo", "arguments": {"text": "again"},
+         "repeat": RATE_CALLS * 4, "pause": RATE_WINDOW_S as f64 + 0.3},
         {"label": "policy", "tool": "delete_all", "arguments": {}},
         {"label": "schema", "tool": "echo", "arguments": {"text": "x".repeat(100)}},
         {"label": "secret", "tool": "echo", "arguments": {"text": github_token}},
         {"label": "pins", "tool": "add", "arguments": {"a": 1, "b": 2}},
-        {"label": "rate", "tool": "echo", "arguments": {"text": "again"}, "repeat": 40,
-         "pause": RATE_WINDOW_S as f64 + 0.3},
         {"label": "approval_denied", "tool": "transfer", "arguments": {"amount": 7}},
         {"label": "approval_timed_out", "tool": "pay", "arguments": {"amount": 9}},
     ]);
@@ -74,7 +92,7 @@ fn cases() -> (Value, Vec<(&'static str, i64, &'static str)>) {
         ("schema", -32012, "maxLength"),
         ("secret", -32014, "github"),
         ("pins", -32015, "not approved"),
-        ("rate", -32013, ""),
+        ("rate", -32013, "rate limit"),
         ("approval_denied", -32012, "denied by an administrator"),
         ("approval_timed_out", -32012, "none came within"),
     ];
@@ -105,8 +123,9 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// Runs the cases with each client over `transport`; asserts what each library surfaced.
-fn refusals_reach(gw: &Gateway, url: &str, clients: &[(Sdk, &str)]) {
+/// Runs the cases with each client over `transport`; asserts what each library surfaced,
+/// and that the server ran none of the refused calls.
+fn refusals_reach(gw: &Gateway, url: &str, log: &Path, clients: &[(Sdk, &str)]) {
     let (calls, expect) = cases();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -153,16 +172,28 @@ fn refusals_reach(gw: &Gateway, url: &str, clients: &[(Sdk, &str)]) {
             "no refused record with {code}: {refused:?}"
         );
     }
+    // The server ran the follow-up echoes and the calls under the rate, and nothing else.
+    let ran = ran(log);
+    assert!(!ran.is_empty());
+    for call in &ran {
+        let text = call["arguments"]["text"].as_str().unwrap_or_default();
+        assert!(
+            call["tool"] == "echo" && (text == "still here" || text == "again"),
+            "the server ran a refused call: {call}"
+        );
+    }
 }
 
 #[test]
 fn refusals_reach_clients_when_the_server_answers_in_json() {
     let port = free_port();
     let gw = gateway("refusals-json", port);
-    let server = server(port, "json");
+    let log = gw.dir.path().join("ran.jsonl");
+    let server = server(port, "json", &log);
     refusals_reach(
         &gw,
         &server.url,
+        &log,
         &[
             (Sdk::Python, "streamable"),
             (Sdk::TypeScript, "streamable"),
@@ -175,10 +206,12 @@ fn refusals_reach_clients_when_the_server_answers_in_json() {
 fn refusals_reach_clients_when_the_server_answers_in_event_streams() {
     let port = free_port();
     let gw = gateway("refusals-sse", port);
-    let server = server(port, "sse");
+    let log = gw.dir.path().join("ran.jsonl");
+    let server = server(port, "sse", &log);
     refusals_reach(
         &gw,
         &server.url,
+        &log,
         &[
             (Sdk::Python, "streamable"),
             (Sdk::TypeScript, "streamable"),
@@ -191,10 +224,12 @@ fn refusals_reach_clients_when_the_server_answers_in_event_streams() {
 fn refusals_reach_legacy_sse_clients_on_their_stream() {
     let port = free_port();
     let gw = gateway("refusals-legacy", port);
-    let server = server(port, "legacy");
+    let log = gw.dir.path().join("ran.jsonl");
+    let server = server(port, "legacy", &log);
     refusals_reach(
         &gw,
         &server.url,
+        &log,
         &[(Sdk::Python, "sse"), (Sdk::TypeScript, "sse")],
     );
 }
@@ -206,7 +241,8 @@ fn refusals_reach_legacy_sse_clients_on_their_stream() {
 fn observe_mode_changes_nothing_and_records_what_enforce_would_do() {
     let port = free_port();
     let gw = gateway_in("refusals-observe", port, "observe");
-    let server = server(port, "sse");
+    let log = gw.dir.path().join("ran.jsonl");
+    let server = server(port, "sse", &log);
     let (calls, _) = cases();
     let got = run_json(gw.wrap(refusal_client_cmd(
         Sdk::Python,
@@ -228,12 +264,24 @@ fn observe_mode_changes_nothing_and_records_what_enforce_would_do() {
     );
     assert_eq!(text("schema").unwrap().len(), 100, "{got}");
     // The secret went out and came back as sent: nothing redacted either way.
-    let secret = calls[2]["arguments"]["text"].as_str().unwrap();
+    let secret = calls[3]["arguments"]["text"].as_str().unwrap();
     assert_eq!(text("secret").as_deref(), Some(secret), "{got}");
     assert!(got["rate"]["ok"].is_array(), "no rate limit: {got}");
     let tools = got["tools"].as_array().unwrap();
     assert!(tools.contains(&json!("add")), "pins hid nothing: {got}");
 
+    // Every call ran at the server, the ones enforcing would refuse too.
+    let tools: Vec<Value> = ran(&log).iter().map(|c| c["tool"].clone()).collect();
+    for tool in ["delete_all", "add", "transfer", "pay"] {
+        assert!(
+            tools.contains(&json!(tool)),
+            "{tool} did not run: {tools:?}"
+        );
+    }
+    // The last case's exchange is on record before the ledger is read.
+    gw.wait_record("of the last call", |r| {
+        r["type"] == "mcp" && r["name"] == "pay" && r["outcome"] == "ok"
+    });
     let records = gw.mcp_records();
     let refused = records.iter().filter(|r| r["outcome"] == "refused").count();
     assert_eq!(refused, 0, "{records:#?}");

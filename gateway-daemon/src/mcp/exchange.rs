@@ -96,12 +96,28 @@ async fn refuse(
     code: i32,
     why: &str,
 ) -> Response<GwBody> {
+    let why = &bounded(why);
     let metric = match code {
         PARSE_ERROR | INVALID_REQUEST | HEADER_MISMATCH => "malformed",
         _ => "other",
     };
     write_refusal(obs, messages, code, why, &[], metric).await;
     error_response(status, &request_ids(messages), code, why)
+}
+
+/// The longest refusal message, in bytes: it may quote what the agent sent (a tool name),
+/// and it is copied into every request's error and every message's record.
+const MAX_WHY: usize = 1024;
+
+fn bounded(why: &str) -> std::borrow::Cow<'_, str> {
+    if why.len() <= MAX_WHY {
+        return why.into();
+    }
+    let mut end = MAX_WHY;
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &why[..end], why.len()).into()
 }
 
 /// The ids of a POST's requests, or one null id when it has none.
@@ -145,6 +161,7 @@ async fn refuse_decided(
         why,
         metric,
     } = refusal;
+    let why = &bounded(why);
     write_refusal(obs, messages, code, why, decisions, metric).await;
     let ids: Vec<Id> = messages
         .iter()
@@ -469,6 +486,16 @@ pub async fn post(
         Parsed::Single(m) => (vec![m], false),
         Parsed::Batch(ms) => (ms, true),
     };
+    // Each message costs a record (and a refusal an error): a batch of many thousand tiny
+    // messages is refused before anything is made of them.
+    if messages.len() > limits.max_pending {
+        let why = format!(
+            "a batch of {} messages is more than http.max_pending ({})",
+            messages.len(),
+            limits.max_pending
+        );
+        return refuse(&obs, &[], StatusCode::BAD_REQUEST, INVALID_REQUEST, &why).await;
+    }
     let span = tracing::Span::current();
     span.record("server", &*obs.server);
     if let Some(s) = &obs.session {
@@ -696,22 +723,18 @@ pub async fn post(
         }
     };
 
-    // Argument redactions count with the response ones (`status`, metrics).
-    let redacted: u64 = guard.counts.iter().map(|(_, c)| c.total()).sum();
-    if redacted > 0 {
-        crate::metrics::global().redactions(redacted);
-    }
-
     let mut local = Pending::new(limits.max_pending);
     let mut records = Vec::new();
-    for m in &messages {
+    for (i, m) in messages.iter().enumerate() {
         match obs.from_client(m, &mut local) {
             Ok(r) => records.extend(r),
             Err(e) => {
-                // Undo what this POST registered before refusing it whole.
-                if let Some(s) = &obs.session {
+                // Undo what this POST registered (its requests before this one, on a legacy
+                // session: elsewhere they went to `local`) before refusing it whole; a
+                // request of an earlier POST under the same id keeps waiting for its answer.
+                if let (Some(s), Transport::LegacySse) = (&obs.session, obs.transport) {
                     let mut st = s.state();
-                    for m in &messages {
+                    for m in &messages[..i] {
                         if let (Kind::Request, Some(id)) = (m.kind, &m.id) {
                             st.client_pending.take(id);
                         }
@@ -760,6 +783,12 @@ pub async fn post(
         }
     }
 
+    // Argument redactions count with the response ones (`status`, metrics), once the
+    // call is on its way.
+    let redacted: u64 = guard.counts.iter().map(|(_, c)| c.total()).sum();
+    if redacted > 0 {
+        crate::metrics::global().redactions(redacted);
+    }
     let body = match guard.body {
         Some(redacted) => {
             parts.headers.remove(header::CONTENT_LENGTH);

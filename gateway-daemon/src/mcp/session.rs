@@ -74,8 +74,9 @@ pub struct Session {
 }
 
 /// Events the gateway may queue on a legacy stream before its agent reads them; past this
-/// the agent is not reading, and the refusal is answered on the POST instead.
-const STREAM_QUEUE: usize = 64;
+/// the agent is not reading, and the refusal is answered on the POST instead. Each is an
+/// error of at most about 1 KiB (see `exchange::MAX_WHY`).
+const STREAM_QUEUE: usize = 8;
 
 pub struct SessionState {
     /// Agent requests awaiting the server's response.

@@ -80,13 +80,23 @@ where
     let mut confirmed = !matches!(job.kind, StreamKind::Get { confirmed: false });
     // The gateway's own answers on a legacy session (its refusals): sent between the
     // server's events, never inside one.
-    let mut answers: Option<mpsc::Receiver<Bytes>> = None;
+    let mut out = Out {
+        answers: None,
+        ends_in_cr: false,
+    };
     let end = loop {
         // An agent that hangs up ends the stream at once, even if the server is silent:
         // nothing keeps the upstream stream (or this task's audit handle) alive.
         let next = tokio::select! {
             f = body.frame() => f,
-            Some(answer) = next_answer(&mut answers) => {
+            Some(answer) = next_answer(&mut out.answers) => {
+                // After an event ended by a lone CR, a client splitting lines on LF would
+                // read the answer's first line as part of that one: end it first (a blank
+                // line is nothing to every client).
+                if out.ends_in_cr && !send(&tx, Bytes::from_static(b"\n")).await {
+                    break End::AgentGone;
+                }
+                out.ends_in_cr = false;
                 if !send(&tx, answer).await {
                     break End::AgentGone;
                 }
@@ -121,24 +131,33 @@ where
         // now so a CR-only server's events are not delayed (a following LF is forwarded
         // with the next item, so the bytes stay the same).
         items.extend(parser.take_held());
-        if !deliver(&mut job, items, &tx, &mut confirmed).await {
+        if !deliver(&mut job, items, &tx, &mut confirmed, &mut out).await {
             break End::AgentGone;
-        }
-        if answers.is_none() && job.observer.transport == Transport::LegacySse {
-            if let (StreamKind::Get { .. }, Some(s)) = (job.kind, &job.observer.session) {
-                answers = Some(s.attach_stream());
-            }
         }
     };
     if matches!(end, End::Finished) {
         let tail: Vec<SseItem> = parser.finish().into_iter().collect();
-        deliver(&mut job, tail, &tx, &mut confirmed).await;
+        deliver(&mut job, tail, &tx, &mut confirmed, &mut out).await;
     }
     finish(job, tx, end).await;
 }
 
+/// What the stream to the agent carries besides the server's events.
+struct Out {
+    /// The session's answers, once the stream is a legacy session's.
+    answers: Option<mpsc::Receiver<Bytes>>,
+    /// Whether the last byte sent was a CR (an event ended by a lone CR).
+    ends_in_cr: bool,
+}
+
 /// Observes and forwards parsed items in order; false when the agent has gone.
-async fn deliver(job: &mut StreamJob, items: Vec<SseItem>, tx: &Tx, confirmed: &mut bool) -> bool {
+async fn deliver(
+    job: &mut StreamJob,
+    items: Vec<SseItem>,
+    tx: &Tx,
+    confirmed: &mut bool,
+    out: &mut Out,
+) -> bool {
     for item in items {
         let bytes = match item {
             SseItem::Event(ev) => {
@@ -178,6 +197,16 @@ async fn deliver(job: &mut StreamJob, items: Vec<SseItem>, tx: &Tx, confirmed: &
             }
             SseItem::Other { raw, .. } | SseItem::Incomplete(raw) => raw,
         };
+        // The stream became a legacy session's (its endpoint event): its answers can come
+        // from the moment the agent learns the endpoint, so attach before sending it.
+        if out.answers.is_none() && job.observer.transport == Transport::LegacySse {
+            if let (StreamKind::Get { .. }, Some(s)) = (job.kind, &job.observer.session) {
+                out.answers = Some(s.attach_stream());
+            }
+        }
+        if let Some(&last) = bytes.last() {
+            out.ends_in_cr = last == b'\r';
+        }
         if !send(tx, bytes.into()).await {
             return false;
         }

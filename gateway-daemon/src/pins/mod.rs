@@ -171,6 +171,12 @@ impl Pins {
                     .map(|pin| (s.clone(), pin.name.clone(), pin.sha256.clone()))
             })
             .collect();
+        // Another instance of a server lists exactly what that server's approved tools are,
+        // definition for definition: a copy, not a look-alike. One tool copied among others
+        // (to catch calls meant for the original) is no copy.
+        let copy_of = (kind == Kind::Tool)
+            .then(|| copied_server(&state, server, name_field, items))
+            .flatten();
         let new_server = !state.servers.contains_key(server);
         let pins = state
             .servers
@@ -213,20 +219,13 @@ impl Pins {
                 }
             }
             let mut findings = poison::inspect(item);
-            // The same definition, name and all, that another server has approved is a copy
-            // (another instance of that server): it gains nothing by the name. A name that
-            // collides with a different definition is a look-alike.
-            let copy_of = others
-                .iter()
-                .find(|(_, t, osha)| t == name && *osha == sha)
-                .map(|(s, _, _)| s.clone());
             if kind == Kind::Tool {
                 findings.extend(poison::shadowing(
                     server,
                     name,
                     others
                         .iter()
-                        .filter(|(_, _, osha)| *osha != sha)
+                        .filter(|(s, _, _)| Some(s) != copy_of.as_ref())
                         .map(|(s, t, _)| (s.as_str(), t.as_str())),
                 ));
             }
@@ -251,7 +250,7 @@ impl Pins {
                     },
                 );
                 let mut e = event("pinned", kind, name, &sha);
-                e.copy_of = copy_of;
+                e.copy_of = copy_of.clone();
                 review.events.push(e);
                 continue;
             }
@@ -354,6 +353,40 @@ impl Pins {
             ))
         }
     }
+}
+
+/// The other server whose approved tools are exactly those `items` define (same names,
+/// same definitions, nothing more or less), if any.
+fn copied_server(
+    state: &StoreFile,
+    server: &str,
+    name_field: &str,
+    items: &[Value],
+) -> Option<String> {
+    let listed: HashSet<(String, String)> = items
+        .iter()
+        .filter_map(|item| {
+            let name = item[name_field].as_str()?;
+            Some((name.to_string(), canonical::digest(Kind::Tool, item)))
+        })
+        .collect();
+    if listed.is_empty() || listed.len() != items.len() {
+        return None;
+    }
+    state
+        .servers
+        .iter()
+        .filter(|(s, _)| s.as_str() != server)
+        .find(|(_, p)| {
+            let approved: HashSet<(String, String)> = p
+                .approved
+                .values()
+                .filter(|pin| pin.kind == Kind::Tool && pin.missing_since.is_none())
+                .map(|pin| (pin.name.clone(), pin.sha256.clone()))
+                .collect();
+            approved == listed
+        })
+        .map(|(s, _)| s.clone())
 }
 
 fn event(event: &'static str, kind: Kind, name: &str, sha: &str) -> PinEvent {

@@ -290,6 +290,23 @@ fn a_second_instance_is_a_copy_and_a_look_alike_is_held() {
         .all(|e| e.copy_of.as_deref() == Some("everything-http")));
     assert!(p.check_call("everything-sse", Kind::Tool, "echo").is_ok());
 
+    // One tool copied among others of its own (to catch calls meant for the original) is
+    // no copy: held as shadowing.
+    let r = p.review(
+        "picker",
+        Kind::Tool,
+        "name",
+        &[
+            tool("send_email", "Sends an email."),
+            tool("extra", "Extra."),
+        ],
+    );
+    assert_eq!(r.hide.iter().collect::<Vec<_>>(), ["send_email"]);
+    assert!(r.events.iter().all(|e| e.copy_of.is_none()));
+    // Nor is a listing that copies only part of the original's.
+    let r = p.review("half", Kind::Tool, "name", &[tool("echo", "Echoes.")]);
+    assert_eq!(r.hide.iter().collect::<Vec<_>>(), ["echo"]);
+
     // Another server with the name but another definition, or a folded look-alike name
     // with the same description: held as shadowing.
     let r = p.review(
