@@ -268,6 +268,20 @@ fn server_to_client_sampling_is_paired_across_exchanges() {
     assert_eq!(call["session"], sampling["session"]);
 }
 
+/// What an administrator runs by default — enforcing, pins on first use, redaction — with
+/// one rule that allows every principal everything.
+fn defaults_allowing_all(ports: Vec<u16>) -> GatewayOptions {
+    GatewayOptions {
+        ports,
+        pins: "mode = \"tofu\"\n".into(),
+        extra: "[policy]\nmode = \"enforce\"\n\
+                [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
+                [[rule]]\nprincipal = \"agent\"\nserver = \"*\"\nmethods = [\"*\"]\naction = \"allow\"\n"
+            .into(),
+        ..Default::default()
+    }
+}
+
 /// With the defaults an administrator runs — enforcing, pins on first use — and a rule that
 /// allows everything, a server that never changed loses nothing: its prompts and resource
 /// templates, first listed after its tools, are pinned (not held as added), and a second
@@ -276,18 +290,7 @@ fn server_to_client_sampling_is_paired_across_exchanges() {
 #[test]
 fn default_pins_hide_nothing_of_servers_that_never_changed() {
     let (http, sse) = (free_port(), free_port());
-    let gw = Gateway::start(
-        "peers-pins",
-        GatewayOptions {
-            ports: vec![http, sse],
-            pins: "mode = \"tofu\"\n".into(),
-            extra: "[policy]\nmode = \"enforce\"\n\
-                    [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
-                    [[rule]]\nprincipal = \"agent\"\nserver = \"*\"\nmethods = [\"*\"]\naction = \"allow\"\n"
-                .into(),
-            ..Default::default()
-        },
-    );
+    let gw = Gateway::start("peers-pins", defaults_allowing_all(vec![http, sse]));
     let first = everything(Transport::Streamable, http);
     let second = everything(Transport::Sse, sse);
     for (server, transport) in [(&first, Transport::Streamable), (&second, Transport::Sse)] {
@@ -393,18 +396,7 @@ fn conformance(
 #[test]
 fn conformance_checks_end_through_the_gateway_as_directly() {
     let port = free_port();
-    let gw = Gateway::start(
-        "peers-conformance",
-        GatewayOptions {
-            ports: vec![port],
-            pins: "mode = \"tofu\"\n".into(),
-            extra: "[policy]\nmode = \"enforce\"\n\
-                    [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
-                    [[rule]]\nprincipal = \"agent\"\nserver = \"*\"\nmethods = [\"*\"]\naction = \"allow\"\n"
-                .into(),
-            ..Default::default()
-        },
-    );
+    let gw = Gateway::start("peers-conformance", defaults_allowing_all(vec![port]));
     let server = everything(Transport::Streamable, port);
     let (direct, direct_why) = conformance(&server.url, None);
     let (mediated, mediated_why) = conformance(&server.url, Some(&gw));

@@ -184,54 +184,36 @@ fn refusals_reach(gw: &Gateway, url: &str, log: &Path, clients: &[(Sdk, &str)]) 
     }
 }
 
+/// A server in `mode` (json, sse, legacy) behind an enforcing gateway, and each client
+/// over its transport.
+fn refusals_reach_with(mode: &str, clients: &[(Sdk, &str)]) {
+    let port = free_port();
+    let gw = gateway(&format!("refusals-{mode}"), port);
+    let log = gw.dir.path().join("ran.jsonl");
+    let server = server(port, mode, &log);
+    refusals_reach(&gw, &server.url, &log, clients);
+}
+
+/// Streamable HTTP clients, and the 2026-07-28 revision's stateless requests.
+const STREAMABLE: [(Sdk, &str); 3] = [
+    (Sdk::Python, "streamable"),
+    (Sdk::TypeScript, "streamable"),
+    (Sdk::Python, "modern"),
+];
+
 #[test]
 fn refusals_reach_clients_when_the_server_answers_in_json() {
-    let port = free_port();
-    let gw = gateway("refusals-json", port);
-    let log = gw.dir.path().join("ran.jsonl");
-    let server = server(port, "json", &log);
-    refusals_reach(
-        &gw,
-        &server.url,
-        &log,
-        &[
-            (Sdk::Python, "streamable"),
-            (Sdk::TypeScript, "streamable"),
-            (Sdk::Python, "modern"),
-        ],
-    );
+    refusals_reach_with("json", &STREAMABLE);
 }
 
 #[test]
 fn refusals_reach_clients_when_the_server_answers_in_event_streams() {
-    let port = free_port();
-    let gw = gateway("refusals-sse", port);
-    let log = gw.dir.path().join("ran.jsonl");
-    let server = server(port, "sse", &log);
-    refusals_reach(
-        &gw,
-        &server.url,
-        &log,
-        &[
-            (Sdk::Python, "streamable"),
-            (Sdk::TypeScript, "streamable"),
-            (Sdk::Python, "modern"),
-        ],
-    );
+    refusals_reach_with("sse", &STREAMABLE);
 }
 
 #[test]
 fn refusals_reach_legacy_sse_clients_on_their_stream() {
-    let port = free_port();
-    let gw = gateway("refusals-legacy", port);
-    let log = gw.dir.path().join("ran.jsonl");
-    let server = server(port, "legacy", &log);
-    refusals_reach(
-        &gw,
-        &server.url,
-        &log,
-        &[(Sdk::Python, "sse"), (Sdk::TypeScript, "sse")],
-    );
+    refusals_reach_with("legacy", &[(Sdk::Python, "sse"), (Sdk::TypeScript, "sse")]);
 }
 
 /// `mode = "observe"`: the same policy, pins, redaction and limits change nothing the agent
