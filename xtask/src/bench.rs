@@ -34,8 +34,8 @@ pub struct BenchArgs {
     /// With --compare: changes smaller than this many percent are not flagged.
     #[arg(long, default_value_t = 10.0)]
     threshold: f64,
-    /// Only these scenarios (comma-separated: direct, gateway, full-always, full-batch,
-    /// full-none, direct-tls, gateway-tls); their direct baselines run too.
+    /// Only these scenarios (comma-separated: direct, relay, gateway, full-always,
+    /// full-batch, full-none, direct-tls, gateway-tls); their direct baselines run too.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the JSON here instead of target/bench/bench-<git sha>-<date>.json.
@@ -59,6 +59,8 @@ struct Scenario {
     title: &'static str,
     tls: bool,
     gateway: Option<GatewayConfig>,
+    /// Through a plain L4 relay instead (not as an agent): the floor of a userspace proxy.
+    relay: bool,
     /// The direct scenario of the same transport, for ratios.
     baseline: &'static str,
 }
@@ -69,6 +71,16 @@ const SCENARIOS: &[Scenario] = &[
         title: "plain HTTP, straight to the upstream (not an agent)",
         tls: false,
         gateway: None,
+        relay: false,
+        baseline: "direct",
+    },
+    Scenario {
+        key: "relay",
+        title: "plain HTTP through a plain L4 relay (tokio copy_bidirectional, TCP_NODELAY; \
+                not an agent): the floor of any userspace proxy",
+        tls: false,
+        gateway: None,
+        relay: true,
         baseline: "direct",
     },
     Scenario {
@@ -77,6 +89,7 @@ const SCENARIOS: &[Scenario] = &[
                 ledger sync=none",
         tls: false,
         gateway: Some(GatewayConfig::Plain),
+        relay: false,
         baseline: "direct",
     },
     Scenario {
@@ -84,6 +97,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "plain HTTP, policy enforced + redaction both ways + pins, ledger sync=always",
         tls: false,
         gateway: Some(GatewayConfig::Full("always")),
+        relay: false,
         baseline: "direct",
     },
     Scenario {
@@ -91,6 +105,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "as full-always, ledger sync=batch (10 ms)",
         tls: false,
         gateway: Some(GatewayConfig::Full("batch")),
+        relay: false,
         baseline: "direct",
     },
     Scenario {
@@ -98,6 +113,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "as full-always, ledger sync=none",
         tls: false,
         gateway: Some(GatewayConfig::Full("none")),
+        relay: false,
         baseline: "direct",
     },
     Scenario {
@@ -105,6 +121,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "HTTPS straight to the upstream",
         tls: true,
         gateway: None,
+        relay: false,
         baseline: "direct-tls",
     },
     Scenario {
@@ -112,6 +129,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "HTTPS through the gateway, TLS terminated (leaf from its CA), otherwise as gateway",
         tls: true,
         gateway: Some(GatewayConfig::Plain),
+        relay: false,
         baseline: "direct-tls",
     },
 ];
@@ -377,7 +395,19 @@ fn run_scenario(env: &Env, s: &Scenario, p: &Params) -> Result<(Metrics, Json)> 
         Some(config) => Some(Daemon::start(env, &dir, s.key, port, s.tls, config)?),
         None => None,
     };
-    let result = measure(env, s, p, port, &upstream, daemon.as_ref());
+    // The client dials the relay, which dials the upstream.
+    let (relay, dial) = if s.relay {
+        let at = procs::free_port()?;
+        (Some(procs::relay(env, &dir, at, port)?), at)
+    } else {
+        (None, port)
+    };
+    let middle = daemon
+        .as_ref()
+        .map(Daemon::pid)
+        .or(relay.as_ref().map(procs::Proc::pid));
+    let result = measure(env, s, p, dial, &upstream, daemon.as_ref(), middle);
+    drop(relay);
     let result = match (result, &daemon) {
         (Err(e), Some(d)) => Err(e.context(format!("daemon log (tail):\n{}", d.log()))),
         (r, _) => r,
@@ -396,6 +426,9 @@ fn measure(
     port: u16,
     upstream: &procs::Proc,
     daemon: Option<&Daemon>,
+    // What sits between the client and the upstream (the daemon, or the relay): its CPU is
+    // what a call costs on the way.
+    middle: Option<u32>,
 ) -> Result<(Metrics, Json)> {
     let mut args = vec![
         "--addr".to_string(),
@@ -418,8 +451,8 @@ fn measure(
             ca.display().to_string(),
         ]);
     }
-    if let Some(d) = daemon {
-        args.extend(["--watch".into(), d.pid().to_string()]);
+    if let Some(pid) = middle {
+        args.extend(["--watch".into(), pid.to_string()]);
     }
     let client = Client {
         env,
@@ -479,7 +512,7 @@ fn measure(
     m.push(("p50_us", num(&one, "latency.p50_us")?));
     m.push(("p99_us", num(&one, "latency.p99_us")?));
     m.push(("calls_per_s_1", num(&one, "calls_per_s")?));
-    if let Some(c) = daemon.and_then(|d| cpu_per_10k(&one, d.pid())) {
+    if let Some(c) = middle.and_then(|pid| cpu_per_10k(&one, pid)) {
         m.push(("cpu_s_per_10k_1", c));
     }
     if let Some(c) = cpu_per_10k(&one, upstream.pid()) {
@@ -504,7 +537,7 @@ fn measure(
     m.push(("calls_per_s_16", num(&many, "calls_per_s")?));
     m.push(("p50_us_16", num(&many, "latency.p50_us")?));
     m.push(("p99_us_16", num(&many, "latency.p99_us")?));
-    if let Some(c) = daemon.and_then(|d| cpu_per_10k(&many, d.pid())) {
+    if let Some(c) = middle.and_then(|pid| cpu_per_10k(&many, pid)) {
         m.push(("cpu_s_per_10k_16", c));
     }
     if let Some(c) = cpu_per_10k(&many, upstream.pid()) {

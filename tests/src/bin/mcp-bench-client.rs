@@ -29,6 +29,9 @@
 //!   with Nagle on each `tools/call` would wait ~40 ms for the client's delayed ACK, for direct
 //!   and mediated clients alike, hiding what the gateway costs. It prints `listening on ADDR`
 //!   on stderr when bound, and stops on SIGINT.
+//! - `relay --listen ADDR --to ADDR`: a plain L4 relay (tokio `copy_bidirectional`,
+//!   TCP_NODELAY both sides, every core): the floor of any userspace proxy, which the bench's
+//!   `relay` column measures the gateway against. Prints `listening on ADDR` on stderr.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -117,6 +120,13 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Relays TCP connections from `listen` to `to`, byte for byte.
+    Relay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+    },
     /// Serves MCP (an `echo` tool) at `/mcp`: the bench's upstream.
     Serve {
         #[arg(long)]
@@ -152,6 +162,13 @@ fn main() -> Result<()> {
             tls_cert.as_deref().zip(tls_key.as_deref()),
         ));
     }
+    if let Cmd::Relay { listen, to } = &cli.command {
+        // A proxy as proxies are run: every core.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(relay(*listen, *to));
+    }
     // One thread: the client should cost the machine as little as it can, the same for every
     // scenario, and leave the cores to the server and the gateway.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -170,7 +187,28 @@ async fn run(cli: Cli) -> Result<()> {
         } => load(target, &cli.watch, connections, seconds, warmup).await,
         Cmd::Connect { count, max_seconds } => connect_times(target, count, max_seconds).await,
         Cmd::Sessions { count, connections } => sessions(target, count, connections).await,
-        Cmd::Pki { .. } | Cmd::Serve { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Pki { .. } | Cmd::Serve { .. } | Cmd::Relay { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
+    }
+}
+
+/// The plain L4 relay: each accepted connection is joined to a new one to `to`.
+async fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    eprintln!("listening on {listen}");
+    loop {
+        let (mut agent, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let Ok(mut server) = TcpStream::connect(to).await else {
+                return;
+            };
+            let _ = agent.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut agent, &mut server).await;
+        });
     }
 }
 

@@ -160,6 +160,34 @@ pub fn upstream(env: &Env, dir: &Path, port: u16, tls: bool) -> Result<Proc> {
     Ok(p)
 }
 
+/// `mcp-bench-client relay` from 127.0.0.1:`port` to the upstream at 127.0.0.1:`to`.
+pub fn relay(env: &Env, dir: &Path, port: u16, to: u16) -> Result<Proc> {
+    let log = dir.join("relay.stderr");
+    let child = Command::new(&env.client)
+        .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--to", &format!("127.0.0.1:{to}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting the relay (mcp-bench-client relay)")?;
+    let mut p = Proc { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = p.child.try_wait()? {
+            bail!(
+                "the relay exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the relay did not listen on port {port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(p)
+}
+
 /// How the daemon under test is configured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum GatewayConfig {
