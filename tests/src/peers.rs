@@ -94,8 +94,12 @@ pub fn peers_dir() -> PathBuf {
 
 /// server-everything's entry point (`dist/index.js`).
 pub fn everything_script() -> PathBuf {
-    let path =
-        peers_dir().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    node_module("@modelcontextprotocol/server-everything/dist/index.js")
+}
+
+/// A file of an installed Node package; panics when missing.
+fn node_module(path: &str) -> PathBuf {
+    let path = peers_dir().join("node/node_modules").join(path);
     assert!(
         path.exists(),
         "{} is missing: run `cargo xtask peers`",
@@ -374,12 +378,5 @@ pub fn refusal_client_cmd(sdk: Sdk, url: &str, transport: &str, cases: &Value) -
 
 /// The MCP conformance suite's runner (`@modelcontextprotocol/conformance`).
 pub fn conformance_script() -> PathBuf {
-    let path =
-        peers_dir().join("node/node_modules/@modelcontextprotocol/conformance/dist/index.js");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask peers`",
-        path.display()
-    );
-    path
+    node_module("@modelcontextprotocol/conformance/dist/index.js")
 }

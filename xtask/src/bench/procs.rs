@@ -136,52 +136,46 @@ pub fn upstream(env: &Env, dir: &Path, port: u16, tls: bool) -> Result<Proc> {
             .arg("--tls-key")
             .arg(&env.key);
     }
-    let log = dir.join("upstream.stderr");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("starting the upstream (mcp-bench-client serve)")?;
-    let mut p = Proc { child };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = p.child.try_wait()? {
-            bail!(
-                "the upstream exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("the upstream did not listen on port {port} within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(p)
+    listening(
+        cmd,
+        &dir.join("upstream.stderr"),
+        port,
+        "the upstream (mcp-bench-client serve)",
+    )
 }
 
 /// `mcp-bench-client relay` from 127.0.0.1:`port` to the upstream at 127.0.0.1:`to`.
 pub fn relay(env: &Env, dir: &Path, port: u16, to: u16) -> Result<Proc> {
-    let log = dir.join("relay.stderr");
-    let child = Command::new(&env.client)
-        .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--to", &format!("127.0.0.1:{to}")])
+    let mut cmd = Command::new(&env.client);
+    cmd.args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--to", &format!("127.0.0.1:{to}")]);
+    listening(
+        cmd,
+        &dir.join("relay.stderr"),
+        port,
+        "the relay (mcp-bench-client relay)",
+    )
+}
+
+/// Starts `cmd` (its stderr to `log`) and waits until it accepts on 127.0.0.1:`port`.
+fn listening(mut cmd: Command, log: &Path, port: u16, what: &str) -> Result<Proc> {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(log)?)
         .spawn()
-        .context("starting the relay (mcp-bench-client relay)")?;
+        .with_context(|| format!("starting {what}"))?;
     let mut p = Proc { child };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(status) = p.child.try_wait()? {
             bail!(
-                "the relay exited ({status}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                "{what} exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
             );
         }
         if Instant::now() > deadline {
-            bail!("the relay did not listen on port {port} within 10 s");
+            bail!("{what} did not listen on port {port} within 10 s");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
