@@ -159,6 +159,26 @@ fn refusals_reach(gw: &Gateway, url: &str, log: &Path, clients: &[(Sdk, &str)]) 
             println!("{who}: every refusal surfaced as its JSON-RPC error: {got}");
         }
     });
+    // The modern clients spoke 2026-07-28 (told apart by their executable), refusals too.
+    let records = gw.audit_records();
+    for (sdk, _) in clients.iter().filter(|(_, t)| *t == "modern") {
+        let exe = match sdk {
+            Sdk::Python => "python",
+            Sdk::TypeScript => "node",
+        };
+        let modern = records.iter().any(|r| {
+            r["type"] == "mcp"
+                && r["outcome"] == "refused"
+                && r["protocol_version"] == "2026-07-28"
+                && r["principal"]["exe"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(exe))
+        });
+        assert!(
+            modern,
+            "no refusal of {sdk:?} recorded under protocol 2026-07-28"
+        );
+    }
     // Each refusal is in the ledger, with the code the agent got.
     let refused: Vec<i64> = gw
         .audit_records()
@@ -195,10 +215,11 @@ fn refusals_reach_with(mode: &str, clients: &[(Sdk, &str)]) {
 }
 
 /// Streamable HTTP clients, and the 2026-07-28 revision's stateless requests.
-const STREAMABLE: [(Sdk, &str); 3] = [
+const STREAMABLE: [(Sdk, &str); 4] = [
     (Sdk::Python, "streamable"),
     (Sdk::TypeScript, "streamable"),
     (Sdk::Python, "modern"),
+    (Sdk::TypeScript, "modern"),
 ];
 
 #[test]
