@@ -160,23 +160,24 @@ impl Pins {
             return review;
         }
         let mut state = self.lock();
-        let others: Vec<(String, String, String)> = state
-            .servers
-            .iter()
-            .filter(|(s, _)| s.as_str() != server)
-            .flat_map(|(s, p)| {
-                p.approved
-                    .values()
-                    .filter(|pin| pin.kind == Kind::Tool)
-                    .map(|pin| (s.clone(), pin.name.clone(), pin.sha256.clone()))
-            })
-            .collect();
         // Another instance of a server lists exactly what that server's approved tools are,
         // definition for definition: a copy, not a look-alike. One tool copied among others
         // (to catch calls meant for the original) is no copy.
         let copy_of = (kind == Kind::Tool)
             .then(|| copied_server(&state, server, name_field, items))
             .flatten();
+        // The tools a name here could shadow: other servers' (not the one this copies).
+        let others: Vec<(String, String)> = state
+            .servers
+            .iter()
+            .filter(|(s, _)| s.as_str() != server && Some(*s) != copy_of.as_ref())
+            .flat_map(|(s, p)| {
+                p.approved
+                    .values()
+                    .filter(|pin| pin.kind == Kind::Tool)
+                    .map(|pin| (s.clone(), pin.name.clone()))
+            })
+            .collect();
         let new_server = !state.servers.contains_key(server);
         let pins = state
             .servers
@@ -223,10 +224,7 @@ impl Pins {
                 findings.extend(poison::shadowing(
                     server,
                     name,
-                    others
-                        .iter()
-                        .filter(|(s, _, _)| Some(s) != copy_of.as_ref())
-                        .map(|(s, t, _)| (s.as_str(), t.as_str())),
+                    others.iter().map(|(s, t)| (s.as_str(), t.as_str())),
                 ));
             }
             let blocking = !findings.is_empty() && self.cfg.poison == PoisonAction::Block;
