@@ -237,7 +237,8 @@ fn bench(c: Config, records: usize, concurrency: usize) -> anyhow::Result<()> {
                     let mut lat = Vec::with_capacity(n);
                     for i in 0..n {
                         let t = Instant::now();
-                        sink.record_durable(&serde_json::json!({"type": "bench", "i": i}))
+                        sink.record_durable(&serde_json::json!({"type": "bench", "i": i}))?
+                            .durable()
                             .await?;
                         lat.push(t.elapsed());
                     }

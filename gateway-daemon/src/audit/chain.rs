@@ -30,22 +30,36 @@ const HEAD_LEN: usize = PREFIX.len() + 64 + 2;
 
 /// Seals `body` as record `seq` after `prev`: returns the line (with its newline) and its
 /// hash. Fields of `body` named like the chain's own are dropped.
-pub fn seal(seq: u64, prev: &str, body: Map<String, Value>) -> (Vec<u8>, String) {
-    let mut m = Map::new();
-    m.insert("seq".into(), seq.into());
-    m.insert("prev".into(), prev.into());
-    for (k, v) in body {
-        if !matches!(k.as_str(), "seq" | "prev" | "hash") {
-            m.insert(k, v);
-        }
+pub fn seal(seq: u64, prev: &str, mut body: Map<String, Value>) -> (Vec<u8>, String) {
+    for k in ["seq", "prev", "hash"] {
+        body.remove(k);
     }
-    let body = serde_json::to_vec(&m).expect("a JSON map always serialises");
-    let hash = sha256_hex(&body);
-    let mut line = Vec::with_capacity(HEAD_LEN + body.len());
+    let body = serde_json::to_vec(&body).expect("a JSON map always serialises");
+    seal_body(seq, prev, &body)
+}
+
+/// Seals the JSON object `body` (which holds none of the chain's fields) as record `seq`
+/// after `prev`: the hashed bytes are `{"seq":…,"prev":"…",` and then the body's fields.
+pub fn seal_body(seq: u64, prev: &str, body: &[u8]) -> (Vec<u8>, String) {
+    debug_assert!(body.first() == Some(&b'{') && body.last() == Some(&b'}'));
+    let fields = &body[1..body.len() - 1];
+    let mut hashed = Vec::with_capacity(body.len() + 100);
+    hashed.extend_from_slice(b"{\"seq\":");
+    hashed.extend_from_slice(seq.to_string().as_bytes());
+    hashed.extend_from_slice(b",\"prev\":\"");
+    hashed.extend_from_slice(prev.as_bytes());
+    hashed.push(b'"');
+    if !fields.is_empty() {
+        hashed.push(b',');
+        hashed.extend_from_slice(fields);
+    }
+    hashed.push(b'}');
+    let hash = sha256_hex(&hashed);
+    let mut line = Vec::with_capacity(HEAD_LEN + hashed.len());
     line.extend_from_slice(PREFIX);
     line.extend_from_slice(hash.as_bytes());
     line.extend_from_slice(b"\",");
-    line.extend_from_slice(&body[1..]);
+    line.extend_from_slice(&hashed[1..]);
     line.push(b'\n');
     (line, hash)
 }

@@ -1,49 +1,42 @@
-//! The ledger writer: one thread owns the file. Records queued by every connection are
-//! sealed into the chain in arrival order, written together, and synced per policy — a
-//! batch of concurrent calls shares one fdatasync (group commit). At most every second (and
-//! at rotation and stop) the signed head (`<path>.head`) is rewritten to name the newest
+//! The ledger file and the chain's position in it. A record is sealed and written by the
+//! task that makes it, under one lock (`Chain::append`): one `write` and no hand-off to
+//! another thread on a call's path. Making it durable is the syncer's (`syncer`), which
+//! also writes checkpoints, the signed head and rotates. At most every second (and at
+//! rotation and stop) the signed head (`<path>.head`) is rewritten to name the newest
 //! record, so cutting records off the end is found by `audit verify` — except records of
 //! the last second, which is what keeps the head out of every call's latency.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, oneshot};
 
-use super::chain::{self, seal, sha256_hex, GENESIS_PREV};
-use super::{files, journal, sign, timestamp, AuditError};
-use crate::config::{Audit as AuditConfig, Journald, SyncPolicy};
+use super::chain::{self, seal_body, sha256_hex, GENESIS_PREV};
+use super::{encode, files, journal, sign, timestamp, AuditError};
+use crate::config::{Audit as AuditConfig, Journald};
 
 /// Longest time the signed head may lag the ledger.
-const HEAD_EVERY: Duration = Duration::from_secs(1);
+pub const HEAD_EVERY: Duration = Duration::from_secs(1);
 
-pub enum Msg {
-    Record(
-        Map<String, Value>,
-        Option<oneshot::Sender<Result<u64, String>>>,
-    ),
-    Tick,
-    Finish(oneshot::Sender<()>),
-}
-
-pub struct Writer {
-    cfg: AuditConfig,
+/// Where the chain stands: the open file, the last record's number and hash.
+pub struct Chain {
+    pub cfg: AuditConfig,
     key: SigningKey,
-    file: File,
-    seq: u64,
+    /// Shared with the syncer, which syncs it without holding the chain.
+    pub file: Arc<File>,
+    pub seq: u64,
     head: String,
     size: u64,
     opened: Instant,
     last_checkpoint: Instant,
     since_checkpoint: u64,
-    last_sync: Instant,
     /// Sequence number the head file names, and when it was written.
     head_seq: u64,
-    head_written: Instant,
+    pub head_written: Instant,
     journald: bool,
 }
 
@@ -120,7 +113,7 @@ fn open_append(path: &Path) -> Result<(File, u64), AuditError> {
     Ok((f, size))
 }
 
-impl Writer {
+impl Chain {
     /// Opens (or starts) the ledger and writes the records of this start.
     pub fn open(cfg: &AuditConfig) -> Result<Self, AuditError> {
         let key = sign::load_or_create(&cfg.key)?;
@@ -134,17 +127,16 @@ impl Writer {
             Journald::Off => false,
             Journald::Auto => Path::new("/run/systemd/journal/socket").exists(),
         };
-        let mut w = Writer {
+        let mut w = Chain {
             cfg: cfg.clone(),
             key,
-            file,
+            file: Arc::new(file),
             seq: r.seq,
             head: r.head,
             size,
             opened: Instant::now(),
             last_checkpoint: Instant::now(),
             since_checkpoint: 0,
-            last_sync: Instant::now(),
             head_seq: 0,
             head_written: Instant::now(),
             journald,
@@ -175,7 +167,8 @@ impl Writer {
                 "version": env!("CARGO_PKG_VERSION"), "pubkey": pubkey}),
             ),
         );
-        w.commit(&buf, true)
+        w.write(&buf)
+            .and_then(|_| w.file.sync_data())
             .and_then(|_| w.write_head())
             .map_err(|e| io_err(&cfg.path, e))?;
         Ok(w)
@@ -185,10 +178,15 @@ impl Writer {
         hex::encode(self.key.verifying_key().to_bytes())
     }
 
+    /// Seals one record the daemon makes itself into `buf`.
     fn append(&mut self, buf: &mut Vec<u8>, mut body: Map<String, Value>) -> u64 {
-        super::bound::record(&mut body);
+        let body = encode::bounded(&mut body);
+        self.push(buf, &body)
+    }
+
+    fn push(&mut self, buf: &mut Vec<u8>, body: &[u8]) -> u64 {
         self.seq += 1;
-        let (line, hash) = seal(self.seq, &self.head, body);
+        let (line, hash) = seal_body(self.seq, &self.head, body);
         if self.journald {
             journal::send(&line);
         }
@@ -198,7 +196,35 @@ impl Writer {
         self.seq
     }
 
-    fn checkpoint(&mut self, buf: &mut Vec<u8>) {
+    /// Seals `body` (from `encode::body`) and writes it: on return it is in the file (the
+    /// OS's page cache; `syncer` makes it durable). On a failed write the file is cut back
+    /// to where it was and the chain does not move, so the next record still follows.
+    pub fn append_now(&mut self, body: &[u8]) -> std::io::Result<u64> {
+        let (seq, head, since) = (self.seq, self.head.clone(), self.since_checkpoint);
+        let mut line = Vec::with_capacity(body.len() + 180);
+        let n = self.push(&mut line, body);
+        if let Err(e) = self.write(&line) {
+            (self.seq, self.head, self.since_checkpoint) = (seq, head, since);
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// Writes `buf` at the end of the file, all of it or (cut back) none.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = (&*self.file).write_all(buf) {
+            let _ = self.file.set_len(self.size);
+            return Err(e);
+        }
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Appends a signed checkpoint (written with the next `write`).
+    pub fn checkpoint(&mut self, buf: &mut Vec<u8>) {
         let (seq, hash) = (self.seq, self.head.clone());
         let signature = sign::sign(&self.key, seq, &hash);
         self.append(
@@ -212,39 +238,44 @@ impl Writer {
         self.since_checkpoint = 0;
     }
 
-    /// Writes `buf` and syncs per policy.
-    fn commit(&mut self, buf: &[u8], durable: bool) -> std::io::Result<()> {
-        if buf.is_empty() {
+    /// Writes a checkpoint when one is due (`audit.checkpoint_interval_s` since the last,
+    /// and records since), or whenever records came since the last with `always`.
+    pub fn checkpoint_if_due(&mut self, always: bool) -> std::io::Result<()> {
+        let interval = Duration::from_secs(self.cfg.checkpoint_interval_s);
+        let due = self.since_checkpoint > 0
+            && (always || self.last_checkpoint.elapsed() >= interval);
+        if !due {
             return Ok(());
         }
-        self.file.write_all(buf)?;
-        self.size += buf.len() as u64;
-        match self.cfg.sync {
-            SyncPolicy::Always => self.file.sync_data()?,
-            SyncPolicy::Batch if durable => {
-                let interval = Duration::from_millis(self.cfg.batch_interval_ms);
-                if let Some(wait) = interval.checked_sub(self.last_sync.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-                self.file.sync_data()?;
-                self.last_sync = Instant::now();
-            }
-            SyncPolicy::Batch | SyncPolicy::None => {}
-        }
-        Ok(())
+        let mut buf = Vec::new();
+        self.checkpoint(&mut buf);
+        self.write(&buf)
     }
 
-    fn write_head(&mut self) -> std::io::Result<()> {
-        if self.head_seq == self.seq {
+    /// The newest record's number and hash.
+    pub fn position(&self) -> (u64, String) {
+        (self.seq, self.head.clone())
+    }
+
+    /// Names the newest record in the signed head file.
+    pub fn write_head(&mut self) -> std::io::Result<()> {
+        let pos = self.position();
+        self.write_head_at(pos)
+    }
+
+    /// Names record `seq` (whose hash is `hash`) in the signed head file; the caller has
+    /// made it as durable as the sync policy asks.
+    pub fn write_head_at(&mut self, (seq, hash): (u64, String)) -> std::io::Result<()> {
+        if self.head_seq >= seq {
             return Ok(());
         }
         let head = files::head(&self.cfg.path);
         let tmp = head.with_extension("head.tmp");
         let body = json!({
-            "seq": self.seq,
-            "hash": self.head,
+            "seq": seq,
+            "hash": hash,
             "time": now(),
-            "signature": sign::sign(&self.key, self.seq, &self.head),
+            "signature": sign::sign(&self.key, seq, &hash),
         });
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -257,22 +288,22 @@ impl Writer {
             f.write_all(format!("{body}\n").as_bytes())?;
         }
         std::fs::rename(&tmp, &head)?;
-        self.head_seq = self.seq;
+        self.head_seq = seq;
         self.head_written = Instant::now();
         Ok(())
     }
 
-    fn rotation_due(&self) -> bool {
+    pub fn rotation_due(&self) -> bool {
         self.size >= self.cfg.max_file_bytes
             || (self.cfg.max_file_age_s > 0
                 && self.opened.elapsed() >= Duration::from_secs(self.cfg.max_file_age_s))
     }
 
     /// Closes the current file with a checkpoint and starts the next one, the chain going on.
-    fn rotate(&mut self) -> std::io::Result<()> {
+    pub fn rotate(&mut self) -> std::io::Result<()> {
         let mut buf = Vec::new();
         self.checkpoint(&mut buf);
-        self.file.write_all(&buf)?;
+        self.write(&buf)?;
         self.file.sync_data()?;
         let n = files::rotated_files(&self.cfg.path)
             .last()
@@ -280,7 +311,7 @@ impl Writer {
         let to = files::rotated(&self.cfg.path, n);
         std::fs::rename(&self.cfg.path, &to)?;
         let (file, size) = open_append(&self.cfg.path).map_err(std::io::Error::other)?;
-        self.file = file;
+        self.file = Arc::new(file);
         self.size = size;
         self.opened = Instant::now();
         let mut buf = Vec::new();
@@ -289,7 +320,8 @@ impl Writer {
             &mut buf,
             obj(json!({"type": "rotated", "time": now(), "previous_file": from})),
         );
-        self.commit(&buf, true)?;
+        self.write(&buf)?;
+        self.file.sync_data()?;
         if self.cfg.retain_files > 0 {
             let rotated = files::rotated_files(&self.cfg.path);
             let excess = rotated.len().saturating_sub(self.cfg.retain_files);
@@ -329,71 +361,10 @@ impl Writer {
                 );
             }
         }
-        self.commit(&buf, true)?;
+        self.write(&buf)?;
         self.file.sync_data()?;
         tracing::info!(file = %old.display(), "audit retention: removing");
         std::fs::remove_file(old)
-    }
-
-    /// The writer thread's loop; returns when every sink is gone or on `Finish`.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < 4096 {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
-                }
-            }
-            let mut buf = Vec::new();
-            let mut waiters = Vec::new();
-            let mut finish = None;
-            let mut tick = false;
-            for m in batch {
-                match m {
-                    Msg::Record(body, done) => {
-                        let seq = self.append(&mut buf, body);
-                        if let Some(d) = done {
-                            waiters.push((d, seq));
-                        }
-                    }
-                    Msg::Tick => tick = true,
-                    Msg::Finish(tx) => finish = Some(tx),
-                }
-            }
-            let interval = Duration::from_secs(self.cfg.checkpoint_interval_s);
-            let checkpoint_due =
-                tick && self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= interval;
-            if checkpoint_due || (finish.is_some() && self.since_checkpoint > 0) {
-                self.checkpoint(&mut buf);
-            }
-            let result = self
-                .commit(&buf, !waiters.is_empty() || finish.is_some())
-                .map_err(|e| {
-                    tracing::error!(path = %self.cfg.path.display(), error = %e, "audit write failed");
-                    format!("writing {}: {e}", self.cfg.path.display())
-                });
-            for (done, seq) in waiters {
-                let _ = done.send(result.clone().map(|_| seq));
-            }
-            if result.is_ok()
-                && (tick || finish.is_some() || self.head_written.elapsed() >= HEAD_EVERY)
-            {
-                if let Err(e) = self.write_head() {
-                    tracing::error!(error = %e, "writing the signed audit head failed");
-                }
-            }
-            if self.rotation_due() {
-                if let Err(e) = self.rotate() {
-                    tracing::error!(error = %e, "audit rotation failed");
-                }
-            }
-            if let Some(done) = finish {
-                let _ = self.file.sync_all();
-                let _ = done.send(());
-                return;
-            }
-        }
     }
 }
 

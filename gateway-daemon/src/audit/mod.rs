@@ -1,28 +1,34 @@
 //! The audit ledger: an append-only, hash-chained JSON Lines file with signed checkpoints
-//! (see `chain`, `ledger`, `verify`). Every stage submits records through an `AuditSink`;
-//! a call's record is made durable before the call is forwarded (`record_durable`).
+//! (see `chain`, `ledger`, `verify`). Every stage writes records through an `AuditSink`,
+//! from its own task. A call's record is written before the call is forwarded, and durable
+//! (as `audit.sync` demands) before the agent sees its result: `record_durable` returns
+//! once it is written, and `Written::durable` waits for the sync, which so overlaps the
+//! upstream's round trip instead of preceding it.
 
 pub mod bound;
 pub mod chain;
+pub mod encode;
 pub mod files;
 pub mod journal;
 pub mod ledger;
 pub mod query;
 pub mod sign;
+pub mod syncer;
 pub mod verify;
 
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::Serialize;
-use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::Audit as AuditConfig;
-use ledger::{Msg, Writer};
+use ledger::Chain;
+use syncer::{Ledger, Synced};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -39,102 +45,108 @@ pub enum AuditError {
     NotRecorded(String),
 }
 
-/// Handle to submit records; cheap to clone.
+/// Handle to write records; cheap to clone.
 #[derive(Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<Msg>,
+    ledger: Arc<Ledger>,
 }
 
 pub struct AuditWriter {
-    tx: mpsc::Sender<Msg>,
+    ledger: Arc<Ledger>,
     thread: std::thread::JoinHandle<()>,
-    ticker: tokio::task::JoinHandle<()>,
     pub public_key: String,
 }
 
-/// Opens (or starts) the ledger and its writer thread.
+/// A record in the ledger file, not yet known durable.
+#[must_use = "a written record is durable only once `durable` says so"]
+pub struct Written {
+    seq: u64,
+    sync: Option<oneshot::Receiver<Synced>>,
+}
+
+impl Written {
+    /// Returns once the record is on disk as `audit.sync` demands (at once with `none`).
+    pub async fn durable(self) -> Result<u64, AuditError> {
+        let Some(sync) = self.sync else {
+            return Ok(self.seq);
+        };
+        match sync.await {
+            Ok(Ok(())) => Ok(self.seq),
+            Ok(Err(why)) => Err(AuditError::NotRecorded(why.to_string())),
+            Err(_) => Err(AuditError::NotRecorded(
+                "the audit syncer has stopped".into(),
+            )),
+        }
+    }
+}
+
+/// Opens (or starts) the ledger and its syncer thread.
 pub async fn open(cfg: &AuditConfig) -> Result<(AuditSink, AuditWriter), AuditError> {
     let cfg = cfg.clone();
-    let writer = tokio::task::spawn_blocking(move || Writer::open(&cfg))
+    let chain = tokio::task::spawn_blocking(move || Chain::open(&cfg))
         .await
         .expect("the ledger opener does not panic")?;
-    let public_key = writer.public_key_hex();
-    let (tx, rx) = mpsc::channel(16 * 1024);
+    let public_key = chain.public_key_hex();
+    let ledger = Arc::new(Ledger::new(chain));
+    let run = ledger.clone();
     let thread = std::thread::Builder::new()
-        .name("audit-ledger".into())
-        .spawn(move || writer.run(rx))
+        .name("audit-sync".into())
+        .spawn(move || run.run())
         .expect("spawning the audit thread");
-    let tick_tx = tx.clone();
-    let ticker = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            every.tick().await;
-            if tick_tx.send(Msg::Tick).await.is_err() {
-                return;
-            }
-        }
-    });
     Ok((
-        AuditSink { tx: tx.clone() },
+        AuditSink {
+            ledger: ledger.clone(),
+        },
         AuditWriter {
-            tx,
+            ledger,
             thread,
-            ticker,
             public_key,
         },
     ))
 }
 
-fn to_map<T: Serialize>(record: &T) -> Option<serde_json::Map<String, Value>> {
-    match serde_json::to_value(record) {
-        Ok(Value::Object(m)) => Some(m),
-        Ok(_) => {
-            tracing::error!("audit record is not a JSON object");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "audit record not serialisable");
-            None
-        }
-    }
-}
-
 impl AuditSink {
-    /// Queues one record (written with the next batch; waits when the writer is behind
-    /// rather than dropping it).
-    pub async fn record<T: Serialize>(&self, record: &T) {
-        let Some(map) = to_map(record) else { return };
-        if self.tx.send(Msg::Record(map, None)).await.is_err() {
-            tracing::error!("audit writer is gone; record lost");
+    /// Writes one record now (durable with the next sync). A record that cannot be
+    /// written is logged as lost.
+    pub fn record_now<T: Serialize + ?Sized>(&self, record: &T) {
+        if let Err(e) = self.write(record) {
+            tracing::error!(error = %e, "audit record lost");
         }
     }
 
-    /// Writes one record and returns once it is on disk as `audit.sync` demands; the
-    /// caller must not act (forward a call) before this returns Ok. Returns its sequence
-    /// number.
-    pub async fn record_durable<T: Serialize>(&self, record: &T) -> Result<u64, AuditError> {
-        let map = to_map(record)
-            .ok_or_else(|| AuditError::NotRecorded("the record could not be serialised".into()))?;
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Msg::Record(map, Some(done)))
-            .await
-            .map_err(|_| AuditError::NotRecorded("the audit writer has stopped".into()))?;
-        wait.await
-            .map_err(|_| AuditError::NotRecorded("the audit writer has stopped".into()))?
-            .map_err(AuditError::NotRecorded)
+    /// As `record_now`, for async callers.
+    pub async fn record<T: Serialize + ?Sized>(&self, record: &T) {
+        self.record_now(record)
+    }
+
+    /// Writes one record; the caller may act on it (forward a call) once this returns Ok,
+    /// and must not show anyone the call's outcome before `Written::durable` returns Ok.
+    pub fn record_durable<T: Serialize + ?Sized>(&self, record: &T) -> Result<Written, AuditError> {
+        let seq = self.write(record)?;
+        let sync = self.ledger.syncs().then(|| self.ledger.request_sync());
+        Ok(Written { seq, sync })
+    }
+
+    fn write<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64, AuditError> {
+        let body = encode::body(record).map_err(|e| AuditError::NotRecorded(e.to_string()))?;
+        let mut chain = self.ledger.chain();
+        let seq = chain.append_now(&body).map_err(|e| {
+            AuditError::NotRecorded(format!("writing {}: {e}", chain.cfg.path.display()))
+        })?;
+        let rotate = chain.rotation_due();
+        drop(chain);
+        if rotate {
+            self.ledger.request_rotation();
+        }
+        Ok(seq)
     }
 }
 
 impl AuditWriter {
-    /// Writes a final checkpoint, syncs, and stops the writer. Records submitted before
-    /// this call are written first.
+    /// Writes a final checkpoint, syncs, and stops the syncer. Records written before this
+    /// call are in it.
     pub async fn finish(self) {
-        self.ticker.abort();
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Finish(done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        self.ledger.request_stop();
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
     }
 }

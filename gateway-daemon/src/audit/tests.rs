@@ -25,6 +25,8 @@ async fn write(cfg: &AuditConfig, n: usize) {
     let (sink, writer) = open(cfg).await.unwrap();
     for i in 0..n {
         sink.record_durable(&json!({"type": "mcp", "time": "t", "i": i, "outcome": "ok"}))
+            .unwrap()
+            .durable()
             .await
             .unwrap();
     }
@@ -253,6 +255,8 @@ async fn concurrent_durable_records_share_syncs_and_all_land() {
             for i in 0..50 {
                 seqs.push(
                     sink.record_durable(&json!({"type": "x", "t": t, "i": i}))
+                        .unwrap()
+                        .durable()
                         .await
                         .unwrap(),
                 );

@@ -760,7 +760,9 @@ pub async fn post(
         s.state().protocol_version.get_or_insert_with(|| v.clone());
     }
     obs.write(records).await;
-    // Write-ahead: no request reaches the server before its record is durable.
+    // Write-ahead: no request reaches the server before its record is written, and no
+    // agent sees a result before that record is durable (the sync runs meanwhile).
+    let mut written = Vec::new();
     for (m, d) in messages.iter().zip(&decisions) {
         let (Kind::Request, Some(d)) = (m.kind, d) else {
             continue;
@@ -770,16 +772,16 @@ pub async fn post(
             m.id.as_ref()
                 .and_then(|id| guard.counts.iter().find(|(i, _)| i == id))
                 .map(|(_, c)| c.clone());
-        if let Err(e) = ctx.audit.record_durable(&call).await {
-            tracing::error!(error = %e, "call refused: the audit ledger cannot record it");
-            let waiting = local.drain_expired(|_| true);
-            let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &ids_or_null(ids),
-                GATEWAY_REFUSED,
-                &format!("the gateway cannot record this call in its audit ledger, so it is not forwarded: {e}"),
-            );
+        match ctx.audit.record_durable(&call) {
+            Ok(w) => written.push(w),
+            Err(e) => return unrecorded(&mut local, &e, "so it is not forwarded"),
+        }
+    }
+    // A legacy session's answers come on its GET stream, which this POST does not hold:
+    // durable before the call leaves.
+    if obs.transport == Transport::LegacySse {
+        if let Err(e) = all_durable(std::mem::take(&mut written)).await {
+            return unrecorded(&mut local, &e, "so it is not forwarded");
         }
     }
 
@@ -798,7 +800,12 @@ pub async fn post(
     };
     drop(messages);
     let resp = match upstream.send(Request::from_parts(parts, full(body))).await {
-        Ok(r) => r,
+        Ok(r) => match all_durable(written).await {
+            Ok(()) => r,
+            Err(e) => {
+                return unrecorded(&mut local, &e, "so its result is not passed on (the server ran it)")
+            }
+        },
         Err(e) => {
             let why = format!("the upstream server failed: {e}");
             let waiting = local.drain_expired(|_| true);
@@ -891,6 +898,31 @@ pub async fn post(
             .await;
     }
     Response::from_parts(parts, boxed(body))
+}
+
+/// Every record in `written` durable, or the first reason one is not.
+async fn all_durable(written: Vec<crate::audit::Written>) -> Result<(), crate::audit::AuditError> {
+    for w in written {
+        w.durable().await?;
+    }
+    Ok(())
+}
+
+/// The ledger could not record a call: fail closed, with an error for each waiting request.
+fn unrecorded(
+    local: &mut Pending<super::record::PendingRequest>,
+    e: &crate::audit::AuditError,
+    consequence: &str,
+) -> Response<GwBody> {
+    tracing::error!(error = %e, "call refused: the audit ledger cannot record it");
+    let waiting = local.drain_expired(|_| true);
+    let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &ids_or_null(ids),
+        GATEWAY_REFUSED,
+        &format!("the gateway cannot record this call in its audit ledger, {consequence}: {e}"),
+    )
 }
 
 async fn json_response(

@@ -351,6 +351,11 @@ impl Observer {
     }
 
     pub async fn write(&self, records: Vec<ExchangeRecord>) {
+        self.write_now(records)
+    }
+
+    /// Counts and writes records now (the ledger is written from the caller's task).
+    pub fn write_now(&self, records: Vec<ExchangeRecord>) {
         let metrics = crate::metrics::global();
         for r in records {
             metrics.mcp(&r.about.server, &r.about.method, r.outcome);
@@ -366,7 +371,7 @@ impl Observer {
                 latency_ms = r.latency_ms,
                 "mcp exchange"
             );
-            self.audit.record(&r).await;
+            self.audit.record_now(&r);
         }
     }
 }

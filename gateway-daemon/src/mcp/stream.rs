@@ -1,14 +1,20 @@
 //! An SSE response read event by event as it passes: each complete event is observed and
 //! forwarded at once, never held until the stream ends. If the server's stream breaks, the
 //! agent still gets a JSON-RPC error for every request that was waiting on it.
+//!
+//! The observing happens inside the body the agent's connection polls (`Observed`), on
+//! that connection's task: no task and no channel per stream, and the server's stream is
+//! read only as fast as the agent takes it. An agent that hangs up drops the body, which
+//! ends the observation (`Drop`) and the server's stream with it.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::Frame;
-use http_body_util::BodyExt;
-use tokio::sync::mpsc::{self, Sender};
-use tracing::Instrument;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
 
 use super::jsonrpc::Id;
 use super::jsonrpc::{self, Parsed};
@@ -19,7 +25,7 @@ use super::reply::{error_event, UPSTREAM_FAILED};
 use super::session::{endpoint_path, ServerKey, Sessions, Transport};
 use super::sniff::{self, Sniffed};
 use super::sse::{encode, SseEvent, SseItem, SseParser};
-use crate::http::body::{boxed, BoxError, ChannelBody, GwBody};
+use crate::http::body::{boxed, BoxError, GwBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
@@ -46,118 +52,181 @@ pub struct StreamJob {
     pub held: crate::http::budget::Reservation,
 }
 
-type Tx = Sender<Result<Frame<Bytes>, BoxError>>;
-
 /// Starts observing `body`; returns the body to give the agent.
 pub fn observe<B>(body: B, job: StreamJob) -> GwBody
 where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: std::fmt::Display + Send,
 {
-    let (tx, chan) = ChannelBody::new(16);
-    tokio::spawn(run(body, job, tx).in_current_span());
-    boxed(chan)
+    let parser = SseParser::new(job.max_event_bytes);
+    let confirmed = !matches!(job.kind, StreamKind::Get { confirmed: false });
+    boxed(Observed {
+        body,
+        job: Some(job),
+        parser,
+        confirmed,
+        out: Out {
+            answers: None,
+            ends_in_cr: false,
+            frames: VecDeque::new(),
+        },
+        span: tracing::Span::current(),
+    })
 }
 
-/// The next answer queued for the agent; never ready while there is no queue.
-async fn next_answer(answers: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
-    match answers {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn send(tx: &Tx, bytes: Bytes) -> bool {
-    tx.send(Ok(Frame::data(bytes))).await.is_ok()
-}
-
-async fn run<B>(mut body: B, mut job: StreamJob, tx: Tx)
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin,
-    B::Error: std::fmt::Display + Send,
-{
-    let mut parser = SseParser::new(job.max_event_bytes);
-    let mut confirmed = !matches!(job.kind, StreamKind::Get { confirmed: false });
-    // The gateway's own answers on a legacy session (its refusals): sent between the
-    // server's events, never inside one.
-    let mut out = Out {
-        answers: None,
-        ends_in_cr: false,
-    };
-    let end = loop {
-        // An agent that hangs up ends the stream at once, even if the server is silent:
-        // nothing keeps the upstream stream (or this task's audit handle) alive.
-        let next = tokio::select! {
-            f = body.frame() => f,
-            Some(answer) = next_answer(&mut out.answers) => {
-                // After an event ended by a lone CR, a client splitting lines on LF would
-                // read the answer's first line as part of that one: end it first (a blank
-                // line is nothing to every client).
-                if out.ends_in_cr && !send(&tx, Bytes::from_static(b"\n")).await {
-                    break End::AgentGone;
-                }
-                out.ends_in_cr = false;
-                if !send(&tx, answer).await {
-                    break End::AgentGone;
-                }
-                continue;
-            }
-            _ = tx.closed() => break End::AgentGone,
-        };
-        let frame = match next {
-            None => break End::Finished,
-            Some(Err(e)) => break End::Failed(format!("the server's stream broke: {e}")),
-            Some(Ok(f)) => f,
-        };
-        let data = match frame.into_data() {
-            Ok(d) => d,
-            Err(frame) => {
-                if tx.send(Ok(frame)).await.is_err() {
-                    break End::AgentGone;
-                }
-                continue;
-            }
-        };
-        // A stream the gateway cannot frame is ended, never passed on raw: past a framing
-        // error a client (which may decode more leniently) could still read messages.
-        let mut items = match parser.feed(&data) {
-            Ok(items) => items,
-            Err(e) => break End::Failed(format!("the server sent an invalid SSE stream: {e}")),
-        };
-        if let Err(e) = job.held.set(parser.buffered()) {
-            break End::Failed(format!("the server's event could not be read: {e}"));
-        }
-        // An event ended by a lone CR waits for the next byte inside the parser; release it
-        // now so a CR-only server's events are not delayed (a following LF is forwarded
-        // with the next item, so the bytes stay the same).
-        items.extend(parser.take_held());
-        if !deliver(&mut job, items, &tx, &mut confirmed, &mut out).await {
-            break End::AgentGone;
-        }
-    };
-    if matches!(end, End::Finished) {
-        let tail: Vec<SseItem> = parser.finish().into_iter().collect();
-        deliver(&mut job, tail, &tx, &mut confirmed, &mut out).await;
-    }
-    finish(job, tx, end).await;
+/// The server's stream as the agent reads it, observed on the way.
+struct Observed<B> {
+    body: B,
+    /// Taken when the stream has ended and its end was recorded.
+    job: Option<StreamJob>,
+    parser: SseParser,
+    /// Whether the stream is known to carry MCP (see `deliver`).
+    confirmed: bool,
+    out: Out,
+    /// The exchange's span: records and logs of the stream belong to it, whichever task
+    /// polls the body.
+    span: tracing::Span,
 }
 
 /// What the stream to the agent carries besides the server's events.
 struct Out {
-    /// The session's answers, once the stream is a legacy session's.
+    /// The session's answers, once the stream is a legacy session's. The gateway's own
+    /// answers (its refusals) go between the server's events, never inside one.
     answers: Option<mpsc::Receiver<Bytes>>,
-    /// Whether the last byte sent was a CR (an event ended by a lone CR).
+    /// Whether the last byte queued was a CR (an event ended by a lone CR).
     ends_in_cr: bool,
+    /// Frames ready for the agent, in order.
+    frames: VecDeque<Frame<Bytes>>,
 }
 
-/// Observes and forwards parsed items in order; false when the agent has gone.
-async fn deliver(
-    job: &mut StreamJob,
-    items: Vec<SseItem>,
-    tx: &Tx,
-    confirmed: &mut bool,
-    out: &mut Out,
-) -> bool {
+impl Out {
+    fn push(&mut self, bytes: Bytes) {
+        if let Some(&last) = bytes.last() {
+            self.ends_in_cr = last == b'\r';
+        }
+        self.frames.push_back(Frame::data(bytes));
+    }
+
+    /// The next answer queued for the agent, if one is ready.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
+        match self.answers.as_mut()?.poll_recv(cx) {
+            Poll::Ready(Some(answer)) => Some(answer),
+            // The session is gone: no answer comes any more.
+            Poll::Ready(None) => {
+                self.answers = None;
+                None
+            }
+            Poll::Pending => None,
+        }
+    }
+}
+
+impl<B> Body for Observed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let _span = this.span.clone().entered();
+        loop {
+            if let Some(frame) = this.out.frames.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            let Some(job) = this.job.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(answer) = this.out.poll_answer(cx) {
+                // After an event ended by a lone CR, a client splitting lines on LF would
+                // read the answer's first line as part of that one: end it first (a blank
+                // line is nothing to every client).
+                if this.out.ends_in_cr {
+                    this.out.push(Bytes::from_static(b"\n"));
+                }
+                this.out.push(answer);
+                continue;
+            }
+            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    let tail: Vec<SseItem> = this.parser.finish().into_iter().collect();
+                    deliver(job, tail, &mut this.confirmed, &mut this.out);
+                    this.end(End::Finished);
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.end(End::Failed(format!("the server's stream broke: {e}")));
+                    continue;
+                }
+                Poll::Ready(Some(Ok(f))) => f,
+            };
+            let data = match frame.into_data() {
+                Ok(d) => d,
+                Err(frame) => {
+                    this.out.frames.push_back(frame);
+                    continue;
+                }
+            };
+            // A stream the gateway cannot frame is ended, never passed on raw: past a
+            // framing error a client (which may decode more leniently) could still read
+            // messages.
+            let mut items = match this.parser.feed(&data) {
+                Ok(items) => items,
+                Err(e) => {
+                    this.end(End::Failed(format!(
+                        "the server sent an invalid SSE stream: {e}"
+                    )));
+                    continue;
+                }
+            };
+            if let Err(e) = job.held.set(this.parser.buffered()) {
+                this.end(End::Failed(format!(
+                    "the server's event could not be read: {e}"
+                )));
+                continue;
+            }
+            // An event ended by a lone CR waits for the next byte inside the parser; release
+            // it now so a CR-only server's events are not delayed (a following LF is
+            // forwarded with the next item, so the bytes stay the same).
+            items.extend(this.parser.take_held());
+            deliver(job, items, &mut this.confirmed, &mut this.out);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.job.is_none() && self.out.frames.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl<B> Observed<B> {
+    /// Records how the stream ended (once) and queues what the agent still gets.
+    fn end(&mut self, end: End) {
+        if let Some(job) = self.job.take() {
+            finish(job, &mut self.out, end);
+        }
+    }
+}
+
+impl<B> Drop for Observed<B> {
+    /// The agent hung up (or its connection ended) before the stream did.
+    fn drop(&mut self) {
+        let _span = self.span.clone().entered();
+        self.end(End::AgentGone);
+    }
+}
+
+/// Observes parsed items and queues them for the agent, in order.
+fn deliver(job: &mut StreamJob, items: Vec<SseItem>, confirmed: &mut bool, out: &mut Out) {
     for item in items {
         let bytes = match item {
             SseItem::Event(ev) => {
@@ -176,14 +245,14 @@ async fn deliver(
                         match on_event(job, ev.event.as_deref(), &ev.data, &mut inspect) {
                             Ok(records) => records,
                             Err(dropped) => {
-                                job.observer.write(dropped).await;
+                                job.observer.write_now(dropped);
                                 continue;
                             }
                         };
                     let changed = job
                         .observer
                         .rewrite(ev.data.as_bytes(), &inspect, &mut records);
-                    job.observer.write(records).await;
+                    job.observer.write_now(records);
                     // A changed message goes out re-encoded; everything else as the server
                     // sent it.
                     match changed {
@@ -204,14 +273,8 @@ async fn deliver(
                 out.answers = Some(s.attach_stream());
             }
         }
-        if let Some(&last) = bytes.last() {
-            out.ends_in_cr = last == b'\r';
-        }
-        if !send(tx, bytes.into()).await {
-            return false;
-        }
+        out.push(bytes.into());
     }
-    true
 }
 
 enum End {
@@ -267,13 +330,13 @@ fn on_event(
     Ok(records)
 }
 
-async fn finish(mut job: StreamJob, tx: Tx, end: End) {
+fn finish(mut job: StreamJob, out: &mut Out, end: End) {
     let waiting: Vec<_> = job.local.drain_expired(|_| true);
     let records = match &end {
         End::Failed(why) => {
             tracing::warn!(error = %why, "server stream failed");
             for (id, _) in &waiting {
-                let _ = send(&tx, error_event(id, UPSTREAM_FAILED, why)).await;
+                out.push(error_event(id, UPSTREAM_FAILED, why));
             }
             // Recorded even when nothing waited: what the stream would have carried on is
             // what the agent did not get.
@@ -315,7 +378,7 @@ async fn finish(mut job: StreamJob, tx: Tx, end: End) {
             }
         }
     };
-    job.observer.write(records).await;
+    job.observer.write_now(records);
     // A legacy session lives as long as its SSE stream.
     if let (StreamKind::Get { .. }, Some(s), Transport::LegacySse) =
         (job.kind, &job.observer.session, job.observer.transport)
@@ -329,6 +392,6 @@ async fn finish(mut job: StreamJob, tx: Tx, end: End) {
             "no_response",
             "the legacy SSE stream ended",
         );
-        job.observer.write(recs).await;
+        job.observer.write_now(recs);
     }
 }
