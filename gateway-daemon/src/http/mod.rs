@@ -9,6 +9,8 @@ pub mod counting;
 pub mod detect;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,42 +91,47 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let upstream = match protocol {
-        Protocol::Http1 => {
-            let (send, conn) = client1::handshake(TokioIo::new(upstream))
-                .await
-                .map_err(HttpError::UpstreamHandshake)?;
-            tokio::spawn(
-                async move {
+    // The HTTP/1 upstream connection is driven by this task, beside the agent's: a request
+    // and its response cross no other task (or thread) between the two sockets. HTTP/2
+    // multiplexes streams that hyper serves on tasks of their own, so its connection gets
+    // one too.
+    let (upstream, driver): (Upstream, Option<Pin<Box<dyn Future<Output = ()> + Send>>>) =
+        match protocol {
+            Protocol::Http1 => {
+                let (send, conn) = client1::handshake(TokioIo::new(upstream))
+                    .await
+                    .map_err(HttpError::UpstreamHandshake)?;
+                let driver = Box::pin(async move {
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
                     }
-                }
-                .in_current_span(),
-            );
-            Upstream::H1(Arc::new(Mutex::new(send)))
-        }
-        Protocol::Http2 => {
-            let (send, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
-                .await
-                .map_err(HttpError::UpstreamHandshake)?;
-            tokio::spawn(
-                async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                });
+                (Upstream::H1(Arc::new(Mutex::new(send))), Some(driver as _))
+            }
+            Protocol::Http2 => {
+                let (send, conn) =
+                    client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
+                        .await
+                        .map_err(HttpError::UpstreamHandshake)?;
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                        }
                     }
-                }
-                .in_current_span(),
-            );
-            Upstream::H2(send)
-        }
-    };
+                    .in_current_span(),
+                );
+                (Upstream::H2(send), None)
+            }
+        };
     let span = tracing::Span::current();
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
         let upstream = upstream.clone();
-        // The MCP fields are filled in by the MCP stage once it has read the body.
-        let span = tracing::info_span!(
+        // The MCP fields are filled in by the MCP stage once it has read the body. At debug
+        // level: a span per request is measurable on the hot path, and the connection's
+        // span already names who and where.
+        let span = tracing::debug_span!(
             parent: &span,
             "http",
             method = %req.method(),
@@ -137,24 +144,46 @@ where
         async move { Ok::<_, Infallible>(mcp::route(req, &ctx, &upstream).await) }.instrument(span)
     });
     let io = TokioIo::new(agent);
-    let result = match protocol {
-        Protocol::Http1 => {
-            server1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(io, svc)
-                .with_upgrades()
-                .await
-        }
-        Protocol::Http2 => {
-            server2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, svc)
-                .await
+    let serving = async move {
+        match protocol {
+            Protocol::Http1 => {
+                server1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(io, svc)
+                    .with_upgrades()
+                    .await
+            }
+            Protocol::Http2 => {
+                server2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .serve_connection(io, svc)
+                    .await
+            }
         }
     };
+    let mut serving = std::pin::pin!(serving);
+    let mut driver = driver;
+    let result = std::future::poll_fn(|cx| {
+        if let Some(d) = driver.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                driver = None;
+            }
+        }
+        serving.as_mut().poll(cx)
+    })
+    .await;
+    // The agent's side is done and its request senders with it: the upstream connection
+    // closes as soon as it is driven once more (an upgrade has handed its socket on by now).
+    drop(serving);
+    if let Some(d) = driver {
+        let _ = tokio::time::timeout(UPSTREAM_CLOSE, d).await;
+    }
     result.map_err(HttpError::Serve)
 }
+
+/// How long an upstream connection whose agent has gone may take to close.
+const UPSTREAM_CLOSE: Duration = Duration::from_millis(200);
 
 /// Forwards a request the gateway does not interpret, streaming both bodies; an HTTP/1
 /// upgrade (WebSocket) becomes a byte pipe once the server agrees.
