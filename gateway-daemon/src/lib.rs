@@ -20,3 +20,4 @@ pub mod redact;
 pub mod route;
 pub mod status;
 pub mod tls;
+pub mod workers;

@@ -79,6 +79,8 @@ pub struct Server {
     pub tls: Arc<crate::tls::Tls>,
     pub pins: Arc<crate::pins::Pins>,
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// The threads connections are served on.
+    pub workers: Arc<crate::workers::Workers>,
 }
 
 impl Server {
@@ -223,9 +225,26 @@ impl Server {
             pins: self.pins.clone(),
             approvals: self.approvals.clone(),
         };
-        flows.spawn(
+        // The connection moves to its worker's own reactor: its readiness then wakes that
+        // thread and no other.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "accepted socket could not be handed to a worker");
+                return;
+            }
+        };
+        self.workers.spawn(
+            flows,
             async move {
                 let _permit = permit;
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a worker could not take the connection");
+                        return;
+                    }
+                };
                 route::flow(stream, peer, redirected, shared).await
             }
             .instrument(span),

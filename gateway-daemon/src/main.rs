@@ -406,6 +406,8 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         max_connections_per_user = max_per_user,
         "connection limits"
     );
+    let workers = Arc::new(gateway_daemon::workers::Workers::start(cfg.listener.workers)?);
+    tracing::info!(workers = workers.count(), "connection workers started");
     let server = listen::Server {
         admission,
         budget: Arc::new(gateway_daemon::http::budget::Budget::new(
@@ -422,10 +424,15 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         audit: sink,
         sessions: sessions.clone(),
         config: Arc::new(cfg.clone()),
+        workers: workers.clone(),
     };
     server.serve(listeners, stop, Duration::from_secs(5)).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     drop(server);
+    match Arc::try_unwrap(workers) {
+        Ok(w) => tokio::task::spawn_blocking(move || w.stop()).await?,
+        Err(_) => tracing::warn!("connection workers still referenced at shutdown"),
+    }
 
     // The watcher holds the interceptor too: stop it before detaching.
     watcher.abort();

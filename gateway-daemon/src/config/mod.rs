@@ -166,6 +166,10 @@ pub struct Listener {
     /// worth); faster ones are refused and audited once per interval.
     #[serde(default = "default_connections_per_second_per_user")]
     pub connections_per_second_per_user: u32,
+    /// Threads that serve agent connections, each keeping its connections for their whole
+    /// life; 0 is one per core the daemon may run on.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 /// Which processes are agents: members of these cgroups (or their descendants), or running
@@ -374,6 +378,7 @@ impl Default for Listener {
             max_connections_per_user: default_max_connections_per_user(),
             first_byte_timeout_s: default_first_byte_timeout_s(),
             connections_per_second_per_user: default_connections_per_second_per_user(),
+            workers: 0,
         }
     }
 }

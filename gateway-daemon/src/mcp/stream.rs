@@ -133,35 +133,42 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let _span = this.span.clone().entered();
+        let Observed {
+            body,
+            job,
+            parser,
+            confirmed,
+            out,
+            span,
+        } = self.get_mut();
+        let _entered = span.enter();
         loop {
-            if let Some(frame) = this.out.frames.pop_front() {
+            if let Some(frame) = out.frames.pop_front() {
                 return Poll::Ready(Some(Ok(frame)));
             }
-            let Some(job) = this.job.as_mut() else {
+            let Some(open) = job.as_mut() else {
                 return Poll::Ready(None);
             };
-            if let Some(answer) = this.out.poll_answer(cx) {
+            if let Some(answer) = out.poll_answer(cx) {
                 // After an event ended by a lone CR, a client splitting lines on LF would
                 // read the answer's first line as part of that one: end it first (a blank
                 // line is nothing to every client).
-                if this.out.ends_in_cr {
-                    this.out.push(Bytes::from_static(b"\n"));
+                if out.ends_in_cr {
+                    out.push(Bytes::from_static(b"\n"));
                 }
-                this.out.push(answer);
+                out.push(answer);
                 continue;
             }
-            let frame = match Pin::new(&mut this.body).poll_frame(cx) {
+            let frame = match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
-                    let tail: Vec<SseItem> = this.parser.finish().into_iter().collect();
-                    deliver(job, tail, &mut this.confirmed, &mut this.out);
-                    this.end(End::Finished);
+                    let tail: Vec<SseItem> = parser.finish().into_iter().collect();
+                    deliver(open, tail, confirmed, out);
+                    end(job, out, End::Finished);
                     continue;
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.end(End::Failed(format!("the server's stream broke: {e}")));
+                    end(job, out, End::Failed(format!("the server's stream broke: {e}")));
                     continue;
                 }
                 Poll::Ready(Some(Ok(f))) => f,
@@ -169,24 +176,24 @@ where
             let data = match frame.into_data() {
                 Ok(d) => d,
                 Err(frame) => {
-                    this.out.frames.push_back(frame);
+                    out.frames.push_back(frame);
                     continue;
                 }
             };
             // A stream the gateway cannot frame is ended, never passed on raw: past a
             // framing error a client (which may decode more leniently) could still read
             // messages.
-            let mut items = match this.parser.feed(&data) {
+            let mut items = match parser.feed(&data) {
                 Ok(items) => items,
                 Err(e) => {
-                    this.end(End::Failed(format!(
+                    end(job, out, End::Failed(format!(
                         "the server sent an invalid SSE stream: {e}"
                     )));
                     continue;
                 }
             };
-            if let Err(e) = job.held.set(this.parser.buffered()) {
-                this.end(End::Failed(format!(
+            if let Err(e) = open.held.set(parser.buffered()) {
+                end(job, out, End::Failed(format!(
                     "the server's event could not be read: {e}"
                 )));
                 continue;
@@ -194,8 +201,8 @@ where
             // An event ended by a lone CR waits for the next byte inside the parser; release
             // it now so a CR-only server's events are not delayed (a following LF is
             // forwarded with the next item, so the bytes stay the same).
-            items.extend(this.parser.take_held());
-            deliver(job, items, &mut this.confirmed, &mut this.out);
+            items.extend(parser.take_held());
+            deliver(open, items, confirmed, out);
         }
     }
 
@@ -208,20 +215,18 @@ where
     }
 }
 
-impl<B> Observed<B> {
-    /// Records how the stream ended (once) and queues what the agent still gets.
-    fn end(&mut self, end: End) {
-        if let Some(job) = self.job.take() {
-            finish(job, &mut self.out, end);
-        }
+/// Records how the stream ended (once) and queues what the agent still gets.
+fn end(job: &mut Option<StreamJob>, out: &mut Out, how: End) {
+    if let Some(job) = job.take() {
+        finish(job, out, how);
     }
 }
 
 impl<B> Drop for Observed<B> {
     /// The agent hung up (or its connection ended) before the stream did.
     fn drop(&mut self) {
-        let _span = self.span.clone().entered();
-        self.end(End::AgentGone);
+        let _entered = self.span.enter();
+        end(&mut self.job, &mut self.out, End::AgentGone);
     }
 }
 

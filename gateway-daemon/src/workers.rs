@@ -1,0 +1,127 @@
+//! The threads agent connections are served on: each runs a single-threaded runtime of its
+//! own, and a connection stays on the one it was given for its whole life. A call then
+//! crosses no thread: the agent's socket, the upstream's and every task of the connection
+//! are polled by one thread, woken by that thread's own epoll, with no work stealing (which
+//! moved a connection's task between threads on every call, each move a futex wake).
+//! Connections are dealt out in turn; the listeners, the admin socket and the timers stay
+//! on the daemon's main runtime.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkersError {
+    #[error("starting connection worker {index}: {source}")]
+    Start {
+        index: usize,
+        source: std::io::Error,
+    },
+}
+
+pub struct Workers {
+    handles: Vec<Handle>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    next: AtomicUsize,
+}
+
+/// How many workers `count` asks for: 0 is one per core the daemon may run on.
+pub fn resolve(count: usize) -> usize {
+    if count > 0 {
+        return count;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Workers {
+    /// Starts `count` workers (see `resolve`).
+    pub fn start(count: usize) -> Result<Self, WorkersError> {
+        let count = resolve(count);
+        let mut w = Workers {
+            handles: Vec::with_capacity(count),
+            stops: Vec::with_capacity(count),
+            threads: Vec::with_capacity(count),
+            next: AtomicUsize::new(0),
+        };
+        for index in 0..count {
+            let err = |source| WorkersError::Start { index, source };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(err)?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            w.handles.push(rt.handle().clone());
+            w.stops.push(stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("conn-worker-{index}"))
+                .spawn(move || {
+                    // Tasks still open at the stop are dropped with the runtime.
+                    let _ = rt.block_on(stopped);
+                })
+                .map_err(err)?;
+            w.threads.push(thread);
+        }
+        Ok(w)
+    }
+
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Runs `task` on the next worker in turn, as a member of `set`.
+    pub fn spawn<F>(&self, set: &mut JoinSet<()>, task: F) -> AbortHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        set.spawn_on(task, &self.handles[i])
+    }
+
+    /// Stops every worker and waits for its thread.
+    pub fn stop(self) {
+        drop(self.stops);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_stays_on_its_worker_thread_and_workers_take_turns() {
+        let w = Workers::start(2).unwrap();
+        let mut set = JoinSet::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..4 {
+            let tx = tx.clone();
+            w.spawn(&mut set, async move {
+                let mut names = Vec::new();
+                for _ in 0..20 {
+                    names.push(std::thread::current().name().unwrap().to_string());
+                    tokio::task::yield_now().await;
+                }
+                let _ = tx.send(names);
+            });
+        }
+        while set.join_next().await.is_some() {}
+        drop(tx);
+        let mut threads = Vec::new();
+        while let Some(names) = rx.recv().await {
+            assert!(names.iter().all(|n| n == &names[0]), "{names:?}");
+            threads.push(names[0].clone());
+        }
+        threads.sort();
+        assert_eq!(
+            threads,
+            ["conn-worker-0", "conn-worker-0", "conn-worker-1", "conn-worker-1"]
+        );
+        w.stop();
+    }
+}
