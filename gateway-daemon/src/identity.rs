@@ -68,8 +68,70 @@ pub struct Identity {
     pub procfs_error: Option<String>,
 }
 
+/// Identities resolved before, by all the kernel attests at connect(): the same process
+/// (thread group and start time) running the same file (which an exec changes) in the same
+/// cgroup as the same user and group. Within `RESOLVED_FOR` a new connection of the same
+/// process costs no procfs or user database read; what only the process itself can change
+/// (its command line) is at most that old in a record, and nothing decides on it.
+const RESOLVED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+const RESOLVED_MAX: usize = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Attested {
+    tgid: u32,
+    start_boottime_ns: u64,
+    exe_file: ExeFile,
+    cgroup_id: u64,
+    uid: u32,
+    gid: u32,
+}
+
+type Resolved = std::collections::HashMap<Attested, (std::time::Instant, Identity)>;
+static RESOLVED: std::sync::LazyLock<std::sync::Mutex<Resolved>> =
+    std::sync::LazyLock::new(Default::default);
+
 impl Identity {
+    /// The identity of the process that made the connection `r` records: from the cache
+    /// when the kernel attests the same process as a recent resolution, else read anew.
     pub fn resolve(r: &Redirected) -> Self {
+        // Without the file the kernel saw, an exec would go unnoticed: never cached.
+        let Some(exe_file) = r.exe_file else {
+            return Self::read(r);
+        };
+        let key = Attested {
+            tgid: r.tgid,
+            start_boottime_ns: r.start_boottime_ns,
+            exe_file,
+            cgroup_id: r.cgroup_id,
+            uid: r.uid,
+            gid: r.gid,
+        };
+        let lock = || RESOLVED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, id)) = lock().get(&key) {
+            if at.elapsed() < RESOLVED_FOR {
+                let mut id = id.clone();
+                // Per connection: the thread that connected and the name it set.
+                id.pid = r.pid;
+                id.comm = r.comm.clone();
+                return id;
+            }
+        }
+        let id = Self::read(r);
+        if id.procfs_error.is_none() && id.exe_now.is_none() {
+            let mut cache = lock();
+            if cache.len() >= RESOLVED_MAX {
+                cache.retain(|_, (at, _)| at.elapsed() < RESOLVED_FOR);
+                if cache.len() >= RESOLVED_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (std::time::Instant::now(), id.clone()));
+        }
+        id
+    }
+
+    /// Reads the identity from procfs and the user database.
+    fn read(r: &Redirected) -> Self {
         let ticks = procfs::ticks_per_second().max(1);
         let start_time = r.start_boottime_ns / (1_000_000_000 / ticks);
         let mut id = Identity {
@@ -243,6 +305,23 @@ mod tests {
         let id = Identity::resolve(&r);
         assert_eq!(id.exe_now.unwrap(), std::env::current_exe().unwrap());
         assert_ne!(id.exe, Some(std::env::current_exe().unwrap()));
+    }
+
+    #[test]
+    fn a_cached_identity_is_only_reused_for_what_the_kernel_attests_alike() {
+        let first = Identity::resolve(&own_record(0));
+        let mut again = own_record(0);
+        again.comm = "renamed".into();
+        again.pid += 1;
+        let cached = Identity::resolve(&again);
+        assert_eq!((cached.comm.as_str(), cached.pid), ("renamed", again.pid));
+        assert_eq!((cached.exe, cached.cmdline), (first.exe, first.cmdline));
+        // Another file at connect (an exec) is never answered from the cache.
+        let mut exec = own_record(0);
+        exec.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"));
+        assert!(Identity::resolve(&exec).exe_now.is_some());
+        // Nor another start (pid reuse).
+        assert!(Identity::resolve(&own_record(7)).procfs_error.is_some());
     }
 
     #[test]
