@@ -13,8 +13,8 @@ use serde_json::Value;
 /// kept-alive connection) until the gateway goes away; prints how many were answered.
 const LOAD_AGENT: &str = r#"
 import http.client, json, sys, threading
-host, port = sys.argv[1], int(sys.argv[2])
-done = [0] * 4
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+done = [0] * n
 def run(t):
     conn = http.client.HTTPConnection(host, port, timeout=10)
     i = 0
@@ -29,7 +29,7 @@ def run(t):
             done[t] += 1
         except Exception:
             return
-threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+threads = [threading.Thread(target=run, args=(t,)) for t in range(n)]
 [t.start() for t in threads]
 [t.join() for t in threads]
 print(json.dumps({"answered": sum(done)}))
@@ -59,13 +59,24 @@ fn ledger_records(gw: &Gateway) -> Vec<Value> {
 
 #[test]
 fn sigkill_under_load_then_restart_verifies_and_no_forwarded_call_is_missing() {
+    sigkill_under_load("ledger-kill", 4, "");
+}
+
+/// With `always`, a call leaves once its record is written and its result waits for the
+/// sync: killed at any point under many connections, nothing the server got is missing.
+#[test]
+fn sigkill_under_sixteen_connections_with_sync_always_misses_no_forwarded_call() {
+    sigkill_under_load("ledger-kill-16", 16, "sync = \"always\"\n");
+}
+
+fn sigkill_under_load(name: &str, connections: usize, audit: &str) {
     let port = free_port();
     let mut gw = Gateway::start(
-        "ledger-kill",
+        name,
         GatewayOptions {
             ports: vec![port],
             // Small files: the kill may also land around a rotation.
-            audit: "max_file_bytes = 262144\n".into(),
+            audit: format!("max_file_bytes = 262144\n{audit}"),
             ..Default::default()
         },
     );
@@ -80,6 +91,7 @@ fn sigkill_under_load_then_restart_verifies_and_no_forwarded_call_is_missing() {
                 LOAD_AGENT.into(),
                 "127.0.0.1".into(),
                 port.to_string(),
+                connections.to_string(),
             ],
         )
         .stdout(Stdio::piped())
