@@ -238,6 +238,9 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     let target = root.join("target");
     let env = Env::new(&target)?;
     let mut machine = machine();
+    // What one fdatasync of a small append costs where the ledgers are written: the
+    // `sync = "always"` target allows one on top of what the relay adds.
+    machine.set("fdatasync_p50_us", fdatasync_p50_us(&env.work)?.into());
     let started = Instant::now();
     let mut scenarios = Vec::new();
     let mut failed = 0;
@@ -566,6 +569,29 @@ fn num(v: &Json, path: &str) -> Result<f64> {
 }
 
 /// Cores, kernel, CPU model, memory, load: what makes two runs comparable or not.
+/// The median time of an fdatasync after appending one ledger-sized line, in `dir`.
+fn fdatasync_p50_us(dir: &Path) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("fdatasync-probe");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let line = [b'x'; 700];
+    let mut times = Vec::with_capacity(200);
+    for _ in 0..200 {
+        f.write_all(&line)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 fn machine() -> Json {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo

@@ -377,6 +377,8 @@ pub fn print_targets(result: &Json) {
         (relay.and(get("gateway", k)), target.round())
     };
     let (p50, p50_target) = within("p50_added_us", 1.5);
+    let fdatasync = result.at("machine.fdatasync_p50_us").num();
+    let always_target = get("relay", "p50_added_us").unwrap_or(0.0).max(0.0) + fdatasync.unwrap_or(0.0);
     let (conn, conn_target) = within("new_conn_added_us", 2.0);
     let floor = [
         check(
@@ -412,6 +414,30 @@ pub fn print_targets(result: &Json) {
             0,
         ),
         check(
+            "full (sync=none) p50 vs plain's, 1 conn",
+            ratio("full-none", "gateway", "p50_us"),
+            "%",
+            115.0,
+            true,
+            0,
+        ),
+        check(
+            "sync=always added p50 (≤ relay's + 1 fdatasync)",
+            fdatasync.and(get("relay", "p50_added_us")).and(get("full-always", "p50_added_us")),
+            "µs",
+            always_target.round(),
+            true,
+            0,
+        ),
+        check(
+            "sync=always calls/s vs plain's, 16 conns",
+            ratio("full-always", "gateway", "calls_per_s_16"),
+            "%",
+            50.0,
+            false,
+            0,
+        ),
+        check(
             "new connection added (≤ 2 × the relay's)",
             conn,
             "µs",
@@ -422,7 +448,11 @@ pub fn print_targets(result: &Json) {
     ];
     println!("\nTargets (DESIGN.md, Performance; the plain `gateway` and `gateway-tls` columns):");
     print_checks(checks);
-    println!("\nAgainst the plain L4 relay (the `relay` column), the floor of a userspace proxy:");
+    println!(
+        "\nAgainst the plain L4 relay (the `relay` column), the floor of a userspace proxy \
+         (one fdatasync here: {}):",
+        fdatasync.map_or("not measured".to_string(), |f| format!("{f:.0} µs"))
+    );
     print_checks(floor);
     println!(
         "  (redaction ≥ 200 MB/s per core is measured by `cargo test --release -p gateway-daemon \
