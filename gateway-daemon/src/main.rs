@@ -406,7 +406,9 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         max_connections_per_user = max_per_user,
         "connection limits"
     );
-    let workers = Arc::new(gateway_daemon::workers::Workers::start(cfg.listener.workers)?);
+    let workers = Arc::new(gateway_daemon::workers::Workers::start(
+        cfg.listener.workers,
+    )?);
     tracing::info!(workers = workers.count(), "connection workers started");
     let server = listen::Server {
         admission,

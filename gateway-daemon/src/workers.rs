@@ -120,7 +120,12 @@ mod tests {
         threads.sort();
         assert_eq!(
             threads,
-            ["conn-worker-0", "conn-worker-0", "conn-worker-1", "conn-worker-1"]
+            [
+                "conn-worker-0",
+                "conn-worker-0",
+                "conn-worker-1",
+                "conn-worker-1"
+            ]
         );
         w.stop();
     }

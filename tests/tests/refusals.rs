@@ -99,6 +99,19 @@ fn cases() -> (Value, Vec<(&'static str, i64, &'static str)>) {
     (calls, expect)
 }
 
+/// The kind of refusal the ledger records for each case.
+fn refusal_kind(label: &str) -> &'static str {
+    match label {
+        "policy" | "schema" => "policy",
+        "secret" => "exfiltration",
+        "pins" => "unpinned",
+        "rate" => "rate_limit",
+        "approval_denied" => "approval_denied",
+        "approval_timed_out" => "approval_timeout",
+        other => panic!("no kind for case {other}"),
+    }
+}
+
 /// Plays the administrator: denies every held `transfer` until told to stop.
 fn deny_transfers(gw: &Gateway, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
@@ -179,17 +192,23 @@ fn refusals_reach(gw: &Gateway, url: &str, log: &Path, clients: &[(Sdk, &str)]) 
             "no refusal of {sdk:?} recorded under protocol 2026-07-28"
         );
     }
-    // Each refusal is in the ledger, with the code the agent got.
-    let refused: Vec<i64> = gw
+    // Each refusal is in the ledger, of its kind, with the code the agent got.
+    let refused: Vec<(i64, String)> = gw
         .audit_records()
         .iter()
         .filter(|r| r["type"] == "mcp" && r["outcome"] == "refused")
-        .filter_map(|r| r["error_code"].as_i64())
+        .filter_map(|r| {
+            Some((
+                r["error_code"].as_i64()?,
+                r["refusal"].as_str()?.to_string(),
+            ))
+        })
         .collect();
-    for (_, code, _) in &expect {
+    for (label, code, _) in &expect {
+        let kind = refusal_kind(label);
         assert!(
-            refused.contains(code),
-            "no refused record with {code}: {refused:?}"
+            refused.iter().any(|(c, k)| c == code && k == kind),
+            "no refused record of kind {kind} with {code}: {refused:?}"
         );
     }
     // The server ran the follow-up echoes and the calls under the rate, and nothing else.

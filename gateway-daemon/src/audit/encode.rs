@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn small_records_pass_as_serialised() {
-        let v = json!({"type": "mcp", "n": 1.5, "list": ["a", "b"], "o": {"seq": 3, "k": [[], {}]}});
+        let v =
+            json!({"type": "mcp", "n": 1.5, "list": ["a", "b"], "o": {"seq": 3, "k": [[], {}]}});
         assert!(passes_unchanged(&serde_json::to_vec(&v).unwrap()));
         assert_eq!(fast(&v), v);
     }
@@ -147,8 +148,16 @@ mod tests {
             let bytes = serde_json::to_vec(&v).unwrap();
             let unchanged = passes_unchanged(&bytes);
             let r = reference(&v);
-            assert_eq!(fast(&v), r, "{}", &v.to_string()[..60.min(v.to_string().len())]);
-            assert!(!unchanged || r == v, "the scan let a record pass that bounding changes");
+            assert_eq!(
+                fast(&v),
+                r,
+                "{}",
+                &v.to_string()[..60.min(v.to_string().len())]
+            );
+            assert!(
+                !unchanged || r == v,
+                "the scan let a record pass that bounding changes"
+            );
         }
     }
 

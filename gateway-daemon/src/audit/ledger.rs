@@ -242,8 +242,8 @@ impl Chain {
     /// and records since), or whenever records came since the last with `always`.
     pub fn checkpoint_if_due(&mut self, always: bool) -> std::io::Result<()> {
         let interval = Duration::from_secs(self.cfg.checkpoint_interval_s);
-        let due = self.since_checkpoint > 0
-            && (always || self.last_checkpoint.elapsed() >= interval);
+        let due =
+            self.since_checkpoint > 0 && (always || self.last_checkpoint.elapsed() >= interval);
         if !due {
             return Ok(());
         }

@@ -109,10 +109,9 @@ where
                 (Upstream::H1(Arc::new(Mutex::new(send))), Some(driver as _))
             }
             Protocol::Http2 => {
-                let (send, conn) =
-                    client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
-                        .await
-                        .map_err(HttpError::UpstreamHandshake)?;
+                let (send, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
+                    .await
+                    .map_err(HttpError::UpstreamHandshake)?;
                 tokio::spawn(
                     async move {
                         if let Err(e) = conn.await {

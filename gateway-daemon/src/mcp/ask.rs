@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::jsonrpc::{Id, Message};
 use super::observe::Observer;
 use super::recognise::Target;
-use super::reply::{GATEWAY_DENIED, GATEWAY_REFUSED};
+use super::refusal::Refusal;
 use super::session::{Session, SessionError};
 use super::ConnCtx;
 use crate::approvals::{Call, Outcome, Verdict};
@@ -235,7 +235,7 @@ pub async fn ask(
     m: &Message<'_>,
     d: &Decision,
     early: Option<&Early>,
-) -> Result<Verdict, (i32, String, &'static str)> {
+) -> Result<Verdict, super::refusal::Refusal> {
     let call = call_of(ctx, obs, policy, m, d);
     let (id, rx) = match ctx.approvals.hold(call.clone()) {
         Ok(held) => held,
@@ -245,11 +245,9 @@ pub async fn ask(
         }
         Err(Outcome::Full(n)) => {
             record(obs, "refused_full", None, &call, json!({})).await;
-            return Err((
-                GATEWAY_REFUSED,
-                format!("{n} calls already wait for approval; try again later"),
-                "other",
-            ));
+            return Err(Refusal::approvals_full(format!(
+                "{n} calls already wait for approval; try again later"
+            )));
         }
         Err(other) => unreachable!("hold returns only Granted or Full: {other:?}"),
     };
@@ -265,29 +263,21 @@ pub async fn ask(
     };
     match outcome {
         Outcome::Decided(v) if v.approved => Ok(v),
-        Outcome::Decided(v) => Err((
-            GATEWAY_DENIED,
-            format!(
-                "denied by an administrator (uid {}){}",
-                v.by_uid,
-                v.reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ),
-            "approval_denied",
-        )),
+        Outcome::Decided(v) => Err(Refusal::approval_denied(format!(
+            "denied by an administrator (uid {}){}",
+            v.by_uid,
+            v.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ))),
         Outcome::TimedOut(t) => {
             record(obs, "timed_out", Some(id), &call, json!({})).await;
-            Err((
-                GATEWAY_DENIED,
-                format!(
-                    "this call needs an administrator's approval (rule {}), and none came within {} s",
-                    d.rule,
-                    t.as_secs()
-                ),
-                "approval_timeout",
-            ))
+            Err(Refusal::approval_timeout(format!(
+                "this call needs an administrator's approval (rule {}), and none came within {} s",
+                d.rule,
+                t.as_secs()
+            )))
         }
         Outcome::Full(_) | Outcome::Granted(_) => unreachable!("wait returns Decided or TimedOut"),
     }

@@ -16,10 +16,10 @@ use super::recognise::{
     batches_allowed, header_str, Target, H_METHOD, H_NAME, H_PROTOCOL_VERSION, H_SESSION_ID,
 };
 use super::record::{Direction, ExchangeRecord};
+use super::refusal::Refusal;
 use super::reply::{
-    accepted, error_event, error_response, http_error, rpc_errors, Form, GATEWAY_DENIED,
-    GATEWAY_EXFILTRATION, GATEWAY_LIMITED, GATEWAY_REFUSED, GATEWAY_UNPINNED, HEADER_MISMATCH,
-    INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, UPSTREAM_FAILED,
+    accepted, error_event, error_response, http_error, rpc_errors, Form, GATEWAY_REFUSED,
+    UPSTREAM_FAILED,
 };
 use super::session::{Session, SessionError, Transport};
 use super::stream::{self, StreamJob, StreamKind};
@@ -50,7 +50,7 @@ fn observer(
     // The principal is decided per exchange: a reload may have renamed or removed it.
     let policy = ctx.policy.current();
     let mut principal = (*ctx.principal).clone();
-    principal.name = policy.principal_of(&ctx.identity).map(|p| p.name.clone());
+    principal.name = ctx.principal_name(&policy);
     Observer {
         principal: Arc::new(principal),
         view: Some(ListView {
@@ -78,48 +78,6 @@ fn session_of(ctx: &ConnCtx, h: &HeaderMap) -> Result<Option<Arc<Session>>, Sess
     }
 }
 
-/// The HTTP status a session refusal is answered with: 404 for an unknown session is what
-/// a server answers, and what makes clients start a new one.
-fn session_status(e: &SessionError) -> StatusCode {
-    match e {
-        SessionError::NotOwner { .. } => StatusCode::FORBIDDEN,
-        SessionError::Unknown { .. } => StatusCode::NOT_FOUND,
-        SessionError::Ambiguous { .. } => StatusCode::BAD_REQUEST,
-    }
-}
-
-/// Refuses a whole POST: every request in it gets the error; the audit says why.
-async fn refuse(
-    obs: &Observer,
-    messages: &[Message<'_>],
-    status: StatusCode,
-    code: i32,
-    why: &str,
-) -> Response<GwBody> {
-    let why = &bounded(why);
-    let metric = match code {
-        PARSE_ERROR | INVALID_REQUEST | HEADER_MISMATCH => "malformed",
-        _ => "other",
-    };
-    write_refusal(obs, messages, code, why, &[], metric).await;
-    error_response(status, &request_ids(messages), code, why)
-}
-
-/// The longest refusal message, in bytes: it may quote what the agent sent (a tool name),
-/// and it is copied into every request's error and every message's record.
-const MAX_WHY: usize = 1024;
-
-fn bounded(why: &str) -> std::borrow::Cow<'_, str> {
-    if why.len() <= MAX_WHY {
-        return why.into();
-    }
-    let mut end = MAX_WHY;
-    while !why.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &why[..end], why.len()).into()
-}
-
 /// The ids of a POST's requests, or one null id when it has none.
 fn request_ids(messages: &[Message<'_>]) -> Vec<Option<Id>> {
     let mut ids: Vec<Option<Id>> = messages
@@ -133,80 +91,70 @@ fn request_ids(messages: &[Message<'_>]) -> Vec<Option<Id>> {
     ids
 }
 
-/// A decision against a POST: the JSON-RPC code and message each request gets, the HTTP
-/// status for a POST without requests, and the metric it counts under.
-struct Refusal<'a> {
-    status: StatusCode,
-    code: i32,
-    why: &'a str,
-    metric: &'static str,
-}
-
-/// Refuses a whole POST the gateway read and decided against (policy, approval, pins,
-/// limits, secrets): each request gets its JSON-RPC error the way the server's own answer
-/// would have come, in a 200 response (JSON or an event, as the agent accepts) or, on a
-/// legacy session, on the agent's event stream. `status` answers a POST with no request to
-/// answer (notifications only), as the transport asks; and a legacy POST whose stream
-/// cannot carry the answer.
-async fn refuse_decided(
+/// Refuses a whole POST (a batch is all or nothing): counts and records the refusal, and
+/// answers it. A transport refusal gets its HTTP status, as a server would answer. A
+/// decided one (policy, approval, pins, limits, secrets) reaches each request as its
+/// JSON-RPC error the way the server's own answer would have come: in a 200 response
+/// (JSON or an event, as the agent accepts) or, on a legacy session, on the agent's event
+/// stream. Its status answers a POST with no request to answer (notifications only), and
+/// a legacy POST whose stream cannot carry the answer.
+fn refuse(
     obs: &Observer,
     messages: &[Message<'_>],
     form: Form,
-    refusal: Refusal<'_>,
+    refusal: &Refusal,
     decisions: &[Option<Decision>],
 ) -> Response<GwBody> {
-    let Refusal {
-        status,
-        code,
-        why,
-        metric,
-    } = refusal;
-    let why = &bounded(why);
-    write_refusal(obs, messages, code, why, decisions, metric).await;
+    let why = refusal.why();
+    write_refusal(obs, messages, refusal, &why, decisions);
+    let (status, code) = (refusal.status, refusal.code);
+    if !refusal.decided() {
+        return error_response(status, &request_ids(messages), code, &why);
+    }
     let ids: Vec<Id> = messages
         .iter()
         .filter(|m| m.kind == Kind::Request)
         .filter_map(|m| m.id.clone())
         .collect();
     if ids.is_empty() {
-        return error_response(status, &[None], code, why);
+        return error_response(status, &[None], code, &why);
     }
     if let (Transport::LegacySse, Some(s)) = (obs.transport, &obs.session) {
-        let events = ids.iter().map(|id| error_event(id, code, why)).collect();
+        let events = ids.iter().map(|id| error_event(id, code, &why)).collect();
         if s.answer(events) {
             return accepted();
         }
         tracing::debug!("the legacy stream cannot carry the refusal: answered on the POST");
         let ids: Vec<Option<Id>> = ids.into_iter().map(Some).collect();
-        return error_response(status, &ids, code, why);
+        return error_response(status, &ids, code, &why);
     }
-    rpc_errors(form, &ids, code, why)
+    rpc_errors(form, &ids, code, &why)
 }
 
 /// Counts and records a refusal.
-async fn write_refusal(
+fn write_refusal(
     obs: &Observer,
     messages: &[Message<'_>],
-    code: i32,
+    refusal: &Refusal,
     why: &str,
     decisions: &[Option<Decision>],
-    metric: &'static str,
 ) {
-    tracing::info!(reason = why, "MCP request refused");
-    crate::metrics::global().denied(metric);
+    tracing::info!(reason = why, kind = ?refusal.kind, "MCP request refused");
+    crate::metrics::global().denied(refusal.kind.metric());
     let mut records: Vec<ExchangeRecord> = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| obs.refused(m, code, why, decisions.get(i).cloned().flatten()))
+        .map(|(i, m)| obs.refused(m, refusal, why, decisions.get(i).cloned().flatten()))
         .collect();
     if messages.is_empty() {
         let mut r = obs.malformed(why);
         r.direction = Direction::ClientToServer;
         r.outcome = "refused";
-        r.error_code = Some(code as i64);
+        r.refusal = Some(refusal.kind);
+        r.error_code = Some(refusal.code as i64);
         records.push(r);
     }
-    obs.write(records).await;
+    obs.write_now(records);
 }
 
 /// Methods that do something for the agent (as opposed to protocol plumbing); the rate
@@ -404,6 +352,8 @@ fn header_mismatch(h: &HeaderMap, messages: &[Message<'_>]) -> Option<String> {
     None
 }
 
+/// A POST of JSON-RPC: read, checked step by step (each step refuses with a typed
+/// `Refusal`), recorded, forwarded, and its answer observed.
 pub async fn post(
     req: Request<GwBody>,
     ctx: &ConnCtx,
@@ -428,87 +378,13 @@ pub async fn post(
     let mut held = ctx.budget.reserve(ctx.principal.uid);
     let bytes = match collect_limited(&mut body, limits.max_request_bytes, &mut held).await {
         Ok(b) => b,
-        Err(BodyError::OverBudget(e)) => {
-            let mut resp = refuse(
-                &obs,
-                &[],
-                StatusCode::SERVICE_UNAVAILABLE,
-                GATEWAY_LIMITED,
-                &e.to_string(),
-            )
-            .await;
-            resp.headers_mut()
-                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            return resp;
-        }
-        Err(e @ BodyError::TooLarge { .. }) => {
-            let why = format!("request {e} (http.max_request_bytes)");
-            let mut resp = refuse(
-                &obs,
-                &[],
-                StatusCode::PAYLOAD_TOO_LARGE,
-                GATEWAY_REFUSED,
-                &why,
-            )
-            .await;
-            // Keep the connection usable when the rest of the body is cheap to skip.
-            let skip_max = (4 * limits.max_request_bytes as u64).max(16 << 20);
-            if !discard(&mut body, skip_max, DISCARD_WITHIN).await {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            }
-            return resp;
-        }
-        Err(e) => {
-            return refuse(
-                &obs,
-                &[],
-                StatusCode::BAD_REQUEST,
-                INVALID_REQUEST,
-                &e.to_string(),
-            )
-            .await;
-        }
+        Err(e) => return refuse_unread(&obs, form, e, &mut body, limits.max_request_bytes).await,
     };
-    let parsed = match jsonrpc::parse(&bytes, MAX_DEPTH) {
-        Ok(p) => p,
-        Err(e) => {
-            let code = match e {
-                jsonrpc::JsonRpcError::NotJson(_)
-                | jsonrpc::JsonRpcError::TooDeep(_)
-                | jsonrpc::JsonRpcError::Unreadable(_) => PARSE_ERROR,
-                _ => INVALID_REQUEST,
-            };
-            return refuse(&obs, &[], StatusCode::BAD_REQUEST, code, &e.to_string()).await;
-        }
+    let (messages, batch) = match parse_post(&bytes, limits.max_pending) {
+        Ok(m) => m,
+        Err(r) => return refuse(&obs, &[], form, &r, &[]),
     };
-    let (messages, batch) = match parsed {
-        Parsed::Single(m) => (vec![m], false),
-        Parsed::Batch(ms) => (ms, true),
-    };
-    // Each message costs a record (and a refusal an error): a batch of many thousand tiny
-    // messages is refused before anything is made of them.
-    if messages.len() > limits.max_pending {
-        let why = format!(
-            "a batch of {} messages is more than http.max_pending ({})",
-            messages.len(),
-            limits.max_pending
-        );
-        return refuse(&obs, &[], StatusCode::BAD_REQUEST, INVALID_REQUEST, &why).await;
-    }
-    let span = tracing::Span::current();
-    span.record("server", &*obs.server);
-    if let Some(s) = &obs.session {
-        span.record("session", s.id.as_str());
-    }
-    if let Some(m) = messages.first() {
-        if let Some(method) = m.method.as_deref() {
-            span.record("rpc", method);
-        }
-        if let Some(id) = &m.id {
-            span.record("id", tracing::field::display(id));
-        }
-    }
+    name_span(&obs, &messages);
     if obs.protocol_version.is_none() {
         obs.protocol_version = messages
             .iter()
@@ -519,209 +395,24 @@ pub async fn post(
                     .and_then(|s| s.state().protocol_version.clone())
             });
     }
-    if let Err(e) = session {
-        return refuse(
-            &obs,
-            &messages,
-            session_status(&e),
-            GATEWAY_REFUSED,
-            &e.to_string(),
-        )
-        .await;
+    let checked = session
+        .map_err(|e| Refusal::session(&e))
+        .and_then(|_| readable(&obs, &parts.headers, &messages, batch));
+    if let Err(r) = checked {
+        return refuse(&obs, &messages, form, &r, &[]);
     }
-    if batch && !batches_allowed(obs.protocol_version.as_deref()) {
-        let why = format!(
-            "JSON-RPC batches are not part of MCP protocol version {} (only 2025-03-26 has them)",
-            obs.protocol_version.as_deref().unwrap_or("?")
-        );
-        return refuse(
-            &obs,
-            &messages,
-            StatusCode::BAD_REQUEST,
-            INVALID_REQUEST,
-            &why,
-        )
-        .await;
-    }
-    // Every later stage names the call by what these members say: a request whose name,
-    // uri or `_meta` cannot be read unambiguously (a member twice, a wrong type) is refused,
-    // never decided as a call without a name.
-    if let Some((m, e)) = messages
-        .iter()
-        .filter(|m| m.method.is_some())
-        .find_map(|m| m.params_info().err().map(|e| (m, e)))
-    {
-        let method = m.method.as_deref().unwrap_or("");
-        let why = format!("{method}: the gateway cannot read this call unambiguously: {e}");
-        return refuse(
-            &obs,
-            &messages,
-            StatusCode::BAD_REQUEST,
-            INVALID_PARAMS,
-            &why,
-        )
-        .await;
-    }
-    if let Some(why) = header_mismatch(&parts.headers, &messages) {
-        return refuse(
-            &obs,
-            &messages,
-            StatusCode::BAD_REQUEST,
-            HEADER_MISMATCH,
-            &why,
-        )
-        .await;
-    }
-
     // Policy: every message that names a method is decided before anything is registered
-    // or sent; one denial refuses the whole POST (a batch is all or nothing).
+    // or sent; one refusal refuses the whole POST (a batch is all or nothing).
     let policy = ctx.policy.current();
     let mut decisions: Vec<Option<Decision>> = messages
         .iter()
         .map(|m| decide(&policy, &obs, ctx, m))
         .collect();
-    if let Some(denied) = decisions
-        .iter()
-        .flatten()
-        .find(|d| !d.allows() && d.action != "ask")
-    {
-        let why = format!(
-            "denied by policy ({}){}",
-            denied.rule,
-            denied
-                .reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        );
-        return refuse_decided(
-            &obs,
-            &messages,
-            form,
-            Refusal {
-                status: StatusCode::FORBIDDEN,
-                code: GATEWAY_DENIED,
-                why: &why,
-                metric: "policy",
-            },
-            &decisions,
-        )
-        .await;
-    }
-    // Ask: held for a person, one after another (a batch waits for every answer).
-    for (i, m) in messages.iter().enumerate() {
-        let Some(d) = decisions[i].clone().filter(|d| !d.allows()) else {
-            continue;
-        };
-        match super::ask::ask(ctx, &obs, &policy, m, &d, early).await {
-            Ok(v) => {
-                if let Some(d) = decisions[i].as_mut() {
-                    d.reason = Some(format!("approved by uid {} ({})", v.by_uid, v.scope));
-                }
-            }
-            Err((code, why, metric)) => {
-                return refuse_decided(
-                    &obs,
-                    &messages,
-                    form,
-                    Refusal {
-                        status: StatusCode::FORBIDDEN,
-                        code,
-                        why: &why,
-                        metric,
-                    },
-                    &decisions,
-                )
-                .await
-            }
-        }
-    }
-    // Pins: a tool or prompt whose definition is not approved is not callable, even when
-    // the agent never asked for the listing that would have hidden it.
-    let pinned_only = !policy.observing();
-    for m in messages
-        .iter()
-        .filter(|m| pinned_only && m.kind == Kind::Request)
-    {
-        let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
-            continue;
-        };
-        let Some(kind) = crate::pins::Kind::of_call(method) else {
-            continue;
-        };
-        if let Err(why) = ctx.pins.check_call(&obs.server, kind, &name) {
-            tracing::info!(server = %obs.server, name = %name, "call to an unapproved definition refused");
-            return refuse_decided(
-                &obs,
-                &messages,
-                form,
-                Refusal {
-                    status: StatusCode::FORBIDDEN,
-                    code: GATEWAY_UNPINNED,
-                    why: &why,
-                    metric: "unpinned",
-                },
-                &decisions,
-            )
-            .await;
-        }
-    }
-    let mut inflight = Vec::new();
-    if let Some(p) = obs
-        .principal
-        .name
-        .as_deref()
-        .and_then(|n| policy.principal_limits(n))
-        .filter(|_| !policy.observing())
-    {
-        let calls = messages
-            .iter()
-            .filter(|m| m.kind == Kind::Request && is_call(m));
-        for _ in calls {
-            let window = std::time::Duration::from_secs(p.rate_window_s);
-            match ctx
-                .limiter
-                .admit(&p.name, p.rate_calls, window, p.max_concurrent)
-            {
-                Ok(slot) => inflight.push(slot),
-                Err(why) => {
-                    return refuse_decided(
-                        &obs,
-                        &messages,
-                        form,
-                        Refusal {
-                            status: StatusCode::TOO_MANY_REQUESTS,
-                            code: GATEWAY_LIMITED,
-                            why: &why,
-                            metric: "rate_limit",
-                        },
-                        &decisions,
-                    )
-                    .await
-                }
-            }
-        }
-    }
-
-    // Secrets in tool arguments are refused or redacted before anything leaves the host.
-    let guard = match guard_arguments(&policy, &obs, &bytes, &messages) {
-        Ok(g) => g,
-        Err(why) => {
-            return refuse_decided(
-                &obs,
-                &messages,
-                form,
-                Refusal {
-                    status: StatusCode::FORBIDDEN,
-                    code: GATEWAY_EXFILTRATION,
-                    why: &why,
-                    metric: "exfiltration",
-                },
-                &decisions,
-            )
-            .await
-        }
+    let admitted = match admit(ctx, &obs, &policy, &messages, &mut decisions, &bytes, early).await {
+        Ok(a) => a,
+        Err(r) => return refuse(&obs, &messages, form, &r, &decisions),
     };
+    let Admitted { guard, inflight } = admitted;
 
     let mut local = Pending::new(limits.max_pending);
     let mut records = Vec::new();
@@ -740,19 +431,13 @@ pub async fn post(
                         }
                     }
                 }
-                return refuse_decided(
+                return refuse(
                     &obs,
                     &messages,
                     form,
-                    Refusal {
-                        status: StatusCode::TOO_MANY_REQUESTS,
-                        code: GATEWAY_REFUSED,
-                        why: &e.to_string(),
-                        metric: "other",
-                    },
+                    &Refusal::too_many_pending(e.to_string()),
                     &[],
-                )
-                .await;
+                );
             }
         }
     }
@@ -803,7 +488,11 @@ pub async fn post(
         Ok(r) => match all_durable(written).await {
             Ok(()) => r,
             Err(e) => {
-                return unrecorded(&mut local, &e, "so its result is not passed on (the server ran it)")
+                return unrecorded(
+                    &mut local,
+                    &e,
+                    "so its result is not passed on (the server ran it)",
+                )
             }
         },
         Err(e) => {
@@ -898,6 +587,191 @@ pub async fn post(
             .await;
     }
     Response::from_parts(parts, boxed(body))
+}
+
+/// Refuses a POST whose body was not read whole: too large (the rest skipped when that is
+/// cheap, so the connection stays usable), over the memory budget, or broken off.
+async fn refuse_unread(
+    obs: &Observer,
+    form: Form,
+    e: BodyError,
+    body: &mut GwBody,
+    max: usize,
+) -> Response<GwBody> {
+    let (refusal, close) = match e {
+        BodyError::OverBudget(e) => (Refusal::over_budget(e.to_string()), true),
+        e @ BodyError::TooLarge { .. } => {
+            let why = format!("request {e} (http.max_request_bytes)");
+            let skip_max = (4 * max as u64).max(16 << 20);
+            let skipped = discard(body, skip_max, DISCARD_WITHIN).await;
+            (Refusal::too_large(why), !skipped)
+        }
+        e => (Refusal::invalid(e.to_string()), false),
+    };
+    let mut resp = refuse(obs, &[], form, &refusal, &[]);
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The POST's messages, and whether they came as a batch.
+fn parse_post(bytes: &[u8], max_pending: usize) -> Result<(Vec<Message<'_>>, bool), Refusal> {
+    let parsed = jsonrpc::parse(bytes, MAX_DEPTH).map_err(|e| match e {
+        jsonrpc::JsonRpcError::NotJson(_)
+        | jsonrpc::JsonRpcError::TooDeep(_)
+        | jsonrpc::JsonRpcError::Unreadable(_) => Refusal::not_json(e.to_string()),
+        _ => Refusal::invalid(e.to_string()),
+    })?;
+    let (messages, batch) = match parsed {
+        Parsed::Single(m) => (vec![m], false),
+        Parsed::Batch(ms) => (ms, true),
+    };
+    // Each message costs a record (and a refusal an error): a batch of many thousand tiny
+    // messages is refused before anything is made of them.
+    if messages.len() > max_pending {
+        return Err(Refusal::invalid(format!(
+            "a batch of {} messages is more than http.max_pending ({max_pending})",
+            messages.len(),
+        )));
+    }
+    Ok((messages, batch))
+}
+
+/// Names the exchange's span (at debug level) after what it carries.
+fn name_span(obs: &Observer, messages: &[Message<'_>]) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("server", &*obs.server);
+    if let Some(s) = &obs.session {
+        span.record("session", s.id.as_str());
+    }
+    if let Some(m) = messages.first() {
+        if let Some(method) = m.method.as_deref() {
+            span.record("rpc", method);
+        }
+        if let Some(id) = &m.id {
+            span.record("id", tracing::field::display(id));
+        }
+    }
+}
+
+/// What every later stage reads the POST by: a batch only where the protocol version has
+/// them, every name, uri and `_meta` readable unambiguously (never decided as a call
+/// without a name), and routing headers that say what the body says.
+fn readable(
+    obs: &Observer,
+    headers: &HeaderMap,
+    messages: &[Message<'_>],
+    batch: bool,
+) -> Result<(), Refusal> {
+    if batch && !batches_allowed(obs.protocol_version.as_deref()) {
+        return Err(Refusal::invalid(format!(
+            "JSON-RPC batches are not part of MCP protocol version {} (only 2025-03-26 has them)",
+            obs.protocol_version.as_deref().unwrap_or("?")
+        )));
+    }
+    if let Some((m, e)) = messages
+        .iter()
+        .filter(|m| m.method.is_some())
+        .find_map(|m| m.params_info().err().map(|e| (m, e)))
+    {
+        let method = m.method.as_deref().unwrap_or("");
+        return Err(Refusal::ambiguous(format!(
+            "{method}: the gateway cannot read this call unambiguously: {e}"
+        )));
+    }
+    match header_mismatch(headers, messages) {
+        Some(why) => Err(Refusal::header_mismatch(why)),
+        None => Ok(()),
+    }
+}
+
+/// What a POST the gateway admitted carries on with.
+struct Admitted {
+    /// Its tool arguments, as scanned for secrets.
+    guard: Guarded,
+    /// Its calls' rate-limit slots, released when their answers end.
+    inflight: Vec<crate::policy::limits::InFlight>,
+}
+
+/// The decisions past policy, in order: a denial; a person's approval (one after another,
+/// a batch waits for every answer); pins; the principal's limits; secrets in arguments.
+async fn admit(
+    ctx: &ConnCtx,
+    obs: &Observer,
+    policy: &Policy,
+    messages: &[Message<'_>],
+    decisions: &mut [Option<Decision>],
+    bytes: &[u8],
+    early: Option<&super::ask::Early>,
+) -> Result<Admitted, Refusal> {
+    if let Some(denied) = decisions
+        .iter()
+        .flatten()
+        .find(|d| !d.allows() && d.action != "ask")
+    {
+        return Err(Refusal::policy(format!(
+            "denied by policy ({}){}",
+            denied.rule,
+            denied
+                .reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )));
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let Some(d) = decisions[i].clone().filter(|d| !d.allows()) else {
+            continue;
+        };
+        let v = super::ask::ask(ctx, obs, policy, m, &d, early).await?;
+        if let Some(d) = decisions[i].as_mut() {
+            d.reason = Some(format!("approved by uid {} ({})", v.by_uid, v.scope));
+        }
+    }
+    // A tool or prompt whose definition is not approved is not callable, even when the
+    // agent never asked for the listing that would have hidden it.
+    if !policy.observing() {
+        for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+            let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
+                continue;
+            };
+            let Some(kind) = crate::pins::Kind::of_call(method) else {
+                continue;
+            };
+            if let Err(why) = ctx.pins.check_call(&obs.server, kind, &name) {
+                tracing::info!(server = %obs.server, name = %name, "call to an unapproved definition refused");
+                return Err(Refusal::unpinned(why));
+            }
+        }
+    }
+    let mut inflight = Vec::new();
+    if let Some(p) = obs
+        .principal
+        .name
+        .as_deref()
+        .and_then(|n| policy.principal_limits(n))
+        .filter(|_| !policy.observing())
+    {
+        let window = std::time::Duration::from_secs(p.rate_window_s);
+        let calls = messages
+            .iter()
+            .filter(|m| m.kind == Kind::Request && is_call(m));
+        for _ in calls {
+            let slot = ctx
+                .limiter
+                .admit(&p.name, p.rate_calls, window, p.max_concurrent)
+                .map_err(Refusal::rate_limit)?;
+            inflight.push(slot);
+        }
+    }
+    // Secrets in tool arguments are refused or redacted before anything leaves the host.
+    let guard = guard_arguments(policy, obs, bytes, messages).map_err(Refusal::exfiltration)?;
+    Ok(Admitted { guard, inflight })
 }
 
 /// Every record in `written` durable, or the first reason one is not.
@@ -1055,7 +929,8 @@ pub async fn get(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(reason = %e, "GET stream refused");
-            return error_response(session_status(&e), &[None], GATEWAY_REFUSED, &e.to_string());
+            let r = Refusal::session(&e);
+            return error_response(r.status, &[None], r.code, &r.why());
         }
     };
     if let Some(last) = header_str(req.headers(), "last-event-id") {
@@ -1129,7 +1004,8 @@ pub async fn delete(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(reason = %e, "DELETE refused");
-            return error_response(session_status(&e), &[None], GATEWAY_REFUSED, &e.to_string());
+            let r = Refusal::session(&e);
+            return error_response(r.status, &[None], r.code, &r.why());
         }
     };
     let resp = match upstream.send(req).await {

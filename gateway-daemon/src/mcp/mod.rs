@@ -14,6 +14,7 @@ pub mod observe;
 pub mod pairing;
 pub mod recognise;
 pub mod record;
+pub mod refusal;
 pub mod reply;
 pub mod rewrite;
 pub mod session;
@@ -56,9 +57,28 @@ pub struct ConnCtx {
     pub config: Arc<Config>,
     /// Memory for bodies under inspection, shared by every connection.
     pub budget: Arc<crate::http::budget::Budget>,
+    /// The policy principal this connection's process is, by policy generation: decided
+    /// once per connection and reload, not per request.
+    pub principal_name: std::sync::Mutex<Option<(u64, Option<String>)>>,
 }
 
 impl ConnCtx {
+    /// The name of the policy principal this connection's process is under `policy`.
+    pub fn principal_name(&self, policy: &crate::policy::Policy) -> Option<String> {
+        let mut known = self
+            .principal_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*known {
+            Some((generation, name)) if *generation == policy.generation => name.clone(),
+            _ => {
+                let name = policy.principal_of(&self.identity).map(|p| p.name.clone());
+                *known = Some((policy.generation, name.clone()));
+                name
+            }
+        }
+    }
+
     /// The server this connection reaches, as sessions are keyed.
     pub fn server_key(&self) -> session::ServerKey {
         session::ServerKey {

@@ -77,6 +77,7 @@ impl Observer {
             about: self.subject(method),
             direction,
             outcome: "ok",
+            refusal: None,
             error_code: None,
             detail: None,
             latency_ms: None,
@@ -241,7 +242,7 @@ impl Observer {
     pub fn refused(
         &self,
         m: &Message,
-        code: i32,
+        refusal: &super::refusal::Refusal,
         detail: &str,
         decision: Option<Decision>,
     ) -> ExchangeRecord {
@@ -252,7 +253,8 @@ impl Observer {
         r.about.name = m.target_name().map(|n| n.into_owned());
         r.about.id = id_text(&m.id);
         r.outcome = "refused";
-        r.error_code = Some(code as i64);
+        r.refusal = Some(refusal.kind);
+        r.error_code = Some(refusal.code as i64);
         r.detail = Some(detail.to_string());
         r.decision = decision;
         r

@@ -95,6 +95,9 @@ pub struct ExchangeRecord {
     /// ok, error, notification, refused, upstream_error, no_response, unpaired_response,
     /// unpaired_request, malformed.
     pub outcome: &'static str,
+    /// What kind of refusal, when the gateway refused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<super::refusal::Kind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]

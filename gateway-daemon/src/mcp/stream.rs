@@ -168,7 +168,11 @@ where
                     continue;
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    end(job, out, End::Failed(format!("the server's stream broke: {e}")));
+                    end(
+                        job,
+                        out,
+                        End::Failed(format!("the server's stream broke: {e}")),
+                    );
                     continue;
                 }
                 Poll::Ready(Some(Ok(f))) => f,
@@ -186,16 +190,20 @@ where
             let mut items = match parser.feed(&data) {
                 Ok(items) => items,
                 Err(e) => {
-                    end(job, out, End::Failed(format!(
-                        "the server sent an invalid SSE stream: {e}"
-                    )));
+                    end(
+                        job,
+                        out,
+                        End::Failed(format!("the server sent an invalid SSE stream: {e}")),
+                    );
                     continue;
                 }
             };
             if let Err(e) = open.held.set(parser.buffered()) {
-                end(job, out, End::Failed(format!(
-                    "the server's event could not be read: {e}"
-                )));
+                end(
+                    job,
+                    out,
+                    End::Failed(format!("the server's event could not be read: {e}")),
+                );
                 continue;
             }
             // An event ended by a lone CR waits for the next byte inside the parser; release

@@ -316,6 +316,7 @@ where
         sessions: shared.sessions.clone(),
         config: shared.config.clone(),
         budget: shared.budget.clone(),
+        principal_name: Default::default(),
     });
     let result = gwhttp::serve(agent, up, protocol, ctx).await;
     let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "closed");

@@ -378,7 +378,8 @@ pub fn print_targets(result: &Json) {
     };
     let (p50, p50_target) = within("p50_added_us", 1.5);
     let fdatasync = result.at("machine.fdatasync_p50_us").num();
-    let always_target = get("relay", "p50_added_us").unwrap_or(0.0).max(0.0) + fdatasync.unwrap_or(0.0);
+    let always_target =
+        get("relay", "p50_added_us").unwrap_or(0.0).max(0.0) + fdatasync.unwrap_or(0.0);
     let (conn, conn_target) = within("new_conn_added_us", 2.0);
     let floor = [
         check(
@@ -423,7 +424,9 @@ pub fn print_targets(result: &Json) {
         ),
         check(
             "sync=always added p50 (≤ relay's + 1 fdatasync)",
-            fdatasync.and(get("relay", "p50_added_us")).and(get("full-always", "p50_added_us")),
+            fdatasync
+                .and(get("relay", "p50_added_us"))
+                .and(get("full-always", "p50_added_us")),
             "µs",
             always_target.round(),
             true,
