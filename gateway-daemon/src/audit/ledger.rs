@@ -37,7 +37,7 @@ pub struct Chain {
     /// Sequence number the head file names, and when it was written.
     head_seq: u64,
     pub head_written: Instant,
-    journald: bool,
+    journald: Option<journal::Forwarder>,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> AuditError {
@@ -122,11 +122,15 @@ impl Chain {
         }
         let r = resume(&cfg.path)?;
         let (file, size) = open_append(&cfg.path)?;
-        let journald = match cfg.journald {
+        let journald_on = match cfg.journald {
             Journald::On => true,
             Journald::Off => false,
             Journald::Auto => Path::new("/run/systemd/journal/socket").exists(),
         };
+        let journald = journald_on
+            .then(journal::Forwarder::start)
+            .transpose()
+            .map_err(|e| io_err(&cfg.path, e))?;
         let mut w = Chain {
             cfg: cfg.clone(),
             key,
@@ -187,8 +191,8 @@ impl Chain {
     fn push(&mut self, buf: &mut Vec<u8>, body: &[u8]) -> u64 {
         self.seq += 1;
         let (line, hash) = seal_body(self.seq, &self.head, body);
-        if self.journald {
-            journal::send(&line);
+        if let Some(j) = &self.journald {
+            j.forward(&line);
         }
         buf.extend_from_slice(&line);
         self.head = hash;
@@ -250,6 +254,13 @@ impl Chain {
         let mut buf = Vec::new();
         self.checkpoint(&mut buf);
         self.write(&buf)
+    }
+
+    /// Sends the records queued for journald and stops its thread (at a stop).
+    pub fn finish_journal(&mut self) {
+        if let Some(mut j) = self.journald.take() {
+            j.finish();
+        }
     }
 
     /// The newest record's number and hash.

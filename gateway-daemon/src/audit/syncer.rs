@@ -170,6 +170,9 @@ impl Ledger {
         if !head_due {
             return;
         }
+        if stop {
+            chain.finish_journal();
+        }
         let (file, at) = (chain.file.clone(), chain.position());
         drop(chain);
         let synced = if stop {
