@@ -6,6 +6,7 @@ pub mod admit;
 pub mod approvals;
 pub mod audit;
 pub mod config;
+pub mod daemon;
 pub mod exec;
 pub mod http;
 pub mod identity;

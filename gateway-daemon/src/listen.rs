@@ -10,11 +10,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::audit::{timestamp, AuditSink};
-use crate::config::Config;
-use crate::intercept::{Interceptor, Redirected};
-use crate::mcp::Sessions;
-use crate::route::{self, Shared};
+use crate::audit::timestamp;
+use crate::daemon::Daemon;
+use crate::intercept::Redirected;
+use crate::route;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -66,27 +65,10 @@ struct LimitedRecord {
     refused: u64,
 }
 
-pub struct Server {
-    pub admission: Arc<crate::admit::Admission>,
-    pub budget: Arc<crate::http::budget::Budget>,
-    pub interceptor: Arc<Interceptor>,
-    pub audit: AuditSink,
-    pub config: Arc<Config>,
-    pub sessions: Arc<Sessions>,
-    pub policy: Arc<crate::policy::PolicyHandle>,
-    pub catalog: Arc<crate::policy::filter::Catalog>,
-    pub limiter: Arc<crate::policy::limits::Limiter>,
-    pub tls: Arc<crate::tls::Tls>,
-    pub pins: Arc<crate::pins::Pins>,
-    pub approvals: Arc<crate::approvals::Approvals>,
-    /// The threads connections are served on.
-    pub workers: Arc<crate::workers::Workers>,
-}
-
-impl Server {
+impl Daemon {
     /// Accepts on both listeners until `stop` resolves, then gives open flows `grace` to end.
     pub async fn serve(
-        &self,
+        self: &Arc<Self>,
         listeners: Vec<TcpListener>,
         stop: impl std::future::Future<Output = ()>,
         grace: Duration,
@@ -157,7 +139,12 @@ impl Server {
         }
     }
 
-    async fn accepted(&self, stream: TcpStream, peer: SocketAddr, flows: &mut JoinSet<()>) {
+    async fn accepted(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        flows: &mut JoinSet<()>,
+    ) {
         // Responses leave in several small writes (headers, SSE events); with Nagle the
         // last one waits for the agent's delayed ACK, ~40 ms a call.
         let _ = stream.set_nodelay(true);
@@ -213,18 +200,7 @@ impl Server {
             uid = redirected.uid,
             dst = %redirected.orig_dst,
         );
-        let shared = Shared {
-            budget: self.budget.clone(),
-            audit: self.audit.clone(),
-            config: self.config.clone(),
-            sessions: self.sessions.clone(),
-            policy: self.policy.clone(),
-            catalog: self.catalog.clone(),
-            limiter: self.limiter.clone(),
-            tls: self.tls.clone(),
-            pins: self.pins.clone(),
-            approvals: self.approvals.clone(),
-        };
+        let daemon = self.clone();
         // The connection moves to its worker's own reactor: its readiness then wakes that
         // thread and no other.
         let stream = match stream.into_std() {
@@ -245,7 +221,7 @@ impl Server {
                         return;
                     }
                 };
-                route::flow(stream, peer, redirected, shared).await
+                route::flow(stream, peer, redirected, daemon).await
             }
             .instrument(span),
         );

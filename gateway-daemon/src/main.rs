@@ -410,7 +410,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         cfg.listener.workers,
     )?);
     tracing::info!(workers = workers.count(), "connection workers started");
-    let server = listen::Server {
+    let daemon = Arc::new(gateway_daemon::daemon::Daemon {
         admission,
         budget: Arc::new(gateway_daemon::http::budget::Budget::new(
             cfg.http.max_buffered_bytes,
@@ -427,14 +427,12 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         sessions: sessions.clone(),
         config: Arc::new(cfg.clone()),
         workers: workers.clone(),
-    };
-    server.serve(listeners, stop, Duration::from_secs(5)).await;
+    });
+    daemon.serve(listeners, stop, Duration::from_secs(5)).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    drop(server);
-    match Arc::try_unwrap(workers) {
-        Ok(w) => tokio::task::spawn_blocking(move || w.stop()).await?,
-        Err(_) => tracing::warn!("connection workers still referenced at shutdown"),
-    }
+    // Whatever a connection left running goes with its worker, and the state it held.
+    tokio::task::spawn_blocking(move || workers.stop()).await?;
+    drop(daemon);
 
     // The watcher holds the interceptor too: stop it before detaching.
     watcher.abort();

@@ -24,9 +24,15 @@ pub enum WorkersError {
 
 pub struct Workers {
     handles: Vec<Handle>,
+    /// Taken at the stop.
+    running: std::sync::Mutex<Running>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Running {
     stops: Vec<oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    next: AtomicUsize,
 }
 
 /// How many workers `count` asks for: 0 is one per core the daemon may run on.
@@ -41,12 +47,8 @@ impl Workers {
     /// Starts `count` workers (see `resolve`).
     pub fn start(count: usize) -> Result<Self, WorkersError> {
         let count = resolve(count);
-        let mut w = Workers {
-            handles: Vec::with_capacity(count),
-            stops: Vec::with_capacity(count),
-            threads: Vec::with_capacity(count),
-            next: AtomicUsize::new(0),
-        };
+        let mut handles = Vec::with_capacity(count);
+        let mut running = Running::default();
         for index in 0..count {
             let err = |source| WorkersError::Start { index, source };
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -54,8 +56,8 @@ impl Workers {
                 .build()
                 .map_err(err)?;
             let (stop, stopped) = oneshot::channel::<()>();
-            w.handles.push(rt.handle().clone());
-            w.stops.push(stop);
+            handles.push(rt.handle().clone());
+            running.stops.push(stop);
             let thread = std::thread::Builder::new()
                 .name(format!("conn-worker-{index}"))
                 .spawn(move || {
@@ -63,9 +65,13 @@ impl Workers {
                     let _ = rt.block_on(stopped);
                 })
                 .map_err(err)?;
-            w.threads.push(thread);
+            running.threads.push(thread);
         }
-        Ok(w)
+        Ok(Workers {
+            handles,
+            running: std::sync::Mutex::new(running),
+            next: AtomicUsize::new(0),
+        })
     }
 
     pub fn count(&self) -> usize {
@@ -81,10 +87,13 @@ impl Workers {
         set.spawn_on(task, &self.handles[i])
     }
 
-    /// Stops every worker and waits for its thread.
-    pub fn stop(self) {
-        drop(self.stops);
-        for t in self.threads {
+    /// Stops every worker and waits for its thread. Every task still on one is dropped
+    /// with its runtime, and what it held (the daemon's state) with it. Blocks: call it
+    /// from a blocking context.
+    pub fn stop(&self) {
+        let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(running.stops);
+        for t in running.threads {
             let _ = t.join();
         }
     }

@@ -237,7 +237,7 @@ pub async fn ask(
     early: Option<&Early>,
 ) -> Result<Verdict, super::refusal::Refusal> {
     let call = call_of(ctx, obs, policy, m, d);
-    let (id, rx) = match ctx.approvals.hold(call.clone()) {
+    let (id, rx) = match ctx.daemon.approvals.hold(call.clone()) {
         Ok(held) => held,
         Err(Outcome::Granted(v)) => {
             record(obs, "granted", None, &call, json!({ "grant": v })).await;
@@ -257,9 +257,9 @@ pub async fn ask(
     let outcome = match (m.progress_token(), early) {
         (Some(token), Some(early)) => match early.start_sse() {
             Some(events) => wait_with_progress(ctx, id, rx, &token, events).await,
-            None => ctx.approvals.wait(id, rx).await,
+            None => ctx.daemon.approvals.wait(id, rx).await,
         },
-        _ => ctx.approvals.wait(id, rx).await,
+        _ => ctx.daemon.approvals.wait(id, rx).await,
     };
     match outcome {
         Outcome::Decided(v) if v.approved => Ok(v),
@@ -292,9 +292,9 @@ async fn wait_with_progress(
     token: &Id,
     events: Events,
 ) -> Outcome {
-    let wait = ctx.approvals.wait(id, rx);
+    let wait = ctx.daemon.approvals.wait(id, rx);
     tokio::pin!(wait);
-    let mut every = tokio::time::interval(ctx.approvals.progress_interval());
+    let mut every = tokio::time::interval(ctx.daemon.approvals.progress_interval());
     let mut progress = 0u64;
     loop {
         tokio::select! {

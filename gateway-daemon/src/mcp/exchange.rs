@@ -48,18 +48,18 @@ fn observer(
         .as_ref()
         .map_or(Transport::StreamableHttp, |s| s.transport);
     // The principal is decided per exchange: a reload may have renamed or removed it.
-    let policy = ctx.policy.current();
+    let policy = ctx.daemon.policy.current();
     let mut principal = (*ctx.principal).clone();
     principal.name = ctx.principal_name(&policy);
     Observer {
         principal: Arc::new(principal),
         view: Some(ListView {
             policy,
-            catalog: ctx.catalog.clone(),
-            pins: ctx.pins.clone(),
+            catalog: ctx.daemon.catalog.clone(),
+            pins: ctx.daemon.pins.clone(),
         }),
         server: target.label.clone(),
-        audit: ctx.audit.clone(),
+        audit: ctx.daemon.audit.clone(),
         session,
         transport,
         protocol_version: version,
@@ -72,6 +72,7 @@ fn session_of(ctx: &ConnCtx, h: &HeaderMap) -> Result<Option<Arc<Session>>, Sess
     match header_str(h, H_SESSION_ID) {
         None => Ok(None),
         Some(id) => ctx
+            .daemon
             .sessions
             .streamable(&ctx.server_key(), id, &ctx.principal.session_owner())
             .map(Some),
@@ -253,7 +254,7 @@ fn decide(policy: &Policy, obs: &Observer, ctx: &ConnCtx, m: &Message<'_>) -> Op
     // Parsed only when some rule looks at arguments: this is on every call's path.
     let arguments = policy.uses_arguments().then(|| call_arguments(m)).flatten();
     let annotations = match (method, &name) {
-        ("tools/call", Some(n)) => ctx.catalog.annotations(&obs.server, n),
+        ("tools/call", Some(n)) => ctx.daemon.catalog.annotations(&obs.server, n),
         _ => None,
     };
     Some(policy.decide(
@@ -373,9 +374,9 @@ pub async fn post(
         Err(e) => Err(e),
     };
     let mut obs = observer(ctx, target, session.clone().unwrap_or(None), version);
-    let limits = &ctx.config.http;
+    let limits = &ctx.daemon.config.http;
 
-    let mut held = ctx.budget.reserve(ctx.principal.uid);
+    let mut held = ctx.daemon.budget.reserve(ctx.principal.uid);
     let bytes = match collect_limited(&mut body, limits.max_request_bytes, &mut held).await {
         Ok(b) => b,
         Err(e) => return refuse_unread(&obs, form, e, &mut body, limits.max_request_bytes).await,
@@ -403,7 +404,7 @@ pub async fn post(
     }
     // Policy: every message that names a method is decided before anything is registered
     // or sent; one refusal refuses the whole POST (a batch is all or nothing).
-    let policy = ctx.policy.current();
+    let policy = ctx.daemon.policy.current();
     let mut decisions: Vec<Option<Decision>> = messages
         .iter()
         .map(|m| decide(&policy, &obs, ctx, m))
@@ -457,7 +458,7 @@ pub async fn post(
             m.id.as_ref()
                 .and_then(|id| guard.counts.iter().find(|(i, _)| i == id))
                 .map(|(_, c)| c.clone());
-        match ctx.audit.record_durable(&call) {
+        match ctx.daemon.audit.record_durable(&call) {
             Ok(w) => written.push(w),
             Err(e) => return unrecorded(&mut local, &e, "so it is not forwarded"),
         }
@@ -509,7 +510,7 @@ pub async fn post(
     };
     if obs.session.is_none() {
         if let Some(id) = header_str(resp.headers(), H_SESSION_ID) {
-            match ctx.sessions.open_streamable(
+            match ctx.daemon.sessions.open_streamable(
                 &ctx.server_key(),
                 id,
                 &ctx.principal.session_owner(),
@@ -537,18 +538,18 @@ pub async fn post(
                 observer: obs,
                 local,
                 kind: StreamKind::Post,
-                sessions: ctx.sessions.clone(),
+                sessions: ctx.daemon.sessions.clone(),
                 server: ctx.server_key(),
                 max_event_bytes: limits.max_event_bytes,
                 max_depth: MAX_DEPTH,
                 inflight,
-                held: ctx.budget.reserve(ctx.principal.uid),
+                held: ctx.daemon.budget.reserve(ctx.principal.uid),
             },
         );
         return Response::from_parts(parts, body);
     }
     if media == Media::Json {
-        let held = ctx.budget.reserve(ctx.principal.uid);
+        let held = ctx.daemon.budget.reserve(ctx.principal.uid);
         return json_response(parts, body, obs, local, limits.max_response_bytes, held).await;
     }
     // A body some client would read as MCP that the gateway cannot tell how to read, or a
@@ -743,7 +744,7 @@ async fn admit(
             let Some(kind) = crate::pins::Kind::of_call(method) else {
                 continue;
             };
-            if let Err(why) = ctx.pins.check_call(&obs.server, kind, &name) {
+            if let Err(why) = ctx.daemon.pins.check_call(&obs.server, kind, &name) {
                 tracing::info!(server = %obs.server, name = %name, "call to an unapproved definition refused");
                 return Err(Refusal::unpinned(why));
             }
@@ -763,6 +764,7 @@ async fn admit(
             .filter(|m| m.kind == Kind::Request && is_call(m));
         for _ in calls {
             let slot = ctx
+                .daemon
                 .limiter
                 .admit(&p.name, p.rate_calls, window, p.max_concurrent)
                 .map_err(Refusal::rate_limit)?;
@@ -983,12 +985,12 @@ where
             observer: obs,
             local: Pending::new(1),
             kind: StreamKind::Get { confirmed },
-            sessions: ctx.sessions.clone(),
+            sessions: ctx.daemon.sessions.clone(),
             server: ctx.server_key(),
-            max_event_bytes: ctx.config.http.max_event_bytes,
+            max_event_bytes: ctx.daemon.config.http.max_event_bytes,
             max_depth: MAX_DEPTH,
             inflight: Vec::new(),
-            held: ctx.budget.reserve(ctx.principal.uid),
+            held: ctx.daemon.budget.reserve(ctx.principal.uid),
         },
     );
     Response::from_parts(parts, body)
@@ -1018,7 +1020,8 @@ pub async fn delete(
         }
     };
     if let (true, Some(s)) = (resp.status().is_success(), session) {
-        ctx.sessions
+        ctx.daemon
+            .sessions
             .remove(&ctx.server_key(), &s.key, Transport::StreamableHttp);
         let waiting = s.state().client_pending.drain_expired(|_| true);
         let obs = observer(ctx, target, Some(s), None);

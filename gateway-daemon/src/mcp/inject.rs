@@ -275,7 +275,7 @@ pub fn apply<B>(
     if !target.configured {
         return Ok(Applied(None));
     }
-    active(&ctx.config).prepare(req, target, ctx.upstream_addr, ctx.tls_sni.as_deref(), mcp)
+    active(&ctx.daemon.config).prepare(req, target, ctx.upstream_addr, ctx.tls_sni.as_deref(), mcp)
 }
 
 impl Applied {

@@ -28,8 +28,6 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::audit::AuditSink;
-use crate::config::Config;
 use crate::http::body::{boxed, BodyError, GwBody};
 use crate::http::{forward, Upstream};
 use recognise::McpKind;
@@ -39,24 +37,15 @@ pub use session::Sessions;
 /// Deepest JSON nesting accepted in a message.
 pub const MAX_DEPTH: usize = 64;
 
-/// What every exchange of one agent connection shares.
+/// One agent connection: the daemon's shared state and what is the connection's own.
 pub struct ConnCtx {
+    pub daemon: Arc<crate::daemon::Daemon>,
     pub identity: Arc<crate::identity::Identity>,
     pub principal: Arc<Principal>,
-    pub policy: Arc<crate::policy::PolicyHandle>,
-    pub catalog: Arc<crate::policy::filter::Catalog>,
-    pub pins: Arc<crate::pins::Pins>,
-    pub approvals: Arc<crate::approvals::Approvals>,
-    pub limiter: Arc<crate::policy::limits::Limiter>,
     /// Where the daemon dials: the agent's original destination (v4-mapped made IPv4).
     pub upstream_addr: SocketAddr,
     /// The server name the agent's TLS asked for, when the gateway terminated it.
     pub tls_sni: Option<Arc<str>>,
-    pub audit: AuditSink,
-    pub sessions: Arc<Sessions>,
-    pub config: Arc<Config>,
-    /// Memory for bodies under inspection, shared by every connection.
-    pub budget: Arc<crate::http::budget::Budget>,
     /// The policy principal this connection's process is, by policy generation: decided
     /// once per connection and reload, not per request.
     pub principal_name: std::sync::Mutex<Option<(u64, Option<String>)>>,
@@ -118,37 +107,39 @@ pub async fn route(
     // Headers are the agent's to choose: a request they do not mark as MCP is MCP all the
     // same when its body is JSON-RPC (a server reads the body, whatever Accept says).
     // Held until the request is decided and forwarded (this exchange's share of memory).
-    let mut held = ctx.budget.reserve(ctx.principal.uid);
+    let mut held = ctx.daemon.budget.reserve(ctx.principal.uid);
     let (kind, mut req) = match kind {
-        McpKind::NotMcp => match sniff::request(req, ctx.config.http.max_request_bytes, &mut held)
-            .await
-        {
-            Ok((sniff::Sniffed::Plain, req)) => (McpKind::NotMcp, req),
-            Ok((sniff::Sniffed::JsonRpc, req)) => {
-                tracing::debug!("a JSON-RPC body without MCP headers: decided as MCP");
-                (McpKind::Post { legacy: Ok(None) }, req)
-            }
-            Err(e) => {
-                let (status, why) = match e {
-                    BodyError::TooLarge { .. } => (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!(
+        McpKind::NotMcp => {
+            match sniff::request(req, ctx.daemon.config.http.max_request_bytes, &mut held).await {
+                Ok((sniff::Sniffed::Plain, req)) => (McpKind::NotMcp, req),
+                Ok((sniff::Sniffed::JsonRpc, req)) => {
+                    tracing::debug!("a JSON-RPC body without MCP headers: decided as MCP");
+                    (McpKind::Post { legacy: Ok(None) }, req)
+                }
+                Err(e) => {
+                    let (status, why) = match e {
+                        BodyError::TooLarge { .. } => (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!(
                             "a request body that may be JSON-RPC {e} (http.max_request_bytes): \
                              the gateway cannot decide it"
                         ),
-                    ),
-                    BodyError::Read(_) => (StatusCode::BAD_REQUEST, e.to_string()),
-                    BodyError::OverBudget(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-                };
-                tracing::info!(reason = %why, "request refused before recognition");
-                let mut resp = reply::http_error(status, &why);
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-                return resp;
+                        ),
+                        BodyError::Read(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+                        BodyError::OverBudget(_) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                        }
+                    };
+                    tracing::info!(reason = %why, "request refused before recognition");
+                    let mut resp = reply::http_error(status, &why);
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                    return resp;
+                }
             }
-        },
+        }
         kind => (kind, req.map(boxed)),
     };
     // The server's credentials go on now (the agent's own come off); its response is
@@ -159,7 +150,7 @@ pub async fn route(
     };
     let resp = match kind {
         McpKind::NotMcp => {
-            if ctx.config.http.mcp_only {
+            if ctx.daemon.config.http.mcp_only {
                 tracing::info!(server = %target.label, "non-MCP request refused (http.mcp_only)");
                 return reply::http_error(
                     StatusCode::FORBIDDEN,
@@ -170,7 +161,7 @@ pub async fn route(
             // never reaches the agent unchecked because of how the agent asked.
             exchange::watch_plain(forward(req, upstream).await, ctx, &target)
         }
-        McpKind::Post { legacy } if ctx.policy.current().has_ask() => {
+        McpKind::Post { legacy } if ctx.daemon.policy.current().has_ask() => {
             ask::post_that_may_wait(req, ctx.clone(), upstream.clone(), target, legacy).await
         }
         McpKind::Post { legacy } => exchange::post(req, ctx, upstream, &target, legacy, None).await,

@@ -88,7 +88,7 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
     };
     let path_matches =
         |s: &crate::config::Server| s.path.as_deref().is_none_or(|p| path.starts_with(p));
-    let configured = ctx.config.servers.iter().find(|s| {
+    let configured = ctx.daemon.config.servers.iter().find(|s| {
         let by_addr = s.address.is_some_and(|a| a == up);
         let by_host = verified_host.is_some_and(|h| host_matches(s, h));
         (by_addr || by_host) && path_matches(s)
@@ -96,6 +96,7 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
     if configured.is_none() && verified_host.is_none() {
         if let Some(claimed) = host_of(req) {
             if let Some(s) = ctx
+                .daemon
                 .config
                 .servers
                 .iter()
@@ -135,7 +136,7 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or(path);
-            match ctx.sessions.legacy(&ctx.server_key(), pq) {
+            match ctx.daemon.sessions.legacy(&ctx.server_key(), pq) {
                 Ok(None) if !(known || streamable_accept) => McpKind::NotMcp,
                 legacy => McpKind::Post { legacy },
             }

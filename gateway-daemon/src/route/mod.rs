@@ -11,19 +11,15 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::audit::{timestamp, AuditSink};
-use crate::config::Config;
+use crate::audit::timestamp;
+use crate::daemon::Daemon;
 use crate::http::counting::Counting;
 use crate::http::detect::{after_server_first, detect, AfterServer, Detected};
 use crate::http::{self as gwhttp, Protocol};
 use crate::identity::Identity;
 use crate::intercept::Redirected;
-use crate::mcp::{ConnCtx, Principal, Sessions};
+use crate::mcp::{ConnCtx, Principal};
 use crate::passthrough::{self, Transfer};
-use crate::policy::filter::Catalog;
-use crate::policy::limits::Limiter;
-use crate::policy::PolicyHandle;
-use crate::tls::Tls;
 
 mod tls_flow;
 
@@ -63,28 +59,14 @@ pub struct TlsFlow {
     pub alpn: Option<String>,
 }
 
-/// What every flow task needs from the daemon.
-pub struct Shared {
-    pub budget: Arc<crate::http::budget::Budget>,
-    pub audit: AuditSink,
-    pub config: Arc<Config>,
-    pub sessions: Arc<Sessions>,
-    pub policy: Arc<PolicyHandle>,
-    pub catalog: Arc<Catalog>,
-    pub limiter: Arc<Limiter>,
-    pub tls: Arc<Tls>,
-    pub pins: Arc<crate::pins::Pins>,
-    pub approvals: Arc<crate::approvals::Approvals>,
-}
-
 /// Serves one redirected connection to its end and audits it.
-pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: Shared) {
+pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, daemon: Arc<Daemon>) {
     let started = SystemTime::now();
     let t0 = std::time::Instant::now();
     let _open = crate::metrics::global().open_connection();
     let mut identity = Identity::resolve(&r);
     // Command lines carry tokens (`--api-key=…`): they go to the audit redacted.
-    let redactor = shared.policy.current().redactor.clone();
+    let redactor = daemon.policy.current().redactor.clone();
     for arg in identity.cmdline.iter_mut().flatten() {
         if let Some((clean, _)) = redactor.redact_str(arg) {
             *arg = clean;
@@ -92,7 +74,7 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: S
     }
     let upstream = r.upstream_addr();
     tracing::debug!(exe = ?identity.exe, "flow start");
-    let carried = carry(agent, &identity, upstream, &shared).await;
+    let carried = carry(agent, &identity, upstream, &daemon).await;
     let Carried {
         transfer,
         protocol,
@@ -106,7 +88,7 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, shared: S
         outcome,
         "flow end"
     );
-    shared
+    daemon
         .audit
         .record(&FlowRecord {
             kind: "flow",
@@ -162,8 +144,8 @@ pub fn reset(
     Carried::new(t, protocol, outcome)
 }
 
-pub async fn dial(upstream: SocketAddr, shared: &Shared) -> Result<TcpStream, String> {
-    passthrough::connect(upstream, shared.config.intercept.mark)
+pub async fn dial(upstream: SocketAddr, daemon: &Arc<Daemon>) -> Result<TcpStream, String> {
+    passthrough::connect(upstream, daemon.config.intercept.mark)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "upstream unreachable; resetting the agent connection");
@@ -184,13 +166,13 @@ async fn carry(
     agent: TcpStream,
     identity: &Identity,
     upstream: SocketAddr,
-    shared: &Shared,
+    daemon: &Arc<Daemon>,
 ) -> Carried {
     // With MCP only, nothing but HTTP and TLS is dialed: a refused flow never reaches its
     // destination. Otherwise the destination is dialed first, so a protocol whose server
     // speaks first is recognised by that rather than by waiting on the agent.
-    let idle = std::time::Duration::from_secs(shared.config.listener.first_byte_timeout_s);
-    let (detected, up) = if shared.config.http.mcp_only {
+    let idle = std::time::Duration::from_secs(daemon.config.listener.first_byte_timeout_s);
+    let (detected, up) = if daemon.config.http.mcp_only {
         let d = detect(&agent, None, idle).await;
         if !matches!(d, Detected::Http1 | Detected::Http2 | Detected::Tls) {
             tracing::info!(
@@ -201,7 +183,7 @@ async fn carry(
         }
         (d, None)
     } else {
-        match dial(upstream, shared).await {
+        match dial(upstream, daemon).await {
             Ok(up) => (detect(&agent, Some(&up), idle).await, Some(up)),
             Err(e) => return reset(agent, "tcp", "upstream_connect_failed", Some(e)),
         }
@@ -235,7 +217,7 @@ async fn carry(
         }
         Detected::Http1 => Protocol::Http1,
         Detected::Http2 => Protocol::Http2,
-        Detected::Tls => return tls_flow::carry(agent, up, identity, upstream, shared).await,
+        Detected::Tls => return tls_flow::carry(agent, up, identity, upstream, daemon).await,
         Detected::NotClientFirst => {
             let mut up = up.expect("only HTTP and TLS are detected before dialing");
             let mut agent = agent;
@@ -272,13 +254,13 @@ async fn carry(
     };
     let up = match up {
         Some(up) => up,
-        None => match dial(upstream, shared).await {
+        None => match dial(upstream, daemon).await {
             Ok(up) => up,
             Err(e) => return reset(agent, label(detected), "upstream_connect_failed", Some(e)),
         },
     };
     let (agent, agent_bytes) = Counting::new(agent);
-    let (result, outcome) = serve_http(agent, up, protocol, identity, upstream, None, shared).await;
+    let (result, outcome) = serve_http(agent, up, protocol, identity, upstream, None, daemon).await;
     let t = Transfer {
         to_upstream: agent_bytes.read.load(Ordering::Relaxed),
         to_agent: agent_bytes.written.load(Ordering::Relaxed),
@@ -296,26 +278,18 @@ pub async fn serve_http<A, U>(
     identity: &Identity,
     upstream: SocketAddr,
     tls_sni: Option<Arc<str>>,
-    shared: &Shared,
+    daemon: &Arc<Daemon>,
 ) -> (Result<(), String>, &'static str)
 where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnCtx {
+        daemon: daemon.clone(),
         identity: Arc::new(identity.clone()),
         principal: Arc::new(Principal::of(identity)),
-        policy: shared.policy.clone(),
-        catalog: shared.catalog.clone(),
-        pins: shared.pins.clone(),
-        approvals: shared.approvals.clone(),
-        limiter: shared.limiter.clone(),
         upstream_addr: upstream,
         tls_sni,
-        audit: shared.audit.clone(),
-        sessions: shared.sessions.clone(),
-        config: shared.config.clone(),
-        budget: shared.budget.clone(),
         principal_name: Default::default(),
     });
     let result = gwhttp::serve(agent, up, protocol, ctx).await;

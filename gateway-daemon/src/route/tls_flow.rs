@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{dial, reset, serve_http, Carried, Shared, TlsFlow};
+use super::{dial, reset, serve_http, Carried, TlsFlow};
+use crate::daemon::Daemon;
 use crate::http::counting::Counting;
 use crate::http::{self as gwhttp, Protocol};
 use crate::identity::Identity;
@@ -32,9 +33,9 @@ pub async fn carry(
     up: Option<TcpStream>,
     identity: &Identity,
     upstream: SocketAddr,
-    shared: &Shared,
+    daemon: &Arc<Daemon>,
 ) -> Carried {
-    let t = &shared.tls;
+    let t = &daemon.tls;
     let deadline = Instant::now() + t.handshake_timeout;
     let hello = match hello::peek(&mut agent, t.handshake_timeout).await {
         Ok(h) => h,
@@ -53,13 +54,13 @@ pub async fn carry(
         alpn_offered: names(&hello.alpn),
         alpn: None,
     };
-    match decide(hello.sni.as_deref(), upstream, &shared.config) {
+    match decide(hello.sni.as_deref(), upstream, &daemon.config) {
         Choice::Terminate => {}
         Choice::PassThrough => {
             info.mode = "passthrough";
             let up = match up {
                 Some(up) => up,
-                None => match dial(upstream, shared).await {
+                None => match dial(upstream, daemon).await {
                     Ok(up) => up,
                     Err(e) => {
                         let c = reset(agent, "tls", "upstream_connect_failed", Some(e));
@@ -87,7 +88,7 @@ pub async fn carry(
     info.mode = "terminated";
     let up = match up {
         Some(up) => up,
-        None => match dial(upstream, shared).await {
+        None => match dial(upstream, daemon).await {
             Ok(up) => up,
             Err(e) => {
                 return with_tls(
@@ -140,7 +141,7 @@ pub async fn carry(
                 identity,
                 upstream,
                 Some(sni),
-                shared,
+                daemon,
             )
             .await
         }
