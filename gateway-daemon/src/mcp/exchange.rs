@@ -47,12 +47,10 @@ fn observer(
     let transport = session
         .as_ref()
         .map_or(Transport::StreamableHttp, |s| s.transport);
-    // The principal is decided per exchange: a reload may have renamed or removed it.
+    // The principal under the policy in force: a reload may have renamed or removed it.
     let policy = ctx.daemon.policy.current();
-    let mut principal = (*ctx.principal).clone();
-    principal.name = ctx.principal_name(&policy);
     Observer {
-        principal: Arc::new(principal),
+        principal: ctx.principal_under(&policy),
         view: Some(ListView {
             policy,
             catalog: ctx.daemon.catalog.clone(),

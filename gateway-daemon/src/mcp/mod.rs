@@ -46,24 +46,24 @@ pub struct ConnCtx {
     pub upstream_addr: SocketAddr,
     /// The server name the agent's TLS asked for, when the gateway terminated it.
     pub tls_sni: Option<Arc<str>>,
-    /// The policy principal this connection's process is, by policy generation: decided
-    /// once per connection and reload, not per request.
-    pub principal_name: std::sync::Mutex<Option<(u64, Option<String>)>>,
+    /// The principal as records name it under the policy in force, by policy generation:
+    /// decided once per connection and reload, not per request.
+    pub named: std::sync::Mutex<Option<(u64, Arc<Principal>)>>,
 }
 
 impl ConnCtx {
-    /// The name of the policy principal this connection's process is under `policy`.
-    pub fn principal_name(&self, policy: &crate::policy::Policy) -> Option<String> {
-        let mut known = self
-            .principal_name
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match &*known {
-            Some((generation, name)) if *generation == policy.generation => name.clone(),
+    /// The principal, with the name of the policy principal this connection's process is
+    /// under `policy`.
+    pub fn principal_under(&self, policy: &crate::policy::Policy) -> Arc<Principal> {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        match &*named {
+            Some((generation, p)) if *generation == policy.generation => p.clone(),
             _ => {
-                let name = policy.principal_of(&self.identity).map(|p| p.name.clone());
-                *known = Some((policy.generation, name.clone()));
-                name
+                let mut p = (*self.principal).clone();
+                p.name = policy.principal_of(&self.identity).map(|p| p.name.clone());
+                let p = Arc::new(p);
+                *named = Some((policy.generation, p.clone()));
+                p
             }
         }
     }

@@ -290,7 +290,7 @@ where
         principal: Arc::new(Principal::of(identity)),
         upstream_addr: upstream,
         tls_sni,
-        principal_name: Default::default(),
+        named: Default::default(),
     });
     let result = gwhttp::serve(agent, up, protocol, ctx).await;
     let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "closed");
