@@ -76,6 +76,8 @@ fn ledger_with_config() -> (tempfile::TempDir, std::path::PathBuf) {
                 "server": "gh", "name": "search", "outcome": outcome,
                 "principal": {"uid": 1500, "user": "agent", "exe": "/usr/bin/node"}
             }))
+            .unwrap()
+            .durable()
             .await
             .unwrap();
         }

@@ -95,34 +95,33 @@ where
     // and its response cross no other task (or thread) between the two sockets. HTTP/2
     // multiplexes streams that hyper serves on tasks of their own, so its connection gets
     // one too.
-    let (upstream, driver): (Upstream, Option<Pin<Box<dyn Future<Output = ()> + Send>>>) =
-        match protocol {
-            Protocol::Http1 => {
-                let (send, conn) = client1::handshake(TokioIo::new(upstream))
-                    .await
-                    .map_err(HttpError::UpstreamHandshake)?;
-                let driver = Box::pin(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+    let (upstream, driver): (Upstream, Option<Driver>) = match protocol {
+        Protocol::Http1 => {
+            let (send, conn) = client1::handshake(TokioIo::new(upstream))
+                .await
+                .map_err(HttpError::UpstreamHandshake)?;
+            let driver = Box::pin(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+                }
+            });
+            (Upstream::H1(Arc::new(Mutex::new(send))), Some(driver as _))
+        }
+        Protocol::Http2 => {
+            let (send, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
+                .await
+                .map_err(HttpError::UpstreamHandshake)?;
+            tokio::spawn(
+                async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                     }
-                });
-                (Upstream::H1(Arc::new(Mutex::new(send))), Some(driver as _))
-            }
-            Protocol::Http2 => {
-                let (send, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
-                    .await
-                    .map_err(HttpError::UpstreamHandshake)?;
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                        }
-                    }
-                    .in_current_span(),
-                );
-                (Upstream::H2(send), None)
-            }
-        };
+                }
+                .in_current_span(),
+            );
+            (Upstream::H2(send), None)
+        }
+    };
     let span = tracing::Span::current();
     let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
@@ -161,7 +160,8 @@ where
             }
         }
     };
-    let mut serving = std::pin::pin!(serving);
+    // Boxed so that dropping it below drops the service, and the request senders in it.
+    let mut serving = Box::pin(serving);
     let mut driver = driver;
     let result = std::future::poll_fn(|cx| {
         if let Some(d) = driver.as_mut() {
@@ -180,6 +180,9 @@ where
     }
     result.map_err(HttpError::Serve)
 }
+
+/// The future that drives an upstream HTTP/1 connection.
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long an upstream connection whose agent has gone may take to close.
 const UPSTREAM_CLOSE: Duration = Duration::from_millis(200);

@@ -311,38 +311,6 @@ pub fn print_targets(result: &Json) {
     };
     let checks = [
         check(
-            "added p50 latency, plain",
-            get("gateway", "p50_added_us"),
-            "µs",
-            50.0,
-            true,
-            0,
-        ),
-        check(
-            "added p50 latency, TLS terminated",
-            get("gateway-tls", "p50_added_us"),
-            "µs",
-            150.0,
-            true,
-            0,
-        ),
-        check(
-            "throughput vs direct, 16 conns",
-            ratio("gateway", "direct", "calls_per_s_16"),
-            "%",
-            80.0,
-            false,
-            0,
-        ),
-        check(
-            "daemon CPU per call, 1 conn",
-            get("gateway", "cpu_s_per_10k_1").map(|c| c * 100.0),
-            "µs",
-            20.0,
-            true,
-            0,
-        ),
-        check(
             "daemon RSS idle",
             get("gateway", "rss_idle_mib"),
             "MiB",
@@ -357,14 +325,6 @@ pub fn print_targets(result: &Json) {
             64.0,
             true,
             1,
-        ),
-        check(
-            "new-connection overhead p50",
-            get("gateway", "new_conn_added_us"),
-            "µs",
-            200.0,
-            true,
-            0,
         ),
     ];
     // Against the floor of any userspace proxy, measured in the same run (issue 19). What
@@ -449,7 +409,7 @@ pub fn print_targets(result: &Json) {
             0,
         ),
     ];
-    println!("\nTargets (DESIGN.md, Performance; the plain `gateway` and `gateway-tls` columns):");
+    println!("\nTargets (DESIGN.md, Performance), memory of the plain `gateway` column:");
     print_checks(checks);
     println!(
         "\nAgainst the plain L4 relay (the `relay` column), the floor of a userspace proxy \
