@@ -76,7 +76,10 @@ fn check_detect(bytes: &[u8]) {
 /// After any empty lines: a common method and a space, or a method token, a space and a
 /// line that ends in an HTTP/1 version (or runs past what is peeked).
 fn http1_justified(p: &[u8]) -> bool {
-    let start = p.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(p.len());
+    let start = p
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(p.len());
     let line = &p[start..];
     if METHODS.iter().any(|m| line.starts_with(m)) {
         return true;
@@ -131,12 +134,10 @@ fn header_values<'a>(req: &'a Request<()>, name: &str) -> Vec<&'a str> {
 }
 
 fn accepts(req: &Request<()>, mime: &str) -> bool {
-    header_values(req, "accept")
-        .iter()
-        .any(|v| {
-            v.split(',')
-                .any(|p| p.trim().to_ascii_lowercase().starts_with(mime))
-        })
+    header_values(req, "accept").iter().any(|v| {
+        v.split(',')
+            .any(|p| p.trim().to_ascii_lowercase().starts_with(mime))
+    })
 }
 
 fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
@@ -155,9 +156,11 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
     }
     let path = req.uri().path();
     let host_only = |h: &str| {
-        ctx.config.servers.iter().any(|s| {
+        ctx.daemon.config.servers.iter().any(|s| {
             s.address.is_none()
-                && s.host.as_deref().is_some_and(|sh| sh.eq_ignore_ascii_case(h))
+                && s.host
+                    .as_deref()
+                    .is_some_and(|sh| sh.eq_ignore_ascii_case(h))
                 && s.port.is_none_or(|p| p == up.port())
                 && s.path.as_deref().is_none_or(|p| path.starts_with(p))
         })
@@ -165,7 +168,7 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
     // The server by the documented rule: the address dialed, or the host the gateway
     // verified over TLS; never the Host header.
     let verified = ctx.tls_sni.as_deref();
-    let expected = ctx.config.servers.iter().find(|s| {
+    let expected = ctx.daemon.config.servers.iter().find(|s| {
         let by_addr = s.address == Some(up);
         let by_host = verified.is_some_and(|v| {
             s.host.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(v))
@@ -177,7 +180,10 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
         Ok(c) => c,
         Err(_) => {
             assert!(expected.is_none() && verified.is_none());
-            assert!(host.is_some_and(host_only), "refused without a host-only server named");
+            assert!(
+                host.is_some_and(host_only),
+                "refused without a host-only server named"
+            );
             return;
         }
     };
@@ -201,6 +207,7 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
         .unwrap_or(path);
     // Matched by the session parameter as servers route it (Err: named twice).
     let legacy = ctx
+        .daemon
         .sessions
         .legacy(&ctx.server_key(), pq)
         .map(|s| s.is_some());
@@ -208,7 +215,10 @@ fn check_recognise(req: &Request<()>, ctx: &ConnCtx) {
     match kind {
         McpKind::Post { legacy: l } => {
             assert_eq!(method, "POST");
-            assert_eq!(l.as_ref().map(Option::is_some).ok(), legacy.as_ref().ok().copied());
+            assert_eq!(
+                l.as_ref().map(Option::is_some).ok(),
+                legacy.as_ref().ok().copied()
+            );
             if matches!(l, Ok(None)) {
                 assert!(
                     known

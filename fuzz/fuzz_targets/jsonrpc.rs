@@ -256,7 +256,10 @@ fuzz_target!(|data: &[u8]| {
             // Only JSON whose values serde_json's Value cannot hold, and well-formed JSON.
             assert!(serde_json::from_slice::<Value>(body).is_err(), "{why}");
             let text = std::str::from_utf8(body).expect("refused as unreadable, not as bad UTF-8");
-            assert!(serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok(), "{why}");
+            assert!(
+                serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok(),
+                "{why}"
+            );
             return;
         }
         Err(e) => {

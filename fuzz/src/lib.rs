@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use gateway_daemon::audit::AuditSink;
 use gateway_daemon::config::Config;
+use gateway_daemon::daemon::Daemon;
 use gateway_daemon::identity::Identity;
 use gateway_daemon::mcp::{ConnCtx, Principal, Sessions};
 use gateway_daemon::policy::{Policy, PolicyHandle};
@@ -51,6 +52,8 @@ pub struct Harness {
     pub policy: Arc<PolicyHandle>,
     pub audit: AuditSink,
     pub identity: Arc<Identity>,
+    /// Not used by the HTTP targets (they speak plain HTTP), but part of the daemon's state.
+    pub tls: Arc<gateway_daemon::tls::Tls>,
     pub dir: PathBuf,
     /// The ledger's writer, running for the whole process.
     _writer: gateway_daemon::audit::AuditWriter,
@@ -73,6 +76,10 @@ journald = "off"
 
 [pins]
 path = "{d}/pins.json"
+
+[tls]
+ca_cert = "{d}/ca.pem"
+ca_key = "{d}/ca.key"
 
 [http]
 max_request_bytes = 65536
@@ -169,11 +176,13 @@ pub fn harness() -> &'static Harness {
             unit: Some("agent.service".into()),
             procfs_error: None,
         });
+        let tls = Arc::new(gateway_daemon::tls::Tls::load(&config.tls).expect("the harness CA"));
         Harness {
             config: Arc::new(config),
             policy,
             audit,
             identity,
+            tls,
             dir,
             _writer: writer,
         }
@@ -199,25 +208,30 @@ impl Harness {
         sessions
             .open_legacy(&server, LEGACY_ENDPOINT, &principal.session_owner())
             .expect("a legacy session");
-        Arc::new(ConnCtx {
-            identity: self.identity.clone(),
-            principal: Arc::new(principal),
-            policy: self.policy.clone(),
-            catalog: Default::default(),
-            pins: Arc::new(pins),
-            approvals: Arc::new(gateway_daemon::approvals::Approvals::new(
-                &self.config.approvals,
-            )),
-            limiter: Default::default(),
-            upstream_addr: upstream,
-            tls_sni: None,
-            audit: self.audit.clone(),
-            sessions: Arc::new(sessions),
+        let daemon = Arc::new(Daemon {
             config: self.config.clone(),
+            audit: self.audit.clone(),
             budget: Arc::new(gateway_daemon::http::budget::Budget::new(
                 self.config.http.max_buffered_bytes,
                 self.config.http.max_buffered_bytes_per_user,
             )),
+            sessions: Arc::new(sessions),
+            policy: self.policy.clone(),
+            catalog: Default::default(),
+            limiter: Default::default(),
+            tls: self.tls.clone(),
+            pins: Arc::new(pins),
+            approvals: Arc::new(gateway_daemon::approvals::Approvals::new(
+                &self.config.approvals,
+            )),
+        });
+        Arc::new(ConnCtx {
+            daemon,
+            identity: self.identity.clone(),
+            principal: Arc::new(principal),
+            upstream_addr: upstream,
+            tls_sni: None,
+            named: Default::default(),
         })
     }
 }

@@ -1,32 +1,24 @@
 //! The daemon's shared state: what every connection's path reads, built once at start and
-//! shared by every stage (`listen` accepts into it, `route` carries each flow with it, the
-//! MCP stage decides with it). Per connection there is `mcp::ConnCtx`, which holds this
-//! and what is the connection's own.
+//! shared by every stage (`route` carries each flow with it, the MCP stage decides with
+//! it). Per connection there is `mcp::ConnCtx`, which holds this and what is the
+//! connection's own; the front door (`listen::Server`) holds this and what only accepting
+//! needs (the kernel's records, the connection limits, the worker threads).
 
 use std::sync::Arc;
 
-use crate::admit::Admission;
 use crate::approvals::Approvals;
 use crate::audit::AuditSink;
 use crate::config::Config;
 use crate::http::budget::Budget;
-use crate::intercept::Interceptor;
 use crate::mcp::Sessions;
 use crate::pins::Pins;
 use crate::policy::filter::Catalog;
 use crate::policy::limits::Limiter;
 use crate::policy::PolicyHandle;
 use crate::tls::Tls;
-use crate::workers::Workers;
 
 pub struct Daemon {
     pub config: Arc<Config>,
-    /// Connection limits per user.
-    pub admission: Arc<Admission>,
-    /// The kernel's records of redirected connections.
-    pub interceptor: Arc<Interceptor>,
-    /// The threads connections are served on.
-    pub workers: Arc<Workers>,
     pub audit: AuditSink,
     /// Memory for bodies under inspection, shared by every connection.
     pub budget: Arc<Budget>,

@@ -65,10 +65,21 @@ struct LimitedRecord {
     refused: u64,
 }
 
-impl Daemon {
+/// The front door: the shared state, and what only accepting needs.
+pub struct Server {
+    pub daemon: Arc<Daemon>,
+    /// Connection limits per user.
+    pub admission: Arc<crate::admit::Admission>,
+    /// The kernel's records of redirected connections.
+    pub interceptor: Arc<crate::intercept::Interceptor>,
+    /// The threads connections are served on.
+    pub workers: Arc<crate::workers::Workers>,
+}
+
+impl Server {
     /// Accepts on both listeners until `stop` resolves, then gives open flows `grace` to end.
     pub async fn serve(
-        self: &Arc<Self>,
+        &self,
         listeners: Vec<TcpListener>,
         stop: impl std::future::Future<Output = ()>,
         grace: Duration,
@@ -125,7 +136,8 @@ impl Daemon {
     async fn report_overdue(&self, all: bool) {
         for o in self.admission.overdue(all) {
             tracing::warn!(uid = o.uid, refused = o.refused, reason = %o.reason, "connections refused");
-            self.audit
+            self.daemon
+                .audit
                 .record(&LimitedRecord {
                     kind: "connection_limited",
                     time: timestamp(SystemTime::now()),
@@ -139,12 +151,7 @@ impl Daemon {
         }
     }
 
-    async fn accepted(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        flows: &mut JoinSet<()>,
-    ) {
+    async fn accepted(&self, stream: TcpStream, peer: SocketAddr, flows: &mut JoinSet<()>) {
         // Responses leave in several small writes (headers, SSE events); with Nagle the
         // last one waits for the agent's delayed ACK, ~40 ms a call.
         let _ = stream.set_nodelay(true);
@@ -158,7 +165,8 @@ impl Daemon {
         let Some(record) = self.interceptor.take(peer, local) else {
             // Someone dialed the listener directly: there is no kernel record to say who.
             tracing::warn!(client = %peer, listener = %local, "connection without an interception record closed");
-            self.audit
+            self.daemon
+                .audit
                 .record(&RefusedRecord {
                     kind: "refused",
                     time: timestamp(SystemTime::now()),
@@ -178,7 +186,8 @@ impl Daemon {
                 drop(stream);
                 if let Some(refused) = report {
                     tracing::warn!(uid = redirected.uid, refused, reason = %why, "connections refused");
-                    self.audit
+                    self.daemon
+                        .audit
                         .record(&LimitedRecord {
                             kind: "connection_limited",
                             time: timestamp(SystemTime::now()),
@@ -200,7 +209,7 @@ impl Daemon {
             uid = redirected.uid,
             dst = %redirected.orig_dst,
         );
-        let daemon = self.clone();
+        let daemon = self.daemon.clone();
         // The connection moves to its worker's own reactor: its readiness then wakes that
         // thread and no other.
         let stream = match stream.into_std() {

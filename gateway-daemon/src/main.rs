@@ -411,12 +411,10 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     )?);
     tracing::info!(workers = workers.count(), "connection workers started");
     let daemon = Arc::new(gateway_daemon::daemon::Daemon {
-        admission,
         budget: Arc::new(gateway_daemon::http::budget::Budget::new(
             cfg.http.max_buffered_bytes,
             cfg.http.max_buffered_bytes_per_user,
         )),
-        interceptor: interceptor.clone(),
         policy,
         catalog: Default::default(),
         limiter: Default::default(),
@@ -426,13 +424,18 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         audit: sink,
         sessions: sessions.clone(),
         config: Arc::new(cfg.clone()),
-        workers: workers.clone(),
     });
-    daemon.serve(listeners, stop, Duration::from_secs(5)).await;
+    let server = listen::Server {
+        daemon,
+        admission,
+        interceptor: interceptor.clone(),
+        workers: workers.clone(),
+    };
+    server.serve(listeners, stop, Duration::from_secs(5)).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // Whatever a connection left running goes with its worker, and the state it held.
     tokio::task::spawn_blocking(move || workers.stop()).await?;
-    drop(daemon);
+    drop(server);
 
     // The watcher holds the interceptor too: stop it before detaching.
     watcher.abort();
