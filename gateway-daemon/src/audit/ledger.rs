@@ -189,29 +189,32 @@ impl Chain {
     }
 
     fn push(&mut self, buf: &mut Vec<u8>, body: &[u8]) -> u64 {
-        self.seq += 1;
-        let (line, hash) = seal_body(self.seq, &self.head, body);
-        if let Some(j) = &self.journald {
-            j.forward(&line);
-        }
+        let seq = self.seq + 1;
+        let (line, hash) = seal_body(seq, &self.head, body);
         buf.extend_from_slice(&line);
+        self.advance(seq, hash, &line);
+        seq
+    }
+
+    /// The chain now ends at `line`, record `seq` with hash `hash`.
+    fn advance(&mut self, seq: u64, hash: String, line: &[u8]) {
+        if let Some(j) = &self.journald {
+            j.forward(line);
+        }
+        self.seq = seq;
         self.head = hash;
         self.since_checkpoint += 1;
-        self.seq
     }
 
     /// Seals `body` (from `encode::body`) and writes it: on return it is in the file (the
-    /// OS's page cache; `syncer` makes it durable). On a failed write the file is cut back
-    /// to where it was and the chain does not move, so the next record still follows.
+    /// OS's page cache; `syncer` makes it durable). The chain (and journald) moves on only
+    /// once the write succeeded; a failed one is cut back, so the next record still follows.
     pub fn append_now(&mut self, body: &[u8]) -> std::io::Result<u64> {
-        let (seq, head, since) = (self.seq, self.head.clone(), self.since_checkpoint);
-        let mut line = Vec::with_capacity(body.len() + 180);
-        let n = self.push(&mut line, body);
-        if let Err(e) = self.write(&line) {
-            (self.seq, self.head, self.since_checkpoint) = (seq, head, since);
-            return Err(e);
-        }
-        Ok(n)
+        let seq = self.seq + 1;
+        let (line, hash) = seal_body(seq, &self.head, body);
+        self.write(&line)?;
+        self.advance(seq, hash, &line);
+        Ok(seq)
     }
 
     /// Writes `buf` at the end of the file, all of it or (cut back) none.
