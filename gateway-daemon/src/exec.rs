@@ -30,7 +30,15 @@ const FORWARDED: [Signal; 4] = [
     Signal::SIGQUIT,
 ];
 
-pub fn exec(cgroup_rel: &str, user: Option<&str>, argv: &[OsString]) -> anyhow::Result<()> {
+/// Runs `argv` in the agent cgroup `cgroup_rel`, as `user`. With `stdio` (the daemon's stdio
+/// socket), every program the command and its descendants start is shown to the daemon
+/// first, so it can mediate the MCP servers among them (see `stdio`).
+pub fn exec(
+    cgroup_rel: &str,
+    user: Option<&str>,
+    argv: &[OsString],
+    stdio: Option<&Path>,
+) -> anyhow::Result<()> {
     if argv.is_empty() {
         bail!("no command given: mcp-gateway exec [--cgroup NAME] [--user USER] -- CMD [ARGS...]");
     }
@@ -56,6 +64,7 @@ pub fn exec(cgroup_rel: &str, user: Option<&str>, argv: &[OsString]) -> anyhow::
         ForkResult::Child => {
             let err = child(
                 &cgroup_path,
+                stdio,
                 user.as_ref(),
                 &args,
                 pty.as_ref().map(|p| &p.slave),
@@ -83,6 +92,7 @@ pub fn exec(cgroup_rel: &str, user: Option<&str>, argv: &[OsString]) -> anyhow::
 /// command. Returns only with the reason it could not run the command.
 fn child(
     cgroup_path: &Path,
+    stdio: Option<&Path>,
     user: Option<&nix::unistd::User>,
     args: &[CString],
     slave: Option<&OwnedFd>,
@@ -105,6 +115,18 @@ fn child(
     }
     if let Err(e) = cgroup::join(cgroup_path, std::process::id()) {
         return format!("mcp-gateway exec: joining {}: {e}\n", cgroup_path.display());
+    }
+    // While still root (the daemon takes enrolments from root only), and before anything
+    // of the agent's runs: no daemon to take the listener, no agent.
+    if let Some(socket) = stdio {
+        let enrolled = crate::stdio::filter::install()
+            .and_then(|listener| crate::stdio::enrol::hand_over(socket, &listener));
+        if let Err(e) = enrolled {
+            return format!(
+                "mcp-gateway exec: the daemon must mediate this agent's stdio MCP servers, and \
+                 could not: {e} (is `mcp-gateway run` running with this config?)\n"
+            );
+        }
     }
     if let Some(u) = user {
         if let Err(e) = become_user(u) {

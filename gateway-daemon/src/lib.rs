@@ -20,5 +20,6 @@ pub mod policy;
 pub mod redact;
 pub mod route;
 pub mod status;
+pub mod stdio;
 pub mod tls;
 pub mod workers;

@@ -45,8 +45,10 @@ enum Command {
         /// agents.cgroups entry.
         #[arg(long)]
         cgroup: Option<String>,
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
+        /// The daemon's config (default /etc/mcp-gateway/mcp-gateway.toml): its stdio
+        /// servers, if any, are mediated for the command and everything it starts.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Run the command as this user (name or uid), after joining the cgroup.
         #[arg(long)]
         user: Option<String>,
@@ -142,6 +144,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             user,
             command,
         } => {
+            let config_given = config.is_some();
+            let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => config::Config::load(&config)?
@@ -157,7 +161,17 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                         )
                     })?,
             };
-            exec::exec(&cgroup, user.as_deref(), &command)
+            // Agents started here have their stdio servers mediated when the config names
+            // any: the daemon must then take the tree's exec listener before they run.
+            let stdio = match config::Config::load(&config) {
+                Ok(r) if gateway_daemon::stdio::Stage::configured(&r.config) => {
+                    Some(r.config.admin.stdio_socket.clone())
+                }
+                Ok(_) => None,
+                Err(_) if !config_given => None,
+                Err(e) => return Err(e.into()),
+            };
+            exec::exec(&cgroup, user.as_deref(), &command, stdio.as_deref())
         }
         Command::Detach { config } => detach(&config),
         Command::Audit { config, command } => audit_cli::run(command, &config),
@@ -325,6 +339,13 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     let pins = Arc::new(pins::Pins::open(&cfg)?);
     let approvals = Arc::new(approvals::Approvals::new(&cfg.approvals));
     let admin_listener = admin::AdminListener::bind(&cfg.admin)?;
+    // Bound before READY: a launcher started right after finds it (served once the shared
+    // state exists, a moment later).
+    let stdio_listener = if gateway_daemon::stdio::Stage::configured(&cfg) {
+        Some(gateway_daemon::stdio::enrol::bind(&cfg.admin.stdio_socket)?)
+    } else {
+        None
+    };
     if let Some(addr) = cfg.metrics.listen {
         tokio::spawn(metrics::serve_on(metrics::bind(addr).await?));
     }
@@ -425,6 +446,12 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         sessions: sessions.clone(),
         config: Arc::new(cfg.clone()),
     });
+    if let Some(l) = stdio_listener {
+        let stage =
+            gateway_daemon::stdio::Stage::new(daemon.clone(), tokio::runtime::Handle::current());
+        gateway_daemon::stdio::enrol::serve(l, stage);
+        tracing::info!(socket = %cfg.admin.stdio_socket.display(), "stdio servers mediated for trees enrolled by mcp-gateway exec");
+    }
     let server = listen::Server {
         daemon,
         admission,

@@ -81,7 +81,7 @@ impl Gateway {
                  [scope]\n{}\n\
                  [intercept]\ninstance = \"{instance}\"\n{}\n\
                  [tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n{}\n\
-                 [admin]\nsocket = \"{}\"\n\
+                 [admin]\nsocket = \"{}\"\nstdio_socket = \"{}\"\n\
                  [pins]\npath = \"{}\"\n{}\n\
                  [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
                 opts.listener,
@@ -95,6 +95,7 @@ impl Gateway {
                 dir.path().join("ca.key").display(),
                 opts.tls,
                 dir.path().join("admin.sock").display(),
+                dir.path().join("stdio.sock").display(),
                 dir.path().join("pins.json").display(),
                 // Tests about other stages call tools without pinning them first.
                 if opts.pins.contains("mode") {
@@ -270,6 +271,23 @@ impl Gateway {
             program,
         ]);
         cmd.args(args);
+        cmd
+    }
+
+    /// `mcp-gateway exec --config` this daemon's config, as `user`: the agent's stdio servers
+    /// are mediated (the config names them).
+    pub fn agent_stdio(&self, user: &str, program: &str, args: &[String]) -> Command {
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("exec").arg("--config").arg(&self.config).args([
+            "--cgroup",
+            &self.cgroup,
+            "--user",
+            user,
+            "--",
+            program,
+        ]);
+        cmd.args(args);
+        cmd.current_dir("/");
         cmd
     }
 

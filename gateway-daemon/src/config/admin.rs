@@ -14,6 +14,14 @@ pub struct Admin {
     /// Members of this group (and root) may use the socket.
     #[serde(default = "default_group")]
     pub group: String,
+    /// Where `mcp-gateway exec` hands the daemon the exec listener of an agent's process
+    /// tree, for stdio servers (root only).
+    #[serde(default = "default_stdio_socket")]
+    pub stdio_socket: PathBuf,
+}
+
+fn default_stdio_socket() -> PathBuf {
+    PathBuf::from("/run/mcp-gateway/stdio.sock")
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +87,7 @@ impl Default for Admin {
         Self {
             socket: default_socket(),
             group: default_group(),
+            stdio_socket: default_stdio_socket(),
         }
     }
 }

@@ -91,6 +91,12 @@ pub struct Server {
     /// Destination port, with `host`.
     #[serde(default)]
     pub port: Option<u16>,
+    /// A server agents start as a child process and speak to over stdio: globs over the
+    /// executable (the first) and its arguments (each further one matches a later argument,
+    /// in order), e.g. `["*/npx", "*server-everything*"]`. Mediated for agents started by
+    /// `mcp-gateway exec` (see `stdio`).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
     /// Path prefix of the MCP endpoint(s), e.g. "/mcp"; every path when absent.
     #[serde(default)]
     pub path: Option<String>,

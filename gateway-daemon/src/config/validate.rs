@@ -221,10 +221,38 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
                 format!("{:?} is used by another server", s.name),
             );
         }
-        if s.address.is_none() && s.host.is_none() {
+        if let Some(command) = &s.command {
+            if s.address.is_some() || s.host.is_some() || s.path.is_some() {
+                return fail(
+                    &key("command"),
+                    format!(
+                        "server {:?} is started over stdio: `command` goes without \
+                         `address`, `host` and `path`",
+                        s.name
+                    ),
+                );
+            }
+            if command.is_empty() {
+                return fail(&key("command"), "needs at least the executable's glob");
+            }
+            for (j, g) in command.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(g) {
+                    return fail(
+                        &format!("server[{i}].command[{j}]"),
+                        format!("{g:?} is not a valid glob: {e}"),
+                    );
+                }
+            }
+            if !s.credentials.is_empty() {
+                return fail(
+                    &key("credential"),
+                    "a stdio server has no HTTP headers to carry credentials",
+                );
+            }
+        } else if s.address.is_none() && s.host.is_none() {
             return fail(
                 &format!("server[{i}]"),
-                format!("server {:?} needs `address` or `host`", s.name),
+                format!("server {:?} needs `address` or `host` (or `command` for a server started over stdio)", s.name),
             );
         }
         if s.port.is_some() && s.host.is_none() {

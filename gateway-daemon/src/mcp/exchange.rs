@@ -131,7 +131,7 @@ fn refuse(
 }
 
 /// Counts and records a refusal.
-fn write_refusal(
+pub(crate) fn write_refusal(
     obs: &Observer,
     messages: &[Message<'_>],
     refusal: &Refusal,
@@ -166,11 +166,11 @@ fn is_call(m: &Message<'_>) -> bool {
 }
 
 /// What the exfiltration guard made of a POST's tool arguments.
-struct Guarded {
+pub(crate) struct Guarded {
     /// The body to forward instead, when arguments were redacted.
-    body: Option<Vec<u8>>,
+    pub body: Option<Vec<u8>>,
     /// Redactions per request id.
-    counts: Vec<(Id, Counts)>,
+    pub counts: Vec<(Id, Counts)>,
 }
 
 /// Scans the arguments of the POST's tools/call requests per the principal's and server's
@@ -246,7 +246,12 @@ fn guard_arguments(
 }
 
 /// The policy's decision about one message of the agent (None for its responses).
-fn decide(policy: &Policy, obs: &Observer, ctx: &ConnCtx, m: &Message<'_>) -> Option<Decision> {
+pub(crate) fn decide(
+    policy: &Policy,
+    obs: &Observer,
+    ctx: &ConnCtx,
+    m: &Message<'_>,
+) -> Option<Decision> {
     let method = m.method.as_deref()?;
     let name = routing_name(m);
     // Parsed only when some rule looks at arguments: this is on every call's path.
@@ -690,16 +695,16 @@ fn readable(
 }
 
 /// What a POST the gateway admitted carries on with.
-struct Admitted {
+pub(crate) struct Admitted {
     /// Its tool arguments, as scanned for secrets.
-    guard: Guarded,
+    pub guard: Guarded,
     /// Its calls' rate-limit slots, released when their answers end.
-    inflight: Vec<crate::policy::limits::InFlight>,
+    pub inflight: Vec<crate::policy::limits::InFlight>,
 }
 
 /// The decisions past policy, in order: a denial; a person's approval (one after another,
 /// a batch waits for every answer); pins; the principal's limits; secrets in arguments.
-async fn admit(
+pub(crate) async fn admit(
     ctx: &ConnCtx,
     obs: &Observer,
     policy: &Policy,
@@ -775,7 +780,9 @@ async fn admit(
 }
 
 /// Every record in `written` durable, or the first reason one is not.
-async fn all_durable(written: Vec<crate::audit::Written>) -> Result<(), crate::audit::AuditError> {
+pub(crate) async fn all_durable(
+    written: Vec<crate::audit::Written>,
+) -> Result<(), crate::audit::AuditError> {
     for w in written {
         w.durable().await?;
     }

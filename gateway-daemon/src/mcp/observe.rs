@@ -144,7 +144,9 @@ impl Observer {
             Kind::Request => {
                 let p = self.pending(m);
                 match (&self.session, self.transport) {
-                    (Some(s), Transport::LegacySse) => s.state().client_pending.insert(id, p)?,
+                    (Some(s), Transport::LegacySse | Transport::Stdio) => {
+                        s.state().client_pending.insert(id, p)?
+                    }
                     _ => local.insert(id, p)?,
                 }
                 vec![]

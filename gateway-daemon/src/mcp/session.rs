@@ -17,6 +17,8 @@ use super::record::PendingRequest;
 pub enum Transport {
     StreamableHttp,
     LegacySse,
+    /// A server the agent started, over its stdin and stdout (see `stdio`).
+    Stdio,
 }
 
 impl Transport {
@@ -24,6 +26,7 @@ impl Transport {
         match self {
             Transport::StreamableHttp => "streamable_http",
             Transport::LegacySse => "sse",
+            Transport::Stdio => "stdio",
         }
     }
 }
@@ -107,6 +110,12 @@ impl Session {
             last_used: Mutex::new(Instant::now()),
             stream: Mutex::new(None),
         }
+    }
+
+    /// The one session of a stdio relay (not in the registry: it lives as long as the
+    /// relay's pipes).
+    pub fn stdio(id: String, owner: Owner, max_pending: usize) -> Self {
+        Self::new(id.clone(), id, Transport::Stdio, owner, max_pending)
     }
 
     /// Attaches the agent's event stream of this (legacy) session: what `answer` queues
@@ -286,6 +295,8 @@ impl Sessions {
         match transport {
             Transport::StreamableHttp => lock(&self.streamable).remove(&key),
             Transport::LegacySse => lock(&self.legacy).remove(&key),
+            // A stdio relay's session is its own, never in the registry.
+            Transport::Stdio => None,
         }
     }
 

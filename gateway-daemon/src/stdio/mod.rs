@@ -1,0 +1,127 @@
+//! The stdio stage: MCP servers an agent starts as child processes and speaks to over their
+//! stdin and stdout, mediated without touching the agent's MCP configuration.
+//!
+//! The path, in order:
+//! - `filter`: the launcher (`mcp-gateway exec`) installs a seccomp filter that sends every
+//!   exec of the agent's tree to the daemon as a user notification;
+//! - `enrol`: the launcher hands the filter's listener to the daemon, which checks who sent
+//!   it, before the agent runs (no daemon: no agent);
+//! - `supervise`: per exec, `memory` reads what is executed, `matcher` finds the configured
+//!   server it starts (most execs start none and go on untouched);
+//! - `swap`: for a server, the daemon takes the ends of the agent's pipes and gives the
+//!   server new pipes to the daemon instead;
+//! - `relay`: newline-delimited JSON-RPC through the MCP stage (principal, policy,
+//!   approvals, pins, redaction, the write-ahead ledger), as over HTTP.
+//!
+//! Fail closed: an exec that cannot be read or mediated fails (EPERM); with the daemon
+//! gone, the filter has no listener and every exec of the tree fails (ENOSYS).
+
+pub mod enrol;
+pub mod filter;
+mod matcher;
+mod memory;
+mod relay;
+mod supervise;
+mod swap;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::daemon::Daemon;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("installing the exec filter ({step}): {source}")]
+    Filter {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "this process already has a seccomp listener (it runs under another `mcp-gateway exec` \
+         or a container runtime's supervisor): a second one cannot be installed"
+    )]
+    AlreadyFiltered,
+    #[error("reading {what} of process {pid}: {source}")]
+    Read {
+        pid: u32,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the server cannot be mediated: {why}")]
+    NotMediable { why: String },
+    #[error("swapping the server's stdio ({step}): {source}")]
+    Swap {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the daemon's stdio socket {path}: {source}")]
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the daemon refused the enrolment: {0}")]
+    Refused(String),
+}
+
+/// An enrolled process tree: what one launcher started.
+pub struct Tree {
+    pub id: u64,
+    /// The launcher's pid when it enrolled.
+    pub launcher: u32,
+    pub cgroup: String,
+}
+
+/// The stdio stage's shared state.
+pub struct Stage {
+    pub daemon: Arc<Daemon>,
+    runtime: tokio::runtime::Handle,
+    matcher: Arc<matcher::Matcher>,
+    /// Live relays by the (device, inode) of the pipes their server holds as stdio.
+    relays: Mutex<HashMap<(u64, u64), Weak<relay::Relay>>>,
+    next: AtomicU64,
+}
+
+impl Stage {
+    pub fn new(daemon: Arc<Daemon>, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        let matcher = Arc::new(matcher::Matcher::of(&daemon.config));
+        Arc::new(Self {
+            daemon,
+            runtime,
+            matcher,
+            relays: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        })
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn matcher(&self) -> Arc<matcher::Matcher> {
+        self.matcher.clone()
+    }
+
+    /// The relay whose pipes `pid` holds as its stdin or stdout, if any.
+    fn relay_holding(&self, pid: u32) -> Option<Arc<relay::Relay>> {
+        let marks = swap::stdio_marks(pid);
+        let relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
+        marks
+            .iter()
+            .flatten()
+            .find_map(|m| relays.get(m).and_then(Weak::upgrade))
+    }
+
+    fn register(&self, marks: [(u64, u64); 2], relay: &Arc<relay::Relay>) {
+        let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
+        relays.retain(|_, r| r.strong_count() > 0);
+        for m in marks {
+            relays.insert(m, Arc::downgrade(relay));
+        }
+    }
+
+    /// Whether any `[[server]]` is started over stdio (has a `command`).
+    pub fn configured(config: &crate::config::Config) -> bool {
+        config.servers.iter().any(|s| s.command.is_some())
+    }
+}
