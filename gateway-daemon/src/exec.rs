@@ -152,6 +152,22 @@ fn child(
     )
 }
 
+/// This process's cgroup2 path, relative to the mount (no leading '/').
+pub fn current_cgroup() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_matches('/').to_string())
+}
+
+/// Whether cgroup `c` is one of `agents` or below one.
+pub fn within(c: &str, agents: &[String]) -> bool {
+    agents.iter().any(|a| {
+        let a = a.trim_matches('/');
+        !a.is_empty() && (c == a || c.starts_with(&format!("{a}/")))
+    })
+}
+
 /// Groups, gid, uid, and the environment `runuser -u USER` gives: HOME, SHELL, USER and
 /// LOGNAME of the user (the caller's would point the agent at root's files).
 fn become_user(u: &nix::unistd::User) -> anyhow::Result<()> {

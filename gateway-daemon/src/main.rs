@@ -148,18 +148,20 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             let cgroup = match cgroup {
                 Some(c) => c,
-                None => config::Config::load(&config)?
-                    .config
-                    .agents
-                    .cgroups
-                    .first()
-                    .cloned()
-                    .with_context(|| {
-                        format!(
-                            "{} has no agents.cgroups entry: pass --cgroup NAME",
-                            config.display()
-                        )
-                    })?,
+                None => {
+                    let agents = config::Config::load(&config)?.config.agents.cgroups;
+                    // Already in an agent cgroup (a unit in the agents' slice): it stays
+                    // there, where systemd keeps track of it.
+                    match exec::current_cgroup().filter(|c| exec::within(c, &agents)) {
+                        Some(here) => here,
+                        None => agents.first().cloned().with_context(|| {
+                            format!(
+                                "{} has no agents.cgroups entry: pass --cgroup NAME",
+                                config.display()
+                            )
+                        })?,
+                    }
+                }
             };
             // Agents started here have their stdio servers mediated when the config names
             // any: the daemon must then take the tree's exec listener before they run.

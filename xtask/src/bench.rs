@@ -35,7 +35,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10.0)]
     threshold: f64,
     /// Only these scenarios (comma-separated: direct, relay, gateway, full-always,
-    /// full-batch, full-none, direct-tls, gateway-tls); their direct baselines run too.
+    /// full-batch, full-none, direct-tls, gateway-tls, stdio-direct, stdio-gateway); their
+    /// direct baselines run too.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the JSON here instead of target/bench/bench-<git sha>-<date>.json.
@@ -61,6 +62,8 @@ struct Scenario {
     gateway: Option<GatewayConfig>,
     /// Through a plain L4 relay instead (not as an agent): the floor of a userspace proxy.
     relay: bool,
+    /// A stdio server the client starts as its child, instead of the HTTP upstream.
+    stdio: bool,
     /// The direct scenario of the same transport, for ratios.
     baseline: &'static str,
 }
@@ -72,6 +75,7 @@ const SCENARIOS: &[Scenario] = &[
         tls: false,
         gateway: None,
         relay: false,
+        stdio: false,
         baseline: "direct",
     },
     Scenario {
@@ -81,6 +85,7 @@ const SCENARIOS: &[Scenario] = &[
         tls: false,
         gateway: None,
         relay: true,
+        stdio: false,
         baseline: "direct",
     },
     Scenario {
@@ -90,6 +95,7 @@ const SCENARIOS: &[Scenario] = &[
         tls: false,
         gateway: Some(GatewayConfig::Plain),
         relay: false,
+        stdio: false,
         baseline: "direct",
     },
     Scenario {
@@ -98,6 +104,7 @@ const SCENARIOS: &[Scenario] = &[
         tls: false,
         gateway: Some(GatewayConfig::Full("always")),
         relay: false,
+        stdio: false,
         baseline: "direct",
     },
     Scenario {
@@ -106,6 +113,7 @@ const SCENARIOS: &[Scenario] = &[
         tls: false,
         gateway: Some(GatewayConfig::Full("batch")),
         relay: false,
+        stdio: false,
         baseline: "direct",
     },
     Scenario {
@@ -114,6 +122,7 @@ const SCENARIOS: &[Scenario] = &[
         tls: false,
         gateway: Some(GatewayConfig::Full("none")),
         relay: false,
+        stdio: false,
         baseline: "direct",
     },
     Scenario {
@@ -122,6 +131,7 @@ const SCENARIOS: &[Scenario] = &[
         tls: true,
         gateway: None,
         relay: false,
+        stdio: false,
         baseline: "direct-tls",
     },
     Scenario {
@@ -130,7 +140,28 @@ const SCENARIOS: &[Scenario] = &[
         tls: true,
         gateway: Some(GatewayConfig::Plain),
         relay: false,
+        stdio: false,
         baseline: "direct-tls",
+    },
+    Scenario {
+        key: "stdio-direct",
+        title: "stdio: the client starts the server as its child and talks over pipes (not \
+                an agent)",
+        tls: false,
+        gateway: None,
+        relay: false,
+        stdio: true,
+        baseline: "stdio-direct",
+    },
+    Scenario {
+        key: "stdio-gateway",
+        title: "stdio through the gateway: the client started by mcp-gateway exec, its server \
+                mediated; policy audit-only, no redaction, no pins, ledger sync=none",
+        tls: false,
+        gateway: Some(GatewayConfig::Plain),
+        relay: false,
+        stdio: true,
+        baseline: "stdio-direct",
     },
 ];
 
@@ -282,6 +313,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         for (metric, from) in [
             ("p50_added_us", "p50_us"),
             ("new_conn_added_us", "new_conn_p50_us"),
+            ("exec_added_us", "exec_p50_us"),
         ] {
             let here = m.iter().find(|(k, _)| *k == from).map(|(_, v)| *v);
             if let (Some(h), Some(b)) = (here, value(s.baseline, from)) {
@@ -392,10 +424,13 @@ type Metrics = Vec<(&'static str, f64)>;
 fn run_scenario(env: &Env, s: &Scenario, p: &Params) -> Result<(Metrics, Json)> {
     let dir = env.work.join(s.key);
     std::fs::create_dir_all(&dir)?;
+    if s.stdio {
+        return run_stdio(env, s, p, &dir);
+    }
     let port = procs::free_port()?;
     let upstream = procs::upstream(env, &dir, port, s.tls)?;
     let daemon = match s.gateway {
-        Some(config) => Some(Daemon::start(env, &dir, s.key, port, s.tls, config)?),
+        Some(config) => Some(Daemon::start(env, &dir, s.key, port, s.tls, false, config)?),
         None => None,
     };
     // The client dials the relay, which dials the upstream.
@@ -460,6 +495,7 @@ fn measure(
     let client = Client {
         env,
         mediated: daemon.is_some(),
+        config: None,
         args,
     };
     let mut m: Metrics = Vec::new();
@@ -560,6 +596,72 @@ fn measure(
     }
 
     Ok((m, Json::Obj(raw)))
+}
+
+/// A stdio scenario: the client starts `mcp-bench-client stdio-serve` as its server, straight
+/// or as an agent of a daemon that mediates it; calls on one server, then program starts
+/// (each one shown to the daemon first when mediated).
+fn run_stdio(env: &Env, s: &Scenario, p: &Params, dir: &Path) -> Result<(Metrics, Json)> {
+    let daemon = match s.gateway {
+        Some(config) => Some(Daemon::start(
+            env,
+            dir,
+            s.key,
+            procs::free_port()?,
+            false,
+            true,
+            config,
+        )?),
+        None => None,
+    };
+    let mut args = Vec::new();
+    if let Some(d) = &daemon {
+        args.extend(["--watch".to_string(), d.pid().to_string()]);
+    }
+    args.extend(["--text-bytes".to_string(), p.text_bytes.to_string()]);
+    let client = Client {
+        env,
+        mediated: daemon.is_some(),
+        config: daemon.as_ref().map(|d| d.dir.join("gateway.toml")),
+        args,
+    };
+    let (secs, warm) = (p.latency_seconds.to_string(), p.latency_warmup.to_string());
+    let server = format!("{} stdio-serve", env.client.display());
+    let run = client.run(&[
+        "stdio-load",
+        "--seconds",
+        &secs,
+        "--warmup",
+        &warm,
+        "--execs",
+        "300",
+        "--server",
+        &server,
+    ]);
+    let run = match (run, &daemon) {
+        (Err(e), Some(d)) => Err(e.context(format!("daemon log (tail):\n{}", d.log()))),
+        (r, _) => r,
+    };
+    let result = run.and_then(|one| {
+        let mut m: Metrics = Vec::new();
+        m.push(("p50_us", num(&one, "latency.p50_us")?));
+        m.push(("p99_us", num(&one, "latency.p99_us")?));
+        m.push(("calls_per_s_1", num(&one, "calls_per_s")?));
+        if let Some(d) = &daemon {
+            let calls = num(&one, "calls")?;
+            let cpu = one.get("cpu_s").get(&d.pid().to_string()).num();
+            if let Some(cpu) = cpu.filter(|_| calls > 0.0) {
+                m.push(("cpu_s_per_10k_1", cpu / calls * 10_000.0));
+            }
+        }
+        m.push(("exec_p50_us", num(&one, "exec.p50_us")?));
+        m.push(("exec_p99_us", num(&one, "exec.p99_us")?));
+        Ok((m, obj([("load_1", one)])))
+    });
+    if let Some(d) = daemon {
+        d.stop()?;
+    }
+    result
 }
 
 fn num(v: &Json, path: &str) -> Result<f64> {

@@ -142,10 +142,7 @@ fn enrol(s: &UnixStream, stage: &Arc<Stage>) -> Result<(), String> {
     let pid = creds.pid() as u32;
     let cgroup = cgroup_of(pid).ok_or_else(|| format!("cannot read the cgroup of pid {pid}"))?;
     let agents = &stage.daemon.config.agents.cgroups;
-    let enrolled = agents.iter().any(|a| {
-        let a = a.trim_matches('/');
-        cgroup == a || cgroup.starts_with(&format!("{a}/"))
-    });
+    let enrolled = crate::exec::within(&cgroup, agents);
     if !agents.is_empty() && !enrolled {
         return Err(format!(
             "the launcher (pid {pid}) is in cgroup /{cgroup}, which is not an agent cgroup \

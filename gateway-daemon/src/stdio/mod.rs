@@ -79,7 +79,27 @@ pub struct Stage {
     matcher: Arc<matcher::Matcher>,
     /// Live relays by the (device, inode) of the pipes their server holds as stdio.
     relays: Mutex<HashMap<(u64, u64), Weak<relay::Relay>>>,
+    /// Live relays per uid: each holds four descriptors and two tasks of the daemon.
+    live: Mutex<HashMap<u32, usize>>,
     next: AtomicU64,
+}
+
+/// One live relay of a user, given back when the relay ends.
+pub struct Slot {
+    stage: Arc<Stage>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut live = self.stage.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = live.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Stage {
@@ -90,6 +110,7 @@ impl Stage {
             runtime,
             matcher,
             relays: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
         })
     }
@@ -118,6 +139,27 @@ impl Stage {
         for m in marks {
             relays.insert(m, Arc::downgrade(relay));
         }
+    }
+
+    /// A relay for `uid`, within `http.max_sessions_per_user` live ones: one user's
+    /// servers cannot spend the daemon's descriptors for everyone.
+    fn slot(self: &Arc<Self>, uid: u32) -> Result<Slot, StdioError> {
+        let max = self.daemon.config.http.max_sessions_per_user;
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let n = live.entry(uid).or_default();
+        if *n >= max {
+            return Err(StdioError::NotMediable {
+                why: format!(
+                    "uid {uid} already has {n} mediated stdio servers running \
+                     (http.max_sessions_per_user)"
+                ),
+            });
+        }
+        *n += 1;
+        Ok(Slot {
+            stage: self.clone(),
+            uid,
+        })
     }
 
     /// Whether any `[[server]]` is started over stdio (has a `command`).

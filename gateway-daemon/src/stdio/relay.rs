@@ -181,6 +181,7 @@ pub fn start(
     server: Arc<str>,
     identity: Identity,
     swapped: super::swap::Swapped,
+    slot: super::Slot,
     pid: u32,
     path: &Path,
     argv: &[String],
@@ -285,6 +286,7 @@ pub fn start(
                 "relay": shared.relay.id,
                 "server": &*shared.relay.server,
             }));
+            drop(slot);
             tracing::info!("stdio server relay ended");
         },
         span,
@@ -326,20 +328,31 @@ async fn write_lines(mut w: pipe::Sender, mut rx: mpsc::Receiver<Option<Bytes>>)
 enum Line {
     Line(Vec<u8>),
     TooLong(usize),
+    /// The daemon's memory for messages under inspection is spent (http.max_buffered_*):
+    /// the line was skipped.
+    OverBudget(String),
     End,
 }
 
 /// One line (without its newline), at most `max` bytes; a longer one is skipped to its end.
-async fn next_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> Line {
+/// What it holds is charged to `held` (the memory budget every inspected message shares).
+async fn next_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    held: &mut crate::http::budget::Reservation,
+) -> Line {
     let mut line = Vec::new();
     let mut skipped = 0usize;
+    let mut over: Option<String> = None;
     loop {
         let buf = match r.fill_buf().await {
             Ok(b) => b,
             Err(_) => return Line::End,
         };
         if buf.is_empty() {
-            return if skipped > 0 {
+            return if let Some(why) = over {
+                Line::OverBudget(why)
+            } else if skipped > 0 {
                 Line::TooLong(skipped)
             } else if line.is_empty() {
                 Line::End
@@ -351,16 +364,23 @@ async fn next_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> Line {
             Some(i) => (&buf[..i], Some(i + 1)),
             None => (buf, None),
         };
-        if skipped > 0 || line.len() + chunk.len() > max {
+        if over.is_none() && skipped == 0 && line.len() + chunk.len() <= max {
+            if let Err(e) = held.set(line.len() + chunk.len()) {
+                over = Some(e.to_string());
+            }
+        }
+        if over.is_some() || skipped > 0 || line.len() + chunk.len() > max {
             skipped += line.len() + chunk.len();
-            line.clear();
+            line = Vec::new();
         } else {
             line.extend_from_slice(chunk);
         }
         let used = done.unwrap_or(buf.len());
         r.consume(used);
         if done.is_some() {
-            return if skipped > 0 {
+            return if let Some(why) = over {
+                Line::OverBudget(why)
+            } else if skipped > 0 {
                 Line::TooLong(skipped)
             } else {
                 Line::Line(line)
@@ -372,9 +392,18 @@ async fn next_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize) -> Line {
 /// The agent's side: each line decided and forwarded, or refused with JSON-RPC errors.
 async fn from_agent<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R) {
     let max = shared.ctx.daemon.config.http.max_request_bytes;
+    let uid = shared.ctx.principal.uid;
     loop {
-        let line = match next_line(&mut input, max).await {
+        let mut held = shared.ctx.daemon.budget.reserve(uid);
+        let line = match next_line(&mut input, max, &mut held).await {
             Line::End => break,
+            Line::OverBudget(why) => {
+                let r = Refusal::over_budget(why);
+                let obs = shared.observer();
+                exchange::write_refusal(&obs, &[], &r, &r.why(), &[]);
+                shared.send_agent(error_json(None, r.code, r.why())).await;
+                continue;
+            }
             Line::TooLong(n) => {
                 let r = Refusal::too_large(format!(
                     "a message of {n} bytes is more than http.max_request_bytes ({max})"
@@ -410,9 +439,14 @@ async fn from_agent<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R) 
             }
         };
         if waits {
-            tokio::spawn(agent_line(shared.clone(), line));
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                agent_line(shared, line).await;
+                drop(held);
+            });
         } else {
             agent_line(shared.clone(), line).await;
+            drop(held);
         }
     }
     // The agent closed its end: the server's stdin closes too (after what is queued).
@@ -606,9 +640,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// what the gateway cannot read, or answers nothing asked, does not reach the agent.
 async fn from_server<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R) {
     let max = shared.ctx.daemon.config.http.max_response_bytes;
+    let uid = shared.ctx.principal.uid;
     loop {
-        let line = match next_line(&mut input, max).await {
+        let mut held = shared.ctx.daemon.budget.reserve(uid);
+        let line = match next_line(&mut input, max, &mut held).await {
             Line::End => return,
+            Line::OverBudget(why) => {
+                let obs = shared.observer();
+                obs.write_now(vec![obs.malformed(&format!(
+                    "a server message was dropped: the gateway's memory for messages under \
+                     inspection is spent ({why})"
+                ))]);
+                continue;
+            }
             Line::TooLong(n) => {
                 let obs = shared.observer();
                 obs.write_now(vec![obs.malformed(&format!(
@@ -661,6 +705,8 @@ async fn from_server<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R)
         }
         let out = rewritten.unwrap_or_else(|| line.clone());
         drop(parsed);
+        drop(line);
         shared.send_agent(out).await;
+        drop(held);
     }
 }

@@ -210,6 +210,7 @@ fn decide(
         tracing::debug!(pid = n.pid, "arguments truncated for the record");
     }
     let identity = super::relay::identity_of(n.pid);
+    let slot = stage.slot(identity.uid)?;
     let swapped = super::swap::swap(listener, n.id, n.pid)?;
     // The process may have been killed since the swap: its exec never happens, and the
     // relay ends with the pipes.
@@ -219,6 +220,7 @@ fn decide(
         server,
         identity,
         swapped,
+        slot,
         n.pid,
         &asked.path,
         &asked.argv,

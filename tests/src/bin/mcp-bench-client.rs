@@ -127,6 +127,23 @@ enum Cmd {
         #[arg(long)]
         to: SocketAddr,
     },
+    /// Serves MCP (an `echo` tool) over stdin/stdout: the bench's stdio server.
+    StdioServe,
+    /// Starts CMD as a stdio MCP server and calls `echo` on it in a loop; then times
+    /// starting a program.
+    StdioLoad {
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// How many times to start `/bin/true`, timed.
+        #[arg(long, default_value_t = 200)]
+        execs: usize,
+        /// The server's command line, split at spaces (one argument, so that the client's
+        /// own command line does not look like the server's to the gateway).
+        #[arg(long)]
+        server: String,
+    },
     /// Serves MCP (an `echo` tool) at `/mcp`: the bench's upstream.
     Serve {
         #[arg(long)]
@@ -137,6 +154,9 @@ enum Cmd {
         tls_key: Option<PathBuf>,
     },
 }
+
+#[path = "../bench/stdio.rs"]
+mod stdio;
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -161,6 +181,30 @@ fn main() -> Result<()> {
             *listen,
             tls_cert.as_deref().zip(tls_key.as_deref()),
         ));
+    }
+    match &cli.command {
+        Cmd::StdioServe => return stdio::serve(),
+        Cmd::StdioLoad {
+            seconds,
+            warmup,
+            execs,
+            server,
+        } => {
+            let cmd: Vec<String> = server.split_whitespace().map(str::to_string).collect();
+            let v = stdio::load(
+                &cmd,
+                *seconds,
+                *warmup,
+                *execs,
+                cli.text_bytes,
+                &cli.watch,
+                cpu_all,
+                summary,
+            )?;
+            print_json(&v);
+            return Ok(());
+        }
+        _ => {}
     }
     if let Cmd::Relay { listen, to } = &cli.command {
         // A proxy as proxies are run: every core.
@@ -187,7 +231,11 @@ async fn run(cli: Cli) -> Result<()> {
         } => load(target, &cli.watch, connections, seconds, warmup).await,
         Cmd::Connect { count, max_seconds } => connect_times(target, count, max_seconds).await,
         Cmd::Sessions { count, connections } => sessions(target, count, connections).await,
-        Cmd::Pki { .. } | Cmd::Serve { .. } | Cmd::Relay { .. } => {
+        Cmd::Pki { .. }
+        | Cmd::Serve { .. }
+        | Cmd::Relay { .. }
+        | Cmd::StdioServe
+        | Cmd::StdioLoad { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }

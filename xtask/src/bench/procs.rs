@@ -206,12 +206,16 @@ impl Daemon {
         key: &str,
         upstream_port: u16,
         tls: bool,
+        stdio: bool,
         config: GatewayConfig,
     ) -> Result<Daemon> {
         let instance = format!("{}-{key}", env.run_id);
         let (l4, l6) = (free_port()?, free_port()?);
         let d = |name: &str| dir.join(name).display().to_string();
-        let server = if tls {
+        let server = if stdio {
+            "[[server]]\nname = \"bench\"\ncommand = [\"*/mcp-bench-client\", \"stdio-serve\"]\n"
+                .to_string()
+        } else if tls {
             format!("[[server]]\nname = \"bench\"\nhost = \"localhost\"\nport = {upstream_port}\n")
         } else {
             format!("[[server]]\nname = \"bench\"\naddress = \"127.0.0.1:{upstream_port}\"\n")
@@ -247,7 +251,7 @@ impl Daemon {
              [scope]\nall_tcp = false\nports = [{upstream_port}]\n\
              [intercept]\ninstance = {instance:?}\n\
              [tls]\nca_cert = {ca_cert:?}\nca_key = {ca_key:?}\n{tls_extra}\
-             [admin]\nsocket = {admin:?}\n\
+             [admin]\nsocket = {admin:?}\nstdio_socket = {stdio_socket:?}\n\
              [pins]\npath = {pins_path:?}\nmode = \"{pins}\"\n\
              [audit]\npath = {audit:?}\nkey = {audit_key:?}\nsync = \"{sync}\"\n\
              journald = \"off\"\n\
@@ -257,6 +261,7 @@ impl Daemon {
             ca_cert = d("ca.pem"),
             ca_key = d("ca.key"),
             admin = d("admin.sock"),
+            stdio_socket = d("stdio.sock"),
             pins_path = d("pins.json"),
             audit = d("audit.jsonl"),
             audit_key = d("audit.key"),
@@ -376,6 +381,8 @@ pub fn status_kib(pid: u32, field: &str) -> Result<f64> {
 pub struct Client<'a> {
     pub env: &'a Env,
     pub mediated: bool,
+    /// The daemon's config, for `exec --config` (its stdio servers are then mediated).
+    pub config: Option<PathBuf>,
     pub args: Vec<String>,
 }
 
@@ -383,7 +390,11 @@ impl Client<'_> {
     fn command(&self, args: &[String]) -> Command {
         let mut cmd = if self.mediated {
             let mut c = Command::new(&self.env.gateway);
-            c.args(["exec", "--cgroup", &self.env.cgroup, "--"])
+            c.arg("exec");
+            if let Some(config) = &self.config {
+                c.arg("--config").arg(config);
+            }
+            c.args(["--cgroup", &self.env.cgroup, "--"])
                 .arg(&self.env.client);
             c
         } else {

@@ -169,6 +169,23 @@ pub const METRICS: &[Metric] = &[
         0,
         20.0,
     ),
+    m(
+        "exec_p50_us",
+        "start /bin/true p50 (µs)",
+        Lower,
+        true,
+        0,
+        50.0,
+    ),
+    m(
+        "exec_p99_us",
+        "start /bin/true p99 (µs)",
+        Lower,
+        true,
+        0,
+        100.0,
+    ),
+    m("exec_added_us", "  added p50 (µs)", Lower, false, 0, 50.0),
 ];
 
 fn fmt(v: f64, digits: usize) -> String {
