@@ -151,6 +151,41 @@ fn servers_are_validated_by_key() {
 }
 
 #[test]
+fn stdio_servers_are_validated_by_key() {
+    let base = "[agents]\ncgroups=[\"a\"]\n";
+    let r = parse(&format!(
+        "{base}[[server]]\nname = \"fs\"\ncommand = [\"*/npx\", \"*server-filesystem*\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(r.config.servers[0].command.as_ref().unwrap().len(), 2);
+    assert!(crate::stdio::Stage::configured(&r.config));
+    // A stdio server has no address; no command at all is no server.
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[server]]\nname = \"fs\"\ncommand = [\"*/npx\"]\naddress = \"127.0.0.1:1\"\n"
+        )),
+        "server[0].command"
+    );
+    assert_eq!(
+        invalid_key(&format!("{base}[[server]]\nname = \"fs\"\ncommand = []\n")),
+        "server[0].command"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[server]]\nname = \"fs\"\ncommand = [\"*/npx\", \"a[\"]\n"
+        )),
+        "server[0].command[1]"
+    );
+    assert_eq!(
+        invalid_key(&format!(
+            "{base}[[server]]\nname = \"fs\"\ncommand = [\"*/npx\"]\n\
+             credential = [{{ header = \"X-Key\", file = \"/k\" }}]\n"
+        )),
+        "server[0].credential"
+    );
+}
+
+#[test]
 fn listener_ports_the_kernel_may_hand_out_are_refused() {
     use super::validate::ephemeral_clash;
     assert!(ephemeral_clash(&[15001, 15001], "32768\t60999\n", "\n").is_none());

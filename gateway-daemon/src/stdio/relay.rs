@@ -326,7 +326,7 @@ async fn write_lines(mut w: pipe::Sender, mut rx: mpsc::Receiver<Option<Bytes>>)
 }
 
 enum Line {
-    Line(Vec<u8>),
+    Read(Vec<u8>),
     TooLong(usize),
     /// The daemon's memory for messages under inspection is spent (http.max_buffered_*):
     /// the line was skipped.
@@ -357,7 +357,7 @@ async fn next_line<R: AsyncBufRead + Unpin>(
             } else if line.is_empty() {
                 Line::End
             } else {
-                Line::Line(line)
+                Line::Read(line)
             };
         }
         let (chunk, done) = match buf.iter().position(|b| *b == b'\n') {
@@ -383,7 +383,7 @@ async fn next_line<R: AsyncBufRead + Unpin>(
             } else if skipped > 0 {
                 Line::TooLong(skipped)
             } else {
-                Line::Line(line)
+                Line::Read(line)
             };
         }
     }
@@ -413,7 +413,7 @@ async fn from_agent<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R) 
                 shared.send_agent(error_json(None, r.code, r.why())).await;
                 continue;
             }
-            Line::Line(l) => l,
+            Line::Read(l) => l,
         };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -661,7 +661,7 @@ async fn from_server<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R)
                 ))]);
                 continue;
             }
-            Line::Line(l) => l,
+            Line::Read(l) => l,
         };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;

@@ -76,6 +76,7 @@ impl Server {
 }
 
 /// Times calls for `seconds` after `warmup` untimed ones, then `execs` program starts.
+#[allow(clippy::too_many_arguments)]
 pub fn load(
     cmd: &[String],
     seconds: f64,
