@@ -167,7 +167,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             // any: the daemon must then take the tree's exec listener before they run.
             let stdio = match config::Config::load(&config) {
                 Ok(r) if gateway_daemon::stdio::Stage::configured(&r.config) => {
-                    Some(r.config.admin.stdio_socket.clone())
+                    Some(r.config.stdio.socket.clone())
                 }
                 Ok(_) => None,
                 Err(_) if !config_given => None,
@@ -344,7 +344,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     // Bound before READY: a launcher started right after finds it (served once the shared
     // state exists, a moment later).
     let stdio_listener = if gateway_daemon::stdio::Stage::configured(&cfg) {
-        Some(gateway_daemon::stdio::enrol::bind(&cfg.admin.stdio_socket)?)
+        Some(gateway_daemon::stdio::enrol::bind(&cfg.stdio.socket)?)
     } else {
         None
     };
@@ -452,7 +452,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         let stage =
             gateway_daemon::stdio::Stage::new(daemon.clone(), tokio::runtime::Handle::current());
         gateway_daemon::stdio::enrol::serve(l, stage);
-        tracing::info!(socket = %cfg.admin.stdio_socket.display(), "stdio servers mediated for trees enrolled by mcp-gateway exec");
+        tracing::info!(socket = %cfg.stdio.socket.display(), "stdio servers mediated for trees enrolled by mcp-gateway exec");
     }
     let server = listen::Server {
         daemon,

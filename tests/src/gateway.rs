@@ -81,7 +81,7 @@ impl Gateway {
                  [scope]\n{}\n\
                  [intercept]\ninstance = \"{instance}\"\n{}\n\
                  [tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n{}\n\
-                 [admin]\nsocket = \"{}\"\nstdio_socket = \"{}\"\n\
+                 [admin]\nsocket = \"{}\"\n[stdio]\nsocket = \"{}\"\n\
                  [pins]\npath = \"{}\"\n{}\n\
                  [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
                 opts.listener,

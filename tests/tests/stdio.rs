@@ -564,3 +564,76 @@ fn without_the_daemon_an_enrolled_tree_cannot_exec() {
         "the launcher names why: {err}"
     );
 }
+
+/// Runs `peers/exotic_exec.py MODE` as the agent: the server started some unusual way.
+fn exotic(gw: &Gateway, mode: &str, description: &Path, work: &Path) -> Output {
+    gw.agent_stdio(
+        AGENT,
+        venv_python().to_str().unwrap(),
+        &[
+            peer_file("exotic_exec.py").display().to_string(),
+            mode.into(),
+            venv_python().display().to_string(),
+            peer_file("stdio_server.py").display().to_string(),
+            description.display().to_string(),
+            work.display().to_string(),
+        ],
+    )
+    .output()
+    .unwrap()
+}
+
+#[test]
+fn servers_started_through_descriptors_scripts_or_relative_paths_are_still_mediated() {
+    let dir = shared_dir("exotic");
+    let description = dir.path().join("description.txt");
+    std::fs::write(&description, "Fetches a URL.").unwrap();
+    let gw = gateway("stdio-exotic", &python_server_config(), "");
+    // Each is the configured server, named otherwise at the exec: by a descriptor of the
+    // process (not the daemon's), by a script's #! line, by a path relative to its cwd.
+    for mode in ["procfd", "devfd", "shebang", "relative"] {
+        let out = exotic(&gw, mode, &description, dir.path());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            gw.log()
+        );
+        assert!(
+            stdout.starts_with("fetched ")
+                && stdout.contains("[REDACTED")
+                && !stdout.contains(AWS_KEY),
+            "{mode}: the server was reached unmediated: {stdout}"
+        );
+    }
+    let mediated = records_of(&gw, "stdio_exec")
+        .into_iter()
+        .filter(|r| r["outcome"] == "mediated")
+        .count();
+    assert_eq!(mediated, 4);
+    // A program with no name cannot be told from a server: it does not run.
+    let out = exotic(&gw, "memfd", &description, dir.path());
+    assert!(
+        !out.status.success(),
+        "a memfd ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exec failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = records_of(&gw, "stdio_exec")
+        .into_iter()
+        .find(|r| r["outcome"] == "refused")
+        .expect("a refused exec in the ledger");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no name in the file system"),
+        "{refused}"
+    );
+    verify(&gw);
+}

@@ -14,14 +14,39 @@ pub struct Admin {
     /// Members of this group (and root) may use the socket.
     #[serde(default = "default_group")]
     pub group: String,
-    /// Where `mcp-gateway exec` hands the daemon the exec listener of an agent's process
-    /// tree, for stdio servers (root only).
-    #[serde(default = "default_stdio_socket")]
-    pub stdio_socket: PathBuf,
 }
+
+/// `[stdio]`: MCP servers agents start as child processes (see `stdio`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stdio {
+    /// Where `mcp-gateway exec` hands the daemon the exec listener of an agent's process
+    /// tree (root only).
+    #[serde(default = "default_stdio_socket")]
+    pub socket: PathBuf,
+    /// Mediated stdio servers one user may have running at once (each holds four of the
+    /// daemon's descriptors); past it, starting another fails (EPERM).
+    #[serde(default = "default_max_servers_per_user")]
+    pub max_servers_per_user: usize,
+}
+
+pub const DEFAULT_MAX_SERVERS_PER_USER: usize = 64;
 
 fn default_stdio_socket() -> PathBuf {
     PathBuf::from("/run/mcp-gateway/stdio.sock")
+}
+
+fn default_max_servers_per_user() -> usize {
+    DEFAULT_MAX_SERVERS_PER_USER
+}
+
+impl Default for Stdio {
+    fn default() -> Self {
+        Self {
+            socket: default_stdio_socket(),
+            max_servers_per_user: default_max_servers_per_user(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,7 +112,6 @@ impl Default for Admin {
         Self {
             socket: default_socket(),
             group: default_group(),
-            stdio_socket: default_stdio_socket(),
         }
     }
 }

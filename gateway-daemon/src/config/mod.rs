@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use admin::{Admin, Approvals, Metrics, OnChange, PinMode, Pins, PoisonAction};
+pub use admin::{Admin, Approvals, Metrics, OnChange, PinMode, Pins, PoisonAction, Stdio};
 pub use credential::{read_secret_file, Credential, CredentialError, Secret};
 pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig};
 pub use tls::{Passthrough, Tls};
@@ -54,6 +54,8 @@ pub struct Config {
     pub tls: Tls,
     #[serde(default)]
     pub admin: Admin,
+    #[serde(default)]
+    pub stdio: Stdio,
     #[serde(default)]
     pub pins: Pins,
     #[serde(default)]

@@ -272,6 +272,12 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
             }
         }
     }
+    if config.stdio.max_servers_per_user == 0 {
+        return fail(
+            "stdio.max_servers_per_user",
+            "must be at least 1 (a stdio server is refused past it)",
+        );
+    }
     // Credentials: their shape here; the secrets are read at start (mcp::inject::load).
     super::credential::validate(&config.servers).map_err(|e| (e.key, e.message))?;
     let a = &config.audit;

@@ -11,10 +11,11 @@ use super::StdioError;
 
 /// Longest path read (PATH_MAX).
 const MAX_PATH: usize = 4096;
-/// Most arguments read; the rest are summarised.
-const MAX_ARGS: usize = 1024;
-/// Most bytes of arguments read in all.
-const MAX_ARG_BYTES: usize = 256 * 1024;
+/// Most arguments read (past them an exec that starts no server is refused).
+const MAX_ARGS: usize = 1 << 20;
+/// Most bytes of arguments read in all (Linux takes a quarter of the stack limit, 2 MiB by
+/// default).
+const MAX_ARG_BYTES: usize = 4 << 20;
 
 pub struct Memory {
     file: File,
@@ -68,12 +69,23 @@ impl Memory {
         ))
     }
 
-    fn pointer(&self, addr: u64) -> Result<u64, StdioError> {
-        let mut b = [0u8; 8];
-        self.file
-            .read_exact_at(&mut b, addr)
+    /// Up to `n` pointers at `addr`, fewer where the mapping ends.
+    fn pointers(&self, addr: u64, n: usize) -> Result<Vec<u64>, StdioError> {
+        let mut b = vec![0u8; 8 * n];
+        // Within the page: the array may end just before an unmapped one.
+        let to_page_end = (4096 - (addr % 4096) as usize).max(8);
+        let want = b.len().min(to_page_end) / 8 * 8;
+        let got = self
+            .file
+            .read_at(&mut b[..want], addr)
             .map_err(|e| self.err("argv", e))?;
-        Ok(u64::from_ne_bytes(b))
+        if got < 8 {
+            return Err(self.err("argv", std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(b[..got / 8 * 8]
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .collect())
     }
 
     pub fn path(&self, addr: u64) -> Result<Vec<u8>, StdioError> {
@@ -88,22 +100,25 @@ impl Memory {
             return Ok((args, false));
         }
         let mut total = 0;
-        for i in 0..MAX_ARGS {
-            let p = self.pointer(addr + 8 * i as u64)?;
-            if p == 0 {
-                return Ok((args, false));
+        let mut at = addr;
+        while args.len() < MAX_ARGS {
+            for p in self.pointers(at, 512)? {
+                at += 8;
+                if p == 0 {
+                    return Ok((args, false));
+                }
+                let left = MAX_ARG_BYTES.saturating_sub(total);
+                if left == 0 || args.len() >= MAX_ARGS {
+                    return Ok((args, true));
+                }
+                let arg = match self.string(p, left) {
+                    Ok(a) => a,
+                    Err(_) if total > 0 => return Ok((args, true)),
+                    Err(e) => return Err(e),
+                };
+                total += arg.len() + 1;
+                args.push(arg);
             }
-            let left = MAX_ARG_BYTES.saturating_sub(total);
-            if left == 0 {
-                return Ok((args, true));
-            }
-            let arg = match self.string(p, left) {
-                Ok(a) => a,
-                Err(_) if total > 0 => return Ok((args, true)),
-                Err(e) => return Err(e),
-            };
-            total += arg.len() + 1;
-            args.push(arg);
         }
         Ok((args, true))
     }

@@ -21,6 +21,7 @@ pub mod filter;
 mod matcher;
 mod memory;
 mod relay;
+mod resolve;
 mod supervise;
 mod swap;
 
@@ -62,6 +63,43 @@ pub enum StdioError {
     },
     #[error("the daemon refused the enrolment: {0}")]
     Refused(String),
+}
+
+/// Records of one kind a tree or relay may write per second; past that they are counted, and
+/// the count goes on the next record written (a loop of execs cannot flood the ledger).
+const RECORDS_PER_SECOND: u32 = 20;
+
+/// Bounds how fast one source writes records of one kind.
+pub struct Paced {
+    window: std::time::Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+impl Default for Paced {
+    fn default() -> Self {
+        Self {
+            window: std::time::Instant::now(),
+            written: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+impl Paced {
+    /// `Some(records suppressed since the last one written)` when this one may be written.
+    pub fn admit(&mut self) -> Option<u64> {
+        if self.window.elapsed() >= std::time::Duration::from_secs(1) {
+            self.window = std::time::Instant::now();
+            self.written = 0;
+        }
+        if self.written >= RECORDS_PER_SECOND {
+            self.suppressed += 1;
+            return None;
+        }
+        self.written += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// An enrolled process tree: what one launcher started.
@@ -141,17 +179,17 @@ impl Stage {
         }
     }
 
-    /// A relay for `uid`, within `http.max_sessions_per_user` live ones: one user's
+    /// A relay for `uid`, within `stdio.max_servers_per_user` live ones: one user's
     /// servers cannot spend the daemon's descriptors for everyone.
     fn slot(self: &Arc<Self>, uid: u32) -> Result<Slot, StdioError> {
-        let max = self.daemon.config.http.max_sessions_per_user;
+        let max = self.daemon.config.stdio.max_servers_per_user;
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let n = live.entry(uid).or_default();
         if *n >= max {
             return Err(StdioError::NotMediable {
                 why: format!(
                     "uid {uid} already has {n} mediated stdio servers running \
-                     (http.max_sessions_per_user)"
+                     (stdio.max_servers_per_user)"
                 ),
             });
         }

@@ -17,6 +17,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use super::{Stage, Tree};
+use crate::http::budget::Reservation;
 use crate::identity::Identity;
 use crate::intercept::record::ExeFile;
 use crate::intercept::Redirected;
@@ -42,12 +43,16 @@ pub struct Relay {
     tree: u64,
     audit: crate::audit::AuditSink,
     redactor: Arc<crate::policy::PolicyHandle>,
+    chained: Mutex<super::Paced>,
 }
 
 impl Relay {
     /// A process running inside this relay exec'd another program (a launch chain).
     pub fn chained(&self, pid: u32, path: &Path, argv: &[String], _stage: &Stage) {
         tracing::debug!(relay = self.id, pid, path = %path.display(), "exec inside a mediated server");
+        let Some(suppressed) = lock(&self.chained).admit() else {
+            return;
+        };
         self.audit.record_now(&json!({
             "type": "stdio_exec",
             "time": crate::audit::timestamp(std::time::SystemTime::now()),
@@ -58,6 +63,7 @@ impl Relay {
             "path": path.display().to_string(),
             "argv": shown_argv(&self.redactor, argv),
             "outcome": "chained",
+            "suppressed": suppressed,
         }));
     }
 }
@@ -123,6 +129,13 @@ pub fn identity_of(pid: u32) -> Identity {
     Identity::resolve(&r)
 }
 
+/// A line on its way to one side, and its share of the memory budget (the queues hold up
+/// to `QUEUE` lines of up to the size limits each: they count with what is inspected).
+struct Queued {
+    line: Bytes,
+    _held: Option<Reservation>,
+}
+
 /// What both directions of one relay share.
 struct Shared {
     relay: Arc<Relay>,
@@ -130,8 +143,8 @@ struct Shared {
     session: Arc<Session>,
     /// Rate-limit slots of calls in flight, released with their answers.
     inflight: Mutex<HashMap<Id, Vec<InFlight>>>,
-    to_agent: mpsc::Sender<Option<Bytes>>,
-    to_server: mpsc::Sender<Option<Bytes>>,
+    to_agent: mpsc::Sender<Option<Queued>>,
+    to_server: mpsc::Sender<Option<Queued>>,
 }
 
 impl Shared {
@@ -152,9 +165,20 @@ impl Shared {
         }
     }
 
-    async fn send_agent(&self, mut line: Vec<u8>) {
+    async fn send_agent(&self, line: Vec<u8>) {
+        self.send_agent_held(line, None).await
+    }
+
+    /// A line to the agent, with the memory it holds charged until it is written.
+    async fn send_agent_held(&self, mut line: Vec<u8>, held: Option<Reservation>) {
         line.push(b'\n');
-        let _ = self.to_agent.send(Some(Bytes::from(line))).await;
+        let _ = self
+            .to_agent
+            .send(Some(Queued {
+                line: Bytes::from(line),
+                _held: held,
+            }))
+            .await;
     }
 
     /// Errors for each request of `messages` (one with a null id when none has an id).
@@ -193,6 +217,7 @@ pub fn start(
         tree: tree.id,
         audit: daemon.audit.clone(),
         redactor: daemon.policy.clone(),
+        chained: Mutex::new(super::Paced::default()),
     });
     stage.register(swapped.marks, &relay);
     let principal = Arc::new(Principal::of(&identity));
@@ -316,9 +341,9 @@ fn writer(fd: OwnedFd) -> std::io::Result<pipe::Sender> {
 }
 
 /// Writes queued lines until told to close (None) or every sender is gone.
-async fn write_lines(mut w: pipe::Sender, mut rx: mpsc::Receiver<Option<Bytes>>) {
-    while let Some(Some(line)) = rx.recv().await {
-        if w.write_all(&line).await.is_err() {
+async fn write_lines(mut w: pipe::Sender, mut rx: mpsc::Receiver<Option<Queued>>) {
+    while let Some(Some(q)) = rx.recv().await {
+        if w.write_all(&q.line).await.is_err() {
             break;
         }
     }
@@ -336,11 +361,7 @@ enum Line {
 
 /// One line (without its newline), at most `max` bytes; a longer one is skipped to its end.
 /// What it holds is charged to `held` (the memory budget every inspected message shares).
-async fn next_line<R: AsyncBufRead + Unpin>(
-    r: &mut R,
-    max: usize,
-    held: &mut crate::http::budget::Reservation,
-) -> Line {
+async fn next_line<R: AsyncBufRead + Unpin>(r: &mut R, max: usize, held: &mut Reservation) -> Line {
     let mut line = Vec::new();
     let mut skipped = 0usize;
     let mut over: Option<String> = None;
@@ -439,21 +460,16 @@ async fn from_agent<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R) 
             }
         };
         if waits {
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                agent_line(shared, line).await;
-                drop(held);
-            });
+            tokio::spawn(agent_line(shared.clone(), line, held));
         } else {
-            agent_line(shared.clone(), line).await;
-            drop(held);
+            agent_line(shared.clone(), line, held).await;
         }
     }
     // The agent closed its end: the server's stdin closes too (after what is queued).
     let _ = shared.to_server.send(None).await;
 }
 
-async fn agent_line(shared: Arc<Shared>, line: Bytes) {
+async fn agent_line(shared: Arc<Shared>, line: Bytes, mut held: Reservation) {
     let obs = shared.observer();
     let parsed = match jsonrpc::parse(&line, MAX_DEPTH) {
         Ok(p) => p,
@@ -594,8 +610,18 @@ async fn agent_line(shared: Arc<Shared>, line: Bytes) {
         Some(b) => b,
         None => line.to_vec(),
     };
+    drop(messages);
+    drop(line);
     out.push(b'\n');
-    let _ = shared.to_server.send(Some(Bytes::from(out))).await;
+    // Charged until written (over the budget by what redaction added: within a line).
+    let _ = held.set(out.len());
+    let _ = shared
+        .to_server
+        .send(Some(Queued {
+            line: Bytes::from(out),
+            _held: Some(held),
+        }))
+        .await;
 }
 
 fn protocol_version_of(m: &Message<'_>) -> Option<String> {
@@ -703,10 +729,9 @@ async fn from_server<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R)
                 }
             }
         }
-        let out = rewritten.unwrap_or_else(|| line.clone());
         drop(parsed);
-        drop(line);
-        shared.send_agent(out).await;
-        drop(held);
+        let out = rewritten.unwrap_or(line);
+        let _ = held.set(out.len());
+        shared.send_agent_held(out, Some(held)).await;
     }
 }

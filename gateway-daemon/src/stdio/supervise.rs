@@ -24,6 +24,7 @@ enum Answer {
 pub fn run(listener: OwnedFd, tree: Tree, stage: Arc<Stage>) {
     let _span =
         tracing::info_span!("stdio_tree", tree = tree.id, launcher = tree.launcher).entered();
+    let mut refusals = super::Paced::default();
     loop {
         let mut fds = [nix::poll::PollFd::new(
             listener.as_fd(),
@@ -69,15 +70,18 @@ pub fn run(listener: OwnedFd, tree: Tree, stage: Arc<Stage>) {
             Ok(a) => a,
             Err(e) => {
                 // What cannot be read or mediated does not run: fail closed.
-                tracing::warn!(pid = n.pid, error = %e, "exec refused");
-                stage.daemon.audit.record_now(&json!({
-                    "type": "stdio_exec",
-                    "time": crate::audit::timestamp(std::time::SystemTime::now()),
-                    "tree": tree.id,
-                    "pid": n.pid,
-                    "outcome": "refused",
-                    "detail": e.to_string(),
-                }));
+                if let Some(suppressed) = refusals.admit() {
+                    tracing::warn!(pid = n.pid, error = %e, "exec refused");
+                    stage.daemon.audit.record_now(&json!({
+                        "type": "stdio_exec",
+                        "time": crate::audit::timestamp(std::time::SystemTime::now()),
+                        "tree": tree.id,
+                        "pid": n.pid,
+                        "outcome": "refused",
+                        "detail": e.to_string(),
+                        "suppressed": suppressed,
+                    }));
+                }
                 Answer::Refuse(libc::EPERM)
             }
         };
@@ -119,16 +123,21 @@ fn id_valid(listener: &OwnedFd, id: u64) -> bool {
 
 /// What an exec asks for, read from the waiting process.
 struct Asked {
-    /// Absolute, as the process sees the file system.
+    /// Absolute, as the process gave it (relative to its cwd or directory descriptor).
     path: PathBuf,
-    /// With symbolic links followed, when the file exists.
-    resolved: Option<PathBuf>,
+    /// The file, when it exists.
+    target: Option<super::resolve::Target>,
     argv: Vec<String>,
     truncated: bool,
+    cwd: Option<PathBuf>,
 }
 
 fn text(b: Vec<u8>) -> String {
     String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn os(b: Vec<u8>) -> PathBuf {
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(b))
 }
 
 fn read_asked(n: &libc::seccomp_notif) -> Result<Asked, StdioError> {
@@ -142,35 +151,65 @@ fn read_asked(n: &libc::seccomp_notif) -> Result<Asked, StdioError> {
     let mem = Memory::open(pid)?;
     let raw = mem.path(path_at)?;
     let (argv, truncated) = mem.argv(argv_at)?;
-    let link = |what: String| {
-        std::fs::read_link(format!("/proc/{pid}/{what}")).map_err(|source| StdioError::Read {
-            pid,
-            what: "cwd or fd",
-            source,
-        })
+    // Directories by the process's descriptors: the daemon opens them as the process's
+    // (`/proc/PID/fd/N`), walking on by name when they have one.
+    let dir_of = |fd: i32| -> PathBuf {
+        let magic = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
+        match std::fs::read_link(&magic) {
+            Ok(p) if p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)") => p,
+            _ => magic,
+        }
     };
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
     let path = if raw.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
-        link(format!("fd/{dirfd}"))?
+        PathBuf::from(format!("/proc/{pid}/fd/{dirfd}"))
     } else if raw.first() == Some(&b'/') {
-        PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(raw))
+        os(raw)
+    } else if dirfd == libc::AT_FDCWD {
+        cwd.clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/proc/{pid}/cwd")))
+            .join(os(raw))
     } else {
-        let base = if dirfd == libc::AT_FDCWD {
-            link("cwd".into())?
-        } else {
-            link(format!("fd/{dirfd}"))?
-        };
-        base.join(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(raw))
+        dir_of(dirfd).join(os(raw))
     };
-    // Through the process's own root (a chroot sees other files).
-    let rooted =
-        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
-    let resolved = std::fs::canonicalize(&rooted).ok().filter(|p| p.is_file());
+    let target = super::resolve::as_seen_by(pid, &path)
+        .filter(|t| std::fs::metadata(&t.open).is_ok_and(|m| m.is_file()));
     Ok(Asked {
         path,
-        resolved,
+        target,
         argv: argv.into_iter().map(text).collect(),
         truncated,
+        cwd,
     })
+}
+
+/// What the kernel runs for `asked`: the file, then (for a script) its interpreter with the
+/// script among its arguments, as `#!` lines say, up to the kernel's four levels.
+fn candidates(pid: u32, asked: &Asked) -> Vec<(Vec<String>, Vec<String>)> {
+    let Some(target) = &asked.target else {
+        return Vec::new();
+    };
+    let given = asked.path.display().to_string();
+    let mut out = vec![(
+        vec![given.clone(), target.shown.clone()],
+        asked.argv.clone(),
+    )];
+    let (mut file, mut script, mut argv) = (target.open.clone(), given, asked.argv.clone());
+    for _ in 0..4 {
+        let Some((interp, arg)) = super::resolve::shebang(&file) else {
+            break;
+        };
+        let mut next = vec![interp.clone()];
+        next.extend(arg);
+        next.push(script);
+        next.extend(argv.iter().skip(1).cloned());
+        let Some(t) = super::resolve::as_seen_by(pid, Path::new(&interp)) else {
+            break;
+        };
+        out.push((vec![interp.clone(), t.shown.clone()], next.clone()));
+        (file, script, argv) = (t.open, interp, next);
+    }
+    out
 }
 
 fn decide(
@@ -186,23 +225,53 @@ fn decide(
     }
     let asked = asked?;
     // A file that does not exist does not run (a PATH search tries several): nothing to do.
-    let Some(resolved) = &asked.resolved else {
+    if asked.target.is_none() {
         return Ok(Answer::Continue);
-    };
+    }
     // Inside a relay already (a launch chain: npx, then node, then the server): its stdio
     // is the gateway's; the chain is recorded with the relay.
     if let Some(relay) = stage.relay_holding(n.pid) {
         relay.chained(n.pid, &asked.path, &asked.argv, stage);
         return Ok(Answer::Continue);
     }
-    let path = asked.path.to_string_lossy();
-    let resolved_text = resolved.to_string_lossy();
+    // A program with no name (a memfd, a deleted file) cannot be told from a server.
+    if let Some(t) = &asked.target {
+        if !t.shown.starts_with('/')
+            || t.shown.starts_with("/memfd:")
+            || t.shown.ends_with(" (deleted)")
+        {
+            return Err(StdioError::NotMediable {
+                why: format!(
+                    "it runs {:?}, a file with no name in the file system: the gateway cannot \
+                     tell which program it is",
+                    t.shown
+                ),
+            });
+        }
+    }
     let matcher = stage.matcher();
-    let Some(server) = matcher.server_of(&Exec {
-        paths: [&path, &resolved_text],
-        argv: &asked.argv,
-    }) else {
-        tracing::debug!(pid = n.pid, path = %path, "exec of no configured server");
+    let mut server = None;
+    for (paths, argv) in candidates(n.pid, &asked) {
+        let argv_abs = super::resolve::absolute_args(n.pid, asked.cwd.as_deref(), &argv);
+        if let Some(s) = matcher.server_of(&Exec {
+            paths: &paths,
+            argv: &argv,
+            argv_abs: &argv_abs,
+        }) {
+            server = Some(s);
+            break;
+        }
+    }
+    let Some(server) = server else {
+        // Arguments the daemon could not read whole could hide a server's: not run.
+        if asked.truncated {
+            return Err(StdioError::NotMediable {
+                why: "its arguments are longer than the gateway reads to decide \
+                      (1,048,576 of them or 4 MiB)"
+                    .into(),
+            });
+        }
+        tracing::debug!(pid = n.pid, path = %asked.path.display(), "exec of no configured server");
         return Ok(Answer::Continue);
     };
     let server: Arc<str> = server.into();

@@ -87,6 +87,45 @@ fn parent_of(pid: u32) -> Result<u32, StdioError> {
         })
 }
 
+/// A task of `pid`'s cgroup (other than `pid`) with the same descriptor table.
+fn sharing_files(pid: u32) -> Result<Option<u32>, StdioError> {
+    let cgroup =
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(os("read cgroup"))?;
+    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Ok(None);
+    };
+    let mount = crate::intercept::cgroup::cgroup2_mount().map_err(|e| StdioError::Swap {
+        step: "find the cgroup2 mount",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let threads = std::fs::read_to_string(
+        mount
+            .join(path.trim_start_matches('/'))
+            .join("cgroup.threads"),
+    )
+    .map_err(os("list the cgroup's tasks"))?;
+    for tid in threads.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        if tid == pid {
+            continue;
+        }
+        // SAFETY: kcmp with integer arguments.
+        let same = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                pid as libc::pid_t,
+                tid as libc::pid_t,
+                KCMP_FILES,
+                0,
+                0,
+            )
+        };
+        if same == 0 {
+            return Ok(Some(tid));
+        }
+    }
+    Ok(None)
+}
+
 fn pidfd_of(pid: u32) -> Result<OwnedFd, StdioError> {
     // SAFETY: pidfd_open with integer arguments.
     let mut fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
@@ -190,6 +229,13 @@ pub fn swap(listener: &OwnedFd, id: u64, pid: u32) -> Result<Swapped, StdioError
     if threads > 1 {
         return Err(StdioError::NotMediable {
             why: format!("it has {threads} threads sharing its descriptors"),
+        });
+    }
+    // Nor with any other task of its cgroup (a sibling made with CLONE_FILES would hold
+    // the server's new pipes): an agent's tasks cannot leave the agent cgroup.
+    if let Some(other) = sharing_files(pid)? {
+        return Err(StdioError::NotMediable {
+            why: format!("it shares its descriptor table with task {other}"),
         });
     }
     let pidfd = pidfd_of(pid)?;

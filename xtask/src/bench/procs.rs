@@ -251,7 +251,7 @@ impl Daemon {
              [scope]\nall_tcp = false\nports = [{upstream_port}]\n\
              [intercept]\ninstance = {instance:?}\n\
              [tls]\nca_cert = {ca_cert:?}\nca_key = {ca_key:?}\n{tls_extra}\
-             [admin]\nsocket = {admin:?}\nstdio_socket = {stdio_socket:?}\n\
+             [admin]\nsocket = {admin:?}\n[stdio]\nsocket = {stdio_socket:?}\n\
              [pins]\npath = {pins_path:?}\nmode = \"{pins}\"\n\
              [audit]\npath = {audit:?}\nkey = {audit_key:?}\nsync = \"{sync}\"\n\
              journald = \"off\"\n\
