@@ -6,7 +6,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCES: &[&str] = &["redirect"];
+const SOURCES: &[&str] = &["redirect", "exec_check"];
 const INSTALL_HINT: &str = "install them with: sudo apt-get install -y clang-19 libbpf-dev \
      (or run `cargo xtask run`/`cargo xtask test`, which installs them when run as root)";
 

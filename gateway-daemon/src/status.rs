@@ -28,6 +28,8 @@ pub struct StatusParts {
     pub pins: Value,
     /// Calls held for an administrator.
     pub pending_approvals: u64,
+    /// Stdio mediation (`stdio::status`), when stdio servers are configured.
+    pub stdio: Option<Value>,
 }
 
 /// The status document, with the process's metrics.
@@ -69,6 +71,7 @@ pub fn report_at(parts: StatusParts, now: SystemTime, metrics: Value) -> Value {
                 .collect::<Vec<_>>(),
         },
         "pending_approvals": parts.pending_approvals,
+        "stdio": parts.stdio,
         "metrics": metrics,
     })
 }
@@ -242,6 +245,22 @@ pub fn render_text(r: &Value) -> String {
         );
     }
     line("pins", waiting);
+    let st = &r["stdio"];
+    line(
+        "stdio",
+        if st.is_null() {
+            "off (no [[server]] with a command)".into()
+        } else {
+            format!(
+                "{} trees enrolled, {} servers mediated; exec check {} ({} execs checked, {} killed)",
+                u(&st["trees"]),
+                u(&st["servers"]),
+                st["exec_check"].as_str().unwrap_or("?"),
+                u(&st["execs_checked"]),
+                u(&st["execs_killed"])
+            )
+        },
+    );
     let calls = &m["calls"];
     line(
         "calls",
@@ -306,6 +325,7 @@ mod tests {
                 {"server": "files", "pending": []},
             ]}),
             pending_approvals: 1,
+            stdio: None,
         }
     }
 

@@ -35,6 +35,7 @@ fn parts(started: u64) -> StatusParts {
             {"kind": "tool", "name": "create_issue", "change": "changed", "rejected": false}
         ]}]}),
         pending_approvals: 1,
+        stdio: None,
     }
 }
 

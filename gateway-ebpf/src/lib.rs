@@ -9,6 +9,42 @@ use std::mem::{offset_of, size_of};
 /// The object file with every program and map, built by `build.rs`.
 pub static REDIRECT_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
 
+/// The exec check of stdio mediation (`src/bpf/exec_check.bpf.c`): its own object, loaded
+/// only when stdio servers are configured.
+pub static EXEC_CHECK_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exec_check.bpf.o"));
+pub const PROG_EXEC_CHECK: &str = "gw_exec_check";
+/// Exec'ing thread's pid → `GwExecExpect`.
+pub const MAP_EXEC_EXPECT: &str = "gw_exec_expect";
+/// [0] execs checked, [1] execs killed.
+pub const MAP_EXEC_COUNTS: &str = "gw_exec_counts";
+/// FNV-1a (32 bits) of the argument area (GW_FNV_* in exec_check.h).
+pub const FNV_OFFSET: u32 = 2_166_136_261;
+pub const FNV_PRIME: u32 = 16_777_619;
+/// Longest argument area the check reads (GW_EXEC_ARGV_MAX).
+pub const EXEC_ARGV_MAX: usize = 4 << 20;
+
+/// `struct gw_exec_expect` (exec_check.h): what the daemon decided an exec runs.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GwExecExpect {
+    /// The file's device as the kernel encodes it (major << 20 | minor).
+    pub dev: u64,
+    pub ino: u64,
+    /// The exec'ing thread's start and its thread group leader's, in clock ticks since
+    /// boot (/proc's unit): an entry left by a thread that is gone never matches another.
+    pub start_ticks: u64,
+    pub leader_start_ticks: u64,
+    pub argv_len: u32,
+    pub argv_hash: u32,
+}
+
+const _: () = {
+    assert!(size_of::<GwExecExpect>() == 40);
+    assert!(offset_of!(GwExecExpect, argv_len) == 32);
+};
+// SAFETY: integers only, no padding (the layout is asserted above), any bit pattern valid.
+unsafe impl aya::Pod for GwExecExpect {}
+
 /// Program names (C function names) and their roles.
 pub const PROG_CONNECT4: &str = "gw_connect4";
 pub const PROG_CONNECT6: &str = "gw_connect6";

@@ -337,12 +337,18 @@ fn a_node_agent_with_socketpairs_is_mediated() {
 
 /// Builds the C agent (`peers/raw_execve.c`) into `dir`.
 fn raw_execve(dir: &Path) -> PathBuf {
-    let bin = dir.join("raw_execve");
+    build_c(dir, "raw_execve")
+}
+
+/// Builds `peers/NAME.c` into `dir`.
+fn build_c(dir: &Path, name: &str) -> PathBuf {
+    let bin = dir.join(name);
     let out = Command::new("cc")
         .arg("-O1")
+        .arg("-pthread")
         .arg("-o")
         .arg(&bin)
-        .arg(peer_file("raw_execve.c"))
+        .arg(peer_file(&format!("{name}.c")))
         .output()
         .expect("a C compiler (`cc`): `cargo xtask deps` installs clang");
     assert!(
@@ -634,6 +640,53 @@ fn servers_started_through_descriptors_scripts_or_relative_paths_are_still_media
             .unwrap()
             .contains("no name in the file system"),
         "{refused}"
+    );
+    verify(&gw);
+}
+
+#[test]
+fn an_exec_changed_after_the_daemon_read_it_is_killed_before_it_runs() {
+    let dir = shared_dir("race");
+    let bin = build_c(dir.path(), "exec_race");
+    let description = dir.path().join("description.txt");
+    std::fs::write(&description, "Fetches a URL.").unwrap();
+    let gw = gateway("stdio-race", &python_server_config(), "");
+    // A thread flips the exec's path between /bin/true and the server's interpreter while
+    // the daemon reads it: whatever the daemon read, the kernel's check kills an exec that
+    // runs something else, so the server never answers unmediated.
+    let out = gw
+        .agent_stdio(
+            AGENT,
+            bin.to_str().unwrap(),
+            &[
+                venv_python().display().to_string(),
+                peer_file("stdio_server.py").display().to_string(),
+                description.display().to_string(),
+                "200".into(),
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("bypass=0 "),
+        "the race was won: {stdout}\n{}",
+        gw.log()
+    );
+    let status: Value = serde_json::from_slice(&gw.cli(&["status", "--json"]).stdout).unwrap();
+    let st = &status["stdio"];
+    assert_eq!(
+        st["exec_check"], "attached (tp_btf/sched_process_exec)",
+        "{status}"
+    );
+    assert!(
+        st["execs_killed"].as_u64().unwrap() >= 1,
+        "the race never reached the check in 200 tries: {st}"
     );
     verify(&gw);
 }

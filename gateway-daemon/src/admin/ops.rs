@@ -78,6 +78,7 @@ impl Ops {
                     sessions: self.sessions.per_owner(),
                     pins,
                     pending_approvals: self.approvals.pending() as u64,
+                    stdio: crate::stdio::status(),
                 }))
             }
             "pins.list" => Ok(self.pins.list()),

@@ -64,7 +64,6 @@ fn admin_config(socket: PathBuf, group: &str) -> config::Admin {
     config::Admin {
         socket,
         group: group.to_owned(),
-        ..Default::default()
     }
 }
 

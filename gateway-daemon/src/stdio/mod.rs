@@ -16,6 +16,7 @@
 //! Fail closed: an exec that cannot be read or mediated fails (EPERM); with the daemon
 //! gone, the filter has no listener and every exec of the tree fails (ENOSYS).
 
+mod check;
 pub mod enrol;
 pub mod filter;
 mod matcher;
@@ -115,11 +116,43 @@ pub struct Stage {
     pub daemon: Arc<Daemon>,
     runtime: tokio::runtime::Handle,
     matcher: Arc<matcher::Matcher>,
+    /// The kernel's check that an exec ran what the daemon decided on (None: the kernel
+    /// refused it; the reason is in `check_error`).
+    check: Option<check::ExecCheck>,
+    pub check_error: Option<String>,
     /// Live relays by the (device, inode) of the pipes their server holds as stdio.
     relays: Mutex<HashMap<(u64, u64), Weak<relay::Relay>>>,
     /// Live relays per uid: each holds four descriptors and two tasks of the daemon.
     live: Mutex<HashMap<u32, usize>>,
+    /// Enrolled trees with a process left.
+    trees: std::sync::atomic::AtomicUsize,
     next: AtomicU64,
+}
+
+/// The stage, for `status` (set once the daemon serves stdio).
+static RUNNING: std::sync::OnceLock<std::sync::Weak<Stage>> = std::sync::OnceLock::new();
+
+/// What `status` shows of stdio mediation (None: no stdio server is configured).
+pub fn status() -> Option<serde_json::Value> {
+    let stage = RUNNING.get()?.upgrade()?;
+    let servers: usize = stage
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .sum();
+    let (checked, killed) = stage.check_counts().unwrap_or((0, 0));
+    Some(serde_json::json!({
+        "socket": stage.daemon.config.stdio.socket,
+        "trees": stage.trees.load(Ordering::Relaxed),
+        "servers": servers,
+        "exec_check": match &stage.check_error {
+            None => "attached (tp_btf/sched_process_exec)".to_string(),
+            Some(e) => format!("unavailable: {e}"),
+        },
+        "execs_checked": checked,
+        "execs_killed": killed,
+    }))
 }
 
 /// One live relay of a user, given back when the relay ends.
@@ -143,14 +176,32 @@ impl Drop for Slot {
 impl Stage {
     pub fn new(daemon: Arc<Daemon>, runtime: tokio::runtime::Handle) -> Arc<Self> {
         let matcher = Arc::new(matcher::Matcher::of(&daemon.config));
+        let (check, check_error) = match check::ExecCheck::load() {
+            Ok(c) => {
+                tracing::info!("exec check attached (tp_btf/sched_process_exec): an exec that runs other than what the daemon decided on is killed");
+                (Some(c), None)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the exec check could not be attached: a process of an enrolled tree that changes an exec's path or arguments after the daemon read them (another thread, a swapped link) is not caught");
+                (None, Some(e))
+            }
+        };
         Arc::new(Self {
             daemon,
             runtime,
             matcher,
+            check,
+            check_error,
             relays: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            trees: std::sync::atomic::AtomicUsize::new(0),
             next: AtomicU64::new(1),
         })
+    }
+
+    /// Makes this the stage `status` reports.
+    pub fn publish(self: &Arc<Self>) {
+        let _ = RUNNING.set(Arc::downgrade(self));
     }
 
     fn next_id(&self) -> u64 {
@@ -198,6 +249,11 @@ impl Stage {
             stage: self.clone(),
             uid,
         })
+    }
+
+    /// Execs the kernel's check looked at and killed (None: no check).
+    pub fn check_counts(&self) -> Option<(u64, u64)> {
+        self.check.as_ref().map(check::ExecCheck::counts)
     }
 
     /// Whether any `[[server]]` is started over stdio (has a `command`).

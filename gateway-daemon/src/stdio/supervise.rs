@@ -13,10 +13,19 @@ use super::{Stage, StdioError, Tree};
 
 /// The daemon's answer to one exec.
 enum Answer {
-    /// The exec goes on (mediated or not).
-    Continue,
+    /// The exec goes on (mediated or not), if the kernel's check can be told what it runs.
+    Continue(Runs),
     /// The exec fails with this errno.
     Refuse(i32),
+}
+
+/// What a continued exec runs, for the kernel's check (`check`).
+enum Runs {
+    /// Nothing to check: the process is gone.
+    Unknown,
+    /// A file that does not exist: should it run after all, it is not what was decided.
+    Nothing,
+    Program(super::check::Expected),
 }
 
 /// Serves the tree's notifications until every process of it has gone (the listener hangs
@@ -25,6 +34,16 @@ pub fn run(listener: OwnedFd, tree: Tree, stage: Arc<Stage>) {
     let _span =
         tracing::info_span!("stdio_tree", tree = tree.id, launcher = tree.launcher).entered();
     let mut refusals = super::Paced::default();
+    stage
+        .trees
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serve(&listener, &tree, &stage, &mut refusals);
+    stage
+        .trees
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn serve(listener: &OwnedFd, tree: &Tree, stage: &Arc<Stage>, refusals: &mut super::Paced) {
     loop {
         let mut fds = [nix::poll::PollFd::new(
             listener.as_fd(),
@@ -66,7 +85,7 @@ pub fn run(listener: OwnedFd, tree: Tree, stage: Arc<Stage>) {
                 }
             }
         }
-        let answer = match decide(&listener, &n, &tree, &stage) {
+        let answer = match decide(listener, &n, tree, stage).and_then(|a| checked(stage, &n, a)) {
             Ok(a) => a,
             Err(e) => {
                 // What cannot be read or mediated does not run: fail closed.
@@ -86,7 +105,7 @@ pub fn run(listener: OwnedFd, tree: Tree, stage: Arc<Stage>) {
             }
         };
         let resp = match answer {
-            Answer::Continue => libc::seccomp_notif_resp {
+            Answer::Continue(_) => libc::seccomp_notif_resp {
                 id: n.id,
                 val: 0,
                 error: 0,
@@ -128,6 +147,10 @@ struct Asked {
     /// The file, when it exists.
     target: Option<super::resolve::Target>,
     argv: Vec<String>,
+    /// The arguments as read, byte for byte.
+    raw_argv: Vec<Vec<u8>>,
+    /// The path as the kernel names it to a script's interpreter.
+    kernel_name: Vec<u8>,
     truncated: bool,
     cwd: Option<PathBuf>,
 }
@@ -161,6 +184,16 @@ fn read_asked(n: &libc::seccomp_notif) -> Result<Asked, StdioError> {
         }
     };
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    // As fs/exec.c names the file: the path given, or by descriptor `/dev/fd/N[/path]`.
+    let kernel_name = if dirfd == libc::AT_FDCWD || raw.first() == Some(&b'/') {
+        raw.clone()
+    } else if raw.is_empty() {
+        format!("/dev/fd/{dirfd}").into_bytes()
+    } else {
+        let mut n = format!("/dev/fd/{dirfd}/").into_bytes();
+        n.extend_from_slice(&raw);
+        n
+    };
     let path = if raw.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
         PathBuf::from(format!("/proc/{pid}/fd/{dirfd}"))
     } else if raw.first() == Some(&b'/') {
@@ -177,7 +210,9 @@ fn read_asked(n: &libc::seccomp_notif) -> Result<Asked, StdioError> {
     Ok(Asked {
         path,
         target,
+        raw_argv: argv.clone(),
         argv: argv.into_iter().map(text).collect(),
+        kernel_name,
         truncated,
         cwd,
     })
@@ -221,18 +256,19 @@ fn decide(
     let asked = read_asked(n);
     // Whatever was read belongs to this exec only if the process is still waiting in it.
     if !id_valid(listener, n.id) {
-        return Ok(Answer::Continue);
+        return Ok(Answer::Continue(Runs::Unknown));
     }
     let asked = asked?;
     // A file that does not exist does not run (a PATH search tries several): nothing to do.
     if asked.target.is_none() {
-        return Ok(Answer::Continue);
+        return Ok(Answer::Continue(Runs::Nothing));
     }
+    let runs = expected(n.pid, &asked);
     // Inside a relay already (a launch chain: npx, then node, then the server): its stdio
     // is the gateway's; the chain is recorded with the relay.
     if let Some(relay) = stage.relay_holding(n.pid) {
         relay.chained(n.pid, &asked.path, &asked.argv, stage);
-        return Ok(Answer::Continue);
+        return Ok(Answer::Continue(runs));
     }
     // A program with no name (a memfd, a deleted file) cannot be told from a server.
     if let Some(t) = &asked.target {
@@ -272,7 +308,7 @@ fn decide(
             });
         }
         tracing::debug!(pid = n.pid, path = %asked.path.display(), "exec of no configured server");
-        return Ok(Answer::Continue);
+        return Ok(Answer::Continue(runs));
     };
     let server: Arc<str> = server.into();
     if asked.truncated {
@@ -294,5 +330,68 @@ fn decide(
         &asked.path,
         &asked.argv,
     );
-    Ok(Answer::Continue)
+    Ok(Answer::Continue(runs))
+}
+
+/// Tells the kernel's check what a continued exec runs; an exec it cannot be told about
+/// does not go on.
+fn checked(stage: &Stage, n: &libc::seccomp_notif, answer: Answer) -> Result<Answer, StdioError> {
+    let (Some(check), Answer::Continue(runs)) = (&stage.check, &answer) else {
+        return Ok(answer);
+    };
+    let what = match runs {
+        Runs::Unknown => return Ok(answer),
+        Runs::Nothing => None,
+        Runs::Program(e) => Some(e),
+    };
+    let tgid = tgid_of(n.pid).ok_or_else(|| StdioError::NotMediable {
+        why: format!("task {} has gone", n.pid),
+    })?;
+    check
+        .expect(tgid, n.pid, what)
+        .map_err(|why| StdioError::NotMediable {
+            why: format!("the kernel's exec check cannot be told what it runs: {why}"),
+        })?;
+    Ok(answer)
+}
+
+fn tgid_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The file the kernel will load for `asked` and the arguments it will pass: for a script,
+/// its interpreter, given the interpreter line's words, the script's name as the kernel
+/// saw it, and the arguments after the first (up to the kernel's four levels).
+fn expected(pid: u32, asked: &Asked) -> Runs {
+    let Some(target) = &asked.target else {
+        return Runs::Nothing;
+    };
+    let mut file = target.open.clone();
+    let mut argv = asked.raw_argv.clone();
+    // Linux gives a program started with no arguments one empty one.
+    if argv.is_empty() {
+        argv.push(Vec::new());
+    }
+    let mut name = asked.kernel_name.clone();
+    for _ in 0..5 {
+        let Some((interp, arg)) = super::resolve::shebang(&file) else {
+            return Runs::Program(super::check::Expected { file, argv });
+        };
+        let mut next = vec![interp.clone().into_bytes()];
+        next.extend(arg.map(String::into_bytes));
+        next.push(name);
+        next.extend(argv.into_iter().skip(1));
+        let Some(t) = super::resolve::as_seen_by(pid, Path::new(&interp)) else {
+            return Runs::Nothing;
+        };
+        (file, argv, name) = (t.open, next, interp.into_bytes());
+    }
+    // Deeper than the kernel goes: the exec fails (ELOOP).
+    Runs::Nothing
 }
