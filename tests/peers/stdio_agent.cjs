@@ -23,8 +23,10 @@ async function main(spec) {
   out.tools = (await client.listTools()).tools.map((t) => t.name).sort();
   for (const c of spec.calls || []) {
     const got = { name: c.name };
+    let progress = 0;
+    const options = c.progress ? { onprogress: () => { progress += 1; } } : undefined;
     try {
-      const r = await client.callTool({ name: c.name, arguments: c.arguments || {} });
+      const r = await client.callTool({ name: c.name, arguments: c.arguments || {} }, undefined, options);
       got.text = r.content.map((b) => b.text || "").join(" ");
       got.is_error = !!r.isError;
     } catch (e) {
@@ -32,6 +34,7 @@ async function main(spec) {
       got.code = e.code;
       got.message = e.message.replace(/^MCP error -?\d+: /, "");
     }
+    if (c.progress) got.progress = progress;
     out.calls.push(got);
   }
   await client.close();

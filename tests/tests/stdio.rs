@@ -157,11 +157,11 @@ fn held(gw: &Gateway, tool: &str) -> u64 {
     }
 }
 
-#[test]
-fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
-    let npm = shared_dir("npm");
-    let gw = gateway(
-        "stdio-python",
+/// The everything server under an enforced policy: `get-env` denied, `get-sum` held for
+/// approval, the rest allowed; pins on first sight.
+fn everything_gateway(name: &str) -> Gateway {
+    gateway(
+        name,
         &format!(
             "{EVERYTHING_SERVER}\
              [policy]\nmode = \"enforce\"\n\
@@ -173,9 +173,14 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
              [[rule]]\nprincipal = \"agent\"\nserver = \"everything\"\naction = \"allow\"\n"
         ),
         "mode = \"tofu\"",
-    );
-    let spec = json!({
-        "server": everything(npm.path()),
+    )
+}
+
+/// What an agent does with it: a secret echoed, a denied tool, a long operation's
+/// progress, a call held until approved.
+fn everything_calls(npm: &Path) -> Value {
+    json!({
+        "server": everything(npm),
         "calls": [
             {"name": "echo", "arguments": {"message": format!("my key is {AWS_KEY}")}},
             {"name": "get-env"},
@@ -183,18 +188,20 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
              "progress": true},
             {"name": "get-sum", "arguments": {"a": 2, "b": 3}},
         ],
-    });
-    let agent = run_python_agent(&gw, &spec);
+    })
+}
+
+/// Approves the held call, then checks what the agent saw.
+fn agent_saw_everything_mediated(gw: &Gateway, agent: Child) -> Value {
     // The `ask` rule holds get-sum until an administrator approves it.
-    let id = held(&gw, "get-sum");
+    let id = held(gw, "get-sum");
     let out = gw.cli(&["approvals", "approve", &id.to_string()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = finish(&gw, agent);
-
+    let got = finish(gw, agent);
     let tools: Vec<&str> = got["tools"]
         .as_array()
         .unwrap()
@@ -214,8 +221,8 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
         "the key reached the agent: {got}"
     );
     assert_eq!(calls[1]["code"], -32012, "{got}");
-    let why = calls[1]["message"].as_str().unwrap();
     // The error names the rule that denied it.
+    let why = calls[1]["message"].as_str().unwrap();
     assert!(why.contains("denied by policy (rule"), "{got}");
     assert!(
         calls[2]["progress"].as_u64().unwrap() >= 1,
@@ -223,6 +230,15 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
     );
     assert!(calls[2].get("code").is_none(), "{got}");
     assert!(calls[3]["text"].as_str().unwrap().contains('5'), "{got}");
+    got
+}
+
+#[test]
+fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
+    let npm = shared_dir("npm");
+    let gw = everything_gateway("stdio-python");
+    let agent = run_python_agent(&gw, &everything_calls(npm.path()));
+    agent_saw_everything_mediated(&gw, agent);
 
     // The ledger: the tree, the mediated exec with the agent as principal, the chain npx
     // went through to the server, and the calls over stdio.
@@ -235,6 +251,7 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
     let m = mediated[0];
     assert_eq!(m["server"], "everything");
     assert_eq!(m["path"], "/usr/bin/npx", "{m}");
+    assert_eq!(m["agent_stdio"], "pipe", "{m}");
     assert_eq!(m["principal"]["uid"], agent_uid(), "{m}");
     assert!(
         m["principal"]["exe"].as_str().unwrap().contains("python3"),
@@ -298,11 +315,8 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
 #[test]
 fn a_node_agent_with_socketpairs_is_mediated() {
     let npm = shared_dir("npm");
-    let gw = gateway("stdio-node", EVERYTHING_SERVER, "");
-    let spec = json!({
-        "server": everything(npm.path()),
-        "calls": [{"name": "echo", "arguments": {"message": format!("key {AWS_KEY}")}}],
-    });
+    let gw = everything_gateway("stdio-node");
+    let spec = everything_calls(npm.path());
     let agent = gw
         .agent_stdio(
             AGENT,
@@ -317,20 +331,16 @@ fn a_node_agent_with_socketpairs_is_mediated() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let got = finish(&gw, agent);
-    let text = got["calls"][0]["text"].as_str().unwrap();
-    assert!(
-        text.contains("[REDACTED") && !text.contains(AWS_KEY),
-        "{got}"
-    );
+    agent_saw_everything_mediated(&gw, agent);
     let execs = records_of(&gw, "stdio_exec");
     assert!(
         execs.iter().any(|r| r["outcome"] == "mediated"
+            && r["agent_stdio"] == "unix_socket"
             && r["principal"]["exe"]
                 .as_str()
                 .unwrap_or("")
                 .contains("node")),
-        "{execs:#?}"
+        "Node gives its server socketpairs: {execs:#?}"
     );
     verify(&gw);
 }

@@ -238,6 +238,7 @@ pub fn start(
         "path": path.display().to_string(),
         "argv": shown_argv(&daemon.policy, argv),
         "principal": &*principal,
+        "agent_stdio": swapped.carrier,
         "outcome": "mediated",
     }));
     let ctx = Arc::new(ConnCtx {

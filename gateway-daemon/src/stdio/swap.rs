@@ -23,6 +23,8 @@ pub struct Swapped {
     /// The server-side ends of the new pipes, by (device, inode): a process holding them
     /// as its stdio runs inside this relay (a launch chain's next program).
     pub marks: [(u64, u64); 2],
+    /// What the agent gave the server: "pipe" or "unix_socket" (Node's socketpairs).
+    pub carrier: &'static str,
 }
 
 fn os(step: &'static str) -> impl FnOnce(std::io::Error) -> StdioError {
@@ -253,12 +255,18 @@ pub fn swap(listener: &OwnedFd, id: u64, pid: u32) -> Result<Swapped, StdioError
     let marks = [mark(&stdin_r)?, mark(&stdout_w)?];
     install(listener, id, &stdin_r, 0)?;
     install(listener, id, &stdout_w, 1)?;
+    let carrier = if is_socket(&agent_in) {
+        "unix_socket"
+    } else {
+        "pipe"
+    };
     Ok(Swapped {
         agent_in,
         agent_out,
         server_in: stdin_w,
         server_out: stdout_r,
         marks,
+        carrier,
     })
 }
 
