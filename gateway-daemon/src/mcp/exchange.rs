@@ -451,21 +451,10 @@ pub async fn post(
     obs.write(records).await;
     // Write-ahead: no request reaches the server before its record is written, and no
     // agent sees a result before that record is durable (the sync runs meanwhile).
-    let mut written = Vec::new();
-    for (m, d) in messages.iter().zip(&decisions) {
-        let (Kind::Request, Some(d)) = (m.kind, d) else {
-            continue;
-        };
-        let mut call = obs.call(m, d.clone());
-        call.argument_redactions =
-            m.id.as_ref()
-                .and_then(|id| guard.counts.iter().find(|(i, _)| i == id))
-                .map(|(_, c)| c.clone());
-        match ctx.daemon.audit.record_durable(&call) {
-            Ok(w) => written.push(w),
-            Err(e) => return unrecorded(&mut local, &e, "so it is not forwarded"),
-        }
-    }
+    let mut written = match write_ahead(&obs, &messages, &decisions, &guard) {
+        Ok(w) => w,
+        Err(e) => return unrecorded(&mut local, &e, "so it is not forwarded"),
+    };
     // A legacy session's answers come on its GET stream, which this POST does not hold:
     // durable before the call leaves.
     if obs.transport == Transport::LegacySse {
@@ -777,6 +766,29 @@ pub(crate) async fn admit(
     // Secrets in tool arguments are refused or redacted before anything leaves the host.
     let guard = guard_arguments(policy, obs, bytes, messages).map_err(Refusal::exfiltration)?;
     Ok(Admitted { guard, inflight })
+}
+
+/// The write-ahead `mcp_call` record of each request decided, with its argument redactions;
+/// the first that cannot be written stops the exchange.
+pub(crate) fn write_ahead(
+    obs: &Observer,
+    messages: &[Message<'_>],
+    decisions: &[Option<Decision>],
+    guard: &Guarded,
+) -> Result<Vec<crate::audit::Written>, crate::audit::AuditError> {
+    let mut written = Vec::new();
+    for (m, d) in messages.iter().zip(decisions) {
+        let (Kind::Request, Some(d)) = (m.kind, d) else {
+            continue;
+        };
+        let mut call = obs.call(m, d.clone());
+        call.argument_redactions =
+            m.id.as_ref()
+                .and_then(|id| guard.counts.iter().find(|(i, _)| i == id))
+                .map(|(_, c)| c.clone());
+        written.push(obs.audit.record_durable(&call)?);
+    }
+    Ok(written)
 }
 
 /// Every record in `written` durable, or the first reason one is not.

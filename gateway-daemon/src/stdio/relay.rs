@@ -570,25 +570,11 @@ async fn agent_line(shared: Arc<Shared>, line: Bytes, mut held: Reservation) {
     obs.write_now(records);
     // Write-ahead and durable before the server sees the call: the server's answer comes
     // back on a stream this exchange does not hold.
-    let mut written = Vec::new();
-    for (m, d) in messages.iter().zip(&decisions) {
-        let (Kind::Request, Some(d)) = (m.kind, d) else {
-            continue;
-        };
-        let mut call = obs.call(m, d.clone());
-        call.argument_redactions =
-            m.id.as_ref()
-                .and_then(|id| guard.counts.iter().find(|(i, _)| i == id))
-                .map(|(_, c)| c.clone());
-        match shared.ctx.daemon.audit.record_durable(&call) {
-            Ok(w) => written.push(w),
-            Err(e) => {
-                unrecorded(&shared, &messages, &e).await;
-                return;
-            }
-        }
-    }
-    if let Err(e) = exchange::all_durable(written).await {
+    let written = exchange::write_ahead(&obs, &messages, &decisions, &guard);
+    if let Err(e) = match written {
+        Ok(w) => exchange::all_durable(w).await,
+        Err(e) => Err(e),
+    } {
         unrecorded(&shared, &messages, &e).await;
         return;
     }
