@@ -452,6 +452,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         let stage =
             gateway_daemon::stdio::Stage::new(daemon.clone(), tokio::runtime::Handle::current());
         stage.publish();
+        gateway_daemon::stdio::enrol::restore(&stage);
         gateway_daemon::stdio::enrol::serve(l, stage);
         tracing::info!(socket = %cfg.stdio.socket.display(), "stdio servers mediated for trees enrolled by mcp-gateway exec");
     }

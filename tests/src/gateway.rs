@@ -50,6 +50,9 @@ pub struct Gateway {
     pub listen4: u16,
     pub listen6: u16,
     child: Option<Child>,
+    /// The notify socket, kept as systemd keeps it: what the daemon stores (FDSTORE=1)
+    /// arrives here.
+    notify: Option<UnixDatagram>,
 }
 
 impl Gateway {
@@ -131,6 +134,7 @@ impl Gateway {
             listen4,
             listen6,
             child: None,
+            notify: None,
         };
         gw.launch();
         gw
@@ -153,6 +157,62 @@ impl Gateway {
     /// As `launch`, with the daemon started inside `cgroup` (relative to the cgroup2 mount,
     /// created when missing), as systemd starts a service in its own cgroup.
     pub fn launch_in(&mut self, cgroup: Option<&str>) {
+        self.launch_with(cgroup, Vec::new())
+    }
+
+    /// What the daemon handed to the service manager's file descriptor store so far, as
+    /// systemd keeps it (FDSTORE=1 adds under FDNAME, FDSTOREREMOVE=1 drops).
+    pub fn fd_store(&self) -> Vec<(std::os::fd::OwnedFd, String)> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let sock = self.notify.as_ref().expect("the daemon was launched");
+        let mut store: Vec<(std::os::fd::OwnedFd, String)> = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+            let msg = match recvmsg::<()>(
+                sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(_) => break,
+            };
+            let mut fds = Vec::new();
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(r) = c {
+                    // SAFETY: descriptors just received, owned here.
+                    fds.extend(
+                        r.into_iter()
+                            .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            let n = msg.bytes;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FDNAME="))
+                .unwrap_or("stored")
+                .to_string();
+            if text.lines().any(|l| l == "FDSTORE=1") {
+                store.extend(fds.into_iter().map(|fd| (fd, name.clone())));
+            } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                store.retain(|(_, n)| *n != name);
+            }
+        }
+        store
+    }
+
+    /// As `launch_in`, handing the daemon `stored` descriptors as systemd hands a restarted
+    /// service its file descriptor store (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID).
+    pub fn launch_with(
+        &mut self,
+        cgroup: Option<&str>,
+        stored: Vec<(std::os::fd::OwnedFd, String)>,
+    ) {
         let notify = self.dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify);
         let sock = UnixDatagram::bind(&notify).expect("notify socket");
@@ -167,6 +227,38 @@ impl Gateway {
         if let Some(cgroup) = cgroup {
             cmd.args(["exec", "--cgroup", cgroup, "--"])
                 .arg(gateway_bin());
+        }
+        if !stored.is_empty() {
+            // LISTEN_PID must be the daemon's own pid: a shell that execs it knows it.
+            cmd = Command::new("/bin/sh");
+            cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+                .arg(gateway_bin());
+            let names: Vec<&str> = stored.iter().map(|(_, n)| n.as_str()).collect();
+            cmd.env("LISTEN_FDS", stored.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
+            let raw: Vec<i32> = stored
+                .iter()
+                .map(|(fd, _)| std::os::fd::AsRawFd::as_raw_fd(fd))
+                .collect();
+            // SAFETY: only dup2 (async-signal-safe) between fork and exec: first above
+            // every target, then into 3, 4, ...
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let high = 1000;
+                    for (i, fd) in raw.iter().enumerate() {
+                        if libc::dup2(*fd, high + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for i in 0..raw.len() as i32 {
+                        if libc::dup2(high + i, 3 + i) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        libc::close(high + i);
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd
             .args(["run", "--config"])
@@ -184,6 +276,8 @@ impl Gateway {
         loop {
             if let Ok(n) = sock.recv(&mut buf) {
                 if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                    self.notify = Some(sock);
+                    drop(stored);
                     return;
                 }
             }

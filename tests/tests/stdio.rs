@@ -700,3 +700,60 @@ fn an_exec_changed_after_the_daemon_read_it_is_killed_before_it_runs() {
     );
     verify(&gw);
 }
+
+#[test]
+fn a_daemon_restarted_by_its_service_manager_takes_back_the_enrolled_trees() {
+    let dir = shared_dir("restart");
+    let flag = dir.path().join("flag");
+    let description = dir.path().join("description.txt");
+    std::fs::write(&description, "Fetches a URL.").unwrap();
+    let mut gw = gateway("stdio-restart", &python_server_config(), "");
+    // The agent runs a program, waits for the daemon to be replaced, then starts its server.
+    let script = format!(
+        "import os, subprocess, sys, time\n\
+         print(subprocess.run(['/bin/echo', 'before'], capture_output=True).stdout.decode().strip(), flush=True)\n\
+         while not os.path.exists({flag:?}): time.sleep(0.05)\n\
+         r = subprocess.run([sys.executable, {exotic:?}, 'relative', sys.executable, {server:?}, {desc:?}, {work:?}], capture_output=True)\n\
+         print(r.stdout.decode().strip(), r.stderr.decode().strip(), flush=True)\n",
+        flag = flag.display().to_string(),
+        exotic = peer_file("exotic_exec.py").display().to_string(),
+        server = peer_file("stdio_server.py").display().to_string(),
+        desc = description.display().to_string(),
+        work = dir.path().display().to_string(),
+    );
+    let mut agent = gw
+        .agent_stdio(
+            AGENT,
+            venv_python().to_str().unwrap(),
+            &["-c".into(), script],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = agent.stdout.take().unwrap();
+    let mut first = [0u8; 7];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"before\n");
+    // The tree's exec listener went to the service manager's store; the daemon crashes and
+    // is started again with the store, as systemd does on Restart=.
+    let stored = gw.fd_store();
+    assert_eq!(stored.len(), 1, "one tree stored");
+    assert!(stored[0].1.starts_with("stdio-tree-"), "{}", stored[0].1);
+    gw.kill9();
+    gw.launch_with(None, stored);
+    std::fs::write(&flag, "").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    agent.wait().unwrap();
+    assert!(
+        rest.starts_with("fetched ") && rest.contains("[REDACTED") && !rest.contains(AWS_KEY),
+        "after the restart the server was not mediated: {rest}\n{}",
+        gw.log()
+    );
+    let trees = records_of(&gw, "stdio_tree");
+    assert!(trees.iter().any(|t| t["restored"] == true), "{trees:#?}");
+    assert!(records_of(&gw, "stdio_exec")
+        .iter()
+        .any(|r| r["outcome"] == "mediated"));
+}

@@ -153,7 +153,9 @@ fn enrol(s: &UnixStream, stage: &Arc<Stage>) -> Result<(), String> {
         id: stage.next_id(),
         launcher: pid,
         cgroup,
+        stored_as: format!("{}{pid}", super::store::PREFIX),
     };
+    super::store::keep(&tree.stored_as, std::os::fd::AsFd::as_fd(&listener));
     tracing::info!(tree = tree.id, launcher = pid, cgroup = %tree.cgroup, "process tree enrolled for stdio mediation");
     stage.daemon.audit.record_now(&serde_json::json!({
         "type": "stdio_tree",
@@ -168,6 +170,54 @@ fn enrol(s: &UnixStream, stage: &Arc<Stage>) -> Result<(), String> {
         .spawn(move || super::supervise::run(listener, tree, stage))
         .map_err(|e| format!("cannot start the tree's supervisor: {e}"))?;
     Ok(())
+}
+
+/// Takes back the trees a previous daemon enrolled, from the service manager's store: their
+/// execs waited for this daemon.
+pub fn restore(stage: &Arc<Stage>) {
+    for (listener, name) in super::store::kept() {
+        let kind = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if kind != "anon_inode:seccomp notify" {
+            tracing::warn!(
+                name,
+                kind,
+                "a stored descriptor is not an exec listener: dropped"
+            );
+            continue;
+        }
+        let launcher = name
+            .strip_prefix(super::store::PREFIX)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let tree = Tree {
+            id: stage.next_id(),
+            launcher,
+            cgroup: cgroup_of(launcher).unwrap_or_else(|| "(launcher gone)".into()),
+            stored_as: name,
+        };
+        tracing::info!(
+            tree = tree.id,
+            launcher,
+            "process tree taken back from the service manager's store"
+        );
+        stage.daemon.audit.record_now(&serde_json::json!({
+            "type": "stdio_tree",
+            "time": crate::audit::timestamp(std::time::SystemTime::now()),
+            "tree": tree.id,
+            "launcher": launcher,
+            "cgroup": tree.cgroup,
+            "restored": true,
+        }));
+        let stage = stage.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("stdio-tree-{}", tree.id))
+            .spawn(move || super::supervise::run(listener, tree, stage))
+        {
+            tracing::error!(error = %e, "cannot start a restored tree's supervisor");
+        }
+    }
 }
 
 /// The cgroup2 path of `pid`, without its leading '/'.

@@ -23,6 +23,7 @@ mod matcher;
 mod memory;
 mod relay;
 mod resolve;
+mod store;
 mod supervise;
 mod swap;
 
@@ -109,6 +110,8 @@ pub struct Tree {
     /// The launcher's pid when it enrolled.
     pub launcher: u32,
     pub cgroup: String,
+    /// Its listener's name in the service manager's store.
+    pub stored_as: String,
 }
 
 /// The stdio stage's shared state.

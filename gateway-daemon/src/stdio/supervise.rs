@@ -41,6 +41,7 @@ pub fn run(listener: OwnedFd, tree: Tree, stage: Arc<Stage>) {
     stage
         .trees
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    super::store::forget(&tree.stored_as);
 }
 
 fn serve(listener: &OwnedFd, tree: &Tree, stage: &Arc<Stage>, refusals: &mut super::Paced) {
