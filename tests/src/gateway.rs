@@ -301,15 +301,20 @@ impl Gateway {
     }
 
     /// SIGKILL: no chance to detach, as in a crash.
+    /// SIGKILL, as a crash; with no service manager left to hold what the daemon stored
+    /// (take `fd_store` first to start it again with the store, as systemd does).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+        self.notify = None;
     }
 
     /// SIGTERM and wait: the clean stop. Returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
+        // A stopped unit's file descriptor store is released.
+        self.notify = None;
         let mut c = self.child.take()?;
         let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);

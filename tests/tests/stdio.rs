@@ -562,9 +562,7 @@ fn without_the_daemon_an_enrolled_tree_cannot_exec() {
     assert_eq!(&first, b"before\n");
     gw.kill9();
     std::fs::write(&flag, "").unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    agent.wait().unwrap();
+    let rest = read_rest(stdout, &mut agent);
     assert_eq!(
         rest.trim(),
         format!("refused {}", libc::ENOSYS),
@@ -579,6 +577,27 @@ fn without_the_daemon_an_enrolled_tree_cannot_exec() {
         err.contains("must mediate") && err.contains("stdio.sock"),
         "the launcher names why: {err}"
     );
+}
+
+/// The rest of an agent's output, within 60 s: an exec that waits for a daemon that never
+/// comes fails the test instead of hanging it.
+fn read_rest(mut stdout: std::process::ChildStdout, agent: &mut Child) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stdout.read_to_string(&mut rest);
+        let _ = tx.send(rest);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(rest) => {
+            agent.wait().unwrap();
+            rest
+        }
+        Err(_) => {
+            let _ = agent.kill();
+            panic!("the agent's exec still waits after 60 s");
+        }
+    }
 }
 
 /// Runs `peers/exotic_exec.py MODE` as the agent: the server started some unusual way.
@@ -743,9 +762,7 @@ fn a_daemon_restarted_by_its_service_manager_takes_back_the_enrolled_trees() {
     gw.kill9();
     gw.launch_with(None, stored);
     std::fs::write(&flag, "").unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    agent.wait().unwrap();
+    let rest = read_rest(stdout, &mut agent);
     assert!(
         rest.starts_with("fetched ") && rest.contains("[REDACTED") && !rest.contains(AWS_KEY),
         "after the restart the server was not mediated: {rest}\n{}",

@@ -157,19 +157,30 @@ fn enrol(s: &UnixStream, stage: &Arc<Stage>) -> Result<(), String> {
     };
     super::store::keep(&tree.stored_as, std::os::fd::AsFd::as_fd(&listener));
     tracing::info!(tree = tree.id, launcher = pid, cgroup = %tree.cgroup, "process tree enrolled for stdio mediation");
+    supervise(stage, listener, tree, false)
+}
+
+/// Records the tree and starts the thread that answers its execs.
+fn supervise(
+    stage: &Arc<Stage>,
+    listener: OwnedFd,
+    tree: Tree,
+    restored: bool,
+) -> Result<(), String> {
     stage.daemon.audit.record_now(&serde_json::json!({
         "type": "stdio_tree",
         "time": crate::audit::timestamp(std::time::SystemTime::now()),
         "tree": tree.id,
-        "launcher": pid,
+        "launcher": tree.launcher,
         "cgroup": tree.cgroup,
+        "restored": restored,
     }));
     let stage = stage.clone();
     std::thread::Builder::new()
         .name(format!("stdio-tree-{}", tree.id))
         .spawn(move || super::supervise::run(listener, tree, stage))
-        .map_err(|e| format!("cannot start the tree's supervisor: {e}"))?;
-    Ok(())
+        .map(drop)
+        .map_err(|e| format!("cannot start the tree's supervisor: {e}"))
 }
 
 /// Takes back the trees a previous daemon enrolled, from the service manager's store: their
@@ -202,20 +213,8 @@ pub fn restore(stage: &Arc<Stage>) {
             launcher,
             "process tree taken back from the service manager's store"
         );
-        stage.daemon.audit.record_now(&serde_json::json!({
-            "type": "stdio_tree",
-            "time": crate::audit::timestamp(std::time::SystemTime::now()),
-            "tree": tree.id,
-            "launcher": launcher,
-            "cgroup": tree.cgroup,
-            "restored": true,
-        }));
-        let stage = stage.clone();
-        if let Err(e) = std::thread::Builder::new()
-            .name(format!("stdio-tree-{}", tree.id))
-            .spawn(move || super::supervise::run(listener, tree, stage))
-        {
-            tracing::error!(error = %e, "cannot start a restored tree's supervisor");
+        if let Err(e) = supervise(stage, listener, tree, true) {
+            tracing::error!(error = %e, "cannot take back a stored tree");
         }
     }
 }

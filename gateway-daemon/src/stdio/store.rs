@@ -26,11 +26,12 @@ fn send(state: &str, fds: &[RawFd]) -> std::io::Result<()> {
     let sock = std::os::unix::net::UnixDatagram::unbound()?;
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    // Never waits: a service manager that does not read is no reason to hold an exec.
     sendmsg(
         sock.as_raw_fd(),
         &[IoSlice::new(state.as_bytes())],
         cmsgs,
-        MsgFlags::empty(),
+        MsgFlags::MSG_DONTWAIT,
         Some(&addr),
     )
     .map_err(std::io::Error::from)?;
