@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use admin::{Admin, Approvals, Metrics, OnChange, PinMode, Pins, PoisonAction, Stdio};
 pub use credential::{read_secret_file, Credential, CredentialError, Secret};
-pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig};
+pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig, RuleDirection};
 pub use tls::{Passthrough, Tls};
 pub use validate::Resolved;
 

@@ -100,6 +100,21 @@ pub struct RuleConfig {
     /// Tool annotations the tool must have declared (e.g. { readOnlyHint = true }).
     #[serde(default)]
     pub annotations: Option<toml::Table>,
+    /// Whose requests the rule decides: the agent's (default) or those a server sends the
+    /// agent (sampling, elicitation, roots).
+    #[serde(default)]
+    pub direction: RuleDirection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleDirection {
+    /// Requests an agent sends its server (tools/call, resources/read, ...).
+    #[default]
+    ClientToServer,
+    /// Requests a server sends the agent (sampling/createMessage, elicitation/create,
+    /// roots/list).
+    ServerToClient,
 }
 
 fn star() -> String {

@@ -27,6 +27,7 @@ use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
 use crate::http::Upstream;
 use crate::policy::{Decision, Policy};
+use super::to_server::{Back, HttpBack};
 use crate::redact::{Counts, RequestMode};
 
 /// How long the rest of a refused request body may take to skip.
@@ -61,6 +62,7 @@ fn observer(
         session,
         transport,
         protocol_version: version,
+        back: None,
     }
 }
 
@@ -187,10 +189,12 @@ fn guard_arguments(
         counts: Vec::new(),
     };
     let mode = policy.request_redaction(obs.principal.name.as_deref(), &obs.server);
-    let calls = messages
+    // What the agent sends out: its calls' arguments, and its answers to the server's
+    // requests (an elicitation's answer, a sampling result, its roots).
+    let outgoing = messages
         .iter()
-        .any(|m| m.method.as_deref() == Some("tools/call"));
-    if mode == RequestMode::Off || !calls {
+        .any(|m| m.method.as_deref() == Some("tools/call") || m.kind == Kind::Response);
+    if mode == RequestMode::Off || !outgoing {
         return Ok(none);
     }
     // `jsonrpc::parse` refused what a Value cannot hold; should that ever disagree, the
@@ -204,6 +208,12 @@ fn guard_arguments(
             v => vec![v],
         };
         for v in items {
+            if v.get("method").is_none() && v.get("result").is_some() {
+                if let Some(found) = guard_answer(policy, mode, v) {
+                    counts.push(found);
+                }
+                continue;
+            }
             if v["method"] != "tools/call" {
                 continue;
             }
@@ -243,6 +253,61 @@ fn guard_arguments(
         body: Some(serde_json::to_vec(&doc).expect("a JSON value always serialises")),
         counts,
     })
+}
+
+/// The agent's answer to a server request, scanned like a call's arguments: `redact`
+/// replaces what was found; `refuse` replaces the answer with an error, so the server
+/// learns the agent's answer was withheld and the data never leaves.
+fn guard_answer(
+    policy: &Policy,
+    mode: RequestMode,
+    v: &mut serde_json::Value,
+) -> Option<(Id, Counts)> {
+    let id = match &v["id"] {
+        serde_json::Value::Number(n) => n.as_i64().map(Id::Num)?,
+        serde_json::Value::String(s) => Id::Str(s.clone()),
+        _ => return None,
+    };
+    let result = v.get_mut("result")?;
+    let found = match mode {
+        RequestMode::Refuse => policy.redactor.scan_json(result),
+        _ => policy.redactor.redact_json(result),
+    };
+    if found.is_empty() {
+        return None;
+    }
+    if mode == RequestMode::Refuse {
+        let what: Vec<String> = found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+        let why = format!(
+            "the agent's answer carried secrets or personal data ({}); withheld by the \
+             gateway (redact.mode_requests = \"refuse\")",
+            what.join(", ")
+        );
+        *v = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": v["id"].take(),
+            "error": { "code": super::reply::GATEWAY_EXFILTRATION, "message": why },
+        });
+    }
+    Some((id, found))
+}
+
+impl Guarded {
+    /// Notes what was taken out of the agent's answers on their records.
+    pub(crate) fn mark(&self, records: &mut [super::record::ExchangeRecord]) {
+        for r in records
+            .iter_mut()
+            .filter(|r| r.direction == Direction::ServerToClient)
+        {
+            if let Some((_, c)) = self
+                .counts
+                .iter()
+                .find(|(id, _)| r.about.id.as_deref() == Some(&id.to_string()))
+            {
+                r.redactions = Some(c.clone());
+            }
+        }
+    }
 }
 
 /// The policy's decision about one message of the agent (None for its responses).
@@ -448,6 +513,7 @@ pub async fn post(
     if let (Some(s), Some(v)) = (&obs.session, &obs.protocol_version) {
         s.state().protocol_version.get_or_insert_with(|| v.clone());
     }
+    guard.mark(&mut records);
     obs.write(records).await;
     // Write-ahead: no request reaches the server before its record is written, and no
     // agent sees a result before that record is durable (the sync runs meanwhile).
@@ -469,6 +535,14 @@ pub async fn post(
     if redacted > 0 {
         crate::metrics::global().redactions(redacted);
     }
+    // A server request on the answer's stream that the policy refuses is answered by the
+    // gateway, as this request would have been sent.
+    obs.back = Some(Back::Http(Arc::new(HttpBack::of(
+        ctx,
+        &parts.uri,
+        &parts.headers,
+        None,
+    ))));
     let body = match guard.body {
         Some(redacted) => {
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -904,6 +978,13 @@ async fn json_response(
             why,
         );
     }
+    // A server request (which a JSON answer should not carry) the policy refused is taken
+    // out; what else the body carries goes on.
+    let bytes = match super::observe::without_refused(&bytes, &records) {
+        None => bytes,
+        Some(Some(kept)) => Bytes::from(kept),
+        Some(None) => Bytes::new(),
+    };
     let rewritten = obs.rewrite(&bytes, &inspect, &mut records);
     obs.write(records).await;
     let waiting = local.drain_expired(|_| true);
@@ -955,9 +1036,15 @@ pub async fn get(
     if let Some(last) = header_str(req.headers(), "last-event-id") {
         tracing::debug!(last_event_id = last, "stream resumption");
     }
-    let obs = observer(ctx, target, session, version);
+    let mut obs = observer(ctx, target, session, version);
     let (mut parts, body) = req.into_parts();
     drop(body);
+    obs.back = Some(Back::Http(Arc::new(HttpBack::of(
+        ctx,
+        &parts.uri,
+        &parts.headers,
+        None,
+    ))));
     // A GET's body means nothing to MCP and is not forwarded: neither is the framing that
     // announced it, or the server would wait for bytes that never come.
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -20,6 +20,7 @@ pub mod rewrite;
 pub mod session;
 pub mod sniff;
 pub mod sse;
+pub mod to_server;
 pub mod stream;
 
 use std::net::SocketAddr;

@@ -42,6 +42,39 @@ pub fn mark_unpaired_dropped(records: &mut [ExchangeRecord], what: &str) -> bool
     any
 }
 
+/// A server message (or batch) without the server requests `records` say were refused:
+/// None when none was; Some(None) when nothing of it is left to pass on.
+pub fn without_refused(data: &[u8], records: &[ExchangeRecord]) -> Option<Option<Vec<u8>>> {
+    let refused: Vec<&str> = records
+        .iter()
+        .filter(|r| is_refused_server_request(r))
+        .filter_map(|r| r.about.id.as_deref())
+        .collect();
+    if !records.iter().any(is_refused_server_request) {
+        return None;
+    }
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(data) else {
+        return Some(None);
+    };
+    let kept: Vec<serde_json::Value> = items
+        .into_iter()
+        .filter(|m| {
+            let id = match &m["id"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return true,
+            };
+            m.get("method").is_none() || !refused.contains(&id.as_str())
+        })
+        .collect();
+    if kept.is_empty() {
+        return Some(None);
+    }
+    Some(Some(
+        serde_json::to_vec(&kept).expect("a JSON value always serialises"),
+    ))
+}
+
 pub struct Observer {
     pub principal: Arc<Principal>,
     pub view: Option<ListView>,
@@ -50,6 +83,15 @@ pub struct Observer {
     pub session: Option<Arc<Session>>,
     pub transport: Transport,
     pub protocol_version: Option<String>,
+    /// Where the gateway's own messages to the server go (answers to server requests it
+    /// refused, its own listings).
+    pub back: Option<super::to_server::Back>,
+}
+
+/// Whether a record is of a server request the gateway refused: the message must not
+/// reach the agent.
+pub fn is_refused_server_request(r: &ExchangeRecord) -> bool {
+    r.direction == Direction::ServerToClient && r.outcome == "refused"
 }
 
 fn id_text(id: &Option<Id>) -> Option<String> {
@@ -193,6 +235,9 @@ impl Observer {
                 }
             }
             Kind::Request => {
+                if let Some(refused) = self.refuse_server_request(m) {
+                    return vec![refused];
+                }
                 let p = self.pending(m);
                 match &self.session {
                     Some(s) => match s.state().server_pending.insert(id, p) {
@@ -216,6 +261,41 @@ impl Observer {
             }
             Kind::Notification => vec![self.notification(Direction::ServerToClient, m)],
         }
+    }
+
+    /// Decides a request of the server to the agent: None lets it through; a record means
+    /// it was refused, and the server has been answered with the error.
+    fn refuse_server_request(&self, m: &Message) -> Option<ExchangeRecord> {
+        let policy = &self.view.as_ref()?.policy;
+        let method = m.method.as_deref()?;
+        let d = policy.decide_server_request(self.principal.name.as_deref(), &self.server, method);
+        if d.allows() {
+            if !d.enforced && d.action != "allow" {
+                tracing::info!(method, rule = %d.rule, "server request would be refused (policy not enforced)");
+            }
+            return None;
+        }
+        let why = d.reason.clone().unwrap_or_else(|| {
+            format!("{method} from server {} is refused by {}", self.server, d.rule)
+        });
+        let refusal = super::refusal::Refusal::policy(why.clone());
+        let mut r = self.record(Direction::ServerToClient, method);
+        r.about.id = id_text(&m.id);
+        r.outcome = "refused";
+        r.refusal = Some(refusal.kind);
+        r.error_code = Some(refusal.code as i64);
+        r.decision = Some(d);
+        match (&self.back, &m.id) {
+            (Some(back), Some(id)) => {
+                back.tell(super::reply::error_json(Some(id), refusal.code, refusal.why()));
+                r.detail = Some(format!("{why}; the server was answered with the error, the agent never saw the request"));
+            }
+            _ => {
+                r.detail = Some(format!("{why}; the agent never saw the request (the gateway has no way to answer the server)"));
+            }
+        }
+        tracing::info!(method, "server request refused");
+        Some(r)
     }
 
     /// Requests that will get no response (stream ended, upstream failed, refused).

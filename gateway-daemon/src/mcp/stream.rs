@@ -262,9 +262,20 @@ fn deliver(job: &mut StreamJob, items: Vec<SseItem>, confirmed: &mut bool, out: 
                                 continue;
                             }
                         };
+                    // Server requests the policy refused never reach the agent.
+                    let kept = super::observe::without_refused(ev.data.as_bytes(), &records);
+                    let data: &[u8] = match &kept {
+                        None => ev.data.as_bytes(),
+                        Some(None) => {
+                            job.observer.write_now(records);
+                            continue;
+                        }
+                        Some(Some(d)) => d,
+                    };
                     let changed = job
                         .observer
-                        .rewrite(ev.data.as_bytes(), &inspect, &mut records);
+                        .rewrite(data, &inspect, &mut records)
+                        .or_else(|| kept.clone().flatten());
                     job.observer.write_now(records);
                     // A changed message goes out re-encoded; everything else as the server
                     // sent it.
@@ -311,6 +322,12 @@ fn on_event(
         match job.sessions.open_legacy(&job.server, &endpoint, &owner) {
             Ok(s) => {
                 tracing::debug!(endpoint, session = %s.id, "legacy SSE session opened");
+                // The gateway's own answers go where the agent's do: the endpoint.
+                if let Some(super::to_server::Back::Http(h)) = &job.observer.back {
+                    job.observer.back = Some(super::to_server::Back::Http(Arc::new(
+                        h.at(&endpoint),
+                    )));
+                }
                 job.observer.session = Some(s);
                 job.observer.transport = Transport::LegacySse;
             }

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::{Action, Config, PolicyMode};
+use crate::config::{Action, Config, PolicyMode, RuleDirection};
 use crate::identity::Identity;
 use crate::redact::{RedactConfig, Redactor, RequestMode, ResponseMode};
 use principal::{ExeHashes, Principal};
@@ -168,6 +168,7 @@ impl Policy {
         };
         let empty = Value::Object(Map::new());
         let ask = Ask {
+            direction: RuleDirection::ClientToServer,
             principal,
             server,
             method,
@@ -190,7 +191,11 @@ impl Policy {
             && self
                 .rules
                 .iter()
-                .any(|r| r.action != Action::Deny && r.covers(principal, server))
+                .any(|r| {
+                    r.direction == RuleDirection::ClientToServer
+                        && r.action != Action::Deny
+                        && r.covers(principal, server)
+                })
         {
             return self.decision(Action::Allow, "default: protocol lifecycle".into(), None);
         }
@@ -202,6 +207,67 @@ impl Policy {
                 format!("no rule allows {method}{what} for principal {principal} on {server}")
             })),
         )
+    }
+
+    /// Decides a request `server` sends to an agent of `principal` (sampling, elicitation,
+    /// roots). Without a rule of that direction that matches, a server may ask what the
+    /// protocol lets it ask of an agent that may use it; never of one no principal names.
+    pub fn decide_server_request(
+        &self,
+        principal: Option<&str>,
+        server: &str,
+        method: &str,
+    ) -> Decision {
+        let Some(principal) = principal else {
+            return self.decision(
+                Action::Deny,
+                "default: unknown principal".into(),
+                Some("no [[principal]] matches the agent's process".into()),
+            );
+        };
+        let ask = Ask {
+            direction: RuleDirection::ServerToClient,
+            principal,
+            server,
+            method,
+            name: None,
+            arguments: None,
+            annotations: None,
+        };
+        if let Some(r) = self
+            .rules
+            .iter()
+            .find(|r| matches!(r.check(&ask), Verdict::Match))
+        {
+            let reason = (r.action == Action::Deny).then(|| {
+                format!("{method} from server {server} to principal {principal} is denied by {}", r.label)
+            });
+            return self.decision(r.action, r.label.clone(), reason);
+        }
+        if self.rules.iter().any(|r| {
+            r.direction == RuleDirection::ClientToServer
+                && r.action != Action::Deny
+                && r.covers(principal, server)
+        }) {
+            return self.decision(Action::Allow, "default: server request".into(), None);
+        }
+        self.decision(
+            Action::Deny,
+            "default: deny".into(),
+            Some(format!(
+                "principal {principal} may not use server {server}, so the server may not ask \
+                 it for {method}"
+            )),
+        )
+    }
+
+    /// Whether any rule holds a server's requests for a person.
+    pub fn asks_for_server_requests(&self) -> bool {
+        self.enforcing()
+            && self
+                .rules
+                .iter()
+                .any(|r| r.direction == RuleDirection::ServerToClient && r.action == Action::Ask)
     }
 
     /// Whether a listed item (tool, prompt, resource) is shown to `principal`: some rule
@@ -218,6 +284,7 @@ impl Policy {
             return !self.enforcing();
         };
         let ask = Ask {
+            direction: RuleDirection::ClientToServer,
             principal,
             server,
             method: call_method,

@@ -7,7 +7,15 @@ use serde_json::{Map, Value};
 
 use super::principal::globs;
 use super::Invalid;
-use crate::config::{Action, RuleConfig};
+use crate::config::{Action, RuleConfig, RuleDirection};
+
+/// Requests a server sends its client: what `direction = "server_to_client"` rules decide.
+pub const SERVER_REQUESTS: &[&str] = &[
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "ping",
+];
 
 pub struct Rule {
     pub label: String,
@@ -18,10 +26,12 @@ pub struct Rule {
     pub action: Action,
     arguments: Option<Validator>,
     annotations: Option<Map<String, Value>>,
+    pub direction: RuleDirection,
 }
 
 /// What a rule is asked about.
 pub struct Ask<'a> {
+    pub direction: RuleDirection,
     pub principal: &'a str,
     pub server: &'a str,
     pub method: &'a str,
@@ -66,12 +76,17 @@ impl Rule {
                     .map_err(|e| (key("arguments"), format!("not a valid JSON Schema: {e}")))?,
             ),
         };
+        check_direction(i, c)?;
         let annotations = c.annotations.as_ref().map(|t| {
             t.iter()
                 .map(|(k, v)| (k.clone(), to_json(v)))
                 .collect::<Map<String, Value>>()
         });
         let action = format!("{:?}", c.action).to_lowercase();
+        let action = match c.direction {
+            RuleDirection::ClientToServer => action,
+            RuleDirection::ServerToClient => format!("{action} server_to_client"),
+        };
         let what = if c.tools.is_empty() {
             "*".to_string()
         } else {
@@ -91,6 +106,7 @@ impl Rule {
             action: c.action,
             arguments,
             annotations,
+            direction: c.direction,
         })
     }
 
@@ -105,7 +121,8 @@ impl Rule {
     }
 
     pub fn check(&self, a: &Ask) -> Verdict {
-        if !self.covers(a.principal, a.server)
+        if self.direction != a.direction
+            || !self.covers(a.principal, a.server)
             || !self.methods.iter().any(|m| m == "*" || m == a.method)
         {
             return Verdict::NoMatch;
@@ -142,4 +159,58 @@ impl Rule {
         }
         Verdict::Match
     }
+}
+
+/// A rule's methods must be of its direction: a rule that could never match is a mistake
+/// the admin hears about at load, not a denial that silently never happens.
+fn check_direction(i: usize, c: &RuleConfig) -> Result<(), Invalid> {
+    let key = |k: &str| format!("rule[{i}].{k}");
+    match c.direction {
+        RuleDirection::ClientToServer => {
+            if let Some(m) = c
+                .methods
+                .iter()
+                .find(|m| SERVER_REQUESTS.contains(&m.as_str()) && m.as_str() != "ping")
+            {
+                return Err((
+                    key("methods"),
+                    format!(
+                        "{m} is a request servers send to agents: decide it in a rule with \
+                         direction = \"server_to_client\""
+                    ),
+                ));
+            }
+        }
+        RuleDirection::ServerToClient => {
+            if let Some(m) = c
+                .methods
+                .iter()
+                .find(|m| m.as_str() != "*" && !SERVER_REQUESTS.contains(&m.as_str()))
+            {
+                return Err((
+                    key("methods"),
+                    format!(
+                        "{m} is not a request a server sends; direction = \"server_to_client\" \
+                         rules decide {} (or \"*\")",
+                        SERVER_REQUESTS.join(", ")
+                    ),
+                ));
+            }
+            for (field, set) in [
+                ("tools", !c.tools.is_empty()),
+                ("arguments", c.arguments.is_some()),
+                ("annotations", c.annotations.is_some()),
+            ] {
+                if set {
+                    return Err((
+                        key(field),
+                        "applies to the agent's calls only; a direction = \"server_to_client\" \
+                         rule is decided on its principal, server and methods"
+                            .into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }

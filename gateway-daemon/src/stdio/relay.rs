@@ -162,7 +162,22 @@ impl Shared {
             session: Some(self.session.clone()),
             transport: crate::mcp::session::Transport::Stdio,
             protocol_version: self.session.state().protocol_version.clone(),
+            back: Some(self.back()),
         }
+    }
+
+    /// The server's stdin, for the gateway's own lines.
+    fn back(&self) -> crate::mcp::to_server::Back {
+        let to_server = self.to_server.clone();
+        crate::mcp::to_server::Back::Stdio(Arc::new(move |mut line: Vec<u8>| {
+            line.push(b'\n');
+            to_server
+                .try_send(Some(Queued {
+                    line: Bytes::from(line),
+                    _held: None,
+                }))
+                .is_ok()
+        }))
     }
 
     async fn send_agent(&self, line: Vec<u8>) {
@@ -567,6 +582,7 @@ async fn agent_line(shared: Arc<Shared>, line: Bytes, mut held: Reservation) {
             }
         }
     }
+    guard.mark(&mut records);
     obs.write_now(records);
     // Write-ahead and durable before the server sees the call: the server's answer comes
     // back on a stream this exchange does not hold.
@@ -703,7 +719,18 @@ async fn from_server<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R)
             obs.write_now(records);
             continue;
         }
-        let rewritten = obs.rewrite(&line, &inspect, &mut records);
+        // Server requests the policy refused never reach the agent.
+        let kept = match crate::mcp::observe::without_refused(&line, &records) {
+            None => None,
+            Some(Some(kept)) => Some(kept),
+            Some(None) => {
+                obs.write_now(records);
+                continue;
+            }
+        };
+        let rewritten = obs
+            .rewrite(kept.as_deref().unwrap_or(&line), &inspect, &mut records)
+            .or(kept);
         obs.write_now(records);
         {
             let mut inflight = lock(&shared.inflight);
