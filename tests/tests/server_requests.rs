@@ -186,7 +186,7 @@ fn a_server_request_in_a_client_rule_is_a_config_error() {
     let cfg = dir.path().join("bad.toml");
     std::fs::write(
         &cfg,
-        "[agents]\nusers = [\"root\"]\n\
+        "[agents]\ncgroups = [\"/agents\"]\n\
          [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
          [[rule]]\nprincipal = \"agent\"\nmethods = [\"sampling/createMessage\"]\naction = \"deny\"\n",
     )
