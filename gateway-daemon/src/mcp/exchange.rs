@@ -803,6 +803,10 @@ pub(crate) async fn admit(
     // A tool or prompt whose definition is not approved is not callable, even when the
     // agent never asked for the listing that would have hidden it.
     if !policy.observing() {
+        // A server that said its list changed is being re-listed: its answer decides.
+        if messages.iter().any(is_call) {
+            ctx.daemon.pins.relists.settled(&obs.server).await;
+        }
         for m in messages.iter().filter(|m| m.kind == Kind::Request) {
             let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
                 continue;

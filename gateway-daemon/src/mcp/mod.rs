@@ -15,6 +15,7 @@ pub mod pairing;
 pub mod recognise;
 pub mod record;
 pub mod refusal;
+pub mod relist;
 pub mod reply;
 pub mod rewrite;
 pub mod session;

@@ -45,10 +45,11 @@ pub fn mark_unpaired_dropped(records: &mut [ExchangeRecord], what: &str) -> bool
 /// A server message (or batch) without the server requests `records` say were refused:
 /// None when none was; Some(None) when nothing of it is left to pass on.
 pub fn without_refused(data: &[u8], records: &[ExchangeRecord]) -> Option<Option<Vec<u8>>> {
-    let refused: Vec<&str> = records
+    // (id, whether it is a request): a server request and an answer may share an id.
+    let refused: Vec<(&str, bool)> = records
         .iter()
         .filter(|r| is_refused_server_request(r))
-        .filter_map(|r| r.about.id.as_deref())
+        .filter_map(|r| Some((r.about.id.as_deref()?, r.outcome != OWN_ANSWER)))
         .collect();
     if !records.iter().any(is_refused_server_request) {
         return None;
@@ -64,7 +65,7 @@ pub fn without_refused(data: &[u8], records: &[ExchangeRecord]) -> Option<Option
                 serde_json::Value::Number(n) => n.to_string(),
                 _ => return true,
             };
-            m.get("method").is_none() || !refused.contains(&id.as_str())
+            !refused.contains(&(id.as_str(), m.get("method").is_some()))
         })
         .collect();
     if kept.is_empty() {
@@ -88,10 +89,14 @@ pub struct Observer {
     pub back: Option<super::to_server::Back>,
 }
 
-/// Whether a record is of a server request the gateway refused: the message must not
-/// reach the agent.
+/// The outcome of the server's answer to a request of the gateway's own: taken by the
+/// gateway, never passed on, and not recorded (the gateway's exchange has its record).
+pub const OWN_ANSWER: &str = "own_answer";
+
+/// Whether a record is of a server request the gateway refused, or of an answer to the
+/// gateway's own request: the message must not reach the agent.
 pub fn is_refused_server_request(r: &ExchangeRecord) -> bool {
-    r.direction == Direction::ServerToClient && r.outcome == "refused"
+    (r.direction == Direction::ServerToClient && r.outcome == "refused") || r.outcome == OWN_ANSWER
 }
 
 fn id_text(id: &Option<Id>) -> Option<String> {
@@ -219,6 +224,16 @@ impl Observer {
         let id = m.id.clone().unwrap_or(Id::Null);
         match m.kind {
             Kind::Response | Kind::Error => {
+                if let (Id::Str(own), Some(v)) = (&id, &self.view) {
+                    if own.starts_with(super::relist::OWN_ID_PREFIX)
+                        && v.pins.relists.answered(own, || super::relist::as_value(m))
+                    {
+                        let mut r = self.record(Direction::ClientToServer, "");
+                        r.about.id = Some(own.clone());
+                        r.outcome = OWN_ANSWER;
+                        return vec![r];
+                    }
+                }
                 let req = local.and_then(|l| l.take(&id)).or_else(|| {
                     self.session
                         .as_ref()
@@ -259,8 +274,18 @@ impl Observer {
                     }
                 }
             }
-            Kind::Notification => vec![self.notification(Direction::ServerToClient, m)],
+            Kind::Notification => {
+                if let Some(method) = m.method.as_deref() {
+                    super::relist::on_notification(self, method);
+                }
+                vec![self.notification(Direction::ServerToClient, m)]
+            }
         }
+    }
+
+    /// A record of the gateway's own exchange with the server, on this principal's behalf.
+    pub(crate) fn own(&self, direction: Direction, method: &str) -> ExchangeRecord {
+        self.record(direction, method)
     }
 
     /// Decides a request of the server to the agent: None lets it through; a record means
@@ -441,7 +466,7 @@ impl Observer {
     /// Counts and writes records now (the ledger is written from the caller's task).
     pub fn write_now(&self, records: Vec<ExchangeRecord>) {
         let metrics = crate::metrics::global();
-        for r in records {
+        for r in records.into_iter().filter(|r| r.outcome != OWN_ANSWER) {
             metrics.mcp(&r.about.server, &r.about.method, r.outcome);
             if let Some(c) = &r.redactions {
                 metrics.redactions(c.total());

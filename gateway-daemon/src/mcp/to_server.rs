@@ -154,12 +154,25 @@ impl HttpBack {
 
     /// POSTs `body` on a new connection; the response's head, its body unread.
     pub async fn post(&self, body: Vec<u8>) -> Result<Response<Incoming>, ToServerError> {
-        tokio::time::timeout(WITHIN, self.post_inner(body))
+        self.post_with(body, &[]).await
+    }
+
+    /// The same, with `extra` headers.
+    pub async fn post_with(
+        &self,
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+    ) -> Result<Response<Incoming>, ToServerError> {
+        tokio::time::timeout(WITHIN, self.post_inner(body, extra))
             .await
             .map_err(|_| ToServerError::Timeout)?
     }
 
-    async fn post_inner(&self, body: Vec<u8>) -> Result<Response<Incoming>, ToServerError> {
+    async fn post_inner(
+        &self,
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+    ) -> Result<Response<Incoming>, ToServerError> {
         let tcp = crate::passthrough::connect(self.addr, self.daemon.config.intercept.mark)
             .await
             .map_err(|e| ToServerError::Dial(e.to_string()))?;
@@ -175,6 +188,14 @@ impl HttpBack {
             header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
         );
+        for (name, value) in extra {
+            if let (Ok(n), Ok(v)) = (
+                header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                h.insert(n, v);
+            }
+        }
         match &self.sni {
             None => send(TokioIo::new(tcp), req).await,
             Some(sni) => {

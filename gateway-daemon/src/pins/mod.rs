@@ -6,6 +6,7 @@
 pub mod canonical;
 pub mod manage;
 pub mod poison;
+pub mod relist;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -108,6 +109,8 @@ pub struct Pins {
     overrides: HashMap<String, PinMode>,
     path: PathBuf,
     state: Mutex<StoreFile>,
+    /// Listings the gateway is taking itself after a server said its list changed.
+    pub relists: relist::Relists,
 }
 
 impl std::fmt::Debug for Pins {
@@ -132,6 +135,7 @@ impl Pins {
                 .collect(),
             path: config.pins.path.clone(),
             state: Mutex::new(state),
+            relists: Default::default(),
         })
     }
 
@@ -156,6 +160,8 @@ impl Pins {
     pub fn review(&self, server: &str, kind: Kind, name_field: &str, items: &[Value]) -> Review {
         let mode = self.mode(server);
         let mut review = Review::default();
+        // A whole listing was seen: what a failed re-listing left unknown is known again.
+        self.relists.listed(server, kind);
         if mode == PinMode::Off {
             return review;
         }
@@ -314,8 +320,14 @@ impl Pins {
         if self.mode(server) == PinMode::Off {
             return Ok(());
         }
-        let state = self.lock();
         let what = kind.label().replace('_', " ");
+        if let Some(why) = self.relists.unknown(server, kind) {
+            return Err(format!(
+                "server {server:?} said its {what}s changed and the gateway could not list \
+                 them ({why}); list the server's {what}s again"
+            ));
+        }
+        let state = self.lock();
         let Some(pins) = state.servers.get(server) else {
             return Err(format!(
                 "{what} {name:?} of server {server:?} was never listed to the gateway, so it is \

@@ -1,0 +1,103 @@
+//! Pins follow a server's change notifications: on `notifications/tools/list_changed` the
+//! gateway lists the server's tools itself, so a tool changed between two calls is refused
+//! at the second (-32015) though the agent never listed again. The official Python SDK on
+//! both sides, over Streamable HTTP (the notification on the call's event stream) and the
+//! legacy HTTP+SSE transport.
+
+use std::process::Command;
+
+use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::{free_port, Gateway, GatewayOptions};
+use serde_json::Value;
+
+const SERVER: &str = include_str!("../fixtures/asking_server.py");
+const CLIENT: &str = include_str!("../fixtures/asking_client.py");
+
+fn changed_between_two_calls(mode: &str, transport: &str) {
+    gateway_tests::require_privileges();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c")
+        .arg(SERVER)
+        .arg(port.to_string())
+        .arg(mode)
+        .arg(&log);
+    let path = if mode == "legacy" { "/sse" } else { "/mcp" };
+    let srv = Peer::spawn(&format!("asking-server-{mode}"), cmd, port, path);
+    let gw = Gateway::start(
+        &format!("relist-{mode}"),
+        GatewayOptions {
+            ports: vec![port],
+            pins: "mode = \"tofu\"\n".into(),
+            extra: format!(
+                "[[server]]\nname = \"asking\"\naddress = \"127.0.0.1:{port}\"\n\
+                 [policy]\nmode = \"enforce\"\n\
+                 [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"asking\"\naction = \"allow\"\n"
+            ),
+            ..Default::default()
+        },
+    );
+    let args: Vec<String> = [
+        "-c",
+        CLIENT,
+        &srv.url,
+        transport,
+        "-",
+        "list",
+        "target",
+        "change_target",
+        "target",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run_json(gw.agent(venv_python().to_str().unwrap(), &args));
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(calls[1]["text"], "target ran with x", "{out}");
+    assert_eq!(calls[2]["text"], "changed", "{out}");
+    // No listing between the change and this call: the gateway's own listing held it.
+    assert_eq!(calls[3]["code"], -32015, "{out}");
+    let message = calls[3]["message"].as_str().unwrap();
+    assert!(message.contains("changed since it was approved"), "{message}");
+
+    let relisted = gw.wait_record("of the gateway's own listing", |r| {
+        r["type"] == "mcp"
+            && r["method"] == "tools/list"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("listed by the gateway"))
+    });
+    assert_eq!(relisted["outcome"], "ok", "{relisted}");
+    let held: Vec<&Value> = relisted["pins"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no pin events: {relisted}"))
+        .iter()
+        .filter(|e| e["event"] == "held")
+        .collect();
+    assert_eq!(held.len(), 1, "{relisted}");
+    assert_eq!(held[0]["name"], "target");
+    assert_eq!(held[0]["change"], "changed");
+    let refused = gw.wait_record("of the refused call", |r| {
+        r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "refused"
+    });
+    assert_eq!(refused["name"], "target", "{refused}");
+    assert_eq!(refused["refusal"], "unpinned", "{refused}");
+    assert_eq!(refused["error_code"], -32015, "{refused}");
+    // The pins say so too, for the administrator.
+    let diff = gw.cli(&["pins", "diff", "asking"]);
+    let diff = String::from_utf8_lossy(&diff.stdout);
+    assert!(diff.contains("target"), "{diff}");
+}
+
+#[test]
+fn a_tool_changed_after_list_changed_is_refused_at_the_next_call_streamable_http() {
+    changed_between_two_calls("sse", "streamable");
+}
+
+#[test]
+fn a_tool_changed_after_list_changed_is_refused_at_the_next_call_legacy_sse() {
+    changed_between_two_calls("legacy", "sse");
+}
