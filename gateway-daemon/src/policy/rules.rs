@@ -87,14 +87,16 @@ impl Rule {
             RuleDirection::ClientToServer => action,
             RuleDirection::ServerToClient => format!("{action} server_to_client"),
         };
-        let what = if c.tools.is_empty() {
-            "*".to_string()
+        let what = if c.direction == RuleDirection::ServerToClient {
+            String::new()
+        } else if c.tools.is_empty() {
+            "* ".to_string()
         } else {
-            c.tools.join(",")
+            format!("{} ", c.tools.join(","))
         };
         Ok(Rule {
             label: format!(
-                "rule[{i}] {action} {} {} {what} on {}",
+                "rule[{i}] {action} {} {} {what}on {}",
                 c.principal,
                 c.methods.join(","),
                 c.server
@@ -194,6 +196,16 @@ fn check_direction(i: usize, c: &RuleConfig) -> Result<(), Invalid> {
                          rules decide {} (or \"*\")",
                         SERVER_REQUESTS.join(", ")
                     ),
+                ));
+            }
+            // Holding a server's request for a person needs its event held in the agent's
+            // stream: not built yet, and a rule must never mean less than it says.
+            if c.action == Action::Ask {
+                return Err((
+                    key("action"),
+                    "\"ask\" is not available for direction = \"server_to_client\" rules yet: \
+                     use \"allow\" or \"deny\""
+                        .into(),
                 ));
             }
             for (field, set) in [
