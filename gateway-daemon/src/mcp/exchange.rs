@@ -751,10 +751,19 @@ fn readable(
             "{method}: the gateway cannot read this call unambiguously: {e}"
         )));
     }
-    match header_mismatch(headers, messages) {
-        Some(why) => Err(Refusal::header_mismatch(why)),
-        None => Ok(()),
+    if let Some(why) = header_mismatch(headers, messages) {
+        return Err(Refusal::header_mismatch(why));
     }
+    let refusal = |e: super::headers::HeaderError| match e {
+        super::headers::HeaderError::Unsupported(_) => Refusal::unsupported_version(e.to_string()),
+        super::headers::HeaderError::Mismatch(_) => Refusal::header_mismatch(e.to_string()),
+    };
+    let version = super::headers::version(headers, messages).map_err(refusal)?;
+    let catalog = obs.view.as_ref().map(|v| &v.catalog);
+    super::headers::params(headers, version.as_deref(), messages, |tool| {
+        catalog.and_then(|c| c.mirrored(&obs.server, tool))
+    })
+    .map_err(refusal)
 }
 
 /// What a POST the gateway admitted carries on with.

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::reply::{
     GATEWAY_DENIED, GATEWAY_EXFILTRATION, GATEWAY_LIMITED, GATEWAY_REFUSED, GATEWAY_UNPINNED,
-    HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR,
+    HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, UNSUPPORTED_VERSION,
 };
 use super::session::SessionError;
 
@@ -118,6 +118,16 @@ impl Refusal {
             Kind::Malformed,
             StatusCode::BAD_REQUEST,
             HEADER_MISMATCH,
+            why,
+        )
+    }
+
+    /// A protocol version the gateway does not read.
+    pub fn unsupported_version(why: impl Into<String>) -> Self {
+        Self::new(
+            Kind::Malformed,
+            StatusCode::BAD_REQUEST,
+            UNSUPPORTED_VERSION,
             why,
         )
     }

@@ -14,6 +14,8 @@ pub const INVALID_PARAMS: i32 = -32602;
 pub const INTERNAL_ERROR: i32 = -32603;
 /// The MCP code for an `Mcp-Method`/`Mcp-Name` header that disagrees with the body.
 pub const HEADER_MISMATCH: i32 = ErrorCode::HEADER_MISMATCH.0;
+/// A protocol version the gateway does not read.
+pub const UNSUPPORTED_VERSION: i32 = ErrorCode::UNSUPPORTED_PROTOCOL_VERSION.0;
 /// The gateway refused the message (limits, session ownership, policy).
 pub const GATEWAY_REFUSED: i32 = -32010;
 /// The policy denied the request (the message names the rule).

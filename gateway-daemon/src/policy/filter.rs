@@ -9,10 +9,12 @@ use serde_json::{Map, Value};
 
 use super::Policy;
 
-/// Tool annotations by (server, tool), from the listings the gateway has seen.
+/// Tool annotations and mirrored arguments by (server, tool), from the listings the
+/// gateway has seen.
 #[derive(Default)]
 pub struct Catalog {
     tools: RwLock<HashMap<(String, String), Map<String, Value>>>,
+    mirrored: RwLock<HashMap<(String, String), crate::mcp::headers::Mirrored>>,
 }
 
 impl Catalog {
@@ -24,7 +26,27 @@ impl Catalog {
             .cloned()
     }
 
+    /// The arguments `tool` mirrors into `Mcp-Param-*` headers, as last listed.
+    pub fn mirrored(&self, server: &str, tool: &str) -> Option<crate::mcp::headers::Mirrored> {
+        self.mirrored
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(server.to_string(), tool.to_string()))
+            .cloned()
+    }
+
     fn learn(&self, server: &str, tools: &[Value]) {
+        {
+            let mut m = self.mirrored.write().unwrap_or_else(|p| p.into_inner());
+            for tool in tools {
+                if let (Some(name), Ok(mirrored)) = (
+                    tool["name"].as_str(),
+                    crate::mcp::headers::mirrored(&tool["inputSchema"]),
+                ) {
+                    m.insert((server.to_string(), name.to_string()), mirrored);
+                }
+            }
+        }
         let mut t = self.tools.write().unwrap_or_else(|p| p.into_inner());
         for tool in tools {
             if let (Some(name), Some(ann)) =
@@ -72,6 +94,15 @@ pub fn filter_listing(method: &str, result: &mut Value, view: &View) -> usize {
         let Some(name) = item[key].as_str() else {
             return false;
         };
+        // A tool whose header declarations are invalid is dropped, as the 2026-07-28
+        // revision asks of clients: its calls' headers could never be checked.
+        if method == "tools/list" && !view.policy.observing() {
+            if let Err(why) = crate::mcp::headers::mirrored(&item["inputSchema"]) {
+                tracing::info!(server = view.server, tool = name, reason = %why,
+                    "tool with invalid x-mcp-header declarations hidden");
+                return false;
+            }
+        }
         view.policy.visible(
             view.principal,
             view.server,

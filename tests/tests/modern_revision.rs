@@ -1,0 +1,162 @@
+//! The 2026-07-28 revision's headers say what the body says, or the request goes no
+//! further: `Mcp-Param-{Name}` headers mirrored from tool arguments (`x-mcp-header`), the
+//! protocol version in `MCP-Protocol-Version` and in `_meta`, and only versions the gateway
+//! reads. The official Python SDK's 2026-07-28 client passes; requests that lie are refused
+//! with 400 and the code the revision names, never forwarded, and recorded.
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine as _;
+use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::{free_port, Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+const SERVER: &str = include_str!("../fixtures/header_server.py");
+const CLIENT: &str = include_str!("../fixtures/modern_client.py");
+const RAW: &str = include_str!("../fixtures/raw_agent.py");
+
+fn setup(name: &str) -> (Peer, Gateway, tempfile::TempDir) {
+    gateway_tests::require_privileges();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(SERVER).arg(port.to_string()).arg(&log);
+    let srv = Peer::spawn("header-server", cmd, port, "/mcp");
+    let gw = Gateway::start(
+        name,
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                "[[server]]\nname = \"regions\"\naddress = \"127.0.0.1:{port}\"\n\
+                 [policy]\nmode = \"enforce\"\n\
+                 [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"regions\"\naction = \"allow\"\n"
+            ),
+            ..Default::default()
+        },
+    );
+    (srv, gw, dir)
+}
+
+fn received(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("received.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn modern_client(gw: &Gateway, srv: &Peer, region: &str) -> Value {
+    let args = ["-c", CLIENT, &srv.url, region].map(String::from).to_vec();
+    run_json(gw.agent(venv_python().to_str().unwrap(), &args))
+}
+
+/// One POST from the agent with exactly these headers and body: (status, JSON body).
+fn raw(gw: &Gateway, srv: &Peer, headers: Value, body: &Value) -> (u16, Value) {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+    let args = [
+        "-c".to_string(),
+        RAW.to_string(),
+        "127.0.0.1".into(),
+        srv.port.to_string(),
+        b64,
+        headers.to_string(),
+    ];
+    let out = run_json(gw.agent(venv_python().to_str().unwrap(), &args));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(out["body_b64"].as_str().unwrap())
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (out["status"].as_u64().unwrap() as u16, body)
+}
+
+fn call(version: &str, region: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "deploy", "arguments": {"region": region, "app": "shop"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": version,
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+}
+
+fn modern_headers(extra: Value) -> Value {
+    let mut h = json!({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+                       "Mcp-Name": "deploy"});
+    for (k, v) in extra.as_object().unwrap() {
+        h[k] = v.clone();
+    }
+    h
+}
+
+#[test]
+fn the_sdk_client_mirroring_arguments_into_headers_passes() {
+    let (srv, gw, dir) = setup("modern-honest");
+    // Not visible ASCII: the SDK sends it Base64-wrapped, the gateway decodes to compare.
+    let out = modern_client(&gw, &srv, "eu-west ü");
+    assert_eq!(out["tools"], json!(["deploy"]), "{out}");
+    assert_eq!(out["call"]["text"], "deployed shop to eu-west ü", "{out}");
+    assert_eq!(received(dir.path())[0]["region"], "eu-west ü");
+}
+
+#[test]
+fn headers_that_disagree_with_the_body_are_refused_before_the_server() {
+    let (srv, gw, dir) = setup("modern-lying");
+    // The gateway learns the tool's mirrored arguments from a listing, as a client does.
+    let out = modern_client(&gw, &srv, "eu");
+    assert_eq!(out["call"]["text"], "deployed shop to eu", "{out}");
+
+    let cases: Vec<(&str, Value, Value, i64, &str)> = vec![
+        (
+            "a mirrored header that says another region",
+            modern_headers(json!({"Mcp-Param-Region": "us"})),
+            call("2026-07-28", "eu"),
+            -32020,
+            "Mcp-Param-Region does not match",
+        ),
+        (
+            "a mirrored header left out",
+            modern_headers(json!({})),
+            call("2026-07-28", "eu"),
+            -32020,
+            "Mcp-Param-Region is missing",
+        ),
+        (
+            "a mirrored header in an older version",
+            json!({"MCP-Protocol-Version": "2025-11-25", "Mcp-Param-Region": "eu"}),
+            json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                   "params": {"name": "deploy", "arguments": {"region": "eu", "app": "shop"}}}),
+            -32020,
+            "belongs to protocol version 2026-07-28",
+        ),
+        (
+            "a version header that disagrees with _meta",
+            modern_headers(json!({"Mcp-Param-Region": "eu"})),
+            call("2025-11-25", "eu"),
+            -32020,
+            "MCP-Protocol-Version header says",
+        ),
+        (
+            "a version the gateway does not know",
+            modern_headers(json!({"MCP-Protocol-Version": "2099-01-01", "Mcp-Param-Region": "eu"})),
+            call("2099-01-01", "eu"),
+            -32022,
+            "not one the gateway supports",
+        ),
+    ];
+    for (what, headers, body, code, words) in cases {
+        let (status, answer) = raw(&gw, &srv, headers, &body);
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{what}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{what}: {message}");
+        let record = gw.wait_record(&format!("of {what}"), |r| {
+            r["type"] == "mcp"
+                && r["outcome"] == "refused"
+                && r["detail"].as_str().is_some_and(|d| d.contains(words))
+        });
+        assert_eq!(record["error_code"], code, "{what}: {record}");
+        assert_eq!(record["method"], "tools/call", "{what}: {record}");
+    }
+    // Only the honest call reached the server.
+    assert_eq!(received(dir.path()).len(), 1, "{:?}", received(dir.path()));
+}
