@@ -61,7 +61,10 @@ fn changed_between_two_calls(mode: &str, transport: &str) {
     // No listing between the change and this call: the gateway's own listing held it.
     assert_eq!(calls[3]["code"], -32015, "{out}");
     let message = calls[3]["message"].as_str().unwrap();
-    assert!(message.contains("changed since it was approved"), "{message}");
+    assert!(
+        message.contains("changed since it was approved"),
+        "{message}"
+    );
 
     let relisted = gw.wait_record("of the gateway's own listing", |r| {
         r["type"] == "mcp"

@@ -90,7 +90,13 @@ fn denied_sampling_never_reaches_the_agent(mode: &str, transport: &str) {
     let gw = gateway(&format!("s2c-{mode}"), port, DENY_SAMPLING, "redact", "");
     let token = github_token();
     let note = format!("my key is {token}");
-    let out = client(&gw, &srv.url, transport, &note, &["ask_model", "ask_user", "roots"]);
+    let out = client(
+        &gw,
+        &srv.url,
+        transport,
+        &note,
+        &["ask_model", "ask_user", "roots"],
+    );
 
     // The agent never saw the sampling request; the others reached it.
     let asked: Vec<&str> = out["asked"]
@@ -102,7 +108,10 @@ fn denied_sampling_never_reaches_the_agent(mode: &str, transport: &str) {
     assert_eq!(asked, ["elicitation/create", "roots/list"], "{out}");
     // The server got the gateway's error in place of an answer, and said so in its result.
     let got = received(&log);
-    let sampled = got.iter().find(|r| r["tool"] == "ask_model").expect("ask_model ran");
+    let sampled = got
+        .iter()
+        .find(|r| r["tool"] == "ask_model")
+        .expect("ask_model ran");
     assert_eq!(sampled["error"]["code"], -32012, "{got:?}");
     let message = sampled["error"]["message"].as_str().unwrap();
     assert!(message.contains("sampling/createMessage"), "{message}");
@@ -111,9 +120,15 @@ fn denied_sampling_never_reaches_the_agent(mode: &str, transport: &str) {
         .unwrap()
         .starts_with("refused -32012"));
     // The elicitation's answer left the host without the secret in it.
-    let elicited = got.iter().find(|r| r["tool"] == "ask_user").expect("ask_user ran");
+    let elicited = got
+        .iter()
+        .find(|r| r["tool"] == "ask_user")
+        .expect("ask_user ran");
     let seen_note = elicited["note"].as_str().unwrap();
-    assert!(!seen_note.contains(&token), "the secret reached the server: {seen_note}");
+    assert!(
+        !seen_note.contains(&token),
+        "the secret reached the server: {seen_note}"
+    );
     assert!(seen_note.contains("[REDACTED:"), "{seen_note}");
     assert_eq!(
         got.iter().find(|r| r["tool"] == "roots").unwrap()["roots"][0],
@@ -138,13 +153,20 @@ fn denied_sampling_never_reaches_the_agent(mode: &str, transport: &str) {
         r["type"] == "mcp" && r["method"] == "elicitation/create"
     });
     assert_eq!(elicitation["outcome"], "ok", "{elicitation}");
-    assert_eq!(elicitation["direction"], "server_to_client", "{elicitation}");
+    assert_eq!(
+        elicitation["direction"], "server_to_client",
+        "{elicitation}"
+    );
     assert!(
         elicitation["redactions"].is_object(),
         "the record says what was redacted from the agent's answer: {elicitation}"
     );
     let audit = gw.cli(&["audit", "verify"]);
-    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
 }
 
 #[test]
@@ -167,9 +189,18 @@ fn an_answer_with_a_secret_is_withheld_in_refuse_mode() {
     let log = dir.path().join("received.jsonl");
     let srv = server(port, "sse", &log);
     let gw = gateway("s2c-refuse", port, "", "refuse", "");
-    let out = client(&gw, &srv.url, "streamable", &github_token(), &["ask_user", "ask_model"]);
+    let out = client(
+        &gw,
+        &srv.url,
+        "streamable",
+        &github_token(),
+        &["ask_user", "ask_model"],
+    );
     let got = received(&log);
-    let elicited = got.iter().find(|r| r["tool"] == "ask_user").expect("ask_user ran");
+    let elicited = got
+        .iter()
+        .find(|r| r["tool"] == "ask_user")
+        .expect("ask_user ran");
     assert_eq!(elicited["error"]["code"], -32014, "{got:?}");
     assert!(elicited["error"]["message"]
         .as_str()

@@ -23,11 +23,11 @@ use super::reply::{
 };
 use super::session::{Session, SessionError, Transport};
 use super::stream::{self, StreamJob, StreamKind};
+use super::to_server::{Back, HttpBack};
 use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
 use crate::http::Upstream;
 use crate::policy::{Decision, Policy};
-use super::to_server::{Back, HttpBack};
 use crate::redact::{Counts, RequestMode};
 
 /// How long the rest of a refused request body may take to skip.

@@ -84,7 +84,9 @@ fn walk(
             return Err("x-mcp-header at a position not reached by properties alone".into());
         }
         let Some(token) = h.as_str().filter(|t| is_token(t)) else {
-            return Err(format!("property {at:?}: x-mcp-header is not an HTTP token"));
+            return Err(format!(
+                "property {at:?}: x-mcp-header is not an HTTP token"
+            ));
         };
         if !matches!(
             obj.get("type").and_then(Value::as_str),
@@ -145,7 +147,9 @@ pub fn version(h: &HeaderMap, messages: &[Message<'_>]) -> Result<Option<String>
         Some(v) => Some(
             v.to_str()
                 .map_err(|_| {
-                    HeaderError::Mismatch("the MCP-Protocol-Version header is not visible ASCII".into())
+                    HeaderError::Mismatch(
+                        "the MCP-Protocol-Version header is not visible ASCII".into(),
+                    )
                 })?
                 .to_string(),
         ),
@@ -165,7 +169,9 @@ pub fn version(h: &HeaderMap, messages: &[Message<'_>]) -> Result<Option<String>
     }
     let v = meta.or(header);
     match &v {
-        Some(v) if !KNOWN_VERSIONS.contains(&v.as_str()) => Err(HeaderError::Unsupported(v.clone())),
+        Some(v) if !KNOWN_VERSIONS.contains(&v.as_str()) => {
+            Err(HeaderError::Unsupported(v.clone()))
+        }
         _ => Ok(v),
     }
 }
@@ -194,8 +200,13 @@ pub fn params(
         }
         return Ok(());
     }
-    for m in messages.iter().filter(|m| m.method.as_deref() == Some("tools/call")) {
-        let Some(tool) = m.target_name() else { continue };
+    for m in messages
+        .iter()
+        .filter(|m| m.method.as_deref() == Some("tools/call"))
+    {
+        let Some(tool) = m.target_name() else {
+            continue;
+        };
         let Some(mirrored) = declared(&tool) else {
             if let Some(k) = carried.first() {
                 return Err(HeaderError::Mismatch(format!(
@@ -214,7 +225,9 @@ pub fn params(
             let mut values = h.get_all(name.as_str()).iter();
             let raw = values.next();
             if values.next().is_some() {
-                return Err(HeaderError::Mismatch(format!("Mcp-Param-{token} appears more than once")));
+                return Err(HeaderError::Mismatch(format!(
+                    "Mcp-Param-{token} appears more than once"
+                )));
             }
             let mut at = &args;
             for k in path {

@@ -22,8 +22,8 @@ pub mod rewrite;
 pub mod session;
 pub mod sniff;
 pub mod sse;
-pub mod to_server;
 pub mod stream;
+pub mod to_server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -301,7 +301,10 @@ impl Observer {
             return None;
         }
         let why = d.reason.clone().unwrap_or_else(|| {
-            format!("{method} from server {} is refused by {}", self.server, d.rule)
+            format!(
+                "{method} from server {} is refused by {}",
+                self.server, d.rule
+            )
         });
         let refusal = super::refusal::Refusal::policy(why.clone());
         let mut r = self.record(Direction::ServerToClient, method);
@@ -312,7 +315,11 @@ impl Observer {
         r.decision = Some(d);
         match (&self.back, &m.id) {
             (Some(back), Some(id)) => {
-                back.tell(super::reply::error_json(Some(id), refusal.code, refusal.why()));
+                back.tell(super::reply::error_json(
+                    Some(id),
+                    refusal.code,
+                    refusal.why(),
+                ));
                 r.detail = Some(format!("{why}; the server was answered with the error, the agent never saw the request"));
             }
             _ => {

@@ -85,7 +85,7 @@ pub struct Subject {
 }
 
 /// One finished exchange: a request with its response, or a notification.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ExchangeRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,

@@ -65,47 +65,88 @@ pub fn on_notification(obs: &Observer, notification: &str) {
     };
     // In flight from now: the agent cannot have read what follows the notification yet.
     let guard = view.pins.relisting(&obs.server);
+    if !view.pins.relists.start(&obs.server, kind) {
+        // The listing under way lists again when done, and calls wait for that too.
+        drop(guard);
+        return;
+    }
     let pins = view.pins.clone();
     let server = obs.server.clone();
     let audit = obs.audit.clone();
     let version = obs.protocol_version.clone();
-    let mut record = obs.own(Direction::ClientToServer, listing);
+    let record = obs.own(Direction::ClientToServer, listing);
     let max = MAX_LISTING_BYTES;
     let notification = notification.to_string();
     tokio::spawn(
         async move {
             let _in_flight = guard;
-            let started = Instant::now();
-            match list(&back, &pins.relists, listing, version.as_deref(), max).await {
-                Ok(items) => {
-                    let review = pins.review(&server, kind, name_field, &items);
-                    for e in review.events.iter().filter(|e| e.event == "held") {
-                        tracing::warn!(server = %server, kind = e.kind.label(), name = %e.name,
-                            change = e.change.as_deref(), "definition held for review after the server said it changed");
-                    }
-                    if !review.events.is_empty() {
-                        record.pins = Some(review.events);
-                    }
-                    record.detail = Some(format!(
-                        "listed by the gateway after the server sent {notification} ({} items)",
-                        items.len()
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(server = %server, error = %e, "re-listing after a change notification failed");
-                    pins.relists.failed(&server, kind, e.to_string());
-                    record.outcome = "upstream_error";
-                    record.detail = Some(format!(
-                        "the gateway could not list after the server sent {notification}: {e}; \
-                         calls of this kind are refused until a listing gets through"
-                    ));
+            loop {
+                relist_once(
+                    &back,
+                    &pins,
+                    &server,
+                    kind,
+                    name_field,
+                    listing,
+                    version.as_deref(),
+                    max,
+                    &notification,
+                    record.clone(),
+                    &audit,
+                )
+                .await;
+                if !pins.relists.again(&server, kind) {
+                    break;
                 }
             }
-            record.latency_ms = Some(started.elapsed().as_secs_f64() * 1e3);
-            audit.record_now(&record);
         }
         .in_current_span(),
     );
+}
+
+/// One listing, reviewed and recorded.
+#[allow(clippy::too_many_arguments)]
+async fn relist_once(
+    back: &Back,
+    pins: &std::sync::Arc<crate::pins::Pins>,
+    server: &str,
+    kind: Kind,
+    name_field: &str,
+    listing: &str,
+    version: Option<&str>,
+    max: usize,
+    notification: &str,
+    mut record: super::record::ExchangeRecord,
+    audit: &crate::audit::AuditSink,
+) {
+    let started = Instant::now();
+    match list(back, &pins.relists, listing, version, max).await {
+        Ok(items) => {
+            let review = pins.review(server, kind, name_field, &items);
+            for e in review.events.iter().filter(|e| e.event == "held") {
+                tracing::warn!(server = %server, kind = e.kind.label(), name = %e.name,
+                            change = e.change.as_deref(), "definition held for review after the server said it changed");
+            }
+            if !review.events.is_empty() {
+                record.pins = Some(review.events);
+            }
+            record.detail = Some(format!(
+                "listed by the gateway after the server sent {notification} ({} items)",
+                items.len()
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(server = %server, error = %e, "re-listing after a change notification failed");
+            pins.relists.failed(server, kind, e.to_string());
+            record.outcome = "upstream_error";
+            record.detail = Some(format!(
+                "the gateway could not list after the server sent {notification}: {e}; \
+                         calls of this kind are refused until a listing gets through"
+            ));
+        }
+    }
+    record.latency_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+    audit.record_now(&record);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +208,9 @@ async fn list(
         }
         let result = &answer["result"];
         let Some(page) = result[field].as_array() else {
-            return Err(RelistError::Unreadable(format!("no {field} array in the result")));
+            return Err(RelistError::Unreadable(format!(
+                "no {field} array in the result"
+            )));
         };
         items.extend(page.iter().cloned());
         match result["nextCursor"].as_str() {

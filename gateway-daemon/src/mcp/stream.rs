@@ -324,9 +324,8 @@ fn on_event(
                 tracing::debug!(endpoint, session = %s.id, "legacy SSE session opened");
                 // The gateway's own answers go where the agent's do: the endpoint.
                 if let Some(super::to_server::Back::Http(h)) = &job.observer.back {
-                    job.observer.back = Some(super::to_server::Back::Http(Arc::new(
-                        h.at(&endpoint),
-                    )));
+                    job.observer.back =
+                        Some(super::to_server::Back::Http(Arc::new(h.at(&endpoint))));
                 }
                 job.observer.session = Some(s);
                 job.observer.transport = Transport::LegacySse;

@@ -46,6 +46,12 @@ pub enum ToServerError {
     StdinClosed,
 }
 
+/// The gateway's own answers to servers in flight at once, all servers.
+const MAX_OWN_POSTS: usize = 64;
+
+static OWN_POSTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_OWN_POSTS)));
+
 /// Where the gateway's own messages to one server go.
 #[derive(Clone)]
 pub enum Back {
@@ -61,8 +67,17 @@ impl Back {
     pub fn tell(&self, message: Vec<u8>) {
         match self {
             Back::Http(h) => {
+                // A server that floods the gateway with requests it refuses gets some of
+                // its errors, not a connection per request.
+                let Ok(slot) = OWN_POSTS.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        "the gateway's answer to the server was not sent: too many in flight"
+                    );
+                    return;
+                };
                 let h = h.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = h.post(message).await {
                         tracing::warn!(error = %e, "the gateway's answer to the server was not delivered");
                     }
@@ -70,7 +85,10 @@ impl Back {
             }
             Back::Stdio(send) => {
                 if !send(message) {
-                    tracing::warn!("the gateway's answer to the server was not delivered: {}", ToServerError::StdinClosed);
+                    tracing::warn!(
+                        "the gateway's answer to the server was not delivered: {}",
+                        ToServerError::StdinClosed
+                    );
                 }
             }
         }
@@ -124,7 +142,10 @@ impl HttpBack {
         }
         // HTTP/2 carries the host in the URI only.
         if !kept.contains_key(header::HOST) {
-            if let Some(a) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            if let Some(a) = uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
                 kept.insert(header::HOST, a);
             }
         }
@@ -183,7 +204,10 @@ impl HttpBack {
             .expect("a request of valid parts");
         *req.headers_mut() = self.headers.clone();
         let h = req.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(
             header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),

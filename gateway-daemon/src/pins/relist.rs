@@ -30,6 +30,9 @@ pub struct Relists {
 #[derive(Default)]
 struct State {
     in_flight: HashMap<String, usize>,
+    /// Kinds being re-listed, and whether another notification came meanwhile (one more
+    /// listing then, however many came: a server cannot make the gateway list without end).
+    listing: HashMap<(String, Kind), bool>,
     /// Kinds whose re-listing failed, and why.
     unknown: HashMap<(String, Kind), String>,
 }
@@ -61,6 +64,39 @@ impl Relists {
         }
     }
 
+    /// Whether a listing of `kind` should start now: false when one is under way (it
+    /// lists once more when done).
+    pub fn start(&self, server: &str, kind: Kind) -> bool {
+        let mut st = self.lock();
+        match st.listing.get_mut(&(server.to_string(), kind)) {
+            Some(again) => {
+                *again = true;
+                false
+            }
+            None => {
+                st.listing.insert((server.to_string(), kind), false);
+                true
+            }
+        }
+    }
+
+    /// Ends a listing of `kind`; true when a notification came meanwhile and it must list
+    /// again.
+    pub fn again(&self, server: &str, kind: Kind) -> bool {
+        let mut st = self.lock();
+        let key = (server.to_string(), kind);
+        match st.listing.get_mut(&key) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                st.listing.remove(&key);
+                false
+            }
+        }
+    }
+
     pub fn failed(&self, server: &str, kind: Kind, why: String) {
         self.lock().unknown.insert((server.to_string(), kind), why);
     }
@@ -79,7 +115,10 @@ impl Relists {
                 return;
             }
             if tokio::time::timeout_at(deadline, done).await.is_err() {
-                tracing::warn!(server, "a call went on before the server's re-listing ended");
+                tracing::warn!(
+                    server,
+                    "a call went on before the server's re-listing ended"
+                );
                 return;
             }
         }
@@ -125,7 +164,12 @@ impl Relists {
 impl super::Pins {
     /// Marks a re-listing of `server` in flight until the returned guard drops.
     pub fn relisting(self: &Arc<Self>, server: &str) -> Relisting {
-        *self.relists.lock().in_flight.entry(server.to_string()).or_default() += 1;
+        *self
+            .relists
+            .lock()
+            .in_flight
+            .entry(server.to_string())
+            .or_default() += 1;
         self.relists.total.fetch_add(1, Ordering::AcqRel);
         Relisting {
             relists: self.clone(),

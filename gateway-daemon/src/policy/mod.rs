@@ -188,14 +188,11 @@ impl Policy {
         }
         let plumbing = LIFECYCLE.contains(&method) || method.starts_with("notifications/");
         if plumbing
-            && self
-                .rules
-                .iter()
-                .any(|r| {
-                    r.direction == RuleDirection::ClientToServer
-                        && r.action != Action::Deny
-                        && r.covers(principal, server)
-                })
+            && self.rules.iter().any(|r| {
+                r.direction == RuleDirection::ClientToServer
+                    && r.action != Action::Deny
+                    && r.covers(principal, server)
+            })
         {
             return self.decision(Action::Allow, "default: protocol lifecycle".into(), None);
         }
@@ -240,7 +237,10 @@ impl Policy {
             .find(|r| matches!(r.check(&ask), Verdict::Match))
         {
             let reason = (r.action == Action::Deny).then(|| {
-                format!("{method} from server {server} to principal {principal} is denied by {}", r.label)
+                format!(
+                    "{method} from server {server} to principal {principal} is denied by {}",
+                    r.label
+                )
             });
             return self.decision(r.action, r.label.clone(), reason);
         }

@@ -284,22 +284,49 @@ fn server_requests_are_decided_by_rules_of_their_direction() {
     );
     let d = p.decide_server_request(Some("claude"), "github", "sampling/createMessage");
     assert_eq!(d.action, "deny");
-    assert!(d.rule.starts_with("rule[7] deny server_to_client claude sampling/createMessage on github"), "{}", d.rule);
+    assert!(
+        d.rule
+            .starts_with("rule[7] deny server_to_client claude sampling/createMessage on github"),
+        "{}",
+        d.rule
+    );
     assert!(d.reason.unwrap().contains("sampling/createMessage"));
     // Another request of the same server, or the same request of another: the default,
     // which lets a server ask an agent that may use it, and no one else.
     let d = p.decide_server_request(Some("claude"), "github", "elicitation/create");
-    assert_eq!((d.action, d.rule.as_str()), ("allow", "default: server request"));
+    assert_eq!(
+        (d.action, d.rule.as_str()),
+        ("allow", "default: server request")
+    );
     let d = p.decide_server_request(Some("claude"), "files", "sampling/createMessage");
     assert_eq!(d.action, "deny");
-    assert_eq!(p.decide_server_request(None, "github", "roots/list").action, "deny");
+    assert_eq!(
+        p.decide_server_request(None, "github", "roots/list").action,
+        "deny"
+    );
     // A server_to_client allow opens no call of the agent, and the deny above none either.
     assert_eq!(
-        p.decide(Some("claude"), "github", "sampling/createMessage", None, None, None).action,
+        p.decide(
+            Some("claude"),
+            "github",
+            "sampling/createMessage",
+            None,
+            None,
+            None
+        )
+        .action,
         "deny"
     );
     assert_eq!(
-        p.decide(Some("claude"), "github", "tools/call", Some("x"), None, None).action,
+        p.decide(
+            Some("claude"),
+            "github",
+            "tools/call",
+            Some("x"),
+            None,
+            None
+        )
+        .action,
         "allow"
     );
 }
@@ -322,7 +349,9 @@ fn a_rule_of_the_wrong_direction_is_a_config_error() {
     );
     assert_eq!(bad(&format!("{s2c}action = \"deny\"\n")), "rule[0].methods");
     assert_eq!(
-        bad(&format!("{s2c}methods = [\"roots/list\"]\ntools = [\"x\"]\naction = \"deny\"\n")),
+        bad(&format!(
+            "{s2c}methods = [\"roots/list\"]\ntools = [\"x\"]\naction = \"deny\"\n"
+        )),
         "rule[0].tools"
     );
     assert_eq!(
