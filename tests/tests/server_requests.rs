@@ -234,3 +234,93 @@ fn a_server_request_in_a_client_rule_is_a_config_error() {
         "{err}"
     );
 }
+
+/// The same over stdio, where the gateway answers the server on its stdin and lists it
+/// again there: a denied sampling request, and a tool changed between two calls.
+#[test]
+fn over_stdio_a_denied_request_is_answered_on_stdin_and_a_changed_tool_is_held() {
+    gateway_tests::require_privileges();
+    const AGENT: &str = "mcp-agent";
+    let dir = tempfile::Builder::new()
+        .prefix("mcp-gw-s2c-stdio-")
+        .tempdir()
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let script = dir.path().join("asking_server.py");
+    std::fs::write(&script, SERVER).unwrap();
+    let log = dir.path().join("received.jsonl");
+    let python3 = venv_python().with_file_name("python3");
+    let gw = Gateway::start(
+        "s2c-stdio",
+        GatewayOptions {
+            ports: vec![free_port()],
+            pins: "mode = \"tofu\"\n".into(),
+            extra: format!(
+                "[[server]]\nname = \"asking\"\ncommand = [\"*/python3*\", \"{}\"]\n\
+                 [policy]\nmode = \"enforce\"\n\
+                 [[principal]]\nname = \"agent\"\nusers = [\"{AGENT}\"]\n\
+                 {}\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"asking\"\naction = \"allow\"\n",
+                script.display(),
+                DENY_SAMPLING,
+            ),
+            ..Default::default()
+        },
+    );
+    let argv = serde_json::json!([python3, script, "0", "stdio", log]);
+    let args: Vec<String> = [
+        "-c",
+        CLIENT,
+        &argv.to_string(),
+        "stdio",
+        "-",
+        "list",
+        "ask_model",
+        "target",
+        "change_target",
+        "target",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = gw
+        .agent_stdio(AGENT, venv_python().to_str().unwrap(), &args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}\n--- daemon:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out["asked"], serde_json::json!([]), "{out}");
+    assert!(
+        call(&out, "ask_model")["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused -32012"),
+        "{out}"
+    );
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(calls[2]["text"], "target ran with x", "{out}");
+    assert_eq!(calls[4]["code"], -32015, "{out}");
+    let refused = gw.wait_record("of the refused sampling request", |r| {
+        r["type"] == "mcp" && r["method"] == "sampling/createMessage"
+    });
+    assert_eq!(refused["transport"], "stdio", "{refused}");
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    gw.wait_record("of the gateway's own listing over stdio", |r| {
+        r["type"] == "mcp"
+            && r["method"] == "tools/list"
+            && r["outcome"] == "ok"
+            && r["pins"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|e| e["event"] == "held" && e["name"] == "target")
+            })
+    });
+}
