@@ -247,6 +247,20 @@ impl Drop for Peer {
     }
 }
 
+/// A server written against the Python SDK, run as `python -c SCRIPT ARGS…` in the peers'
+/// venv, serving at `path` on 127.0.0.1:`port`.
+pub fn python_server(
+    name: &str,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    port: u16,
+    path: &str,
+) -> Peer {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(script).args(args);
+    Peer::spawn(name, cmd, port, path)
+}
+
 /// Starts @modelcontextprotocol/server-everything with `transport` on `port`.
 ///
 /// It takes the transport as its first argument (`streamableHttp` or `sse`) and the port in

@@ -4,9 +4,7 @@
 //! both sides, over Streamable HTTP (the notification on the call's event stream) and the
 //! legacy HTTP+SSE transport.
 
-use std::process::Command;
-
-use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::peers::{python_server, run_json, venv_python};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::Value;
 
@@ -18,14 +16,10 @@ fn changed_between_two_calls(mode: &str, transport: &str) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("received.jsonl");
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c")
-        .arg(SERVER)
-        .arg(port.to_string())
-        .arg(mode)
-        .arg(&log);
     let path = if mode == "legacy" { "/sse" } else { "/mcp" };
-    let srv = Peer::spawn(&format!("asking-server-{mode}"), cmd, port, path);
+    let port_arg = port.to_string();
+    let args = [port_arg.as_ref(), mode.as_ref(), log.as_os_str()];
+    let srv = python_server(&format!("asking-server-{mode}"), SERVER, &args, port, path);
     let gw = Gateway::start(
         &format!("relist-{mode}"),
         GatewayOptions {

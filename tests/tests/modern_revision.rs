@@ -5,10 +5,9 @@
 //! with 400 and the code the revision names, never forwarded, and recorded.
 
 use std::path::Path;
-use std::process::Command;
 
 use base64::Engine as _;
-use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
@@ -21,9 +20,9 @@ fn setup(name: &str) -> (Peer, Gateway, tempfile::TempDir) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("received.jsonl");
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c").arg(SERVER).arg(port.to_string()).arg(&log);
-    let srv = Peer::spawn("header-server", cmd, port, "/mcp");
+    let port_arg = port.to_string();
+    let args = [port_arg.as_ref(), log.as_os_str()];
+    let srv = python_server("header-server", SERVER, &args, port, "/mcp");
     let gw = Gateway::start(
         name,
         GatewayOptions {

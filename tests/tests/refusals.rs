@@ -5,11 +5,10 @@
 //! client library surfaced (its error's code and message), not the bytes on the wire.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use gateway_tests::peers::{refusal_client_cmd, run_json, venv_python, Peer, Sdk};
+use gateway_tests::peers::{python_server, refusal_client_cmd, run_json, Peer, Sdk};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
@@ -24,14 +23,10 @@ const RATE_WINDOW_S: u64 = 4;
 
 /// The server, logging what it runs to `log`.
 fn server(port: u16, mode: &str, log: &Path) -> Peer {
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c")
-        .arg(SERVER)
-        .arg(port.to_string())
-        .arg(mode)
-        .arg(log);
     let path = if mode == "legacy" { "/sse" } else { "/mcp" };
-    Peer::spawn(&format!("refusal-server-{mode}"), cmd, port, path)
+    let port_arg = port.to_string();
+    let args = [port_arg.as_ref(), mode.as_ref(), log.as_os_str()];
+    python_server(&format!("refusal-server-{mode}"), SERVER, &args, port, path)
 }
 
 /// The tool calls the server ran: (tool, arguments).

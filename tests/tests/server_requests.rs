@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::Value;
 
@@ -15,14 +15,10 @@ const SERVER: &str = include_str!("../fixtures/asking_server.py");
 const CLIENT: &str = include_str!("../fixtures/asking_client.py");
 
 fn server(port: u16, mode: &str, log: &Path) -> Peer {
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c")
-        .arg(SERVER)
-        .arg(port.to_string())
-        .arg(mode)
-        .arg(log);
     let path = if mode == "legacy" { "/sse" } else { "/mcp" };
-    Peer::spawn(&format!("asking-server-{mode}"), cmd, port, path)
+    let port_arg = port.to_string();
+    let args = [port_arg.as_ref(), mode.as_ref(), log.as_os_str()];
+    python_server(&format!("asking-server-{mode}"), SERVER, &args, port, path)
 }
 
 /// What the server received, one entry per tool that asked.

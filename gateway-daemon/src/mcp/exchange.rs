@@ -345,23 +345,13 @@ pub(super) fn call_arguments(m: &Message<'_>) -> Option<serde_json::Value> {
 /// A routing header's value: `None` when absent, `Err` when unreadable. Values outside
 /// visible ASCII travel Base64-wrapped as `=?base64?...?=` (SEP-2243).
 fn routing_header(h: &HeaderMap, name: &str) -> Option<Result<String, String>> {
-    use base64::Engine as _;
     let raw = h.get(name)?;
     let Ok(text) = raw.to_str() else {
         return Some(Err(format!("the {name} header is not visible ASCII")));
     };
     Some(
-        match text
-            .strip_prefix("=?base64?")
-            .and_then(|t| t.strip_suffix("?="))
-        {
-            Some(b64) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .ok()
-                .and_then(|v| String::from_utf8(v).ok())
-                .ok_or_else(|| format!("the {name} header has invalid Base64 content")),
-            None => Ok(text.to_string()),
-        },
+        super::headers::decode(text)
+            .ok_or_else(|| format!("the {name} header has invalid Base64 content")),
     )
 }
 

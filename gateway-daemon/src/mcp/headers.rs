@@ -117,7 +117,9 @@ fn walk(
     Ok(())
 }
 
-fn decode(raw: &str) -> Option<String> {
+/// A header value as sent: verbatim, or Base64-unwrapped from `=?base64?...?=` (values
+/// outside visible ASCII travel so); None when the wrapping holds no UTF-8 Base64.
+pub fn decode(raw: &str) -> Option<String> {
     use base64::Engine as _;
     match raw
         .strip_prefix("=?base64?")

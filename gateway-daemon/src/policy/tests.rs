@@ -74,6 +74,16 @@ methods = ["tools/call", "prompts/get"]
 action = "allow"
 "#;
 
+/// The key a config with principal `p` and `extra` is refused for.
+fn bad(extra: &str) -> String {
+    let text =
+        format!("[agents]\ncgroups = [\"a\"]\n[[principal]]\nname = \"p\"\nusers = [1]\n{extra}");
+    match Config::parse(Path::new("t.toml"), &text) {
+        Err(crate::config::ConfigError::Invalid { key, .. }) => key,
+        other => panic!("expected an error for {extra}: {other:?}"),
+    }
+}
+
 fn policy(extra: &str) -> Policy {
     let text = format!("{CONFIG}\n{extra}");
     let r = Config::parse(Path::new("t.toml"), &text).unwrap();
@@ -244,15 +254,6 @@ fn listings_show_what_could_be_called() {
 
 #[test]
 fn bad_rules_are_config_errors_naming_the_key() {
-    let bad = |extra: &str| {
-        let text = format!(
-            "[agents]\ncgroups = [\"a\"]\n[[principal]]\nname = \"p\"\nusers = [1]\n{extra}"
-        );
-        match Config::parse(Path::new("t.toml"), &text) {
-            Err(crate::config::ConfigError::Invalid { key, .. }) => key,
-            other => panic!("expected an error for {extra}: {other:?}"),
-        }
-    };
     assert_eq!(
         bad("[[rule]]\nprincipal = \"nobody\"\naction = \"allow\"\n"),
         "rule[0].principal"
@@ -333,15 +334,6 @@ fn server_requests_are_decided_by_rules_of_their_direction() {
 
 #[test]
 fn a_rule_of_the_wrong_direction_is_a_config_error() {
-    let bad = |extra: &str| {
-        let text = format!(
-            "[agents]\ncgroups = [\"a\"]\n[[principal]]\nname = \"p\"\nusers = [1]\n{extra}"
-        );
-        match Config::parse(Path::new("t.toml"), &text) {
-            Err(crate::config::ConfigError::Invalid { key, .. }) => key,
-            other => panic!("expected an error for {extra}: {other:?}"),
-        }
-    };
     let s2c = "[[rule]]\nprincipal = \"p\"\ndirection = \"server_to_client\"\n";
     assert_eq!(
         bad("[[rule]]\nprincipal = \"p\"\nmethods = [\"elicitation/create\"]\naction = \"deny\"\n"),
