@@ -191,9 +191,12 @@ fn guard_arguments(
     let mode = policy.request_redaction(obs.principal.name.as_deref(), &obs.server);
     // What the agent sends out: its calls' arguments, and its answers to the server's
     // requests (an elicitation's answer, a sampling result, its roots).
-    let outgoing = messages
-        .iter()
-        .any(|m| m.method.as_deref() == Some("tools/call") || m.kind == Kind::Response);
+    let outgoing = messages.iter().any(|m| {
+        m.method.as_deref() == Some("tools/call")
+            || m.kind == Kind::Response
+            || m.params
+                .is_some_and(|p| p.get().contains("\"inputResponses\""))
+    });
     if mode == RequestMode::Off || !outgoing {
         return Ok(none);
     }
@@ -213,6 +216,32 @@ fn guard_arguments(
                     counts.push(found);
                 }
                 continue;
+            }
+            // A retry's answers to what the server asked (2026-07-28) leave like answers
+            // to a server's requests.
+            if let Some(answers) = v
+                .get_mut("params")
+                .and_then(|p| p.get_mut("inputResponses"))
+            {
+                let found = match mode {
+                    RequestMode::Refuse => policy.redactor.scan_json(answers),
+                    _ => policy.redactor.redact_json(answers),
+                };
+                if !found.is_empty() {
+                    if mode == RequestMode::Refuse {
+                        let what: Vec<String> =
+                            found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+                        return Err(format!(
+                            "the answers to what the server asked (inputResponses) carry \
+                             secrets or personal data ({}); refused so they do not leave the \
+                             host (redact.mode_requests = \"refuse\")",
+                            what.join(", ")
+                        ));
+                    }
+                    if let Some(id) = id_of_value(&v["id"]) {
+                        counts.push((id, found));
+                    }
+                }
             }
             if v["method"] != "tools/call" {
                 continue;
@@ -253,6 +282,14 @@ fn guard_arguments(
         body: Some(serde_json::to_vec(&doc).expect("a JSON value always serialises")),
         counts,
     })
+}
+
+fn id_of_value(v: &serde_json::Value) -> Option<Id> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64().map(Id::Num),
+        serde_json::Value::String(s) => Some(Id::Str(s.clone())),
+        _ => None,
+    }
 }
 
 /// The agent's answer to a server request, scanned like a call's arguments: `redact`

@@ -9,6 +9,7 @@ mod decided_tests;
 pub mod exchange;
 pub mod headers;
 pub mod inject;
+pub mod input_required;
 pub mod jsonrpc;
 pub mod media;
 pub mod observe;

@@ -133,6 +133,8 @@ impl Observer {
             redactions: None,
             hidden: None,
             pins: None,
+            input_requests: None,
+            request_state_sha256: None,
         }
     }
 
@@ -391,8 +393,13 @@ impl Observer {
             .response_redaction(&self.server)
             .then_some(&*v.policy.redactor);
         // Only listings are narrowed and pinned: a call's result with redaction off needs
-        // no parse at all.
-        if redactor.is_none() && inspect.iter().all(|(_, m)| filter::listing(m).is_none()) {
+        // no parse at all, unless it may ask for input (decided by rules).
+        if redactor.is_none()
+            && inspect.iter().all(|(_, m)| filter::listing(m).is_none())
+            && !body
+                .windows(super::input_required::RESULT_TYPE.len())
+                .any(|w| w == super::input_required::RESULT_TYPE.as_bytes())
+        {
             return None;
         }
         let mut out = rewrite::rewrite(
@@ -420,6 +427,24 @@ impl Observer {
                 .find(|r| r.about.method.ends_with("/list"))
             {
                 r.pins = Some(std::mem::take(&mut out.pin_events));
+            }
+        }
+        for (id, inputs) in out.inputs {
+            let id = id.to_string();
+            if let Some(r) = records
+                .iter_mut()
+                .find(|r| r.about.id.as_deref() == Some(&id))
+            {
+                r.request_state_sha256 = inputs.state_sha256;
+                if let Some((d, why)) = inputs.refused {
+                    tracing::info!(rule = %d.rule, "a result asking for input refused");
+                    r.outcome = "refused";
+                    r.refusal = Some(super::refusal::Kind::Policy);
+                    r.error_code = Some(super::reply::GATEWAY_DENIED as i64);
+                    r.detail = Some(why);
+                    r.decision = Some(d);
+                }
+                r.input_requests = Some(inputs.asked);
             }
         }
         for (id, counts) in out.redactions {
@@ -463,6 +488,9 @@ impl Observer {
             params_sha256: m.params.map(|p| sha256_hex(p.get().as_bytes())),
             decision,
             argument_redactions: None,
+            request_state_sha256: m
+                .params
+                .and_then(|p| super::input_required::retry_state(p.get())),
         }
     }
 

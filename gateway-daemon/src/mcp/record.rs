@@ -119,6 +119,12 @@ pub struct ExchangeRecord {
     /// What manifest pinning saw in a listing: pinned, held, removed, poisoned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pins: Option<Vec<crate::pins::PinEvent>>,
+    /// What a result asking for input (2026-07-28) asked, each decided by the rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_requests: Option<Vec<super::input_required::Asked>>,
+    /// SHA-256 of the result's `requestState`: the retry's `mcp_call` carries the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_state_sha256: Option<String>,
 }
 
 /// Written, durably, before a request is forwarded: the ledger holds every call the
@@ -138,4 +144,8 @@ pub struct CallRecord {
     /// Secrets found in the arguments and redacted before forwarding, per detector.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub argument_redactions: Option<crate::redact::Counts>,
+    /// A retry (2026-07-28): SHA-256 of the `requestState` it returns, as on the result
+    /// that asked for input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_state_sha256: Option<String>,
 }

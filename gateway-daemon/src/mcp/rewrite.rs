@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use super::input_required::{self, Verdict};
 use super::jsonrpc::Id;
 use crate::pins::{Kind, PinEvent, Pins};
 use crate::policy::filter::{filter_listing, listing, View};
@@ -28,6 +29,16 @@ pub struct Rewritten {
     pub hidden: usize,
     /// What pinning saw in listings (reported even when nothing was hidden).
     pub pin_events: Vec<PinEvent>,
+    /// Results that asked for input (2026-07-28), per response id.
+    pub inputs: Vec<(Id, Inputs)>,
+}
+
+/// What a result asking for input asked, and whether it was refused.
+pub struct Inputs {
+    pub asked: Vec<input_required::Asked>,
+    pub state_sha256: Option<String>,
+    /// The decision that refused it, and why.
+    pub refused: Option<(crate::policy::Decision, String)>,
 }
 
 /// The id as JSON-RPC compares it: by value, so `2.0` answers request `2` (as pairing and
@@ -55,7 +66,9 @@ pub fn rewrite(
         redactions: Vec::new(),
         hidden: 0,
         pin_events: Vec::new(),
+        inputs: Vec::new(),
     };
+    let mut refused_any = false;
     {
         let messages: Vec<&mut Value> = match &mut doc {
             Value::Array(a) => a.iter_mut().collect(),
@@ -78,6 +91,50 @@ pub fn rewrite(
             let Some(result) = m.get_mut("result") else {
                 continue;
             };
+            if input_required::asks(result) {
+                // The state goes back to the server as it came: nothing rewrites it.
+                let state = input_required::take_state(result);
+                let state_sha256 = state.as_ref().map(input_required::state_digest);
+                match input_required::decide(result, view) {
+                    Verdict::Refused(d, why, asked) if d.enforced => {
+                        *m = serde_json::json!({
+                            "jsonrpc": "2.0",
+                            "id": m["id"].take(),
+                            "error": {"code": super::reply::GATEWAY_DENIED, "message": why},
+                        });
+                        refused_any = true;
+                        let refused = Some((d, why));
+                        out.inputs.push((
+                            id,
+                            Inputs {
+                                asked,
+                                state_sha256,
+                                refused,
+                            },
+                        ));
+                    }
+                    Verdict::Refused(_, _, asked) | Verdict::Pass(asked) => {
+                        // What the server asks the agent's model or user is server content.
+                        if let Some(r) = redactor {
+                            let counts = r.redact_json(result);
+                            if !counts.is_empty() {
+                                out.redactions.push((id.clone(), counts));
+                            }
+                        }
+                        input_required::restore(result, state);
+                        let refused = None;
+                        out.inputs.push((
+                            id,
+                            Inputs {
+                                asked,
+                                state_sha256,
+                                refused,
+                            },
+                        ));
+                    }
+                }
+                continue;
+            }
             // Pins first: a held definition is hidden from everyone, whatever the policy
             // (an observing gateway reviews and audits, and hides nothing).
             let hide = !view.policy.observing();
@@ -91,7 +148,7 @@ pub fn rewrite(
             }
         }
     }
-    if out.hidden > 0 || !out.redactions.is_empty() {
+    if out.hidden > 0 || !out.redactions.is_empty() || refused_any {
         out.body = Some(serde_json::to_vec(&doc).expect("a JSON value always serialises"));
     }
     Some(out)
