@@ -218,6 +218,7 @@ impl Harness {
             sessions: Arc::new(sessions),
             policy: self.policy.clone(),
             catalog: Default::default(),
+            tasks: Default::default(),
             limiter: Default::default(),
             tls: self.tls.clone(),
             pins: Arc::new(pins),

@@ -30,4 +30,6 @@ pub struct Daemon {
     pub tls: Arc<Tls>,
     pub pins: Arc<Pins>,
     pub approvals: Arc<Approvals>,
+    /// Task handles servers gave out, and to whom (2026-07-28 tasks extension).
+    pub tasks: Arc<crate::mcp::tasks::Tasks>,
 }

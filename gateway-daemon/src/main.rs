@@ -440,6 +440,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         )),
         policy,
         catalog: Default::default(),
+        tasks: Default::default(),
         limiter: Default::default(),
         tls,
         pins: pins.clone(),

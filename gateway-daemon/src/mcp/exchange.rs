@@ -56,6 +56,7 @@ fn observer(
             policy,
             catalog: ctx.daemon.catalog.clone(),
             pins: ctx.daemon.pins.clone(),
+            tasks: ctx.daemon.tasks.clone(),
         }),
         server: target.label.clone(),
         audit: ctx.daemon.audit.clone(),
@@ -838,6 +839,26 @@ pub(crate) async fn admit(
     }
     // A tool or prompt whose definition is not approved is not callable, even when the
     // agent never asked for the listing that would have hidden it.
+    // A task is the handle to a call's result: its creator's alone, at its server.
+    for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+        if !m
+            .method
+            .as_deref()
+            .is_some_and(super::tasks::is_task_method)
+        {
+            continue;
+        }
+        let Some(task) = routing_name(m) else {
+            return Err(Refusal::invalid(format!(
+                "{} without a taskId",
+                m.method.as_deref().unwrap_or("")
+            )));
+        };
+        ctx.daemon
+            .tasks
+            .check(&obs.server, &task, &obs.principal.session_owner())
+            .map_err(|e| Refusal::task(&e))?;
+    }
     if !policy.observing() {
         // A server that said its list changed is being re-listed: its answer decides.
         if messages.iter().any(is_call) {

@@ -37,6 +37,8 @@ pub enum Verdict {
 /// Whether `result` asks for input.
 pub fn asks(result: &Value) -> bool {
     result.get("resultType").and_then(Value::as_str) == Some(RESULT_TYPE)
+        // A task waiting for input (tasks/get) carries its requests the same way.
+        || result.get("inputRequests").is_some_and(Value::is_object)
 }
 
 /// Decides each input request of `result` for the principal looking.

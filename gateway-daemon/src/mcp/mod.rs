@@ -24,6 +24,7 @@ pub mod session;
 pub mod sniff;
 pub mod sse;
 pub mod stream;
+pub mod tasks;
 pub mod to_server;
 
 use std::net::SocketAddr;

@@ -19,6 +19,7 @@ pub struct ListView {
     pub policy: Arc<Policy>,
     pub catalog: Arc<Catalog>,
     pub pins: Arc<crate::pins::Pins>,
+    pub tasks: Arc<super::tasks::Tasks>,
 }
 
 /// The outcome of a response that answers no request the gateway saw.
@@ -89,6 +90,10 @@ pub struct Observer {
     pub back: Option<super::to_server::Back>,
 }
 
+/// What a 2026-07-28 result that is not the plain result carries (input_required, task):
+/// such a result is read even when nothing else in it would be.
+const RESULT_TYPE_KEY: &[u8] = b"\"resultType\"";
+
 /// The outcome of the server's answer to a request of the gateway's own: taken by the
 /// gateway, never passed on, and not recorded (the gateway's exchange has its record).
 pub const OWN_ANSWER: &str = "own_answer";
@@ -135,13 +140,14 @@ impl Observer {
             pins: None,
             input_requests: None,
             request_state_sha256: None,
+            task_id: None,
         }
     }
 
     fn pending(&self, m: &Message) -> PendingRequest {
         PendingRequest {
             method: m.method.as_deref().unwrap_or_default().to_string(),
-            name: m.target_name().map(|n| n.into_owned()),
+            name: super::exchange::routing_name(m),
             started: Instant::now(),
         }
     }
@@ -176,7 +182,7 @@ impl Observer {
 
     fn notification(&self, direction: Direction, m: &Message) -> ExchangeRecord {
         let mut r = self.record(direction, m.method.as_deref().unwrap_or_default());
-        r.about.name = m.target_name().map(|n| n.into_owned());
+        r.about.name = super::exchange::routing_name(m);
         r.outcome = "notification";
         r
     }
@@ -366,7 +372,7 @@ impl Observer {
             Direction::ClientToServer,
             m.method.as_deref().unwrap_or_default(),
         );
-        r.about.name = m.target_name().map(|n| n.into_owned());
+        r.about.name = super::exchange::routing_name(m);
         r.about.id = id_text(&m.id);
         r.outcome = "refused";
         r.refusal = Some(refusal.kind);
@@ -397,8 +403,8 @@ impl Observer {
         if redactor.is_none()
             && inspect.iter().all(|(_, m)| filter::listing(m).is_none())
             && !body
-                .windows(super::input_required::RESULT_TYPE.len())
-                .any(|w| w == super::input_required::RESULT_TYPE.as_bytes())
+                .windows(RESULT_TYPE_KEY.len())
+                .any(|w| w == RESULT_TYPE_KEY)
         {
             return None;
         }
@@ -427,6 +433,26 @@ impl Observer {
                 .find(|r| r.about.method.ends_with("/list"))
             {
                 r.pins = Some(std::mem::take(&mut out.pin_events));
+            }
+        }
+        for (id, task) in out.tasks {
+            let id = id.to_string();
+            if let Some(r) = records
+                .iter_mut()
+                .find(|r| r.about.id.as_deref() == Some(&id))
+            {
+                let created_by = format!(
+                    "{} {} ({id})",
+                    r.about.method,
+                    r.about.name.as_deref().unwrap_or("-")
+                );
+                v.tasks.created(
+                    &self.server,
+                    &task,
+                    &self.principal.session_owner(),
+                    created_by,
+                );
+                r.task_id = Some(task);
             }
         }
         for (id, inputs) in out.inputs {
@@ -480,7 +506,7 @@ impl Observer {
     /// with a digest of its arguments (never the arguments themselves).
     pub fn call(&self, m: &Message, decision: Decision) -> CallRecord {
         let mut about = self.subject(m.method.as_deref().unwrap_or_default());
-        about.name = m.target_name().map(|n| n.into_owned());
+        about.name = super::exchange::routing_name(m);
         about.id = id_text(&m.id);
         CallRecord {
             kind: "mcp_call",

@@ -125,6 +125,9 @@ pub struct ExchangeRecord {
     /// SHA-256 of the result's `requestState`: the retry's `mcp_call` carries the same.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_state_sha256: Option<String>,
+    /// The task this call's result handed out: its `tasks/*` records name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
 }
 
 /// Written, durably, before a request is forwarded: the ledger holds every call the

@@ -42,6 +42,8 @@ pub enum Kind {
     Exfiltration,
     /// More requests waiting for answers than `http.max_pending`.
     TooManyPending,
+    /// A task id another principal's, or one the gateway never saw handed out.
+    Task,
 }
 
 impl Kind {
@@ -59,7 +61,8 @@ impl Kind {
             | Kind::OverBudget
             | Kind::Session
             | Kind::ApprovalsFull
-            | Kind::TooManyPending => "other",
+            | Kind::TooManyPending
+            | Kind::Task => "other",
         }
     }
 }
@@ -119,6 +122,16 @@ impl Refusal {
             StatusCode::BAD_REQUEST,
             HEADER_MISMATCH,
             why,
+        )
+    }
+
+    /// A task the agent may not use.
+    pub fn task(e: &super::tasks::TaskError) -> Self {
+        Self::new(
+            Kind::Task,
+            StatusCode::FORBIDDEN,
+            GATEWAY_REFUSED,
+            e.to_string(),
         )
     }
 

@@ -13,7 +13,10 @@ use crate::redact::{Counts, Redactor};
 
 /// Methods whose results carry content that is redacted.
 pub fn carries_content(method: &str) -> bool {
-    matches!(method, "tools/call" | "resources/read" | "prompts/get")
+    matches!(
+        method,
+        "tools/call" | "resources/read" | "prompts/get" | "tasks/get" | "tasks/update"
+    )
 }
 
 /// Whether the response to `method` is looked at before it is forwarded.
@@ -31,6 +34,8 @@ pub struct Rewritten {
     pub pin_events: Vec<PinEvent>,
     /// Results that asked for input (2026-07-28), per response id.
     pub inputs: Vec<(Id, Inputs)>,
+    /// Task handles results gave out (2026-07-28 tasks extension), per response id.
+    pub tasks: Vec<(Id, String)>,
 }
 
 /// What a result asking for input asked, and whether it was refused.
@@ -67,6 +72,7 @@ pub fn rewrite(
         hidden: 0,
         pin_events: Vec::new(),
         inputs: Vec::new(),
+        tasks: Vec::new(),
     };
     let mut refused_any = false;
     {
@@ -91,6 +97,11 @@ pub fn rewrite(
             let Some(result) = m.get_mut("result") else {
                 continue;
             };
+            if result.get("resultType").and_then(Value::as_str) == Some("task") {
+                if let Some(task) = result.get("taskId").and_then(Value::as_str) {
+                    out.tasks.push((id.clone(), task.to_string()));
+                }
+            }
             if input_required::asks(result) {
                 // The state goes back to the server as it came: nothing rewrites it.
                 let state = input_required::take_state(result);

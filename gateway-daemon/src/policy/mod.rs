@@ -34,6 +34,11 @@ pub const LIFECYCLE: &[&str] = &[
     "logging/setLevel",
     "completion/complete",
     "subscriptions/listen",
+    // A task is its creator's alone (checked per request): the call that made it was
+    // decided, and these only follow it.
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
 ];
 
 pub struct Policy {

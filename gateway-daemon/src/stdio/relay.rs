@@ -156,6 +156,7 @@ impl Shared {
                 policy,
                 catalog: self.ctx.daemon.catalog.clone(),
                 pins: self.ctx.daemon.pins.clone(),
+                tasks: self.ctx.daemon.tasks.clone(),
             }),
             server: self.relay.server.clone(),
             audit: self.ctx.daemon.audit.clone(),

@@ -1,0 +1,211 @@
+//! Tasks (the io.modelcontextprotocol/tasks extension of 2026-07-28): a task id is the
+//! handle to a call's result, so it is the principal's that made the call and no one
+//! else's; a task's eventual result is redacted like a direct result; what a waiting task
+//! asks of the agent is decided by the server_to_client rules; the ledger ties the task's
+//! records to the call that created it. No released SDK speaks the extension yet: the
+//! server is `tests/fixtures/task_server.py` with the extension's wire shapes, and the agent
+//! sends exact requests (`tests/fixtures/raw_agent.py`).
+
+use std::path::Path;
+
+use base64::Engine as _;
+use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
+use gateway_tests::{free_port, Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+const SERVER: &str = include_str!("../fixtures/task_server.py");
+const RAW: &str = include_str!("../fixtures/raw_agent.py");
+const DEPLOY: &str = "786512e2-9e0d-44bd-8f29-789f320fe840";
+const ASK: &str = "5f1c0e9a-2b7d-4c3e-9a8f-0d1e2f3a4b5c";
+const OTHER: &str = "mcp-agent";
+
+fn received(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("received.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// One 2026-07-28 request from the agent (as `user`, or the test's own agent): (status,
+/// JSON answer).
+fn request(
+    gw: &Gateway,
+    srv: &Peer,
+    user: Option<&str>,
+    method: &str,
+    name: &str,
+    params: Value,
+) -> (u16, Value) {
+    let mut params = params;
+    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                             "io.modelcontextprotocol/clientCapabilities": {}});
+    let body = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": params});
+    let headers =
+        json!({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method, "Mcp-Name": name});
+    let args = [
+        "-c".to_string(),
+        RAW.to_string(),
+        "127.0.0.1".into(),
+        srv.port.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(body.to_string()),
+        headers.to_string(),
+    ];
+    let python = venv_python();
+    let cmd = match user {
+        None => gw.agent(python.to_str().unwrap(), &args),
+        Some(u) => gw.agent_as(u, python.to_str().unwrap(), &args),
+    };
+    let out = run_json(cmd);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(out["body_b64"].as_str().unwrap())
+        .unwrap();
+    (
+        out["status"].as_u64().unwrap() as u16,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
+    gateway_tests::require_privileges();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let port_arg = port.to_string();
+    let args = [port_arg.as_ref(), log.as_os_str()];
+    let srv = python_server("task-server", SERVER, &args, port, "/mcp");
+    let gw = Gateway::start(
+        "tasks",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                "[[server]]\nname = \"tasks\"\naddress = \"127.0.0.1:{port}\"\n\
+                 [redact]\nmode_responses = \"redact\"\n\
+                 [policy]\nmode = \"enforce\"\n\
+                 [[principal]]\nname = \"agent\"\nusers = [\"root\", \"{OTHER}\"]\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"tasks\"\ndirection = \"server_to_client\"\n\
+                 methods = [\"sampling/createMessage\"]\naction = \"deny\"\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"tasks\"\naction = \"allow\"\n"
+            ),
+            ..Default::default()
+        },
+    );
+
+    // The call hands out a task; the record says which.
+    let (status, created) = request(
+        &gw,
+        &srv,
+        None,
+        "tools/call",
+        "deploy",
+        json!({"name": "deploy", "arguments": {}}),
+    );
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["result"]["taskId"], DEPLOY, "{created}");
+    let creation = gw.wait_record("of the call that created the task", |r| {
+        r["type"] == "mcp" && r["method"] == "tools/call" && r["name"] == "deploy"
+    });
+    assert_eq!(creation["task_id"], DEPLOY, "{creation}");
+
+    // Its creator polls it: the final result comes redacted, the record names the task.
+    let (status, got) = request(
+        &gw,
+        &srv,
+        None,
+        "tasks/get",
+        DEPLOY,
+        json!({"taskId": DEPLOY}),
+    );
+    assert_eq!(status, 200, "{got}");
+    let text = got["result"]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(
+        !text.contains("AKIAZ7QX3M2L5RT6PW4N") && text.contains("[REDACTED:"),
+        "{got}"
+    );
+    let polled = gw.wait_record("of the poll", |r| {
+        r["type"] == "mcp" && r["method"] == "tasks/get" && r["outcome"] == "ok"
+    });
+    assert_eq!(polled["name"], DEPLOY, "{polled}");
+    assert!(polled["redactions"].is_object(), "{polled}");
+
+    // Another principal (another user) holding the id gets nothing: refused before the server.
+    let before = received(dir.path()).len();
+    let (status, theirs) = request(
+        &gw,
+        &srv,
+        Some(OTHER),
+        "tasks/get",
+        DEPLOY,
+        json!({"taskId": DEPLOY}),
+    );
+    assert_eq!(status, 200, "{theirs}");
+    assert_eq!(theirs["error"]["code"], -32010, "{theirs}");
+    assert!(
+        theirs["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another principal"),
+        "{theirs}"
+    );
+    // A made-up id: the gateway never saw the server hand it out.
+    let (_, made_up) = request(
+        &gw,
+        &srv,
+        None,
+        "tasks/cancel",
+        "t-0",
+        json!({"taskId": "t-0"}),
+    );
+    assert_eq!(made_up["error"]["code"], -32010, "{made_up}");
+    assert!(
+        made_up["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never saw"),
+        "{made_up}"
+    );
+    assert_eq!(
+        received(dir.path()).len(),
+        before,
+        "{:?}",
+        received(dir.path())
+    );
+    let refused = gw.wait_record("of the refused poll", |r| {
+        r["type"] == "mcp" && r["method"] == "tasks/get" && r["outcome"] == "refused"
+    });
+    assert_eq!(refused["refusal"], "task", "{refused}");
+    assert_eq!(refused["error_code"], -32010, "{refused}");
+
+    // A task waiting for input asks what a rule denies: its poll is refused with the rule.
+    let (_, asked) = request(
+        &gw,
+        &srv,
+        None,
+        "tools/call",
+        "ask",
+        json!({"name": "ask", "arguments": {}}),
+    );
+    assert_eq!(asked["result"]["taskId"], ASK, "{asked}");
+    let (_, waiting) = request(&gw, &srv, None, "tasks/get", ASK, json!({"taskId": ASK}));
+    assert_eq!(waiting["error"]["code"], -32012, "{waiting}");
+    assert!(
+        waiting["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sampling/createMessage"),
+        "{waiting}"
+    );
+    let record = gw.wait_record("of the refused input request", |r| {
+        r["type"] == "mcp"
+            && r["method"] == "tasks/get"
+            && r["name"] == ASK
+            && r["outcome"] == "refused"
+    });
+    assert_eq!(
+        record["input_requests"][0]["method"], "sampling/createMessage",
+        "{record}"
+    );
+}
