@@ -183,7 +183,10 @@ async fn list(
         // in a header.
         let modern = version == Some("2026-07-28");
         if modern {
-            params["_meta"] = json!({ super::jsonrpc::META_PROTOCOL_VERSION: "2026-07-28" });
+            params["_meta"] = json!({
+                super::jsonrpc::META_PROTOCOL_VERSION: "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            });
         }
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let extra: &[(&str, &str)] = if modern {
