@@ -22,7 +22,8 @@ fn gateway(name: &str, port: u16) -> Gateway {
                 "[[server]]\nname = \"asking\"\naddress = \"127.0.0.1:{port}\"\n\
                  [policy]\nmode = \"enforce\"\n\
                  [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"asking\"\naction = \"allow\"\n"
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"asking\"\nmethods = [\"*\"]\n\
+                 action = \"allow\"\n"
             ),
             ..Default::default()
         },
@@ -132,4 +133,45 @@ fn a_tool_changed_after_a_listen_event_is_refused_at_the_next_call_2026_07_28() 
     });
     assert_eq!(relisted["outcome"], "ok", "{relisted}");
     assert_eq!(relisted["protocol_version"], "2026-07-28", "{relisted}");
+}
+
+/// A resource template changed after `notifications/resources/list_changed`: reading a URI
+/// under it is refused like a call to a held tool.
+#[test]
+fn a_read_under_a_template_changed_after_list_changed_is_refused() {
+    gateway_tests::require_privileges();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let port_arg = port.to_string();
+    let args = [port_arg.as_ref(), "sse".as_ref(), log.as_os_str()];
+    let srv = python_server("asking-server-templates", SERVER, &args, port, "/mcp");
+    let gw = gateway("relist-templates", port);
+    let args = [
+        "-c",
+        CLIENT,
+        &srv.url,
+        "streamable",
+        "-",
+        "list",
+        "templates",
+        "read",
+        "change_logs",
+        "read",
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = run_json(gw.agent(venv_python().to_str().unwrap(), &args));
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(calls[2]["text"], "log app.log", "{out}");
+    assert_eq!(calls[4]["code"], -32015, "{out}");
+    let message = calls[4]["message"].as_str().unwrap();
+    assert!(
+        message.contains("file:///logs/{name}") && message.contains("held"),
+        "{message}"
+    );
+    let refused = gw.wait_record("of the refused read", |r| {
+        r["type"] == "mcp" && r["method"] == "resources/read" && r["outcome"] == "refused"
+    });
+    assert_eq!(refused["refusal"], "unpinned", "{refused}");
 }

@@ -868,6 +868,13 @@ pub(crate) async fn admit(
             let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
                 continue;
             };
+            if method == "resources/read" {
+                if let Err(why) = ctx.daemon.pins.check_resource(&obs.server, &name) {
+                    tracing::info!(server = %obs.server, uri = %name, "read under a held template refused");
+                    return Err(Refusal::unpinned(why));
+                }
+                continue;
+            }
             let Some(kind) = crate::pins::Kind::of_call(method) else {
                 continue;
             };

@@ -8,6 +8,7 @@ pub mod manage;
 pub mod poison;
 pub mod relist;
 pub mod store;
+pub mod template;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -361,6 +362,38 @@ impl Pins {
             Err(format!(
                 "{what} {name:?} was never listed by server {server:?}; it is not pinned"
             ))
+        }
+    }
+}
+
+impl Pins {
+    /// Whether an agent may read `uri` of `server`: not while a resource template it falls
+    /// under is held (changed, new, rejected), nor while the whole server is.
+    pub fn check_resource(&self, server: &str, uri: &str) -> Result<(), String> {
+        if self.mode(server) == PinMode::Off {
+            return Ok(());
+        }
+        let state = self.lock();
+        let Some(pins) = state.servers.get(server) else {
+            return Ok(());
+        };
+        if self.cfg.on_change == OnChange::BlockServer && !pins.pending.is_empty() {
+            return Err(format!(
+                "server {server:?} is held: some of its definitions changed and await review \
+                 (mcp-gateway pins diff {server})"
+            ));
+        }
+        match pins
+            .pending
+            .values()
+            .find(|p| p.kind == Kind::ResourceTemplate && template::matches(&p.name, uri))
+        {
+            Some(p) => Err(format!(
+                "{uri:?} falls under resource template {:?} of server {server:?}, which is \
+                 held for review (mcp-gateway pins diff {server})",
+                p.name
+            )),
+            None => Ok(()),
         }
     }
 }
