@@ -320,3 +320,81 @@ fn over_stdio_a_denied_request_is_answered_on_stdin_and_a_changed_tool_is_held()
             })
     });
 }
+
+/// `action = "ask"`: the server's elicitation waits for a person (the agent's stream waits
+/// behind it); approved, the agent answers it; denied, the server gets the refusal and the
+/// agent never sees it.
+#[test]
+fn an_elicitation_a_rule_holds_waits_for_a_person() {
+    gateway_tests::require_privileges();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("received.jsonl");
+    let srv = server(port, "sse", &log);
+    let gw = gateway(
+        "s2c-ask",
+        port,
+        "[approvals]\ntimeout_s = 30\n\
+         [[rule]]\nprincipal = \"agent\"\nserver = \"asking\"\ndirection = \"server_to_client\"\n\
+         methods = [\"elicitation/create\"]\naction = \"ask\"\n",
+        "redact",
+        "",
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        // The administrator: approves the first request held, denies the second.
+        s.spawn(|| {
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let list = gw.cli(&["approvals", "list", "--json"]);
+                if let Ok(list) = serde_json::from_slice::<Value>(&list.stdout) {
+                    for h in list["held"].as_array().into_iter().flatten() {
+                        if h["call"]["method"] != "elicitation/create" {
+                            continue;
+                        }
+                        let id = h["id"].to_string();
+                        seen += 1;
+                        if seen == 1 {
+                            gw.cli(&["approvals", "approve", &id]);
+                        } else {
+                            gw.cli(&["approvals", "deny", &id, "--reason", "not this one"]);
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        let out = client(
+            &gw,
+            &srv.url,
+            "streamable",
+            "fine",
+            &["ask_user", "ask_user"],
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        out
+    });
+    let calls = out["calls"].as_array().unwrap();
+    assert_eq!(calls[0]["text"], "user said: fine", "{out}");
+    let second = calls[1]["text"].as_str().unwrap();
+    assert!(
+        second.starts_with("refused -32012") && second.contains("denied by an administrator"),
+        "{out}"
+    );
+    assert_eq!(
+        out["asked"],
+        serde_json::json!(["elicitation/create"]),
+        "{out}"
+    );
+    let held: Vec<Value> = gw
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["type"] == "approval" && r["event"] == "held")
+        .collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(held[0]["call"]["method"], "elicitation/create");
+    let refused = gw.wait_record("of the denied elicitation", |r| {
+        r["type"] == "mcp" && r["method"] == "elicitation/create" && r["outcome"] == "refused"
+    });
+    assert_eq!(refused["refusal"], "approval_denied", "{refused}");
+}

@@ -57,6 +57,7 @@ fn observer(
             catalog: ctx.daemon.catalog.clone(),
             pins: ctx.daemon.pins.clone(),
             tasks: ctx.daemon.tasks.clone(),
+            approvals: ctx.daemon.approvals.clone(),
         }),
         server: target.label.clone(),
         audit: ctx.daemon.audit.clone(),
@@ -64,6 +65,7 @@ fn observer(
         transport,
         protocol_version: version,
         back: None,
+        approved: None,
     }
 }
 

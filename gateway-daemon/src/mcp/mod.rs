@@ -20,6 +20,7 @@ pub mod refusal;
 pub mod relist;
 pub mod reply;
 pub mod rewrite;
+pub mod server_ask;
 pub mod session;
 pub mod sniff;
 pub mod sse;

@@ -20,6 +20,7 @@ pub struct ListView {
     pub catalog: Arc<Catalog>,
     pub pins: Arc<crate::pins::Pins>,
     pub tasks: Arc<super::tasks::Tasks>,
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// The outcome of a response that answers no request the gateway saw.
@@ -88,6 +89,8 @@ pub struct Observer {
     /// Where the gateway's own messages to the server go (answers to server requests it
     /// refused, its own listings).
     pub back: Option<super::to_server::Back>,
+    /// A server request an administrator approved: passed on when it comes through.
+    pub approved: Option<Id>,
 }
 
 /// What a 2026-07-28 result that is not the plain result carries (input_required, task):
@@ -308,20 +311,47 @@ impl Observer {
             }
             return None;
         }
+        if d.action == "ask" {
+            if m.id.is_some() && self.approved == m.id {
+                return None;
+            }
+            // Held requests come alone (see `server_ask`): one that reached here came in a
+            // batch or a JSON body, where nothing can wait for a person.
+            let why = format!(
+                "{method} from server {} needs a person's approval ({}), which the gateway can \
+                 give only to a request sent alone on an event stream or a line",
+                self.server, d.rule
+            );
+            let refusal = super::refusal::Refusal::policy(why);
+            return Some(self.refuse_server_request_with(m.id.as_ref(), method, d, &refusal));
+        }
         let why = d.reason.clone().unwrap_or_else(|| {
             format!(
                 "{method} from server {} is refused by {}",
                 self.server, d.rule
             )
         });
-        let refusal = super::refusal::Refusal::policy(why.clone());
+        let refusal = super::refusal::Refusal::policy(why);
+        Some(self.refuse_server_request_with(m.id.as_ref(), method, d, &refusal))
+    }
+
+    /// Refuses a server request: answers the server with the error (the agent never sees
+    /// the request) and returns its record.
+    pub fn refuse_server_request_with(
+        &self,
+        id: Option<&Id>,
+        method: &str,
+        d: Decision,
+        refusal: &super::refusal::Refusal,
+    ) -> ExchangeRecord {
+        let why = refusal.why().into_owned();
         let mut r = self.record(Direction::ServerToClient, method);
-        r.about.id = id_text(&m.id);
+        r.about.id = id.map(|i| i.to_string());
         r.outcome = "refused";
         r.refusal = Some(refusal.kind);
         r.error_code = Some(refusal.code as i64);
         r.decision = Some(d);
-        match (&self.back, &m.id) {
+        match (&self.back, id) {
             (Some(back), Some(id)) => {
                 back.tell(super::reply::error_json(
                     Some(id),
@@ -335,7 +365,7 @@ impl Observer {
             }
         }
         tracing::info!(method, "server request refused");
-        Some(r)
+        r
     }
 
     /// Requests that will get no response (stream ended, upstream failed, refused).

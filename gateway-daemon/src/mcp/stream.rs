@@ -64,6 +64,7 @@ where
         body,
         job: Some(job),
         parser,
+        gate: None,
         confirmed,
         out: Out {
             answers: None,
@@ -80,12 +81,22 @@ struct Observed<B> {
     /// Taken when the stream has ended and its end was recorded.
     job: Option<StreamJob>,
     parser: SseParser,
+    /// A server request held for a person, and what came after it: nothing of the stream
+    /// reaches the agent until it is decided.
+    gate: Option<Gate>,
     /// Whether the stream is known to carry MCP (see `deliver`).
     confirmed: bool,
     out: Out,
     /// The exchange's span: records and logs of the stream belong to it, whichever task
     /// polls the body.
     span: tracing::Span,
+}
+
+/// A held server request's event, and the items behind it.
+struct Gate {
+    held: super::server_ask::Held,
+    event: SseItem,
+    rest: Vec<SseItem>,
 }
 
 /// What the stream to the agent carries besides the server's events.
@@ -137,6 +148,7 @@ where
             body,
             job,
             parser,
+            gate,
             confirmed,
             out,
             span,
@@ -149,6 +161,33 @@ where
             let Some(open) = job.as_mut() else {
                 return Poll::Ready(None);
             };
+            if let Some(g) = gate.as_mut() {
+                let decided = match g.held.poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(d) => d,
+                };
+                let Gate { held, event, rest } = gate.take().expect("a gate was set");
+                match decided {
+                    Ok(()) => {
+                        open.observer.approved = Some(held.id.clone());
+                        *gate = deliver(open, vec![event], confirmed, out);
+                        open.observer.approved = None;
+                    }
+                    Err(refusal) => {
+                        let r = open.observer.refuse_server_request_with(
+                            Some(&held.id),
+                            &held.method,
+                            held.decision,
+                            &refusal,
+                        );
+                        open.observer.write_now(vec![r]);
+                    }
+                }
+                if gate.is_none() {
+                    *gate = deliver(open, rest, confirmed, out);
+                }
+                continue;
+            }
             if let Some(answer) = out.poll_answer(cx) {
                 // After an event ended by a lone CR, a client splitting lines on LF would
                 // read the answer's first line as part of that one: end it first (a blank
@@ -163,8 +202,10 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     let tail: Vec<SseItem> = parser.finish().into_iter().collect();
-                    deliver(open, tail, confirmed, out);
-                    end(job, out, End::Finished);
+                    *gate = deliver(open, tail, confirmed, out);
+                    if gate.is_none() {
+                        end(job, out, End::Finished);
+                    }
                     continue;
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -210,7 +251,7 @@ where
             // it now so a CR-only server's events are not delayed (a following LF is
             // forwarded with the next item, so the bytes stay the same).
             items.extend(parser.take_held());
-            deliver(open, items, confirmed, out);
+            *gate = deliver(open, items, confirmed, out);
         }
     }
 
@@ -238,9 +279,27 @@ impl<B> Drop for Observed<B> {
     }
 }
 
-/// Observes parsed items and queues them for the agent, in order.
-fn deliver(job: &mut StreamJob, items: Vec<SseItem>, confirmed: &mut bool, out: &mut Out) {
-    for item in items {
+/// Observes parsed items and queues them for the agent, in order; stops at a server
+/// request held for a person (the gate it returns holds the rest).
+fn deliver(
+    job: &mut StreamJob,
+    items: Vec<SseItem>,
+    confirmed: &mut bool,
+    out: &mut Out,
+) -> Option<Gate> {
+    let mut items = items.into_iter();
+    while let Some(item) = items.next() {
+        if let SseItem::Event(ev) = &item {
+            if *confirmed {
+                if let Some(held) = super::server_ask::held(&job.observer, ev.data.as_bytes()) {
+                    return Some(Gate {
+                        held,
+                        event: item,
+                        rest: items.collect(),
+                    });
+                }
+            }
+        }
         let bytes = match item {
             SseItem::Event(ev) => {
                 // Until a stream shows MCP, each event is judged alone: one any client could
@@ -299,6 +358,7 @@ fn deliver(job: &mut StreamJob, items: Vec<SseItem>, confirmed: &mut bool, out: 
         }
         out.push(bytes.into());
     }
+    None
 }
 
 enum End {

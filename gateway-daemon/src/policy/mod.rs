@@ -266,6 +266,16 @@ impl Policy {
         )
     }
 
+    /// Whether any rule holds a server's requests for a person (so server messages are
+    /// looked at for that).
+    pub fn asks_server_requests(&self) -> bool {
+        self.enforcing()
+            && self
+                .rules
+                .iter()
+                .any(|r| r.direction == RuleDirection::ServerToClient && r.action == Action::Ask)
+    }
+
     /// Whether a listed item (tool, prompt, resource) is shown to `principal`: some rule
     /// would let it call the item with some arguments.
     pub fn visible(

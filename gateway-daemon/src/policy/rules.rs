@@ -198,16 +198,6 @@ fn check_direction(i: usize, c: &RuleConfig) -> Result<(), Invalid> {
                     ),
                 ));
             }
-            // Holding a server's request for a person needs its event held in the agent's
-            // stream: not built yet, and a rule must never mean less than it says.
-            if c.action == Action::Ask {
-                return Err((
-                    key("action"),
-                    "\"ask\" is not available for direction = \"server_to_client\" rules yet: \
-                     use \"allow\" or \"deny\""
-                        .into(),
-                ));
-            }
             for (field, set) in [
                 ("tools", !c.tools.is_empty()),
                 ("arguments", c.arguments.is_some()),

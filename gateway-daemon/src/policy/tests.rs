@@ -346,8 +346,4 @@ fn a_rule_of_the_wrong_direction_is_a_config_error() {
         )),
         "rule[0].tools"
     );
-    assert_eq!(
-        bad(&format!("{s2c}methods = [\"*\"]\naction = \"ask\"\n")),
-        "rule[0].action"
-    );
 }

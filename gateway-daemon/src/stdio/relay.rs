@@ -157,6 +157,7 @@ impl Shared {
                 catalog: self.ctx.daemon.catalog.clone(),
                 pins: self.ctx.daemon.pins.clone(),
                 tasks: self.ctx.daemon.tasks.clone(),
+                approvals: self.ctx.daemon.approvals.clone(),
             }),
             server: self.relay.server.clone(),
             audit: self.ctx.daemon.audit.clone(),
@@ -164,6 +165,7 @@ impl Shared {
             transport: crate::mcp::session::Transport::Stdio,
             protocol_version: self.session.state().protocol_version.clone(),
             back: Some(self.back()),
+            approved: None,
         }
     }
 
@@ -696,7 +698,24 @@ async fn from_server<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R)
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let obs = shared.observer();
+        let mut obs = shared.observer();
+        // A request an `ask` rule holds waits here for a person, and the lines behind it
+        // with it.
+        if let Some(held) = crate::mcp::server_ask::held(&obs, &line) {
+            match std::future::poll_fn(|cx| held.poll(cx)).await {
+                Ok(()) => obs.approved = Some(held.id.clone()),
+                Err(refusal) => {
+                    let r = obs.refuse_server_request_with(
+                        Some(&held.id),
+                        &held.method,
+                        held.decision,
+                        &refusal,
+                    );
+                    obs.write_now(vec![r]);
+                    continue;
+                }
+            }
+        }
         let parsed = match jsonrpc::parse(&line, MAX_DEPTH) {
             Ok(p) => p,
             Err(e) => {
