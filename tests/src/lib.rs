@@ -9,6 +9,7 @@ mod echo;
 pub mod fake;
 mod gateway;
 pub mod peers;
+pub mod raw;
 pub mod tls;
 
 pub use echo::EchoServer;

@@ -5,8 +5,6 @@
 //! state's SHA-256; the agent's answers are scanned like arguments. The official Python
 //! SDK on both sides (`mcp` 2.3.0, `Client(mode="2026-07-28")`).
 
-use std::path::Path;
-
 use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -40,14 +38,6 @@ fn setup(name: &str, rules: &str) -> (Peer, Gateway, tempfile::TempDir) {
     (srv, gw, dir)
 }
 
-fn received(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("received.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn client(gw: &Gateway, srv: &Peer, note: &str, tools: &[&str]) -> Value {
     let mut args: Vec<String> = ["-c", CLIENT, &srv.url, note].map(String::from).to_vec();
     args.extend(tools.iter().map(|t| t.to_string()));
@@ -75,7 +65,7 @@ fn an_input_request_a_rule_denies_never_reaches_the_agent() {
     );
     assert_eq!(out["calls"][1]["text"], "user said: fine", "{out}");
     // The server never got a retry of the denied call.
-    let got = received(dir.path());
+    let got = gateway_tests::raw::lines(&dir.path().join("received.jsonl"));
     assert!(got.iter().all(|r| r["tool"] != "ask_model"), "{got:?}");
 
     let record = gw.wait_record("of the refused input request", |r| {
@@ -108,7 +98,7 @@ fn the_state_goes_back_as_it_came_and_ties_the_retry_to_the_call() {
         &["ask_model", "ask_user"],
     );
     assert_eq!(out["calls"][0]["text"], "model said: four", "{out}");
-    let got = received(dir.path());
+    let got = gateway_tests::raw::lines(&dir.path().join("received.jsonl"));
     // The SDK seals its state (AES-GCM) and refuses one changed by a single bit: the
     // server reading it back shows it came back byte for byte.
     assert_eq!(got.len(), 2, "{got:?}");

@@ -4,16 +4,12 @@
 //! reads. The official Python SDK's 2026-07-28 client passes; requests that lie are refused
 //! with 400 and the code the revision names, never forwarded, and recorded.
 
-use std::path::Path;
-
-use base64::Engine as _;
 use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
 const SERVER: &str = include_str!("../fixtures/header_server.py");
 const CLIENT: &str = include_str!("../fixtures/modern_client.py");
-const RAW: &str = include_str!("../fixtures/raw_agent.py");
 
 fn setup(name: &str) -> (Peer, Gateway, tempfile::TempDir) {
     gateway_tests::require_privileges();
@@ -39,36 +35,13 @@ fn setup(name: &str) -> (Peer, Gateway, tempfile::TempDir) {
     (srv, gw, dir)
 }
 
-fn received(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("received.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn modern_client(gw: &Gateway, srv: &Peer, region: &str) -> Value {
     let args = ["-c", CLIENT, &srv.url, region].map(String::from).to_vec();
     run_json(gw.agent(venv_python().to_str().unwrap(), &args))
 }
 
-/// One POST from the agent with exactly these headers and body: (status, JSON body).
 fn raw(gw: &Gateway, srv: &Peer, headers: Value, body: &Value) -> (u16, Value) {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(body.to_string());
-    let args = [
-        "-c".to_string(),
-        RAW.to_string(),
-        "127.0.0.1".into(),
-        srv.port.to_string(),
-        b64,
-        headers.to_string(),
-    ];
-    let out = run_json(gw.agent(venv_python().to_str().unwrap(), &args));
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(out["body_b64"].as_str().unwrap())
-        .unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (out["status"].as_u64().unwrap() as u16, body)
+    gateway_tests::raw::post(gw, None, srv.port, &headers, body)
 }
 
 fn call(version: &str, region: &str) -> Value {
@@ -94,7 +67,10 @@ fn the_sdk_client_mirroring_arguments_into_headers_passes() {
     let out = modern_client(&gw, &srv, "eu-west ü");
     assert_eq!(out["tools"], json!(["deploy"]), "{out}");
     assert_eq!(out["call"]["text"], "deployed shop to eu-west ü", "{out}");
-    assert_eq!(received(dir.path())[0]["region"], "eu-west ü");
+    assert_eq!(
+        gateway_tests::raw::lines(&dir.path().join("received.jsonl"))[0]["region"],
+        "eu-west ü"
+    );
 }
 
 #[test]
@@ -157,5 +133,10 @@ fn headers_that_disagree_with_the_body_are_refused_before_the_server() {
         assert_eq!(record["method"], "tools/call", "{what}: {record}");
     }
     // Only the honest call reached the server.
-    assert_eq!(received(dir.path()).len(), 1, "{:?}", received(dir.path()));
+    assert_eq!(
+        gateway_tests::raw::lines(&dir.path().join("received.jsonl")).len(),
+        1,
+        "{:?}",
+        gateway_tests::raw::lines(&dir.path().join("received.jsonl"))
+    );
 }

@@ -21,15 +21,6 @@ fn server(port: u16, mode: &str, log: &Path) -> Peer {
     python_server(&format!("asking-server-{mode}"), SERVER, &args, port, path)
 }
 
-/// What the server received, one entry per tool that asked.
-fn received(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn client(gw: &Gateway, url: &str, transport: &str, note: &str, calls: &[&str]) -> Value {
     let mut args = vec![
         "-c".to_string(),
@@ -103,7 +94,7 @@ fn denied_sampling_never_reaches_the_agent(mode: &str, transport: &str) {
         .collect();
     assert_eq!(asked, ["elicitation/create", "roots/list"], "{out}");
     // The server got the gateway's error in place of an answer, and said so in its result.
-    let got = received(&log);
+    let got = gateway_tests::raw::lines(&log);
     let sampled = got
         .iter()
         .find(|r| r["tool"] == "ask_model")
@@ -192,7 +183,7 @@ fn an_answer_with_a_secret_is_withheld_in_refuse_mode() {
         &github_token(),
         &["ask_user", "ask_model"],
     );
-    let got = received(&log);
+    let got = gateway_tests::raw::lines(&log);
     let elicited = got
         .iter()
         .find(|r| r["tool"] == "ask_user")

@@ -6,26 +6,14 @@
 //! server is `tests/fixtures/task_server.py` with the extension's wire shapes, and the agent
 //! sends exact requests (`tests/fixtures/raw_agent.py`).
 
-use std::path::Path;
-
-use base64::Engine as _;
-use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
+use gateway_tests::peers::{python_server, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
 const SERVER: &str = include_str!("../fixtures/task_server.py");
-const RAW: &str = include_str!("../fixtures/raw_agent.py");
 const DEPLOY: &str = "786512e2-9e0d-44bd-8f29-789f320fe840";
 const ASK: &str = "5f1c0e9a-2b7d-4c3e-9a8f-0d1e2f3a4b5c";
 const OTHER: &str = "mcp-agent";
-
-fn received(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("received.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 /// One 2026-07-28 request from the agent (as `user`, or the test's own agent): (status,
 /// JSON answer).
@@ -43,27 +31,7 @@ fn request(
     let body = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": params});
     let headers =
         json!({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method, "Mcp-Name": name});
-    let args = [
-        "-c".to_string(),
-        RAW.to_string(),
-        "127.0.0.1".into(),
-        srv.port.to_string(),
-        base64::engine::general_purpose::STANDARD.encode(body.to_string()),
-        headers.to_string(),
-    ];
-    let python = venv_python();
-    let cmd = match user {
-        None => gw.agent(python.to_str().unwrap(), &args),
-        Some(u) => gw.agent_as(u, python.to_str().unwrap(), &args),
-    };
-    let out = run_json(cmd);
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(out["body_b64"].as_str().unwrap())
-        .unwrap();
-    (
-        out["status"].as_u64().unwrap() as u16,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    gateway_tests::raw::post(gw, user, srv.port, &headers, &body)
 }
 
 #[test]
@@ -132,7 +100,7 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
     assert!(polled["redactions"].is_object(), "{polled}");
 
     // Another principal (another user) holding the id gets nothing: refused before the server.
-    let before = received(dir.path()).len();
+    let before = gateway_tests::raw::lines(&log).len();
     let (status, theirs) = request(
         &gw,
         &srv,
@@ -168,10 +136,10 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
         "{made_up}"
     );
     assert_eq!(
-        received(dir.path()).len(),
+        gateway_tests::raw::lines(&log).len(),
         before,
         "{:?}",
-        received(dir.path())
+        gateway_tests::raw::lines(&log)
     );
     let refused = gw.wait_record("of the refused poll", |r| {
         r["type"] == "mcp" && r["method"] == "tasks/get" && r["outcome"] == "refused"

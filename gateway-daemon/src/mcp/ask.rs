@@ -68,7 +68,14 @@ fn call_of(ctx: &ConnCtx, obs: &Observer, policy: &Policy, m: &Message<'_>, d: &
     }
 }
 
-async fn record(obs: &Observer, event: &str, id: Option<u64>, call: &Call, extra: Value) {
+/// An approval step in the ledger.
+pub(crate) async fn record(
+    audit: &crate::audit::AuditSink,
+    event: &str,
+    id: Option<u64>,
+    call: &Call,
+    extra: Value,
+) {
     let mut r = json!({
         "type": "approval",
         "time": timestamp(SystemTime::now()),
@@ -81,7 +88,7 @@ async fn record(obs: &Observer, event: &str, id: Option<u64>, call: &Call, extra
     if let (Some(o), Value::Object(e)) = (r.as_object_mut(), extra) {
         o.extend(e);
     }
-    obs.audit.record(&r).await;
+    audit.record(&r).await;
 }
 
 type Events = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
@@ -240,11 +247,11 @@ pub async fn ask(
     let (id, rx) = match ctx.daemon.approvals.hold(call.clone()) {
         Ok(held) => held,
         Err(Outcome::Granted(v)) => {
-            record(obs, "granted", None, &call, json!({ "grant": v })).await;
+            record(&obs.audit, "granted", None, &call, json!({ "grant": v })).await;
             return Ok(v);
         }
         Err(Outcome::Full(n)) => {
-            record(obs, "refused_full", None, &call, json!({})).await;
+            record(&obs.audit, "refused_full", None, &call, json!({})).await;
             return Err(Refusal::approvals_full(format!(
                 "{n} calls already wait for approval; try again later"
             )));
@@ -253,7 +260,7 @@ pub async fn ask(
     };
     tracing::warn!(id, tool = %call.tool, server = %call.server, principal = %call.principal,
         "call held for approval (mcp-gateway approvals list)");
-    record(obs, "held", Some(id), &call, json!({})).await;
+    record(&obs.audit, "held", Some(id), &call, json!({})).await;
     let outcome = match (m.progress_token(), early) {
         (Some(token), Some(early)) => match early.start_sse() {
             Some(events) => wait_with_progress(ctx, id, rx, &token, events).await,
@@ -272,7 +279,7 @@ pub async fn ask(
                 .unwrap_or_default()
         ))),
         Outcome::TimedOut(t) => {
-            record(obs, "timed_out", Some(id), &call, json!({})).await;
+            record(&obs.audit, "timed_out", Some(id), &call, json!({})).await;
             Err(Refusal::approval_timeout(format!(
                 "this call needs an administrator's approval (rule {}), and none came within {} s",
                 d.rule,

@@ -7,16 +7,16 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
+use super::ask::record;
 use super::jsonrpc::{self, Id, Kind, Parsed};
 use super::observe::Observer;
 use super::refusal::Refusal;
 use crate::approvals::{Approvals, Call, Outcome};
 use crate::audit::chain::sha256_hex;
-use crate::audit::{timestamp, AuditSink};
+use crate::audit::AuditSink;
 use crate::policy::Decision;
 
 /// The wait for a person's verdict.
@@ -96,19 +96,6 @@ pub fn held(obs: &Observer, data: &[u8]) -> Option<Held> {
     })
 }
 
-async fn record(audit: &AuditSink, event: &str, id: Option<u64>, call: &Call) {
-    let mut r = json!({
-        "type": "approval",
-        "time": timestamp(SystemTime::now()),
-        "event": event,
-        "call": call,
-    });
-    if let Some(id) = id {
-        r["id"] = json!(id);
-    }
-    audit.record(&r).await;
-}
-
 async fn wait(
     approvals: Arc<Approvals>,
     audit: AuditSink,
@@ -118,11 +105,11 @@ async fn wait(
     let (id, rx) = match approvals.hold(call.clone()) {
         Ok(held) => held,
         Err(Outcome::Granted(_)) => {
-            record(&audit, "granted", None, &call).await;
+            record(&audit, "granted", None, &call, json!({})).await;
             return Ok(());
         }
         Err(Outcome::Full(n)) => {
-            record(&audit, "refused_full", None, &call).await;
+            record(&audit, "refused_full", None, &call, json!({})).await;
             return Err(Refusal::approvals_full(format!(
                 "{n} requests already wait for approval"
             )));
@@ -131,7 +118,7 @@ async fn wait(
     };
     tracing::warn!(id, method = %call.method, server = %call.server, principal = %call.principal,
         "server request held for approval (mcp-gateway approvals list)");
-    record(&audit, "held", Some(id), &call).await;
+    record(&audit, "held", Some(id), &call, json!({})).await;
     match approvals.wait(id, rx).await {
         Outcome::Decided(v) if v.approved => Ok(()),
         Outcome::Decided(v) => Err(Refusal::approval_denied(format!(
@@ -145,7 +132,7 @@ async fn wait(
                 .unwrap_or_default()
         ))),
         Outcome::TimedOut(t) => {
-            record(&audit, "timed_out", Some(id), &call).await;
+            record(&audit, "timed_out", Some(id), &call, json!({})).await;
             Err(Refusal::approval_timeout(format!(
                 "{} from server {} needs an administrator's approval (rule {rule}), and none \
                  came within {} s",
