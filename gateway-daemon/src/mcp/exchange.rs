@@ -214,7 +214,8 @@ fn guard_arguments(
             v => vec![v],
         };
         for v in items {
-            if v.get("method").is_none() && v.get("result").is_some() {
+            if v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some())
+            {
                 if let Some(found) = guard_answer(policy, mode, v) {
                     counts.push(found);
                 }
@@ -241,7 +242,7 @@ fn guard_arguments(
                             what.join(", ")
                         ));
                     }
-                    if let Some(id) = id_of_value(&v["id"]) {
+                    if let Some(id) = super::rewrite::id_of(&v["id"]) {
                         counts.push((id, found));
                     }
                 }
@@ -287,14 +288,6 @@ fn guard_arguments(
     })
 }
 
-fn id_of_value(v: &serde_json::Value) -> Option<Id> {
-    match v {
-        serde_json::Value::Number(n) => n.as_i64().map(Id::Num),
-        serde_json::Value::String(s) => Some(Id::Str(s.clone())),
-        _ => None,
-    }
-}
-
 /// The agent's answer to a server request, scanned like a call's arguments: `redact`
 /// replaces what was found; `refuse` replaces the answer with an error, so the server
 /// learns the agent's answer was withheld and the data never leaves.
@@ -303,15 +296,19 @@ fn guard_answer(
     mode: RequestMode,
     v: &mut serde_json::Value,
 ) -> Option<(Id, Counts)> {
-    let id = match &v["id"] {
-        serde_json::Value::Number(n) => n.as_i64().map(Id::Num)?,
-        serde_json::Value::String(s) => Id::Str(s.clone()),
-        _ => return None,
+    // Compared as pairing compares ids (`1.0` is `1`); scanned whatever the id.
+    let id = super::rewrite::id_of(&v["id"]);
+    let part = if v.get("result").is_some() {
+        "result"
+    } else {
+        "error"
     };
-    let result = v.get_mut("result")?;
-    let found = match mode {
-        RequestMode::Refuse => policy.redactor.scan_json(result),
-        _ => policy.redactor.redact_json(result),
+    let found = {
+        let answer = v.get_mut(part)?;
+        match mode {
+            RequestMode::Refuse => policy.redactor.scan_json(answer),
+            _ => policy.redactor.redact_json(answer),
+        }
     };
     if found.is_empty() {
         return None;
@@ -329,7 +326,7 @@ fn guard_answer(
             "error": { "code": super::reply::GATEWAY_EXFILTRATION, "message": why },
         });
     }
-    Some((id, found))
+    Some((id?, found))
 }
 
 impl Guarded {
@@ -401,10 +398,11 @@ pub(super) fn routing_name(m: &Message<'_>) -> Option<String> {
     if let Some(n) = m.target_name() {
         return Some(n.into_owned());
     }
-    if !matches!(
-        m.method.as_deref(),
-        Some("tasks/get" | "tasks/update" | "tasks/cancel")
-    ) {
+    if !m
+        .method
+        .as_deref()
+        .is_some_and(super::tasks::is_task_method)
+    {
         return None;
     }
     #[derive(serde::Deserialize)]
@@ -841,7 +839,28 @@ pub(crate) async fn admit(
     }
     // A tool or prompt whose definition is not approved is not callable, even when the
     // agent never asked for the listing that would have hidden it.
+    // The gateway's own requests to the server have ids of this form; an agent's answer
+    // under one could pass for the server's answer to the gateway.
+    if let Some(Id::Str(id)) = messages
+        .iter()
+        .filter_map(|m| m.id.as_ref())
+        .find(|id| matches!(id, Id::Str(s) if s.starts_with(super::relist::OWN_ID_PREFIX)))
+    {
+        return Err(Refusal::invalid(format!(
+            "the id {id:?} is reserved for the gateway's own requests"
+        )));
+    }
     // A task is the handle to a call's result: its creator's alone, at its server.
+    if messages
+        .iter()
+        .any(|m| m.method.as_deref() == Some(super::tasks::LIST))
+    {
+        return Err(Refusal::policy(
+            "tasks/list would show other principals' tasks, and the gateway cannot narrow it: \
+             poll the tasks your calls created with tasks/get"
+                .to_string(),
+        ));
+    }
     for m in messages.iter().filter(|m| m.kind == Kind::Request) {
         if !m
             .method
@@ -870,6 +889,22 @@ pub(crate) async fn admit(
             let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
                 continue;
             };
+            let kind = match method {
+                "resources/read" => Some(crate::pins::Kind::ResourceTemplate),
+                m => crate::pins::Kind::of_call(m),
+            };
+            if let Some(why) = kind.and_then(|k| {
+                ctx.daemon
+                    .pins
+                    .relists
+                    .unknown(&obs.server, k, obs.principal.uid)
+            }) {
+                return Err(Refusal::unpinned(format!(
+                    "server {:?} said its definitions changed and the gateway could not list \
+                     them ({why}); list them again",
+                    obs.server
+                )));
+            }
             if method == "resources/read" {
                 if let Err(why) = ctx.daemon.pins.check_resource(&obs.server, &name) {
                     tracing::info!(server = %obs.server, uri = %name, "read under a held template refused");

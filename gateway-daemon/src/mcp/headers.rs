@@ -144,6 +144,11 @@ fn rendered(v: &Value) -> Option<String> {
 
 /// The protocol version a request speaks: header and `_meta` must agree, and be known.
 pub fn version(h: &HeaderMap, messages: &[Message<'_>]) -> Result<Option<String>, HeaderError> {
+    if h.get_all(H_PROTOCOL_VERSION).iter().count() > 1 {
+        return Err(HeaderError::Mismatch(
+            "the MCP-Protocol-Version header appears more than once".into(),
+        ));
+    }
     let header = match h.get(H_PROTOCOL_VERSION) {
         None => None,
         Some(v) => Some(
@@ -156,9 +161,16 @@ pub fn version(h: &HeaderMap, messages: &[Message<'_>]) -> Result<Option<String>
                 .to_string(),
         ),
     };
-    let mut meta = None;
+    let mut meta: Option<String> = None;
     for m in messages {
         if let Some(v) = m.meta_protocol_version() {
+            if let Some(earlier) = &meta {
+                if earlier != v.as_ref() {
+                    return Err(HeaderError::Mismatch(format!(
+                        "the messages of one request say protocol versions {earlier:?} and {v:?}"
+                    )));
+                }
+            }
             if let Some(hv) = &header {
                 if hv != v.as_ref() {
                     return Err(HeaderError::Mismatch(format!(
@@ -192,6 +204,12 @@ pub fn params(
         .map(|k| k.as_str())
         .filter(|k| k.starts_with(PARAM_PREFIX))
         .collect();
+    // Two copies of one header: a reader of the first and a reader of the last disagree.
+    if let Some(k) = carried.iter().find(|k| h.get_all(**k).iter().count() > 1) {
+        return Err(HeaderError::Mismatch(format!(
+            "the {k} header appears more than once"
+        )));
+    }
     if version != Some(PARAM_HEADERS_SINCE) {
         if let Some(k) = carried.first() {
             return Err(HeaderError::Mismatch(format!(

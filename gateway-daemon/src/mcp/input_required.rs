@@ -35,10 +35,11 @@ pub enum Verdict {
 }
 
 /// Whether `result` asks for input.
-pub fn asks(result: &Value) -> bool {
+pub fn asks(method: &str, result: &Value) -> bool {
     result.get("resultType").and_then(Value::as_str) == Some(RESULT_TYPE)
         // A task waiting for input (tasks/get) carries its requests the same way.
-        || result.get("inputRequests").is_some_and(Value::is_object)
+        || (method == "tasks/get"
+            && result.get("status").and_then(Value::as_str) == Some(RESULT_TYPE))
 }
 
 /// Decides each input request of `result` for the principal looking.

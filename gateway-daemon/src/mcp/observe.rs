@@ -62,12 +62,11 @@ pub fn without_refused(data: &[u8], records: &[ExchangeRecord]) -> Option<Option
     let kept: Vec<serde_json::Value> = items
         .into_iter()
         .filter(|m| {
-            let id = match &m["id"] {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Number(n) => n.to_string(),
-                _ => return true,
+            // Compared as JSON-RPC compares ids (`1.0` is `1`), as the records hold them.
+            let Some(id) = rewrite::id_of(&m["id"]) else {
+                return true;
             };
-            !refused.contains(&(id.as_str(), m.get("method").is_some()))
+            !refused.contains(&(id.to_string().as_str(), m.get("method").is_some()))
         })
         .collect();
     if kept.is_empty() {
@@ -91,6 +90,10 @@ pub struct Observer {
     pub back: Option<super::to_server::Back>,
     /// A server request an administrator approved: passed on when it comes through.
     pub approved: Option<Id>,
+}
+
+fn contains(body: &[u8], what: &[u8]) -> bool {
+    body.windows(what.len()).any(|w| w == what)
 }
 
 /// What a 2026-07-28 result that is not the plain result carries (input_required, task):
@@ -237,7 +240,9 @@ impl Observer {
             Kind::Response | Kind::Error => {
                 if let (Id::Str(own), Some(v)) = (&id, &self.view) {
                     if own.starts_with(super::relist::OWN_ID_PREFIX)
-                        && v.pins.relists.answered(own, || super::relist::as_value(m))
+                        && v.pins
+                            .relists
+                            .answered(&self.server, own, || super::relist::as_value(m))
                     {
                         let mut r = self.record(Direction::ClientToServer, "");
                         r.about.id = Some(own.clone());
@@ -252,9 +257,9 @@ impl Observer {
                 });
                 match req {
                     Some(req) => {
-                        if super::rewrite::inspected(&req.method) {
-                            inspect.push((id.clone(), req.method.clone()));
-                        }
+                        // Every response: any may ask for input (2026-07-28). Those that
+                        // carry nothing to change are not parsed (see `rewrite`).
+                        inspect.push((id.clone(), req.method.clone()));
                         vec![self.answered(Direction::ClientToServer, &m.id, req, m)]
                     }
                     None => vec![self.unpaired(Direction::ClientToServer, m)],
@@ -428,13 +433,15 @@ impl Observer {
             .policy
             .response_redaction(&self.server)
             .then_some(&*v.policy.redactor);
-        // Only listings are narrowed and pinned: a call's result with redaction off needs
-        // no parse at all, unless it may ask for input (decided by rules).
-        if redactor.is_none()
+        // Listings are narrowed and pinned, content redacted; a result that may say it is
+        // something else (input_required, a task: `resultType`, or a key spelled with an
+        // escape) is read to know. Anything else needs no parse at all.
+        let content =
+            redactor.is_some() && inspect.iter().any(|(_, m)| rewrite::carries_content(m));
+        if !content
             && inspect.iter().all(|(_, m)| filter::listing(m).is_none())
-            && !body
-                .windows(RESULT_TYPE_KEY.len())
-                .any(|w| w == RESULT_TYPE_KEY)
+            && !contains(body, RESULT_TYPE_KEY)
+            && !contains(body, b"\\u")
         {
             return None;
         }

@@ -5,7 +5,6 @@
 //! (`pins::relist`); one that fails leaves the kind unknown and its calls refused until a
 //! listing gets through.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -19,6 +18,20 @@ use crate::pins::Kind;
 
 /// The ids of the gateway's own requests start so.
 pub const OWN_ID_PREFIX: &str = "mcp-gateway-relist-";
+
+/// An id for one of the gateway's own requests: unguessable, so neither another server nor
+/// an agent can answer it in the server's place.
+fn own_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Without randomness the id is still unique; the answer is still keyed by server.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes.copy_from_slice(&t.as_nanos().to_le_bytes());
+    }
+    format!("{OWN_ID_PREFIX}{}", hex::encode(bytes))
+}
 
 /// A parsed response as a JSON value (for the gateway's own exchanges).
 pub fn as_value(m: &super::jsonrpc::Message<'_>) -> Value {
@@ -34,6 +47,9 @@ pub fn as_value(m: &super::jsonrpc::Message<'_>) -> Value {
     }
     v
 }
+
+/// How long the gateway's whole listing may take (calls wait `pins::relist::WAIT`, longer).
+const LIST_WITHIN: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// The largest answer to one of the gateway's listing requests it reads.
 const MAX_LISTING_BYTES: usize = 16 << 20;
@@ -120,7 +136,17 @@ async fn relist_once(
     audit: &crate::audit::AuditSink,
 ) {
     let started = Instant::now();
-    match list(back, &pins.relists, listing, version, max).await {
+    // The user whose session the listing is made on (and whose calls a failure blocks).
+    let uid = record.about.principal.uid;
+    // One deadline for the whole listing, every page and body included: a server that
+    // keeps its answer open leaves the kind unknown, not the calls waiting.
+    let listed = tokio::time::timeout(
+        LIST_WITHIN,
+        list(back, &pins.relists, server, listing, version, max),
+    )
+    .await
+    .unwrap_or_else(|_| Err(ToServerError::Timeout.into()));
+    match listed {
         Ok(items) => {
             let review = pins.review(server, kind, name_field, &items);
             for e in review.events.iter().filter(|e| e.event == "held") {
@@ -137,7 +163,7 @@ async fn relist_once(
         }
         Err(e) => {
             tracing::warn!(server = %server, error = %e, "re-listing after a change notification failed");
-            pins.relists.failed(server, kind, e.to_string());
+            pins.relists.failed(server, kind, uid, e.to_string());
             record.outcome = "upstream_error";
             record.detail = Some(format!(
                 "the gateway could not list after the server sent {notification}: {e}; \
@@ -165,16 +191,18 @@ pub enum RelistError {
 async fn list(
     back: &Back,
     relists: &crate::pins::relist::Relists,
+    server: &str,
     method: &str,
     version: Option<&str>,
     max: usize,
 ) -> Result<Vec<Value>, RelistError> {
     let (field, _, _) = crate::policy::filter::listing(method).expect("a listing method");
-    static NEXT: AtomicU64 = AtomicU64::new(1);
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
+    // What all pages together may take of memory.
+    let mut left = max;
     for _ in 0..MAX_PAGES {
-        let id = format!("{OWN_ID_PREFIX}{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = own_id();
         let mut params = json!({});
         if let Some(c) = &cursor {
             params["cursor"] = json!(c);
@@ -196,10 +224,11 @@ async fn list(
         };
         // Where the answer comes on a stream the gateway reads for the agent (a legacy
         // session's, the server's stdout), it is taken there.
-        let elsewhere = relists.expect(&id);
-        let answer = ask(back, &body, extra, &id, max, elsewhere).await;
-        relists.forget(&id);
-        let answer = answer?;
+        let elsewhere = relists.expect(server, &id);
+        let answer = ask(back, &body, extra, &id, left, elsewhere).await;
+        relists.forget(server, &id);
+        let (answer, read) = answer?;
+        left = left.saturating_sub(read);
         if answer["id"] != json!(id) {
             return Err(ToServerError::NoAnswer.into());
         }
@@ -233,7 +262,7 @@ async fn ask(
     id: &str,
     max: usize,
     elsewhere: tokio::sync::oneshot::Receiver<Value>,
-) -> Result<Value, RelistError> {
+) -> Result<(Value, usize), RelistError> {
     let bytes = serde_json::to_vec(body).expect("JSON");
     match back {
         Back::Http(http) => {
@@ -243,12 +272,13 @@ async fn ask(
             let body = body_of(resp, max).await?;
             // 202: a legacy endpoint's acknowledgement (its answer comes on the stream).
             if !accepted {
-                return if sse {
-                    answer_in_events(&body, id, max)
+                let answer = if sse {
+                    answer_in_events(&body, id, max)?
                 } else {
                     serde_json::from_slice::<Value>(&body)
-                        .map_err(|e| RelistError::Unreadable(e.to_string()))
+                        .map_err(|e| RelistError::Unreadable(e.to_string()))?
                 };
+                return Ok((answer, body.len()));
             }
         }
         Back::Stdio(send) => {
@@ -257,10 +287,12 @@ async fn ask(
             }
         }
     }
-    tokio::time::timeout(super::to_server::WITHIN, elsewhere)
+    let answer = tokio::time::timeout(super::to_server::WITHIN, elsewhere)
         .await
         .map_err(|_| ToServerError::Timeout)?
-        .map_err(|_| ToServerError::NoAnswer.into())
+        .map_err(|_| ToServerError::NoAnswer)?;
+    // It came on a stream whose size limits already hold.
+    Ok((answer, 0))
 }
 
 /// The message answering `id` in an event stream.

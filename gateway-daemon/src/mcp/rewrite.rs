@@ -15,13 +15,13 @@ use crate::redact::{Counts, Redactor};
 pub fn carries_content(method: &str) -> bool {
     matches!(
         method,
-        "tools/call" | "resources/read" | "prompts/get" | "tasks/get" | "tasks/update"
+        "tools/call"
+            | "resources/read"
+            | "prompts/get"
+            | "tasks/get"
+            | "tasks/update"
+            | "tasks/result"
     )
-}
-
-/// Whether the response to `method` is looked at before it is forwarded.
-pub fn inspected(method: &str) -> bool {
-    listing(method).is_some() || carries_content(method)
 }
 
 pub struct Rewritten {
@@ -48,7 +48,7 @@ pub struct Inputs {
 
 /// The id as JSON-RPC compares it: by value, so `2.0` answers request `2` (as pairing and
 /// clients read it); a response that is not looked at would pass pins and redaction.
-fn id_of(v: &Value) -> Option<Id> {
+pub(crate) fn id_of(v: &Value) -> Option<Id> {
     match v {
         Value::Number(n) => super::jsonrpc::integer_value(&n.to_string()).map(Id::Num),
         Value::String(s) => Some(Id::Str(s.clone())),
@@ -97,14 +97,18 @@ pub fn rewrite(
             let Some(result) = m.get_mut("result") else {
                 continue;
             };
-            if result.get("resultType").and_then(Value::as_str) == Some("task") {
-                if let Some(task) = result.get("taskId").and_then(Value::as_str) {
-                    out.tasks.push((id.clone(), task.to_string()));
-                }
+            if let Some(task) = super::tasks::created(result) {
+                out.tasks.push((id.clone(), task));
             }
-            if input_required::asks(result) {
-                // The state goes back to the server as it came: nothing rewrites it.
-                let state = input_required::take_state(result);
+            let asks = input_required::asks(method, result);
+            // The state goes back to the server as it came: nothing rewrites it.
+            let state = if asks {
+                input_required::take_state(result)
+            } else {
+                None
+            };
+            let mut inputs = None;
+            if asks {
                 let state_sha256 = state.as_ref().map(input_required::state_digest);
                 match input_required::decide(result, view) {
                     Verdict::Refused(d, why, asked) if d.enforced => {
@@ -123,39 +127,33 @@ pub fn rewrite(
                                 refused,
                             },
                         ));
+                        continue;
                     }
                     Verdict::Refused(_, _, asked) | Verdict::Pass(asked) => {
-                        // What the server asks the agent's model or user is server content.
-                        if let Some(r) = redactor {
-                            let counts = r.redact_json(result);
-                            if !counts.is_empty() {
-                                out.redactions.push((id.clone(), counts));
-                            }
-                        }
-                        input_required::restore(result, state);
-                        let refused = None;
-                        out.inputs.push((
-                            id,
-                            Inputs {
-                                asked,
-                                state_sha256,
-                                refused,
-                            },
-                        ));
+                        inputs = Some(Inputs {
+                            asked,
+                            state_sha256,
+                            refused: None,
+                        });
                     }
                 }
-                continue;
             }
             // Pins first: a held definition is hidden from everyone, whatever the policy
-            // (an observing gateway reviews and audits, and hides nothing).
+            // (an observing gateway reviews and audits, and hides nothing). Whatever else
+            // a result says it is, a listing's items are reviewed.
             let hide = !view.policy.observing();
             out.hidden += review_pins(method, result, view.server, pins, hide, &mut out.pin_events);
             out.hidden += filter_listing(method, result, view);
-            if let (true, Some(r)) = (carries_content(method), redactor) {
+            // What the server asks the agent's model or user is server content too.
+            if let (true, Some(r)) = (carries_content(method) || asks, redactor) {
                 let counts = r.redact_json(result);
                 if !counts.is_empty() {
-                    out.redactions.push((id, counts));
+                    out.redactions.push((id.clone(), counts));
                 }
+            }
+            input_required::restore(result, state);
+            if let Some(inputs) = inputs {
+                out.inputs.push((id, inputs));
             }
         }
     }

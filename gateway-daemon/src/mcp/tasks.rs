@@ -15,9 +15,24 @@ use super::session::Owner;
 /// Tasks one user may hold at once; past it, its own oldest is forgotten.
 const MAX_PER_USER: usize = 1000;
 
-/// The methods that name a task (by `params.taskId`).
+/// The methods that name a task (by `params.taskId`): every `tasks/` method but the
+/// listing (2025-11-25 also has `tasks/result`, and may grow more).
 pub fn is_task_method(method: &str) -> bool {
-    matches!(method, "tasks/get" | "tasks/update" | "tasks/cancel")
+    method.starts_with("tasks/") && method != LIST
+}
+
+/// The 2025-11-25 listing of tasks: the gateway cannot narrow it to the principal's own.
+pub const LIST: &str = "tasks/list";
+
+/// The task a result hands out: `resultType: "task"` with its `taskId` (2026-07-28), or a
+/// `task` object (2025-11-25).
+pub fn created(result: &serde_json::Value) -> Option<String> {
+    let id = if result.get("resultType").and_then(|t| t.as_str()) == Some("task") {
+        result.get("taskId")
+    } else {
+        result.get("task").and_then(|t| t.get("taskId"))
+    };
+    id.and_then(|t| t.as_str()).map(str::to_string)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

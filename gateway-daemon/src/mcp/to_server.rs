@@ -46,11 +46,43 @@ pub enum ToServerError {
     StdinClosed,
 }
 
-/// The gateway's own answers to servers in flight at once, all servers.
+/// The gateway's own answers to servers in flight at once: all servers, and one server.
 const MAX_OWN_POSTS: usize = 64;
+const MAX_OWN_POSTS_PER_SERVER: usize = 16;
 
-static OWN_POSTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
-    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_OWN_POSTS)));
+static OWN_POSTS: std::sync::Mutex<Option<std::collections::HashMap<SocketAddr, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// One of the gateway's own answers in flight to a server, counted until dropped.
+struct Slot(SocketAddr);
+
+impl Slot {
+    fn take(addr: SocketAddr) -> Option<Slot> {
+        let mut g = OWN_POSTS.lock().unwrap_or_else(|p| p.into_inner());
+        let map = g.get_or_insert_with(Default::default);
+        let total: usize = map.values().sum();
+        let mine = map.get(&addr).copied().unwrap_or(0);
+        if total >= MAX_OWN_POSTS || mine >= MAX_OWN_POSTS_PER_SERVER {
+            return None;
+        }
+        map.insert(addr, mine + 1);
+        Some(Slot(addr))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = OWN_POSTS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = g.as_mut() {
+            if let Some(n) = map.get_mut(&self.0) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.0);
+                }
+            }
+        }
+    }
+}
 
 /// Where the gateway's own messages to one server go.
 #[derive(Clone)]
@@ -68,8 +100,8 @@ impl Back {
         match self {
             Back::Http(h) => {
                 // A server that floods the gateway with requests it refuses gets some of
-                // its errors, not a connection per request.
-                let Ok(slot) = OWN_POSTS.clone().try_acquire_owned() else {
+                // its errors, not a connection per request, and not others' share.
+                let Some(slot) = Slot::take(h.addr) else {
                     tracing::warn!(
                         "the gateway's answer to the server was not sent: too many in flight"
                     );
@@ -122,6 +154,16 @@ fn own_header(name: &str) -> bool {
             | "mcp-method"
             | "mcp-name"
             | "proxy-connection"
+            // What would change how the answer comes (compressed, partial, conditional,
+            // preferred): the gateway must be able to read it.
+            | "accept-encoding"
+            | "range"
+            | "if-range"
+            | "if-match"
+            | "if-none-match"
+            | "if-modified-since"
+            | "if-unmodified-since"
+            | "prefer"
     ) || name.starts_with("mcp-param-")
 }
 
@@ -211,6 +253,10 @@ impl HttpBack {
         h.insert(
             header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
         );
         for (name, value) in extra {
             if let (Ok(n), Ok(v)) = (

@@ -322,12 +322,6 @@ impl Pins {
             return Ok(());
         }
         let what = kind.label().replace('_', " ");
-        if let Some(why) = self.relists.unknown(server, kind) {
-            return Err(format!(
-                "server {server:?} said its {what}s changed and the gateway could not list \
-                 them ({why}); list the server's {what}s again"
-            ));
-        }
         let state = self.lock();
         let Some(pins) = state.servers.get(server) else {
             return Err(format!(
@@ -383,11 +377,11 @@ impl Pins {
                  (mcp-gateway pins diff {server})"
             ));
         }
-        match pins
-            .pending
-            .values()
-            .find(|p| p.kind == Kind::ResourceTemplate && template::matches(&p.name, uri))
-        {
+        let normal = template::normalize(uri);
+        match pins.pending.values().find(|p| {
+            p.kind == Kind::ResourceTemplate
+                && (template::matches(&p.name, uri) || template::matches(&p.name, &normal))
+        }) {
             Some(p) => Err(format!(
                 "{uri:?} falls under resource template {:?} of server {server:?}, which is \
                  held for review (mcp-gateway pins diff {server})",

@@ -24,7 +24,7 @@ pub struct Relists {
     done: Notify,
     /// The gateway's own listing requests whose answers come on a stream it reads for the
     /// agent (legacy SSE, stdio), by request id.
-    awaiting: Mutex<HashMap<String, tokio::sync::oneshot::Sender<serde_json::Value>>>,
+    awaiting: Mutex<HashMap<(String, String), tokio::sync::oneshot::Sender<serde_json::Value>>>,
 }
 
 #[derive(Default)]
@@ -33,8 +33,9 @@ struct State {
     /// Kinds being re-listed, and whether another notification came meanwhile (one more
     /// listing then, however many came: a server cannot make the gateway list without end).
     listing: HashMap<(String, Kind), bool>,
-    /// Kinds whose re-listing failed, and why.
-    unknown: HashMap<(String, Kind), String>,
+    /// Kinds whose re-listing failed, for the user whose session it was made on, and why
+    /// (another user's calls go on: one agent's failing session must not block others).
+    unknown: HashMap<(String, Kind, u32), String>,
 }
 
 /// One re-listing in flight; ends when dropped.
@@ -48,19 +49,21 @@ impl Relists {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Why calls of `kind` on `server` cannot be decided, when a re-listing failed.
-    pub fn unknown(&self, server: &str, kind: Kind) -> Option<String> {
+    /// Why calls of `kind` on `server` by user `uid` cannot be decided, when a re-listing
+    /// made on that user's session failed.
+    pub fn unknown(&self, server: &str, kind: Kind, uid: u32) -> Option<String> {
         let st = self.lock();
         if st.unknown.is_empty() {
             return None;
         }
-        st.unknown.get(&(server.to_string(), kind)).cloned()
+        st.unknown.get(&(server.to_string(), kind, uid)).cloned()
     }
 
     pub(super) fn listed(&self, server: &str, kind: Kind) {
         let mut st = self.lock();
         if !st.unknown.is_empty() {
-            st.unknown.remove(&(server.to_string(), kind));
+            st.unknown
+                .retain(|(s, k, _), _| !(s == server && *k == kind));
         }
     }
 
@@ -97,8 +100,10 @@ impl Relists {
         }
     }
 
-    pub fn failed(&self, server: &str, kind: Kind, why: String) {
-        self.lock().unknown.insert((server.to_string(), kind), why);
+    pub fn failed(&self, server: &str, kind: Kind, uid: u32, why: String) {
+        self.lock()
+            .unknown
+            .insert((server.to_string(), kind, uid), why);
     }
 
     /// Waits (up to `WAIT`) until no re-listing of `server` is in flight.
@@ -126,31 +131,40 @@ impl Relists {
 }
 
 impl Relists {
-    /// Registers `id` (a request of the gateway's own) for its answer.
-    pub fn expect(&self, id: &str) -> tokio::sync::oneshot::Receiver<serde_json::Value> {
+    /// Registers `id` (a request of the gateway's own to `server`) for its answer.
+    pub fn expect(
+        &self,
+        server: &str,
+        id: &str,
+    ) -> tokio::sync::oneshot::Receiver<serde_json::Value> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.awaiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), tx);
+            .insert((server.to_string(), id.to_string()), tx);
         rx
     }
 
-    pub fn forget(&self, id: &str) {
+    pub fn forget(&self, server: &str, id: &str) {
         self.awaiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+            .remove(&(server.to_string(), id.to_string()));
     }
 
-    /// Takes `answer` when it answers one of the gateway's own requests (it then goes no
-    /// further: the agent never asked it).
-    pub fn answered(&self, id: &str, answer: impl FnOnce() -> serde_json::Value) -> bool {
+    /// Takes `answer` when it answers one of the gateway's own requests to `server` (it
+    /// then goes no further: the agent never asked it). Only that server's messages can.
+    pub fn answered(
+        &self,
+        server: &str,
+        id: &str,
+        answer: impl FnOnce() -> serde_json::Value,
+    ) -> bool {
         let waiting = self
             .awaiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+            .remove(&(server.to_string(), id.to_string()));
         match waiting {
             Some(tx) => {
                 let _ = tx.send(answer());

@@ -39,6 +39,7 @@ pub const LIFECYCLE: &[&str] = &[
     "tasks/get",
     "tasks/update",
     "tasks/cancel",
+    "tasks/result",
 ];
 
 pub struct Policy {
