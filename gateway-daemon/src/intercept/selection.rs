@@ -95,7 +95,14 @@ pub fn resolve(mount: &Path, agent_cgroups: &[String]) -> Result<Selection, Inte
             if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            if let Some(id) = existing_id(&entry.path())? {
+            // A directory at an agent's path is never a known non-agent: recreated since
+            // its id was read above, its new id must stay unknown (an agent's, to the
+            // programs) until the next resolution reads it as the agent it is.
+            let at = entry.path();
+            if agent_paths.contains(&at) || delegated.contains(&at) {
+                continue;
+            }
+            if let Some(id) = existing_id(&at)? {
                 sel.classes.entry(id).or_insert(KNOWN);
             }
         }
