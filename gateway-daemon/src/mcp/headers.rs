@@ -290,6 +290,66 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn one_request_speaks_one_known_version() {
+        let meta = |v: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"{v}"}}}}}}"#
+            )
+        };
+        let batch = format!("[{},{}]", meta("1999-01-01"), meta("2026-07-28"));
+        let parsed = crate::mcp::jsonrpc::parse(batch.as_bytes(), 64).unwrap();
+        assert!(matches!(
+            version(&HeaderMap::new(), parsed.messages()),
+            Err(HeaderError::Mismatch(_))
+        ));
+        let one = meta("2026-07-28");
+        let parsed = crate::mcp::jsonrpc::parse(one.as_bytes(), 64).unwrap();
+        let twice = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-protocol-version", "2099-01-01"),
+        ]);
+        assert!(matches!(
+            version(&twice, parsed.messages()),
+            Err(HeaderError::Mismatch(_))
+        ));
+        assert_eq!(
+            version(
+                &headers(&[("mcp-protocol-version", "2026-07-28")]),
+                parsed.messages()
+            ),
+            Ok(Some("2026-07-28".into()))
+        );
+        let unknown = meta("2099-01-01");
+        let parsed = crate::mcp::jsonrpc::parse(unknown.as_bytes(), 64).unwrap();
+        assert!(matches!(
+            version(&HeaderMap::new(), parsed.messages()),
+            Err(HeaderError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn a_param_header_twice_is_refused_declared_or_not() {
+        let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{}}}"#;
+        let parsed = crate::mcp::jsonrpc::parse(call.as_bytes(), 64).unwrap();
+        let twice = headers(&[("mcp-param-tenant", "a"), ("mcp-param-tenant", "b")]);
+        let declared = |_: &str| Some(Mirrored::new());
+        assert!(params(&twice, Some("2026-07-28"), parsed.messages(), declared).is_err());
+        let once = headers(&[("mcp-param-tenant", "a")]);
+        assert!(params(&once, Some("2026-07-28"), parsed.messages(), declared).is_ok());
+    }
+
     #[test]
     fn declarations_are_read_and_invalid_ones_named() {
         let ok = json!({"type": "object", "properties": {

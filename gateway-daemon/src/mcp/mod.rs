@@ -20,6 +20,8 @@ pub mod refusal;
 pub mod relist;
 pub mod reply;
 pub mod rewrite;
+#[cfg(test)]
+mod rewrite_tests;
 pub mod server_ask;
 pub mod session;
 pub mod sniff;
