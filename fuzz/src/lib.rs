@@ -219,6 +219,7 @@ impl Harness {
             policy: self.policy.clone(),
             catalog: Default::default(),
             tasks: Default::default(),
+            issued: Default::default(),
             limiter: Default::default(),
             tls: self.tls.clone(),
             pins: Arc::new(pins),

@@ -32,4 +32,6 @@ pub struct Daemon {
     pub approvals: Arc<Approvals>,
     /// Task handles servers gave out, and to whom (2026-07-28 tasks extension).
     pub tasks: Arc<crate::mcp::tasks::Tasks>,
+    /// Request states servers issued (2026-07-28 multi-round-trip requests).
+    pub issued: Arc<crate::mcp::input_required::Issued>,
 }

@@ -441,6 +441,7 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         policy,
         catalog: Default::default(),
         tasks: Default::default(),
+        issued: Default::default(),
         limiter: Default::default(),
         tls,
         pins: pins.clone(),

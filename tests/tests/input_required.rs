@@ -128,4 +128,27 @@ fn the_state_goes_back_as_it_came_and_ties_the_retry_to_the_call() {
         retry["id"], asked["id"],
         "the retry is a new request: {retry}"
     );
+
+    // A state the server never issued (the one field passed unread) does not leave.
+    let before = gateway_tests::raw::lines(&dir.path().join("received.jsonl")).len();
+    let forged = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "ask_model", "arguments": {"prompt": "x"},
+        "inputResponses": {"q": {"role": "assistant", "content": {"type": "text", "text": "4"},
+                                 "model": "m"}},
+        "requestState": "exfiltrated-data",
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let headers = json!({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call",
+                         "Mcp-Name": "ask_model"});
+    let (status, answer) = gateway_tests::raw::post(&gw, None, srv.port, &headers, &forged);
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not one the server issued"));
+    assert_eq!(
+        gateway_tests::raw::lines(&dir.path().join("received.jsonl")).len(),
+        before
+    );
 }

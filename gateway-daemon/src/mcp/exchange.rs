@@ -58,6 +58,7 @@ fn observer(
             pins: ctx.daemon.pins.clone(),
             tasks: ctx.daemon.tasks.clone(),
             approvals: ctx.daemon.approvals.clone(),
+            issued: ctx.daemon.issued.clone(),
         }),
         server: target.label.clone(),
         audit: ctx.daemon.audit.clone(),
@@ -849,6 +850,26 @@ pub(crate) async fn admit(
         return Err(Refusal::invalid(format!(
             "the id {id:?} is reserved for the gateway's own requests"
         )));
+    }
+    // A retry returns the state the server issued to this user, nothing else.
+    for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+        let Some(digest) = m
+            .params
+            .and_then(|p| super::input_required::retry_state(p.get()))
+        else {
+            continue;
+        };
+        if !ctx
+            .daemon
+            .issued
+            .contains(&obs.server, obs.principal.uid, &digest)
+        {
+            return Err(Refusal::invalid(
+                "the requestState of this retry is not one the server issued to this agent \
+                 through the gateway; start the call again"
+                    .to_string(),
+            ));
+        }
     }
     // A task is the handle to a call's result: its creator's alone, at its server.
     if messages

@@ -97,9 +97,40 @@ pub fn state_digest(state: &Value) -> String {
     }
 }
 
+/// Request states servers gave each user, by digest: a retry must return one of them. The
+/// state is the one field of a request the gateway passes unread; bound to what the server
+/// issued, it cannot carry anything else out.
+#[derive(Default)]
+pub struct Issued {
+    map: std::sync::Mutex<
+        std::collections::HashMap<(String, u32), std::collections::VecDeque<String>>,
+    >,
+}
+
+/// States remembered per user and server (a retry returns one of the last few).
+const ISSUED_PER_USER: usize = 256;
+
+impl Issued {
+    pub fn insert(&self, server: &str, uid: u32, digest: String) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let states = map.entry((server.to_string(), uid)).or_default();
+        if states.len() >= ISSUED_PER_USER {
+            states.pop_front();
+        }
+        states.push_back(digest);
+    }
+
+    pub fn contains(&self, server: &str, uid: u32, digest: &str) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(server.to_string(), uid))
+            .is_some_and(|s| s.iter().any(|d| d == digest))
+    }
+}
+
 /// The request state digest of a request's raw params, when it carries one (a retry).
 pub fn retry_state(params: &str) -> Option<String> {
-    if !params.contains(STATE) {
+    // (A key may be spelled with escapes: anything with one is parsed to know.)
+    if !params.contains(STATE) && !params.contains("\\u") {
         return None;
     }
     let v: Value = serde_json::from_str(params).ok()?;

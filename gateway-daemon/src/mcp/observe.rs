@@ -21,6 +21,7 @@ pub struct ListView {
     pub pins: Arc<crate::pins::Pins>,
     pub tasks: Arc<super::tasks::Tasks>,
     pub approvals: Arc<crate::approvals::Approvals>,
+    pub issued: Arc<super::input_required::Issued>,
 }
 
 /// The outcome of a response that answers no request the gateway saw.
@@ -498,6 +499,9 @@ impl Observer {
                 .iter_mut()
                 .find(|r| r.about.id.as_deref() == Some(&id))
             {
+                if let (Some(d), None) = (&inputs.state_sha256, &inputs.refused) {
+                    v.issued.insert(&self.server, self.principal.uid, d.clone());
+                }
                 r.request_state_sha256 = inputs.state_sha256;
                 if let Some((d, why)) = inputs.refused {
                     tracing::info!(rule = %d.rule, "a result asking for input refused");

@@ -158,6 +158,7 @@ impl Shared {
                 pins: self.ctx.daemon.pins.clone(),
                 tasks: self.ctx.daemon.tasks.clone(),
                 approvals: self.ctx.daemon.approvals.clone(),
+                issued: self.ctx.daemon.issued.clone(),
             }),
             server: self.relay.server.clone(),
             audit: self.ctx.daemon.audit.clone(),
