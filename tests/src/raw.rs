@@ -36,10 +36,20 @@ pub fn post(
     };
     let out = run_json(cmd);
     let bytes = b64.decode(out["body_b64"].as_str().unwrap()).unwrap();
-    (
-        out["status"].as_u64().unwrap() as u16,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    (out["status"].as_u64().unwrap() as u16, answer_of(&bytes))
+}
+
+/// The JSON answer in a body: the body itself, or the last message of an event stream.
+fn answer_of(bytes: &[u8]) -> Value {
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return v;
+    }
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .next_back()
+        .unwrap_or(Value::Null)
 }
 
 /// The JSON lines of `log` (a test server's record of what it received), in order.

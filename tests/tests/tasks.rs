@@ -2,21 +2,21 @@
 //! handle to a call's result, so it is the principal's that made the call and no one
 //! else's; a task's eventual result is redacted like a direct result; what a waiting task
 //! asks of the agent is decided by the server_to_client rules; the ledger ties the task's
-//! records to the call that created it. No released SDK speaks the extension yet: the
-//! server is `tests/fixtures/task_server.py` with the extension's wire shapes, and the agent
-//! sends exact requests (`tests/fixtures/raw_agent.py`).
+//! records to the call that created it. The server is rmcp's (3.11) `TaskManager`
+//! (`rmcp-task-server`); no released client drives the extension yet, so the agent sends
+//! exact 2026-07-28 requests (`tests/src/raw.rs`).
 
-use gateway_tests::peers::{python_server, Peer};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gateway_tests::peers::{crate_bin, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
-const SERVER: &str = include_str!("../fixtures/task_server.py");
-const DEPLOY: &str = "786512e2-9e0d-44bd-8f29-789f320fe840";
-const ASK: &str = "5f1c0e9a-2b7d-4c3e-9a8f-0d1e2f3a4b5c";
 const OTHER: &str = "mcp-agent";
 
-/// One 2026-07-28 request from the agent (as `user`, or the test's own agent): (status,
-/// JSON answer).
+/// One 2026-07-28 request from the agent (as `user`, or the test's own agent), declaring
+/// the tasks extension: (status, JSON answer).
 fn request(
     gw: &Gateway,
     srv: &Peer,
@@ -27,22 +27,38 @@ fn request(
 ) -> (u16, Value) {
     let mut params = params;
     params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                             "io.modelcontextprotocol/clientCapabilities": {}});
+                             "io.modelcontextprotocol/clientCapabilities":
+                                 {"extensions": {"io.modelcontextprotocol/tasks": {}}}});
     let body = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": params});
     let headers =
         json!({"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method, "Mcp-Name": name});
     gateway_tests::raw::post(gw, user, srv.port, &headers, &body)
 }
 
+/// Polls a task until `done` says its answer is the one awaited.
+fn poll(gw: &Gateway, srv: &Peer, task: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, got) = request(gw, srv, None, "tasks/get", task, json!({"taskId": task}));
+        assert_eq!(status, 200, "{got}");
+        if done(&got) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {task} never got there: {got}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
     gateway_tests::require_privileges();
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("received.jsonl");
-    let port_arg = port.to_string();
-    let args = [port_arg.as_ref(), log.as_os_str()];
-    let srv = python_server("task-server", SERVER, &args, port, "/mcp");
+    let mut cmd = Command::new(crate_bin("rmcp-task-server"));
+    cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+    let srv = Peer::spawn("rmcp-task-server", cmd, port, "/mcp");
     let gw = Gateway::start(
         "tasks",
         GatewayOptions {
@@ -70,22 +86,15 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
         json!({"name": "deploy", "arguments": {}}),
     );
     assert_eq!(status, 200, "{created}");
-    assert_eq!(created["result"]["taskId"], DEPLOY, "{created}");
+    assert_eq!(created["result"]["resultType"], "task", "{created}");
+    let deploy = created["result"]["taskId"].as_str().unwrap().to_string();
     let creation = gw.wait_record("of the call that created the task", |r| {
         r["type"] == "mcp" && r["method"] == "tools/call" && r["name"] == "deploy"
     });
-    assert_eq!(creation["task_id"], DEPLOY, "{creation}");
+    assert_eq!(creation["task_id"], deploy.as_str(), "{creation}");
 
     // Its creator polls it: the final result comes redacted, the record names the task.
-    let (status, got) = request(
-        &gw,
-        &srv,
-        None,
-        "tasks/get",
-        DEPLOY,
-        json!({"taskId": DEPLOY}),
-    );
-    assert_eq!(status, 200, "{got}");
+    let got = poll(&gw, &srv, &deploy, |g| g["result"]["status"] == "completed");
     let text = got["result"]["result"]["content"][0]["text"]
         .as_str()
         .unwrap();
@@ -93,21 +102,19 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
         !text.contains("AKIAZ7QX3M2L5RT6PW4N") && text.contains("[REDACTED:"),
         "{got}"
     );
-    let polled = gw.wait_record("of the poll", |r| {
-        r["type"] == "mcp" && r["method"] == "tasks/get" && r["outcome"] == "ok"
+    let polled = gw.wait_record("of the poll that got the result", |r| {
+        r["type"] == "mcp" && r["method"] == "tasks/get" && r["redactions"].is_object()
     });
-    assert_eq!(polled["name"], DEPLOY, "{polled}");
-    assert!(polled["redactions"].is_object(), "{polled}");
+    assert_eq!(polled["name"], deploy.as_str(), "{polled}");
 
     // Another principal (another user) holding the id gets nothing: refused before the server.
-    let before = gateway_tests::raw::lines(&log).len();
     let (status, theirs) = request(
         &gw,
         &srv,
         Some(OTHER),
         "tasks/get",
-        DEPLOY,
-        json!({"taskId": DEPLOY}),
+        &deploy,
+        json!({"taskId": deploy}),
     );
     assert_eq!(status, 200, "{theirs}");
     assert_eq!(theirs["error"]["code"], -32010, "{theirs}");
@@ -135,12 +142,6 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
             .contains("never saw"),
         "{made_up}"
     );
-    assert_eq!(
-        gateway_tests::raw::lines(&log).len(),
-        before,
-        "{:?}",
-        gateway_tests::raw::lines(&log)
-    );
     let refused = gw.wait_record("of the refused poll", |r| {
         r["type"] == "mcp" && r["method"] == "tasks/get" && r["outcome"] == "refused"
     });
@@ -156,8 +157,8 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
         "ask",
         json!({"name": "ask", "arguments": {}}),
     );
-    assert_eq!(asked["result"]["taskId"], ASK, "{asked}");
-    let (_, waiting) = request(&gw, &srv, None, "tasks/get", ASK, json!({"taskId": ASK}));
+    let ask = asked["result"]["taskId"].as_str().unwrap().to_string();
+    let waiting = poll(&gw, &srv, &ask, |g| g.get("error").is_some());
     assert_eq!(waiting["error"]["code"], -32012, "{waiting}");
     assert!(
         waiting["error"]["message"]
@@ -169,7 +170,7 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
     let record = gw.wait_record("of the refused input request", |r| {
         r["type"] == "mcp"
             && r["method"] == "tasks/get"
-            && r["name"] == ASK
+            && r["name"] == ask.as_str()
             && r["outcome"] == "refused"
     });
     assert_eq!(
