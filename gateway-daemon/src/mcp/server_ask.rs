@@ -75,7 +75,8 @@ pub fn held(obs: &Observer, data: &[u8]) -> Option<Held> {
         exe: p.exe.clone(),
         server: obs.server.to_string(),
         method: method.to_string(),
-        tool: String::new(),
+        // What a grant (`--for-session`, `--for`) covers: this kind of request only.
+        tool: method.to_string(),
         arguments_sha256: sha256_hex(m.params.map(|p| p.get()).unwrap_or("").as_bytes()),
         arguments: shown,
         session: obs.session.as_ref().map(|s| s.id.to_string()),
