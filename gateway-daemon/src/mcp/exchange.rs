@@ -193,13 +193,19 @@ fn guard_arguments(
         counts: Vec::new(),
     };
     let mode = policy.request_redaction(obs.principal.name.as_deref(), &obs.server);
-    // What the agent sends out: its calls' arguments, and its answers to the server's
-    // requests (an elicitation's answer, a sampling result, its roots).
+    // What the agent sends out: its calls' arguments, its answers to the server's requests
+    // (an elicitation's answer, a sampling result, its roots; errors too), and a retry's
+    // `inputResponses`. Decided by kind and method, never by the raw text: a key spelled
+    // with an escape is the same key once parsed.
     let outgoing = messages.iter().any(|m| {
-        m.method.as_deref() == Some("tools/call")
-            || m.kind == Kind::Response
-            || m.params
-                .is_some_and(|p| p.get().contains("\"inputResponses\""))
+        matches!(m.kind, Kind::Response | Kind::Error)
+            || matches!(
+                m.method.as_deref(),
+                Some("tools/call" | "prompts/get" | "resources/read")
+            )
+            || m.method
+                .as_deref()
+                .is_some_and(super::tasks::is_task_method)
     });
     if mode == RequestMode::Off || !outgoing {
         return Ok(none);
@@ -838,8 +844,6 @@ pub(crate) async fn admit(
             d.reason = Some(format!("approved by uid {} ({})", v.by_uid, v.scope));
         }
     }
-    // A tool or prompt whose definition is not approved is not callable, even when the
-    // agent never asked for the listing that would have hidden it.
     // The gateway's own requests to the server have ids of this form; an agent's answer
     // under one could pass for the server's answer to the gateway.
     if let Some(Id::Str(id)) = messages
@@ -906,6 +910,8 @@ pub(crate) async fn admit(
         if messages.iter().any(is_call) {
             ctx.daemon.pins.relists.settled(&obs.server).await;
         }
+        // A tool or prompt whose definition is not approved is not callable, even when the
+        // agent never asked for the listing that would have hidden it.
         for m in messages.iter().filter(|m| m.kind == Kind::Request) {
             let (Some(method), Some(name)) = (m.method.as_deref(), m.target_name()) else {
                 continue;

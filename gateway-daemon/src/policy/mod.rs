@@ -337,14 +337,19 @@ impl Policy {
                 == ResponseMode::Redact
     }
 
-    /// Whether any rule constrains arguments: when none does, a call's arguments need not
-    /// be parsed to decide it.
     /// Whether any rule can hold a call for a person (so exchanges must be able to outlive
     /// their HTTP request's first answer).
     pub fn has_ask(&self) -> bool {
-        self.enforcing() && self.rules.iter().any(|r| r.action == Action::Ask)
+        // (A server's request held for a person waits in its stream: see `server_ask`.)
+        self.enforcing()
+            && self
+                .rules
+                .iter()
+                .any(|r| r.action == Action::Ask && r.direction == RuleDirection::ClientToServer)
     }
 
+    /// Whether any rule constrains arguments: when none does, a call's arguments need not
+    /// be parsed to decide it.
     pub fn uses_arguments(&self) -> bool {
         self.rules.iter().any(Rule::has_schema)
     }
