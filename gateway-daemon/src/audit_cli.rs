@@ -61,6 +61,10 @@ pub struct FilterArgs {
     /// Record type: mcp, mcp_call, flow, checkpoint, ...
     #[arg(long = "type")]
     kind: Option<String>,
+    /// One connection's records, by the id they all carry (`"connection"` on any of them;
+    /// also the log lines' `conn{id=…}`).
+    #[arg(long)]
+    connection: Option<String>,
     /// RFC 3339 time, e.g. 2026-11-24T10:00:00Z.
     #[arg(long)]
     since: Option<String>,
@@ -76,6 +80,7 @@ impl From<FilterArgs> for query::Filter {
             tool: a.tool,
             decision: a.decision,
             kind: a.kind,
+            connection: a.connection,
             since: a.since,
             until: a.until,
         }

@@ -1,5 +1,5 @@
-//! The daemon's front door: accepts redirected connections, pairs each with its kernel
-//! record and identity, and hands it to the stage that serves it (for now the byte pipe).
+//! The daemon's front door: accepts redirected connections, gives each the id its records
+//! will carry, pairs it with its kernel record and identity, and hands it to `route`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::audit::link::{self, ConnId};
 use crate::audit::timestamp;
 use crate::daemon::Daemon;
 use crate::intercept::Redirected;
@@ -42,6 +43,7 @@ struct RefusedRecord {
     #[serde(rename = "type")]
     kind: &'static str,
     time: String,
+    connection: ConnId,
     client: SocketAddr,
     listener: SocketAddr,
     reason: &'static str,
@@ -54,8 +56,10 @@ struct LimitedRecord {
     #[serde(rename = "type")]
     kind: &'static str,
     time: String,
-    /// The refused connection's peer and process (absent on a record that counts the
+    /// The refused connection's id, peer and process (absent on a record that counts the
     /// rest of an interval's refusals, which had several).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection: Option<ConnId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client: Option<SocketAddr>,
     uid: u32,
@@ -141,6 +145,7 @@ impl Server {
                 .record(&LimitedRecord {
                     kind: "connection_limited",
                     time: timestamp(SystemTime::now()),
+                    connection: None,
                     client: None,
                     uid: o.uid,
                     tgid: None,
@@ -162,6 +167,7 @@ impl Server {
                 return;
             }
         };
+        let conn = link::next_id();
         let Some(record) = self.interceptor.take(peer, local) else {
             // Someone dialed the listener directly: there is no kernel record to say who.
             tracing::warn!(client = %peer, listener = %local, "connection without an interception record closed");
@@ -170,6 +176,7 @@ impl Server {
                 .record(&RefusedRecord {
                     kind: "refused",
                     time: timestamp(SystemTime::now()),
+                    connection: conn,
                     client: peer,
                     listener: local,
                     reason: "no interception record: not a redirected agent connection",
@@ -191,6 +198,7 @@ impl Server {
                         .record(&LimitedRecord {
                             kind: "connection_limited",
                             time: timestamp(SystemTime::now()),
+                            connection: Some(conn),
                             client: Some(peer),
                             uid: redirected.uid,
                             tgid: Some(redirected.tgid),
@@ -204,6 +212,7 @@ impl Server {
         };
         let span = tracing::info_span!(
             "conn",
+            id = %conn,
             client = %peer,
             tgid = redirected.tgid,
             uid = redirected.uid,
@@ -230,7 +239,7 @@ impl Server {
                         return;
                     }
                 };
-                route::flow(stream, peer, redirected, daemon).await
+                route::flow(stream, peer, redirected, conn, daemon).await
             }
             .instrument(span),
         );

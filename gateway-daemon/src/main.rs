@@ -20,12 +20,16 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 const DEFAULT_CONFIG: &str = "/etc/mcp-gateway/mcp-gateway.toml";
+/// Where every command reads the config from when `--config` is not given.
+const CONFIG_ENV: &str = "MCP_GATEWAY_CONFIG";
 
 #[derive(Parser)]
 #[command(
     name = "mcp-gateway",
     version,
-    about = "Transparent eBPF-assisted firewall for MCP traffic"
+    about = "Transparent eBPF-assisted firewall for MCP traffic",
+    after_help = "Every command reads its config from --config, else from $MCP_GATEWAY_CONFIG, \
+                  else from /etc/mcp-gateway/mcp-gateway.toml."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,7 +40,7 @@ struct Cli {
 enum Command {
     /// Attach the eBPF programs and mediate agent connections.
     Run {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Run a command inside an agent cgroup (created when missing).
@@ -47,7 +51,7 @@ enum Command {
         cgroup: Option<String>,
         /// The daemon's config (default /etc/mcp-gateway/mcp-gateway.toml): its stdio
         /// servers, if any, are mediated for the command and everything it starts.
-        #[arg(long, short)]
+        #[arg(long, short, env = CONFIG_ENV)]
         config: Option<PathBuf>,
         /// Run the command as this user (name or uid), after joining the cgroup.
         #[arg(long)]
@@ -58,28 +62,31 @@ enum Command {
     /// Detach the programs a stopped daemon left attached: agents then connect directly,
     /// unmediated, until the daemon starts again. The daemon must be stopped first.
     Detach {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a config file; exit status 0 when valid.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        #[arg(env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
     /// The gateway's local CA, which agents trust for the MCP servers it terminates.
     Ca {
-        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         command: CaCmd,
     },
     /// Calls held for a person (`ask` rules) on the running daemon: list, approve, deny.
     Approvals {
-        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         command: approvals_cli::ApprovalsCmd,
     },
     /// The running daemon at a glance: listeners, sessions, what waits for review, counters.
     Status {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Print the daemon's answer as JSON.
         #[arg(long)]
@@ -88,7 +95,7 @@ enum Command {
     /// A live view of the running daemon (q, Esc or Ctrl-C quits); prints one snapshot
     /// when stdout is not a terminal.
     Top {
-        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Refresh interval, e.g. 2s or 500ms.
         #[arg(long, short, default_value = "2s", value_parser = humantime::parse_duration)]
@@ -96,14 +103,14 @@ enum Command {
     },
     /// Tool manifest pins on the running daemon: review, approve, reject, forget.
     Pins {
-        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         command: pins_cli::PinsCmd,
     },
     /// Read and verify the audit ledger.
     Audit {
-        #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+        #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG, global = true)]
         config: PathBuf,
         #[command(subcommand)]
         command: audit_cli::AuditCmd,

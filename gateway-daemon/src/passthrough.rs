@@ -37,33 +37,79 @@ pub async fn connect(addr: SocketAddr, mark: u32) -> Result<TcpStream, Passthrou
     }
 }
 
-/// Bytes moved each way, and the first error of each direction.
+/// Bytes moved each way; what went wrong (a failure), or how an ordinary ending came
+/// about (a peer's reset is its way of closing, not a failure).
 #[derive(Debug, Default)]
 pub struct Transfer {
     pub to_upstream: u64,
     pub to_agent: u64,
     pub error: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Transfer {
+    /// The flow outcome a relay ends with: `error` only for a failure.
+    pub fn outcome(&self) -> &'static str {
+        if self.error.is_some() {
+            "error"
+        } else {
+            "closed"
+        }
+    }
+}
+
+/// Whether an I/O error is a peer hanging up (reset, gone, closed mid-way) rather than a
+/// failure: what ends a connection as `closed`.
+pub fn peer_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected | UnexpectedEof
+    )
+}
+
+/// The side of a relay an error came from.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Agent,
+    Server,
 }
 
 /// Copies both ways until both directions end; half-closes are passed on.
 pub async fn relay(agent: TcpStream, upstream: TcpStream) -> Transfer {
     let (mut ar, mut aw) = agent.into_split();
     let (mut ur, mut uw) = upstream.into_split();
-    let (up, down) = tokio::join!(pump(&mut ar, &mut uw), pump(&mut ur, &mut aw));
-    let error = [up.1, down.1]
+    let (up, down) = tokio::join!(
+        pump(&mut ar, &mut uw, (Side::Agent, Side::Server)),
+        pump(&mut ur, &mut aw, (Side::Server, Side::Agent))
+    );
+    let join = |a: String, b: String| format!("{a}; {b}");
+    let (closes, failures): (Vec<_>, Vec<_>) = [up.1, down.1]
         .into_iter()
         .flatten()
-        .map(|e| e.to_string())
-        .reduce(|a, b| format!("{a}; {b}"));
+        .partition(|(_, e)| peer_closed(e));
+    let said = |(side, e): (Side, std::io::Error)| {
+        let who = match side {
+            Side::Agent => "the agent",
+            Side::Server => "the server",
+        };
+        format!("{who}: {e}")
+    };
     Transfer {
         to_upstream: up.0,
         to_agent: down.0,
-        error,
+        error: failures.into_iter().map(said).reduce(join),
+        detail: closes.into_iter().map(said).reduce(join),
     }
 }
 
-/// Copies until EOF, then shuts the write side; counts even when it fails.
-async fn pump<R, W>(r: &mut R, w: &mut W) -> (u64, Option<std::io::Error>)
+/// Copies until EOF, then shuts the write side; counts even when it fails, and says
+/// whose socket failed (`sides`: the one read, the one written).
+async fn pump<R, W>(
+    r: &mut R,
+    w: &mut W,
+    sides: (Side, Side),
+) -> (u64, Option<(Side, std::io::Error)>)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -78,13 +124,13 @@ where
             }
             Ok(k) => {
                 if let Err(e) = w.write_all(&buf[..k]).await {
-                    return (n, Some(e));
+                    return (n, Some((sides.1, e)));
                 }
                 n += k as u64;
             }
             Err(e) => {
                 let _ = w.shutdown().await;
-                return (n, Some(e));
+                return (n, Some((sides.0, e)));
             }
         }
     }

@@ -189,6 +189,43 @@ fn held_calls_are_approved_denied_or_time_out() {
         "only the approved call was forwarded: {calls:#?}"
     );
     assert_eq!(calls[0]["decision"]["reason"], "approved by uid 0 (call)");
+
+    // The ledger names each held call by its connection and the digest of its
+    // parameters; the arguments the administrator decided on (shown by `approvals list`,
+    // above) stay out of it.
+    // (The test's agent has its calls on its command line, which flow records show.)
+    for r in records.iter().filter(|r| r["type"] != "flow") {
+        assert!(
+            !r.to_string().contains("acme"),
+            "arguments in the ledger: {r}"
+        );
+    }
+    let approvals: Vec<&Value> = records.iter().filter(|r| r["type"] == "approval").collect();
+    for a in &approvals {
+        let call = a["call"].as_object().unwrap();
+        assert!(!call.contains_key("arguments"), "{a}");
+        assert_eq!(call["arguments_sha256"].as_str().unwrap().len(), 64, "{a}");
+    }
+    let approved = approvals.iter().find(|a| a["event"] == "approved").unwrap();
+    assert_eq!(
+        approved["call"]["connection"], calls[0]["connection"],
+        "{approved}"
+    );
+    assert_eq!(
+        approved["call"]["arguments_sha256"], calls[0]["params_sha256"],
+        "{approved}"
+    );
+    let denied = approvals.iter().find(|a| a["event"] == "denied").unwrap();
+    let refused = records
+        .iter()
+        .find(|r| {
+            r["type"] == "mcp" && r["name"] == "withdraw_funds" && r["refusal"] == "approval_denied"
+        })
+        .unwrap_or_else(|| panic!("no refused record: {records:#?}"));
+    assert_eq!(
+        denied["call"]["connection"], refused["connection"],
+        "{denied}"
+    );
 }
 
 #[test]

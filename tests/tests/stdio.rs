@@ -290,6 +290,17 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
         .unwrap_or_else(|| panic!("no get-env record: {stdio:#?}"));
     assert_eq!(refused["outcome"], "refused", "{refused}");
     assert_eq!(refused["refusal"], "policy", "{refused}");
+    // The relay is the server's one connection: its records share one id.
+    let conn = m["connection"]
+        .as_str()
+        .expect("the mediated record names the relay's id");
+    for r in stdio.iter().copied().chain([&echo_call]) {
+        assert_eq!(r["connection"], conn, "{r}");
+    }
+    assert!(
+        gw.wait_record("the relay's end", |r| r["type"] == "stdio_end")["connection"] == conn,
+        "stdio_end carries the relay's id"
+    );
     assert!(
         records_of(&gw, "mcp_call")
             .iter()

@@ -15,9 +15,13 @@ use tokio::sync::oneshot;
 use crate::audit::timestamp;
 use crate::config;
 
-/// What is held, as the administrator sees it (arguments already redacted).
+/// What is held. Serialised (into the ledger's `approval` records) it names the call by
+/// the digest of its parameters, never the arguments: those — redacted — live in memory
+/// only, for `approvals list`, as long as the call is held.
 #[derive(Debug, Clone, Serialize)]
 pub struct Call {
+    /// The connection the call came on (its `mcp_call` and `mcp` records carry the same).
+    pub connection: crate::audit::link::ConnId,
     /// The principal's name (or `unknown`).
     pub principal: String,
     pub uid: u32,
@@ -29,8 +33,11 @@ pub struct Call {
     pub server: String,
     pub method: String,
     pub tool: String,
+    /// SHA-256 of the request's `params` as the agent sent them.
     pub arguments_sha256: String,
-    /// The arguments with secrets redacted, cut to a readable size.
+    /// The arguments with secrets redacted, cut to a readable size: for the administrator
+    /// deciding, not for the ledger.
+    #[serde(skip)]
     pub arguments: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
@@ -202,11 +209,13 @@ impl Approvals {
             .held
             .iter()
             .map(|(id, h)| {
+                let mut call = json!(h.call);
+                call["arguments"] = h.call.arguments.clone();
                 json!({
                     "id": id,
                     "held_at": timestamp(h.held_at),
                     "expires_in_s": h.deadline.saturating_duration_since(now).as_secs(),
-                    "call": h.call,
+                    "call": call,
                 })
             })
             .collect();

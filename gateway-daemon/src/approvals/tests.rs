@@ -14,6 +14,7 @@ fn approvals(timeout_s: u64, max_held: usize) -> Approvals {
 
 fn call(session: &str, args: &str) -> Call {
     Call {
+        connection: "run-1".into(),
         principal: "agent".into(),
         uid: 1500,
         tgid: 42,

@@ -11,6 +11,7 @@ pub mod encode;
 pub mod files;
 pub mod journal;
 pub mod ledger;
+pub mod link;
 pub mod query;
 pub mod sign;
 pub mod syncer;

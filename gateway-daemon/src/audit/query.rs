@@ -16,6 +16,9 @@ pub struct Filter {
     pub decision: Option<String>,
     /// Record type (mcp, mcp_call, flow, checkpoint, ...).
     pub kind: Option<String>,
+    /// A connection's id: its flow, the exchanges that came or were answered on it, the
+    /// approvals of its calls.
+    pub connection: Option<String>,
     /// RFC 3339 bounds, inclusive.
     pub since: Option<String>,
     pub until: Option<String>,
@@ -43,6 +46,16 @@ impl Filter {
             }
         }
         let exact = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
+        if let Some(c) = &self.connection {
+            let on = [
+                &r["connection"],
+                &r["answered_on"],
+                &r["call"]["connection"],
+            ];
+            if !on.iter().any(|v| v.as_str() == Some(c.as_str())) {
+                return false;
+            }
+        }
         // Times are RFC 3339 UTC with a fixed width, so they compare as text.
         exact(&self.server, s("server"))
             && exact(&self.tool, s("name"))
@@ -74,6 +87,24 @@ pub fn select(files: &[PathBuf], filter: &Filter) -> std::io::Result<Vec<Value>>
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_connection_is_followed_through_every_record_that_names_it() {
+        let by = |c: &str| Filter {
+            connection: Some(c.into()),
+            ..Default::default()
+        };
+        let flow = json!({"type":"flow","connection":"ab12cd34-7"});
+        let answered = json!({"type":"mcp","connection":"ab12cd34-6","answered_on":"ab12cd34-7"});
+        let approval = json!({"type":"approval","call":{"connection":"ab12cd34-7"}});
+        let other = json!({"type":"mcp","connection":"ab12cd34-70"});
+        for r in [&flow, &answered, &approval] {
+            assert!(by("ab12cd34-7").matches(r), "{r}");
+        }
+        assert!(!by("ab12cd34-7").matches(&other));
+        assert!(!by("ab12cd34-7").matches(&json!({"type":"checkpoint"})));
+        assert!(by("ab12cd34-6").matches(&answered));
+    }
 
     #[test]
     fn filters_combine() {

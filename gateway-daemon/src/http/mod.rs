@@ -35,14 +35,85 @@ pub enum HttpError {
     Serve(hyper::Error),
 }
 
+/// How a served connection ended, for its flow record: `error` is said only of a failure.
+#[derive(Debug)]
+pub struct Ended {
+    pub outcome: &'static str,
+    pub error: Option<String>,
+    /// Who hung up, when the ending was ordinary but not a plain close.
+    pub detail: Option<String>,
+}
+
+impl Ended {
+    pub fn closed() -> Self {
+        Ended {
+            outcome: "closed",
+            error: None,
+            detail: None,
+        }
+    }
+
+    fn ordinary(outcome: &'static str, detail: String) -> Self {
+        Ended {
+            outcome,
+            error: None,
+            detail: Some(detail),
+        }
+    }
+}
+
+/// The I/O error under a hyper error, if one caused it.
+fn io_cause(e: &hyper::Error) -> Option<&std::io::Error> {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cause = c.source();
+    }
+    None
+}
+
 impl HttpError {
-    /// How the connection ended, for the flow record: the agent hanging up mid-response
-    /// or idling past the header timeout is an ending, not a failure of the gateway.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            HttpError::Serve(e) if e.is_incomplete_message() || e.is_canceled() => "agent_closed",
-            HttpError::Serve(e) if e.is_timeout() => "idle_timeout",
-            _ => "error",
+    /// How the connection ended. An agent that hangs up — between requests, with a reset,
+    /// or before the gateway's own close (TLS `close_notify`) reached it — closed it; one
+    /// that hangs up mid-message is `agent_closed`; idling past the header timeout is
+    /// `idle_timeout`. Only what is none of these is a failure.
+    pub fn ended(&self) -> Ended {
+        let HttpError::Serve(e) = self else {
+            return Ended {
+                outcome: "error",
+                error: Some(self.to_string()),
+                detail: None,
+            };
+        };
+        if e.is_incomplete_message() || e.is_canceled() {
+            return Ended::ordinary(
+                "agent_closed",
+                format!("the agent hung up mid-message: {e}"),
+            );
+        }
+        if e.is_timeout() {
+            return Ended::ordinary(
+                "idle_timeout",
+                format!("no request headers within {}s", HEADER_TIMEOUT.as_secs()),
+            );
+        }
+        if e.is_shutdown() {
+            return Ended::ordinary(
+                "closed",
+                "the agent had gone when the gateway closed its side".into(),
+            );
+        }
+        match io_cause(e) {
+            Some(io) if crate::passthrough::peer_closed(io) => {
+                Ended::ordinary("closed", format!("the agent: {io}"))
+            }
+            _ => Ended {
+                outcome: "error",
+                error: Some(self.to_string()),
+                detail: None,
+            },
         }
     }
 }

@@ -48,6 +48,7 @@ fn shown_arguments(policy: &Policy, m: &Message<'_>) -> Value {
 fn call_of(ctx: &ConnCtx, obs: &Observer, policy: &Policy, m: &Message<'_>, d: &Decision) -> Call {
     let id = &ctx.identity;
     Call {
+        connection: obs.via.connection.clone(),
         principal: obs
             .principal
             .name

@@ -60,6 +60,7 @@ fn observer(
             approvals: ctx.daemon.approvals.clone(),
             issued: ctx.daemon.issued.clone(),
         }),
+        via: ctx.via.clone(),
         server: target.label.clone(),
         audit: ctx.daemon.audit.clone(),
         session,
@@ -67,6 +68,7 @@ fn observer(
         protocol_version: version,
         back: None,
         approved: None,
+        credentials: None,
     }
 }
 
@@ -477,6 +479,11 @@ pub async fn post(
         Err(e) => Err(e),
     };
     let mut obs = observer(ctx, target, session.clone().unwrap_or(None), version);
+    obs.credentials = parts
+        .extensions
+        .get::<super::inject::Injected>()
+        .filter(|i| !i.names.is_empty())
+        .map(|i| i.names.clone());
     let limits = &ctx.daemon.config.http;
 
     let mut held = ctx.daemon.budget.reserve(ctx.principal.uid);

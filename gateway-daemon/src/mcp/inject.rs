@@ -33,6 +33,16 @@ use super::{reply, ConnCtx};
 use crate::config::{Config, CredentialError, Secret};
 use crate::http::body::{BoxError, GwBody};
 
+/// What was done to a request's headers, kept in its extensions for the audit (header
+/// names only, never values).
+#[derive(Debug, Clone)]
+pub struct Injected {
+    /// The headers set to the gateway's own credentials.
+    pub names: Arc<[Box<str>]>,
+    /// How many headers of the agent's own were removed.
+    pub stripped: usize,
+}
+
 /// The marker an echoed secret becomes (padded or shortened to the secret's length).
 pub const MARKER: &str = "[REDACTED:injected-credential]";
 
@@ -216,8 +226,8 @@ impl Injector {
             }
         }
         if stripped > 0 || !inject.is_empty() {
-            let names: Vec<&str> = inject.iter().map(|e| e.name.as_str()).collect();
-            tracing::debug!(server = %target.label, injected = ?names, stripped, "credentials applied");
+            let names = inject.iter().map(|e| e.name.as_str().into()).collect();
+            req.extensions_mut().insert(Injected { names, stripped });
         }
         Ok(Applied(creds.scrubber.clone()))
     }
@@ -275,7 +285,28 @@ pub fn apply<B>(
     if !target.configured {
         return Ok(Applied(None));
     }
-    active(&ctx.daemon.config).prepare(req, target, ctx.upstream_addr, ctx.tls_sni.as_deref(), mcp)
+    let applied = active(&ctx.daemon.config).prepare(
+        req,
+        target,
+        ctx.upstream_addr,
+        ctx.tls_sni.as_deref(),
+        mcp,
+    )?;
+    if let Some(i) = req.extensions().get::<Injected>() {
+        // Once per connection at info, so the default log shows injection happening
+        // without a line per request.
+        let first = !ctx
+            .credentials_logged
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if first {
+            tracing::info!(server = %target.label, injected = ?i.names, stripped = i.stripped,
+                "credentials applied (logged once per connection; each mcp_call record names them)");
+        } else {
+            tracing::debug!(server = %target.label, injected = ?i.names, stripped = i.stripped,
+                "credentials applied");
+        }
+    }
+    Ok(applied)
 }
 
 impl Applied {
@@ -358,15 +389,21 @@ fn forms(secret: &str) -> Vec<String> {
     out
 }
 
-/// A run of `len` bytes that says a secret was here: `[REDACTED:injected-credential]`
-/// padded with `*` before its `]` (shorter forms for shorter secrets).
+/// The markers a secret may become, longest first: the longest that fits the secret's
+/// length is used, padded with `*` before its `]`.
+const MARKERS: [&str; 4] = [
+    MARKER,
+    "[REDACTED:credential]",
+    "[REDACTED:cred]",
+    "[REDACTED]",
+];
+
+/// A run of `len` bytes that says a secret was here: the longest marker of `MARKERS` that
+/// fits, padded with `*` before its `]` (`*` alone under 10 bytes).
 pub fn mask(len: usize) -> Vec<u8> {
-    let (head, tail) = if len >= MARKER.len() {
-        (&MARKER[..MARKER.len() - 1], "]")
-    } else if len >= "[REDACTED]".len() {
-        ("[REDACTED", "]")
-    } else {
-        ("", "")
+    let (head, tail) = match MARKERS.iter().find(|m| m.len() <= len) {
+        Some(m) => (&m[..m.len() - 1], "]"),
+        None => ("", ""),
     };
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(head.as_bytes());
@@ -869,6 +906,8 @@ mod tests {
         assert_eq!(mask(MARKER.len()), MARKER.as_bytes());
         assert_eq!(mask(34), b"[REDACTED:injected-credential****]");
         assert_eq!(mask(12), b"[REDACTED**]");
+        assert_eq!(mask(16), b"[REDACTED:cred*]");
+        assert_eq!(mask(24), b"[REDACTED:credential***]");
         assert_eq!(mask(8), b"********");
         for n in 1..80 {
             assert_eq!(mask(n).len(), n);

@@ -54,6 +54,11 @@ pub struct ConnCtx {
     pub upstream_addr: SocketAddr,
     /// The server name the agent's TLS asked for, when the gateway terminated it.
     pub tls_sni: Option<Arc<str>>,
+    /// The connection's id and how it was carried, as its records name it.
+    pub via: Arc<crate::audit::link::Via>,
+    /// Whether this connection's first credential injection has been logged (at info;
+    /// the rest at debug).
+    pub credentials_logged: std::sync::atomic::AtomicBool,
     /// The principal as records name it under the policy in force, by policy generation:
     /// decided once per connection and reload, not per request.
     pub named: std::sync::Mutex<Option<(u64, Arc<Principal>)>>,

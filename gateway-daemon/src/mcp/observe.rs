@@ -80,6 +80,8 @@ pub fn without_refused(data: &[u8], records: &[ExchangeRecord]) -> Option<Option
 
 pub struct Observer {
     pub principal: Arc<Principal>,
+    /// The connection this observer reads, as records name it.
+    pub via: Arc<crate::audit::link::Via>,
     pub view: Option<ListView>,
     pub server: Arc<str>,
     pub audit: AuditSink,
@@ -91,6 +93,9 @@ pub struct Observer {
     pub back: Option<super::to_server::Back>,
     /// A server request an administrator approved: passed on when it comes through.
     pub approved: Option<Id>,
+    /// The credential headers the gateway set on the request observed (`mcp_call` names
+    /// them).
+    pub credentials: Option<Arc<[Box<str>]>>,
 }
 
 fn contains(body: &[u8], what: &[u8]) -> bool {
@@ -119,6 +124,7 @@ impl Observer {
     fn subject(&self, method: &str) -> Subject {
         Subject {
             time: timestamp(SystemTime::now()),
+            via: self.via.clone(),
             principal: self.principal.clone(),
             server: self.server.clone(),
             session: self.session.as_ref().map(|s| s.id.clone()),
@@ -136,6 +142,7 @@ impl Observer {
             about: self.subject(method),
             direction,
             outcome: "ok",
+            answered_on: None,
             refusal: None,
             error_code: None,
             detail: None,
@@ -153,10 +160,22 @@ impl Observer {
 
     fn pending(&self, m: &Message) -> PendingRequest {
         PendingRequest {
+            via: self.via.clone(),
             method: m.method.as_deref().unwrap_or_default().to_string(),
             name: super::exchange::routing_name(m),
             started: Instant::now(),
         }
+    }
+
+    /// The record of a request's exchange: it names the connection the request came on,
+    /// and this one as where the answer (or its end) came, when that is another.
+    fn of_request(&self, direction: Direction, req: &PendingRequest) -> ExchangeRecord {
+        let mut r = self.record(direction, &req.method);
+        if req.via.connection != self.via.connection {
+            r.answered_on = Some(self.via.connection.clone());
+            r.about.via = req.via.clone();
+        }
+        r
     }
 
     fn answered(
@@ -166,7 +185,7 @@ impl Observer {
         req: PendingRequest,
         m: &Message,
     ) -> ExchangeRecord {
-        let mut r = self.record(direction, &req.method);
+        let mut r = self.of_request(direction, &req);
         r.about.name = req.name;
         r.about.id = id_text(id);
         r.latency_ms = Some(req.started.elapsed().as_secs_f64() * 1e3);
@@ -385,7 +404,7 @@ impl Observer {
         items
             .into_iter()
             .map(|(id, req)| {
-                let mut r = self.record(direction, &req.method);
+                let mut r = self.of_request(direction, &req);
                 r.about.name = req.name;
                 r.about.id = Some(id.to_string());
                 r.outcome = outcome;
@@ -558,6 +577,7 @@ impl Observer {
             request_state_sha256: m
                 .params
                 .and_then(|p| super::input_required::retry_state(p.get())),
+            credentials: self.credentials.clone(),
         }
     }
 

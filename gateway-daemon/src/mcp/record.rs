@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::audit::link::{ConnId, Via};
 use crate::identity::Identity;
 
 /// Who is talking, as the audit shows it on every MCP record.
@@ -62,6 +63,8 @@ pub enum Direction {
 #[derive(Debug, Clone)]
 pub struct PendingRequest {
     pub method: String,
+    /// The connection the request came on: its record names that one.
+    pub via: Arc<Via>,
     pub name: Option<String>,
     pub started: Instant,
 }
@@ -70,6 +73,9 @@ pub struct PendingRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct Subject {
     pub time: String,
+    /// The connection the request (or notification) came on, and how it was carried.
+    #[serde(flatten)]
+    pub via: Arc<Via>,
     pub principal: Arc<Principal>,
     pub server: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,6 +101,10 @@ pub struct ExchangeRecord {
     /// ok, error, notification, refused, upstream_error, no_response, unpaired_response,
     /// unpaired_request, malformed.
     pub outcome: &'static str,
+    /// The connection the answer came on, when not the request's (a legacy SSE session's
+    /// stream, an agent answering a server's request on a POST of its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_on: Option<ConnId>,
     /// What kind of refusal, when the gateway refused it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<super::refusal::Kind>,
@@ -151,4 +161,7 @@ pub struct CallRecord {
     /// that asked for input.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_state_sha256: Option<String>,
+    /// The request headers the gateway set to its own credentials (names, never values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Arc<[Box<str>]>>,
 }

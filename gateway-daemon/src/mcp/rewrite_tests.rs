@@ -121,6 +121,7 @@ fn refused_record(id: &str) -> super::record::ExchangeRecord {
         kind: "mcp",
         about: Subject {
             time: String::new(),
+            via: crate::audit::link::Via::plain("run-1".into()),
             principal: std::sync::Arc::new(Principal {
                 name: None,
                 tgid: 1,
@@ -140,6 +141,7 @@ fn refused_record(id: &str) -> super::record::ExchangeRecord {
         },
         direction: Direction::ServerToClient,
         outcome: "refused",
+        answered_on: None,
         refusal: None,
         error_code: None,
         detail: None,

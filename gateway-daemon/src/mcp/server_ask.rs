@@ -68,6 +68,7 @@ pub fn held(obs: &Observer, data: &[u8]) -> Option<Held> {
     v.policy.redactor.redact_json(&mut shown);
     let p = &obs.principal;
     let call = Call {
+        connection: obs.via.connection.clone(),
         principal: p.name.clone().unwrap_or_else(|| "unknown".into()),
         uid: p.uid,
         tgid: p.tgid,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::audit::link::{ConnId, TlsFacts, Via};
 use crate::audit::timestamp;
 use crate::daemon::Daemon;
 use crate::http::counting::Counting;
@@ -23,12 +24,22 @@ use crate::passthrough::{self, Transfer};
 
 mod tls_flow;
 
+/// Flow outcomes that are ordinary endings, not failures (README: the flow outcome table).
+const ORDINARY: [&str; 4] = [
+    "closed",
+    "agent_closed",
+    "idle_timeout",
+    "idle_no_first_byte",
+];
+
 /// What a flow's audit record says.
 #[derive(Serialize)]
 struct FlowRecord<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     time: String,
+    /// The id every record of this connection carries.
+    connection: &'a str,
     start: String,
     duration_ms: f64,
     identity: &'a Identity,
@@ -42,8 +53,12 @@ struct FlowRecord<'a> {
     bytes_to_upstream: u64,
     bytes_to_agent: u64,
     outcome: &'static str,
+    /// What went wrong, when the outcome is a failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// How an ordinary ending came about, when there is more to say (who hung up first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
 }
 
 /// What the flow record says about TLS.
@@ -53,14 +68,31 @@ pub struct TlsFlow {
     pub mode: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
-    /// ALPN protocols the agent offered, and the one spoken (when terminated).
+    /// ALPN protocols the agent offered, and the one agreed with it (null: none was, or
+    /// the connection was not terminated).
     pub alpn_offered: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub alpn: Option<String>,
 }
 
+impl TlsFlow {
+    /// What the exchanges of a terminated connection carry of it.
+    pub fn facts(&self) -> TlsFacts {
+        TlsFacts {
+            mode: self.mode,
+            sni: self.sni.clone(),
+            alpn: self.alpn.clone(),
+        }
+    }
+}
+
 /// Serves one redirected connection to its end and audits it.
-pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, daemon: Arc<Daemon>) {
+pub async fn flow(
+    agent: TcpStream,
+    client: SocketAddr,
+    r: Redirected,
+    conn: ConnId,
+    daemon: Arc<Daemon>,
+) {
     let started = SystemTime::now();
     let t0 = std::time::Instant::now();
     let _open = crate::metrics::global().open_connection();
@@ -74,13 +106,19 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, daemon: A
     }
     let upstream = r.upstream_addr();
     tracing::debug!(exe = ?identity.exe, "flow start");
-    let carried = carry(agent, &identity, upstream, &daemon).await;
+    let carried = carry(agent, &identity, upstream, &conn, &daemon).await;
     let Carried {
-        transfer,
+        mut transfer,
         protocol,
         outcome,
         tls,
     } = carried;
+    // Only a failure carries `error`: what ended an ordinary flow is its `detail`.
+    if ORDINARY.contains(&outcome) {
+        if let Some(e) = transfer.error.take() {
+            transfer.detail.get_or_insert(e);
+        }
+    }
     crate::metrics::global().flow(protocol, outcome);
     tracing::debug!(
         up = transfer.to_upstream,
@@ -93,6 +131,7 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, daemon: A
         .record(&FlowRecord {
             kind: "flow",
             time: timestamp(SystemTime::now()),
+            connection: &conn,
             start: timestamp(started),
             duration_ms: t0.elapsed().as_secs_f64() * 1e3,
             identity: &identity,
@@ -105,6 +144,7 @@ pub async fn flow(agent: TcpStream, client: SocketAddr, r: Redirected, daemon: A
             bytes_to_agent: transfer.to_agent,
             outcome,
             error: transfer.error,
+            detail: transfer.detail,
         })
         .await;
 }
@@ -166,6 +206,7 @@ async fn carry(
     agent: TcpStream,
     identity: &Identity,
     upstream: SocketAddr,
+    conn: &ConnId,
     daemon: &Arc<Daemon>,
 ) -> Carried {
     // With MCP only, nothing but HTTP and TLS is dialed: a refused flow never reaches its
@@ -217,7 +258,7 @@ async fn carry(
         }
         Detected::Http1 => Protocol::Http1,
         Detected::Http2 => Protocol::Http2,
-        Detected::Tls => return tls_flow::carry(agent, up, identity, upstream, daemon).await,
+        Detected::Tls => return tls_flow::carry(agent, up, identity, upstream, conn, daemon).await,
         Detected::NotClientFirst => {
             let mut up = up.expect("only HTTP and TLS are detected before dialing");
             let mut agent = agent;
@@ -242,13 +283,13 @@ async fn carry(
             }
             let mut t = passthrough::relay(agent, up).await;
             t.to_agent += relayed;
-            let outcome = if t.error.is_some() { "error" } else { "closed" };
+            let outcome = t.outcome();
             return Carried::new(t, "tcp", outcome);
         }
         other => {
             let up = up.expect("only HTTP and TLS are detected before dialing");
             let t = passthrough::relay(agent, up).await;
-            let outcome = if t.error.is_some() { "error" } else { "closed" };
+            let outcome = t.outcome();
             return Carried::new(t, label(other), outcome);
         }
     };
@@ -260,17 +301,20 @@ async fn carry(
         },
     };
     let (agent, agent_bytes) = Counting::new(agent);
-    let (result, outcome) = serve_http(agent, up, protocol, identity, upstream, None, daemon).await;
+    let via = Via::plain(conn.clone());
+    let ended = serve_http(agent, up, protocol, identity, upstream, None, via, daemon).await;
     let t = Transfer {
         to_upstream: agent_bytes.read.load(Ordering::Relaxed),
         to_agent: agent_bytes.written.load(Ordering::Relaxed),
-        error: result.err(),
+        error: ended.error,
+        detail: ended.detail,
     };
-    Carried::new(t, label(detected), outcome)
+    Carried::new(t, label(detected), ended.outcome)
 }
 
 /// The MCP-aware HTTP proxy between the agent and its server, over whatever streams carry
 /// them (plain TCP, or TLS on both sides).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_http<A, U>(
     agent: A,
     up: U,
@@ -278,8 +322,9 @@ pub async fn serve_http<A, U>(
     identity: &Identity,
     upstream: SocketAddr,
     tls_sni: Option<Arc<str>>,
+    via: Arc<Via>,
     daemon: &Arc<Daemon>,
-) -> (Result<(), String>, &'static str)
+) -> gwhttp::Ended
 where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -290,9 +335,12 @@ where
         principal: Arc::new(Principal::of(identity)),
         upstream_addr: upstream,
         tls_sni,
+        via,
         named: Default::default(),
+        credentials_logged: Default::default(),
     });
-    let result = gwhttp::serve(agent, up, protocol, ctx).await;
-    let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "closed");
-    (result.map_err(|e| e.to_string()), outcome)
+    match gwhttp::serve(agent, up, protocol, ctx).await {
+        Ok(()) => gwhttp::Ended::closed(),
+        Err(e) => e.ended(),
+    }
 }

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{dial, reset, serve_http, Carried, TlsFlow};
+use crate::audit::link::{ConnId, Via};
 use crate::daemon::Daemon;
 use crate::http::counting::Counting;
 use crate::http::{self as gwhttp, Protocol};
@@ -33,6 +34,7 @@ pub async fn carry(
     up: Option<TcpStream>,
     identity: &Identity,
     upstream: SocketAddr,
+    conn: &ConnId,
     daemon: &Arc<Daemon>,
 ) -> Carried {
     let t = &daemon.tls;
@@ -69,11 +71,7 @@ pub async fn carry(
                 },
             };
             let tr = passthrough::relay(agent, up).await;
-            let outcome = if tr.error.is_some() {
-                "error"
-            } else {
-                "closed"
-            };
+            let outcome = tr.outcome();
             return with_tls(Carried::new(tr, "tls", outcome), info);
         }
         Choice::Refuse(reason) => {
@@ -122,18 +120,28 @@ pub async fn carry(
     let agent = match t.accept(agent, alpn.as_deref(), deadline).await {
         Ok(a) => a,
         Err(e) => {
-            tracing::info!(error = %e, "agent TLS handshake failed");
+            let rejected = tls::agent_rejected(&e, &daemon.config.tls.ca_cert);
+            let (outcome, error) = match rejected {
+                Some(why) => ("agent_tls_rejected", why),
+                None => ("agent_tls_failed", e.to_string()),
+            };
+            tracing::info!(error = %error, outcome, "agent TLS handshake failed");
             let tr = Transfer {
                 to_upstream: agent_bytes.read.load(Ordering::Relaxed),
                 to_agent: agent_bytes.written.load(Ordering::Relaxed),
-                error: Some(e.to_string()),
+                error: Some(error),
+                detail: None,
             };
-            return with_tls(Carried::new(tr, "tls", "agent_tls_failed"), info);
+            return with_tls(Carried::new(tr, "tls", outcome), info);
         }
     };
-    let (result, outcome) = match server {
+    let ended = match server {
         Ok(server) => {
             let sni: Arc<str> = sni.into();
+            let via = Arc::new(Via {
+                connection: conn.clone(),
+                tls: Some(info.facts()),
+            });
             serve_http(
                 agent,
                 server,
@@ -141,6 +149,7 @@ pub async fn carry(
                 identity,
                 upstream,
                 Some(sni),
+                via,
                 daemon,
             )
             .await
@@ -149,15 +158,20 @@ pub async fn carry(
             tracing::warn!(error = %e, "upstream TLS refused; answering the agent with 502");
             let msg = format!("refused the upstream server: {e}");
             gwhttp::refuse(agent, protocol, &msg).await;
-            (Err(e.to_string()), e.outcome())
+            gwhttp::Ended {
+                outcome: e.outcome(),
+                error: Some(e.to_string()),
+                detail: None,
+            }
         }
     };
     let tr = Transfer {
         to_upstream: agent_bytes.read.load(Ordering::Relaxed),
         to_agent: agent_bytes.written.load(Ordering::Relaxed),
-        error: result.err(),
+        error: ended.error,
+        detail: ended.detail,
     };
-    with_tls(Carried::new(tr, "tls", outcome), info)
+    with_tls(Carried::new(tr, "tls", ended.outcome), info)
 }
 
 /// Consumes the ClientHello and answers with an alert that says why, then closes.

@@ -160,6 +160,7 @@ impl Shared {
                 approvals: self.ctx.daemon.approvals.clone(),
                 issued: self.ctx.daemon.issued.clone(),
             }),
+            via: self.ctx.via.clone(),
             server: self.relay.server.clone(),
             audit: self.ctx.daemon.audit.clone(),
             session: Some(self.session.clone()),
@@ -167,6 +168,7 @@ impl Shared {
             protocol_version: self.session.state().protocol_version.clone(),
             back: Some(self.back()),
             approved: None,
+            credentials: None,
         }
     }
 
@@ -245,11 +247,15 @@ pub fn start(
         principal.session_owner(),
         daemon.config.http.max_pending,
     ));
+    // The relay is this server's one connection: its records carry one id, as a TCP
+    // connection's do.
+    let conn = crate::audit::link::next_id();
     tracing::info!(relay = relay.id, server = %server, pid, uid = identity.uid,
-        exe = ?identity.exe, "stdio server mediated");
+        exe = ?identity.exe, connection = %conn, "stdio server mediated");
     daemon.audit.record_now(&json!({
         "type": "stdio_exec",
         "time": crate::audit::timestamp(std::time::SystemTime::now()),
+        "connection": &*conn,
         "tree": tree.id,
         "relay": relay.id,
         "server": &*server,
@@ -268,7 +274,9 @@ pub fn start(
         // used on this path.
         upstream_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         tls_sni: None,
+        via: crate::audit::link::Via::plain(conn),
         named: Mutex::new(None),
+        credentials_logged: Default::default(),
     });
     let (to_agent, agent_rx) = mpsc::channel(QUEUE);
     let (to_server, server_rx) = mpsc::channel(QUEUE);
@@ -328,6 +336,7 @@ pub fn start(
             shared.ctx.daemon.audit.record_now(&json!({
                 "type": "stdio_end",
                 "time": crate::audit::timestamp(std::time::SystemTime::now()),
+                "connection": &*shared.ctx.via.connection,
                 "relay": shared.relay.id,
                 "server": &*shared.relay.server,
             }));

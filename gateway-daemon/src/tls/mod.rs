@@ -55,6 +55,42 @@ pub enum TlsError {
     AgentTimeout,
 }
 
+/// Whether an agent's failed handshake is the agent refusing the gateway's certificate:
+/// an alert of the certificate family, or a hang-up after the certificate was sent. Then
+/// says so with the likely cause, for the flow record (`agent_tls_rejected`).
+pub fn agent_rejected(e: &TlsError, ca_cert: &std::path::Path) -> Option<String> {
+    use rustls::AlertDescription as A;
+    let TlsError::AgentHandshake(io) = e else {
+        return None;
+    };
+    let fix = format!(
+        "most often its TLS client does not trust the gateway's CA: add {} to the trust store \
+         that client reads (README: TLS)",
+        ca_cert.display()
+    );
+    let alert = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match alert {
+        Some(rustls::Error::AlertReceived(
+            a @ (A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::AccessDenied),
+        )) => Some(format!(
+            "the agent refused the gateway's certificate (its TLS client sent the alert {a:?}): {fix}"
+        )),
+        None if io.kind() == std::io::ErrorKind::UnexpectedEof => Some(format!(
+            "the agent hung up during the TLS handshake, after the gateway sent its certificate, \
+             without an alert: {fix}"
+        )),
+        _ => None,
+    }
+}
+
 pub const H2: &[u8] = b"h2";
 pub const HTTP11: &[u8] = b"http/1.1";
 
