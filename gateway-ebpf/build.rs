@@ -1,6 +1,6 @@
 //! Compiles the C eBPF programs with clang so the daemon can embed the object.
 //!
-//! Stable Rust only: the kernel side is C (see DESIGN.md, Layout).
+//! Stable Rust only: the kernel side is C (docs/design.md says why).
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -47,7 +47,7 @@ pub fn run(cmd: ApprovalsCmd, config: &Path) -> anyhow::Result<()> {
         ApprovalsCmd::List { json } => {
             let r = call("approvals.list", json!({}))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                outln!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print_list(&r);
             }
@@ -63,7 +63,7 @@ pub fn run(cmd: ApprovalsCmd, config: &Path) -> anyhow::Result<()> {
                 json!({"id": id, "reason": reason, "for_session": for_session,
                        "for_s": for_.map(|d| d.as_secs())}),
             )?;
-            println!(
+            outln!(
                 "approved call {id} ({}): {}",
                 r["scope"].as_str().unwrap_or("call"),
                 r["tool"].as_str().unwrap_or("")
@@ -71,7 +71,7 @@ pub fn run(cmd: ApprovalsCmd, config: &Path) -> anyhow::Result<()> {
         }
         ApprovalsCmd::Deny { id, reason } => {
             let r = call("approvals.deny", json!({"id": id, "reason": reason}))?;
-            println!("denied call {id}: {}", r["tool"].as_str().unwrap_or(""));
+            outln!("denied call {id}: {}", r["tool"].as_str().unwrap_or(""));
         }
     }
     Ok(())
@@ -80,12 +80,12 @@ pub fn run(cmd: ApprovalsCmd, config: &Path) -> anyhow::Result<()> {
 fn print_list(r: &Value) {
     let held = r["held"].as_array().cloned().unwrap_or_default();
     if held.is_empty() {
-        println!("no call waits for approval");
+        outln!("no call waits for approval");
         return;
     }
     for h in held {
         let c = &h["call"];
-        println!(
+        outln!(
             "#{}  {} {} on {}  by {} (uid {}, pid {}, {})  rule {}  expires in {} s",
             h["id"],
             c["method"].as_str().unwrap_or("?"),
@@ -98,6 +98,6 @@ fn print_list(r: &Value) {
             c["rule"].as_str().unwrap_or("?"),
             h["expires_in_s"],
         );
-        println!("    arguments: {}", c["arguments"]);
+        outln!("    arguments: {}", c["arguments"]);
     }
 }

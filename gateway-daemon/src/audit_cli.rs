@@ -92,7 +92,7 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Pubkey => {
             let key = sign::load_or_create(&cfg()?.audit.key)?;
-            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            outln!("{}", hex::encode(key.verifying_key().to_bytes()));
             Ok(())
         }
         AuditCmd::Verify {
@@ -128,11 +128,11 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             let report = verify::verify(&list, key.as_ref(), head.as_deref());
             match report.finding {
                 Some(f) => {
-                    println!("FAILED: first bad record: {f}");
+                    outln!("FAILED: first bad record: {f}");
                     std::process::exit(1);
                 }
                 None => {
-                    println!(
+                    outln!(
                         "ok: {} records (seq {}..{}), {} checkpoints, {} file(s){}",
                         report.records,
                         report.first_seq.unwrap_or(0),
@@ -147,17 +147,21 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
                     );
                     // Where history begins, and every point where retention removed some.
                     match report.first_seq {
-                        Some(1) => println!("the chain starts at its genesis (seq 1)"),
-                        Some(seq) => println!(
+                        Some(1) => outln!("the chain starts at its genesis (seq 1)"),
+                        Some(seq) => outln!(
                             "the chain starts at seq {seq}: records before it were removed by \
                              retention"
                         ),
                         None => {}
                     }
                     for r in &report.retention {
-                        println!(
+                        outln!(
                             "retention at seq {}: deleted {} (seq {}..{}, last hash {})",
-                            r.seq, r.deleted_file, r.first_seq, r.last_seq, r.last_hash
+                            r.seq,
+                            r.deleted_file,
+                            r.first_seq,
+                            r.last_seq,
+                            r.last_hash
                         );
                     }
                     Ok(())
@@ -167,7 +171,7 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
         AuditCmd::Show { filter } => {
             let list = files::ledger_files(&cfg()?.audit.path);
             for r in query::select(&list, &filter.into())? {
-                println!("{r}");
+                outln!("{r}");
             }
             Ok(())
         }
@@ -181,7 +185,7 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             let records = query::select(&files::ledger_files(&path), &filter)?;
             let mut last_seq = 0;
             for r in records.iter().skip(records.len().saturating_sub(lines)) {
-                println!("{r}");
+                outln!("{r}");
             }
             if let Some(r) = records.last() {
                 last_seq = r["seq"].as_u64().unwrap_or(0);
@@ -197,7 +201,7 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
                     .iter()
                     .filter(|r| r["seq"].as_u64().unwrap_or(0) > after)
                 {
-                    println!("{r}");
+                    outln!("{r}");
                     last_seq = r["seq"].as_u64().unwrap_or(last_seq);
                 }
             }
@@ -221,9 +225,12 @@ fn bench(c: Config, records: usize, concurrency: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let scratch = tempfile_in(&dir)?;
     let rt = tokio::runtime::Runtime::new()?;
-    println!(
+    outln!(
         "{:<8} {:>12} {:>14} {:>14}",
-        "sync", "records/s", "p50 latency", "p99 latency"
+        "sync",
+        "records/s",
+        "p50 latency",
+        "p99 latency"
     );
     for policy in [SyncPolicy::Always, SyncPolicy::Batch, SyncPolicy::None] {
         let mut a = c.audit.clone();
@@ -265,7 +272,7 @@ fn bench(c: Config, records: usize, concurrency: usize) -> anyhow::Result<()> {
                 pct(0.99),
             ))
         })?;
-        println!(
+        outln!(
             "{:<8} {:>12.0} {:>14?} {:>14?}",
             format!("{policy:?}").to_lowercase(),
             rate,

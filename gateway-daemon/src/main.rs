@@ -1,5 +1,7 @@
 //! mcp-gateway: a transparent host firewall for MCP traffic.
 
+#[macro_use]
+mod out;
 mod approvals_cli;
 mod audit_cli;
 mod pins_cli;
@@ -126,10 +128,26 @@ enum CaCmd {
 fn main() {
     large_allocations_go_back();
     if let Err(e) = run_cli(Cli::parse()) {
-        // `{:#}` prints the cause chain on one line; the Debug form would add a backtrace.
-        eprintln!("mcp-gateway: error: {e:#}");
+        eprintln!("mcp-gateway: error: {}", causes(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, each said once: many of our errors already quote
+/// their source in their own message, and `{:#}` would print it a second time.
+fn causes(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run_cli(cli: Cli) -> anyhow::Result<()> {
@@ -142,7 +160,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             // The same reading of credential files as at start, so a missing one shows here.
             mcp::inject::load(&resolved.config)
                 .with_context(|| format!("invalid config {}", file.display()))?;
-            println!("{}: ok", file.display());
+            outln!("{}: ok", file.display());
             Ok(())
         }
         Command::Exec {
@@ -194,7 +212,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cfg = config::Config::load(&config)?.config;
             let ca = tls::Ca::load_or_create(&cfg.tls.ca_cert, &cfg.tls.ca_key)?;
-            print!("{}", ca.pem);
+            out!("{}", ca.pem);
             Ok(())
         }
         Command::Run { config } => {
@@ -225,12 +243,12 @@ fn detach(config: &std::path::Path) -> anyhow::Result<()> {
     }
     let links = intercept::detach_pinned(&cfg)?;
     if links == 0 {
-        println!(
+        outln!(
             "nothing to detach: no programs of instance {:?} are pinned",
             cfg.intercept.instance
         );
     } else {
-        println!(
+        outln!(
             "detached {links} programs of instance {:?}: agents now connect directly, \
              unmediated, until the daemon starts again",
             cfg.intercept.instance

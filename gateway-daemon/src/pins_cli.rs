@@ -39,15 +39,15 @@ pub fn run(cmd: PinsCmd, config: &Path) -> anyhow::Result<()> {
         PinsCmd::Diff { server } => print_diff(&call("pins.diff", json!({ "server": server }))?),
         PinsCmd::Approve { server, name } => {
             let r = call("pins.approve", json!({ "server": server, "name": name }))?;
-            println!("approved on {server}: {}", names(&r));
+            outln!("approved on {server}: {}", names(&r));
         }
         PinsCmd::Reject { server, name } => {
             let r = call("pins.reject", json!({ "server": server, "name": name }))?;
-            println!("rejected on {server}: {}", names(&r));
+            outln!("rejected on {server}: {}", names(&r));
         }
         PinsCmd::Forget { server } => {
             let r = call("pins.forget", json!({ "server": server }))?;
-            println!("forgot {} definitions of {server}", r["forgotten"]);
+            outln!("forgot {} definitions of {server}", r["forgotten"]);
         }
     }
     Ok(())
@@ -68,12 +68,12 @@ fn names(r: &Value) -> String {
 fn print_list(r: &Value) {
     let servers = r["servers"].as_array().cloned().unwrap_or_default();
     if servers.is_empty() {
-        println!("no server has been seen yet");
+        outln!("no server has been seen yet");
         return;
     }
     for s in servers {
         let pending = s["pending"].as_array().cloned().unwrap_or_default();
-        println!(
+        outln!(
             "{}  mode={}  approved={}  missing={}  waiting={}",
             s["server"].as_str().unwrap_or("?"),
             s["mode"].as_str().unwrap_or("?"),
@@ -82,7 +82,7 @@ fn print_list(r: &Value) {
             pending.len()
         );
         for p in pending {
-            println!(
+            outln!(
                 "    {} {} ({}{}{})",
                 p["kind"].as_str().unwrap_or("?"),
                 p["name"].as_str().unwrap_or("?"),
@@ -124,11 +124,11 @@ fn print_diff(r: &Value) {
     let server = r["server"].as_str().unwrap_or("?");
     let pending = r["pending"].as_array().cloned().unwrap_or_default();
     if pending.is_empty() {
-        println!("nothing waits for review on {server}");
+        outln!("nothing waits for review on {server}");
         return;
     }
     for p in pending {
-        println!(
+        outln!(
             "== {} {} on {server}: {}{}",
             p["kind"].as_str().unwrap_or("?"),
             p["name"].as_str().unwrap_or("?"),
@@ -140,7 +140,7 @@ fn print_diff(r: &Value) {
             }
         );
         for f in p["findings"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "   ! {} at {}: {}",
                 f["check"].as_str().unwrap_or("?"),
                 f["field"].as_str().unwrap_or("?"),
@@ -148,8 +148,8 @@ fn print_diff(r: &Value) {
             );
         }
         let (old, new) = (pretty(&p["approved"]), pretty(&p["listed"]));
-        println!("   {:<COLUMN$} | listed now", "approved");
-        println!("   {:-<COLUMN$}-+-{:-<COLUMN$}", "", "");
+        outln!("   {:<COLUMN$} | listed now", "approved");
+        outln!("   {:-<COLUMN$}-+-{:-<COLUMN$}", "", "");
         let diff = similar::TextDiff::from_lines(&old, &new);
         for op in diff.ops() {
             let (mut left, mut right) = (Vec::new(), Vec::new());
@@ -173,7 +173,7 @@ fn print_diff(r: &Value) {
                     let lm = if j == 0 { l.0 } else { ' ' };
                     let rm = if j == 0 { r.0 } else { ' ' };
                     let marker = if l.0 != ' ' || r.0 != ' ' { '|' } else { ' ' };
-                    println!(
+                    outln!(
                         " {lm} {:<COLUMN$} {marker} {rm} {}",
                         lw.get(j).map(String::as_str).unwrap_or(""),
                         rw.get(j).map(String::as_str).unwrap_or("")
@@ -181,6 +181,6 @@ fn print_diff(r: &Value) {
                 }
             }
         }
-        println!();
+        outln!();
     }
 }

@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 pub fn run(config: &Path, json: bool) -> anyhow::Result<()> {
     let report = fetch(config)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", status::render_text(&report));
+        out!("{}", status::render_text(&report));
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ pub fn run(config: &Path, interval: Duration) -> anyhow::Result<()> {
     // running is reported like any other command's error.
     let first = fetch_from(&socket)?;
     if !std::io::stdout().is_terminal() {
-        print!("{}", status::render_text(&first));
+        out!("{}", status::render_text(&first));
         return Ok(());
     }
     let interval = interval.max(MIN_INTERVAL);

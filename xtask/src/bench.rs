@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the gateway measured against direct connections to the same upstream,
-//! side by side in one run (DESIGN.md, "Performance"), printed as a table and written as JSON
+//! side by side in one run (docs/design.md, "Performance"), printed as a table and written as JSON
 //! for comparison between commits (`cargo xtask bench --compare OLD.json NEW.json`).
 //!
 //! Per scenario: an upstream MCP server (`mcp-bench-client serve`, rmcp, TCP_NODELAY), for

@@ -18,9 +18,19 @@ pub use policy::{Action, PolicyMode, PolicySection, PrincipalConfig, RuleConfig,
 pub use tls::{Passthrough, Tls};
 pub use validate::Resolved;
 
+/// What to do when the config is not there: say where commands look for it.
+fn missing_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        " (commands read --config FILE, else $MCP_GATEWAY_CONFIG, else \
+         /etc/mcp-gateway/mcp-gateway.toml; the example is systemd/mcp-gateway.toml)"
+    } else {
+        ""
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {source}{}", missing_hint(source))]
     Read {
         path: PathBuf,
         source: std::io::Error,

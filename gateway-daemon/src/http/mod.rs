@@ -1,7 +1,7 @@
 //! HTTP on both sides of a mediated connection. The agent's connection is served with
 //! hyper in the protocol the agent chose (HTTP/1.1 or h2c); each agent connection gets its
 //! own upstream connection in the same protocol, so keep-alive and connection lifetimes
-//! mirror what the agent asked for. Every request goes through `mcp::route`.
+//! mirror what the agent asked for. Every request goes through `mcp::dispatch`.
 
 pub mod body;
 pub mod budget;
@@ -210,7 +210,8 @@ where
             rpc = tracing::field::Empty,
             id = tracing::field::Empty,
         );
-        async move { Ok::<_, Infallible>(mcp::route(req, &ctx, &upstream).await) }.instrument(span)
+        async move { Ok::<_, Infallible>(mcp::dispatch(req, &ctx, &upstream).await) }
+            .instrument(span)
     });
     let io = TokioIo::new(agent);
     let serving = async move {

@@ -92,7 +92,7 @@ impl ConnCtx {
 
 /// One HTTP exchange of an agent: MCP goes through the MCP handlers, the rest is forwarded
 /// as it is (or refused when the config allows agents MCP only).
-pub async fn route(
+pub async fn dispatch(
     req: Request<Incoming>,
     ctx: &Arc<ConnCtx>,
     upstream: &Upstream,

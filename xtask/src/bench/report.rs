@@ -314,7 +314,7 @@ struct Check {
     digits: usize,
 }
 
-/// The design's targets ("Performance" in DESIGN.md), checked on this run.
+/// The design's targets ("Performance" in docs/design.md), checked on this run.
 pub fn print_targets(result: &Json) {
     let get = |s: &str, k: &str| scenario(result, s).and_then(|s| metric(s, k));
     let ratio = |s: &str, b: &str, k: &str| Some(get(s, k)? / get(b, k)? * 100.0);
@@ -426,7 +426,7 @@ pub fn print_targets(result: &Json) {
             0,
         ),
     ];
-    println!("\nTargets (DESIGN.md, Performance), memory of the plain `gateway` column:");
+    println!("\nTargets (docs/design.md, Performance), memory of the plain `gateway` column:");
     print_checks(checks);
     println!(
         "\nAgainst the plain L4 relay (the `relay` column), the floor of a userspace proxy \

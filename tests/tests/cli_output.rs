@@ -1,0 +1,147 @@
+//! Every command's output into a reader that has gone (`mcp-gateway … | head -1`): the
+//! command ends quietly, never with a panic, and its siblings keep working — against a
+//! running daemon with something in every list (a pinned server, a change waiting in pins,
+//! a call held for approval, a ledger of records).
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::{free_port, gateway_bin, Gateway, GatewayOptions};
+use serde_json::{json, Value};
+
+const CLIENT: &str = include_str!("../fixtures/policy_client.py");
+const RUG: &str = include_str!("../fixtures/rug_server.py");
+
+fn bank(port: u16, variant: &str) -> Peer {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(RUG).arg(port.to_string()).arg(variant);
+    Peer::spawn(&format!("rug-server-{variant}"), cmd, port, "/mcp")
+}
+
+fn agent(gw: &Gateway, url: &str, calls: Value) -> Command {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(CLIENT).arg(url).arg(calls.to_string());
+    gw.wrap(cmd)
+}
+
+/// Runs `mcp-gateway ARGS --config …` with its stdout a pipe whose reader is already gone:
+/// its first write fails with EPIPE. Returns the exit code and stderr.
+fn into_closed_pipe(gw: &Gateway, args: &[&str]) -> (Option<i32>, String) {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(gateway_bin())
+        .args(args)
+        .arg("--config")
+        .arg(&gw.config)
+        .stdout(Stdio::from(OwnedFd::from(write)))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `approvals list` shows a held call.
+fn wait_held(gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = gw.cli(&["approvals", "list", "--json"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if list["held"].as_array().is_some_and(|h| !h.is_empty()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no held call\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn every_command_ends_quietly_when_its_reader_has_gone() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "cli-epipe",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                "[[server]]\nname = \"bank\"\naddress = \"127.0.0.1:{port}\"\n\
+                 [policy]\nmode = \"enforce\"\n\
+                 [[principal]]\nname = \"agent\"\nexe = [\"/usr/bin/python3*\"]\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"bank\"\ntools = [\"deposit\"]\naction = \"ask\"\n\
+                 [[rule]]\nprincipal = \"agent\"\nserver = \"bank\"\naction = \"allow\"\n"
+            ),
+            pins: "mode = \"tofu\"\n".into(),
+            ..Default::default()
+        },
+    );
+    // Pinned at v1, then a rug pull waits in pins.
+    let v1 = bank(port, "v1");
+    let url = v1.url.clone();
+    run_json(agent(&gw, &url, json!([])));
+    drop(v1);
+    let _v2 = bank(port, "v2");
+    run_json(agent(&gw, &url, json!([])));
+    // A call held for approval while the commands run.
+    let held: Child = agent(
+        &gw,
+        &url,
+        json!([{"name": "deposit", "arguments": {"account": "a", "amount": 1}}]),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_held(&gw);
+
+    let commands: &[&[&str]] = &[
+        &["status"],
+        &["status", "--json"],
+        &["top"],
+        &["pins", "list"],
+        &["pins", "diff", "bank"],
+        &["approvals", "list"],
+        &["approvals", "list", "--json"],
+        &["audit", "show"],
+        &["audit", "tail", "-n", "5"],
+        &["audit", "verify"],
+        &["audit", "pubkey"],
+        &["audit", "bench", "--records", "50", "--concurrency", "2"],
+        &["ca", "export"],
+    ];
+    for args in commands {
+        // Each one prints something when read (or the test would prove nothing).
+        let read = gw.cli(args);
+        assert!(
+            read.status.success() && !read.stdout.is_empty(),
+            "mcp-gateway {args:?} printed nothing: {}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let (code, stderr) = into_closed_pipe(&gw, args);
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert_eq!(code, Some(0), "{args:?} into a closed pipe: {stderr}");
+    }
+    // check-config takes the file as its argument.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(gateway_bin())
+        .arg("check-config")
+        .arg(&gw.config)
+        .stdout(Stdio::from(OwnedFd::from(write)))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+
+    // The daemon served them all and still answers.
+    assert!(gw.cli(&["status"]).status.success());
+    let mut held = held;
+    let _ = held.kill();
+    let mut ignored = String::new();
+    let _ = held.stdout.take().unwrap().read_to_string(&mut ignored);
+    let _ = held.wait();
+}
