@@ -3,6 +3,10 @@
 //! The bin-only modules are compiled into this test so their logic is tested without a
 //! running daemon; the last tests run the `mcp-gateway` binary itself.
 
+#[allow(dead_code, unused_macros)]
+#[macro_use]
+#[path = "../src/out.rs"]
+mod out;
 #[allow(dead_code)]
 #[path = "../src/status_cli.rs"]
 mod status_cli;

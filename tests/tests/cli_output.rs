@@ -4,7 +4,6 @@
 //! a call held for approval, a ledger of records).
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,7 @@ fn into_closed_pipe(gw: &Gateway, args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .arg("--config")
         .arg(&gw.config)
-        .stdout(Stdio::from(OwnedFd::from(write)))
+        .stdout(Stdio::from(write))
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -130,7 +129,7 @@ fn every_command_ends_quietly_when_its_reader_has_gone() {
     let out = Command::new(gateway_bin())
         .arg("check-config")
         .arg(&gw.config)
-        .stdout(Stdio::from(OwnedFd::from(write)))
+        .stdout(Stdio::from(write))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
