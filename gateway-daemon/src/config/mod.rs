@@ -3,6 +3,7 @@
 
 mod admin;
 mod credential;
+pub mod defaults;
 mod policy;
 mod tls;
 mod validate;
@@ -129,64 +130,49 @@ pub struct Server {
 
 /// Limits and choices of the HTTP stage.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Http {
     /// Largest MCP request body accepted from an agent.
-    #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
     /// Largest JSON (non-streamed) MCP response body accepted from a server.
-    #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
     /// Largest single SSE event.
-    #[serde(default = "default_max_event_bytes")]
     pub max_event_bytes: usize,
     /// Refuse agent HTTP requests that are not MCP (and non-HTTP connections) instead of
     /// passing them through.
-    #[serde(default)]
     pub mcp_only: bool,
     /// Requests awaiting a response per session and direction.
-    #[serde(default = "default_max_pending")]
     pub max_pending: usize,
     /// MCP sessions tracked at once (past it, the longest idle session of the user holding
     /// the most is forgotten).
-    #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,
     /// MCP sessions one user (uid) holds at once (past it, its own longest idle one is
     /// forgotten): no user can push another's sessions out.
-    #[serde(default = "default_max_sessions_per_user")]
     pub max_sessions_per_user: usize,
     /// Bytes of bodies held for inspection at once, by all exchanges together (requests
     /// and JSON responses read whole, SSE events read to their end).
-    #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: usize,
     /// The same, per user (uid): past it that user's exchanges get an error, others' not.
-    #[serde(default = "default_max_buffered_bytes_per_user")]
     pub max_buffered_bytes_per_user: usize,
 }
 
 /// Where redirected connections arrive. Both families are needed: an AF_INET6 agent socket
 /// dialing a native IPv6 address can only be redirected to an IPv6 listener.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Listener {
-    #[serde(default = "default_listen4")]
     pub ipv4: SocketAddr,
-    #[serde(default = "default_listen6")]
     pub ipv6: SocketAddr,
     /// Connections one user (uid) holds at once; more are refused (and audited). Also
     /// bounded to half of what the daemon's open-files limit allows.
-    #[serde(default = "default_max_connections_per_user")]
     pub max_connections_per_user: usize,
     /// Seconds a connection may stay open with neither side having sent a byte.
-    #[serde(default = "default_first_byte_timeout_s")]
     pub first_byte_timeout_s: u64,
     /// New connections one user may open a second, on average (bursts of five seconds'
     /// worth); faster ones are refused and audited once per interval.
-    #[serde(default = "default_connections_per_second_per_user")]
     pub connections_per_second_per_user: u32,
     /// Threads that serve agent connections, each keeping its connections for their whole
     /// life; 0 is one per core the daemon may run on.
-    #[serde(default)]
     pub workers: usize,
 }
 
@@ -212,76 +198,58 @@ pub enum UserRef {
 
 /// Which destinations of agent connections are mediated.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Scope {
     /// Every TCP destination port of agents is mediated (the default): an MCP server on a
     /// dev port is a server too. `false` mediates only `ports`.
-    #[serde(default = "default_all_tcp")]
     pub all_tcp: bool,
-    #[serde(default = "default_ports")]
     pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Intercept {
     /// Name of this daemon's pin directory under bpffs; two daemons need two names.
-    #[serde(default = "default_instance")]
     pub instance: String,
     /// Where bpffs is (mounted there when it is not yet).
-    #[serde(default = "default_bpffs")]
     pub bpffs: PathBuf,
     /// cgroup (relative to the cgroup2 mount) the programs attach to; `/` sees every
     /// process, which selecting agents by user needs.
-    #[serde(default = "default_attach_cgroup")]
     pub attach_cgroup: String,
     /// SO_MARK put on the daemon's upstream sockets; the programs never redirect them.
-    #[serde(default = "default_mark")]
     pub mark: u32,
     /// Capacity of the connection table between established and accept.
-    #[serde(default = "default_max_connections")]
     pub max_connections: u32,
     /// Capacity of each selector map (agent cgroups, agent users, ports).
-    #[serde(default = "default_selector_capacity")]
     pub selector_capacity: u32,
     /// On a clean stop, detach the programs (agents then connect directly). With `false`,
     /// the default, they stay attached and agent connections are refused until the daemon
     /// is back: a `systemctl restart` or an upgrade never opens a window. `mcp-gateway
     /// detach` detaches on purpose.
-    #[serde(default)]
     pub detach_on_stop: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Audit {
-    #[serde(default = "default_audit_path")]
     pub path: PathBuf,
     /// When records reach the disk: `always` (fdatasync before a call is forwarded; calls
     /// that arrive together share one sync), `batch` (at most one sync per
     /// `batch_interval_ms`, calls wait for it), `none` (the OS decides; a crash may lose
     /// the last records).
-    #[serde(default)]
     pub sync: SyncPolicy,
-    #[serde(default = "default_batch_interval_ms")]
     pub batch_interval_ms: u64,
     /// Rotate the current file past this size...
-    #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
     /// ...or this age in seconds (0: no age limit).
-    #[serde(default = "default_max_file_age_s")]
     pub max_file_age_s: u64,
     /// Rotated files kept; older ones are deleted (0: keep all).
-    #[serde(default = "default_retain_files")]
     pub retain_files: usize,
     /// Seconds between signed checkpoints (also written at rotation and clean stop).
-    #[serde(default = "default_checkpoint_interval_s")]
     pub checkpoint_interval_s: u64,
     /// The ed25519 signing key, created 0600 on first start.
-    #[serde(default = "default_audit_key")]
     pub key: PathBuf,
     /// Also send each record to journald: `auto` (when its socket exists), `on`, `off`.
-    #[serde(default)]
     pub journald: Journald,
 }
 
@@ -303,151 +271,66 @@ pub enum Journald {
     Off,
 }
 
-fn default_listen4() -> SocketAddr {
-    "127.0.0.1:15001".parse().expect("literal")
-}
-fn default_listen6() -> SocketAddr {
-    "[::1]:15001".parse().expect("literal")
-}
-fn default_max_connections_per_user() -> usize {
-    4096
-}
-fn default_first_byte_timeout_s() -> u64 {
-    60
-}
-fn default_connections_per_second_per_user() -> u32 {
-    500
-}
-fn default_ports() -> Vec<u16> {
-    vec![80, 443, 8080]
-}
-fn default_all_tcp() -> bool {
-    true
-}
-fn default_instance() -> String {
-    "default".into()
-}
-fn default_bpffs() -> PathBuf {
-    "/sys/fs/bpf".into()
-}
-fn default_attach_cgroup() -> String {
-    "/".into()
-}
-fn default_mark() -> u32 {
-    0x4d43_5047 // "MCPG"
-}
-fn default_max_connections() -> u32 {
-    65536
-}
-fn default_selector_capacity() -> u32 {
-    1024
-}
-fn default_max_request_bytes() -> usize {
-    4 << 20
-}
-fn default_max_response_bytes() -> usize {
-    32 << 20
-}
-fn default_max_event_bytes() -> usize {
-    8 << 20
-}
-fn default_max_pending() -> usize {
-    1024
-}
-fn default_max_sessions() -> usize {
-    10_000
-}
-fn default_max_sessions_per_user() -> usize {
-    1_000
-}
-fn default_max_buffered_bytes() -> usize {
-    1 << 30
-}
-fn default_max_buffered_bytes_per_user() -> usize {
-    256 << 20
-}
-fn default_batch_interval_ms() -> u64 {
-    10
-}
-fn default_max_file_bytes() -> u64 {
-    64 << 20
-}
-fn default_max_file_age_s() -> u64 {
-    86_400
-}
-fn default_retain_files() -> usize {
-    30
-}
-fn default_checkpoint_interval_s() -> u64 {
-    60
-}
-fn default_audit_key() -> PathBuf {
-    "/var/lib/mcp-gateway/audit-signing.key".into()
-}
-fn default_audit_path() -> PathBuf {
-    "/var/log/mcp-gateway/audit.jsonl".into()
-}
-
 impl Default for Listener {
     fn default() -> Self {
         Self {
-            ipv4: default_listen4(),
-            ipv6: default_listen6(),
-            max_connections_per_user: default_max_connections_per_user(),
-            first_byte_timeout_s: default_first_byte_timeout_s(),
-            connections_per_second_per_user: default_connections_per_second_per_user(),
-            workers: 0,
+            ipv4: defaults::LISTENER_IPV4,
+            ipv6: defaults::LISTENER_IPV6,
+            max_connections_per_user: defaults::MAX_CONNECTIONS_PER_USER,
+            first_byte_timeout_s: defaults::FIRST_BYTE_TIMEOUT_S,
+            connections_per_second_per_user: defaults::CONNECTIONS_PER_SECOND_PER_USER,
+            workers: defaults::WORKERS,
         }
     }
 }
 impl Default for Scope {
     fn default() -> Self {
         Self {
-            all_tcp: default_all_tcp(),
-            ports: default_ports(),
+            all_tcp: defaults::ALL_TCP,
+            ports: defaults::PORTS.to_vec(),
         }
     }
 }
 impl Default for Intercept {
     fn default() -> Self {
         Self {
-            instance: default_instance(),
-            bpffs: default_bpffs(),
-            attach_cgroup: default_attach_cgroup(),
-            mark: default_mark(),
-            max_connections: default_max_connections(),
-            selector_capacity: default_selector_capacity(),
-            detach_on_stop: false,
+            instance: defaults::INSTANCE.into(),
+            bpffs: defaults::BPFFS.into(),
+            attach_cgroup: defaults::ATTACH_CGROUP.into(),
+            mark: defaults::MARK,
+            max_connections: defaults::MAX_CONNECTIONS,
+            selector_capacity: defaults::SELECTOR_CAPACITY,
+            detach_on_stop: defaults::DETACH_ON_STOP,
         }
     }
 }
 impl Default for Http {
     fn default() -> Self {
         Self {
-            max_request_bytes: default_max_request_bytes(),
-            max_response_bytes: default_max_response_bytes(),
-            max_event_bytes: default_max_event_bytes(),
-            mcp_only: false,
-            max_pending: default_max_pending(),
-            max_sessions: default_max_sessions(),
-            max_sessions_per_user: default_max_sessions_per_user(),
-            max_buffered_bytes: default_max_buffered_bytes(),
-            max_buffered_bytes_per_user: default_max_buffered_bytes_per_user(),
+            max_request_bytes: defaults::MAX_REQUEST_BYTES,
+            max_response_bytes: defaults::MAX_RESPONSE_BYTES,
+            max_event_bytes: defaults::MAX_EVENT_BYTES,
+            mcp_only: defaults::MCP_ONLY,
+            max_pending: defaults::MAX_PENDING,
+            max_sessions: defaults::MAX_SESSIONS,
+            max_sessions_per_user: defaults::MAX_SESSIONS_PER_USER,
+            max_buffered_bytes: defaults::MAX_BUFFERED_BYTES,
+            max_buffered_bytes_per_user: defaults::MAX_BUFFERED_BYTES_PER_USER,
         }
     }
 }
 impl Default for Audit {
     fn default() -> Self {
         Self {
-            path: default_audit_path(),
-            sync: SyncPolicy::Always,
-            batch_interval_ms: default_batch_interval_ms(),
-            max_file_bytes: default_max_file_bytes(),
-            max_file_age_s: default_max_file_age_s(),
-            retain_files: default_retain_files(),
-            checkpoint_interval_s: default_checkpoint_interval_s(),
-            key: default_audit_key(),
-            journald: Journald::Auto,
+            path: defaults::AUDIT_PATH.into(),
+            sync: SyncPolicy::default(),
+            batch_interval_ms: defaults::BATCH_INTERVAL_MS,
+            max_file_bytes: defaults::MAX_FILE_BYTES,
+            max_file_age_s: defaults::MAX_FILE_AGE_S,
+            retain_files: defaults::RETAIN_FILES,
+            checkpoint_interval_s: defaults::CHECKPOINT_INTERVAL_S,
+            key: defaults::AUDIT_KEY.into(),
+            journald: Journald::default(),
         }
     }
 }

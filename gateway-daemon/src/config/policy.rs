@@ -66,7 +66,7 @@ pub struct PrincipalConfig {
 }
 
 fn default_rate_window() -> u64 {
-    60
+    super::defaults::RATE_WINDOW_S
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,7 +74,8 @@ fn default_rate_window() -> u64 {
 pub enum Action {
     Allow,
     Deny,
-    /// Hold for a human's approval (answered as a denial until approvals exist).
+    /// Hold the call for an administrator (`mcp-gateway approvals`); denied when nobody
+    /// answers within `approvals.timeout_s`.
     Ask,
 }
 
@@ -118,9 +119,12 @@ pub enum RuleDirection {
 }
 
 fn star() -> String {
-    "*".into()
+    super::defaults::RULE_SERVER.into()
 }
 
 fn default_methods() -> Vec<String> {
-    vec!["tools/call".into()]
+    super::defaults::RULE_METHODS
+        .iter()
+        .map(|m| m.to_string())
+        .collect()
 }

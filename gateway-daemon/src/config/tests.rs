@@ -341,3 +341,40 @@ fn an_admin_group_named_on_purpose_must_exist() {
     // warns at start then.
     assert!(parse(&format!("{base}group = \"mcp-gateway\"\n")).is_ok());
 }
+
+/// The example config spells out every section's defaults: each value it gives must be the
+/// code's (`config::defaults`), except the keys it sets on purpose for its agents.
+#[test]
+fn the_example_config_gives_the_codes_defaults() {
+    let example: toml::Table =
+        toml::from_str(include_str!("../../../systemd/mcp-gateway.toml")).unwrap();
+    let base = format!("{:?}", toml::from_str::<Config>("").unwrap());
+    let mut departures = Vec::new();
+    let mut checked = 0;
+    for (section, body) in &example {
+        let toml::Value::Table(keys) = body else {
+            continue; // [[server]], [[principal]], [[rule]]: no defaults to hold to
+        };
+        for (key, value) in keys {
+            let mut one = toml::Table::new();
+            let mut inner = toml::Table::new();
+            inner.insert(key.clone(), value.clone());
+            one.insert(section.clone(), toml::Value::Table(inner));
+            let parsed: Config = toml::from_str(&toml::to_string(&one).unwrap())
+                .unwrap_or_else(|e| panic!("{section}.{key}: {e}"));
+            if format!("{parsed:?}") != base {
+                departures.push(format!("{section}.{key}"));
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 60,
+        "the example spells out its sections ({checked} keys)"
+    );
+    assert_eq!(
+        departures,
+        ["agents.cgroups", "agents.users"],
+        "the example config gives values other than the code's defaults"
+    );
+}

@@ -347,7 +347,7 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
     // A group named on purpose must exist: the daemon would make the socket root-only and
     // only say so in its log. The default's group comes with the package (sysusers); without
     // it the daemon warns at start.
-    if config.admin.group != super::admin::DEFAULT_GROUP {
+    if config.admin.group != super::defaults::ADMIN_GROUP {
         match nix::unistd::Group::from_name(&config.admin.group) {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -357,7 +357,7 @@ pub(super) fn validate(config: Config) -> Result<Resolved, Failure> {
                         "no such group {:?}: create it (its members may use the admin \
                          socket), or leave admin.group out for {:?}, which the package creates",
                         config.admin.group,
-                        super::admin::DEFAULT_GROUP
+                        super::defaults::ADMIN_GROUP
                     ),
                 )
             }
