@@ -11,6 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use crate::config::{merge, parse, TestConfig};
 use crate::{free_port, gateway_bin, require_privileges};
 
 /// What a test wants of its daemon.
@@ -22,7 +23,9 @@ pub struct GatewayOptions {
     pub users: Vec<u32>,
     /// Whether the test's agent cgroup is an agent cgroup (true unless selecting by uid only).
     pub no_cgroup: bool,
-    /// More TOML appended to the config (e.g. `[http]` limits, `[[server]]` entries).
+    /// What the test's config says, typed (servers, principals, rules, policy mode).
+    pub config: TestConfig,
+    /// More TOML merged into the config (e.g. `[http]` limits), over the typed part.
     pub extra: String,
     /// More keys of the `[audit]` table (e.g. `sync = "batch"`).
     pub audit: String,
@@ -68,60 +71,10 @@ impl Gateway {
         let instance = format!("t-{unique}");
         let (listen4, listen6) = (free_port(), free_port());
         let audit = dir.path().join("audit.jsonl");
-        let cgroups = if opts.no_cgroup {
-            String::new()
-        } else {
-            format!("{cgroup:?}")
-        };
-        let users: Vec<String> = opts.users.iter().map(u32::to_string).collect();
-        let ports: Vec<String> = opts.ports.iter().map(u16::to_string).collect();
         let config = dir.path().join("gateway.toml");
         std::fs::write(
             &config,
-            format!(
-                "[listener]\nipv4 = \"127.0.0.1:{listen4}\"\nipv6 = \"[::1]:{listen6}\"\n{}\n\
-                 [agents]\ncgroups = [{cgroups}]\nusers = [{}]\n\
-                 [scope]\n{}\n\
-                 [intercept]\ninstance = \"{instance}\"\n{}\n\
-                 [tls]\nca_cert = \"{}\"\nca_key = \"{}\"\n{}\n\
-                 [admin]\nsocket = \"{}\"\n[stdio]\nsocket = \"{}\"\n\
-                 [pins]\npath = \"{}\"\n{}\n\
-                 [audit]\npath = \"{}\"\nkey = \"{}\"\n{}\n{}\n",
-                opts.listener,
-                users.join(", "),
-                opts.scope
-                    .clone()
-                    // Tests name the ports they mediate (the daemon's default is every port).
-                    .unwrap_or_else(|| format!("ports = [{}]\nall_tcp = false", ports.join(", "))),
-                opts.intercept,
-                dir.path().join("ca.pem").display(),
-                dir.path().join("ca.key").display(),
-                opts.tls,
-                dir.path().join("admin.sock").display(),
-                dir.path().join("stdio.sock").display(),
-                dir.path().join("pins.json").display(),
-                // Tests about other stages call tools without pinning them first.
-                if opts.pins.contains("mode") {
-                    opts.pins.clone()
-                } else {
-                    format!("mode = \"off\"\n{}", opts.pins)
-                },
-                audit.display(),
-                dir.path().join("audit.key").display(),
-                // Tests stay out of the host's journal unless they ask for it.
-                if opts.audit.contains("journald") {
-                    opts.audit.clone()
-                } else {
-                    format!("journald = \"off\"\n{}", opts.audit)
-                },
-                // Tests about other stages see the policy in audit mode (everything passes,
-                // decisions are recorded); policy tests bring their own [policy].
-                if opts.extra.contains("[policy]") {
-                    opts.extra.clone()
-                } else {
-                    format!("[policy]\nmode = \"audit\"\n{}", opts.extra)
-                }
-            ),
+            Self::config_text(&opts, dir.path(), &cgroup, &instance, (listen4, listen6)),
         )
         .unwrap();
         let mut gw = Gateway {
@@ -138,6 +91,95 @@ impl Gateway {
         };
         gw.launch();
         gw
+    }
+
+    /// The daemon's config: the harness's keys (this test's ports, sockets and files), the
+    /// defaults tests share (pins off, policy in audit mode, no journald), then what the
+    /// test gave — typed (`opts.config`) and as TOML — each overriding what came before.
+    fn config_text(
+        opts: &GatewayOptions,
+        dir: &Path,
+        cgroup: &str,
+        instance: &str,
+        (listen4, listen6): (u16, u16),
+    ) -> String {
+        let file = |name: &str| toml::Value::String(dir.join(name).display().to_string());
+        let mut t = toml::Table::new();
+        let mut section = |name: &str, pairs: Vec<(&str, toml::Value)>| {
+            let table: toml::Table = pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            t.insert(name.to_string(), toml::Value::Table(table));
+        };
+        let list = |items: Vec<toml::Value>| toml::Value::Array(items);
+        section(
+            "listener",
+            vec![
+                ("ipv4", format!("127.0.0.1:{listen4}").into()),
+                ("ipv6", format!("[::1]:{listen6}").into()),
+            ],
+        );
+        let cgroups = if opts.no_cgroup {
+            vec![]
+        } else {
+            vec![cgroup.into()]
+        };
+        let users = opts
+            .users
+            .iter()
+            .map(|u| toml::Value::Integer(*u as i64))
+            .collect();
+        section(
+            "agents",
+            vec![("cgroups", list(cgroups)), ("users", list(users))],
+        );
+        // Tests name the ports they mediate (the daemon's default is every port).
+        let ports = opts
+            .ports
+            .iter()
+            .map(|p| toml::Value::Integer(*p as i64))
+            .collect();
+        section(
+            "scope",
+            vec![("ports", list(ports)), ("all_tcp", false.into())],
+        );
+        section("intercept", vec![("instance", instance.into())]);
+        section(
+            "tls",
+            vec![("ca_cert", file("ca.pem")), ("ca_key", file("ca.key"))],
+        );
+        section("admin", vec![("socket", file("admin.sock"))]);
+        section("stdio", vec![("socket", file("stdio.sock"))]);
+        // Tests about other stages call tools without pinning them first, see every
+        // decision pass (recorded), and stay out of the host's journal.
+        section(
+            "pins",
+            vec![("path", file("pins.json")), ("mode", "off".into())],
+        );
+        section(
+            "audit",
+            vec![
+                ("path", file("audit.jsonl")),
+                ("key", file("audit.key")),
+                ("journald", "off".into()),
+            ],
+        );
+        section("policy", vec![("mode", "audit".into())]);
+        if let Some(scope) = &opts.scope {
+            // The test's own [scope] replaces the harness's.
+            t.remove("scope");
+            merge(&mut t, parse("scope", &format!("[scope]\n{scope}")));
+        }
+        for (name, keys) in [
+            ("listener", &opts.listener),
+            ("intercept", &opts.intercept),
+            ("tls", &opts.tls),
+            ("pins", &opts.pins),
+            ("audit", &opts.audit),
+        ] {
+            merge(&mut t, parse(name, &format!("[{name}]\n{keys}")));
+        }
+        merge(&mut t, opts.config.table());
+        merge(&mut t, parse("extra", &opts.extra));
+        toml::to_string(&t).expect("a config table always serialises")
     }
 
     fn stderr_path(&self) -> PathBuf {

@@ -5,6 +5,7 @@
 //! Nothing here is mocked: the daemon is the built `mcp-gateway` binary, the agents are
 //! unmodified Python processes, redirection is the real eBPF programs.
 
+pub mod config;
 mod echo;
 pub mod fake;
 mod gateway;

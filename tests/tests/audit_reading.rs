@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use gateway_tests::config::{Credential, Server, TestConfig};
 use gateway_tests::peers::{
     everything, python_client_cmd, rmcp_server, rmcp_server_tls, run_json, Transport,
 };
@@ -28,11 +29,16 @@ fn gateway(name: &str, tls_port: u16, plain_port: u16, pki: &TestPki) -> Gateway
         name,
         GatewayOptions {
             ports: vec![tls_port, plain_port],
-            extra: format!(
-                "[[server]]\nname = \"secure\"\nhost = \"localhost\"\nport = {tls_port}\n\
-                 [[server.credential]]\nheader = \"X-Api-Key\"\nfile = {:?}\n",
-                key.display().to_string()
-            ),
+            config: TestConfig {
+                servers: vec![Server {
+                    credentials: vec![Credential {
+                        header: "X-Api-Key".into(),
+                        file: Some(key.display().to_string()),
+                    }],
+                    ..Server::tls("secure", "localhost", tls_port)
+                }],
+                ..Default::default()
+            },
             tls: format!("extra_roots = [{:?}]\n", pki.ca_pem().display().to_string()),
             ..Default::default()
         },

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gateway_tests::config::{Rule, Server, TestConfig};
 use gateway_tests::peers::{run_json, venv_python, Peer};
 use gateway_tests::{free_port, gateway_bin, Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -66,13 +67,8 @@ fn every_command_ends_quietly_when_its_reader_has_gone() {
         "cli-epipe",
         GatewayOptions {
             ports: vec![port],
-            extra: format!(
-                "[[server]]\nname = \"bank\"\naddress = \"127.0.0.1:{port}\"\n\
-                 [policy]\nmode = \"enforce\"\n\
-                 [[principal]]\nname = \"agent\"\nexe = [\"/usr/bin/python3*\"]\n\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"bank\"\ntools = [\"deposit\"]\naction = \"ask\"\n\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"bank\"\naction = \"allow\"\n"
-            ),
+            config: TestConfig::allowing("agent", Server::at("bank", port))
+                .first(Rule::ask("agent", "bank").tools(&["deposit"])),
             pins: "mode = \"tofu\"\n".into(),
             ..Default::default()
         },

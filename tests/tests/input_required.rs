@@ -5,6 +5,7 @@
 //! state's SHA-256; the agent's answers are scanned like arguments. The official Python
 //! SDK on both sides (`mcp` 2.3.0, `Client(mode="2026-07-28")`).
 
+use gateway_tests::config::{RedactMode, Rule, Server, TestConfig};
 use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -13,7 +14,7 @@ const SERVER: &str = include_str!("../fixtures/mrtr_server.py");
 const CLIENT: &str = include_str!("../fixtures/mrtr_client.py");
 const STATE: &str = "state-AKIAIOSFODNN7EXAMPLE-1";
 
-fn setup(name: &str, rules: &str) -> (Peer, Gateway, tempfile::TempDir) {
+fn setup(name: &str, rules: &[Rule]) -> (Peer, Gateway, tempfile::TempDir) {
     gateway_tests::require_privileges();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -25,12 +26,10 @@ fn setup(name: &str, rules: &str) -> (Peer, Gateway, tempfile::TempDir) {
         name,
         GatewayOptions {
             ports: vec![port],
-            extra: format!(
-                "[[server]]\nname = \"mrtr\"\naddress = \"127.0.0.1:{port}\"\n\
-                 [redact]\nmode_requests = \"redact\"\nmode_responses = \"redact\"\n\
-                 [policy]\nmode = \"enforce\"\n\
-                 [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n{rules}\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"mrtr\"\naction = \"allow\"\n"
+            config: rules.iter().rev().fold(
+                TestConfig::allowing("agent", Server::at("mrtr", port))
+                    .redact(RedactMode::Redact, RedactMode::Redact),
+                |c, r| c.first(r.clone()),
             ),
             ..Default::default()
         },
@@ -48,8 +47,9 @@ fn client(gw: &Gateway, srv: &Peer, note: &str, tools: &[&str]) -> Value {
 fn an_input_request_a_rule_denies_never_reaches_the_agent() {
     let (srv, gw, dir) = setup(
         "mrtr-deny",
-        "[[rule]]\nprincipal = \"agent\"\nserver = \"mrtr\"\ndirection = \"server_to_client\"\n\
-         methods = [\"sampling/createMessage\"]\naction = \"deny\"\n",
+        &[Rule::deny("agent", "mrtr")
+            .server_to_client()
+            .methods(&["sampling/createMessage"])],
     );
     let out = client(&gw, &srv, "fine", &["ask_model", "ask_user"]);
     // The sampling request never reached the agent: its call failed with the rule's code.
@@ -89,7 +89,7 @@ fn an_input_request_a_rule_denies_never_reaches_the_agent() {
 
 #[test]
 fn the_state_goes_back_as_it_came_and_ties_the_retry_to_the_call() {
-    let (srv, gw, dir) = setup("mrtr-pass", "");
+    let (srv, gw, dir) = setup("mrtr-pass", &[]);
     let token = format!("ghp_{}", "a1B2c3D4e5".repeat(4).get(..36).unwrap());
     let out = client(
         &gw,

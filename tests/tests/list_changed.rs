@@ -5,6 +5,7 @@
 //! legacy HTTP+SSE transport; and in 2026-07-28, the change coming on a
 //! `subscriptions/listen` stream.
 
+use gateway_tests::config::{Rule, Server, TestConfig};
 use gateway_tests::peers::{python_server, run_json, venv_python};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::Value;
@@ -18,13 +19,10 @@ fn gateway(name: &str, port: u16) -> Gateway {
         GatewayOptions {
             ports: vec![port],
             pins: "mode = \"tofu\"\n".into(),
-            extra: format!(
-                "[[server]]\nname = \"asking\"\naddress = \"127.0.0.1:{port}\"\n\
-                 [policy]\nmode = \"enforce\"\n\
-                 [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"asking\"\nmethods = [\"*\"]\n\
-                 action = \"allow\"\n"
-            ),
+            config: TestConfig {
+                rules: vec![Rule::allow("agent", "asking").methods(&["*"])],
+                ..TestConfig::allowing("agent", Server::at("asking", port))
+            },
             ..Default::default()
         },
     )

@@ -4,6 +4,7 @@
 //! reads. The official Python SDK's 2026-07-28 client passes; requests that lie are refused
 //! with 400 and the code the revision names, never forwarded, and recorded.
 
+use gateway_tests::config::{Server, TestConfig};
 use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -23,12 +24,7 @@ fn setup(name: &str) -> (Peer, Gateway, tempfile::TempDir) {
         name,
         GatewayOptions {
             ports: vec![port],
-            extra: format!(
-                "[[server]]\nname = \"regions\"\naddress = \"127.0.0.1:{port}\"\n\
-                 [policy]\nmode = \"enforce\"\n\
-                 [[principal]]\nname = \"agent\"\nusers = [\"root\"]\n\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"regions\"\naction = \"allow\"\n"
-            ),
+            config: TestConfig::allowing("agent", Server::at("regions", port)),
             ..Default::default()
         },
     );

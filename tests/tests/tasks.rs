@@ -9,6 +9,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use gateway_tests::config::{Principal, RedactMode, Rule, Server, TestConfig};
 use gateway_tests::peers::{crate_bin, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -63,15 +64,16 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
         "tasks",
         GatewayOptions {
             ports: vec![port],
-            extra: format!(
-                "[[server]]\nname = \"tasks\"\naddress = \"127.0.0.1:{port}\"\n\
-                 [redact]\nmode_responses = \"redact\"\n\
-                 [policy]\nmode = \"enforce\"\n\
-                 [[principal]]\nname = \"agent\"\nusers = [\"root\", \"{OTHER}\"]\n\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"tasks\"\ndirection = \"server_to_client\"\n\
-                 methods = [\"sampling/createMessage\"]\naction = \"deny\"\n\
-                 [[rule]]\nprincipal = \"agent\"\nserver = \"tasks\"\naction = \"allow\"\n"
-            ),
+            config: TestConfig {
+                principals: vec![Principal::users("agent", &["root", OTHER])],
+                ..TestConfig::allowing("agent", Server::at("tasks", port))
+                    .redact(RedactMode::Redact, RedactMode::Redact)
+                    .first(
+                        Rule::deny("agent", "tasks")
+                            .server_to_client()
+                            .methods(&["sampling/createMessage"]),
+                    )
+            },
             ..Default::default()
         },
     );
