@@ -29,6 +29,28 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Run COMMAND as an agent of the daemon `run` started (in its config's first agent
+    /// cgroup, as you: the user behind sudo), e.g. `cargo xtask exec -- curl …`.
+    Exec {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Run an mcp-gateway command (as root) on the config `run` uses, e.g.
+    /// `cargo xtask cli audit tail`.
+    Cli {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A small MCP server to try the gateway with (rmcp: tools echo, add, …), on
+    /// 127.0.0.1:PORT; it also builds the matching client, target/debug/rmcp-test-client.
+    DemoServer {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Run the whole test suite: unit tests, then the privileged integration tests (root).
     Test {
         /// Also run the boot test: the .deb installed in a systemd-nspawn container
@@ -130,16 +152,15 @@ fn main() -> Result<()> {
         Cmd::Run { config, release } => {
             ensure_deps()?;
             let bin = build_daemon(release)?;
-            let config = config.unwrap_or_else(|| root.join("systemd/mcp-gateway.toml"));
-            // The daemon needs root (eBPF); the build does not.
-            let mut cmd = if is_root() {
-                Command::new(&bin)
-            } else {
-                let mut c = Command::new("sudo");
-                c.arg(&bin);
-                c
-            };
-            let status = cmd
+            let config = config.unwrap_or_else(|| example_config(&root));
+            eprintln!(
+                "xtask: starting the daemon on {}. In another terminal, next:\n  \
+                 cargo xtask demo-server          # an MCP server on 127.0.0.1:8080\n  \
+                 cargo xtask exec -- target/debug/rmcp-test-client http://127.0.0.1:8080/mcp\n  \
+                 cargo xtask cli audit tail -n 5  # what the gateway recorded",
+                config.display()
+            );
+            let status = as_root(&bin)
                 .args(["run", "--config"])
                 .arg(&config)
                 .status()
@@ -148,6 +169,45 @@ fn main() -> Result<()> {
                 bail!("mcp-gateway exited with {status}");
             }
             Ok(())
+        }
+        Cmd::Exec { config, command } => {
+            let bin = build_daemon(false)?;
+            let config = config.unwrap_or_else(|| example_config(&root));
+            let mut cmd = as_root(&bin);
+            cmd.arg("exec").arg("--config").arg(&config);
+            // The agent runs as whoever asked, not as root: the cgroup makes it an agent.
+            if let Some(user) = invoking_user() {
+                cmd.args(["--user", &user]);
+            }
+            cmd.arg("--").args(&command);
+            exit_like(cmd.status().context("running mcp-gateway exec")?)
+        }
+        Cmd::Cli { config, args } => {
+            let bin = build_daemon(false)?;
+            let config = config.unwrap_or_else(|| example_config(&root));
+            let mut cmd = as_root_with_config(&bin, &config);
+            cmd.args(&args);
+            exit_like(cmd.status().context("running mcp-gateway")?)
+        }
+        Cmd::DemoServer { port } => {
+            let status = Command::new(cargo_bin())
+                .args(["build", "-p", "gateway-tests", "--bin", "rmcp-test-server"])
+                .args(["--bin", "rmcp-test-client"])
+                .status()?;
+            if !status.success() {
+                bail!("building the demo server failed");
+            }
+            let server = root.join("target/debug/rmcp-test-server");
+            eprintln!(
+                "xtask: an MCP server (rmcp) on http://127.0.0.1:{port}/mcp; an agent of the \
+                 daemon reaches it through the gateway:\n  \
+                 cargo xtask exec -- target/debug/rmcp-test-client http://127.0.0.1:{port}/mcp"
+            );
+            let status = Command::new(&server)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .status()
+                .with_context(|| format!("starting {}", server.display()))?;
+            exit_like(status)
         }
         Cmd::Deb { boot_test } => {
             ensure_deps()?;
@@ -209,6 +269,57 @@ fn runs(program: &str, args: &[&str]) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// The config `run`, `exec` and `cli` use unless given one: `$MCP_GATEWAY_CONFIG` (as
+/// for mcp-gateway itself), else the example config.
+fn example_config(root: &Path) -> PathBuf {
+    match std::env::var_os("MCP_GATEWAY_CONFIG") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => root.join("systemd/mcp-gateway.toml"),
+    }
+}
+
+/// `bin` as root: directly when we are, else through sudo (the build stays unprivileged).
+fn as_root(bin: &Path) -> Command {
+    if is_root() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(bin);
+        c
+    }
+}
+
+/// `bin` as root with `MCP_GATEWAY_CONFIG` set to `config`, which every command reads
+/// (sudo would drop it from our environment, so it goes on the command line).
+fn as_root_with_config(bin: &Path, config: &Path) -> Command {
+    let var = format!("MCP_GATEWAY_CONFIG={}", config.display());
+    if is_root() {
+        let mut c = Command::new(bin);
+        c.env("MCP_GATEWAY_CONFIG", config);
+        c
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("env").arg(var).arg(bin);
+        c
+    }
+}
+
+/// Who asked: the user behind sudo, or this one when not root; None for root itself.
+fn invoking_user() -> Option<String> {
+    if is_root() {
+        return std::env::var("SUDO_USER")
+            .ok()
+            .filter(|u| !u.is_empty() && u != "root");
+    }
+    let out = Command::new("id").arg("-un").output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|u| !u.is_empty())
+}
+
+/// Ends xtask with the status of the command it ran.
+fn exit_like(status: std::process::ExitStatus) -> Result<()> {
+    std::process::exit(status.code().unwrap_or(1))
 }
 
 fn is_root() -> bool {
