@@ -1,8 +1,13 @@
 //! What the commands print on stdout. A reader that goes away early (`| head -1`) ends the
-//! command quietly, as it ends `cat`: Rust ignores SIGPIPE, so a plain `println!` would
-//! panic instead. Any other write error ends it with that error.
+//! command quietly with the status a shell gives `cat` killed by SIGPIPE (141): Rust
+//! ignores SIGPIPE, so a plain `println!` would panic instead. Not 0: a command that would
+//! have failed (`audit verify` finding a bad record) must not look successful. Any other
+//! write error ends it with that error.
 
 use std::io::Write;
+
+/// 128 + SIGPIPE, as shells report a command a closed pipe ended.
+const EPIPE_STATUS: i32 = 141;
 
 /// Writes `args` (and a newline, with `newline`) to stdout.
 pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
@@ -19,7 +24,7 @@ pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
         .and_then(|()| out.flush());
     match written {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(EPIPE_STATUS),
         Err(e) => {
             eprintln!("mcp-gateway: error: writing to stdout: {e}");
             std::process::exit(1);

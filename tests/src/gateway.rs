@@ -25,7 +25,9 @@ pub struct GatewayOptions {
     pub no_cgroup: bool,
     /// What the test's config says, typed (servers, principals, rules, policy mode).
     pub config: TestConfig,
-    /// More TOML merged into the config (e.g. `[http]` limits), over the typed part.
+    /// More TOML merged into the config (e.g. `[http]` limits), over the typed part: its
+    /// keys override, its `[[rule]]`s come after the typed rules (first match wins), and
+    /// the policy is in audit mode unless it or `config` sets `[policy] mode`.
     pub extra: String,
     /// More keys of the `[audit]` table (e.g. `sync = "batch"`).
     pub audit: String,

@@ -295,3 +295,55 @@ fn a_legacy_answer_names_the_stream_it_came_on() {
         assert_ne!(f["outcome"], "error", "{f}");
     }
 }
+
+/// A server that answers each connection with `answer` and closes it.
+fn one_answer_server(answer: &'static [u8]) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(answer);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_server_that_cuts_its_answer_short_is_a_failure_not_a_close() {
+    let short = one_answer_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part");
+    let whole = one_answer_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nwhole",
+    );
+    let gw = Gateway::start(
+        "audit-cut-short",
+        GatewayOptions {
+            ports: vec![short, whole],
+            ..Default::default()
+        },
+    );
+    for port in [short, whole] {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/file"),
+        ]);
+        let _ = gw.wrap(curl).status().unwrap();
+    }
+    let flow_to = |port: u16| {
+        gw.wait_record(&format!("the flow to {port}"), |r| {
+            r["type"] == "flow" && r["orig_dst"] == format!("127.0.0.1:{port}")
+        })
+    };
+    // The server's truncated body is not the agent hanging up.
+    let cut = flow_to(short);
+    assert_eq!(cut["outcome"], "error", "{cut}");
+    assert!(cut["error"].is_string(), "{cut}");
+    let fine = flow_to(whole);
+    assert_eq!(fine["outcome"], "closed", "{fine}");
+    assert!(fine.get("error").is_none(), "{fine}");
+}

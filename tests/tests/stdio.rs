@@ -294,7 +294,10 @@ fn python_sdk_agent_and_npx_server_everything_are_mediated_over_stdio() {
     let conn = m["connection"]
         .as_str()
         .expect("the mediated record names the relay's id");
-    for r in stdio.iter().copied().chain([&echo_call]) {
+    let chained = execs
+        .iter()
+        .filter(|r| r["outcome"] == "chained" && r["relay"] == m["relay"]);
+    for r in stdio.iter().copied().chain([&echo_call]).chain(chained) {
         assert_eq!(r["connection"], conn, "{r}");
     }
     assert!(

@@ -62,16 +62,14 @@ impl Ended {
     }
 }
 
-/// The I/O error under a hyper error, if one caused it.
-fn io_cause(e: &hyper::Error) -> Option<&std::io::Error> {
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return Some(io);
-        }
-        cause = c.source();
+/// The I/O error of the agent's own socket that ended the connection, if one did: only
+/// the direct cause of a hyper error. A deeper one belongs to something else — a response
+/// body the server cut short, whose error hyper passes on — and is no agent's doing.
+fn agent_io(e: &hyper::Error) -> Option<&std::io::Error> {
+    if e.is_user() {
+        return None;
     }
-    None
+    std::error::Error::source(e)?.downcast_ref::<std::io::Error>()
 }
 
 impl HttpError {
@@ -105,7 +103,7 @@ impl HttpError {
                 "the agent had gone when the gateway closed its side".into(),
             );
         }
-        match io_cause(e) {
+        match agent_io(e) {
             Some(io) if crate::passthrough::peer_closed(io) => {
                 Ended::ordinary("closed", format!("the agent: {io}"))
             }

@@ -161,19 +161,27 @@ impl Observer {
     fn pending(&self, m: &Message) -> PendingRequest {
         PendingRequest {
             via: self.via.clone(),
+            principal: self.principal.clone(),
             method: m.method.as_deref().unwrap_or_default().to_string(),
             name: super::exchange::routing_name(m),
             started: Instant::now(),
         }
     }
 
-    /// The record of a request's exchange: it names the connection the request came on,
-    /// and this one as where the answer (or its end) came, when that is another.
-    fn of_request(&self, direction: Direction, req: &PendingRequest) -> ExchangeRecord {
+    /// The record of a request's exchange: it names the connection the request came on
+    /// and who sent it, and — when `answered` — this connection as where the answer came,
+    /// when that is another.
+    fn of_request(
+        &self,
+        direction: Direction,
+        req: &PendingRequest,
+        answered: bool,
+    ) -> ExchangeRecord {
         let mut r = self.record(direction, &req.method);
         if req.via.connection != self.via.connection {
-            r.answered_on = Some(self.via.connection.clone());
+            r.answered_on = answered.then(|| self.via.connection.clone());
             r.about.via = req.via.clone();
+            r.about.principal = req.principal.clone();
         }
         r
     }
@@ -185,7 +193,7 @@ impl Observer {
         req: PendingRequest,
         m: &Message,
     ) -> ExchangeRecord {
-        let mut r = self.of_request(direction, &req);
+        let mut r = self.of_request(direction, &req, true);
         r.about.name = req.name;
         r.about.id = id_text(id);
         r.latency_ms = Some(req.started.elapsed().as_secs_f64() * 1e3);
@@ -404,7 +412,7 @@ impl Observer {
         items
             .into_iter()
             .map(|(id, req)| {
-                let mut r = self.of_request(direction, &req);
+                let mut r = self.of_request(direction, &req, false);
                 r.about.name = req.name;
                 r.about.id = Some(id.to_string());
                 r.outcome = outcome;

@@ -63,8 +63,9 @@ pub enum Direction {
 #[derive(Debug, Clone)]
 pub struct PendingRequest {
     pub method: String,
-    /// The connection the request came on: its record names that one.
+    /// The connection the request came on, and who sent it: its record names those.
     pub via: Arc<Via>,
+    pub principal: Arc<Principal>,
     pub name: Option<String>,
     pub started: Instant,
 }

@@ -39,6 +39,8 @@ const QUEUE: usize = 64;
 /// A live relay, as the stage knows it (launch chains are recorded with it).
 pub struct Relay {
     pub id: u64,
+    /// The id every record of this relay carries, as a TCP connection's do.
+    conn: crate::audit::link::ConnId,
     server: Arc<str>,
     tree: u64,
     audit: crate::audit::AuditSink,
@@ -56,6 +58,7 @@ impl Relay {
         self.audit.record_now(&json!({
             "type": "stdio_exec",
             "time": crate::audit::timestamp(std::time::SystemTime::now()),
+            "connection": &*self.conn,
             "tree": self.tree,
             "relay": self.id,
             "server": &*self.server,
@@ -232,8 +235,11 @@ pub fn start(
     argv: &[String],
 ) {
     let daemon = stage.daemon.clone();
+    // The relay is this server's one connection: its records carry one id.
+    let conn = crate::audit::link::next_id();
     let relay = Arc::new(Relay {
         id: stage.next_id(),
+        conn: conn.clone(),
         server: server.clone(),
         tree: tree.id,
         audit: daemon.audit.clone(),
@@ -247,9 +253,6 @@ pub fn start(
         principal.session_owner(),
         daemon.config.http.max_pending,
     ));
-    // The relay is this server's one connection: its records carry one id, as a TCP
-    // connection's do.
-    let conn = crate::audit::link::next_id();
     tracing::info!(relay = relay.id, server = %server, pid, uid = identity.uid,
         exe = ?identity.exe, connection = %conn, "stdio server mediated");
     daemon.audit.record_now(&json!({
@@ -296,7 +299,7 @@ pub fn start(
         ..
     } = swapped;
     let rt = stage.runtime.clone();
-    let span = tracing::info_span!("stdio", relay = shared.relay.id, server = %server);
+    let span = tracing::info_span!("stdio", relay = shared.relay.id, id = %shared.relay.conn, server = %server);
     rt.spawn(tracing::Instrument::instrument(
         async move {
             let (agent_in, agent_out, server_in, server_out) = match (

@@ -49,6 +49,10 @@ pub enum TlsError {
     Rustls(rustls::Error),
     #[error("tls.extra_roots: {path}: {reason}")]
     ExtraRoot { path: PathBuf, reason: String },
+    /// Before the gateway answered the ClientHello (no certificate sent yet).
+    #[error("the agent's TLS handshake failed at its ClientHello: {0}")]
+    AgentHello(std::io::Error),
+    /// After the gateway sent its ServerHello and certificate.
     #[error("the agent's TLS handshake failed: {0}")]
     AgentHandshake(std::io::Error),
     #[error("the agent's TLS handshake did not finish in time")]
@@ -56,8 +60,9 @@ pub enum TlsError {
 }
 
 /// Whether an agent's failed handshake is the agent refusing the gateway's certificate:
-/// an alert of the certificate family, or a hang-up after the certificate was sent. Then
-/// says so with the likely cause, for the flow record (`agent_tls_rejected`).
+/// an alert of the certificate family, or a hang-up once the certificate was on its way
+/// (only `AgentHandshake` is after that). Then says so with the likely cause, for the flow
+/// record (`agent_tls_rejected`).
 pub fn agent_rejected(e: &TlsError, ca_cert: &std::path::Path) -> Option<String> {
     use rustls::AlertDescription as A;
     let TlsError::AgentHandshake(io) = e else {
@@ -198,7 +203,7 @@ impl Tls {
         let handshake = async {
             let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), agent)
                 .await
-                .map_err(TlsError::AgentHandshake)?;
+                .map_err(TlsError::AgentHello)?;
             let mut config = (*self.server).clone();
             config.alpn_protocols = alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
             start
