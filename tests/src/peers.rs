@@ -261,6 +261,16 @@ pub fn python_server(
     Peer::spawn(name, cmd, port, path)
 }
 
+/// The bank server of `tests/fixtures/rug_server.py` (the official Python SDK) on `port`:
+/// `v1` serves two honest tools; `v2` pulls the rug (a poisoned description, a new
+/// `withdraw_funds`).
+pub fn rug_server(port: u16, variant: &str) -> Peer {
+    const RUG: &str = include_str!("../fixtures/rug_server.py");
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-c").arg(RUG).arg(port.to_string()).arg(variant);
+    Peer::spawn(&format!("rug-server-{variant}"), cmd, port, "/mcp")
+}
+
 /// Starts @modelcontextprotocol/server-everything with `transport` on `port`.
 ///
 /// It takes the transport as its first argument (`streamableHttp` or `sse`) and the port in

@@ -13,12 +13,8 @@ use gateway_tests::{free_port, gateway_bin, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
 const CLIENT: &str = include_str!("../fixtures/policy_client.py");
-const BANK: &str = include_str!("../fixtures/rug_server.py");
-
 fn bank(port: u16) -> Peer {
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c").arg(BANK).arg(port.to_string()).arg("v2");
-    Peer::spawn("bank", cmd, port, "/mcp")
+    gateway_tests::peers::rug_server(port, "v2")
 }
 
 /// A daemon for one test (`name` must be unique: it names the daemon's pins).

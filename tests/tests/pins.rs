@@ -5,18 +5,12 @@
 
 use std::process::Command;
 
-use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::peers::{run_json, venv_python};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
 const CLIENT: &str = include_str!("../fixtures/policy_client.py");
-const RUG: &str = include_str!("../fixtures/rug_server.py");
-
-fn bank(port: u16, variant: &str) -> Peer {
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c").arg(RUG).arg(port.to_string()).arg(variant);
-    Peer::spawn(&format!("rug-server-{variant}"), cmd, port, "/mcp")
-}
+use gateway_tests::peers::rug_server as bank;
 
 /// The agent lists the tools, then calls balance and withdraw_funds.
 fn agent(gw: &Gateway, url: &str) -> Value {

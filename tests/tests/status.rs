@@ -5,12 +5,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use gateway_tests::peers::{run_json, venv_python, Peer};
+use gateway_tests::peers::{run_json, venv_python};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
 
 const CLIENT: &str = include_str!("../fixtures/policy_client.py");
-const BANK: &str = include_str!("../fixtures/rug_server.py");
 
 fn scrape(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -24,9 +23,7 @@ fn scrape(port: u16) -> String {
 #[test]
 fn status_top_and_metrics_report_what_the_agent_did() {
     let (port, metrics_port) = (free_port(), free_port());
-    let mut cmd = Command::new(venv_python());
-    cmd.arg("-c").arg(BANK).arg(port.to_string()).arg("v1");
-    let server = Peer::spawn("bank", cmd, port, "/mcp");
+    let server = gateway_tests::peers::rug_server(port, "v1");
     let gw = Gateway::start(
         "status",
         GatewayOptions {
