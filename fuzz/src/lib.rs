@@ -233,7 +233,9 @@ impl Harness {
             principal: Arc::new(principal),
             upstream_addr: upstream,
             tls_sni: None,
+            via: gateway_daemon::audit::link::Via::plain(gateway_daemon::audit::link::next_id()),
             named: Default::default(),
+            credentials_logged: Default::default(),
         })
     }
 }
