@@ -127,6 +127,12 @@ fn every_command_ends_quietly_when_its_reader_has_gone() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 
+    // `exec` passes its command's output through untouched: the command meets the closed
+    // pipe itself, and exec ends with its status, never a panic of its own.
+    let (code, stderr) = into_closed_pipe(&gw, &["exec", "--", "/bin/echo", "hello"]);
+    assert!(!stderr.contains("panicked"), "exec panicked: {stderr}");
+    assert_ne!(code, Some(101), "{stderr}");
+
     // The daemon served them all and still answers.
     assert!(gw.cli(&["status"]).status.success());
     let mut held = held;
@@ -134,4 +140,11 @@ fn every_command_ends_quietly_when_its_reader_has_gone() {
     let mut ignored = String::new();
     let _ = held.stdout.take().unwrap().read_to_string(&mut ignored);
     let _ = held.wait();
+
+    // `detach` speaks once the daemon has stopped (its programs stay attached until then).
+    let mut gw = gw;
+    gw.stop();
+    let (code, stderr) = into_closed_pipe(&gw, &["detach"]);
+    assert!(!stderr.contains("panicked"), "detach panicked: {stderr}");
+    assert_eq!(code, Some(141), "detach into a closed pipe: {stderr}");
 }
