@@ -169,6 +169,11 @@ print(json.dumps({"how": how, "after": time.monotonic() - t}))
     assert!(started.elapsed() < Duration::from_secs(15));
     let flow = gw.wait_record("the idle flow", |r| r["type"] == "flow");
     assert_eq!(flow["outcome"], "idle_no_first_byte", "{flow}");
+    // An ending, not a failure: said in `detail`, with no `error`.
+    assert!(
+        flow.get("error").is_none() && flow["detail"].is_string(),
+        "{flow}"
+    );
     let _ = silent.kill();
     let _ = silent.wait();
 }

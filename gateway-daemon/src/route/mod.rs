@@ -24,14 +24,6 @@ use crate::passthrough::{self, Transfer};
 
 mod tls_flow;
 
-/// Flow outcomes that are ordinary endings, not failures (README: the flow outcome table).
-const ORDINARY: [&str; 4] = [
-    "closed",
-    "agent_closed",
-    "idle_timeout",
-    "idle_no_first_byte",
-];
-
 /// What a flow's audit record says.
 #[derive(Serialize)]
 struct FlowRecord<'a> {
@@ -108,17 +100,11 @@ pub async fn flow(
     tracing::debug!(exe = ?identity.exe, "flow start");
     let carried = carry(agent, &identity, upstream, &conn, &daemon).await;
     let Carried {
-        mut transfer,
+        transfer,
         protocol,
         outcome,
         tls,
     } = carried;
-    // Only a failure carries `error`: what ended an ordinary flow is its `detail`.
-    if ORDINARY.contains(&outcome) {
-        if let Some(e) = transfer.error.take() {
-            transfer.detail.get_or_insert(e);
-        }
-    }
     crate::metrics::global().flow(protocol, outcome);
     tracing::debug!(
         up = transfer.to_upstream,
@@ -184,6 +170,19 @@ pub fn reset(
     Carried::new(t, protocol, outcome)
 }
 
+/// As `reset`, for an ending that is no failure (the flow says how in `detail`, and has
+/// no `error`: only a failure carries one).
+pub fn reset_ordinary(
+    agent: TcpStream,
+    protocol: &'static str,
+    outcome: &'static str,
+    detail: String,
+) -> Carried {
+    let mut c = reset(agent, protocol, outcome, None);
+    c.transfer.detail = Some(detail);
+    c
+}
+
 pub async fn dial(upstream: SocketAddr, daemon: &Arc<Daemon>) -> Result<TcpStream, String> {
     passthrough::connect(upstream, daemon.config.intercept.mark)
         .await
@@ -245,15 +244,15 @@ async fn carry(
         }
         Detected::Idle => {
             tracing::info!("neither side sent a byte in time: closed");
-            return reset(
+            return reset_ordinary(
                 agent,
                 "tcp",
                 "idle_no_first_byte",
-                Some(format!(
+                format!(
                     "neither the agent nor its server sent a byte within {}s \
                      (listener.first_byte_timeout_s)",
                     idle.as_secs()
-                )),
+                ),
             );
         }
         Detected::Http1 => Protocol::Http1,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{dial, reset, serve_http, Carried, TlsFlow};
+use super::{dial, reset, reset_ordinary, serve_http, Carried, TlsFlow};
 use crate::audit::link::{ConnId, Via};
 use crate::daemon::Daemon;
 use crate::http::counting::Counting;
@@ -47,7 +47,12 @@ pub async fn carry(
                 mode: "refused",
                 ..Default::default()
             };
-            return with_tls(reset(agent, "tls", e.outcome(), Some(e.to_string())), info);
+            let c = if e.is_ordinary() {
+                reset_ordinary(agent, "tls", e.outcome(), e.to_string())
+            } else {
+                reset(agent, "tls", e.outcome(), Some(e.to_string()))
+            };
+            return with_tls(c, info);
         }
     };
     let mut info = TlsFlow {

@@ -41,6 +41,11 @@ impl HelloError {
             HelloError::Closed | HelloError::Io(_) => "agent_closed",
         }
     }
+
+    /// Whether it is the agent hanging up, not a refusal: an ending, no failure.
+    pub fn is_ordinary(&self) -> bool {
+        matches!(self, HelloError::Closed | HelloError::Io(_))
+    }
 }
 
 /// Waits for a complete ClientHello and reads its server name and ALPN list. On a
