@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod out;
+
 mod approvals_cli;
 mod audit_cli;
 mod pins_cli;
@@ -258,13 +259,31 @@ fn detach(config: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // A macro, not a closure: the layer's type names the subscriber it sits on.
+    macro_rules! fmt {
+        () => {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        };
+    }
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    let registry = tracing_subscriber::registry();
+    // Levels by target (`info`, `warn,gateway_daemon=debug`) need only a static filter. An
+    // `EnvFilter` takes a lock on every entry into a span, to track span-scoped directives,
+    // and a connection's span is entered on every poll of its future, several times a call:
+    // it is used only when RUST_LOG asks for what a static filter cannot do (`[span]`,
+    // field values).
+    match spec.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => registry.with(targets).with(fmt!()).init(),
+        Err(_) => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            registry.with(filter).with(fmt!()).init()
+        }
+    }
 }
 
 /// SIGHUP: load the config again and put its policy in force for every new request; open

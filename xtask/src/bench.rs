@@ -34,7 +34,7 @@ pub struct BenchArgs {
     /// With --compare: changes smaller than this many percent are not flagged.
     #[arg(long, default_value_t = 10.0)]
     threshold: f64,
-    /// Only these scenarios (comma-separated: direct, relay, gateway, full-always,
+    /// Only these scenarios (comma-separated: direct, relay, http-relay, gateway, full-always,
     /// full-batch, full-none, direct-tls, gateway-tls, stdio-direct, stdio-gateway); their
     /// direct baselines run too.
     #[arg(long, value_delimiter = ',')]
@@ -60,8 +60,8 @@ struct Scenario {
     title: &'static str,
     tls: bool,
     gateway: Option<GatewayConfig>,
-    /// Through a plain L4 relay instead (not as an agent): the floor of a userspace proxy.
-    relay: bool,
+    /// Through a relay instead (not as an agent): the floor of a userspace proxy.
+    relay: Option<Relay>,
     /// A stdio server the client starts as its child, instead of the HTTP upstream.
     stdio: bool,
     /// The direct scenario of the same transport, for ratios.
@@ -74,7 +74,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "plain HTTP, straight to the upstream (not an agent)",
         tls: false,
         gateway: None,
-        relay: false,
+        relay: None,
         stdio: false,
         baseline: "direct",
     },
@@ -84,7 +84,18 @@ const SCENARIOS: &[Scenario] = &[
                 not an agent): the floor of any userspace proxy",
         tls: false,
         gateway: None,
-        relay: true,
+        relay: Some(Relay::L4),
+        stdio: false,
+        baseline: "direct",
+    },
+    Scenario {
+        key: "http-relay",
+        title: "plain HTTP through a minimal HTTP/1.1 reverse proxy (hyper both sides, bodies \
+                streamed, nothing read or recorded; not an agent): what terminating HTTP alone \
+                costs",
+        tls: false,
+        gateway: None,
+        relay: Some(Relay::Http),
         stdio: false,
         baseline: "direct",
     },
@@ -94,7 +105,7 @@ const SCENARIOS: &[Scenario] = &[
                 ledger sync=none",
         tls: false,
         gateway: Some(GatewayConfig::Plain),
-        relay: false,
+        relay: None,
         stdio: false,
         baseline: "direct",
     },
@@ -103,7 +114,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "plain HTTP, policy enforced + redaction both ways + pins, ledger sync=always",
         tls: false,
         gateway: Some(GatewayConfig::Full("always")),
-        relay: false,
+        relay: None,
         stdio: false,
         baseline: "direct",
     },
@@ -112,7 +123,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "as full-always, ledger sync=batch (10 ms)",
         tls: false,
         gateway: Some(GatewayConfig::Full("batch")),
-        relay: false,
+        relay: None,
         stdio: false,
         baseline: "direct",
     },
@@ -121,7 +132,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "as full-always, ledger sync=none",
         tls: false,
         gateway: Some(GatewayConfig::Full("none")),
-        relay: false,
+        relay: None,
         stdio: false,
         baseline: "direct",
     },
@@ -130,7 +141,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "HTTPS straight to the upstream",
         tls: true,
         gateway: None,
-        relay: false,
+        relay: None,
         stdio: false,
         baseline: "direct-tls",
     },
@@ -139,7 +150,7 @@ const SCENARIOS: &[Scenario] = &[
         title: "HTTPS through the gateway, TLS terminated (leaf from its CA), otherwise as gateway",
         tls: true,
         gateway: Some(GatewayConfig::Plain),
-        relay: false,
+        relay: None,
         stdio: false,
         baseline: "direct-tls",
     },
@@ -149,7 +160,7 @@ const SCENARIOS: &[Scenario] = &[
                 an agent)",
         tls: false,
         gateway: None,
-        relay: false,
+        relay: None,
         stdio: true,
         baseline: "stdio-direct",
     },
@@ -159,11 +170,20 @@ const SCENARIOS: &[Scenario] = &[
                 mediated; policy audit-only, no redaction, no pins, ledger sync=none",
         tls: false,
         gateway: Some(GatewayConfig::Plain),
-        relay: false,
+        relay: None,
         stdio: true,
         baseline: "stdio-direct",
     },
 ];
+
+/// What a relay scenario puts between the client and the upstream.
+#[derive(Clone, Copy, PartialEq)]
+enum Relay {
+    /// Bytes copied both ways (tokio `copy_bidirectional`).
+    L4,
+    /// HTTP/1.1 terminated on both sides (hyper), bodies streamed.
+    Http,
+}
 
 /// How long and how much, full or --quick.
 struct Params {
@@ -434,11 +454,13 @@ fn run_scenario(env: &Env, s: &Scenario, p: &Params) -> Result<(Metrics, Json)> 
         None => None,
     };
     // The client dials the relay, which dials the upstream.
-    let (relay, dial) = if s.relay {
-        let at = procs::free_port()?;
-        (Some(procs::relay(env, &dir, at, port)?), at)
-    } else {
-        (None, port)
+    let (relay, dial) = match s.relay {
+        Some(kind) => {
+            let at = procs::free_port()?;
+            let http = kind == Relay::Http;
+            (Some(procs::relay(env, &dir, at, port, http)?), at)
+        }
+        None => (None, port),
     };
     let middle = daemon
         .as_ref()

@@ -20,8 +20,12 @@ pub enum ChainError {
     HashMismatch,
 }
 
+/// Lower-case hex of the SHA-256 of `bytes`. Two per call on the hot path (the record's hash
+/// and the arguments'), so encoded into a buffer rather than `hex::encode`'s char iterator.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(bytes), &mut out).expect("64 digits for 32 bytes");
+    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
 }
 
 const PREFIX: &[u8] = b"{\"hash\":\"";

@@ -32,6 +32,9 @@
 //! - `relay --listen ADDR --to ADDR`: a plain L4 relay (tokio `copy_bidirectional`,
 //!   TCP_NODELAY both sides, every core): the floor of any userspace proxy, which the bench's
 //!   `relay` column measures the gateway against. Prints `listening on ADDR` on stderr.
+//!   With `--http` it is instead a minimal HTTP/1.1 reverse proxy (hyper on both sides, each
+//!   request and response forwarded as it streams, nothing read or recorded): what
+//!   terminating HTTP alone costs, the `http-relay` column.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -126,6 +129,9 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long)]
         to: SocketAddr,
+        /// Terminate HTTP/1.1 on both sides (hyper) instead of copying bytes.
+        #[arg(long)]
+        http: bool,
     },
     /// Serves MCP (an `echo` tool) over stdin/stdout: the bench's stdio server.
     StdioServe,
@@ -206,12 +212,12 @@ fn main() -> Result<()> {
         }
         _ => {}
     }
-    if let Cmd::Relay { listen, to } = &cli.command {
+    if let Cmd::Relay { listen, to, http } = &cli.command {
         // A proxy as proxies are run: every core.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        return rt.block_on(relay(*listen, *to));
+        return rt.block_on(relay(*listen, *to, *http));
     }
     // One thread: the client should cost the machine as little as it can, the same for every
     // scenario, and leave the cores to the server and the gateway.
@@ -241,8 +247,9 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The plain L4 relay: each accepted connection is joined to a new one to `to`.
-async fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
+/// The plain L4 relay: each accepted connection is joined to a new one to `to`, byte for
+/// byte, or (`http`) through [`http_relay`].
+async fn relay(listen: SocketAddr, to: SocketAddr, http: bool) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -255,9 +262,36 @@ async fn relay(listen: SocketAddr, to: SocketAddr) -> Result<()> {
             };
             let _ = agent.set_nodelay(true);
             let _ = server.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut agent, &mut server).await;
+            if http {
+                http_relay(agent, server).await;
+            } else {
+                let _ = tokio::io::copy_bidirectional(&mut agent, &mut server).await;
+            }
         });
     }
+}
+
+/// The least an HTTP-terminating proxy does: hyper parses each request from the agent,
+/// writes it to the upstream connection, parses the response and writes it back, bodies
+/// streamed frame by frame. No byte of a body is looked at and nothing is recorded, so the
+/// difference between this and the gateway is the gateway's own work.
+async fn http_relay(agent: TcpStream, server: TcpStream) {
+    let Ok((send, conn)) = http1::handshake(TokioIo::new(server)).await else {
+        return;
+    };
+    let send = Arc::new(std::sync::Mutex::new(send));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        // HTTP/1: one request at a time on the connection, so the lock is never contended;
+        // the future does not borrow the sender.
+        let sent = send.lock().expect("sender lock").send_request(req);
+        async move { sent.await }
+    });
+    let serve =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(agent), service);
+    // Both connections driven by this one task, as the gateway drives them: no wake-up
+    // crosses tasks on a call's path. The upstream's ends when the service, and with it the
+    // sender, is dropped.
+    let _ = tokio::join!(serve, conn);
 }
 
 fn print_json(v: &Value) {

@@ -144,11 +144,13 @@ pub fn upstream(env: &Env, dir: &Path, port: u16, tls: bool) -> Result<Proc> {
     )
 }
 
-/// `mcp-bench-client relay` from 127.0.0.1:`port` to the upstream at 127.0.0.1:`to`.
-pub fn relay(env: &Env, dir: &Path, port: u16, to: u16) -> Result<Proc> {
+/// `mcp-bench-client relay` from 127.0.0.1:`port` to the upstream at 127.0.0.1:`to`; with
+/// `http`, the HTTP/1.1 reverse proxy instead of the byte copy.
+pub fn relay(env: &Env, dir: &Path, port: u16, to: u16, http: bool) -> Result<Proc> {
     let mut cmd = Command::new(&env.client);
     cmd.args(["relay", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--to", &format!("127.0.0.1:{to}")]);
+        .args(["--to", &format!("127.0.0.1:{to}")])
+        .args(http.then_some("--http"));
     listening(
         cmd,
         &dir.join("relay.stderr"),

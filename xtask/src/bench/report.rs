@@ -434,10 +434,49 @@ pub fn print_targets(result: &Json) {
         fdatasync.map_or("not measured".to_string(), |f| format!("{f:.0} µs"))
     );
     print_checks(floor);
+    print_layers(&get);
     println!(
         "  (redaction ≥ 200 MB/s per core is measured by `cargo test --release -p gateway-daemon \
          --lib redact::bench_tests -- --ignored --nocapture`)"
     );
+}
+
+/// Not a target: how the cost of a call splits between moving bytes (the L4 relay),
+/// terminating HTTP on both sides (the HTTP relay) and the gateway's own work (MCP parse and
+/// decisions, the ledger), each layer's share of the daemon's CPU per call.
+fn print_layers(get: &dyn Fn(&str, &str) -> Option<f64>) {
+    let per_call = |s: &str| get(s, "cpu_s_per_10k_1").map(|c| c * 100.0); // µs per call
+    let (Some(l4), Some(http), Some(gateway)) = (
+        per_call("relay"),
+        per_call("http-relay"),
+        per_call("gateway"),
+    ) else {
+        return;
+    };
+    println!("\nWhere a call's CPU goes (daemon or relay, µs per call, 1 conn; not a target):");
+    println!("  {:<46} {l4:>7.0} µs", "moving the bytes (relay)");
+    println!(
+        "  {:<46} {:>+7.0} µs   ({:.2} × the relay)",
+        "terminating HTTP both sides (http-relay)",
+        http - l4,
+        http / l4
+    );
+    println!(
+        "  {:<46} {:>+7.0} µs   ({:.2} × the http-relay)",
+        "the gateway's own work (gateway)",
+        gateway - http,
+        gateway / http
+    );
+    if let (Some(h16), Some(g16)) = (
+        get("http-relay", "calls_per_s_16"),
+        get("gateway", "calls_per_s_16"),
+    ) {
+        println!(
+            "  {:<46} {:>7.0} %",
+            "gateway calls/s vs the http-relay's, 16 conns",
+            g16 / h16 * 100.0
+        );
+    }
 }
 
 fn print_checks<const N: usize>(checks: [Check; N]) {
