@@ -283,8 +283,7 @@ async fn http_relay(agent: TcpStream, server: TcpStream) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         // HTTP/1: one request at a time on the connection, so the lock is never contended;
         // the future does not borrow the sender.
-        let sent = send.lock().expect("sender lock").send_request(req);
-        async move { sent.await }
+        send.lock().expect("sender lock").send_request(req)
     });
     let serve =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(agent), service);
