@@ -348,11 +348,12 @@ pub fn print_targets(result: &Json) {
     // the relay adds can be within the noise of the direct run (even below zero): a latency
     // target is that many times what it adds, or nothing, never a ratio to a tiny number.
     let times = |s: &str, b: &str, k: &str| Some(get(s, k)? / get(b, k)?);
-    let within = |k: &str, factor: f64| {
-        let relay = get("relay", k);
+    let within_of = |base: &str, k: &str, factor: f64| {
+        let relay = get(base, k);
         let target = factor * relay.unwrap_or(0.0).max(0.0);
         (relay.and(get("gateway", k)), target.round())
     };
+    let within = |k: &str, factor: f64| within_of("relay", k, factor);
     let (p50, p50_target) = within("p50_added_us", 1.5);
     let fdatasync = result.at("machine.fdatasync_p50_us").num();
     let always_target =
@@ -434,6 +435,48 @@ pub fn print_targets(result: &Json) {
         fdatasync.map_or("not measured".to_string(), |f| format!("{f:.0} µs"))
     );
     print_checks(floor);
+    // The same targets against the least a proxy that reads HTTP does (docs/design.md, 7.5):
+    // the L4 relay's are below what terminating HTTP alone costs here.
+    let (l7_p50, l7_p50_target) = within_of("http-relay", "p50_added_us", 1.5);
+    let l7 = [
+        check(
+            "added p50, plain (≤ 1.5 × the http-relay's)",
+            l7_p50,
+            "µs",
+            l7_p50_target,
+            true,
+            0,
+        ),
+        check(
+            "daemon CPU per call vs the http-relay's, 1 conn",
+            times("gateway", "http-relay", "cpu_s_per_10k_1"),
+            "×",
+            1.5,
+            true,
+            2,
+        ),
+        check(
+            "daemon CPU per call vs the http-relay's, 16 conns",
+            times("gateway", "http-relay", "cpu_s_per_10k_16"),
+            "×",
+            1.5,
+            true,
+            2,
+        ),
+        check(
+            "calls/s vs the http-relay's, 16 conns",
+            ratio("gateway", "http-relay", "calls_per_s_16"),
+            "%",
+            80.0,
+            false,
+            0,
+        ),
+    ];
+    println!(
+        "\nAgainst the HTTP relay (the `http-relay` column), the floor of a proxy that reads \
+         HTTP (docs/design.md, 7.5):"
+    );
+    print_checks(l7);
     print_layers(&get);
     println!(
         "  (redaction ≥ 200 MB/s per core is measured by `cargo test --release -p gateway-daemon \
@@ -467,16 +510,6 @@ fn print_layers(get: &dyn Fn(&str, &str) -> Option<f64>) {
         gateway - http,
         gateway / http
     );
-    if let (Some(h16), Some(g16)) = (
-        get("http-relay", "calls_per_s_16"),
-        get("gateway", "calls_per_s_16"),
-    ) {
-        println!(
-            "  {:<46} {:>7.0} %",
-            "gateway calls/s vs the http-relay's, 16 conns",
-            g16 / h16 * 100.0
-        );
-    }
 }
 
 fn print_checks<const N: usize>(checks: [Check; N]) {
