@@ -276,9 +276,14 @@ fn init_logging() {
     // and a connection's span is entered on every poll of its future, several times a call:
     // it is used only when RUST_LOG asks for what a static filter cannot do (`[span]`,
     // field values).
-    match spec.parse::<tracing_subscriber::filter::Targets>() {
-        Ok(targets) => registry.with(targets).with(fmt!()).init(),
-        Err(_) => {
+    // `Targets` would take `[conn]=debug` for a target named "[conn]", so a span or field
+    // directive is recognised by its bracket before it is tried.
+    let targets = (!spec.contains('['))
+        .then(|| spec.parse::<tracing_subscriber::filter::Targets>().ok())
+        .flatten();
+    match targets {
+        Some(targets) => registry.with(targets).with(fmt!()).init(),
+        None => {
             let filter = tracing_subscriber::EnvFilter::try_new(&spec)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             registry.with(filter).with(fmt!()).init()

@@ -42,6 +42,8 @@ pub struct GatewayOptions {
     pub intercept: String,
     /// More keys of the `[listener]` table (e.g. `max_connections_per_user = 100`).
     pub listener: String,
+    /// The daemon's `RUST_LOG`; `debug` unless set.
+    pub log: Option<String>,
 }
 
 pub struct Gateway {
@@ -54,6 +56,8 @@ pub struct Gateway {
     pub instance: String,
     pub listen4: u16,
     pub listen6: u16,
+    /// `RUST_LOG` for every launch.
+    log: String,
     child: Option<Child>,
     /// The notify socket, kept as systemd keeps it: what the daemon stores (FDSTORE=1)
     /// arrives here.
@@ -88,6 +92,7 @@ impl Gateway {
             instance,
             listen4,
             listen6,
+            log: opts.log.clone().unwrap_or_else(|| "debug".into()),
             child: None,
             notify: None,
         };
@@ -308,7 +313,7 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("NOTIFY_SOCKET", &notify)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", &self.log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -96,3 +96,54 @@ fn status_top_and_metrics_report_what_the_agent_did() {
         "the server's empty 202 acknowledgements are not malformed: {m}"
     );
 }
+
+/// `RUST_LOG` as an operator writes it. Levels by target (`info`) take the daemon's static
+/// filter: no debug line. A span directive (`info,[conn]=debug`) needs the full filter and
+/// still works: debug lines appear, and only inside a connection's span.
+#[test]
+fn rust_log_levels_and_span_directives_select_the_lines_they_name() {
+    let port = free_port();
+    let server = gateway_tests::peers::rug_server(port, "v1");
+    let calls = json!([{"name": "balance", "arguments": {"account": "a"}}]);
+    let mut logs = Vec::new();
+    for filter in ["info", "info,[conn]=debug"] {
+        let mut gw = Gateway::start(
+            "rust-log",
+            GatewayOptions {
+                ports: vec![port],
+                log: Some(filter.into()),
+                ..Default::default()
+            },
+        );
+        let mut agent = Command::new(venv_python());
+        agent
+            .arg("-c")
+            .arg(CLIENT)
+            .arg(&server.url)
+            .arg(calls.to_string());
+        let out = run_json(gw.wrap(agent));
+        assert_eq!(out["calls"][0]["ok"], true, "{out}");
+        gw.stop();
+        logs.push(gw.log());
+    }
+    let debug = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("DEBUG"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(logs[0].contains("INFO"), "{}", logs[0]);
+    assert_eq!(debug(&logs[0]), Vec::<String>::new(), "RUST_LOG=info");
+    let lines = debug(&logs[1]);
+    assert!(
+        !lines.is_empty(),
+        "RUST_LOG=info,[conn]=debug:\n{}",
+        logs[1]
+    );
+    for l in &lines {
+        assert!(
+            l.contains("conn{"),
+            "a debug line outside a connection: {l}"
+        );
+    }
+}

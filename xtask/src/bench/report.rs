@@ -448,7 +448,7 @@ pub fn print_targets(result: &Json) {
             0,
         ),
         check(
-            "daemon CPU per call vs the http-relay's, 1 conn",
+            "CPU per call vs the http-relay's, 1 conn",
             times("gateway", "http-relay", "cpu_s_per_10k_1"),
             "×",
             1.5,
@@ -456,7 +456,7 @@ pub fn print_targets(result: &Json) {
             2,
         ),
         check(
-            "daemon CPU per call vs the http-relay's, 16 conns",
+            "CPU per call vs the http-relay's, 16 conns",
             times("gateway", "http-relay", "cpu_s_per_10k_16"),
             "×",
             1.5,
