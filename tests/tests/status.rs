@@ -11,6 +11,13 @@ use serde_json::{json, Value};
 
 const CLIENT: &str = include_str!("../fixtures/policy_client.py");
 
+/// The Python SDK client, as the gateway's agent, making `calls` on the server at `url`.
+fn agent_calls(gw: &Gateway, url: &str, calls: &Value) -> Value {
+    let mut agent = Command::new(venv_python());
+    agent.arg("-c").arg(CLIENT).arg(url).arg(calls.to_string());
+    run_json(gw.wrap(agent))
+}
+
 fn scrape(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -38,13 +45,7 @@ fn status_top_and_metrics_report_what_the_agent_did() {
     );
     let calls = json!([{"name": "balance", "arguments": {"account": "a"}},
                        {"name": "withdraw_funds", "arguments": {"account": "a", "amount": 1}}]);
-    let mut agent = Command::new(venv_python());
-    agent
-        .arg("-c")
-        .arg(CLIENT)
-        .arg(&server.url)
-        .arg(calls.to_string());
-    let out = run_json(gw.wrap(agent));
+    let out = agent_calls(&gw, &server.url, &calls);
     assert_eq!(out["calls"][0]["ok"], true, "{out}");
     assert_eq!(out["calls"][1]["code"], -32015, "never listed: {out}");
 
@@ -115,13 +116,7 @@ fn rust_log_levels_and_span_directives_select_the_lines_they_name() {
                 ..Default::default()
             },
         );
-        let mut agent = Command::new(venv_python());
-        agent
-            .arg("-c")
-            .arg(CLIENT)
-            .arg(&server.url)
-            .arg(calls.to_string());
-        let out = run_json(gw.wrap(agent));
+        let out = agent_calls(&gw, &server.url, &calls);
         assert_eq!(out["calls"][0]["ok"], true, "{out}");
         gw.stop();
         logs.push(gw.log());
