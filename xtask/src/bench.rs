@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// Bytes of text each `echo` call carries (both ways).
     #[arg(long, default_value_t = 128)]
     text_bytes: usize,
+    /// Run the chosen scenarios this many times, in turn (one of each, then again), and
+    /// report each metric's median: on a noisy machine the host's load drifts over minutes,
+    /// and taking turns spreads that drift over every column alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    rounds: u32,
     /// Keep each scenario's files (generated configs, daemon and upstream logs, audit
     /// ledgers) in target/bench/bench-<pid>/ instead of removing them.
     #[arg(long)]
@@ -293,25 +298,36 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     // `sync = "always"` target allows one on top of what the relay adds.
     machine.set("fdatasync_p50_us", fdatasync_p50_us(&env.work)?.into());
     let started = Instant::now();
-    let mut scenarios = Vec::new();
+    let mut runs: Vec<Vec<Result<(Metrics, Json), String>>> = vec![Vec::new(); chosen.len()];
     let mut failed = 0;
-    for s in &chosen {
-        eprintln!(
-            "bench: {:<12} ({:>3.0} s) {}",
-            s.key,
-            started.elapsed().as_secs_f64(),
-            s.title
-        );
-        let (metrics, raw, error) = match run_scenario(&env, s, &params) {
-            Ok((m, raw)) => (m, raw, None),
-            Err(e) => {
+    for round in 1..=args.rounds {
+        for (s, runs) in chosen.iter().zip(&mut runs) {
+            eprintln!(
+                "bench: {:<12} ({:>3.0} s{}) {}",
+                s.key,
+                started.elapsed().as_secs_f64(),
+                if args.rounds > 1 {
+                    format!(", round {round}/{}", args.rounds)
+                } else {
+                    String::new()
+                },
+                s.title
+            );
+            runs.push(run_scenario(&env, s, &params).map_err(|e| {
                 failed += 1;
                 eprintln!("bench: {} failed: {e:#}", s.key);
-                (Vec::new(), Json::Obj(Vec::new()), Some(format!("{e:#}")))
-            }
-        };
-        scenarios.push((s, metrics, raw, error));
+                format!("{e:#}")
+            }));
+        }
     }
+    let scenarios: Vec<_> = chosen
+        .iter()
+        .zip(runs)
+        .map(|(s, runs)| {
+            let (metrics, raw, error) = medians(runs, args.rounds > 1);
+            (s, metrics, raw, error)
+        })
+        .collect();
     let elapsed = started.elapsed().as_secs_f64();
     env.cleanup(args.keep);
     machine.set("loadavg_end", loadavg().into());
@@ -354,6 +370,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         ),
         ("date", date_iso.into()),
         ("quick", args.quick.into()),
+        ("rounds", f64::from(args.rounds).into()),
         ("seconds", elapsed.into()),
         ("machine", machine),
         ("params", params.json()),
@@ -440,6 +457,36 @@ fn build() -> Result<()> {
 }
 
 type Metrics = Vec<(&'static str, f64)>;
+
+/// One scenario's rounds made one: each metric's median over the rounds that measured it
+/// (the lower middle of an even count), every round's raw output (just the one without
+/// rounds), and the first failure, if any round failed.
+fn medians(
+    runs: Vec<Result<(Metrics, Json), String>>,
+    rounds: bool,
+) -> (Metrics, Json, Option<String>) {
+    let error = runs.iter().find_map(|r| r.as_ref().err().cloned());
+    let ok: Vec<(Metrics, Json)> = runs.into_iter().filter_map(Result::ok).collect();
+    let mut metrics: Metrics = Vec::new();
+    for (key, _) in ok.iter().flat_map(|(m, _)| m) {
+        if metrics.iter().any(|(k, _)| k == key) {
+            continue;
+        }
+        let mut values: Vec<f64> = ok
+            .iter()
+            .filter_map(|(m, _)| m.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
+            .collect();
+        values.sort_by(f64::total_cmp);
+        metrics.push((key, values[(values.len() - 1) / 2]));
+    }
+    let mut raws: Vec<Json> = ok.into_iter().map(|(_, raw)| raw).collect();
+    let raw = match (rounds, raws.len()) {
+        (false, 1) => raws.remove(0),
+        (false, _) => Json::Obj(Vec::new()),
+        (true, _) => Json::Arr(raws),
+    };
+    (metrics, raw, error)
+}
 
 fn run_scenario(env: &Env, s: &Scenario, p: &Params) -> Result<(Metrics, Json)> {
     let dir = env.work.join(s.key);
@@ -810,5 +857,36 @@ fn give_back(file: &Path) {
             // SAFETY: a valid C string; chown has no other preconditions.
             unsafe { libc::chown(c.as_ptr(), uid, gid) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_give_each_metric_its_median_and_keep_a_failure() {
+        let round = |p50: f64, cpu: Option<f64>| {
+            let mut m: Metrics = vec![("p50_us", p50)];
+            m.extend(cpu.map(|c| ("cpu_s_per_10k_1", c)));
+            Ok((m, Json::from(p50)))
+        };
+        let (m, raw, error) = medians(
+            vec![
+                round(300.0, Some(1.0)),
+                round(100.0, Some(3.0)),
+                Err("the daemon died".to_string()),
+                round(200.0, None),
+            ],
+            true,
+        );
+        assert_eq!(m, vec![("p50_us", 200.0), ("cpu_s_per_10k_1", 1.0)]);
+        assert_eq!(raw.arr().len(), 3);
+        assert_eq!(error.as_deref(), Some("the daemon died"));
+
+        let (m, raw, error) = medians(vec![round(150.0, None)], false);
+        assert_eq!(m, vec![("p50_us", 150.0)]);
+        assert_eq!(raw.num(), Some(150.0));
+        assert_eq!(error, None);
     }
 }
