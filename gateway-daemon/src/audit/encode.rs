@@ -65,8 +65,17 @@ fn passes_unchanged(json: &[u8]) -> bool {
             b'"' => {
                 let start = i + 1;
                 i += 1;
-                while i < json.len() && json[i] != b'"' {
-                    i += if json[i] == b'\\' { 2 } else { 1 };
+                // To the closing quote, a word at a time past plain bytes: most of a
+                // record is strings.
+                while let Some(at) = memchr::memchr2(b'"', b'\\', &json[i.min(json.len())..]) {
+                    i += at;
+                    if json[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
+                if i >= json.len() || json[i] != b'"' {
+                    i = json.len();
                 }
                 let s = &json[start..i.min(json.len())];
                 if s.len() > MAX_STRING {

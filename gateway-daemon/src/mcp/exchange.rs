@@ -750,6 +750,12 @@ fn parse_post(bytes: &[u8], max_pending: usize) -> Result<(Vec<Message<'_>>, boo
 
 /// Names the exchange's span (at debug level) after what it carries.
 fn name_span(obs: &Observer, messages: &[Message<'_>]) {
+    // The request's span (`http::serve`) is at debug level. When it is off, the current
+    // span is the connection's, which has none of these fields: finding it would cost
+    // every call.
+    if !tracing::enabled!(target: "gateway_daemon::http", tracing::Level::DEBUG) {
+        return;
+    }
     let span = tracing::Span::current();
     if span.is_disabled() {
         return;

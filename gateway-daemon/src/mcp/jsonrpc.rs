@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, Serializer};
@@ -134,6 +135,9 @@ pub struct Message<'a> {
     pub error_code: Option<i64>,
     /// Error.
     pub error_message: Option<Cow<'a, str>>,
+    /// What [`Message::params_info`] found, read on first use: a call's checks, routing,
+    /// record and span each ask, and `params` is read once instead of once for each.
+    info: OnceLock<Result<ParamsInfo<'a>, JsonRpcError>>,
 }
 
 /// Everything the gateway reads from `params`, found in one pass.
@@ -198,6 +202,10 @@ impl<'a> Message<'a> {
     /// `_meta` member, or a duplicated key inside `_meta` that the gateway reads.
     /// Responses and errors have no params and give an empty `ParamsInfo`.
     pub fn params_info(&self) -> Result<ParamsInfo<'a>, JsonRpcError> {
+        self.info.get_or_init(|| self.read_params_info()).clone()
+    }
+
+    fn read_params_info(&self) -> Result<ParamsInfo<'a>, JsonRpcError> {
         let method = self.method.as_deref().unwrap_or("");
         let target = target_member(method);
         let missing =
@@ -275,7 +283,7 @@ impl<'a> Parsed<'a> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum JsonRpcError {
     /// Not UTF-8, or not well-formed JSON (with serde_json's line and column).
     #[error("body is not JSON: {0}")]
@@ -511,6 +519,7 @@ fn message(env: Envelope<'_>) -> Result<Message<'_>, String> {
         result: None,
         error_code: None,
         error_message: None,
+        info: OnceLock::new(),
     };
     if let Some(method) = env.method {
         if env.result.is_some() || env.error.is_some() {
