@@ -275,9 +275,8 @@ fn init_logging() {
     // `EnvFilter` takes a lock on every entry into a span, to track span-scoped directives,
     // and a connection's span is entered on every poll of its future, several times a call:
     // it is used only when RUST_LOG asks for what a static filter cannot do (`[span]`,
-    // field values).
-    // `Targets` would take `[conn]=debug` for a target named "[conn]", so a span or field
-    // directive is recognised by its bracket before it is tried.
+    // field values). `Targets` would take `[conn]=debug` for a target named "[conn]", so a
+    // span or field directive is recognised by its bracket before it is tried.
     let targets = (!spec.contains('['))
         .then(|| spec.parse::<tracing_subscriber::filter::Targets>().ok())
         .flatten();

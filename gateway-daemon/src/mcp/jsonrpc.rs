@@ -136,7 +136,10 @@ pub struct Message<'a> {
     /// Error.
     pub error_message: Option<Cow<'a, str>>,
     /// What [`Message::params_info`] found, read on first use: a call's checks, routing,
-    /// record and span each ask, and `params` is read once instead of once for each.
+    /// record and span each ask, and `params` is read once instead of once for each. Only
+    /// [`parse`] sets `method` and `params`, and the gateway changes a message as bytes
+    /// (redaction, narrowing), never through these fields, so this never describes other
+    /// params than the message's.
     info: OnceLock<Result<ParamsInfo<'a>, JsonRpcError>>,
 }
 
