@@ -271,21 +271,59 @@ fn init_logging() {
     }
     let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
     let registry = tracing_subscriber::registry();
-    // Levels by target (`info`, `warn,gateway_daemon=debug`) need only a static filter. An
-    // `EnvFilter` takes a lock on every entry into a span, to track span-scoped directives,
-    // and a connection's span is entered on every poll of its future, several times a call:
-    // it is used only when RUST_LOG asks for what a static filter cannot do (`[span]`,
-    // field values). `Targets` would take `[conn]=debug` for a target named "[conn]", so a
-    // span or field directive is recognised by its bracket before it is tried.
-    let targets = (!spec.contains('['))
-        .then(|| spec.parse::<tracing_subscriber::filter::Targets>().ok())
-        .flatten();
-    match targets {
+    match static_filter(&spec) {
         Some(targets) => registry.with(targets).with(fmt!()).init(),
         None => {
             let filter = tracing_subscriber::EnvFilter::try_new(&spec)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             registry.with(filter).with(fmt!()).init()
+        }
+    }
+}
+
+/// `RUST_LOG` as a static filter, when one means what `EnvFilter` would make of it.
+///
+/// Levels by target (`info`, `warn,gateway_daemon=debug`) need no more. An `EnvFilter`
+/// takes a lock on every entry into a span, to track span-scoped directives, and a
+/// connection's span is entered on every poll of its future, several times a call. But the
+/// two parsers differ at the edges: `Targets` reads `[conn]=debug` as a target named
+/// "[conn]", an empty piece (`info,`) as the level `error`, and `*` or `=debug` as targets
+/// `EnvFilter` refuses. Those, and whatever `EnvFilter` refuses, stay with `EnvFilter`.
+fn static_filter(spec: &str) -> Option<tracing_subscriber::filter::Targets> {
+    let plain = |piece: &str| {
+        piece
+            .trim()
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || "-:_".contains(c))
+    };
+    if spec.contains('[') || !spec.split(',').all(plain) {
+        return None;
+    }
+    tracing_subscriber::EnvFilter::try_new(spec).ok()?;
+    spec.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::static_filter;
+
+    #[test]
+    fn only_plain_levels_by_target_take_the_static_filter() {
+        for spec in ["info", "INFO", "debug", "off", "warn,gateway_daemon=debug"] {
+            assert!(static_filter(spec).is_some(), "{spec:?}");
+        }
+        // Span and field directives, empty pieces, and targets EnvFilter refuses keep
+        // EnvFilter's meaning (or its refusal, and the `info` fallback).
+        for spec in [
+            "info,[conn]=debug",
+            "[conn{id=1}]=trace",
+            "info,",
+            "",
+            ",x=debug",
+            "*",
+            "=debug",
+            " ",
+        ] {
+            assert!(static_filter(spec).is_none(), "{spec:?}");
         }
     }
 }

@@ -47,7 +47,8 @@ pub struct BenchArgs {
     text_bytes: usize,
     /// Run the chosen scenarios this many times, in turn (one of each, then again), and
     /// report each metric's median: on a noisy machine the host's load drifts over minutes,
-    /// and taking turns spreads that drift over every column alike.
+    /// and taking turns spreads that drift over every column alike. With an even count the
+    /// lower of the two middle values is taken: an odd count gives a true median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     rounds: u32,
     /// Keep each scenario's files (generated configs, daemon and upstream logs, audit
@@ -313,7 +314,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
                 },
                 s.title
             );
-            runs.push(run_scenario(&env, s, &params).map_err(|e| {
+            runs.push(run_scenario(&env, s, &params, round).map_err(|e| {
                 failed += 1;
                 eprintln!("bench: {} failed: {e:#}", s.key);
                 format!("{e:#}")
@@ -431,7 +432,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         if args.quick { ", --quick" } else { "" }
     );
     if failed > 0 {
-        bail!("{failed} scenario(s) failed");
+        bail!("{failed} scenario run(s) failed");
     }
     Ok(())
 }
@@ -488,8 +489,12 @@ fn medians(
     (metrics, raw, error)
 }
 
-fn run_scenario(env: &Env, s: &Scenario, p: &Params) -> Result<(Metrics, Json)> {
-    let dir = env.work.join(s.key);
+fn run_scenario(env: &Env, s: &Scenario, p: &Params, round: u32) -> Result<(Metrics, Json)> {
+    // A directory per round: a round's daemon starts without another's pins and ledger.
+    let dir = match round {
+        1 => env.work.join(s.key),
+        n => env.work.join(format!("{}-r{n}", s.key)),
+    };
     std::fs::create_dir_all(&dir)?;
     if s.stdio {
         return run_stdio(env, s, p, &dir);

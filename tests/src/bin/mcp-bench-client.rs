@@ -279,11 +279,17 @@ async fn http_relay(agent: TcpStream, server: TcpStream) {
     let Ok((send, conn)) = http1::handshake(TokioIo::new(server)).await else {
         return;
     };
-    let send = Arc::new(std::sync::Mutex::new(send));
+    let send = Arc::new(tokio::sync::Mutex::new(send));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        // HTTP/1: one request at a time on the connection, so the lock is never contended;
-        // the future does not borrow the sender.
-        send.lock().expect("sender lock").send_request(req)
+        let send = send.clone();
+        // HTTP/1: one request at a time on the connection, so the lock is never contended.
+        // The sender is ready again only once the upstream connection has seen the last
+        // response through, which the task polls alongside: wait for that.
+        async move {
+            let mut send = send.lock().await;
+            send.ready().await?;
+            send.send_request(req).await
+        }
     });
     let serve =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(agent), service);
