@@ -302,32 +302,6 @@ fn static_filter(spec: &str) -> Option<tracing_subscriber::filter::Targets> {
     spec.parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::static_filter;
-
-    #[test]
-    fn only_plain_levels_by_target_take_the_static_filter() {
-        for spec in ["info", "INFO", "debug", "off", "warn,gateway_daemon=debug"] {
-            assert!(static_filter(spec).is_some(), "{spec:?}");
-        }
-        // Span and field directives, empty pieces, and targets EnvFilter refuses keep
-        // EnvFilter's meaning (or its refusal, and the `info` fallback).
-        for spec in [
-            "info,[conn]=debug",
-            "[conn{id=1}]=trace",
-            "info,",
-            "",
-            ",x=debug",
-            "*",
-            "=debug",
-            " ",
-        ] {
-            assert!(static_filter(spec).is_none(), "{spec:?}");
-        }
-    }
-}
-
 /// SIGHUP: load the config again and put its policy in force for every new request; open
 /// sessions stay. An invalid file is refused with its reason and the old policy stays.
 async fn reload_on_sighup(
@@ -575,4 +549,30 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         tracing::error!("audit records still queued after 10 s at shutdown");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::static_filter;
+
+    #[test]
+    fn only_plain_levels_by_target_take_the_static_filter() {
+        for spec in ["info", "INFO", "debug", "off", "warn,gateway_daemon=debug"] {
+            assert!(static_filter(spec).is_some(), "{spec:?}");
+        }
+        // Span and field directives, empty pieces, and targets EnvFilter refuses keep
+        // EnvFilter's meaning (or its refusal, and the `info` fallback).
+        for spec in [
+            "info,[conn]=debug",
+            "[conn{id=1}]=trace",
+            "info,",
+            "",
+            ",x=debug",
+            "*",
+            "=debug",
+            " ",
+        ] {
+            assert!(static_filter(spec).is_none(), "{spec:?}");
+        }
+    }
 }
