@@ -55,6 +55,13 @@ pub struct BenchArgs {
     /// ledgers) in target/bench/bench-<pid>/ instead of removing them.
     #[arg(long)]
     keep: bool,
+    /// Count what a call costs the process in the middle (relay, HTTP relay or daemon) in
+    /// instructions, under valgrind's callgrind, instead of timing it: exact, and the same
+    /// from run to run on a machine whose CPU time per call drifts twofold. Runs relay,
+    /// http-relay, gateway and full-none unless --only names others (the TCP ones with a
+    /// process in the middle); installs valgrind when missing.
+    #[arg(long)]
+    instructions: bool,
     /// The binaries are built already (set when xtask re-runs itself through sudo).
     #[arg(long, hide = true)]
     prebuilt: bool,
@@ -182,6 +189,9 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// What `--instructions` counts unless --only says otherwise.
+const INSTRUCTION_SCENARIOS: [&str; 4] = ["relay", "http-relay", "gateway", "full-none"];
+
 /// What a relay scenario puts between the client and the upstream.
 #[derive(Clone, Copy, PartialEq)]
 enum Relay {
@@ -203,6 +213,9 @@ struct Params {
     sessions: usize,
     session_connections: usize,
     text_bytes: usize,
+    /// `--instructions`: the timed window under callgrind (a call is some 50 times slower
+    /// there; a window holds a thousand calls or more).
+    instruction_seconds: f64,
 }
 
 impl Params {
@@ -218,6 +231,7 @@ impl Params {
             sessions: 1000,
             session_connections: 8,
             text_bytes,
+            instruction_seconds: if quick { 4.0 } else { 8.0 },
         }
     }
 
@@ -233,6 +247,7 @@ impl Params {
             ),
             ("new_connections", (self.new_connections as f64).into()),
             ("new_connection_seconds", self.new_connection_seconds.into()),
+            ("instruction_seconds", self.instruction_seconds.into()),
             ("sessions", (self.sessions as f64).into()),
             (
                 "session_connections",
@@ -259,6 +274,26 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             );
         }
     }
+    if args.instructions {
+        for key in &args.only {
+            let s = SCENARIOS
+                .iter()
+                .find(|s| s.key == key)
+                .expect("checked above");
+            if s.stdio || (s.gateway.is_none() && s.relay.is_none()) {
+                bail!(
+                    "--instructions: {key:?} has no process in the middle over TCP to count; \
+                     choose from {}",
+                    SCENARIOS
+                        .iter()
+                        .filter(|s| !s.stdio && (s.gateway.is_some() || s.relay.is_some()))
+                        .map(|s| s.key)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
     if !args.prebuilt {
         super::ensure_deps()?;
         build()?;
@@ -280,10 +315,20 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         return Ok(());
     }
 
+    if args.instructions && !super::runs("callgrind_control", &["--version"]) {
+        super::apt_install(&["valgrind"])?;
+    }
     let params = Params::new(args.quick, args.text_bytes);
     let chosen: Vec<Scenario> = SCENARIOS
         .iter()
         .filter(|s| {
+            if args.instructions {
+                // Nothing of a baseline is counted: only the middle process is.
+                return match args.only.is_empty() {
+                    true => INSTRUCTION_SCENARIOS.contains(&s.key),
+                    false => args.only.iter().any(|k| k == s.key),
+                };
+            }
             args.only.is_empty()
                 || args.only.iter().any(|k| k == s.key)
                 || SCENARIOS
@@ -293,7 +338,8 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         .copied()
         .collect();
     let target = root.join("target");
-    let env = Env::new(&target)?;
+    let mut env = Env::new(&target)?;
+    env.callgrind = args.instructions;
     let mut machine = machine();
     // What one fdatasync of a small append costs where the ledgers are written: the
     // `sync = "always"` target allows one on top of what the relay adds.
@@ -423,8 +469,12 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     give_back(&out);
 
     println!();
-    report::print_table(&result);
-    report::print_targets(&result);
+    if args.instructions {
+        report::print_instructions(&result);
+    } else {
+        report::print_table(&result);
+        report::print_targets(&result);
+    }
     println!(
         "\n{} ({:.0} s{}). Compare runs with `cargo xtask bench --compare OLD.json NEW.json`.",
         out.display(),
@@ -518,7 +568,10 @@ fn run_scenario(env: &Env, s: &Scenario, p: &Params, round: u32) -> Result<(Metr
         .as_ref()
         .map(Daemon::pid)
         .or(relay.as_ref().map(procs::Proc::pid));
-    let result = measure(env, s, p, dial, &upstream, daemon.as_ref(), middle);
+    let result = match (env.callgrind, middle) {
+        (true, Some(pid)) => count_instructions(env, s, p, dial, daemon.as_ref(), pid, &dir),
+        _ => measure(env, s, p, dial, &upstream, daemon.as_ref(), middle),
+    };
     drop(relay);
     let result = match (result, &daemon) {
         (Err(e), Some(d)) => Err(e.context(format!("daemon log (tail):\n{}", d.log()))),
@@ -542,27 +595,8 @@ fn measure(
     // what a call costs on the way.
     middle: Option<u32>,
 ) -> Result<(Metrics, Json)> {
-    let mut args = vec![
-        "--addr".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--text-bytes".into(),
-        p.text_bytes.to_string(),
-        "--watch".into(),
-        upstream.pid().to_string(),
-    ];
-    if s.tls {
-        // Direct, the client trusts the upstream's CA; as an agent, only the gateway's.
-        let ca = match daemon {
-            Some(d) => d.dir.join("ca.pem"),
-            None => env.ca.clone(),
-        };
-        args.extend([
-            "--tls-name".into(),
-            "localhost".into(),
-            "--ca".into(),
-            ca.display().to_string(),
-        ]);
-    }
+    let mut args = target_args(env, s, p, port, daemon);
+    args.extend(["--watch".into(), upstream.pid().to_string()]);
     if let Some(pid) = middle {
         args.extend(["--watch".into(), pid.to_string()]);
     }
@@ -670,6 +704,81 @@ fn measure(
     }
 
     Ok((m, Json::Obj(raw)))
+}
+
+/// What the client dials, and how (TLS trusting whom).
+fn target_args(
+    env: &Env,
+    s: &Scenario,
+    p: &Params,
+    port: u16,
+    daemon: Option<&Daemon>,
+) -> Vec<String> {
+    let mut args = vec![
+        "--addr".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--text-bytes".into(),
+        p.text_bytes.to_string(),
+    ];
+    if s.tls {
+        // Direct, the client trusts the upstream's CA; as an agent, only the gateway's.
+        let ca = match daemon {
+            Some(d) => d.dir.join("ca.pem"),
+            None => env.ca.clone(),
+        };
+        args.extend([
+            "--tls-name".into(),
+            "localhost".into(),
+            "--ca".into(),
+            ca.display().to_string(),
+        ]);
+    }
+    args
+}
+
+/// `--instructions`: the calls of 16 kept-alive connections, with callgrind counting in the
+/// middle process `pid` for exactly the timed window; instructions per call.
+fn count_instructions(
+    env: &Env,
+    s: &Scenario,
+    p: &Params,
+    port: u16,
+    daemon: Option<&Daemon>,
+    pid: u32,
+    dir: &Path,
+) -> Result<(Metrics, Json)> {
+    let client = Client {
+        env,
+        mediated: daemon.is_some(),
+        config: None,
+        args: target_args(env, s, p, port, daemon),
+    };
+    let (conns, secs) = (
+        p.load_connections.to_string(),
+        p.instruction_seconds.to_string(),
+    );
+    let run = client.run(&[
+        "load",
+        "--connections",
+        &conns,
+        "--seconds",
+        &secs,
+        "--warmup",
+        "20",
+        "--callgrind",
+        &pid.to_string(),
+    ])?;
+    let calls = num(&run, "calls")?;
+    if calls < 1.0 {
+        bail!("no call completed under callgrind: {}", run.pretty());
+    }
+    let (total, sha) = procs::callgrind_counts(pid, dir)?;
+    let m: Metrics = vec![
+        ("instructions_per_call_16", total / calls),
+        ("instructions_per_call_16_no_sha", (total - sha) / calls),
+        ("calls_counted", calls),
+    ];
+    Ok((m, obj([("load_16", run)])))
 }
 
 /// A stdio scenario: the client starts `mcp-bench-client stdio-serve` as its server, straight

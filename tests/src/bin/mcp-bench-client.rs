@@ -102,6 +102,11 @@ enum Cmd {
         /// Untimed calls per connection first (for at most one second).
         #[arg(long, default_value_t = 100)]
         warmup: usize,
+        /// A process running under valgrind's callgrind (started with
+        /// `--instr-atstart=no`): its instrumentation is on for the timed window only, so
+        /// its counts are of the timed calls and nothing else.
+        #[arg(long)]
+        callgrind: Option<u32>,
     },
     /// Times new connections: connect + initialize.
     Connect {
@@ -234,7 +239,8 @@ async fn run(cli: Cli) -> Result<()> {
             connections,
             seconds,
             warmup,
-        } => load(target, &cli.watch, connections, seconds, warmup).await,
+            callgrind,
+        } => load(target, &cli.watch, connections, seconds, warmup, callgrind).await,
         Cmd::Connect { count, max_seconds } => connect_times(target, count, max_seconds).await,
         Cmd::Sessions { count, connections } => sessions(target, count, connections).await,
         Cmd::Pki { .. }
@@ -594,6 +600,22 @@ fn cpu_all(pids: &[u32]) -> Result<Vec<f64>> {
     pids.iter().map(|&p| cpu_seconds(p)).collect()
 }
 
+/// Turns callgrind's instrumentation of `pid` on or off (`callgrind_control -i`).
+fn instrument(pid: u32, on: bool) -> Result<()> {
+    let out = std::process::Command::new("callgrind_control")
+        .args(["-i", if on { "on" } else { "off" }, &pid.to_string()])
+        .output()
+        .context("running callgrind_control (from valgrind)")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control -i for pid {pid} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Percentiles (µs) of durations in ns.
 fn summary(mut ns: Vec<u64>) -> Value {
     if ns.is_empty() {
@@ -622,6 +644,7 @@ async fn load(
     connections: usize,
     seconds: f64,
     warmup: usize,
+    callgrind: Option<u32>,
 ) -> Result<()> {
     let ready = Arc::new(Barrier::new(connections + 1));
     let go = Arc::new(Barrier::new(connections + 1));
@@ -653,11 +676,13 @@ async fn load(
                 c.call(&t).await?;
                 lat.push(t0.elapsed().as_nanos() as u64);
             }
-            c.delete(&t).await;
-            anyhow::Ok(lat)
+            anyhow::Ok((lat, c))
         }));
     }
     ready.wait().await;
+    if let Some(pid) = callgrind {
+        instrument(pid, true)?;
+    }
     let cpu0 = cpu_all(watch)?;
     let start = Instant::now();
     deadline
@@ -666,14 +691,25 @@ async fn load(
     go.wait().await;
     let mut all = Vec::new();
     let mut errors = Vec::new();
+    let mut done = Vec::new();
     for task in tasks {
         match task.await? {
-            Ok(lat) => all.extend(lat),
+            Ok((lat, c)) => {
+                all.extend(lat);
+                done.push(c);
+            }
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu1 = cpu_all(watch)?;
+    if let Some(pid) = callgrind {
+        instrument(pid, false)?;
+    }
+    // Sessions end after the window: their DELETEs are not timed calls.
+    for mut c in done {
+        c.delete(&t).await;
+    }
     let calls = all.len();
     let cpu: serde_json::Map<String, Value> = watch
         .iter()

@@ -24,6 +24,9 @@ pub struct Env {
     /// The agent cgroup of mediated clients, relative to the cgroup2 mount.
     pub cgroup: String,
     pub run_id: String,
+    /// The process in the middle (relay or daemon) runs under valgrind's callgrind, its
+    /// instrumentation off until the client turns it on (`--instructions`).
+    pub callgrind: bool,
 }
 
 impl Env {
@@ -66,7 +69,24 @@ impl Env {
             cgroup: format!("mcp-gateway-bench/{run_id}"),
             work,
             run_id,
+            callgrind: false,
         })
+    }
+
+    /// `program`, or with `callgrind` valgrind running it, counting into `dir/callgrind.out`
+    /// once the client turns the instrumentation on.
+    fn middle(&self, program: &Path, dir: &Path) -> Command {
+        if !self.callgrind {
+            return Command::new(program);
+        }
+        let mut c = Command::new("valgrind");
+        c.args(["--tool=callgrind", "--instr-atstart=no"])
+            .arg(format!(
+                "--callgrind-out-file={}",
+                dir.join(CALLGRIND_OUT).display()
+            ))
+            .arg(program);
+        c
     }
 
     /// Removes the run's agent cgroup, and its files unless `keep`.
@@ -147,7 +167,7 @@ pub fn upstream(env: &Env, dir: &Path, port: u16, tls: bool) -> Result<Proc> {
 /// `mcp-bench-client relay` from 127.0.0.1:`port` to the upstream at 127.0.0.1:`to`; with
 /// `http`, the HTTP/1.1 reverse proxy instead of the byte copy.
 pub fn relay(env: &Env, dir: &Path, port: u16, to: u16, http: bool) -> Result<Proc> {
-    let mut cmd = Command::new(&env.client);
+    let mut cmd = env.middle(&env.client, dir);
     cmd.args(["relay", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--to", &format!("127.0.0.1:{to}")])
         .args(http.then_some("--http"));
@@ -168,7 +188,8 @@ fn listening(mut cmd: Command, log: &Path, port: u16, what: &str) -> Result<Proc
         .spawn()
         .with_context(|| format!("starting {what}"))?;
     let mut p = Proc { child };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Under valgrind a start takes seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(status) = p.child.try_wait()? {
             bail!(
@@ -177,7 +198,7 @@ fn listening(mut cmd: Command, log: &Path, port: u16, what: &str) -> Result<Proc
             );
         }
         if Instant::now() > deadline {
-            bail!("{what} did not listen on port {port} within 10 s");
+            bail!("{what} did not listen on port {port} within 60 s");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -276,7 +297,8 @@ impl Daemon {
         let sock = UnixDatagram::bind(&notify).context("binding the notify socket")?;
         sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let log = dir.join("daemon.stderr");
-        let child = Command::new(&env.gateway)
+        let child = env
+            .middle(&env.gateway, dir)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("NOTIFY_SOCKET", &notify)
@@ -288,7 +310,9 @@ impl Daemon {
             .spawn()
             .context("starting mcp-gateway run")?;
         let mut proc = Proc { child };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under valgrind a start takes tens of seconds.
+        let ready_within = Duration::from_secs(if env.callgrind { 300 } else { 30 });
+        let deadline = Instant::now() + ready_within;
         let mut buf = [0u8; 512];
         loop {
             if let Ok(n) = sock.recv(&mut buf) {
@@ -303,7 +327,11 @@ impl Daemon {
                 );
             }
             if Instant::now() > deadline {
-                bail!("mcp-gateway not ready after 30 s:\n{}", tail(&log));
+                bail!(
+                    "mcp-gateway not ready after {} s:\n{}",
+                    ready_within.as_secs(),
+                    tail(&log)
+                );
             }
         }
         Ok(Daemon {
@@ -332,7 +360,7 @@ impl Daemon {
         }
         // SAFETY: kill with the pid of a child we have not reaped.
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let result = loop {
             if let Some(status) = self.proc.child.try_wait()? {
                 break if status.success() {
@@ -347,7 +375,7 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = self.proc.child.kill();
                 let _ = self.proc.child.wait();
-                break Err(anyhow::anyhow!("mcp-gateway ignored SIGTERM for 15 s"));
+                break Err(anyhow::anyhow!("mcp-gateway ignored SIGTERM for 60 s"));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -503,4 +531,65 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
             Some(PathBuf::from(pre.split_whitespace().nth(4)?))
         })
         .context("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+/// Where a middle process under callgrind counts, in its scenario's directory.
+const CALLGRIND_OUT: &str = "callgrind.out";
+
+/// What callgrind counted in the middle process `pid` of the scenario in `dir`, so far:
+/// instructions in all, and those of SHA-256's portable code. Valgrind's CPU has no SHA
+/// extensions, so hashing takes the portable path there, many times the instructions it
+/// takes on this machine's CPU: the second number is left out where the two are compared.
+pub fn callgrind_counts(pid: u32, dir: &Path) -> Result<(f64, f64)> {
+    let out = Command::new("callgrind_control")
+        .args(["-d", &pid.to_string()])
+        .output()
+        .context("running callgrind_control (from valgrind)")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control -d {pid} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The first dump of a run is part 1.
+    let file = dir.join(format!("{CALLGRIND_OUT}.1"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !file.exists() {
+        if Instant::now() > deadline {
+            bail!("callgrind wrote no {} within 30 s", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new("callgrind_annotate")
+        .arg("--threshold=100")
+        .arg(&file)
+        .output()
+        .context("running callgrind_annotate (from valgrind)")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_annotate {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let count = |line: &str| -> Option<f64> {
+        line.split_whitespace()
+            .next()?
+            .replace(',', "")
+            .parse::<f64>()
+            .ok()
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total = text
+        .lines()
+        .find(|l| l.contains("PROGRAM TOTALS"))
+        .and_then(count)
+        .with_context(|| format!("no PROGRAM TOTALS in callgrind_annotate {}", file.display()))?;
+    let sha: f64 = text
+        .lines()
+        .filter(|l| l.contains("sha2::sha256::soft"))
+        .filter_map(count)
+        .sum();
+    Ok((total, sha))
 }

@@ -186,6 +186,22 @@ pub const METRICS: &[Metric] = &[
         100.0,
     ),
     m("exec_added_us", "  added p50 (µs)", Lower, false, 0, 50.0),
+    m(
+        "instructions_per_call_16",
+        "instructions per call, 16 conns",
+        Lower,
+        false,
+        0,
+        1000.0,
+    ),
+    m(
+        "instructions_per_call_16_no_sha",
+        "  without SHA-256's portable code",
+        Lower,
+        false,
+        0,
+        1000.0,
+    ),
 ];
 
 fn fmt(v: f64, digits: usize) -> String {
@@ -234,6 +250,57 @@ fn ratio_to_base(result: &Json, s: &Json, m: &Metric) -> Option<f64> {
     Some(metric(s, m.key)? / b)
 }
 
+/// `--instructions`: instructions per call of each scenario's middle process, and their
+/// ratios to the relays'.
+pub fn print_instructions(result: &Json) {
+    let scenarios = result.get("scenarios").arr();
+    let no_sha = |key: &str| {
+        scenario(result, key).and_then(|s| metric(s, "instructions_per_call_16_no_sha"))
+    };
+    println!(
+        "Instructions per call of the process in the middle (callgrind, {} connections, the \
+         timed calls only):",
+        result
+            .get("params")
+            .get("load_connections")
+            .num()
+            .unwrap_or(0.0)
+    );
+    println!(
+        "  {:<12} {:>14} {:>18} {:>9} {:>13}",
+        "", "instructions", "without SHA-256 ¹", "× relay", "× http-relay"
+    );
+    for s in scenarios {
+        let key = s.get("key").str().unwrap_or("?");
+        let (Some(all), Some(own)) = (
+            metric(s, "instructions_per_call_16"),
+            metric(s, "instructions_per_call_16_no_sha"),
+        ) else {
+            println!(
+                "  {key:<12} failed: {}",
+                s.get("error").str().unwrap_or("?")
+            );
+            continue;
+        };
+        let ratio = |to: &str| {
+            no_sha(to)
+                .filter(|b| *b > 0.0)
+                .map_or("-".to_string(), |b| format!("{:.2}", own / b))
+        };
+        println!(
+            "  {key:<12} {:>14} {:>18} {:>9} {:>13}",
+            fmt(all, 0),
+            fmt(own, 0),
+            ratio("relay"),
+            ratio("http-relay")
+        );
+    }
+    println!(
+        "  ¹ Valgrind's CPU has no SHA extensions: there SHA-256 runs its portable code, many \
+         times\n    the instructions it takes on this CPU, so the ratios leave it out."
+    );
+}
+
 /// Prints the table: one row per metric, one column per scenario.
 pub fn print_table(result: &Json) {
     let scenarios = result.get("scenarios").arr();
@@ -245,6 +312,13 @@ pub fn print_table(result: &Json) {
     );
     let mut rows = vec![header];
     for m in METRICS {
+        // A row nobody measured (the instruction counts, stdio's starts) is left out.
+        if scenarios
+            .iter()
+            .all(|s| metric(s, m.key).is_none() && s.get("error").str().is_none())
+        {
+            continue;
+        }
         let mut row = vec![m.label.to_string()];
         for s in scenarios {
             let cell = match metric(s, m.key) {
