@@ -44,26 +44,31 @@ pub fn seal(seq: u64, prev: &str, mut body: Map<String, Value>) -> (Vec<u8>, Str
 
 /// Seals the JSON object `body` (which holds none of the chain's fields) as record `seq`
 /// after `prev`: the hashed bytes are `{"seq":…,"prev":"…",` and then the body's fields.
+/// The line is built once, with room for the hash, which is filled in last: the hashed
+/// bytes are the line's own after its head.
 pub fn seal_body(seq: u64, prev: &str, body: &[u8]) -> (Vec<u8>, String) {
     debug_assert!(body.first() == Some(&b'{') && body.last() == Some(&b'}'));
     let fields = &body[1..body.len() - 1];
-    let mut hashed = Vec::with_capacity(body.len() + 100);
-    hashed.extend_from_slice(b"{\"seq\":");
-    hashed.extend_from_slice(seq.to_string().as_bytes());
-    hashed.extend_from_slice(b",\"prev\":\"");
-    hashed.extend_from_slice(prev.as_bytes());
-    hashed.push(b'"');
-    if !fields.is_empty() {
-        hashed.push(b',');
-        hashed.extend_from_slice(fields);
-    }
-    hashed.push(b'}');
-    let hash = sha256_hex(&hashed);
-    let mut line = Vec::with_capacity(HEAD_LEN + hashed.len());
+    let mut line = Vec::with_capacity(HEAD_LEN + body.len() + prev.len() + 40);
     line.extend_from_slice(PREFIX);
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(b"\",");
-    line.extend_from_slice(&hashed[1..]);
+    line.extend_from_slice(&[b'0'; 64]);
+    line.extend_from_slice(b"\",\"seq\":");
+    line.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    line.extend_from_slice(b",\"prev\":\"");
+    line.extend_from_slice(prev.as_bytes());
+    line.push(b'"');
+    if !fields.is_empty() {
+        line.push(b',');
+        line.extend_from_slice(fields);
+    }
+    line.push(b'}');
+    let digest = Sha256::new()
+        .chain_update(b"{")
+        .chain_update(&line[HEAD_LEN..])
+        .finalize();
+    let at = PREFIX.len()..PREFIX.len() + 64;
+    hex::encode_to_slice(digest, &mut line[at.clone()]).expect("64 digits for 32 bytes");
+    let hash = String::from_utf8(line[at].to_vec()).expect("hex digits are ASCII");
     line.push(b'\n');
     (line, hash)
 }

@@ -23,7 +23,10 @@ pub enum EncodeError {
 
 /// The record as the JSON object its ledger line carries (before the chain's fields).
 pub fn body<T: Serialize + ?Sized>(record: &T) -> Result<Vec<u8>, EncodeError> {
-    let bytes = serde_json::to_vec(record)?;
+    // Room for a typical record at once: growing from serde_json's default is three
+    // reallocations a record.
+    let mut bytes = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut bytes, record)?;
     if bytes.first() != Some(&b'{') {
         return Err(EncodeError::NotAnObject);
     }

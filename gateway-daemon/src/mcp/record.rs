@@ -1,10 +1,11 @@
 //! The audit record of one JSON-RPC exchange (a request and its response, or a lone
 //! notification), and the principal summary every record carries.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 use crate::audit::link::{ConnId, Via};
 use crate::identity::Identity;
@@ -25,6 +26,32 @@ pub struct Principal {
     pub unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// These fields as JSON, made when a record first needs them: every record of the
+    /// connection carries the same. Set the fields before anything records this value (a
+    /// clone starts without it, so clone, then change).
+    #[serde(skip)]
+    pub json: JsonOnce,
+}
+
+/// JSON made once, on first use; a clone starts empty.
+#[derive(Debug, Default)]
+pub struct JsonOnce(OnceLock<Box<RawValue>>);
+
+impl Clone for JsonOnce {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// A principal on a record: its JSON, made once (`Principal.json`).
+fn principal_json<S: Serializer>(p: &Arc<Principal>, s: S) -> Result<S::Ok, S::Error> {
+    match p.json.0.get() {
+        Some(raw) => raw.serialize(s),
+        None => match serde_json::value::to_raw_value(&**p) {
+            Ok(raw) => p.json.0.get_or_init(|| raw).serialize(s),
+            Err(_) => p.serialize(s),
+        },
+    }
 }
 
 impl Principal {
@@ -37,6 +64,7 @@ impl Principal {
             exe: id.exe.as_ref().map(|p| p.display().to_string()),
             unit: id.unit.clone(),
             cgroup: id.cgroup.clone(),
+            json: JsonOnce::default(),
         }
     }
 
@@ -77,6 +105,7 @@ pub struct Subject {
     /// The connection the request (or notification) came on, and how it was carried.
     #[serde(flatten)]
     pub via: Arc<Via>,
+    #[serde(serialize_with = "principal_json")]
     pub principal: Arc<Principal>,
     pub server: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -165,4 +194,53 @@ pub struct CallRecord {
     /// The request headers the gateway set to its own credentials (names, never values).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Arc<[Box<str>]>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(principal: Arc<Principal>) -> serde_json::Value {
+        serde_json::to_value(Subject {
+            time: "t".into(),
+            via: Via::plain("run-1".into()),
+            principal,
+            server: "s".into(),
+            session: None,
+            transport: "streamable_http",
+            protocol_version: None,
+            method: "tools/call".into(),
+            name: None,
+            id: None,
+        })
+        .unwrap()
+    }
+
+    /// The principal's JSON is made once; a clone renamed under a new policy (as
+    /// `principal_under` does) carries its new name, not the JSON of the one it came from.
+    #[test]
+    fn a_principal_is_recorded_as_it_is_after_a_clone_and_rename() {
+        let first = Arc::new(Principal {
+            name: None,
+            tgid: 7,
+            uid: 1000,
+            user: Some("agent".into()),
+            exe: Some("/usr/bin/agent".into()),
+            unit: None,
+            cgroup: Some("/agents".into()),
+            json: JsonOnce::default(),
+        });
+        let plain = serde_json::json!({"tgid": 7, "uid": 1000, "user": "agent",
+            "exe": "/usr/bin/agent", "cgroup": "/agents"});
+        assert_eq!(subject(first.clone())["principal"], plain);
+        // Made now, and used again.
+        assert!(first.json.0.get().is_some());
+        assert_eq!(subject(first.clone())["principal"], plain);
+
+        let mut renamed = (*first).clone();
+        renamed.name = Some("coder".into());
+        let mut named = plain.clone();
+        named["name"] = "coder".into();
+        assert_eq!(subject(Arc::new(renamed))["principal"], named);
+    }
 }

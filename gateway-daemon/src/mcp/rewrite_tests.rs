@@ -130,6 +130,7 @@ fn refused_record(id: &str) -> super::record::ExchangeRecord {
                 exe: None,
                 unit: None,
                 cgroup: None,
+                json: Default::default(),
             }),
             server: "s".into(),
             session: None,
