@@ -30,7 +30,7 @@ pub fn body<T: Serialize + ?Sized>(record: &T) -> Result<Vec<u8>, EncodeError> {
     if bytes.first() != Some(&b'{') {
         return Err(EncodeError::NotAnObject);
     }
-    if passes_unchanged(&bytes) {
+    if small_and_plain(&bytes) || passes_unchanged(&bytes) {
         return Ok(bytes);
     }
     let Value::Object(mut map) = serde_json::from_slice::<Value>(&bytes)? else {
@@ -46,6 +46,22 @@ pub fn bounded(map: &mut Map<String, Value>) -> Vec<u8> {
     }
     bound::record(map);
     serde_json::to_vec(map).expect("a JSON map always serialises")
+}
+
+/// Whether `json` is too short to hold anything `bound` cuts, with no chain field in it:
+/// no string can be longer than the whole (`MAX_STRING`), no list can hold more items than
+/// there are commas in all, and a field the chain owns would show as its quoted name. Most
+/// records are; this is a few vector scans where `passes_unchanged` walks every byte.
+fn small_and_plain(json: &[u8]) -> bool {
+    json.len() <= MAX_STRING.min(MAX_LIST_BYTES)
+        && memchr::memchr_iter(b',', json).count() < MAX_ITEMS
+        && !RESERVED.iter().any(|name| {
+            let mut quoted = [0u8; 6];
+            quoted[0] = b'"';
+            quoted[1..=name.len()].copy_from_slice(name);
+            quoted[name.len() + 1] = b'"';
+            memchr::memmem::find(json, &quoted[..name.len() + 2]).is_some()
+        })
 }
 
 /// One open container while scanning.
@@ -179,6 +195,41 @@ mod tests {
         assert!(passes_unchanged(&serde_json::to_vec(&at).unwrap()));
         let over = json!({"l": vec![0; MAX_ITEMS + 1]});
         assert!(!passes_unchanged(&serde_json::to_vec(&over).unwrap()));
+    }
+
+    /// The quick check never lets through what the full scan would not: records at each of
+    /// its edges (length, commas, a chain field's name) and a little past them.
+    #[test]
+    fn the_quick_check_passes_only_what_the_scan_passes() {
+        let mut cases = vec![
+            json!({"l": vec![0; MAX_ITEMS - 1]}),
+            json!({"l": vec![0; MAX_ITEMS]}),
+            json!({"l": vec![0; MAX_ITEMS + 1]}),
+            json!({"a": vec![0; 40], "b": vec![0; 40]}),
+            json!({"seq": 1}),
+            json!({"o": {"prev": "x"}}),
+            json!({"s": "a \"hash\" in a string"}),
+            json!({"type": "mcp", "id": "7"}),
+        ];
+        for n in [MAX_STRING - 20, MAX_STRING - 9, MAX_STRING - 8, MAX_STRING, MAX_STRING + 1] {
+            cases.push(json!({"s": "x".repeat(n)}));
+            cases.push(json!({"l": ["y".repeat(n)]}));
+        }
+        let mut quick = 0;
+        for v in cases {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            if small_and_plain(&bytes) {
+                quick += 1;
+                assert!(passes_unchanged(&bytes), "{v}");
+                assert_eq!(reference(&v), v);
+            }
+        }
+        // The check does take the common case.
+        assert!(quick >= 5, "{quick}");
+        let record = json!({"type": "mcp", "time": "2026-12-03T15:00:18.005406Z",
+            "connection": "b61dcf21-29", "principal": {"tgid": 1, "uid": 0, "exe": "/x"},
+            "server": "bench", "method": "tools/call", "outcome": "ok"});
+        assert!(small_and_plain(&serde_json::to_vec(&record).unwrap()));
     }
 
     #[test]
