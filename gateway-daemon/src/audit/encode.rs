@@ -5,6 +5,9 @@
 //! which records do. Its limits are on the escaped bytes, never shorter than the decoded
 //! string, so a record it lets pass is one `bound` would have left alone.
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -53,15 +56,15 @@ pub fn bounded(map: &mut Map<String, Value>) -> Vec<u8> {
 /// there are commas in all, and a field the chain owns would show as its quoted name. Most
 /// records are; this is a few vector scans where `passes_unchanged` walks every byte.
 fn small_and_plain(json: &[u8]) -> bool {
+    // Searchers built once: building one costs more than searching a record.
+    static QUOTED: LazyLock<[memmem::Finder<'static>; 3]> = LazyLock::new(|| {
+        let quoted: [&'static [u8]; 3] = [b"\"seq\"", b"\"prev\"", b"\"hash\""];
+        quoted.map(memmem::Finder::new)
+    });
+    debug_assert!(RESERVED.len() == QUOTED.len());
     json.len() <= MAX_STRING.min(MAX_LIST_BYTES)
         && memchr::memchr_iter(b',', json).count() < MAX_ITEMS
-        && !RESERVED.iter().any(|name| {
-            let mut quoted = [0u8; 6];
-            quoted[0] = b'"';
-            quoted[1..=name.len()].copy_from_slice(name);
-            quoted[name.len() + 1] = b'"';
-            memchr::memmem::find(json, &quoted[..name.len() + 2]).is_some()
-        })
+        && !QUOTED.iter().any(|f| f.find(json).is_some())
 }
 
 /// One open container while scanning.
