@@ -402,26 +402,12 @@ fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
         .copied()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut after_u = false;
     let mut digits = 0usize;
     let mut suspect = false;
-    for &b in body {
-        if in_string {
-            if after_u {
-                suspect |= matches!(b, b'd' | b'D');
-                after_u = false;
-            } else if escaped {
-                escaped = false;
-                after_u = b == b'u';
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        i += 1;
         match b {
             b'0'..=b'9' => {
                 digits += 1;
@@ -429,7 +415,12 @@ fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
                 continue;
             }
             b'e' | b'E' if digits > 0 => suspect = true,
-            b'"' => in_string = true,
+            b'"' => {
+                // Most of a message is strings: to the closing quote a word at a time.
+                let (end, odd) = string_end(body, i);
+                suspect |= odd;
+                i = end;
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max_depth {
@@ -442,6 +433,25 @@ fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
         digits = 0;
     }
     Ok(Scan { first, suspect })
+}
+
+/// Where the string whose contents start at `from` ends (past its closing quote, or the
+/// end of `body` when it has none), and whether it holds a `\uD…` escape (perhaps a lone
+/// surrogate).
+fn string_end(body: &[u8], mut from: usize) -> (usize, bool) {
+    let mut suspect = false;
+    while let Some(at) = memchr::memchr2(b'"', b'\\', &body[from..]) {
+        let at = from + at;
+        if body[at] == b'"' {
+            return (at + 1, suspect);
+        }
+        // An escape: the byte after the backslash is never the string's end.
+        if body.get(at + 1) == Some(&b'u') {
+            suspect |= matches!(body.get(at + 2), Some(b'd' | b'D'));
+        }
+        from = (at + 2).min(body.len());
+    }
+    (body.len(), suspect)
 }
 
 /// Deserialises a present member as `Some(raw)`, even when it is JSON `null` (a plain
@@ -1214,6 +1224,28 @@ mod tests {
     fn lone_surrogate_in_method_rejected() {
         let m = not_rpc(r#"{"jsonrpc":"2.0","id":1,"method":"\udc00"}"#);
         assert!(m.starts_with("\"method\" is not a valid string"), "{m}");
+    }
+
+    /// The nesting count skips string contents however they are escaped: brackets and
+    /// escaped quotes inside strings do not count, an escaped backslash ends its escape.
+    #[test]
+    fn brackets_and_escapes_inside_strings_are_not_nesting() {
+        let deep = "[[[[[[[[".repeat(4);
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"a":"\" {deep} \\","b":"\\\" {deep}"}}}}"#
+        );
+        assert_eq!(single(&body).kind, Kind::Request);
+        assert!(scan(format!(r#"{{"a":"\\"}}{deep}"#).as_bytes(), 8).is_err());
+        // The scan never reads past the end, escaped or not.
+        for tail in [r#""\"#, r#""\u"#, r#""abc"#, r#"""#] {
+            let body = format!(r#"{{"a":{tail}"#);
+            assert!(scan(body.as_bytes(), 8).is_ok(), "{body}");
+        }
+        // A surrogate escape is noticed after an escaped backslash, and only when it is one.
+        assert!(scan(br#"{"a":"\\\ud800"}"#, 8).unwrap().suspect);
+        assert!(!scan(br#"{"a":"\\ud800"}"#, 8).unwrap().suspect);
+        assert!(scan(br#"{"a":"x\uD834\uDD1E"}"#, 8).unwrap().suspect);
+        assert!(!scan(br#"{"a":"x\u00e9"}"#, 8).unwrap().suspect);
     }
 
     #[test]
