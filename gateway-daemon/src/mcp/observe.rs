@@ -99,7 +99,7 @@ pub struct Observer {
 }
 
 fn contains(body: &[u8], what: &[u8]) -> bool {
-    body.windows(what.len()).any(|w| w == what)
+    memchr::memmem::find(body, what).is_some()
 }
 
 /// What a 2026-07-28 result that is not the plain result carries (input_required, task):
