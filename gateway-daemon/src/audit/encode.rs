@@ -214,7 +214,13 @@ mod tests {
             json!({"s": "a \"hash\" in a string"}),
             json!({"type": "mcp", "id": "7"}),
         ];
-        for n in [MAX_STRING - 20, MAX_STRING - 9, MAX_STRING - 8, MAX_STRING, MAX_STRING + 1] {
+        for n in [
+            MAX_STRING - 20,
+            MAX_STRING - 9,
+            MAX_STRING - 8,
+            MAX_STRING,
+            MAX_STRING + 1,
+        ] {
             cases.push(json!({"s": "x".repeat(n)}));
             cases.push(json!({"l": ["y".repeat(n)]}));
         }
