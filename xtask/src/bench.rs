@@ -646,16 +646,7 @@ fn measure(
         (calls > 0.0).then(|| cpu / calls * 10_000.0)
     };
 
-    let (secs, warm) = (p.latency_seconds.to_string(), p.latency_warmup.to_string());
-    let one = client.run(&[
-        "load",
-        "--connections",
-        "1",
-        "--seconds",
-        &secs,
-        "--warmup",
-        &warm,
-    ])?;
+    let one = client.load(1, p.latency_seconds, p.latency_warmup, &[])?;
     m.push(("p50_us", num(&one, "latency.p50_us")?));
     m.push(("p99_us", num(&one, "latency.p99_us")?));
     m.push(("calls_per_s_1", num(&one, "calls_per_s")?));
@@ -667,20 +658,7 @@ fn measure(
     }
     raw.push(("load_1".to_string(), one));
 
-    let (conns, secs, warm) = (
-        p.load_connections.to_string(),
-        p.load_seconds.to_string(),
-        p.load_warmup.to_string(),
-    );
-    let many = client.run(&[
-        "load",
-        "--connections",
-        &conns,
-        "--seconds",
-        &secs,
-        "--warmup",
-        &warm,
-    ])?;
+    let many = client.load(p.load_connections, p.load_seconds, p.load_warmup, &[])?;
     m.push(("calls_per_s_16", num(&many, "calls_per_s")?));
     m.push(("p50_us_16", num(&many, "latency.p50_us")?));
     m.push(("p99_us_16", num(&many, "latency.p99_us")?));
@@ -753,21 +731,12 @@ fn count_instructions(
         config: None,
         args: target_args(env, s, p, port, daemon),
     };
-    let (conns, secs) = (
-        p.load_connections.to_string(),
-        p.instruction_seconds.to_string(),
-    );
-    let run = client.run(&[
-        "load",
-        "--connections",
-        &conns,
-        "--seconds",
-        &secs,
-        "--warmup",
-        "20",
-        "--callgrind",
-        &pid.to_string(),
-    ])?;
+    let run = client.load(
+        p.load_connections,
+        p.instruction_seconds,
+        20,
+        &["--callgrind", &pid.to_string()],
+    )?;
     let calls = num(&run, "calls")?;
     if calls < 1.0 {
         bail!("no call completed under callgrind: {}", run.pretty());

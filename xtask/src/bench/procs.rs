@@ -434,6 +434,25 @@ impl Client<'_> {
         cmd
     }
 
+    /// `load`: calls on `connections` kept-alive sessions for `seconds` after `warmup`
+    /// untimed calls each; its JSON line.
+    pub fn load(
+        &self,
+        connections: usize,
+        seconds: f64,
+        warmup: usize,
+        extra: &[&str],
+    ) -> Result<Json> {
+        let (c, s, w) = (
+            connections.to_string(),
+            seconds.to_string(),
+            warmup.to_string(),
+        );
+        let mut args = vec!["load", "--connections", &c, "--seconds", &s, "--warmup", &w];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
     /// Runs one client command to its end; its JSON line.
     pub fn run(&self, args: &[&str]) -> Result<Json> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
