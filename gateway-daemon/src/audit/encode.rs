@@ -26,10 +26,17 @@ pub enum EncodeError {
 
 /// The record as the JSON object its ledger line carries (before the chain's fields).
 pub fn body<T: Serialize + ?Sized>(record: &T) -> Result<Vec<u8>, EncodeError> {
+    body_with(|out| Ok(serde_json::to_writer(out, record)?))
+}
+
+/// As `body`, for a record that writes its own JSON object into the buffer given.
+pub fn body_with(
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+) -> Result<Vec<u8>, EncodeError> {
     // Room for a typical record at once: growing from serde_json's default is three
     // reallocations a record.
     let mut bytes = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut bytes, record)?;
+    write(&mut bytes)?;
     if bytes.first() != Some(&b'{') {
         return Err(EncodeError::NotAnObject);
     }

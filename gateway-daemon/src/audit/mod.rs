@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::config::Audit as AuditConfig;
+use encode::EncodeError;
 use ledger::Chain;
 use syncer::{Ledger, Synced};
 
@@ -123,13 +124,43 @@ impl AuditSink {
     /// Writes one record; the caller may act on it (forward a call) once this returns Ok,
     /// and must not show anyone the call's outcome before `Written::durable` returns Ok.
     pub fn record_durable<T: Serialize + ?Sized>(&self, record: &T) -> Result<Written, AuditError> {
-        let seq = self.write(record)?;
+        self.durable(encode::body(record))
+    }
+
+    /// As `record_now`, for a record that writes its own JSON object (the hot path's).
+    pub fn record_json_now(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        let body = encode::body_with(|out| {
+            write(out);
+            Ok(())
+        });
+        if let Err(e) = self.append(body) {
+            tracing::error!(error = %e, "audit record lost");
+        }
+    }
+
+    /// As `record_durable`, for a record that writes its own JSON object.
+    pub fn record_json_durable(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Written, AuditError> {
+        self.durable(encode::body_with(|out| {
+            write(out);
+            Ok(())
+        }))
+    }
+
+    fn durable(&self, body: Result<Vec<u8>, EncodeError>) -> Result<Written, AuditError> {
+        let seq = self.append(body)?;
         let sync = self.ledger.syncs().then(|| self.ledger.request_sync());
         Ok(Written { seq, sync })
     }
 
     fn write<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64, AuditError> {
-        let body = encode::body(record).map_err(|e| AuditError::NotRecorded(e.to_string()))?;
+        self.append(encode::body(record))
+    }
+
+    fn append(&self, body: Result<Vec<u8>, EncodeError>) -> Result<u64, AuditError> {
+        let body = body.map_err(|e| AuditError::NotRecorded(e.to_string()))?;
         let mut chain = self.ledger.chain();
         let seq = chain.append_now(&body).map_err(|e| {
             AuditError::NotRecorded(format!("writing {}: {e}", chain.cfg.path.display()))

@@ -1005,7 +1005,7 @@ pub(crate) fn write_ahead(
             m.id.as_ref()
                 .and_then(|id| guard.counts.iter().find(|(i, _)| i == id))
                 .map(|(_, c)| c.clone());
-        written.push(obs.audit.record_durable(&call)?);
+        written.push(obs.audit.record_json_durable(|out| call.write_json(out))?);
     }
     Ok(written)
 }

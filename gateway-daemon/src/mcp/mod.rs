@@ -16,6 +16,7 @@ pub mod observe;
 pub mod pairing;
 pub mod recognise;
 pub mod record;
+pub mod record_json;
 pub mod refusal;
 pub mod relist;
 pub mod reply;

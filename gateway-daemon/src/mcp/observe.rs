@@ -610,7 +610,7 @@ impl Observer {
                 latency_ms = r.latency_ms,
                 "mcp exchange"
             );
-            self.audit.record_now(&r);
+            self.audit.record_json_now(|out| r.write_json(out));
         }
     }
 }

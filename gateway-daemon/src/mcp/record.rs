@@ -43,6 +43,15 @@ impl Clone for JsonOnce {
     }
 }
 
+/// A principal as records show it: its JSON, made once (`Principal.json`).
+pub struct PrincipalJson<'a>(pub &'a Arc<Principal>);
+
+impl Serialize for PrincipalJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        principal_json(self.0, s)
+    }
+}
+
 /// A principal on a record: its JSON, made once (`Principal.json`).
 fn principal_json<S: Serializer>(p: &Arc<Principal>, s: S) -> Result<S::Ok, S::Error> {
     match p.json.0.get() {
@@ -120,7 +129,9 @@ pub struct Subject {
     pub id: Option<String>,
 }
 
-/// One finished exchange: a request with its response, or a notification.
+/// One finished exchange: a request with its response, or a notification. `record_json`
+/// writes its JSON by hand, as this derive does: a field added here goes there too (its
+/// test compares the two).
 #[derive(Debug, Clone, Serialize)]
 pub struct ExchangeRecord {
     #[serde(rename = "type")]
@@ -171,7 +182,8 @@ pub struct ExchangeRecord {
 }
 
 /// Written, durably, before a request is forwarded: the ledger holds every call the
-/// server saw, even if the daemon dies before the response.
+/// server saw, even if the daemon dies before the response. Written by hand as
+/// `ExchangeRecord` is (`record_json`).
 #[derive(Debug, Serialize)]
 pub struct CallRecord {
     #[serde(rename = "type")]
