@@ -142,7 +142,7 @@ mod tests {
                 connection: text(1).into(),
                 tls: full.then(|| TlsFacts {
                     mode: "terminated",
-                    sni: (n % 2 == 0).then(|| text(2)),
+                    sni: n.is_multiple_of(2).then(|| text(2)),
                     alpn: None,
                 }),
             }),
@@ -171,7 +171,7 @@ mod tests {
             action: "deny",
             rule: TEXTS[n % TEXTS.len()].to_string(),
             reason: (n % 2 == 1).then(|| TEXTS[(n + 1) % TEXTS.len()].to_string()),
-            enforced: n % 3 == 0,
+            enforced: n.is_multiple_of(3),
         }
     }
 
