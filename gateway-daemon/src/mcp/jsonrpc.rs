@@ -445,11 +445,16 @@ fn string_end(body: &[u8], mut from: usize) -> (usize, bool) {
         if body[at] == b'"' {
             return (at + 1, suspect);
         }
-        // An escape: the byte after the backslash is never the string's end.
-        if body.get(at + 1) == Some(&b'u') {
+        // An escape: the byte after the backslash is never the string's end, nor, after
+        // `\u`, the one after that (the first of its hex digits, or whatever stands there:
+        // serde_json refuses a malformed escape, and the depth count is as it always was).
+        let skip = if body.get(at + 1) == Some(&b'u') {
             suspect |= matches!(body.get(at + 2), Some(b'd' | b'D'));
-        }
-        from = (at + 2).min(body.len());
+            3
+        } else {
+            2
+        };
+        from = (at + skip).min(body.len());
     }
     (body.len(), suspect)
 }
@@ -1246,6 +1251,15 @@ mod tests {
         assert!(!scan(br#"{"a":"\\ud800"}"#, 8).unwrap().suspect);
         assert!(scan(br#"{"a":"x\uD834\uDD1E"}"#, 8).unwrap().suspect);
         assert!(!scan(br#"{"a":"x\u00e9"}"#, 8).unwrap().suspect);
+        // After `\u` the next byte is skipped whatever it is: a quote there does not end
+        // the string, a backslash there does not escape the quote after it.
+        let body = format!(r#"{{"a":"\u"}}{deep}"#);
+        assert!(matches!(scan(body.as_bytes(), 8), Ok(_)));
+        let body = format!(r#"{{"a":"\u\"}}{deep}"#);
+        assert!(matches!(
+            scan(body.as_bytes(), 8),
+            Err(JsonRpcError::TooDeep(8))
+        ));
     }
 
     #[test]

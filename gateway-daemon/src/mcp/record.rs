@@ -55,7 +55,15 @@ impl Serialize for PrincipalJson<'_> {
 /// A principal on a record: its JSON, made once (`Principal.json`).
 fn principal_json<S: Serializer>(p: &Arc<Principal>, s: S) -> Result<S::Ok, S::Error> {
     match p.json.0.get() {
-        Some(raw) => raw.serialize(s),
+        Some(raw) => {
+            // The fields changed after their JSON was made: `json` would record a stale one.
+            debug_assert_eq!(
+                raw.get(),
+                serde_json::to_string(&**p).expect("a principal serialises"),
+                "a principal's fields changed after it was recorded"
+            );
+            raw.serialize(s)
+        }
         None => match serde_json::value::to_raw_value(&**p) {
             Ok(raw) => p.json.0.get_or_init(|| raw).serialize(s),
             Err(_) => p.serialize(s),
