@@ -1254,7 +1254,7 @@ mod tests {
         // After `\u` the next byte is skipped whatever it is: a quote there does not end
         // the string, a backslash there does not escape the quote after it.
         let body = format!(r#"{{"a":"\u"}}{deep}"#);
-        assert!(matches!(scan(body.as_bytes(), 8), Ok(_)));
+        assert!(scan(body.as_bytes(), 8).is_ok());
         let body = format!(r#"{{"a":"\u\"}}{deep}"#);
         assert!(matches!(
             scan(body.as_bytes(), 8),
