@@ -189,6 +189,14 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+impl Scenario {
+    /// Whether `--instructions` can count it: a process (relay or daemon) in the middle of
+    /// a TCP path.
+    fn countable(&self) -> bool {
+        !self.stdio && (self.gateway.is_some() || self.relay.is_some())
+    }
+}
+
 /// What `--instructions` counts unless --only says otherwise.
 const INSTRUCTION_SCENARIOS: [&str; 4] = ["relay", "http-relay", "gateway", "full-none"];
 
@@ -280,13 +288,13 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
                 .iter()
                 .find(|s| s.key == key)
                 .expect("checked above");
-            if s.stdio || (s.gateway.is_none() && s.relay.is_none()) {
+            if !s.countable() {
                 bail!(
                     "--instructions: {key:?} has no process in the middle over TCP to count; \
                      choose from {}",
                     SCENARIOS
                         .iter()
-                        .filter(|s| !s.stdio && (s.gateway.is_some() || s.relay.is_some()))
+                        .filter(|s| s.countable())
                         .map(|s| s.key)
                         .collect::<Vec<_>>()
                         .join(", ")

@@ -111,9 +111,7 @@ impl AuditSink {
     /// Writes one record now (durable with the next sync). A record that cannot be
     /// written is logged as lost.
     pub fn record_now<T: Serialize + ?Sized>(&self, record: &T) {
-        if let Err(e) = self.write(record) {
-            tracing::error!(error = %e, "audit record lost");
-        }
+        self.now(encode::body(record))
     }
 
     /// As `record_now`, for async callers.
@@ -129,13 +127,7 @@ impl AuditSink {
 
     /// As `record_now`, for a record that writes its own JSON object (the hot path's).
     pub fn record_json_now(&self, write: impl FnOnce(&mut Vec<u8>)) {
-        let body = encode::body_with(|out| {
-            write(out);
-            Ok(())
-        });
-        if let Err(e) = self.append(body) {
-            tracing::error!(error = %e, "audit record lost");
-        }
+        self.now(own_json(write))
     }
 
     /// As `record_durable`, for a record that writes its own JSON object.
@@ -143,20 +135,19 @@ impl AuditSink {
         &self,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Written, AuditError> {
-        self.durable(encode::body_with(|out| {
-            write(out);
-            Ok(())
-        }))
+        self.durable(own_json(write))
+    }
+
+    fn now(&self, body: Result<Vec<u8>, EncodeError>) {
+        if let Err(e) = self.append(body) {
+            tracing::error!(error = %e, "audit record lost");
+        }
     }
 
     fn durable(&self, body: Result<Vec<u8>, EncodeError>) -> Result<Written, AuditError> {
         let seq = self.append(body)?;
         let sync = self.ledger.syncs().then(|| self.ledger.request_sync());
         Ok(Written { seq, sync })
-    }
-
-    fn write<T: Serialize + ?Sized>(&self, record: &T) -> Result<u64, AuditError> {
-        self.append(encode::body(record))
     }
 
     fn append(&self, body: Result<Vec<u8>, EncodeError>) -> Result<u64, AuditError> {
@@ -172,6 +163,14 @@ impl AuditSink {
         }
         Ok(seq)
     }
+}
+
+/// The body of a record that writes its own JSON object.
+fn own_json(write: impl FnOnce(&mut Vec<u8>)) -> Result<Vec<u8>, EncodeError> {
+    encode::body_with(|out| {
+        write(out);
+        Ok(())
+    })
 }
 
 impl AuditWriter {
