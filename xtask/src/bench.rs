@@ -224,6 +224,8 @@ struct Params {
     /// `--instructions`: the timed window under callgrind (a call is some 50 times slower
     /// there; a window holds a thousand calls or more).
     instruction_seconds: f64,
+    /// `--instructions`: new connections counted (some 10 ms each there).
+    counted_connections: usize,
 }
 
 impl Params {
@@ -240,6 +242,7 @@ impl Params {
             session_connections: 8,
             text_bytes,
             instruction_seconds: if quick { 4.0 } else { 8.0 },
+            counted_connections: if quick { 100 } else { 200 },
         }
     }
 
@@ -256,6 +259,10 @@ impl Params {
             ("new_connections", (self.new_connections as f64).into()),
             ("new_connection_seconds", self.new_connection_seconds.into()),
             ("instruction_seconds", self.instruction_seconds.into()),
+            (
+                "counted_connections",
+                (self.counted_connections as f64).into(),
+            ),
             ("sessions", (self.sessions as f64).into()),
             (
                 "session_connections",
@@ -723,7 +730,9 @@ fn target_args(
 }
 
 /// `--instructions`: the calls of 16 kept-alive connections, with callgrind counting in the
-/// middle process `pid` for exactly the timed window; instructions per call.
+/// middle process `pid` for exactly the timed window; instructions per call. Then new
+/// connections (connect, initialize, DELETE, close), counted from the first connect to the
+/// last close; instructions per connection.
 fn count_instructions(
     env: &Env,
     s: &Scenario,
@@ -749,13 +758,34 @@ fn count_instructions(
     if calls < 1.0 {
         bail!("no call completed under callgrind: {}", run.pretty());
     }
-    let (total, sha) = procs::callgrind_counts(pid, dir)?;
+    let (total, sha) = procs::callgrind_counts(pid, dir, 1)?;
+    let count = p.counted_connections.to_string();
+    let conn = client.run(&[
+        "connect",
+        "--count",
+        &count,
+        "--max-seconds",
+        "120",
+        "--callgrind",
+        &pid.to_string(),
+    ])?;
+    let opened = num(&conn, "count")?;
+    if opened < 1.0 || num(&conn, "errors")? > 0.0 {
+        bail!("new connections failed under callgrind: {}", conn.pretty());
+    }
+    let (conn_total, conn_sha) = procs::callgrind_counts(pid, dir, 2)?;
     let m: Metrics = vec![
         ("instructions_per_call_16", total / calls),
         ("instructions_per_call_16_no_sha", (total - sha) / calls),
         ("calls_counted", calls),
+        ("instructions_per_connection", conn_total / opened),
+        (
+            "instructions_per_connection_no_sha",
+            (conn_total - conn_sha) / opened,
+        ),
+        ("connections_counted", opened),
     ];
-    Ok((m, obj([("load_16", run)])))
+    Ok((m, obj([("load_16", run), ("connect", conn)])))
 }
 
 /// A stdio scenario: the client starts `mcp-bench-client stdio-serve` as its server, straight

@@ -115,6 +115,9 @@ enum Cmd {
         /// Stop early when this much time has passed (at least one connection is made).
         #[arg(long, default_value_t = 10.0)]
         max_seconds: f64,
+        /// As `load --callgrind`: counting is on from the first connect to the last close.
+        #[arg(long)]
+        callgrind: Option<u32>,
     },
     /// Opens many sessions and holds them until stdin says otherwise.
     Sessions {
@@ -241,7 +244,11 @@ async fn run(cli: Cli) -> Result<()> {
             warmup,
             callgrind,
         } => load(target, &cli.watch, connections, seconds, warmup, callgrind).await,
-        Cmd::Connect { count, max_seconds } => connect_times(target, count, max_seconds).await,
+        Cmd::Connect {
+            count,
+            max_seconds,
+            callgrind,
+        } => connect_times(target, count, max_seconds, callgrind).await,
         Cmd::Sessions { count, connections } => sessions(target, count, connections).await,
         Cmd::Pki { .. }
         | Cmd::Serve { .. }
@@ -732,8 +739,16 @@ async fn load(
     Ok(())
 }
 
-async fn connect_times(t: Arc<Target>, count: usize, max_seconds: f64) -> Result<()> {
+async fn connect_times(
+    t: Arc<Target>,
+    count: usize,
+    max_seconds: f64,
+    callgrind: Option<u32>,
+) -> Result<()> {
     let (mut total, mut opened_ns, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(pid) = callgrind {
+        instrument(pid, true)?;
+    }
     let until = Instant::now() + Duration::from_secs_f64(max_seconds);
     for i in 0..count {
         if i > 0 && Instant::now() > until {
@@ -758,6 +773,12 @@ async fn connect_times(t: Arc<Target>, count: usize, max_seconds: f64) -> Result
             }
             Err(e) => errors.push(format!("{e:#}")),
         }
+    }
+    if let Some(pid) = callgrind {
+        // The middle process ends the last connection (its flow record) after the agent
+        // has closed it: that is part of what a connection costs.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        instrument(pid, false)?;
     }
     print_json(&json!({
         "count": total.len(),

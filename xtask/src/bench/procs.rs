@@ -555,11 +555,12 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 /// Where a middle process under callgrind counts, in its scenario's directory.
 const CALLGRIND_OUT: &str = "callgrind.out";
 
-/// What callgrind counted in the middle process `pid` of the scenario in `dir`, so far:
-/// instructions in all, and those of SHA-256's portable code. Valgrind's CPU has no SHA
-/// extensions, so hashing takes the portable path there, many times the instructions it
-/// takes on this machine's CPU: the second number is left out where the two are compared.
-pub fn callgrind_counts(pid: u32, dir: &Path) -> Result<(f64, f64)> {
+/// What callgrind counted in the middle process `pid` of the scenario in `dir` since its
+/// last dump, which this is the `part`th of (from 1): instructions in all, and those of
+/// SHA-256's portable code. Valgrind's CPU has no SHA extensions, so hashing takes the
+/// portable path there, many times the instructions it takes on this machine's CPU: the
+/// second number is left out where the two are compared.
+pub fn callgrind_counts(pid: u32, dir: &Path, part: u32) -> Result<(f64, f64)> {
     let out = Command::new("callgrind_control")
         .args(["-d", &pid.to_string()])
         .output()
@@ -571,8 +572,8 @@ pub fn callgrind_counts(pid: u32, dir: &Path) -> Result<(f64, f64)> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // The first dump of a run is part 1.
-    let file = dir.join(format!("{CALLGRIND_OUT}.1"));
+    // Each dump is a part of its own, numbered from 1, counted from the one before.
+    let file = dir.join(format!("{CALLGRIND_OUT}.{part}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !file.exists() {
         if Instant::now() > deadline {

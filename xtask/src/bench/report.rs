@@ -202,6 +202,22 @@ pub const METRICS: &[Metric] = &[
         0,
         1000.0,
     ),
+    m(
+        "instructions_per_connection",
+        "instructions per new connection",
+        Lower,
+        false,
+        0,
+        5000.0,
+    ),
+    m(
+        "instructions_per_connection_no_sha",
+        "  without SHA-256's portable code",
+        Lower,
+        false,
+        0,
+        5000.0,
+    ),
 ];
 
 fn fmt(v: f64, digits: usize) -> String {
@@ -253,29 +269,36 @@ fn ratio_to_base(result: &Json, s: &Json, m: &Metric) -> Option<f64> {
 /// `--instructions`: instructions per call of each scenario's middle process, and their
 /// ratios to the relays'.
 pub fn print_instructions(result: &Json) {
-    let scenarios = result.get("scenarios").arr();
-    let no_sha = |key: &str| {
-        scenario(result, key).and_then(|s| metric(s, "instructions_per_call_16_no_sha"))
-    };
+    let params = result.get("params");
+    let param = |key: &str| params.get(key).num().unwrap_or(0.0);
     println!(
         "Instructions per call of the process in the middle (callgrind, {} connections, the \
          timed calls only):",
-        result
-            .get("params")
-            .get("load_connections")
-            .num()
-            .unwrap_or(0.0)
+        param("load_connections")
     );
+    instruction_rows(result, "instructions_per_call_16");
+    println!(
+        "Instructions per new connection (connect, initialize, DELETE, close; {} of them):",
+        param("counted_connections")
+    );
+    instruction_rows(result, "instructions_per_connection");
+    println!(
+        "  ¹ Valgrind's CPU has no SHA extensions: there SHA-256 runs its portable code, many \
+         times\n    the instructions it takes on this CPU, so the ratios leave it out."
+    );
+}
+
+/// One row per scenario of the count `metric` (and `metric`_no_sha), with ratios.
+fn instruction_rows(result: &Json, metric_key: &str) {
+    let no_sha_key = format!("{metric_key}_no_sha");
+    let no_sha = |key: &str| scenario(result, key).and_then(|s| metric(s, &no_sha_key));
     println!(
         "  {:<12} {:>14} {:>18} {:>9} {:>13}",
         "", "instructions", "without SHA-256 ¹", "× relay", "× http-relay"
     );
-    for s in scenarios {
+    for s in result.get("scenarios").arr() {
         let key = s.get("key").str().unwrap_or("?");
-        let (Some(all), Some(own)) = (
-            metric(s, "instructions_per_call_16"),
-            metric(s, "instructions_per_call_16_no_sha"),
-        ) else {
+        let (Some(all), Some(own)) = (metric(s, metric_key), metric(s, &no_sha_key)) else {
             println!(
                 "  {key:<12} failed: {}",
                 s.get("error").str().unwrap_or("?")
@@ -295,10 +318,6 @@ pub fn print_instructions(result: &Json) {
             ratio("http-relay")
         );
     }
-    println!(
-        "  ¹ Valgrind's CPU has no SHA extensions: there SHA-256 runs its portable code, many \
-         times\n    the instructions it takes on this CPU, so the ratios leave it out."
-    );
 }
 
 /// Prints the table: one row per metric, one column per scenario.
