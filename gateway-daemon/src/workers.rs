@@ -84,7 +84,10 @@ impl Workers {
         F: Future<Output = ()> + Send + 'static,
     {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        set.spawn_on(task, &self.handles[i])
+        // A connection's future is some 15 KiB. Tokio moves a task's future by value when
+        // it makes the task and again when it ends it (a stage change copies the whole
+        // stage): boxed, those moves copy a pointer, and the future is copied once, here.
+        set.spawn_on(Box::pin(task), &self.handles[i])
     }
 
     /// Stops every worker and waits for its thread. Every task still on one is dropped
