@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -70,6 +71,7 @@ struct LimitedRecord {
 }
 
 /// The front door: the shared state, and what only accepting needs.
+#[derive(Clone)]
 pub struct Server {
     pub daemon: Arc<Daemon>,
     /// Connection limits per user.
@@ -82,6 +84,11 @@ pub struct Server {
 
 impl Server {
     /// Accepts on both listeners until `stop` resolves, then gives open flows `grace` to end.
+    ///
+    /// One task accepts on every listener and hands each connection straight to its worker:
+    /// run it as a task of the multi-threaded runtime (not under `block_on`), so that the
+    /// thread whose reactor saw the connection is the one that accepts it. A new
+    /// connection then wakes one thread besides its worker.
     pub async fn serve(
         &self,
         listeners: Vec<TcpListener>,
@@ -89,39 +96,37 @@ impl Server {
         grace: Duration,
     ) {
         let mut flows = JoinSet::new();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(1024);
-        let mut acceptors = JoinSet::new();
-        for l in listeners {
-            let tx = tx.clone();
-            acceptors.spawn(async move {
-                loop {
-                    match l.accept().await {
-                        Ok(c) => {
-                            if tx.send(c).await.is_err() {
-                                return;
-                            }
-                        }
-                        // EMFILE and friends: back off instead of spinning; the listener stays.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
-        }
-        drop(tx);
         tokio::pin!(stop);
         let mut overdue = tokio::time::interval(crate::admit::REPORT_EVERY);
+        // Which listener is asked first, in turn: one busy family cannot starve the other.
+        let mut first = 0;
         loop {
+            let accept = std::future::poll_fn(|cx| {
+                first = (first + 1) % listeners.len().max(1);
+                let order = listeners.iter().cycle().skip(first).take(listeners.len());
+                for l in order {
+                    if let Poll::Ready(r) = l.poll_accept(cx) {
+                        return Poll::Ready(r);
+                    }
+                }
+                Poll::Pending
+            });
             tokio::select! {
                 _ = &mut stop => break,
-                Some((stream, peer)) = rx.recv() => self.accepted(stream, peer, &mut flows).await,
+                accepted = accept => match accepted {
+                    Ok((stream, peer)) => self.accepted(stream, peer, &mut flows).await,
+                    // EMFILE and friends: back off instead of spinning; the listener stays.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
                 Some(_) = flows.join_next(), if !flows.is_empty() => {}
                 _ = overdue.tick() => self.report_overdue(false).await,
             }
         }
-        acceptors.abort_all();
+        // Closed: the kernel refuses (sk_lookup finds no listener) rather than queueing.
+        drop(listeners);
         self.report_overdue(true).await;
         if !flows.is_empty() {
             tracing::info!(open = flows.len(), "waiting for open flows to end");

@@ -465,12 +465,6 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
     // and started): new ids are resolved as cgroupfs reports them.
     let watcher = tokio::spawn(intercept::watch::run(interceptor.clone()));
 
-    let stop = async {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
-    };
     let policy = Arc::new(policy::PolicyHandle::new(
         policy::Policy::compile(&cfg).map_err(|(k, m)| anyhow::anyhow!("`{k}`: {m}"))?,
     ));
@@ -524,7 +518,17 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         interceptor: interceptor.clone(),
         workers: workers.clone(),
     };
-    server.serve(listeners, stop, Duration::from_secs(5)).await;
+    // A task, not the main thread's own future: see `Server::serve`.
+    let serving = server.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    tokio::spawn(async move { serving.serve(listeners, stop, Duration::from_secs(5)).await })
+        .await
+        .context("the accepting task failed")?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // Whatever a connection left running goes with its worker, and the state it held.
     tokio::task::spawn_blocking(move || workers.stop()).await?;
