@@ -7,10 +7,12 @@ pub mod body;
 pub mod budget;
 pub mod counting;
 pub mod detect;
+pub mod upstream;
+
+pub use upstream::{UpBody, Upstream};
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,30 +121,6 @@ impl HttpError {
 /// Time an agent gets to send a request's headers (slow clients cannot hold a task forever).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The upstream half: one HTTP connection to the original destination.
-#[derive(Clone)]
-pub enum Upstream {
-    H1(Arc<Mutex<client1::SendRequest<GwBody>>>),
-    H2(client2::SendRequest<GwBody>),
-}
-
-impl Upstream {
-    pub async fn send(&self, req: Request<GwBody>) -> Result<Response<Incoming>, hyper::Error> {
-        match self {
-            Upstream::H1(s) => {
-                let mut s = s.lock().await;
-                s.ready().await?;
-                s.send_request(req).await
-            }
-            Upstream::H2(s) => {
-                let mut s = s.clone();
-                s.ready().await?;
-                s.send_request(req).await
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
@@ -164,17 +142,18 @@ where
     // and its response cross no other task (or thread) between the two sockets. HTTP/2
     // multiplexes streams that hyper serves on tasks of their own, so its connection gets
     // one too.
-    let (upstream, driver): (Upstream, Option<Driver>) = match protocol {
+    let (upstream, driver): (Upstream, Option<upstream::Driver>) = match protocol {
         Protocol::Http1 => {
             let (send, conn) = client1::handshake(TokioIo::new(upstream))
                 .await
                 .map_err(HttpError::UpstreamHandshake)?;
-            let driver = Box::pin(async move {
+            let driver = upstream::Driver::new(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
                 }
             });
-            (Upstream::H1(Arc::new(Mutex::new(send))), Some(driver as _))
+            let send = Arc::new(Mutex::new(send));
+            (Upstream::H1(send, driver.clone()), Some(driver))
         }
         Protocol::Http2 => {
             let (send, conn) = client2::handshake(TokioExecutor::new(), TokioIo::new(upstream))
@@ -232,12 +211,9 @@ where
     };
     // Boxed so that dropping it below drops the service, and the request senders in it.
     let mut serving = Box::pin(serving);
-    let mut driver = driver;
     let result = std::future::poll_fn(|cx| {
-        if let Some(d) = driver.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                driver = None;
-            }
+        if let Some(d) = &driver {
+            d.drive(cx);
         }
         serving.as_mut().poll(cx)
     })
@@ -245,14 +221,11 @@ where
     // The agent's side is done and its request senders with it: the upstream connection
     // closes as soon as it is driven once more (an upgrade has handed its socket on by now).
     drop(serving);
-    if let Some(d) = driver {
+    if let Some(d) = driver.and_then(|d| d.take()) {
         let _ = tokio::time::timeout(UPSTREAM_CLOSE, d).await;
     }
     result.map_err(HttpError::Serve)
 }
-
-/// The future that drives an upstream HTTP/1 connection.
-type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long an upstream connection whose agent has gone may take to close.
 const UPSTREAM_CLOSE: Duration = Duration::from_millis(200);

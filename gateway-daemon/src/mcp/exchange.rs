@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::jsonrpc::{self, Id, Kind, Message, Parsed};
 use super::media::{self, Media};
@@ -26,7 +25,7 @@ use super::stream::{self, StreamJob, StreamKind};
 use super::to_server::{Back, HttpBack};
 use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
-use crate::http::Upstream;
+use crate::http::{UpBody, Upstream};
 use crate::policy::{Decision, Policy};
 use crate::redact::{Counts, RequestMode};
 
@@ -1039,7 +1038,7 @@ fn unrecorded(
 
 async fn json_response(
     parts: http::response::Parts,
-    body: Incoming,
+    body: UpBody,
     obs: Observer,
     mut local: Pending<super::record::PendingRequest>,
     limit: usize,
