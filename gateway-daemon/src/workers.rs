@@ -43,6 +43,20 @@ pub fn resolve(count: usize) -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Keeps a timer due within a second on the worker, always. Tokio's timer wakes its own
+/// reactor (an eventfd write, then one more `epoll_wait`) whenever a new timer is due
+/// before every other, even from the reactor's own thread. With none pending, each new
+/// one is, and hyper sets one for the header timeout of every request on a kept-alive
+/// connection: two system calls a call. Behind this one, no timer a second or more away
+/// wakes anything; the cost is one wake a second per worker.
+async fn keep_a_timer() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 impl Workers {
     /// Starts `count` workers (see `resolve`).
     pub fn start(count: usize) -> Result<Self, WorkersError> {
@@ -62,7 +76,12 @@ impl Workers {
                 .name(format!("conn-worker-{index}"))
                 .spawn(move || {
                     // Tasks still open at the stop are dropped with the runtime.
-                    let _ = rt.block_on(stopped);
+                    rt.block_on(async {
+                        tokio::select! {
+                            _ = stopped => {}
+                            _ = keep_a_timer() => {}
+                        }
+                    });
                 })
                 .map_err(err)?;
             running.threads.push(thread);
