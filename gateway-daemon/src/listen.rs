@@ -100,27 +100,43 @@ impl Server {
         let mut overdue = tokio::time::interval(crate::admit::REPORT_EVERY);
         // Which listener is asked first, in turn: one busy family cannot starve the other.
         let mut first = 0;
+        // Until when a listener whose accept failed (EMFILE and friends) is left alone:
+        // backing off instead of spinning, without pausing the other or this loop.
+        let mut resting: Vec<Option<tokio::time::Instant>> = vec![None; listeners.len()];
         loop {
+            let now = tokio::time::Instant::now();
+            for r in resting.iter_mut() {
+                if r.is_some_and(|until| until <= now) {
+                    *r = None;
+                }
+            }
+            let rested = resting.iter().flatten().min().copied();
             let accept = std::future::poll_fn(|cx| {
                 first = (first + 1) % listeners.len().max(1);
-                let order = listeners.iter().cycle().skip(first).take(listeners.len());
-                for l in order {
-                    if let Poll::Ready(r) = l.poll_accept(cx) {
-                        return Poll::Ready(r);
+                let order = (0..listeners.len())
+                    .cycle()
+                    .skip(first)
+                    .take(listeners.len());
+                for i in order {
+                    if resting[i].is_some() {
+                        continue;
+                    }
+                    if let Poll::Ready(r) = listeners[i].poll_accept(cx) {
+                        return Poll::Ready((i, r));
                     }
                 }
                 Poll::Pending
             });
             tokio::select! {
                 _ = &mut stop => break,
-                accepted = accept => match accepted {
+                (i, accepted) = accept => match accepted {
                     Ok((stream, peer)) => self.accepted(stream, peer, &mut flows).await,
-                    // EMFILE and friends: back off instead of spinning; the listener stays.
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        resting[i] = Some(now + Duration::from_millis(50));
                     }
                 },
+                _ = tokio::time::sleep_until(rested.unwrap_or(now)), if rested.is_some() => {}
                 Some(_) = flows.join_next(), if !flows.is_empty() => {}
                 _ = overdue.tick() => self.report_overdue(false).await,
             }

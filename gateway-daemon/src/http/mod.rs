@@ -147,11 +147,14 @@ where
             let (send, conn) = client1::handshake(TokioIo::new(upstream))
                 .await
                 .map_err(HttpError::UpstreamHandshake)?;
-            let driver = upstream::Driver::new(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+            let driver = upstream::Driver::new(
+                async move {
+                    if let Err(e) = conn.with_upgrades().await {
+                        tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+                    }
                 }
-            });
+                .in_current_span(),
+            );
             let send = Arc::new(Mutex::new(send));
             (Upstream::H1(send, driver.clone()), Some(driver))
         }
