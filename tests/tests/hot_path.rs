@@ -1,7 +1,7 @@
 //! What the hot path promises beyond correctness, seen from the agent's socket.
 
 use gateway_tests::peers::{python_server, run_json};
-use gateway_tests::{free_port, Gateway, GatewayOptions};
+use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
 
 const SERVER: &str = include_str!("../fixtures/one_write_server.py");
 const AGENT: &str = include_str!("../fixtures/segments_agent.py");
@@ -31,7 +31,7 @@ fn an_answer_that_arrived_whole_leaves_in_one_segment() {
         },
     );
     let out = run_json(gw.agent(
-        "/usr/bin/python3",
+        PYTHON,
         &[
             "-c".into(),
             AGENT.into(),

@@ -3,7 +3,7 @@
 //! than streaming into a gateway nobody reads.
 
 use gateway_tests::peers::{python_server, run_json};
-use gateway_tests::{free_port, Gateway, GatewayOptions};
+use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
 
 const SERVER: &str = include_str!("../fixtures/slow_sse_server.py");
 const AGENT: &str = include_str!("../fixtures/close_agent.py");
@@ -25,7 +25,7 @@ fn the_server_sees_the_agent_close_a_stream_at_once() {
         },
     );
     let out = run_json(gw.agent(
-        "/usr/bin/python3",
+        PYTHON,
         &[
             "-c".into(),
             AGENT.into(),

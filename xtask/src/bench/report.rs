@@ -266,8 +266,8 @@ fn ratio_to_base(result: &Json, s: &Json, m: &Metric) -> Option<f64> {
     Some(metric(s, m.key)? / b)
 }
 
-/// `--instructions`: instructions per call of each scenario's middle process, and their
-/// ratios to the relays'.
+/// `--instructions`: instructions per call and per new connection of each scenario's
+/// middle process, and their ratios to the relays'.
 pub fn print_instructions(result: &Json) {
     let params = result.get("params");
     let param = |key: &str| params.get(key).num().unwrap_or(0.0);
