@@ -196,13 +196,10 @@ impl Identity {
         };
         check(&proc)?;
         let exe = proc.exe().map_err(err("exe"))?;
-        let cmdline = proc.cmdline().map_err(err("cmdline"))?;
-        let cgroup = proc
-            .cgroups()
-            .map_err(err("cgroup"))?
-            .into_iter()
-            .find(|c| c.hierarchy == 0)
-            .map(|c| c.pathname);
+        // Read as bytes: an argument or a cgroup name that is not UTF-8 (an agent chooses
+        // both) failed the whole read, and every procfs fact went missing with it.
+        let cmdline = cmdline_lossy(&proc_file(tgid, "cmdline").map_err(err("cmdline"))?);
+        let cgroup = cgroup2_lossy(&proc_file(tgid, "cgroup").map_err(err("cgroup"))?);
         check(&proc)?;
         self.unit = cgroup.as_deref().and_then(unit_of);
         let now = ExeFile::of_path(std::path::Path::new(&format!("/proc/{tgid}/exe")));
@@ -219,6 +216,30 @@ impl Identity {
         self.cgroup = cgroup;
         Ok(())
     }
+}
+
+fn proc_file(tgid: u32, name: &str) -> Result<Vec<u8>, procfs::ProcError> {
+    std::fs::read(format!("/proc/{tgid}/{name}")).map_err(procfs::ProcError::from)
+}
+
+/// `/proc/PID/cmdline`'s arguments (each ends in a NUL), bytes that are not UTF-8 as
+/// U+FFFD.
+fn cmdline_lossy(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The cgroup v2 path in `/proc/PID/cgroup` (the `0::PATH` line), bytes that are not UTF-8
+/// as U+FFFD.
+fn cgroup2_lossy(raw: &[u8]) -> Option<String> {
+    raw.split(|b| *b == b'\n')
+        .find_map(|line| line.strip_prefix(b"0::"))
+        .map(|path| String::from_utf8_lossy(path).into_owned())
 }
 
 /// Paths executables were confirmed under (by device and inode), to name the file a process
@@ -257,6 +278,21 @@ pub fn unit_of(cgroup: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_and_cgroups_that_are_not_utf8_keep_the_rest() {
+        assert_eq!(
+            cmdline_lossy(b"agent\0--key=\xff\0\0last\0"),
+            ["agent", "--key=\u{fffd}", "", "last"]
+        );
+        assert_eq!(cmdline_lossy(b""), Vec::<String>::new());
+        assert_eq!(
+            cgroup2_lossy(b"1:name=systemd:/x\n0::/agents/a\xffb\n"),
+            Some("/agents/a\u{fffd}b".to_string())
+        );
+        assert_eq!(cgroup2_lossy(b"0::/\n"), Some("/".to_string()));
+        assert_eq!(cgroup2_lossy(b"1:cpu:/x\n"), None);
+    }
 
     #[test]
     fn unit_is_innermost_service_or_scope() {

@@ -122,3 +122,76 @@ fn a_process_that_exits_at_once_is_still_named() {
         assert_eq!(f["identity"]["exe"], python.as_str(), "{}", f["identity"]);
     }
 }
+
+/// A program whose path is not UTF-8 (an agent can name its own files as it likes) still
+/// has its flow recorded, its path written as it displays. serde refused such a path, and
+/// the whole record was lost; and an argument that is not UTF-8 failed the procfs read,
+/// leaving the record without the program, its arguments and its cgroup.
+#[test]
+fn a_program_at_a_path_that_is_not_utf8_is_still_recorded() {
+    use std::os::unix::ffi::OsStrExt;
+    let port = free_port();
+    let gw = Gateway::start(
+        "identity-not-utf8",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::Read;
+            let _ = conn.read(&mut [0u8; 16]);
+        }
+    });
+    let dir = std::env::temp_dir().join(std::ffi::OsStr::from_bytes(
+        format!("mcp-gw-{}-ag\u{1}", std::process::id())
+            .as_bytes()
+            .iter()
+            .copied()
+            .chain(*b"\xffent")
+            .collect::<Vec<u8>>()
+            .as_slice(),
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bash = dir.join("bash");
+    std::fs::copy("/bin/bash", &bash).unwrap();
+    let mut cmd = gw.agent(
+        "/bin/sh",
+        &[
+            "-c".into(),
+            "exec \"$AGENT_BIN\" -c 'exec 3<>/dev/tcp/127.0.0.1/'\"$PORT\"'; printf \"hello\\0\" >&3; sleep 1; :'"
+                .into(),
+        ],
+    );
+    cmd.env("AGENT_BIN", &bash).env("PORT", port.to_string());
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "agent failed: {out:?}");
+    let expected = format!("{}/bash", dir.to_string_lossy());
+    assert!(expected.contains('\u{fffd}'));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let flows: Vec<Value> = gw
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["type"] == "flow" && r["identity"]["exe"] == expected.as_str())
+            .collect();
+        if let Some(f) = flows.first() {
+            assert_eq!(f["bytes_to_upstream"], 6, "{f}");
+            // The argument that is not UTF-8 (argv[0]) blinds none of the procfs facts.
+            let id = &f["identity"];
+            assert_eq!(id["cmdline"][0], expected.as_str(), "{id}");
+            assert!(id["cgroup"].as_str().is_some(), "{id}");
+            assert!(id.get("procfs_error").is_none(), "{id}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flow record names {expected:?}; the daemon said: {}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,15 +14,17 @@ pub mod ledger;
 pub mod link;
 pub mod query;
 pub mod sign;
+mod stamp;
 pub mod syncer;
 pub mod verify;
+
+pub use stamp::timestamp;
 
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -180,9 +182,4 @@ impl AuditWriter {
         self.ledger.request_stop();
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
     }
-}
-
-/// RFC 3339 time with microseconds, UTC.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
 }

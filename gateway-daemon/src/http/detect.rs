@@ -44,6 +44,9 @@ pub enum Detected {
 /// Bytes peeked to find the end of an HTTP/1 request line with an unlisted method.
 pub const PEEK: usize = 4096;
 
+/// Bytes peeked first (see `detect`).
+const SMALL_PEEK: usize = 128;
+
 /// Classifies a prefix; `None` while it could still become HTTP.
 ///
 /// HTTP/1 is recognised as servers parse it (RFC 9112, httparse): empty lines before the
@@ -183,7 +186,13 @@ pub async fn after_server_first(
 /// classifies them. Without an upstream, an agent silent for `PREFIX_WAIT` is `Other`;
 /// with one, a connection on which neither side sent a byte within `idle` is `Idle`.
 pub async fn detect(agent: &TcpStream, upstream: Option<&TcpStream>, idle: Duration) -> Detected {
-    let mut buf = vec![0u8; PEEK];
+    // Nearly every connection is decided by its first few bytes (a method, a TLS record
+    // header, the HTTP/2 preface): those are peeked into a small buffer, and the whole
+    // `PEEK` is allocated only when they filled it undecided. A longer prefix never
+    // decides otherwise than the shorter one it starts with (`classify` on a prefix is
+    // `None` or final), so this decides as one large peek would.
+    let mut small = [0u8; SMALL_PEEK];
+    let mut large: Vec<u8> = Vec::new();
     let deadline = tokio::time::Instant::now() + PREFIX_WAIT;
     let idle_deadline = tokio::time::Instant::now() + idle;
     let mut spoke = false;
@@ -199,12 +208,17 @@ pub async fn detect(agent: &TcpStream, upstream: Option<&TcpStream>, idle: Durat
     loop {
         tokio::select! {
             biased;
-            r = agent.peek(&mut buf) => match r {
+            r = agent.peek(if large.is_empty() { &mut small[..] } else { &mut large[..] }) => match r {
                 Ok(0) | Err(_) => return Detected::NotClientFirst,
                 Ok(n) => {
                     spoke = true;
-                    if let Some(d) = classify(&buf[..n]) {
+                    let seen = if large.is_empty() { &small[..n] } else { &large[..n] };
+                    if let Some(d) = classify(seen) {
                         return d;
+                    }
+                    if large.is_empty() && n == SMALL_PEEK {
+                        large = vec![0u8; PEEK];
+                        continue;
                     }
                     // A partial prefix: wait for more without busy-looping on peek.
                     if tokio::time::Instant::now() >= deadline {
@@ -264,5 +278,43 @@ mod tests {
         let mut long = b"REPORT /".to_vec();
         long.resize(PEEK, b'a');
         assert_eq!(classify(&long), Some(Detected::Http1));
+    }
+
+    /// What `detect` makes of `sent`, written at once on a real loopback connection.
+    async fn detected(sent: Vec<u8>) -> Detected {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut agent = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        agent.write_all(&sent).await.unwrap();
+        detect(&ours, None, Duration::from_secs(5)).await
+    }
+
+    /// Lines that outgrow the first, small peek are decided on the whole `PEEK`, as one
+    /// large peek decided them.
+    #[tokio::test]
+    async fn long_first_lines_decide_past_the_small_peek() {
+        let line = |method: &str, path_len: usize, tail: &str| {
+            let mut l = format!("{method} /").into_bytes();
+            l.resize(l.len() + path_len, b'a');
+            l.extend_from_slice(tail.as_bytes());
+            l
+        };
+        let http = line("PROPFIND", 3 * SMALL_PEEK, " HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(detected(http).await, Detected::Http1);
+        let other = line("NOTHTTP", 3 * SMALL_PEEK, " SMTP\r\n");
+        assert_eq!(detected(other).await, Detected::Other);
+        let endless = line("REPORT", 2 * PEEK, "");
+        assert_eq!(detected(endless).await, Detected::Http1);
+        assert_eq!(
+            detected(b"POST /mcp HTTP/1.1\r\n".to_vec()).await,
+            Detected::Http1
+        );
+        let mut exactly = line("SEARCH", SMALL_PEEK - 8, "");
+        exactly.truncate(SMALL_PEEK);
+        exactly.extend_from_slice(b" HTTP/1.1\r\n");
+        assert_eq!(detected(exactly).await, Detected::Http1);
     }
 }

@@ -79,7 +79,7 @@ fn session_of(ctx: &ConnCtx, h: &HeaderMap) -> Result<Option<Arc<Session>>, Sess
         Some(id) => ctx
             .daemon
             .sessions
-            .streamable(&ctx.server_key(), id, &ctx.principal.session_owner())
+            .streamable(&ctx.server_key(), id, &ctx.owner)
             .map(Some),
     }
 }
@@ -471,9 +471,7 @@ pub async fn post(
     let version = header_str(&parts.headers, H_PROTOCOL_VERSION).map(str::to_string);
     let form = Form::of(&parts.headers);
     let session = match legacy {
-        Ok(Some(s)) => s
-            .check_owner(&ctx.principal.session_owner())
-            .map(|()| Some(s)),
+        Ok(Some(s)) => s.check_owner(&ctx.owner).map(|()| Some(s)),
         Ok(None) => session_of(ctx, &parts.headers),
         Err(e) => Err(e),
     };
@@ -617,11 +615,11 @@ pub async fn post(
     };
     if obs.session.is_none() {
         if let Some(id) = header_str(resp.headers(), H_SESSION_ID) {
-            match ctx.daemon.sessions.open_streamable(
-                &ctx.server_key(),
-                id,
-                &ctx.principal.session_owner(),
-            ) {
+            match ctx
+                .daemon
+                .sessions
+                .open_streamable(&ctx.server_key(), id, &ctx.owner)
+            {
                 Ok(s) => {
                     tracing::debug!(session = id, "session opened");
                     if let Some(v) = &obs.protocol_version {

@@ -51,6 +51,9 @@ pub struct ConnCtx {
     pub daemon: Arc<crate::daemon::Daemon>,
     pub identity: Arc<crate::identity::Identity>,
     pub principal: Arc<Principal>,
+    /// Who may use the sessions this connection opens (`Principal::session_owner`), made
+    /// once: every request that names a session is checked against it.
+    pub owner: session::Owner,
     /// Where the daemon dials: the agent's original destination (v4-mapped made IPv4).
     pub upstream_addr: SocketAddr,
     /// The server name the agent's TLS asked for, when the gateway terminated it.

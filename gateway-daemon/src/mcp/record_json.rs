@@ -10,7 +10,7 @@ use super::record::{CallRecord, ExchangeRecord, Subject};
 
 /// Appends `s` as a JSON string: as it is when nothing in it needs escaping (the common
 /// case, checked without branching per byte), else as serde_json escapes it.
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     let special = s.bytes().fold(false, |any, b| {
         any | (b < 0x20) | (b == b'"') | (b == b'\\')
     });
@@ -25,23 +25,23 @@ fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `,"key":` then `value` by serde_json.
-fn serde_field<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &[u8], value: &T) {
+pub(crate) fn serde_field<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &[u8], value: &T) {
     out.extend_from_slice(key);
     serde_json::to_writer(&mut *out, value).expect("a record's parts always serialise");
 }
 
-fn str_field(out: &mut Vec<u8>, key: &[u8], value: &str) {
+pub(crate) fn str_field(out: &mut Vec<u8>, key: &[u8], value: &str) {
     out.extend_from_slice(key);
     string(out, value);
 }
 
-fn opt_str_field(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
+pub(crate) fn opt_str_field(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
     if let Some(v) = value {
         str_field(out, key, v);
     }
 }
 
-fn opt_serde_field<T: Serialize>(out: &mut Vec<u8>, key: &[u8], value: &Option<T>) {
+pub(crate) fn opt_serde_field<T: Serialize>(out: &mut Vec<u8>, key: &[u8], value: &Option<T>) {
     if let Some(v) = value {
         serde_field(out, key, v);
     }

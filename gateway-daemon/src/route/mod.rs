@@ -22,9 +22,11 @@ use crate::intercept::Redirected;
 use crate::mcp::{ConnCtx, Principal};
 use crate::passthrough::{self, Transfer};
 
+mod flow_json;
 mod tls_flow;
 
-/// What a flow's audit record says.
+/// What a flow's audit record says. `flow_json` writes it; the derive is what its test
+/// compares with (a field added here goes there too).
 #[derive(Serialize)]
 struct FlowRecord<'a> {
     #[serde(rename = "type")]
@@ -96,6 +98,8 @@ pub async fn flow(
             *arg = clean;
         }
     }
+    // Shared with the connection's MCP stage as it is, not copied again.
+    let identity = Arc::new(identity);
     let upstream = r.upstream_addr();
     tracing::debug!(exe = ?identity.exe, "flow start");
     let carried = carry(agent, &identity, upstream, &conn, &daemon).await;
@@ -112,27 +116,25 @@ pub async fn flow(
         outcome,
         "flow end"
     );
-    daemon
-        .audit
-        .record(&FlowRecord {
-            kind: "flow",
-            time: timestamp(SystemTime::now()),
-            connection: &conn,
-            start: timestamp(started),
-            duration_ms: t0.elapsed().as_secs_f64() * 1e3,
-            identity: &identity,
-            orig_dst: r.orig_dst,
-            upstream,
-            client,
-            protocol,
-            tls,
-            bytes_to_upstream: transfer.to_upstream,
-            bytes_to_agent: transfer.to_agent,
-            outcome,
-            error: transfer.error,
-            detail: transfer.detail,
-        })
-        .await;
+    let record = FlowRecord {
+        kind: "flow",
+        time: timestamp(SystemTime::now()),
+        connection: &conn,
+        start: timestamp(started),
+        duration_ms: t0.elapsed().as_secs_f64() * 1e3,
+        identity: &identity,
+        orig_dst: r.orig_dst,
+        upstream,
+        client,
+        protocol,
+        tls,
+        bytes_to_upstream: transfer.to_upstream,
+        bytes_to_agent: transfer.to_agent,
+        outcome,
+        error: transfer.error,
+        detail: transfer.detail,
+    };
+    daemon.audit.record_json_now(|out| record.write_json(out));
 }
 
 /// How a flow went, for its record.
@@ -203,7 +205,7 @@ fn label(d: Detected) -> &'static str {
 
 async fn carry(
     agent: TcpStream,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     upstream: SocketAddr,
     conn: &ConnId,
     daemon: &Arc<Daemon>,
@@ -318,7 +320,7 @@ pub async fn serve_http<A, U>(
     agent: A,
     up: U,
     protocol: Protocol,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     upstream: SocketAddr,
     tls_sni: Option<Arc<str>>,
     via: Arc<Via>,
@@ -328,10 +330,12 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let principal = Principal::of(identity);
     let ctx = Arc::new(ConnCtx {
         daemon: daemon.clone(),
-        identity: Arc::new(identity.clone()),
-        principal: Arc::new(Principal::of(identity)),
+        identity: identity.clone(),
+        owner: principal.session_owner(),
+        principal: Arc::new(principal),
         upstream_addr: upstream,
         tls_sni,
         via,

@@ -32,7 +32,7 @@ fn with_tls(mut c: Carried, info: TlsFlow) -> Carried {
 pub async fn carry(
     mut agent: TcpStream,
     up: Option<TcpStream>,
-    identity: &Identity,
+    identity: &Arc<Identity>,
     upstream: SocketAddr,
     conn: &ConnId,
     daemon: &Arc<Daemon>,

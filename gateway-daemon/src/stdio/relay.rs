@@ -272,6 +272,7 @@ pub fn start(
     let ctx = Arc::new(ConnCtx {
         daemon: daemon.clone(),
         identity: Arc::new(identity),
+        owner: principal.session_owner(),
         principal,
         // A stdio server has no address: sessions and credentials, keyed by it, are not
         // used on this path.
