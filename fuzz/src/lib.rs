@@ -230,6 +230,7 @@ impl Harness {
         Arc::new(ConnCtx {
             daemon,
             identity: self.identity.clone(),
+            owner: principal.session_owner(),
             principal: Arc::new(principal),
             upstream_addr: upstream,
             tls_sni: None,
