@@ -69,7 +69,7 @@ fn default_rate_window() -> u64 {
     super::defaults::RATE_WINDOW_S
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
@@ -77,6 +77,17 @@ pub enum Action {
     /// Hold the call for an administrator (`mcp-gateway approvals`); denied when nobody
     /// answers within `approvals.timeout_s`.
     Ask,
+}
+
+impl Action {
+    /// As the config and the ledger spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::Ask => "ask",
+        }
+    }
 }
 
 /// One rule; rules are tried in order and the first that matches decides.

@@ -65,7 +65,7 @@ fn call_of(ctx: &ConnCtx, obs: &Observer, policy: &Policy, m: &Message<'_>, d: &
         arguments: shown_arguments(policy, m),
         session: obs.session.as_ref().map(|s| s.id.to_string()),
         policy_generation: policy.generation,
-        rule: d.rule.clone(),
+        rule: d.rule.to_string(),
     }
 }
 

@@ -363,7 +363,7 @@ pub(crate) fn decide(
     m: &Message<'_>,
 ) -> Option<Decision> {
     let method = m.method.as_deref()?;
-    let name = routing_name(m);
+    let name = routing_name_ref(m);
     // Parsed only when some rule looks at arguments: this is on every call's path.
     let arguments = policy.uses_arguments().then(|| call_arguments(m)).flatten();
     let annotations = match (method, &name) {
@@ -403,8 +403,13 @@ fn routing_header(h: &HeaderMap, name: &str) -> Option<Result<String, String>> {
 /// What `Mcp-Name` must say for a message: the tool/prompt name, resource uri or task id.
 /// Also the name policy and pins decide a call by.
 pub(super) fn routing_name(m: &Message<'_>) -> Option<String> {
+    routing_name_ref(m).map(std::borrow::Cow::into_owned)
+}
+
+/// As `routing_name`, borrowed from the message when it can be (a decision only reads it).
+fn routing_name_ref<'a>(m: &Message<'a>) -> Option<std::borrow::Cow<'a, str>> {
     if let Some(n) = m.target_name() {
-        return Some(n.into_owned());
+        return Some(n);
     }
     if !m
         .method
@@ -418,7 +423,10 @@ pub(super) fn routing_name(m: &Message<'_>) -> Option<String> {
         #[serde(rename = "taskId")]
         task_id: Option<String>,
     }
-    serde_json::from_str::<P>(m.params?.get()).ok()?.task_id
+    serde_json::from_str::<P>(m.params?.get())
+        .ok()?
+        .task_id
+        .map(std::borrow::Cow::Owned)
 }
 
 /// Checks the 2026-07-28 routing headers against the body they travel with, so no later
@@ -789,7 +797,7 @@ fn readable(
     if let Some((m, e)) = messages
         .iter()
         .filter(|m| m.method.is_some())
-        .find_map(|m| m.params_info().err().map(|e| (m, e)))
+        .find_map(|m| m.params_error().map(|e| (m, e)))
     {
         let method = m.method.as_deref().unwrap_or("");
         return Err(Refusal::ambiguous(format!(
@@ -833,7 +841,7 @@ pub(crate) async fn admit(
     if let Some(denied) = decisions
         .iter()
         .flatten()
-        .find(|d| !d.allows() && d.action != "ask")
+        .find(|d| !d.allows() && d.action != crate::config::Action::Ask)
     {
         return Err(Refusal::policy(format!(
             "denied by policy ({}){}",

@@ -60,7 +60,7 @@ pub fn decide(result: &Value, view: &View) -> Verdict {
             let why = format!(
                 "the server asked for {method} (input request {key:?}), which the gateway \
                  refuses: {}",
-                d.reason.clone().unwrap_or_else(|| d.rule.clone())
+                d.reason.clone().unwrap_or_else(|| d.rule.to_string())
             );
             refused = Some((d.clone(), why));
         }

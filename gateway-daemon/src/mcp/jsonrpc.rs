@@ -175,14 +175,14 @@ impl<'a> Message<'a> {
     /// uses [`Message::params_info`], which reports why.
     pub fn target_name(&self) -> Option<Cow<'a, str>> {
         target_member(self.method.as_deref()?)?;
-        self.params_info().ok()?.target_name
+        self.info().as_ref().ok()?.target_name.clone()
     }
 
     /// `params._meta.progressToken` (string or number) if present.
     ///
     /// Lenient: None also when `params` is malformed; see [`Message::params_info`].
     pub fn progress_token(&self) -> Option<Id> {
-        self.params_info().ok()?.progress_token
+        self.info().as_ref().ok()?.progress_token.clone()
     }
 
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` (2026-07-28 revision
@@ -190,7 +190,7 @@ impl<'a> Message<'a> {
     ///
     /// Lenient: None also when `params` is malformed; see [`Message::params_info`].
     pub fn meta_protocol_version(&self) -> Option<Cow<'a, str>> {
-        self.params_info().ok()?.protocol_version
+        self.info().as_ref().ok()?.protocol_version.clone()
     }
 
     /// Strict, single-pass extraction of the target name, progress token and protocol
@@ -205,7 +205,17 @@ impl<'a> Message<'a> {
     /// `_meta` member, or a duplicated key inside `_meta` that the gateway reads.
     /// Responses and errors have no params and give an empty `ParamsInfo`.
     pub fn params_info(&self) -> Result<ParamsInfo<'a>, JsonRpcError> {
-        self.info.get_or_init(|| self.read_params_info()).clone()
+        self.info().clone()
+    }
+
+    /// Why `params_info` fails, when it does.
+    pub fn params_error(&self) -> Option<JsonRpcError> {
+        self.info().as_ref().err().cloned()
+    }
+
+    /// What `params_info` returns, without copying it (the accessors take one field).
+    fn info(&self) -> &Result<ParamsInfo<'a>, JsonRpcError> {
+        self.info.get_or_init(|| self.read_params_info())
     }
 
     fn read_params_info(&self) -> Result<ParamsInfo<'a>, JsonRpcError> {

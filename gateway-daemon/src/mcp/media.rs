@@ -21,12 +21,13 @@ const SSE: &str = "text/event-stream";
 const JSON: &str = "application/json";
 
 pub fn of(headers: &HeaderMap) -> Media {
-    let mut text = String::new();
+    // Each value on its own: a name never spans two (they were joined with a comma).
+    let (mut sse, mut json) = (false, false);
     for v in headers.get_all(header::CONTENT_TYPE) {
-        text.push_str(&String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase());
-        text.push(',');
+        sse |= contains_ignoring_case(v.as_bytes(), SSE);
+        json |= contains_ignoring_case(v.as_bytes(), JSON);
     }
-    match (text.contains(SSE), text.contains(JSON)) {
+    match (sse, json) {
         (true, true) => Media::Ambiguous,
         (true, false) => Media::Sse,
         (false, true) => Media::Json,
@@ -34,13 +35,23 @@ pub fn of(headers: &HeaderMap) -> Media {
     }
 }
 
+/// Whether `needle` (ASCII) is in `hay`, ASCII letters in any case. Bytes that are not
+/// ASCII never match one that is, so this is what a search of the lossy, lowercased text
+/// finds, without making it on every request.
+fn contains_ignoring_case(hay: &[u8], needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    hay.len() >= needle.len()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// Whether an `Accept` header list admits an event stream, in any case.
 pub fn accepts_sse(headers: &HeaderMap) -> bool {
-    headers.get_all(header::ACCEPT).iter().any(|v| {
-        String::from_utf8_lossy(v.as_bytes())
-            .to_ascii_lowercase()
-            .contains(SSE)
-    })
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| contains_ignoring_case(v.as_bytes(), SSE))
 }
 
 /// Whether an `Accept` header list admits a JSON body (named, by a wildcard, or by no
@@ -49,11 +60,19 @@ pub fn accepts_json(headers: &HeaderMap) -> bool {
     let mut any = false;
     for v in headers.get_all(header::ACCEPT) {
         any = true;
-        let v = String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase();
-        if v.split(',').any(|range| {
+        let admits = |range: &str| {
             let range = range.split(';').next().unwrap_or("").trim();
-            range == "*/*" || range == "application/*" || range.contains(JSON)
-        }) {
+            range == "*/*"
+                || range.eq_ignore_ascii_case("application/*")
+                || contains_ignoring_case(range.as_bytes(), JSON)
+        };
+        let found = match v.to_str() {
+            // Visible ASCII (nearly every value): read in place.
+            Ok(text) => text.split(',').any(admits),
+            // Beyond it: as the lossy text, so `trim` sees the same whitespace it did.
+            Err(_) => String::from_utf8_lossy(v.as_bytes()).split(',').any(admits),
+        };
+        if found {
             return true;
         }
     }
@@ -89,5 +108,28 @@ mod tests {
         );
         assert_eq!(ct(&["text/plain"]), Media::Other);
         assert_eq!(ct(&[]), Media::Other);
+        assert_eq!(ct(&["text/event-", "stream"]), Media::Other);
+    }
+
+    fn accept(value: &[u8]) -> (bool, bool) {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::ACCEPT,
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        (accepts_json(&h), accepts_sse(&h))
+    }
+
+    #[test]
+    fn accept_lists_in_any_case_and_bytes() {
+        assert_eq!(accept(b"Application/JSON, TEXT/EVENT-STREAM"), (true, true));
+        assert_eq!(accept(b"text/html, APPLICATION/*;q=0.5"), (true, false));
+        assert_eq!(accept(b" */* ; q=0.1"), (true, false));
+        assert_eq!(accept(b"text/event-stream"), (false, true));
+        // Bytes past ASCII: read as their lossy text, whitespace and all.
+        assert_eq!(accept(b"\xc2\xa0*/*"), (true, false));
+        assert_eq!(accept(b"x\xff, text/Event-Stream"), (false, true));
+        let none = HeaderMap::new();
+        assert!(accepts_json(&none) && !accepts_sse(&none));
     }
 }

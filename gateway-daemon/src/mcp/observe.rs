@@ -339,12 +339,12 @@ impl Observer {
         let method = m.method.as_deref()?;
         let d = policy.decide_server_request(self.principal.name.as_deref(), &self.server, method);
         if d.allows() {
-            if !d.enforced && d.action != "allow" {
+            if !d.enforced && d.action != crate::config::Action::Allow {
                 tracing::info!(method, rule = %d.rule, "server request would be refused (policy not enforced)");
             }
             return None;
         }
-        if d.action == "ask" {
+        if d.action == crate::config::Action::Ask {
             if m.id.is_some() && self.approved == m.id {
                 return None;
             }

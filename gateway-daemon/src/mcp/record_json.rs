@@ -168,8 +168,8 @@ mod tests {
 
     fn decision(n: usize) -> Decision {
         Decision {
-            action: "deny",
-            rule: TEXTS[n % TEXTS.len()].to_string(),
+            action: crate::config::Action::Deny,
+            rule: TEXTS[n % TEXTS.len()].into(),
             reason: (n % 2 == 1).then(|| TEXTS[(n + 1) % TEXTS.len()].to_string()),
             enforced: n.is_multiple_of(3),
         }

@@ -58,7 +58,7 @@ pub fn held(obs: &Observer, data: &[u8]) -> Option<Held> {
     let d = v
         .policy
         .decide_server_request(obs.principal.name.as_deref(), &obs.server, method);
-    if d.action != "ask" || !d.enforced {
+    if d.action != crate::config::Action::Ask || !d.enforced {
         return None;
     }
     let mut shown = m
@@ -82,13 +82,13 @@ pub fn held(obs: &Observer, data: &[u8]) -> Option<Held> {
         arguments: shown,
         session: obs.session.as_ref().map(|s| s.id.to_string()),
         policy_generation: v.policy.generation,
-        rule: d.rule.clone(),
+        rule: d.rule.to_string(),
     };
     let wait = Box::pin(wait(
         v.approvals.clone(),
         obs.audit.clone(),
         call,
-        d.rule.clone(),
+        d.rule.to_string(),
     ));
     Some(Held {
         id,

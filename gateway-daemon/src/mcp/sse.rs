@@ -326,7 +326,7 @@ impl SseParser {
             let before = self.buf.len() + (i - blk);
             let room = self.limit.saturating_sub(before);
             let end = if len - i > room { i + room } else { len };
-            let Some(rel) = chunk[i..end].iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(rel) = memchr::memchr2(b'\n', b'\r', &chunk[i..end]) else {
                 if end < len {
                     return Err(self.too_large());
                 }

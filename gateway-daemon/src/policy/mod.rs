@@ -60,9 +60,9 @@ pub struct Policy {
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
     /// allow, deny or ask.
-    pub action: &'static str,
+    pub action: Action,
     /// The rule that decided, or the default that did.
-    pub rule: String,
+    pub rule: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// false in audit mode: a deny was recorded, not applied.
@@ -71,15 +71,7 @@ pub struct Decision {
 
 impl Decision {
     pub fn allows(&self) -> bool {
-        self.action == "allow" || !self.enforced
-    }
-}
-
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Allow => "allow",
-        Action::Deny => "deny",
-        Action::Ask => "ask",
+        self.action == Action::Allow || !self.enforced
     }
 }
 
@@ -146,9 +138,9 @@ impl Policy {
         self.principals.iter().find(|p| p.matches(id, &self.hashes))
     }
 
-    fn decision(&self, action: Action, rule: String, reason: Option<String>) -> Decision {
+    fn decision(&self, action: Action, rule: Arc<str>, reason: Option<String>) -> Decision {
         Decision {
-            action: action_name(action),
+            action,
             rule,
             reason,
             enforced: self.mode == PolicyMode::Enforce,

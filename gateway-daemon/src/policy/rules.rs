@@ -18,7 +18,7 @@ pub const SERVER_REQUESTS: &[&str] = &[
 ];
 
 pub struct Rule {
-    pub label: String,
+    pub label: std::sync::Arc<str>,
     pub principal: String,
     server: globset::GlobMatcher,
     methods: Vec<String>,
@@ -100,7 +100,8 @@ impl Rule {
                 c.principal,
                 c.methods.join(","),
                 c.server
-            ),
+            )
+            .into(),
             principal: c.principal.clone(),
             server,
             methods: c.methods.clone(),

@@ -194,7 +194,8 @@ fn rules_decide_in_order_with_globs_schemas_and_annotations() {
     for (principal, server, method, name, args, annotations, action, rule) in cases {
         let d = p.decide(*principal, server, method, *name, Some(args), *annotations);
         assert_eq!(
-            d.action, *action,
+            d.action.name(),
+            *action,
             "{principal:?} {server} {method} {name:?} {args}: {d:?}"
         );
         assert!(
@@ -229,7 +230,7 @@ fn a_denial_explains_the_argument_constraint_it_missed() {
 fn audit_mode_allows_but_keeps_the_verdict() {
     let p = policy("[policy]\nmode = \"audit\"\n");
     let d = p.decide(None, "x", "tools/call", Some("y"), None, None);
-    assert_eq!(d.action, "deny");
+    assert_eq!(d.action.name(), "deny");
     assert!(!d.enforced);
     assert!(d.allows(), "audit mode lets it through");
     assert!(p.visible(Some("claude"), "files", "tools/call", "anything", None));
@@ -284,7 +285,7 @@ fn server_requests_are_decided_by_rules_of_their_direction() {
          methods = [\"sampling/createMessage\"]\naction = \"deny\"\n",
     );
     let d = p.decide_server_request(Some("claude"), "github", "sampling/createMessage");
-    assert_eq!(d.action, "deny");
+    assert_eq!(d.action.name(), "deny");
     assert!(
         d.rule
             .starts_with("rule[7] deny server_to_client claude sampling/createMessage on github"),
@@ -296,13 +297,15 @@ fn server_requests_are_decided_by_rules_of_their_direction() {
     // which lets a server ask an agent that may use it, and no one else.
     let d = p.decide_server_request(Some("claude"), "github", "elicitation/create");
     assert_eq!(
-        (d.action, d.rule.as_str()),
+        (d.action.name(), &*d.rule),
         ("allow", "default: server request")
     );
     let d = p.decide_server_request(Some("claude"), "files", "sampling/createMessage");
-    assert_eq!(d.action, "deny");
+    assert_eq!(d.action.name(), "deny");
     assert_eq!(
-        p.decide_server_request(None, "github", "roots/list").action,
+        p.decide_server_request(None, "github", "roots/list")
+            .action
+            .name(),
         "deny"
     );
     // A server_to_client allow opens no call of the agent, and the deny above none either.
@@ -315,7 +318,8 @@ fn server_requests_are_decided_by_rules_of_their_direction() {
             None,
             None
         )
-        .action,
+        .action
+        .name(),
         "deny"
     );
     assert_eq!(
@@ -327,7 +331,8 @@ fn server_requests_are_decided_by_rules_of_their_direction() {
             None,
             None
         )
-        .action,
+        .action
+        .name(),
         "allow"
     );
 }

@@ -486,7 +486,7 @@ async fn from_agent<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R) 
                     };
                     ms.iter().any(|m| {
                         exchange::decide(&policy, &obs, &shared.ctx, m)
-                            .is_some_and(|d| d.action == "ask")
+                            .is_some_and(|d| d.action == crate::config::Action::Ask)
                     })
                 }
                 Err(_) => false,
@@ -543,7 +543,7 @@ async fn agent_line(shared: Arc<Shared>, line: Bytes, mut held: Reservation) {
     if let Some((m, e)) = messages
         .iter()
         .filter(|m| m.method.is_some())
-        .find_map(|m| m.params_info().err().map(|e| (m, e)))
+        .find_map(|m| m.params_error().map(|e| (m, e)))
     {
         let method = m.method.as_deref().unwrap_or("");
         let (code, why) = refuse(
