@@ -64,7 +64,7 @@ fn observer(
         audit: ctx.daemon.audit.clone(),
         session,
         transport,
-        protocol_version: version,
+        protocol_version: version.map(Arc::from),
         back: None,
         approved: None,
         credentials: None,
@@ -504,7 +504,7 @@ pub async fn post(
     if obs.protocol_version.is_none() {
         obs.protocol_version = messages
             .iter()
-            .find_map(|m| m.meta_protocol_version().map(|v| v.into_owned()))
+            .find_map(|m| m.meta_protocol_version().map(|v| Arc::from(&*v)))
             .or_else(|| {
                 obs.session
                     .as_ref()
@@ -767,7 +767,7 @@ fn name_span(obs: &Observer, messages: &[Message<'_>]) {
     }
     span.record("server", &*obs.server);
     if let Some(s) = &obs.session {
-        span.record("session", s.id.as_str());
+        span.record("session", &*s.id);
     }
     if let Some(m) = messages.first() {
         if let Some(method) = m.method.as_deref() {

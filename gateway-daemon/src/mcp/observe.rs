@@ -87,7 +87,7 @@ pub struct Observer {
     pub audit: AuditSink,
     pub session: Option<Arc<Session>>,
     pub transport: Transport,
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<Arc<str>>,
     /// Where the gateway's own messages to the server go (answers to server requests it
     /// refused, its own listings).
     pub back: Option<super::to_server::Back>,

@@ -127,8 +127,17 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
     let streamable_accept = accepts(h, "application/json") && accepts(h, "text/event-stream");
     let known = target.configured || mcp_headers;
     // Methods as lenient servers read them: `post` is a POST to some.
-    let method = Method::from_bytes(req.method().as_str().to_ascii_uppercase().as_bytes())
-        .unwrap_or_else(|_| req.method().clone());
+    let method = if req
+        .method()
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        Method::from_bytes(req.method().as_str().to_ascii_uppercase().as_bytes())
+            .unwrap_or_else(|_| req.method().clone())
+    } else {
+        req.method().clone()
+    };
     let kind = match method {
         Method::POST => {
             let pq = req

@@ -126,10 +126,10 @@ pub struct Subject {
     pub principal: Arc<Principal>,
     pub server: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
+    pub session: Option<Arc<str>>,
     pub transport: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<Arc<str>>,
     pub method: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

@@ -63,7 +63,7 @@ pub struct Owner {
 }
 
 pub struct Session {
-    pub id: String,
+    pub id: Arc<str>,
     /// Its key in the registry: the id, or a legacy session's endpoint.
     pub key: String,
     pub transport: Transport,
@@ -86,7 +86,7 @@ pub struct SessionState {
     pub client_pending: Pending<PendingRequest>,
     /// Server requests (sampling, elicitation, roots) awaiting the agent's response.
     pub server_pending: Pending<PendingRequest>,
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<Arc<str>>,
 }
 
 impl Session {
@@ -98,7 +98,7 @@ impl Session {
         max_pending: usize,
     ) -> Self {
         Self {
-            id,
+            id: id.into(),
             key,
             transport,
             owner,
@@ -163,7 +163,7 @@ impl Session {
             Ok(())
         } else {
             Err(SessionError::NotOwner {
-                id: self.id.clone(),
+                id: self.id.to_string(),
             })
         }
     }
@@ -547,7 +547,7 @@ mod tests {
         let s = Sessions::new(10, 10, 10);
         let me = owner(0, "/p");
         let l = s.open_legacy(&up(), "/message?sessionId=7", &me).unwrap();
-        assert_eq!(l.id, "7");
+        assert_eq!(&*l.id, "7");
         for same in [
             "/message?sessionId=7",
             "/message?sessionId=7&x=1",

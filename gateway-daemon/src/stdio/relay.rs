@@ -561,7 +561,11 @@ async fn agent_line(shared: Arc<Shared>, line: Bytes, mut held: Reservation) {
             .then(|| protocol_version_of(m))
             .flatten()
     }) {
-        shared.session.state().protocol_version.get_or_insert(v);
+        shared
+            .session
+            .state()
+            .protocol_version
+            .get_or_insert(v.into());
     }
     let policy = shared.ctx.daemon.policy.current();
     let mut decisions: Vec<Option<Decision>> = messages
