@@ -103,9 +103,10 @@ impl Workers {
         F: Future<Output = ()> + Send + 'static,
     {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        // A connection's future is some 15 KiB. Tokio moves a task's future by value when
-        // it makes the task and again when it ends it (a stage change copies the whole
-        // stage): boxed, those moves copy a pointer, and the future is copied once, here.
+        // Tokio moves a task's future by value when it makes the task and again when it
+        // ends it (a stage change copies the whole stage): boxed, those moves copy a
+        // pointer, and the future is copied once, here. A connection's future was 15 KiB
+        // until its TLS path was boxed (`route::carry`), a few KiB now.
         set.spawn_on(Box::pin(task), &self.handles[i])
     }
 

@@ -259,7 +259,11 @@ async fn carry(
         }
         Detected::Http1 => Protocol::Http1,
         Detected::Http2 => Protocol::Http2,
-        Detected::Tls => return tls_flow::carry(agent, up, identity, upstream, conn, daemon).await,
+        // Boxed: the TLS path's state is some 14 KiB (handshakes, both TLS sessions) and
+        // every connection's future would otherwise be that large, copied when spawned.
+        Detected::Tls => {
+            return Box::pin(tls_flow::carry(agent, up, identity, upstream, conn, daemon)).await
+        }
         Detected::NotClientFirst => {
             let mut up = up.expect("only HTTP and TLS are detected before dialing");
             let mut agent = agent;
