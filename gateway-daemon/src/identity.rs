@@ -198,8 +198,8 @@ impl Identity {
         let exe = proc.exe().map_err(err("exe"))?;
         // Read as bytes: an argument or a cgroup name that is not UTF-8 (an agent chooses
         // both) failed the whole read, and every procfs fact went missing with it.
-        let cmdline = cmdline_lossy(&proc_file(tgid, "cmdline").map_err(err("cmdline"))?);
-        let cgroup = cgroup2_lossy(&proc_file(tgid, "cgroup").map_err(err("cgroup"))?);
+        let cmdline = cmdline_lossy(&proc_file(&proc, "cmdline").map_err(err("cmdline"))?);
+        let cgroup = cgroup2_lossy(&proc_file(&proc, "cgroup").map_err(err("cgroup"))?);
         check(&proc)?;
         self.unit = cgroup.as_deref().and_then(unit_of);
         let now = ExeFile::of_path(std::path::Path::new(&format!("/proc/{tgid}/exe")));
@@ -218,14 +218,26 @@ impl Identity {
     }
 }
 
-fn proc_file(tgid: u32, name: &str) -> Result<Vec<u8>, procfs::ProcError> {
-    std::fs::read(format!("/proc/{tgid}/{name}")).map_err(procfs::ProcError::from)
+/// A file of the process `proc` holds open, read through that handle (so about that very
+/// process); a process gone while it is read is `NotFound`, as procfs's own reads say.
+fn proc_file(proc: &Process, name: &str) -> Result<Vec<u8>, procfs::ProcError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    proc.open_relative(name)?
+        .read_to_end(&mut bytes)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::ENOENT) => procfs::ProcError::NotFound(None),
+            _ => procfs::ProcError::Io(e, None),
+        })?;
+    Ok(bytes)
 }
 
 /// `/proc/PID/cmdline`'s arguments (each ends in a NUL), bytes that are not UTF-8 as
-/// U+FFFD.
+/// U+FFFD. Empty arguments are kept, but not the run of NULs a process that rewrote its
+/// command line (`setproctitle`) leaves at the end.
 fn cmdline_lossy(raw: &[u8]) -> Vec<String> {
-    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    let end = raw.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let raw = &raw[..end];
     if raw.is_empty() {
         return Vec::new();
     }
@@ -285,7 +297,9 @@ mod tests {
             cmdline_lossy(b"agent\0--key=\xff\0\0last\0"),
             ["agent", "--key=\u{fffd}", "", "last"]
         );
+        assert_eq!(cmdline_lossy(b"title\0\0\0\0"), ["title"]);
         assert_eq!(cmdline_lossy(b""), Vec::<String>::new());
+        assert_eq!(cmdline_lossy(b"\0\0"), Vec::<String>::new());
         assert_eq!(
             cgroup2_lossy(b"1:name=systemd:/x\n0::/agents/a\xffb\n"),
             Some("/agents/a\u{fffd}b".to_string())
