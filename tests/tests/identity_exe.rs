@@ -36,16 +36,17 @@ for i in range(rounds):
 print(json.dumps({"pids": pids}))
 "#;
 
-fn run(how: &str) -> (Vec<Value>, String) {
+/// A gateway mediating a free port, and a server on it that reads what comes, then hangs
+/// up: every flow ends and is recorded.
+fn gateway_and_server(name: &str) -> (Gateway, u16) {
     let port = free_port();
     let gw = Gateway::start(
-        &format!("identity-{how}"),
+        name,
         GatewayOptions {
             ports: vec![port],
             ..Default::default()
         },
     );
-    // Reads what comes, then hangs up: every flow ends and is recorded.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
@@ -53,6 +54,11 @@ fn run(how: &str) -> (Vec<Value>, String) {
             let _ = conn.read(&mut [0u8; 16]);
         }
     });
+    (gw, port)
+}
+
+fn run(how: &str) -> (Vec<Value>, String) {
+    let (gw, port) = gateway_and_server(&format!("identity-{how}"));
     let out = run_probe(gw.agent(
         PYTHON,
         &[
@@ -130,21 +136,7 @@ fn a_process_that_exits_at_once_is_still_named() {
 #[test]
 fn a_program_at_a_path_that_is_not_utf8_is_still_recorded() {
     use std::os::unix::ffi::OsStrExt;
-    let port = free_port();
-    let gw = Gateway::start(
-        "identity-not-utf8",
-        GatewayOptions {
-            ports: vec![port],
-            ..Default::default()
-        },
-    );
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            use std::io::Read;
-            let _ = conn.read(&mut [0u8; 16]);
-        }
-    });
+    let (gw, port) = gateway_and_server("identity-not-utf8");
     let dir = std::env::temp_dir().join(std::ffi::OsStr::from_bytes(
         format!("mcp-gw-{}-ag\u{1}", std::process::id())
             .as_bytes()
