@@ -396,3 +396,78 @@ print(json.dumps({"status": r.status, "body": r.read().decode()}))
         "the ledger quotes the argument's value"
     );
 }
+
+/// A process picks its own arguments: one that is not UTF-8 must not cost it the facts a
+/// principal is selected by. Reading them as text failed on such a byte and left the
+/// identity without cgroup, unit and executable, so the process fell past a principal
+/// chosen by cgroup to a broader one chosen by uid alone.
+#[test]
+fn an_argument_that_is_not_utf8_does_not_move_a_process_to_another_principal() {
+    use std::os::unix::ffi::OsStrExt;
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = Gateway::start(
+        "policy-not-utf8",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                r#"
+[[server]]
+name = "tools"
+address = "127.0.0.1:{port}"
+path = "/mcp"
+
+[policy]
+mode = "enforce"
+
+[[principal]]
+name = "contained"
+cgroup = ["/mcp-gateway-tests/*"]
+
+[[principal]]
+name = "root-anywhere"
+users = [0]
+
+[[rule]]
+principal = "root-anywhere"
+server = "tools"
+tools = ["echo"]
+action = "allow"
+"#
+            ),
+            ..Default::default()
+        },
+    );
+    let calls = json!([{"name": "echo", "arguments": {"text": "hi"}}]);
+    for bad_argument in [false, true] {
+        let mut c = Command::new(venv_python());
+        if bad_argument {
+            // An interpreter option Python ignores, with a byte that is not UTF-8.
+            c.arg(std::ffi::OsStr::from_bytes(b"-Xtag=\xff"));
+        }
+        c.args(["-c", CLIENT, &server.url, &calls.to_string()]);
+        let out = run_json(gw.wrap(c));
+        // The contained principal may not even initialize.
+        assert_eq!(
+            (&out["code"], out["calls"].is_null()),
+            (&json!(-32012), true),
+            "the contained agent is denied (bad argument: {bad_argument}): {out}"
+        );
+        assert!(
+            out["failed"]
+                .as_str()
+                .is_some_and(|f| f.contains("principal contained")),
+            "{out}"
+        );
+    }
+    let records = gw.audit_records();
+    let named: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "mcp" || r["type"] == "mcp_call")
+        .map(|r| &r["principal"]["name"])
+        .collect();
+    assert!(
+        !named.is_empty() && named.iter().all(|n| *n == "contained"),
+        "every call is the contained principal's: {named:?}"
+    );
+}
