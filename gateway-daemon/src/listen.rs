@@ -15,7 +15,7 @@ use crate::audit::link::{self, ConnId};
 use crate::audit::timestamp;
 use crate::daemon::Daemon;
 use crate::intercept::Redirected;
-use crate::route;
+use crate::route::{self, addr_text::Shown};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -234,10 +234,10 @@ impl Server {
         let span = tracing::info_span!(
             "conn",
             id = %conn,
-            client = %peer,
+            client = %Shown(peer),
             tgid = redirected.tgid,
             uid = redirected.uid,
-            dst = %redirected.orig_dst,
+            dst = %Shown(redirected.orig_dst),
         );
         let daemon = self.daemon.clone();
         // The connection moves to its worker's own reactor: its readiness then wakes that

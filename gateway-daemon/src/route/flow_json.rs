@@ -4,7 +4,6 @@
 //! serde refuses a path that is not UTF-8, which lost the whole record: a process run
 //! from such a path left no flow record.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::{FlowRecord, TlsFlow};
@@ -118,7 +117,7 @@ fn number_field(out: &mut Vec<u8>, key: &[u8], n: impl itoa::Integer) {
 fn display_field(out: &mut Vec<u8>, key: &[u8], value: &std::net::SocketAddr) {
     out.extend_from_slice(key);
     out.push(b'"');
-    let _ = write!(out, "{value}");
+    super::addr_text::write(out, value);
     out.push(b'"');
 }
 

@@ -22,6 +22,7 @@ use crate::intercept::Redirected;
 use crate::mcp::{ConnCtx, Principal};
 use crate::passthrough::{self, Transfer};
 
+pub mod addr_text;
 mod flow_json;
 mod tls_flow;
 
