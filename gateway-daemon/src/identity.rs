@@ -203,14 +203,30 @@ impl Identity {
         check(&proc)?;
         self.unit = cgroup.as_deref().and_then(unit_of);
         let now = ExeFile::of_path(std::path::Path::new(&format!("/proc/{tgid}/exe")));
+        // The link was read before the file was looked at: an exec in between pairs one
+        // program's path with another's file. A path is taken as a file's name only when
+        // that file is at that path now.
+        let names = |path: &std::path::Path, file: ExeFile| ExeFile::of_path(path) == Some(file);
         match (self.exe_file, now) {
             // Without a kernel identity (an older program), procfs is all there is.
             (None, _) => self.exe = Some(exe),
             (Some(at_connect), Some(now)) if at_connect == now => {
-                remember(at_connect, &exe);
+                // Remembered names outlive this connection (`known_path`): only a path
+                // that names the very file is kept, never one read across an exec.
+                if names(&exe, at_connect) {
+                    remember(at_connect, &exe);
+                }
                 self.exe = Some(exe);
             }
-            (Some(_), _) => self.exe_now = Some(exe),
+            (Some(_), Some(now)) => {
+                // It exec'd: what it runs now, read again if the exec came between.
+                self.exe_now = if names(&exe, now) {
+                    Some(exe)
+                } else {
+                    proc.exe().ok().filter(|again| names(again, now))
+                };
+            }
+            (Some(_), None) => self.exe_now = Some(exe),
         }
         self.cmdline = Some(cmdline);
         self.cgroup = cgroup;
