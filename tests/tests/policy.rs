@@ -471,3 +471,128 @@ action = "allow"
         "every call is the contained principal's: {named:?}"
     );
 }
+
+/// The SHA-256 of a file, as `exe_sha256` lists it.
+fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A process may own the program it runs, change it while it is not running and put its
+/// modification time back (utimensat is the owner's to call). A hash remembered by inode,
+/// size and modification time then vouched for bytes it never read: the changed program
+/// was taken for the pinned one.
+#[test]
+fn a_program_changed_in_place_is_hashed_again_even_with_its_time_put_back() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = Gateway::start(
+        "policy-exe-hash",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                r#"
+[[server]]
+name = "tools"
+address = "127.0.0.1:{port}"
+path = "/mcp"
+
+[policy]
+mode = "enforce"
+
+[[principal]]
+name = "pinned"
+exe_sha256 = ["{}"]
+
+[[rule]]
+principal = "pinned"
+server = "tools"
+tools = ["echo"]
+action = "allow"
+"#,
+                sha256_of(&python)
+            ),
+            ..Default::default()
+        },
+    );
+    // The agent's own copy of the interpreter, with the SDK from the test venv.
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("tool");
+    std::fs::copy(&python, &tool).unwrap();
+    let site = venv_python()
+        .parent()
+        .unwrap()
+        .join("../lib/python3.11/site-packages");
+    let calls = json!([{"name": "echo", "arguments": {"text": "hi"}}]);
+    let run = || {
+        let mut c = Command::new(&tool);
+        c.env("PYTHONPATH", &site)
+            .args(["-c", CLIENT, &server.url, &calls.to_string()]);
+        run_json(gw.wrap(c))
+    };
+    let out = run();
+    assert_eq!(
+        call(&out, 0)["ok"],
+        json!(true),
+        "the pinned program calls: {out}"
+    );
+
+    // One byte of a message the interpreter prints, changed in place: the same inode and
+    // size, and the modification time put back.
+    let before = std::fs::metadata(&tool).unwrap();
+    let bytes = std::fs::read(&tool).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"Type \"help\"")
+        .expect("the banner is in the interpreter");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&tool).unwrap();
+    f.seek(SeekFrom::Start(at as u64)).unwrap();
+    f.write_all(b"t").unwrap();
+    let mtime = std::time::UNIX_EPOCH
+        + std::time::Duration::new(before.mtime() as u64, before.mtime_nsec() as u32);
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    let after = std::fs::metadata(&tool).unwrap();
+    assert_eq!(
+        (after.ino(), after.size(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.size(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        "the change shows in no field the old cache key had"
+    );
+    assert_ne!(sha256_of(&tool), sha256_of(&python));
+
+    let out = run();
+    assert_eq!(
+        (&out["code"], out["calls"].is_null()),
+        (&json!(-32012), true),
+        "the changed program is no principal's: {out}"
+    );
+    let named: Vec<Value> = gw
+        .audit_records()
+        .iter()
+        .filter(|r| r["type"] == "mcp_call" && r["method"] == "tools/call")
+        .map(|r| json!([r["name"], r["principal"]["name"]]))
+        .collect();
+    assert_eq!(
+        named,
+        vec![json!(["echo", "pinned"])],
+        "the pinned program's call is recorded as its: {named:?}"
+    );
+    let records = gw.audit_records();
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| r["type"] == "mcp" || r["type"] == "mcp_call")
+        .unwrap();
+    assert!(
+        last["principal"]["name"].is_null(),
+        "the changed program's exchange names no principal: {last}"
+    );
+}

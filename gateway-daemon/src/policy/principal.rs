@@ -136,10 +136,21 @@ impl Principal {
 }
 
 /// SHA-256 of executables, read through /proc/PID/exe (the very file the process runs,
-/// even if its path was replaced since) and cached by inode and mtime.
+/// even if its path was replaced since) and cached by inode and change time.
 #[derive(Default)]
 pub struct ExeHashes {
-    cache: Mutex<HashMap<(u64, u64, i64, u64), String>>,
+    cache: Mutex<HashMap<HashKey, String>>,
+}
+
+/// What a file's bytes are remembered by. The change time, not the modification time: a
+/// file's owner can set its modification time back after changing it (utimensat), but
+/// every write and every such setting moves the change time on, and only the kernel sets it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct HashKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    ctime: (i64, i64),
 }
 
 impl ExeHashes {
@@ -154,7 +165,12 @@ impl ExeHashes {
         {
             return None;
         }
-        let key = (m.dev(), m.ino(), m.mtime(), m.size());
+        let key = HashKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        };
         if let Some(h) = self.cache.lock().ok()?.get(&key) {
             return Some(h.clone());
         }
