@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::config::{Action, Config, PolicyMode, RuleDirection};
 use crate::identity::Identity;
 use crate::redact::{RedactConfig, Redactor, RequestMode, ResponseMode};
-use principal::{ExeHashes, Principal};
+use principal::{Match, Principal};
 use rules::{Ask, Rule, Verdict};
 
 /// A config key and what is wrong with it.
@@ -46,7 +46,6 @@ pub struct Policy {
     pub mode: PolicyMode,
     principals: Vec<Principal>,
     rules: Vec<Rule>,
-    hashes: ExeHashes,
     /// Redaction reloads with the rules: one swap changes both.
     pub redactor: Arc<Redactor>,
     redact: RedactConfig,
@@ -114,7 +113,6 @@ impl Policy {
             mode: cfg.policy.mode,
             principals,
             rules,
-            hashes: ExeHashes::default(),
             redactor: Arc::new(redactor),
             redact: cfg.redact.clone(),
             servers: cfg.servers.clone(),
@@ -133,9 +131,32 @@ impl Policy {
         self.mode == PolicyMode::Observe
     }
 
-    /// The first principal `id` matches.
+    /// The first principal `id` matches. None when none does, and when one before the
+    /// first that does cannot be told (a fact it selects by is missing: the process exited
+    /// or its files did not answer in time): a missing fact never moves a process past a
+    /// principal to a later, broader one.
     pub fn principal_of(&self, id: &Identity) -> Option<&Principal> {
-        self.principals.iter().find(|p| p.matches(id, &self.hashes))
+        for p in &self.principals {
+            match p.matches(id) {
+                Match::Yes => return Some(p),
+                Match::No => {}
+                Match::Unknown => {
+                    tracing::info!(
+                        principal = %p.name,
+                        tgid = id.tgid,
+                        missing = id.procfs_error.as_deref().unwrap_or("a fact it selects by"),
+                        "principal undecided; the process is taken for none"
+                    );
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether a principal selects by the executable's hash (identities then carry it).
+    pub fn wants_exe_hash(&self) -> bool {
+        self.principals.iter().any(Principal::selects_by_hash)
     }
 
     fn decision(&self, action: Action, rule: Arc<str>, reason: Option<String>) -> Decision {

@@ -1,10 +1,5 @@
 //! Principals: who a process is, for the rules, from its kernel-attested identity.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
-
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use nix::unistd::{Group, User};
 
@@ -118,73 +113,65 @@ impl Principal {
         Ok(p)
     }
 
-    /// Whether `id` is this principal: every selector given matches.
-    pub fn matches(&self, id: &Identity, hashes: &ExeHashes) -> bool {
-        let set = |s: &Option<GlobSet>, v: Option<&str>| match s {
-            None => true,
-            Some(g) => v.is_some_and(|v| g.is_match(v)),
+    /// Whether `id` is this principal: every selector given matches. A selector on a fact
+    /// `id` lacks (procfs not read, the program not named or hashed) is `Unknown`.
+    pub fn matches(&self, id: &Identity) -> Match {
+        // The cgroup and unit are missing without error only where there is no cgroup v2.
+        let cgroup_missing = match id.procfs_error {
+            Some(_) => Match::Unknown,
+            None => Match::No,
         };
-        (self.uids.is_empty() || self.uids.contains(&id.uid))
-            && (self.gids.is_empty() || self.gids.contains(&id.gid))
-            && set(&self.exe, id.exe.as_ref().and_then(|p| p.to_str()))
-            && set(&self.cgroup, id.cgroup.as_deref())
-            && set(&self.unit, id.unit.as_deref())
-            && set(&self.comm, Some(&id.comm))
-            && (self.exe_sha256.is_empty()
-                || hashes.of(id).is_some_and(|h| self.exe_sha256.contains(&h)))
+        let glob = |s: &Option<GlobSet>, v: Option<&str>, missing: Match| match (s, v) {
+            (None, _) => Match::Yes,
+            (Some(g), Some(v)) => Match::of(g.is_match(v)),
+            (Some(_), None) => missing,
+        };
+        let exe = id.exe.as_ref().map(|p| p.to_string_lossy());
+        [
+            Match::of(self.uids.is_empty() || self.uids.contains(&id.uid)),
+            Match::of(self.gids.is_empty() || self.gids.contains(&id.gid)),
+            glob(&self.comm, Some(&id.comm), Match::No),
+            glob(&self.exe, exe.as_deref(), Match::Unknown),
+            glob(&self.cgroup, id.cgroup.as_deref(), cgroup_missing),
+            glob(&self.unit, id.unit.as_deref(), cgroup_missing),
+            match (&self.exe_sha256[..], &id.exe_sha256) {
+                ([], _) => Match::Yes,
+                (pinned, Some(h)) => Match::of(pinned.contains(h)),
+                (_, None) => Match::Unknown,
+            },
+        ]
+        .into_iter()
+        .fold(Match::Yes, Match::and)
+    }
+
+    pub fn selects_by_hash(&self) -> bool {
+        !self.exe_sha256.is_empty()
     }
 }
 
-/// SHA-256 of executables, read through /proc/PID/exe (the very file the process runs,
-/// even if its path was replaced since) and cached by inode and change time.
-#[derive(Default)]
-pub struct ExeHashes {
-    cache: Mutex<HashMap<HashKey, String>>,
+/// Whether a process is a principal, when a fact that would tell may be missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    Yes,
+    No,
+    Unknown,
 }
 
-/// What a file's bytes are remembered by. The change time, not the modification time: a
-/// file's owner can set its modification time back after changing it (utimensat), but
-/// every write and every such setting moves the change time on, and only the kernel sets it.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct HashKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    ctime: (i64, i64),
-}
+impl Match {
+    fn of(yes: bool) -> Self {
+        if yes {
+            Match::Yes
+        } else {
+            Match::No
+        }
+    }
 
-impl ExeHashes {
-    pub fn of(&self, id: &Identity) -> Option<String> {
-        id.exe.as_ref()?;
-        let mut f = std::fs::File::open(format!("/proc/{}/exe", id.tgid)).ok()?;
-        let m = f.metadata().ok()?;
-        // The file it runs now must be the one it connected with (it may have exec'd).
-        if id
-            .exe_file
-            .is_some_and(|e| (e.dev, e.ino) != (m.dev(), m.ino()))
-        {
-            return None;
+    /// Both hold: any No is No (a fact known to differ settles it), else any Unknown.
+    fn and(self, other: Match) -> Match {
+        match (self, other) {
+            (Match::No, _) | (_, Match::No) => Match::No,
+            (Match::Unknown, _) | (_, Match::Unknown) => Match::Unknown,
+            _ => Match::Yes,
         }
-        let key = HashKey {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        };
-        if let Some(h) = self.cache.lock().ok()?.get(&key) {
-            return Some(h.clone());
-        }
-        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = f.read(&mut buf).ok()?;
-            if n == 0 {
-                break;
-            }
-            sha2::Digest::update(&mut hasher, &buf[..n]);
-        }
-        let h = hex::encode(sha2::Digest::finalize(hasher));
-        self.cache.lock().ok()?.insert(key, h.clone());
-        Some(h)
     }
 }

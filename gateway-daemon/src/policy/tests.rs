@@ -108,6 +108,7 @@ fn identity(uid: u32, exe: &str, cgroup: &str, comm: &str) -> Identity {
         cgroup: Some(cgroup.into()),
         unit: crate::identity::unit_of(cgroup),
         procfs_error: None,
+        exe_sha256: None,
     }
 }
 
@@ -151,6 +152,40 @@ fn principals_first_match_wins() {
         let exe = id.exe.clone();
         assert_eq!(name(id).as_deref(), want, "{exe:?}");
     }
+}
+
+/// A fact missing (the process exited, or its files did not answer in time) leaves a
+/// principal that selects by it undecided: the process is none, never the next one down.
+#[test]
+fn a_missing_fact_never_moves_a_process_to_a_later_principal() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = policy("");
+    let name = |id: &Identity| p.principal_of(id).map(|p| p.name.clone());
+    let unread = |uid: u32, comm: &str| Identity {
+        exe: None,
+        cgroup: None,
+        unit: None,
+        procfs_error: Some("process 1: not read within 3s".into()),
+        ..identity(uid, "/", "/", comm)
+    };
+    // claude's exe cannot be told: not anyone-1500.
+    assert_eq!(name(&unread(1500, "node")), None);
+    // ci's cgroup cannot be told (its comm matches).
+    assert_eq!(name(&unread(0, "python3")), None);
+    // A fact that is known to differ still settles a principal: comm rules ci out, and
+    // uid rules out the others.
+    let mut id = unread(0, "bash");
+    assert_eq!(name(&id), None);
+    id.uid = 1500;
+    id.comm = "curl".into();
+    assert_eq!(name(&id), None, "claude's exe is unknown");
+    // A program at a path that is not UTF-8 is matched on the path with U+FFFD for the
+    // bytes, as it is recorded.
+    let mut odd = identity(1500, "/", "/", "x");
+    odd.exe = Some(PathBuf::from(std::ffi::OsStr::from_bytes(
+        b"/opt/claude/\xff",
+    )));
+    assert_eq!(name(&odd).as_deref(), Some("claude"));
 }
 
 fn ann(v: Value) -> Map<String, Value> {

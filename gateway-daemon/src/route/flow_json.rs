@@ -156,6 +156,7 @@ mod tests {
             cgroup: full.then(|| text(1)),
             unit: full.then(|| text(2)),
             procfs_error: (!full).then(|| text(n)),
+            exe_sha256: full.then(|| text(1)),
         }
     }
 

@@ -91,9 +91,11 @@ pub async fn flow(
     let started = SystemTime::now();
     let t0 = std::time::Instant::now();
     let _open = crate::metrics::global().open_connection();
-    let mut identity = Identity::resolve(&r);
+    let policy = daemon.policy.current();
+    let mut identity = Identity::resolve_bounded(&r, policy.wants_exe_hash()).await;
     // Command lines carry tokens (`--api-key=…`): they go to the audit redacted.
-    let redactor = daemon.policy.current().redactor.clone();
+    let redactor = policy.redactor.clone();
+    drop(policy);
     for arg in identity.cmdline.iter_mut().flatten() {
         if let Some((clean, _)) = redactor.redact_str(arg) {
             *arg = clean;

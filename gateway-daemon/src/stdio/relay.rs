@@ -81,7 +81,8 @@ fn shown_argv(policy: &crate::policy::PolicyHandle, argv: &[String]) -> serde_js
 /// The identity of the process waiting in its exec, as a connection's would be: the
 /// kernel's facts read from procfs while it cannot run (the caller then checks the
 /// notification is still valid, so a reused pid is not believed).
-pub fn identity_of(pid: u32) -> Identity {
+/// `hash`: the executable's SHA-256 is wanted too (a principal selects by it).
+pub fn identity_of(pid: u32, hash: bool) -> Identity {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -129,7 +130,8 @@ pub fn identity_of(pid: u32) -> Identity {
         comm,
         exe_file: ExeFile::of_path(Path::new(&format!("/proc/{pid}/exe"))),
     };
-    Identity::resolve(&r)
+    // On the launcher's own thread (its exec waits for this, and nothing else does).
+    Identity::resolve(&r, hash)
 }
 
 /// A line on its way to one side, and its share of the memory budget (the queues hold up

@@ -5,10 +5,16 @@
 //! believed when the process found under the pid started at the same instant as the one the
 //! kernel saw: a pid reused since then yields no procfs facts at all.
 //!
+//! Reading them can be made to hang or take long by the agent (`bounded`): a connection's
+//! identity is read off its thread, and a fact not read in time is missing, never guessed.
+//!
 //! The executable is the one the kernel saw at connect() (its file's device and inode):
 //! a process that exec'd another program since is still named for the one that connected
 //! (procfs's path is used only when it is that same file; else a path under which that
 //! file was seen before), and what it runs now is recorded beside it.
+
+pub mod bounded;
+pub mod exe_hash;
 
 use std::path::PathBuf;
 
@@ -35,6 +41,8 @@ pub enum IdentityError {
         what: &'static str,
         message: String,
     },
+    #[error("process {tgid}: {why}")]
+    Unread { tgid: u32, why: bounded::Unread },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +74,10 @@ pub struct Identity {
     /// Why the procfs facts are missing, when they are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub procfs_error: Option<String>,
+    /// The SHA-256 of `exe_file`, when a principal asks for it (`exe_sha256`) and it could
+    /// be read; None is unknown, never a match.
+    #[serde(skip)]
+    pub exe_sha256: Option<String>,
 }
 
 /// Identities resolved before, by all the kernel attests at connect(): the same process
@@ -90,48 +102,124 @@ type Resolved = std::collections::HashMap<Attested, (std::time::Instant, Identit
 static RESOLVED: std::sync::LazyLock<std::sync::Mutex<Resolved>> =
     std::sync::LazyLock::new(Default::default);
 
-impl Identity {
-    /// The identity of the process that made the connection `r` records: from the cache
-    /// when the kernel attests the same process as a recent resolution, else read anew.
-    pub fn resolve(r: &Redirected) -> Self {
-        // Without the file the kernel saw, an exec would go unnoticed: never cached.
-        let Some(exe_file) = r.exe_file else {
-            return Self::read(r);
-        };
-        let key = Attested {
+impl Attested {
+    /// Without the file the kernel saw, an exec would go unnoticed: never cached.
+    fn of(r: &Redirected) -> Option<Self> {
+        Some(Attested {
             tgid: r.tgid,
             start_boottime_ns: r.start_boottime_ns,
-            exe_file,
+            exe_file: r.exe_file?,
             cgroup_id: r.cgroup_id,
             uid: r.uid,
             gid: r.gid,
-        };
-        let lock = || RESOLVED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, id)) = lock().get(&key) {
-            if at.elapsed() < RESOLVED_FOR {
-                let mut id = id.clone();
-                // Per connection: the thread that connected and the name it set.
-                id.pid = r.pid;
-                id.comm = r.comm.clone();
-                return id;
-            }
+        })
+    }
+}
+
+fn resolved() -> std::sync::MutexGuard<'static, Resolved> {
+    RESOLVED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A recent resolution of what the kernel attests alike, with the hash when one is wanted.
+fn cached(key: &Attested, r: &Redirected, hash: bool) -> Option<Identity> {
+    let cache = resolved();
+    let (at, id) = cache.get(key)?;
+    if at.elapsed() >= RESOLVED_FOR || (hash && id.exe_sha256.is_none()) {
+        return None;
+    }
+    let mut id = id.clone();
+    // Per connection: the thread that connected and the name it set.
+    id.pid = r.pid;
+    id.comm = r.comm.clone();
+    Some(id)
+}
+
+fn remember_resolved(key: Attested, id: &Identity) {
+    if id.procfs_error.is_some() || id.exe_now.is_some() {
+        return;
+    }
+    let mut cache = resolved();
+    if cache.len() >= RESOLVED_MAX {
+        cache.retain(|_, (at, _)| at.elapsed() < RESOLVED_FOR);
+        if cache.len() >= RESOLVED_MAX {
+            cache.clear();
         }
-        let id = Self::read(r);
-        if id.procfs_error.is_none() && id.exe_now.is_none() {
-            let mut cache = lock();
-            if cache.len() >= RESOLVED_MAX {
-                cache.retain(|_, (at, _)| at.elapsed() < RESOLVED_FOR);
-                if cache.len() >= RESOLVED_MAX {
-                    cache.clear();
-                }
-            }
-            cache.insert(key, (std::time::Instant::now(), id.clone()));
+    }
+    cache.insert(key, (std::time::Instant::now(), id.clone()));
+}
+
+impl Identity {
+    /// The identity of the process that made the connection `r` records: from the cache
+    /// when the kernel attests the same process as a recent resolution, else read anew
+    /// here (on a thread a hang costs nothing else: `resolve_bounded` is for connections).
+    /// `hash`: the executable's SHA-256 is wanted too.
+    pub fn resolve(r: &Redirected, hash: bool) -> Self {
+        let key = Attested::of(r);
+        if let Some(id) = key.as_ref().and_then(|k| cached(k, r, hash)) {
+            return id;
+        }
+        let id = Self::read(r, hash);
+        if let Some(key) = key {
+            remember_resolved(key, &id);
         }
         id
     }
 
-    /// Reads the identity from procfs and the user database.
-    fn read(r: &Redirected) -> Self {
+    /// As `resolve`, for a connection: the read runs off this thread and is waited for at
+    /// most `bounded::READ_FOR`. Not read in time, the identity has the kernel's facts
+    /// only, and `procfs_error` says why.
+    pub async fn resolve_bounded(r: &Redirected, hash: bool) -> Self {
+        let key = Attested::of(r);
+        if let Some(id) = key.as_ref().and_then(|k| cached(k, r, hash)) {
+            return id;
+        }
+        let read = {
+            let r = r.clone();
+            move || Self::read(&r, hash)
+        };
+        match bounded::read(r.uid, read).await {
+            Ok(id) => {
+                if let Some(key) = key {
+                    remember_resolved(key, &id);
+                }
+                id
+            }
+            Err(why) => {
+                let why = IdentityError::Unread { tgid: r.tgid, why };
+                tracing::warn!(tgid = r.tgid, uid = r.uid, error = %why, "identity not read");
+                Self::kernel_only(r, why.to_string())
+            }
+        }
+    }
+
+    /// The kernel's facts alone: nothing that touches a file the agent could hold up (the
+    /// user database included, which may be remote).
+    fn kernel_only(r: &Redirected, why: String) -> Self {
+        let ticks = procfs::ticks_per_second().max(1);
+        Identity {
+            pid: r.pid,
+            tgid: r.tgid,
+            uid: r.uid,
+            user: None,
+            gid: r.gid,
+            group: None,
+            comm: r.comm.clone(),
+            cgroup_id: r.cgroup_id,
+            start_time: r.start_boottime_ns / (1_000_000_000 / ticks),
+            exe: None,
+            exe_file: r.exe_file,
+            exe_now: None,
+            cmdline: None,
+            cgroup: None,
+            unit: None,
+            procfs_error: Some(why),
+            exe_sha256: None,
+        }
+    }
+
+    /// Reads the identity from procfs and the user database (and the executable's hash,
+    /// with `hash`).
+    fn read(r: &Redirected, hash: bool) -> Self {
         let ticks = procfs::ticks_per_second().max(1);
         let start_time = r.start_boottime_ns / (1_000_000_000 / ticks);
         let mut id = Identity {
@@ -157,6 +245,7 @@ impl Identity {
             cgroup: None,
             unit: None,
             procfs_error: None,
+            exe_sha256: None,
         };
         if let Err(e) = id.fill_from_procfs() {
             id.procfs_error = Some(e.to_string());
@@ -164,6 +253,12 @@ impl Identity {
         // Exited, or exec'd since: named for the file it connected with, when known.
         if id.exe.is_none() {
             id.exe = r.exe_file.and_then(known_path);
+        }
+        if hash && id.procfs_error.is_none() && id.exe_now.is_none() {
+            match exe_hash::of(id.tgid, id.exe_file) {
+                Ok(h) => id.exe_sha256 = Some(h),
+                Err(e) => tracing::info!(tgid = id.tgid, error = %e, "executable not hashed"),
+            }
         }
         id
     }
@@ -358,7 +453,7 @@ mod tests {
 
     #[test]
     fn own_process_resolves_with_procfs_facts() {
-        let id = Identity::resolve(&own_record(0));
+        let id = Identity::resolve(&own_record(0), false);
         assert_eq!(id.procfs_error, None);
         assert_eq!(id.exe.unwrap(), std::env::current_exe().unwrap());
         assert_eq!(id.cmdline.unwrap(), std::env::args().collect::<Vec<_>>());
@@ -368,36 +463,38 @@ mod tests {
     fn a_process_running_another_file_than_it_connected_with_is_not_named_for_it() {
         let mut r = own_record(0);
         r.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"));
-        let id = Identity::resolve(&r);
+        let id = Identity::resolve(&r, false);
         assert_eq!(id.exe_now.unwrap(), std::env::current_exe().unwrap());
         assert_ne!(id.exe, Some(std::env::current_exe().unwrap()));
     }
 
     #[test]
     fn a_cached_identity_is_only_reused_for_what_the_kernel_attests_alike() {
-        let first = Identity::resolve(&own_record(0));
+        let first = Identity::resolve(&own_record(0), false);
         let mut again = own_record(0);
         again.comm = "renamed".into();
         again.pid += 1;
-        let cached = Identity::resolve(&again);
+        let cached = Identity::resolve(&again, false);
         assert_eq!((cached.comm.as_str(), cached.pid), ("renamed", again.pid));
         assert_eq!((cached.exe, cached.cmdline), (first.exe, first.cmdline));
         // Another file at connect (an exec) is never answered from the cache.
         let mut exec = own_record(0);
         exec.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"));
-        assert!(Identity::resolve(&exec).exe_now.is_some());
+        assert!(Identity::resolve(&exec, false).exe_now.is_some());
         // Nor another start (pid reuse).
-        assert!(Identity::resolve(&own_record(7)).procfs_error.is_some());
+        assert!(Identity::resolve(&own_record(7), false)
+            .procfs_error
+            .is_some());
     }
 
     #[test]
     fn a_different_start_time_is_pid_reuse() {
-        let id = Identity::resolve(&own_record(5));
+        let id = Identity::resolve(&own_record(5), false);
         // No fact of the process now under that pid (the path may still name the file the
         // kernel saw at connect, when another test confirmed it before).
         assert_eq!((id.cmdline, id.cgroup, id.exe_now), (None, None, None));
         assert!(matches!(
-            Identity::read(&own_record(5)).procfs_error.as_deref(),
+            Identity::read(&own_record(5), false).procfs_error.as_deref(),
             Some(e) if e.contains("another process")
         ));
     }

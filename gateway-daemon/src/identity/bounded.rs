@@ -1,0 +1,108 @@
+//! Reads of a process's files, off the connection's thread and bounded in time.
+//!
+//! What procfs and the executable show is the agent's to shape: its program may sit on a
+//! filesystem it serves (FUSE) that never answers a stat, or be a gigabyte to hash. Such a
+//! read on a worker would stall every connection that worker carries. So a read runs on a
+//! blocking thread, the connection waits at most `READ_FOR` for it, and a user has at most
+//! `PER_USER` reads under way: a read that hangs holds its thread and its user's share
+//! until the file answers, never anyone else's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+/// How long a connection waits for its process's identity to be read.
+pub const READ_FOR: Duration = Duration::from_secs(3);
+
+/// Reads of one user's processes under way at once.
+pub const PER_USER: usize = 4;
+
+/// Users remembered with their reads; past this, those with none under way are forgotten.
+const USERS: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unread {
+    #[error("not read within {}s (a file of the process did not answer)", READ_FOR.as_secs())]
+    TimedOut,
+    #[error(
+        "not read: {PER_USER} reads of uid {uid}'s processes were still under way after {}s",
+        READ_FOR.as_secs()
+    )]
+    Busy { uid: u32 },
+    #[error("the read failed (a panic, logged)")]
+    Failed,
+}
+
+static UNDER_WAY: LazyLock<Mutex<HashMap<u32, Arc<Semaphore>>>> = LazyLock::new(Default::default);
+
+fn share_of(uid: u32) -> Arc<Semaphore> {
+    let mut users = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
+    if users.len() >= USERS && !users.contains_key(&uid) {
+        users.retain(|_, s| s.available_permits() < PER_USER);
+    }
+    users
+        .entry(uid)
+        .or_insert_with(|| Arc::new(Semaphore::new(PER_USER)))
+        .clone()
+}
+
+/// Runs `read` for a process of `uid` on a blocking thread, and waits for it at most
+/// `READ_FOR` (its turn among the user's reads included).
+pub async fn read<T: Send + 'static>(
+    uid: u32,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Unread> {
+    let deadline = tokio::time::Instant::now() + READ_FOR;
+    let share = share_of(uid);
+    let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, share.acquire_owned()).await else {
+        return Err(Unread::Busy { uid });
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        // Held until the read is done, however long after the connection stopped waiting.
+        let _permit = permit;
+        read()
+    });
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "identity read failed");
+            Err(Unread::Failed)
+        }
+        Err(_) => Err(Unread::TimedOut),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_that_hangs_costs_its_user_alone() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(Mutex::new(rx));
+        let hung = 60_001;
+        // The user's share, all held by reads that do not return.
+        let mut waiting = Vec::new();
+        for _ in 0..PER_USER {
+            let rx = rx.clone();
+            waiting.push(tokio::spawn(read(hung, move || {
+                let _ = rx.lock().unwrap().recv();
+            })));
+        }
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Err(Unread::TimedOut));
+        }
+        // Another read of that user waits for a share, and gets none.
+        assert_eq!(read(hung, || ()).await, Err(Unread::Busy { uid: hung }));
+        // Another user's read is not held up.
+        let t = std::time::Instant::now();
+        assert_eq!(read(60_002, || 7).await, Ok(7));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        drop(tx);
+        // Once the hung reads return, the user reads again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(read(hung, || 8).await, Ok(8));
+    }
+}
