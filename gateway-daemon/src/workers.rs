@@ -57,6 +57,9 @@ async fn keep_a_timer() {
     }
 }
 
+/// How long a stop waits for a worker's blocking threads (identity reads) to end.
+const BLOCKING_AT_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Workers {
     /// Starts `count` workers (see `resolve`).
     pub fn start(count: usize) -> Result<Self, WorkersError> {
@@ -82,6 +85,9 @@ impl Workers {
                             _ = keep_a_timer() => {}
                         }
                     });
+                    // Dropping a runtime waits for its blocking threads, and an identity
+                    // read may hang on a file the agent serves for as long as it likes.
+                    rt.shutdown_timeout(BLOCKING_AT_STOP);
                 })
                 .map_err(err)?;
             running.threads.push(thread);

@@ -596,3 +596,70 @@ action = "allow"
         "the changed program's exchange names no principal: {last}"
     );
 }
+
+/// /proc/PID/exe shows the path in the process's own mount namespace, and an agent can make
+/// one of its own (a user namespace, or as here a mount namespace) with its program at any
+/// path a principal trusts. That path names the program only if the daemon finds the very
+/// file there too.
+#[test]
+fn a_path_made_in_the_agents_own_mount_namespace_names_no_program() {
+    let port = free_port();
+    let server = rmcp_server(port);
+    let gw = Gateway::start(
+        "policy-own-mounts",
+        GatewayOptions {
+            ports: vec![port],
+            extra: format!(
+                r#"
+[[server]]
+name = "tools"
+address = "127.0.0.1:{port}"
+path = "/mcp"
+
+[policy]
+mode = "enforce"
+
+[[principal]]
+name = "trusted"
+exe = ["/mnt/mcp-trusted/*"]
+
+[[rule]]
+principal = "trusted"
+server = "tools"
+tools = ["echo"]
+action = "allow"
+"#
+            ),
+            ..Default::default()
+        },
+    );
+    assert!(
+        !std::path::Path::new("/mnt/mcp-trusted").exists(),
+        "/mnt/mcp-trusted must not exist on this host"
+    );
+    let site = venv_python()
+        .parent()
+        .unwrap()
+        .join("../lib/python3.11/site-packages");
+    let calls = json!([{"name": "echo", "arguments": {"text": "hi"}}]);
+    // A tmpfs of its own over /mnt, the interpreter copied to the trusted path in it.
+    let script = r#"mount -t tmpfs agent /mnt && mkdir /mnt/mcp-trusted &&
+cp "$(readlink -f /usr/bin/python3)" /mnt/mcp-trusted/python &&
+exec /mnt/mcp-trusted/python -c "$0" "$@""#;
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("PYTHONPATH", &site)
+        .args([CLIENT, &server.url, &calls.to_string()]);
+    let out = run_json(gw.wrap(c));
+    assert_eq!(
+        (&out["code"], out["calls"].is_null()),
+        (&json!(-32012), true),
+        "a path only the agent's namespace has is no principal's: {out}"
+    );
+    let records = gw.audit_records();
+    let flow = records
+        .iter()
+        .find(|r| r["type"] == "flow" && r["identity"]["comm"] == "python")
+        .expect("the agent's flow is recorded");
+    assert!(flow["identity"]["exe"].is_null(), "{flow}");
+}

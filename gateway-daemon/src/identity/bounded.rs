@@ -19,6 +19,11 @@ pub const READ_FOR: Duration = Duration::from_secs(3);
 /// Reads of one user's processes under way at once.
 pub const PER_USER: usize = 4;
 
+/// Reads under way at once, all users: below the blocking pool's 512 threads, so reads that
+/// hang (of one agent under many subordinate uids, say) never take every thread. Past it,
+/// new reads wait their turn within `READ_FOR`.
+pub const ALL_USERS: usize = 128;
+
 /// Users remembered with their reads; past this, those with none under way are forgotten.
 const USERS: usize = 1024;
 
@@ -31,16 +36,25 @@ pub enum Unread {
         READ_FOR.as_secs()
     )]
     Busy { uid: u32 },
+    #[error(
+        "not read: {ALL_USERS} identity reads were still under way after {}s",
+        READ_FOR.as_secs()
+    )]
+    Saturated,
     #[error("the read failed (a panic, logged)")]
     Failed,
 }
+
+static ALL: Semaphore = Semaphore::const_new(ALL_USERS);
 
 static UNDER_WAY: LazyLock<Mutex<HashMap<u32, Arc<Semaphore>>>> = LazyLock::new(Default::default);
 
 fn share_of(uid: u32) -> Arc<Semaphore> {
     let mut users = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
     if users.len() >= USERS && !users.contains_key(&uid) {
-        users.retain(|_, s| s.available_permits() < PER_USER);
+        // Only shares no one holds (a waiter or a read holds a clone): forgetting a held
+        // one would give its user a second.
+        users.retain(|_, s| Arc::strong_count(s) > 1);
     }
     users
         .entry(uid)
@@ -59,9 +73,12 @@ pub async fn read<T: Send + 'static>(
     let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, share.acquire_owned()).await else {
         return Err(Unread::Busy { uid });
     };
+    let Ok(Ok(all)) = tokio::time::timeout_at(deadline, ALL.acquire()).await else {
+        return Err(Unread::Saturated);
+    };
     let task = tokio::task::spawn_blocking(move || {
         // Held until the read is done, however long after the connection stopped waiting.
-        let _permit = permit;
+        let _permits = (permit, all);
         read()
     });
     match tokio::time::timeout_at(deadline, task).await {

@@ -18,10 +18,18 @@ pub const MAX_BYTES: u64 = 1 << 30;
 /// Hashes remembered at most; forgotten all at once when full (a new read, no wrong name).
 const REMEMBERED: usize = 4096;
 
+/// FUSE's `f_type`: a filesystem whose server (perhaps the agent) says what every read returns.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("reading /proc/{tgid}/exe: {source}")]
     Read { tgid: u32, source: std::io::Error },
+    #[error(
+        "its program is on a FUSE filesystem, whose server may show the gateway other bytes \
+         than it ran"
+    )]
+    Fuse,
     #[error("the program it runs now is not the one it connected with (it exec'd since)")]
     Execd,
     #[error("its program is {size} bytes, more than the {MAX_BYTES} the gateway hashes")]
@@ -41,13 +49,24 @@ struct Key {
 
 static HASHES: LazyLock<Mutex<HashMap<Key, String>>> = LazyLock::new(Default::default);
 
-/// The hex SHA-256 of what process `tgid` runs, which must be `connected_with` when known.
-pub fn of(tgid: u32, connected_with: Option<ExeFile>) -> Result<String, HashError> {
+/// The hex SHA-256 of what the process `proc` holds open runs, which must be
+/// `connected_with` when known.
+pub fn of(
+    proc: &procfs::process::Process,
+    connected_with: Option<ExeFile>,
+) -> Result<String, HashError> {
+    let tgid = proc.pid as u32;
     let read = |source| HashError::Read { tgid, source };
-    let mut f = std::fs::File::open(format!("/proc/{tgid}/exe")).map_err(read)?;
+    let from_procfs = |e: procfs::ProcError| read(std::io::Error::other(e.to_string()));
+    let mut f = proc.open_relative("exe").map_err(from_procfs)?;
     let m = f.metadata().map_err(read)?;
     if connected_with.is_some_and(|e| (e.dev, e.ino) != (m.dev(), m.ino())) {
         return Err(HashError::Execd);
+    }
+    // Its inode, size and times are the server's to say as well: nothing keys it.
+    let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| read(e.into()))?;
+    if fs.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC {
+        return Err(HashError::Fuse);
     }
     if m.size() > MAX_BYTES {
         return Err(HashError::TooLarge { size: m.size() });

@@ -247,23 +247,18 @@ impl Identity {
             procfs_error: None,
             exe_sha256: None,
         };
-        if let Err(e) = id.fill_from_procfs() {
+        if let Err(e) = id.fill_from_procfs(hash) {
             id.procfs_error = Some(e.to_string());
         }
         // Exited, or exec'd since: named for the file it connected with, when known.
         if id.exe.is_none() {
             id.exe = r.exe_file.and_then(known_path);
         }
-        if hash && id.procfs_error.is_none() && id.exe_now.is_none() {
-            match exe_hash::of(id.tgid, id.exe_file) {
-                Ok(h) => id.exe_sha256 = Some(h),
-                Err(e) => tracing::info!(tgid = id.tgid, error = %e, "executable not hashed"),
-            }
-        }
         id
     }
 
-    fn fill_from_procfs(&mut self) -> Result<(), IdentityError> {
+    /// `hash`: and the executable's SHA-256, read through the same handle.
+    fn fill_from_procfs(&mut self, hash: bool) -> Result<(), IdentityError> {
         let tgid = self.tgid;
         let err = |what: &'static str| {
             move |e: procfs::ProcError| match e {
@@ -306,12 +301,16 @@ impl Identity {
             // Without a kernel identity (an older program), procfs is all there is.
             (None, _) => self.exe = Some(exe),
             (Some(at_connect), Some(now)) if at_connect == now => {
-                // Remembered names outlive this connection (`known_path`): only a path
-                // that names the very file is kept, never one read across an exec.
+                // The link is the path in the process's own mount namespace, which an
+                // agent can make for itself (a user namespace, a bind mount over
+                // /opt/claude/bin): it names the program only if the daemon finds the very
+                // file there too. Else a path the file was confirmed under, or none.
                 if names(&exe, at_connect) {
                     remember(at_connect, &exe);
+                    self.exe = Some(exe);
+                } else {
+                    self.exe = known_path(at_connect);
                 }
-                self.exe = Some(exe);
             }
             (Some(_), Some(now)) => {
                 // It exec'd: what it runs now, read again if the exec came between.
@@ -325,6 +324,16 @@ impl Identity {
         }
         self.cmdline = Some(cmdline);
         self.cgroup = cgroup;
+        if hash && self.exe_now.is_none() {
+            match exe_hash::of(&proc, self.exe_file) {
+                // Hashed through the handle; the process still the one checked after.
+                Ok(h) => {
+                    check(&proc)?;
+                    self.exe_sha256 = Some(h);
+                }
+                Err(e) => tracing::info!(tgid, error = %e, "executable not hashed"),
+            }
+        }
         Ok(())
     }
 }
