@@ -98,8 +98,17 @@ pub struct Observer {
     pub credentials: Option<Arc<[Box<str>]>>,
 }
 
-fn contains(body: &[u8], what: &[u8]) -> bool {
-    memchr::memmem::find(body, what).is_some()
+/// Whether `body` holds `"resultType"` (the searcher built once: building one costs more
+/// than searching a small body).
+fn has_result_type(body: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(RESULT_TYPE_KEY));
+    FINDER.find(body).is_some()
+}
+
+/// Whether `body` holds a `\u` escape.
+fn has_unicode_escape(body: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', body).any(|i| body.get(i + 1) == Some(&b'u'))
 }
 
 /// What a 2026-07-28 result that is not the plain result carries (input_required, task):
@@ -117,7 +126,11 @@ pub fn is_refused_server_request(r: &ExchangeRecord) -> bool {
 }
 
 fn id_text(id: &Option<Id>) -> Option<String> {
-    id.as_ref().map(|i| i.to_string())
+    id.as_ref().map(|i| match i {
+        // Without `fmt`: this is on every call.
+        Id::Num(n) => itoa::Buffer::new().format(*n).to_owned(),
+        other => other.to_string(),
+    })
 }
 
 impl Observer {
@@ -468,8 +481,8 @@ impl Observer {
             redactor.is_some() && inspect.iter().any(|(_, m)| rewrite::carries_content(m));
         if !content
             && inspect.iter().all(|(_, m)| filter::listing(m).is_none())
-            && !contains(body, RESULT_TYPE_KEY)
-            && !contains(body, b"\\u")
+            && !has_result_type(body)
+            && !has_unicode_escape(body)
         {
             return None;
         }

@@ -28,9 +28,13 @@ pub struct CappedCounters<const N: usize> {
     inner: RwLock<Inner<N>>,
 }
 
+/// foldhash, not SipHash: every call looks up N + 1 keys here. Seeded per process, and what
+/// may be inserted is capped (`caps`, `max_series`), so colliding keys cost little.
+type Fast = foldhash::fast::RandomState;
+
 struct Inner<const N: usize> {
-    seen: [HashSet<Box<str>>; N],
-    counters: HashMap<Key<N>, Counter>,
+    seen: [HashSet<Box<str>, Fast>; N],
+    counters: HashMap<Key<N>, Counter, Fast>,
 }
 
 impl<const N: usize> CappedCounters<N> {
@@ -41,8 +45,12 @@ impl<const N: usize> CappedCounters<N> {
             max_series: max_series.max(1),
             family: Family::default(),
             inner: RwLock::new(Inner {
-                seen: std::array::from_fn(|_| HashSet::from([Box::from(OTHER)])),
-                counters: HashMap::new(),
+                seen: std::array::from_fn(|_| {
+                    let mut s = HashSet::default();
+                    s.insert(Box::from(OTHER));
+                    s
+                }),
+                counters: HashMap::default(),
             }),
         }
     }
