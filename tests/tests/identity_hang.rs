@@ -259,4 +259,24 @@ action = "allow"
         vec![json!(["initialize", null])],
         "A's initialize names no principal"
     );
+    // And the record says which principal could not be told, and why.
+    let refused = records
+        .iter()
+        .find(|r| r["type"] == "mcp" && r["principal"]["exe"].is_null())
+        .unwrap();
+    assert_eq!(
+        refused["principal"]["undecided"],
+        json!("served"),
+        "{refused}"
+    );
+    assert_eq!(
+        (&refused["error_code"], &refused["refusal"]),
+        (&json!(-32012), &json!("policy")),
+        "{refused}"
+    );
+    let reason = refused["decision"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("\"served\" cannot be told") && reason.contains("not read within 3s"),
+        "{refused}"
+    );
 }

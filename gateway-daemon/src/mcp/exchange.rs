@@ -370,14 +370,25 @@ pub(crate) fn decide(
         ("tools/call", Some(n)) => ctx.daemon.catalog.annotations(&obs.server, n),
         _ => None,
     };
-    Some(policy.decide(
+    let mut d = policy.decide(
         obs.principal.name.as_deref(),
         &obs.server,
         method,
         name.as_deref(),
         arguments.as_ref(),
         annotations.as_ref(),
-    ))
+    );
+    if let Some(undecided) = &obs.principal.undecided {
+        // Say why it is no principal's: the reader of the record would look for none.
+        d.reason = Some(format!(
+            "[[principal]] {undecided:?} cannot be told for this process: {}",
+            ctx.identity
+                .procfs_error
+                .as_deref()
+                .unwrap_or("a fact it selects by is missing")
+        ));
+    }
+    Some(d)
 }
 
 /// The arguments a call is decided on: `params.arguments` as a JSON value reads it (the

@@ -77,7 +77,10 @@ impl ConnCtx {
             Some((generation, p)) if *generation == policy.generation => p.clone(),
             _ => {
                 let mut p = (*self.principal).clone();
-                p.name = policy.principal_of(&self.identity).map(|p| p.name.clone());
+                match policy.place(&self.identity) {
+                    Ok(placed) => p.name = placed.map(|p| p.name.clone()),
+                    Err(undecided) => p.undecided = Some(undecided.name.clone()),
+                }
                 let p = Arc::new(p);
                 *named = Some((policy.generation, p.clone()));
                 p

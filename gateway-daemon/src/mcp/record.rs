@@ -16,6 +16,10 @@ pub struct Principal {
     /// The `[[principal]]` this process is, per the policy in force (none: unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The `[[principal]]` that could not be told for this process (a fact it selects by
+    /// was not read): why `name` is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecided: Option<String>,
     pub tgid: u32,
     pub uid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,6 +79,7 @@ impl Principal {
     pub fn of(id: &Identity) -> Self {
         Self {
             name: None,
+            undecided: None,
             tgid: id.tgid,
             uid: id.uid,
             user: id.user.clone(),
@@ -242,6 +247,7 @@ mod tests {
     fn a_principal_is_recorded_as_it_is_after_a_clone_and_rename() {
         let first = Arc::new(Principal {
             name: None,
+            undecided: None,
             tgid: 7,
             uid: 1000,
             user: Some("agent".into()),

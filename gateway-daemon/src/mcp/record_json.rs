@@ -185,6 +185,7 @@ mod tests {
             }),
             principal: Arc::new(Principal {
                 name: full.then(|| text(3)),
+                undecided: (!full).then(|| text(2)),
                 tgid: 7,
                 uid: 1000,
                 user: Some(text(4)),

@@ -124,6 +124,7 @@ fn refused_record(id: &str) -> super::record::ExchangeRecord {
             via: crate::audit::link::Via::plain("run-1".into()),
             principal: std::sync::Arc::new(Principal {
                 name: None,
+                undecided: None,
                 tgid: 1,
                 uid: 1,
                 user: None,

@@ -136,9 +136,14 @@ impl Policy {
     /// or its files did not answer in time): a missing fact never moves a process past a
     /// principal to a later, broader one.
     pub fn principal_of(&self, id: &Identity) -> Option<&Principal> {
+        self.place(id).ok().flatten()
+    }
+
+    /// As `principal_of`, and `Err` with the principal that could not be told.
+    pub fn place(&self, id: &Identity) -> Result<Option<&Principal>, &Principal> {
         for p in &self.principals {
             match p.matches(id) {
-                Match::Yes => return Some(p),
+                Match::Yes => return Ok(Some(p)),
                 Match::No => {}
                 Match::Unknown => {
                     tracing::info!(
@@ -147,11 +152,11 @@ impl Policy {
                         missing = id.procfs_error.as_deref().unwrap_or("a fact it selects by"),
                         "principal undecided; the process is taken for none"
                     );
-                    return None;
+                    return Err(p);
                 }
             }
         }
-        None
+        Ok(None)
     }
 
     /// Whether a principal selects by the executable's hash (identities then carry it).
