@@ -399,10 +399,13 @@ fn known_path(file: ExeFile) -> Option<PathBuf> {
     (ExeFile::of_path(&path) == Some(file)).then_some(path)
 }
 
-/// The systemd unit a cgroup path belongs to: its innermost `.service` or `.scope`.
+/// The system manager's unit a cgroup path belongs to: its outermost `.service` or
+/// `.scope`. Below one, the cgroups are no longer the system manager's to name: a user's
+/// own manager (`user@1000.service/app.slice/claude.service`, which `systemd-run --user
+/// --unit=claude` makes) or a service with `Delegate=` names them, and so the agent could.
 pub fn unit_of(cgroup: &str) -> Option<String> {
     cgroup
-        .rsplit('/')
+        .split('/')
         .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
         .map(str::to_string)
 }
@@ -429,15 +432,25 @@ mod tests {
     }
 
     #[test]
-    fn unit_is_innermost_service_or_scope() {
+    fn unit_is_the_system_managers_never_one_named_below_it() {
         assert_eq!(
             unit_of("/mcp-agents.slice/claude.service").as_deref(),
             Some("claude.service")
         );
         assert_eq!(
-            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/run-r1.scope")
+            unit_of("/user.slice/user-1000.slice/session-3.scope").as_deref(),
+            Some("session-3.scope")
+        );
+        // A user's own manager names what is below it: `systemd-run --user --unit=claude`.
+        assert_eq!(
+            unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/claude.service")
                 .as_deref(),
-            Some("run-r1.scope")
+            Some("user@1000.service")
+        );
+        // As does a service that was delegated its subtree.
+        assert_eq!(
+            unit_of("/system.slice/runner.service/claude.service").as_deref(),
+            Some("runner.service")
         );
         assert_eq!(unit_of("/mcp-agents.slice"), None);
         assert_eq!(unit_of("/"), None);
