@@ -18,16 +18,24 @@ use serde_json::{json, Value};
 const FUSE: &str = include_str!("../fixtures/hung_fuse.py");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/policy_client.py");
 
-/// Waits for the trigger file argv[1], then runs the SDK client with the rest of argv.
+/// Waits for the trigger file argv[1], opens argv[3] connections to the server at argv[4]
+/// (host:port) and keeps them, then runs the SDK client argv[2] with the rest of argv.
 const WAIT_THEN_CLIENT: &str = r#"
-import os, sys, time
-trigger, client = sys.argv[1], sys.argv[2]
+import os, socket, sys, time
+trigger, client, extra, at = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 print("ready", flush=True)
 while not os.path.exists(trigger):
     time.sleep(0.02)
-sys.argv = [client] + sys.argv[3:]
+host, port = at.rsplit(":", 1)
+held = [socket.create_connection((host, int(port))) for _ in range(extra)]
+sys.argv = [client] + sys.argv[5:]
 exec(compile(open(client).read(), client, "exec"))
 "#;
+
+/// A uid of no other test's, for agent B.
+fn other_uid() -> u32 {
+    49_000 + (std::process::id() % 1000)
+}
 
 /// A FUSE filesystem at `mnt` serving `prog`, unmounted (and its held requests failed)
 /// when dropped.
@@ -144,15 +152,16 @@ name = "served"
 exe = ["/tmp/**/prog"]
 
 [[principal]]
-name = "root-anywhere"
-users = [0]
+name = "anywhere"
+users = [0, {other}]
 
 [[rule]]
-principal = "root-anywhere"
+principal = "anywhere"
 server = "tools"
 tools = ["echo"]
 action = "allow"
-"#
+"#,
+                other = other_uid()
             ),
             ..Default::default()
         },
@@ -174,11 +183,14 @@ action = "allow"
         .unwrap()
         .join("../lib/python3.11/site-packages");
     let calls = json!([{"name": "echo", "arguments": {"text": "from a"}}]);
+    // Its user's share of reads (4) taken by connections it holds open first: its own
+    // later reads wait for one in vain; another user's do not.
     let mut a = Command::new(mnt.join("prog"));
     a.env("PYTHONPATH", &site)
         .args(["-c", WAIT_THEN_CLIENT])
         .arg(&trigger)
-        .args([CLIENT, &server.url, &calls.to_string()]);
+        .args([CLIENT, "4", &format!("127.0.0.1:{port}")])
+        .args([&server.url, &calls.to_string()]);
     let mut a = gw
         .wrap(a)
         .stdout(Stdio::piped())
@@ -204,14 +216,17 @@ action = "allow"
     });
     eprintln!("the daemon is held: {held}");
 
-    // Agent B, an ordinary client, is served meanwhile.
+    // Agent B, an ordinary client of another user, is served meanwhile.
     let calls_b = json!([{"name": "echo", "arguments": {"text": "from b"}}]);
     let mut b = Command::new(venv_python());
     b.args(["-c", &std::fs::read_to_string(CLIENT).unwrap()])
         .args([&server.url, &calls_b.to_string()]);
     let t = Instant::now();
-    let out_b = run_within(gw.wrap(b), Duration::from_secs(30))
-        .expect("agent B was served while A's program did not answer");
+    let out_b = run_within(
+        gw.wrap_as(b, &other_uid().to_string()),
+        Duration::from_secs(30),
+    )
+    .expect("agent B was served while A's program did not answer");
     eprintln!("agent B took {:?}", t.elapsed());
     assert_eq!(
         out_b["calls"][0],
@@ -237,10 +252,20 @@ action = "allow"
         .filter(|r| r["type"] == "flow" && r["identity"]["comm"] == "prog")
         .collect();
     assert!(!a_flows.is_empty(), "A's connections are recorded");
-    for f in &a_flows {
-        let why = f["identity"]["procfs_error"].as_str().unwrap_or("");
-        assert!(why.contains("not read within 3s"), "{f}");
-    }
+    let whys: Vec<&str> = a_flows
+        .iter()
+        .map(|f| f["identity"]["procfs_error"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        whys.iter()
+            .all(|w| w.contains("not read within 3s") || w.contains("still under way")),
+        "{whys:?}"
+    );
+    assert!(
+        whys.iter()
+            .any(|w| w.contains("4 reads of uid 0's processes were still under way")),
+        "A's client waited for a share of its user's reads: {whys:?}"
+    );
     // A's calls name no executable (it could not be read); B's do.
     let calls_of = |a: bool| -> Vec<Value> {
         records
@@ -251,8 +276,8 @@ action = "allow"
     };
     let b_calls = calls_of(false);
     assert!(
-        b_calls.contains(&json!(["tools/call", "root-anywhere"])),
-        "B's call is root-anywhere's: {b_calls:?}"
+        b_calls.contains(&json!(["tools/call", "anywhere"])),
+        "B's call is anywhere's: {b_calls:?}"
     );
     assert_eq!(
         calls_of(true),
@@ -276,7 +301,8 @@ action = "allow"
     );
     let reason = refused["decision"]["reason"].as_str().unwrap_or("");
     assert!(
-        reason.contains("\"served\" cannot be told") && reason.contains("not read within 3s"),
+        reason.contains("\"served\" cannot be told")
+            && reason.contains("4 reads of uid 0's processes were still under way"),
         "{refused}"
     );
 }
