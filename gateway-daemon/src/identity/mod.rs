@@ -327,10 +327,8 @@ impl Identity {
         if hash && self.exe_now.is_none() {
             match exe_hash::of(&proc, self.exe_file) {
                 // Hashed through the handle; the process still the one checked after.
-                Ok(h) => {
-                    check(&proc)?;
-                    self.exe_sha256 = Some(h);
-                }
+                Ok(h) if check(&proc).is_ok() => self.exe_sha256 = Some(h),
+                Ok(_) => tracing::info!(tgid, "exited while its executable was hashed"),
                 Err(e) => tracing::info!(tgid, error = %e, "executable not hashed"),
             }
         }
@@ -403,10 +401,15 @@ fn known_path(file: ExeFile) -> Option<PathBuf> {
 /// `.scope`. Below one, the cgroups are no longer the system manager's to name: a user's
 /// own manager (`user@1000.service/app.slice/claude.service`, which `systemd-run --user
 /// --unit=claude` makes) or a service with `Delegate=` names them, and so the agent could.
+/// systemd puts units only under slices (or at the root): a path that is not slices down to
+/// its unit is no tree of systemd's (LXC's, a runtime's on cgroupfs, one delegated by
+/// hand), and has no unit.
 pub fn unit_of(cgroup: &str) -> Option<String> {
     cgroup
         .split('/')
-        .find(|part| part.ends_with(".service") || part.ends_with(".scope"))
+        .filter(|part| !part.is_empty())
+        .find(|part| !part.ends_with(".slice"))
+        .filter(|part| part.ends_with(".service") || part.ends_with(".scope"))
         .map(str::to_string)
 }
 
@@ -452,6 +455,9 @@ mod tests {
             unit_of("/system.slice/runner.service/claude.service").as_deref(),
             Some("runner.service")
         );
+        // Trees systemd did not make name no unit, however their parts end.
+        assert_eq!(unit_of("/lxc.payload.c1/system.slice/claude.service"), None);
+        assert_eq!(unit_of("/agents/alice/claude.service"), None);
         assert_eq!(unit_of("/mcp-agents.slice"), None);
         assert_eq!(unit_of("/"), None);
     }

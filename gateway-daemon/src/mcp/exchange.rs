@@ -382,10 +382,11 @@ pub(crate) fn decide(
         // Say why it is no principal's: the reader of the record would look for none.
         d.reason = Some(format!(
             "[[principal]] {undecided:?} cannot be told for this process: {}",
-            ctx.identity
-                .procfs_error
-                .as_deref()
-                .unwrap_or("a fact it selects by is missing")
+            ctx.identity.procfs_error.as_deref().unwrap_or(
+                "a fact it selects by is not known (its program's path does not name that \
+                     file where the gateway looks, or its hash was not taken: see the flow \
+                     record and the log)"
+            )
         ));
     }
     Some(d)

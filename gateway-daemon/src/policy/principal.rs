@@ -110,6 +110,24 @@ impl Principal {
                 format!("principal {:?} has no selector (users, groups, exe, exe_sha256, cgroup, unit, comm)", c.name),
             ));
         }
+        let beside_comm = !(p.uids.is_empty()
+            && p.gids.is_empty()
+            && p.exe.is_none()
+            && p.exe_sha256.is_empty()
+            && p.cgroup.is_none()
+            && p.unit.is_none());
+        if !beside_comm {
+            // Any process may name itself anything (prctl PR_SET_NAME): alone, comm would
+            // make every process that wants to this principal.
+            return Err((
+                key("comm"),
+                format!(
+                    "principal {:?} selects by comm alone, which every process sets for \
+                     itself; add users, groups, exe, exe_sha256, cgroup or unit",
+                    c.name
+                ),
+            ));
+        }
         Ok(p)
     }
 

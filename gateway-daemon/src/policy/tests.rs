@@ -290,6 +290,11 @@ fn listings_show_what_could_be_called() {
 
 #[test]
 fn bad_rules_are_config_errors_naming_the_key() {
+    // comm alone: any process may call itself anything.
+    assert_eq!(
+        bad("[[principal]]\nname = \"q\"\ncomm = [\"node\"]\n"),
+        "principal[1].comm"
+    );
     assert_eq!(
         bad("[[rule]]\nprincipal = \"nobody\"\naction = \"allow\"\n"),
         "rule[0].principal"
