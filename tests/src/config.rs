@@ -63,6 +63,8 @@ pub struct Server {
     pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     #[serde(rename = "credential", skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<Credential>,
 }
@@ -74,6 +76,14 @@ impl Server {
             name: name.into(),
             address: Some(format!("127.0.0.1:{port}")),
             ..Default::default()
+        }
+    }
+
+    /// The rmcp test server at 127.0.0.1:`port`, its endpoint `/mcp`.
+    pub fn mcp_at(name: &str, port: u16) -> Self {
+        Server {
+            path: Some("/mcp".into()),
+            ..Server::at(name, port)
         }
     }
 
@@ -120,16 +130,52 @@ impl Policy {
 pub struct Principal {
     pub name: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<String>,
+    pub users: Vec<UserRef>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exe: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exe_sha256: Vec<String>,
+}
+
+/// A user by name or uid, as the config takes it.
+#[derive(Serialize, Clone, Debug)]
+#[serde(untagged)]
+pub enum UserRef {
+    Name(String),
+    Id(u32),
 }
 
 impl Principal {
     pub fn users(name: &str, users: &[&str]) -> Self {
         Principal {
             name: name.into(),
-            users: users.iter().map(|u| u.to_string()).collect(),
+            users: users.iter().map(|u| UserRef::Name(u.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn uids(name: &str, uids: &[u32]) -> Self {
+        Principal {
+            name: name.into(),
+            users: uids.iter().map(|u| UserRef::Id(*u)).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Programs at paths these globs match.
+    pub fn exe(name: &str, globs: &[&str]) -> Self {
+        Principal {
+            name: name.into(),
+            exe: globs.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Programs with this content.
+    pub fn exe_sha256(name: &str, hash: &str) -> Self {
+        Principal {
+            name: name.into(),
+            exe_sha256: vec![hash.into()],
             ..Default::default()
         }
     }

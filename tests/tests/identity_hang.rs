@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use gateway_tests::config::{Policy, Principal, Rule, Server, TestConfig};
 use gateway_tests::peers::{rmcp_server, venv_python};
 use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
 use serde_json::{json, Value};
@@ -144,32 +145,16 @@ fn a_program_on_a_filesystem_that_never_answers_holds_up_no_other_agent() {
             ports: vec![port],
             // One worker: every connection shares it.
             listener: "workers = 1".into(),
-            extra: format!(
-                r#"
-[[server]]
-name = "tools"
-address = "127.0.0.1:{port}"
-path = "/mcp"
-
-[policy]
-mode = "enforce"
-
-[[principal]]
-name = "served"
-exe = ["/tmp/**/prog"]
-
-[[principal]]
-name = "anywhere"
-users = [0, {other}]
-
-[[rule]]
-principal = "anywhere"
-server = "tools"
-tools = ["echo"]
-action = "allow"
-"#,
-                other = other_uid()
-            ),
+            config: TestConfig {
+                servers: vec![Server::mcp_at("tools", port)],
+                policy: Some(Policy::enforce()),
+                principals: vec![
+                    Principal::exe("served", &["/tmp/**/prog"]),
+                    Principal::uids("anywhere", &[0, other_uid()]),
+                ],
+                rules: vec![Rule::allow("anywhere", "tools").tools(&["echo"])],
+                ..Default::default()
+            },
             ..Default::default()
         },
     );

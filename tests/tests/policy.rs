@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use gateway_tests::config::{Policy, Principal, Rule, Server, TestConfig};
 use gateway_tests::peers::{rmcp_client_cmd, rmcp_server, run_json, venv_python, Profile};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -493,28 +494,13 @@ fn a_program_changed_in_place_is_hashed_again_even_with_its_time_put_back() {
         "policy-exe-hash",
         GatewayOptions {
             ports: vec![port],
-            extra: format!(
-                r#"
-[[server]]
-name = "tools"
-address = "127.0.0.1:{port}"
-path = "/mcp"
-
-[policy]
-mode = "enforce"
-
-[[principal]]
-name = "pinned"
-exe_sha256 = ["{}"]
-
-[[rule]]
-principal = "pinned"
-server = "tools"
-tools = ["echo"]
-action = "allow"
-"#,
-                sha256_of(&python)
-            ),
+            config: TestConfig {
+                servers: vec![Server::mcp_at("tools", port)],
+                policy: Some(Policy::enforce()),
+                principals: vec![Principal::exe_sha256("pinned", &sha256_of(&python))],
+                rules: vec![Rule::allow("pinned", "tools").tools(&["echo"])],
+                ..Default::default()
+            },
             ..Default::default()
         },
     );
@@ -609,27 +595,13 @@ fn a_path_made_in_the_agents_own_mount_namespace_names_no_program() {
         "policy-own-mounts",
         GatewayOptions {
             ports: vec![port],
-            extra: format!(
-                r#"
-[[server]]
-name = "tools"
-address = "127.0.0.1:{port}"
-path = "/mcp"
-
-[policy]
-mode = "enforce"
-
-[[principal]]
-name = "trusted"
-exe = ["/mnt/mcp-trusted/*"]
-
-[[rule]]
-principal = "trusted"
-server = "tools"
-tools = ["echo"]
-action = "allow"
-"#
-            ),
+            config: TestConfig {
+                servers: vec![Server::mcp_at("tools", port)],
+                policy: Some(Policy::enforce()),
+                principals: vec![Principal::exe("trusted", &["/mnt/mcp-trusted/*"])],
+                rules: vec![Rule::allow("trusted", "tools").tools(&["echo"])],
+                ..Default::default()
+            },
             ..Default::default()
         },
     );

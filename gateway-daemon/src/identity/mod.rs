@@ -220,33 +220,16 @@ impl Identity {
     /// Reads the identity from procfs and the user database (and the executable's hash,
     /// with `hash`).
     fn read(r: &Redirected, hash: bool) -> Self {
-        let ticks = procfs::ticks_per_second().max(1);
-        let start_time = r.start_boottime_ns / (1_000_000_000 / ticks);
-        let mut id = Identity {
-            pid: r.pid,
-            tgid: r.tgid,
-            uid: r.uid,
-            user: User::from_uid(Uid::from_raw(r.uid))
-                .ok()
-                .flatten()
-                .map(|u| u.name),
-            gid: r.gid,
-            group: Group::from_gid(Gid::from_raw(r.gid))
-                .ok()
-                .flatten()
-                .map(|g| g.name),
-            comm: r.comm.clone(),
-            cgroup_id: r.cgroup_id,
-            start_time,
-            exe: None,
-            exe_file: r.exe_file,
-            exe_now: None,
-            cmdline: None,
-            cgroup: None,
-            unit: None,
-            procfs_error: None,
-            exe_sha256: None,
-        };
+        let mut id = Self::kernel_only(r, String::new());
+        id.procfs_error = None;
+        id.user = User::from_uid(Uid::from_raw(r.uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        id.group = Group::from_gid(Gid::from_raw(r.gid))
+            .ok()
+            .flatten()
+            .map(|g| g.name);
         if let Err(e) = id.fill_from_procfs(hash) {
             id.procfs_error = Some(e.to_string());
         }
