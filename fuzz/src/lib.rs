@@ -175,6 +175,7 @@ pub fn harness() -> &'static Harness {
             cgroup: Some("/mcp.slice/mcp-agents.slice/agent.service".into()),
             unit: Some("agent.service".into()),
             procfs_error: None,
+            exe_sha256: None,
         });
         let tls = Arc::new(gateway_daemon::tls::Tls::load(&config.tls).expect("the harness CA"));
         Harness {
