@@ -293,8 +293,11 @@ fn a_program_on_a_filesystem_that_never_answers_holds_up_no_other_agent() {
     );
     let reason = refused["decision"]["reason"].as_str().unwrap_or("");
     assert!(
+        // Busy or timed out: which of A's five connections got the user's four shares is
+        // the daemon's order of accepting them.
         reason.contains("\"served\" cannot be told")
-            && reason.contains("4 reads of uid 0's processes were still under way"),
+            && (reason.contains("4 reads of uid 0's processes were still under way")
+                || reason.contains("not read within 3s")),
         "{refused}"
     );
 }
