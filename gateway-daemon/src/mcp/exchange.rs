@@ -378,18 +378,23 @@ pub(crate) fn decide(
         arguments.as_ref(),
         annotations.as_ref(),
     );
-    if let Some(undecided) = &obs.principal.undecided {
-        // Say why it is no principal's: the reader of the record would look for none.
+    say_undecided(&mut d, &obs.principal, ctx.identity.procfs_error.as_deref());
+    Some(d)
+}
+
+/// When the process is no principal's because one could not be told, the decision says so
+/// (the reader of the record would look for none that matches), with `why` when known.
+pub(crate) fn say_undecided(d: &mut Decision, p: &super::Principal, why: Option<&str>) {
+    if let Some(undecided) = &p.undecided {
         d.reason = Some(format!(
             "[[principal]] {undecided:?} cannot be told for this process: {}",
-            ctx.identity.procfs_error.as_deref().unwrap_or(
+            why.unwrap_or(
                 "a fact it selects by is not known (its program's path does not name that \
-                     file where the gateway looks, or its hash was not taken: see the flow \
-                     record and the log)"
+                 file where the gateway looks, or its hash was not taken: see the flow \
+                 record and the log)"
             )
         ));
     }
-    Some(d)
 }
 
 /// The arguments a call is decided on: `params.arguments` as a JSON value reads it (the

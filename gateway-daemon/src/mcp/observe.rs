@@ -350,7 +350,9 @@ impl Observer {
     fn refuse_server_request(&self, m: &Message) -> Option<ExchangeRecord> {
         let policy = &self.view.as_ref()?.policy;
         let method = m.method.as_deref()?;
-        let d = policy.decide_server_request(self.principal.name.as_deref(), &self.server, method);
+        let mut d =
+            policy.decide_server_request(self.principal.name.as_deref(), &self.server, method);
+        super::exchange::say_undecided(&mut d, &self.principal, None);
         if d.allows() {
             if !d.enforced && d.action != crate::config::Action::Allow {
                 tracing::info!(method, rule = %d.rule, "server request would be refused (policy not enforced)");
