@@ -135,6 +135,8 @@ pub struct Principal {
     pub exe: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exe_sha256: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cgroup: Vec<String>,
 }
 
 /// A user by name or uid, as the config takes it.

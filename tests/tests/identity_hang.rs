@@ -149,7 +149,12 @@ fn a_program_on_a_filesystem_that_never_answers_holds_up_no_other_agent() {
                 servers: vec![Server::mcp_at("tools", port)],
                 policy: Some(Policy::enforce()),
                 principals: vec![
-                    Principal::exe("served", &["/tmp/**/prog"]),
+                    // Root's processes in the tests' cgroups, allowed nothing: A is one,
+                    // and its cgroup is a fact it cannot shed.
+                    Principal {
+                        cgroup: vec!["/mcp-gateway-tests/*".into()],
+                        ..Principal::uids("contained", &[0])
+                    },
                     Principal::uids("anywhere", &[0, other_uid()]),
                 ],
                 rules: vec![Rule::allow("anywhere", "tools").tools(&["echo"])],
@@ -283,7 +288,7 @@ fn a_program_on_a_filesystem_that_never_answers_holds_up_no_other_agent() {
         .unwrap();
     assert_eq!(
         refused["principal"]["undecided"],
-        json!("served"),
+        json!("contained"),
         "{refused}"
     );
     assert_eq!(
@@ -295,7 +300,7 @@ fn a_program_on_a_filesystem_that_never_answers_holds_up_no_other_agent() {
     assert!(
         // Busy or timed out: which of A's five connections got the user's four shares is
         // the daemon's order of accepting them.
-        reason.contains("\"served\" cannot be told")
+        reason.contains("\"contained\" cannot be told")
             && (reason.contains("4 reads of uid 0's processes were still under way")
                 || reason.contains("not read within 3s")),
         "{refused}"

@@ -133,6 +133,12 @@ impl Principal {
 
     /// Whether `id` is this principal: every selector given matches. A selector on a fact
     /// `id` lacks (procfs not read, the program not named or hashed) is `Unknown`.
+    ///
+    /// Only facts a process cannot shed are ever `Unknown`: its cgroup and unit. Its program
+    /// it can (a copy elsewhere, one changed byte), so a principal chosen by `exe` or
+    /// `exe_sha256` confines nothing a later one would widen, and a program not named or
+    /// not hashed (replaced by an upgrade while running, in a container, on btrfs, too large)
+    /// is simply not that principal's: `No`, as it always was.
     pub fn matches(&self, id: &Identity) -> Match {
         // The cgroup and unit are missing without error only where there is no cgroup v2.
         let cgroup_missing = match id.procfs_error {
@@ -149,13 +155,13 @@ impl Principal {
             Match::of(self.uids.is_empty() || self.uids.contains(&id.uid)),
             Match::of(self.gids.is_empty() || self.gids.contains(&id.gid)),
             glob(&self.comm, Some(&id.comm), Match::No),
-            glob(&self.exe, exe.as_deref(), Match::Unknown),
+            glob(&self.exe, exe.as_deref(), Match::No),
             glob(&self.cgroup, id.cgroup.as_deref(), cgroup_missing),
             glob(&self.unit, id.unit.as_deref(), cgroup_missing),
             match (&self.exe_sha256[..], &id.exe_sha256) {
                 ([], _) => Match::Yes,
                 (pinned, Some(h)) => Match::of(pinned.contains(h)),
-                (_, None) => Match::Unknown,
+                (_, None) => Match::No,
             },
         ]
         .into_iter()

@@ -159,7 +159,8 @@ fn principals_first_match_wins() {
 #[test]
 fn a_missing_fact_never_moves_a_process_to_a_later_principal() {
     use std::os::unix::ffi::OsStrExt;
-    let p = policy("");
+    // One more principal, last: root, whatever it runs and wherever.
+    let p = policy("[[principal]]\nname = \"root-any\"\nusers = [0]\n");
     let name = |id: &Identity| p.principal_of(id).map(|p| p.name.clone());
     let unread = |uid: u32, comm: &str| Identity {
         exe: None,
@@ -168,17 +169,18 @@ fn a_missing_fact_never_moves_a_process_to_a_later_principal() {
         procfs_error: Some("process 1: not read within 3s".into()),
         ..identity(uid, "/", "/", comm)
     };
-    // claude's exe cannot be told: not anyone-1500.
-    assert_eq!(name(&unread(1500, "node")), None);
-    // ci's cgroup cannot be told (its comm matches).
+    // ci's cgroup cannot be told (its comm matches): not root-any, which it would be were
+    // the cgroup known to differ.
     assert_eq!(name(&unread(0, "python3")), None);
-    // A fact that is known to differ still settles a principal: comm rules ci out, and
-    // uid rules out the others.
-    let mut id = unread(0, "bash");
-    assert_eq!(name(&id), None);
-    id.uid = 1500;
-    id.comm = "curl".into();
-    assert_eq!(name(&id), None, "claude's exe is unknown");
+    assert_eq!(
+        name(&identity(0, "/usr/bin/python3", "/elsewhere", "python3")).as_deref(),
+        Some("root-any")
+    );
+    // A fact that is known to differ still settles a principal: comm rules ci out.
+    assert_eq!(name(&unread(0, "bash")).as_deref(), Some("root-any"));
+    // The program a process can always shed (a copy elsewhere): a program not named is
+    // not claude's, and the next principal takes it, as it would take the copy.
+    assert_eq!(name(&unread(1500, "node")).as_deref(), Some("anyone-1500"));
     // A program at a path that is not UTF-8 is matched on the path with U+FFFD for the
     // bytes, as it is recorded.
     let mut odd = identity(1500, "/", "/", "x");
