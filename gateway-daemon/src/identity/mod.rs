@@ -173,23 +173,36 @@ impl Identity {
         if let Some(id) = key.as_ref().and_then(|k| cached(k, r, hash)) {
             return id;
         }
+        // The facts, remembered by the reading thread itself: one that comes in after the
+        // connection stopped waiting still serves the process's next connection.
         let read = {
             let r = r.clone();
-            move || Self::read(&r, hash)
-        };
-        match bounded::read(r.uid, read).await {
-            Ok(id) => {
+            move || {
+                let id = Self::read_facts(&r, hash);
                 if let Some(key) = key {
                     remember_resolved(key, &id);
                 }
                 id
             }
+        };
+        let mut id = match bounded::read(r.uid, read).await {
+            Ok(id) => id,
             Err(why) => {
                 let why = IdentityError::Unread { tgid: r.tgid, why };
                 tracing::warn!(tgid = r.tgid, uid = r.uid, error = %why, "identity not read");
-                Self::kernel_only(r, why.to_string())
+                return Self::kernel_only(r, why.to_string());
+            }
+        };
+        // The names of its user and group (a directory service may be slow or down) are
+        // read on their own: they only label records, and their lack costs no fact.
+        let (uid, gid) = (r.uid, r.gid);
+        if let Ok((user, group)) = bounded::read(uid, move || names(uid, gid)).await {
+            (id.user, id.group) = (user, group);
+            if let Some(key) = key {
+                remember_resolved(key, &id);
             }
         }
+        id
     }
 
     /// The kernel's facts alone: nothing that touches a file the agent could hold up (the
@@ -220,16 +233,15 @@ impl Identity {
     /// Reads the identity from procfs and the user database (and the executable's hash,
     /// with `hash`).
     fn read(r: &Redirected, hash: bool) -> Self {
+        let mut id = Self::read_facts(r, hash);
+        (id.user, id.group) = names(r.uid, r.gid);
+        id
+    }
+
+    /// As `read`, without the user database.
+    fn read_facts(r: &Redirected, hash: bool) -> Self {
         let mut id = Self::kernel_only(r, String::new());
         id.procfs_error = None;
-        id.user = User::from_uid(Uid::from_raw(r.uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name);
-        id.group = Group::from_gid(Gid::from_raw(r.gid))
-            .ok()
-            .flatten()
-            .map(|g| g.name);
         if let Err(e) = id.fill_from_procfs(hash) {
             id.procfs_error = Some(e.to_string());
         }
@@ -317,6 +329,19 @@ impl Identity {
         }
         Ok(())
     }
+}
+
+/// The names of a user and a group, from the user database.
+fn names(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
+    let user = User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let group = Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name);
+    (user, group)
 }
 
 /// A file of the process `proc` holds open, read through that handle (so about that very
