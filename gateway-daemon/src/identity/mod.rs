@@ -190,7 +190,7 @@ impl Identity {
             Err(why) => {
                 let why = IdentityError::Unread { tgid: r.tgid, why };
                 tracing::warn!(tgid = r.tgid, uid = r.uid, error = %why, "identity not read");
-                return Self::kernel_only(r, why.to_string());
+                return Self::kernel_only(r, Some(why.to_string()));
             }
         };
         // The names of its user and group (a directory service may be slow or down) are
@@ -207,7 +207,7 @@ impl Identity {
 
     /// The kernel's facts alone: nothing that touches a file the agent could hold up (the
     /// user database included, which may be remote).
-    fn kernel_only(r: &Redirected, why: String) -> Self {
+    fn kernel_only(r: &Redirected, why: Option<String>) -> Self {
         let ticks = procfs::ticks_per_second().max(1);
         Identity {
             pid: r.pid,
@@ -225,7 +225,7 @@ impl Identity {
             cmdline: None,
             cgroup: None,
             unit: None,
-            procfs_error: Some(why),
+            procfs_error: why,
             exe_sha256: None,
         }
     }
@@ -240,8 +240,7 @@ impl Identity {
 
     /// As `read`, without the user database.
     fn read_facts(r: &Redirected, hash: bool) -> Self {
-        let mut id = Self::kernel_only(r, String::new());
-        id.procfs_error = None;
+        let mut id = Self::kernel_only(r, None);
         if let Err(e) = id.fill_from_procfs(hash) {
             id.procfs_error = Some(e.to_string());
         }

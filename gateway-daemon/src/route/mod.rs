@@ -91,11 +91,11 @@ pub async fn flow(
     let started = SystemTime::now();
     let t0 = std::time::Instant::now();
     let _open = crate::metrics::global().open_connection();
-    let policy = daemon.policy.current();
-    let mut identity = Identity::resolve_bounded(&r, policy.wants_exe_hash()).await;
-    // Command lines carry tokens (`--api-key=…`): they go to the audit redacted.
-    let redactor = policy.redactor.clone();
-    drop(policy);
+    let hash = daemon.policy.current().wants_exe_hash();
+    let mut identity = Identity::resolve_bounded(&r, hash).await;
+    // Command lines carry tokens (`--api-key=…`): they go to the audit redacted, by the
+    // policy in force once the identity is read.
+    let redactor = daemon.policy.current().redactor.clone();
     for arg in identity.cmdline.iter_mut().flatten() {
         if let Some((clean, _)) = redactor.redact_str(arg) {
             *arg = clean;
