@@ -8,9 +8,14 @@ use super::{Counts, Redactor};
 /// The string leaves (and, for a scan, keys) joined by `\n\0\n`: one trigger pass over the
 /// whole document instead of one per leaf. Sound as a pre-check: every trigger that matches
 /// in a leaf matches in the joined text (the separator is a non-word character, like the
-/// start and end of a string); one that matches only across a separator just sends the
-/// document down the per-leaf path.
+/// start and end of a string, and multi-line `^`/`$` match beside it); one that matches only
+/// across a separator just sends the document down the per-leaf path. With a trigger
+/// anchored to the whole text, which no joined text shows at every leaf, there is no
+/// pre-check: each leaf is checked alone.
 fn any_trigger(r: &Redactor, v: &Value, keys: bool) -> bool {
+    let Some(triggers) = r.joined_triggers() else {
+        return true;
+    };
     let mut joined = String::new();
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
@@ -32,7 +37,7 @@ fn any_trigger(r: &Redactor, v: &Value, keys: bool) -> bool {
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }
-    r.any_trigger(&joined)
+    triggers.is_match(&joined)
 }
 
 pub(super) fn redact(r: &Redactor, v: &mut Value) -> Counts {

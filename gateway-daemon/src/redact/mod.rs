@@ -72,6 +72,11 @@ struct Detector {
 pub struct Redactor {
     /// Pattern i of the set is `detectors[i].trigger`.
     set: RegexSet,
+    /// The same triggers in multi-line mode, for one pass over many strings joined by line
+    /// breaks (`json`): there `^` and `$` also match at each string's start and end. None
+    /// when a trigger anchors to the whole text (`\A`, `\z`, or `^`/`$` under `(?-m)`),
+    /// which a joined text cannot show at every string: then each string is checked alone.
+    joined: Option<RegexSet>,
     detectors: Vec<Detector>,
     allow: HashSet<String>,
     allow_patterns: Option<RegexSet>,
@@ -129,11 +134,24 @@ impl Redactor {
                 },
             });
         }
-        let set = RegexSetBuilder::new(detectors.iter().map(|d| d.trigger.as_str()))
+        let triggers = || detectors.iter().map(|d| d.trigger.as_str());
+        let set = RegexSetBuilder::new(triggers())
             .size_limit(64 << 20)
             .dfa_size_limit(16 << 20)
             .build()
             .map_err(RedactError::Compile)?;
+        let joined = if triggers().all(joinable) {
+            Some(
+                RegexSetBuilder::new(triggers())
+                    .multi_line(true)
+                    .size_limit(64 << 20)
+                    .dfa_size_limit(16 << 20)
+                    .build()
+                    .map_err(RedactError::Compile)?,
+            )
+        } else {
+            None
+        };
         let allow_patterns = if cfg.allow_patterns.is_empty() {
             None
         } else {
@@ -144,6 +162,7 @@ impl Redactor {
         };
         Ok(Redactor {
             set,
+            joined,
             detectors,
             allow: cfg.allow.iter().cloned().collect(),
             allow_patterns,
@@ -219,6 +238,12 @@ impl Redactor {
     /// Whether any detector's trigger matches somewhere in `s` (one early-exit pass).
     pub(crate) fn any_trigger(&self, s: &str) -> bool {
         self.set.is_match(s)
+    }
+
+    /// The pass over many strings joined by line breaks, when one can answer (see
+    /// `joined`).
+    pub(crate) fn joined_triggers(&self) -> Option<&RegexSet> {
+        self.joined.as_ref()
     }
 
     fn allowed(&self, text: &str) -> bool {
@@ -331,4 +356,19 @@ impl Redactor {
         }
         kept.into_values().collect()
     }
+}
+
+/// Whether `trigger`, read in multi-line mode, anchors to nothing but lines: then it matches
+/// in one string exactly where it matches in that string set between line breaks. A regex
+/// that does not parse here failed to compile already.
+fn joinable(trigger: &str) -> bool {
+    use regex_syntax::hir::Look;
+    regex_syntax::ParserBuilder::new()
+        .multi_line(true)
+        .build()
+        .parse(trigger)
+        .is_ok_and(|hir| {
+            let looks = hir.properties().look_set();
+            !looks.contains(Look::Start) && !looks.contains(Look::End)
+        })
 }

@@ -559,3 +559,44 @@ fn a_match_reaching_past_a_better_one_is_merged_not_left_in_clear() {
     // What is left has nothing more to redact.
     assert!(r.redact_str(&out).is_none(), "{out} redacted again");
 }
+
+#[test]
+fn an_anchored_custom_detector_fires_on_a_leaf_anywhere_in_a_document() {
+    // `^…$` names a whole string value; the one-pass pre-check over the joined leaves
+    // must not hide one that is not first or last.
+    let r = with(
+        r#"
+        [[custom]]
+        name = "whole_token"
+        pattern = '^tok_[a-z]{8}$'
+        "#,
+    )
+    .unwrap();
+    assert!(r.redact_str("tok_abcdefgh").is_some());
+    let mut doc = serde_json::json!({"content": [
+        {"type": "text", "text": "before"},
+        {"type": "text", "text": "tok_abcdefgh"},
+        {"type": "text", "text": "after"}
+    ]});
+    let counts = r.redact_json(&mut doc);
+    assert_eq!(counts.get("whole_token"), 1, "{doc}");
+    assert_eq!(doc["content"][1]["text"], "[REDACTED:whole_token]");
+    let scan = serde_json::json!({"a": "x", "tok_abcdefgh": "y", "b": ["z", "tok_abcdefgh"]});
+    assert_eq!(r.scan_json(&scan).get("whole_token"), 2);
+    // Anchors to the whole text, which no joined text shows at every leaf.
+    for pattern in [r"\Atok_[a-z]{8}\z", "(?-m)^tok_[a-z]{8}$"] {
+        let r = with(&format!(
+            "[[custom]]\nname = \"whole_token\"\npattern = '{pattern}'\n"
+        ))
+        .unwrap();
+        let mut doc = serde_json::json!(["before", "tok_abcdefgh", "after"]);
+        assert_eq!(r.redact_json(&mut doc).get("whole_token"), 1, "{pattern}");
+        assert_eq!(
+            r.scan_json(&doc).get("whole_token"),
+            0,
+            "{pattern}: redacted"
+        );
+    }
+    // The built-ins need no such fallback: a document is still one pass.
+    assert!(default().joined_triggers().is_some());
+}
