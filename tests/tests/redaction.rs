@@ -369,3 +369,78 @@ fn a_json_answer_with_a_stray_response_never_reaches_the_agent() {
     });
     assert_eq!(dropped["id"], "1006", "{dropped}");
 }
+
+/// An agent that POSTs each raw body of argv[2] (a JSON list of strings) as it is and
+/// prints, for each, the status and the body that came back.
+const RAW_BODIES: &str = r#"
+import http.client, json, sys
+port, bodies = int(sys.argv[1]), json.loads(sys.argv[2])
+out = []
+for body in bodies:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    c.request("POST", "/mcp", body=body.encode(),
+              headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+    r = c.getresponse()
+    out.append({"status": r.status, "raw": r.read().decode()})
+print(json.dumps(out))
+"#;
+
+/// Redacting a call's arguments changes those and nothing else the server receives (the
+/// rest of the body stays as the agent wrote it, spacing and key order too); arguments
+/// given twice, which the gateway would check once and a server might read otherwise, are
+/// refused and never reach the server.
+#[test]
+fn redacted_arguments_change_nothing_else_and_duplicated_arguments_are_refused() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "redact-splice",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[redact]\nmode_requests = \"redact\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let spliced = format!(
+        "{{ \"params\" : {{\"_meta\": {{\"progressToken\": 5}}, \"arguments\" : {{\"note\": \"key {AWS_KEY}\"}},\n \"name\":\"echo\"}}, \"id\":7, \"method\":\"tools/call\", \"jsonrpc\":\"2.0\" }}"
+    );
+    let twice = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"note\":\"{AWS_KEY}\"}},\"arguments\":{{\"note\":\"fine\"}}}}}}"
+    );
+    let out = run_probe(gw.agent(
+        PYTHON,
+        &[
+            "-c".into(),
+            RAW_BODIES.into(),
+            port.to_string(),
+            json!([spliced, twice]).to_string(),
+        ],
+    ));
+    assert_eq!(out[0]["status"], 200, "{out}");
+    let at_server = received(&log);
+    let call = at_server
+        .iter()
+        .find(|e| e["id"] == 7)
+        .expect("call 7 forwarded");
+    let expected = spliced.replace(
+        &format!("{{\"note\": \"key {AWS_KEY}\"}}"),
+        "{\"note\":\"key [REDACTED:aws_access_key_id]\"}",
+    );
+    assert_ne!(expected, spliced);
+    assert_eq!(call["raw"].as_str(), Some(expected.as_str()), "{call}");
+    let rec = gw.wait_record("the call record", |r| {
+        r["type"] == "mcp_call" && r["id"] == "7"
+    });
+    assert_eq!(rec["argument_redactions"]["aws_access_key_id"], 1, "{rec}");
+
+    assert_eq!(out[1]["status"], 400, "{out}");
+    let refused: Value = serde_json::from_str(out[1]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(
+        !at_server.iter().any(|e| e["id"] == 8),
+        "the call with its arguments twice reached the server"
+    );
+    let rec = gw.wait_record("the refusal", |r| r["type"] == "mcp" && r["id"] == "8");
+    assert_eq!(rec["outcome"], "refused", "{rec}");
+}

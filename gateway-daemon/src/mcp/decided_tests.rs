@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use serde_json::Value;
 
-use super::exchange::{call_arguments, routing_name};
+use super::exchange::routing_name;
 use super::jsonrpc::{self, Parsed};
 use super::MAX_DEPTH;
 
@@ -190,13 +190,8 @@ fn check(text: &str) -> Result<bool, TestCaseError> {
         let params = &v["params"];
         let name = routing_name(m);
         prop_assert_eq!(name.as_deref(), params["name"].as_str(), "name of {}", text);
-        let arguments = call_arguments(m);
-        prop_assert_eq!(
-            arguments.as_ref(),
-            params.get("arguments"),
-            "arguments of {}",
-            text
-        );
+        let arguments = m.arguments();
+        prop_assert_eq!(arguments, params.get("arguments"), "arguments of {}", text);
         checked = true;
     }
     Ok(checked)

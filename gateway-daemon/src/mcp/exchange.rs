@@ -27,7 +27,6 @@ use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
 use crate::http::{UpBody, Upstream};
 use crate::policy::{Decision, Policy};
-use crate::redact::{Counts, RequestMode};
 
 /// How long the rest of a refused request body may take to skip.
 const DISCARD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -172,189 +171,6 @@ fn is_call(m: &Message<'_>) -> bool {
     )
 }
 
-/// What the exfiltration guard made of a POST's tool arguments.
-pub(crate) struct Guarded {
-    /// The body to forward instead, when arguments were redacted.
-    pub body: Option<Vec<u8>>,
-    /// Redactions per request id.
-    pub counts: Vec<(Id, Counts)>,
-}
-
-/// Scans the arguments of the POST's tools/call requests per the principal's and server's
-/// `redact` mode: `refuse` answers Err naming what was found (never the values), `redact`
-/// returns a body with the secrets replaced by markers.
-fn guard_arguments(
-    policy: &Policy,
-    obs: &Observer,
-    bytes: &[u8],
-    messages: &[Message<'_>],
-) -> Result<Guarded, String> {
-    let none = Guarded {
-        body: None,
-        counts: Vec::new(),
-    };
-    let mode = policy.request_redaction(obs.principal.name.as_deref(), &obs.server);
-    // What the agent sends out: its calls' arguments, its answers to the server's requests
-    // (an elicitation's answer, a sampling result, its roots; errors too), and a retry's
-    // `inputResponses`. Decided by kind and method, never by the raw text: a key spelled
-    // with an escape is the same key once parsed.
-    let outgoing = messages.iter().any(|m| {
-        matches!(m.kind, Kind::Response | Kind::Error)
-            || matches!(
-                m.method.as_deref(),
-                Some("tools/call" | "prompts/get" | "resources/read")
-            )
-            || m.method
-                .as_deref()
-                .is_some_and(super::tasks::is_task_method)
-    });
-    if mode == RequestMode::Off || !outgoing {
-        return Ok(none);
-    }
-    // `jsonrpc::parse` refused what a Value cannot hold; should that ever disagree, the
-    // call is refused rather than forwarded unscanned.
-    let mut doc = serde_json::from_slice::<serde_json::Value>(bytes)
-        .map_err(|e| format!("the arguments could not be scanned for secrets: {e}"))?;
-    let mut counts = Vec::new();
-    {
-        let items: Vec<&mut serde_json::Value> = match &mut doc {
-            serde_json::Value::Array(a) => a.iter_mut().collect(),
-            v => vec![v],
-        };
-        for v in items {
-            if v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some())
-            {
-                if let Some(found) = guard_answer(policy, mode, v) {
-                    counts.push(found);
-                }
-                continue;
-            }
-            // A retry's answers to what the server asked (2026-07-28) leave like answers
-            // to a server's requests.
-            if let Some(answers) = v
-                .get_mut("params")
-                .and_then(|p| p.get_mut("inputResponses"))
-            {
-                let found = match mode {
-                    RequestMode::Refuse => policy.redactor.scan_json(answers),
-                    _ => policy.redactor.redact_json(answers),
-                };
-                if !found.is_empty() {
-                    if mode == RequestMode::Refuse {
-                        let what: Vec<String> =
-                            found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
-                        return Err(format!(
-                            "the answers to what the server asked (inputResponses) carry \
-                             secrets or personal data ({}); refused so they do not leave the \
-                             host (redact.mode_requests = \"refuse\")",
-                            what.join(", ")
-                        ));
-                    }
-                    if let Some(id) = super::rewrite::id_of(&v["id"]) {
-                        counts.push((id, found));
-                    }
-                }
-            }
-            if v["method"] != "tools/call" {
-                continue;
-            }
-            let id = match &v["id"] {
-                serde_json::Value::Number(n) => n.as_i64().map(Id::Num),
-                serde_json::Value::String(s) => Some(Id::Str(s.clone())),
-                _ => None,
-            };
-            let tool = v["params"]["name"].as_str().unwrap_or("?").to_string();
-            let Some(args) = v.get_mut("params").and_then(|p| p.get_mut("arguments")) else {
-                continue;
-            };
-            let found = match mode {
-                RequestMode::Refuse => policy.redactor.scan_json(args),
-                _ => policy.redactor.redact_json(args),
-            };
-            if found.is_empty() {
-                continue;
-            }
-            if mode == RequestMode::Refuse {
-                let what: Vec<String> = found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
-                return Err(format!(
-                    "the arguments of tools/call {tool} carry secrets or personal data ({}); \
-                     refused so they do not leave the host (redact.mode_requests = \"refuse\")",
-                    what.join(", ")
-                ));
-            }
-            if let Some(id) = id {
-                counts.push((id, found));
-            }
-        }
-    }
-    if counts.is_empty() {
-        return Ok(none);
-    }
-    Ok(Guarded {
-        body: Some(serde_json::to_vec(&doc).expect("a JSON value always serialises")),
-        counts,
-    })
-}
-
-/// The agent's answer to a server request, scanned like a call's arguments: `redact`
-/// replaces what was found; `refuse` replaces the answer with an error, so the server
-/// learns the agent's answer was withheld and the data never leaves.
-fn guard_answer(
-    policy: &Policy,
-    mode: RequestMode,
-    v: &mut serde_json::Value,
-) -> Option<(Id, Counts)> {
-    // Compared as pairing compares ids (`1.0` is `1`); scanned whatever the id.
-    let id = super::rewrite::id_of(&v["id"]);
-    let part = if v.get("result").is_some() {
-        "result"
-    } else {
-        "error"
-    };
-    let found = {
-        let answer = v.get_mut(part)?;
-        match mode {
-            RequestMode::Refuse => policy.redactor.scan_json(answer),
-            _ => policy.redactor.redact_json(answer),
-        }
-    };
-    if found.is_empty() {
-        return None;
-    }
-    if mode == RequestMode::Refuse {
-        let what: Vec<String> = found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
-        let why = format!(
-            "the agent's answer carried secrets or personal data ({}); withheld by the \
-             gateway (redact.mode_requests = \"refuse\")",
-            what.join(", ")
-        );
-        *v = serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": v["id"].take(),
-            "error": { "code": super::reply::GATEWAY_EXFILTRATION, "message": why },
-        });
-    }
-    Some((id?, found))
-}
-
-impl Guarded {
-    /// Notes what was taken out of the agent's answers on their records.
-    pub(crate) fn mark(&self, records: &mut [super::record::ExchangeRecord]) {
-        for r in records
-            .iter_mut()
-            .filter(|r| r.direction == Direction::ServerToClient)
-        {
-            if let Some((_, c)) = self
-                .counts
-                .iter()
-                .find(|(id, _)| r.about.id.as_deref() == Some(&id.to_string()))
-            {
-                r.redactions = Some(c.clone());
-            }
-        }
-    }
-}
-
 /// The policy's decision about one message of the agent (None for its responses).
 pub(crate) fn decide(
     policy: &Policy,
@@ -365,7 +181,7 @@ pub(crate) fn decide(
     let method = m.method.as_deref()?;
     let name = routing_name_ref(m);
     // Parsed only when some rule looks at arguments: this is on every call's path.
-    let arguments = policy.uses_arguments().then(|| call_arguments(m)).flatten();
+    let arguments = policy.uses_arguments().then(|| m.arguments()).flatten();
     let annotations = match (method, &name) {
         ("tools/call", Some(n)) => ctx.daemon.catalog.annotations(&obs.server, n),
         _ => None,
@@ -375,7 +191,7 @@ pub(crate) fn decide(
         &obs.server,
         method,
         name.as_deref(),
-        arguments.as_ref(),
+        arguments,
         annotations.as_ref(),
     );
     say_undecided(&mut d, &obs.principal, ctx.identity.procfs_error.as_deref());
@@ -395,13 +211,6 @@ pub(crate) fn say_undecided(d: &mut Decision, p: &super::Principal, why: Option<
             )
         ));
     }
-}
-
-/// The arguments a call is decided on: `params.arguments` as a JSON value reads it (the
-/// last of duplicated members, as the server's parser takes it).
-pub(super) fn call_arguments(m: &Message<'_>) -> Option<serde_json::Value> {
-    let mut params = serde_json::from_str::<serde_json::Value>(m.params?.get()).ok()?;
-    params.get_mut("arguments").map(serde_json::Value::take)
 }
 
 /// A routing header's value: `None` when absent, `Err` when unreadable. Values outside
@@ -839,7 +648,7 @@ fn readable(
 /// What a POST the gateway admitted carries on with.
 pub(crate) struct Admitted {
     /// Its tool arguments, as scanned for secrets.
-    pub guard: Guarded,
+    pub guard: super::guard::Guarded,
     /// Its calls' rate-limit slots, released when their answers end.
     pub inflight: Vec<crate::policy::limits::InFlight>,
 }
@@ -1005,7 +814,8 @@ pub(crate) async fn admit(
         }
     }
     // Secrets in tool arguments are refused or redacted before anything leaves the host.
-    let guard = guard_arguments(policy, obs, bytes, messages).map_err(Refusal::exfiltration)?;
+    let guard = super::guard::guard_arguments(policy, obs, bytes, messages)
+        .map_err(Refusal::exfiltration)?;
     Ok(Admitted { guard, inflight })
 }
 
@@ -1015,7 +825,7 @@ pub(crate) fn write_ahead(
     obs: &Observer,
     messages: &[Message<'_>],
     decisions: &[Option<Decision>],
-    guard: &Guarded,
+    guard: &super::guard::Guarded,
 ) -> Result<Vec<crate::audit::Written>, crate::audit::AuditError> {
     let mut written = Vec::new();
     for (m, d) in messages.iter().zip(decisions) {

@@ -239,7 +239,7 @@ pub fn params(
         if mirrored.is_empty() {
             continue;
         }
-        let args = super::exchange::call_arguments(m).unwrap_or(Value::Null);
+        let args = m.arguments().unwrap_or(&Value::Null);
         for (path, token) in &mirrored {
             let name = format!("{PARAM_PREFIX}{}", token.to_ascii_lowercase());
             let mut values = h.get_all(name.as_str()).iter();
@@ -249,7 +249,7 @@ pub fn params(
                     "Mcp-Param-{token} appears more than once"
                 )));
             }
-            let mut at = &args;
+            let mut at = args;
             for k in path {
                 at = at.get(k).unwrap_or(&Value::Null);
             }

@@ -141,6 +141,9 @@ pub struct Message<'a> {
     /// (redaction, narrowing), never through these fields, so this never describes other
     /// params than the message's.
     info: OnceLock<Result<ParamsInfo<'a>, JsonRpcError>>,
+    /// `params.arguments` as a JSON value, read on first use: the policy's argument
+    /// checks and the exfiltration guard both read it, once.
+    args: OnceLock<Option<serde_json::Value>>,
 }
 
 /// Everything the gateway reads from `params`, found in one pass.
@@ -152,6 +155,10 @@ pub struct ParamsInfo<'a> {
     pub progress_token: Option<Id>,
     /// See [`Message::meta_protocol_version`].
     pub protocol_version: Option<Cow<'a, str>>,
+    /// The raw text of `params.arguments`, where the message holds it.
+    pub arguments: Option<&'a str>,
+    /// Whether `params` has `inputResponses` (a retry's answers, 2026-07-28).
+    pub input_responses: bool,
 }
 
 /// Key of the protocol version in `params._meta` (2026-07-28 revision).
@@ -194,15 +201,18 @@ impl<'a> Message<'a> {
     }
 
     /// Strict, single-pass extraction of the target name, progress token and protocol
-    /// version. Only `name`, `uri` and `_meta` are looked at; everything else in
-    /// `params` (tool arguments, say) is skipped without being decoded.
+    /// version. Only `name`, `uri` and `_meta` are looked at; `arguments` and
+    /// `inputResponses` are located; everything else in `params` is skipped. Nothing is
+    /// decoded but what is looked at.
     ///
     /// Errors (all [`JsonRpcError::NotJsonRpc`]): for tools/call and prompts/get a
     /// missing or non-string `params.name`, for resources/read|subscribe|unsubscribe a
     /// missing or non-string `params.uri` (and for those methods params that are not an
     /// object); `_meta` that is not an object; a `progressToken` that is not a string or
     /// number; a protocol version that is not a string; a duplicated `name`, `uri` or
-    /// `_meta` member, or a duplicated key inside `_meta` that the gateway reads.
+    /// `_meta`, `arguments` or `inputResponses` member (the gateway would check one copy
+    /// and a server might use the other), or a duplicated key inside `_meta` that the
+    /// gateway reads.
     /// Responses and errors have no params and give an empty `ParamsInfo`.
     pub fn params_info(&self) -> Result<ParamsInfo<'a>, JsonRpcError> {
         self.info().clone()
@@ -211,6 +221,22 @@ impl<'a> Message<'a> {
     /// Why `params_info` fails, when it does.
     pub fn params_error(&self) -> Option<JsonRpcError> {
         self.info().as_ref().err().cloned()
+    }
+
+    /// `params.arguments` as a JSON value reads it; None when absent or when `params` is
+    /// malformed (which `params_error` reports).
+    pub fn arguments(&self) -> Option<&serde_json::Value> {
+        self.args
+            .get_or_init(|| {
+                let raw = self.info().as_ref().ok()?.arguments?;
+                serde_json::from_str(raw).ok()
+            })
+            .as_ref()
+    }
+
+    /// What `params_info` returns, without copying it; None when `params` is malformed.
+    pub fn info_if_read(&self) -> Option<&ParamsInfo<'a>> {
+        self.info().as_ref().ok()
     }
 
     /// What `params_info` returns, without copying it (the accessors take one field).
@@ -244,7 +270,11 @@ impl<'a> Message<'a> {
         // `params` starts with '{', so serde cannot read it positionally as a sequence.
         let view: ParamsView<'a> = serde_json::from_str(params.get())
             .map_err(|e| JsonRpcError::NotJsonRpc(format!("params: {e}")))?;
-        let mut info = ParamsInfo::default();
+        let mut info = ParamsInfo {
+            arguments: view.arguments.map(RawValue::get),
+            input_responses: view.input_responses.is_some(),
+            ..ParamsInfo::default()
+        };
         if let Some(what) = target {
             let raw = if what == "name" { view.name } else { view.uri };
             let raw = raw.ok_or_else(|| missing(what))?;
@@ -274,8 +304,10 @@ impl<'a> Message<'a> {
     }
 }
 
-/// A single message or a batch.
+/// A single message or a batch. Lives on the stack of one exchange, once: boxing the single
+/// message would cost every call an allocation to save a few hundred bytes of stack.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed<'a> {
     Single(Message<'a>),
     Batch(Vec<Message<'a>>),
@@ -507,6 +539,15 @@ struct ParamsView<'a> {
     uri: Option<&'a RawValue>,
     #[serde(rename = "_meta", default, borrow, deserialize_with = "present")]
     meta: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    arguments: Option<&'a RawValue>,
+    #[serde(
+        rename = "inputResponses",
+        default,
+        borrow,
+        deserialize_with = "present"
+    )]
+    input_responses: Option<&'a RawValue>,
 }
 
 #[derive(serde::Deserialize)]
@@ -548,6 +589,7 @@ fn message(env: Envelope<'_>) -> Result<Message<'_>, String> {
         error_code: None,
         error_message: None,
         info: OnceLock::new(),
+        args: OnceLock::new(),
     };
     if let Some(method) = env.method {
         if env.result.is_some() || env.error.is_some() {

@@ -7,6 +7,7 @@ pub mod ask;
 #[cfg(test)]
 mod decided_tests;
 pub mod exchange;
+pub mod guard;
 pub mod headers;
 pub mod inject;
 pub mod input_required;

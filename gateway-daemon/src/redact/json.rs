@@ -12,7 +12,7 @@ use super::{Counts, Redactor};
 /// across a separator just sends the document down the per-leaf path. With a trigger
 /// anchored to the whole text, which no joined text shows at every leaf, there is no
 /// pre-check: each leaf is checked alone.
-fn any_trigger(r: &Redactor, v: &Value, keys: bool) -> bool {
+pub(super) fn any_trigger(r: &Redactor, v: &Value, keys: bool) -> bool {
     let Some(triggers) = r.joined_triggers() else {
         return true;
     };

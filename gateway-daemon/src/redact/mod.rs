@@ -180,6 +180,12 @@ impl Redactor {
         self.redact_into(s, &mut counts).map(|out| (out, counts))
     }
 
+    /// Whether `redact_json` could change `v`: false is certain, true only likely (one
+    /// pass of the triggers; a caller that must not change `v` copies it only then).
+    pub fn might_redact(&self, v: &serde_json::Value) -> bool {
+        json::any_trigger(self, v, false)
+    }
+
     /// Which detectors fire on one string, without changing it.
     pub fn scan_str(&self, s: &str) -> Counts {
         let mut counts = Counts::default();
