@@ -180,3 +180,53 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
         "{record}"
     );
 }
+
+/// With response redaction off the gateway has no content to read, but what a waiting
+/// task asks of the agent is still decided: a poll whose task asks for what a rule denies
+/// is refused, never passed on unread.
+#[test]
+fn a_tasks_input_requests_are_decided_with_response_redaction_off() {
+    gateway_tests::require_privileges();
+    let port = free_port();
+    let mut cmd = Command::new(crate_bin("rmcp-task-server"));
+    cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+    let srv = Peer::spawn("rmcp-task-server", cmd, port, "/mcp");
+    let gw = Gateway::start(
+        "tasks-unredacted",
+        GatewayOptions {
+            ports: vec![port],
+            config: TestConfig::allowing("agent", Server::at("tasks", port))
+                .redact(RedactMode::Off, RedactMode::Off)
+                .first(
+                    Rule::deny("agent", "tasks")
+                        .server_to_client()
+                        .methods(&["sampling/createMessage"]),
+                ),
+            ..Default::default()
+        },
+    );
+    let (status, asked) = request(
+        &gw,
+        &srv,
+        None,
+        "tools/call",
+        "ask",
+        json!({"name": "ask", "arguments": {}}),
+    );
+    assert_eq!(status, 200, "{asked}");
+    let ask = asked["result"]["taskId"].as_str().unwrap().to_string();
+    let waiting = poll(&gw, &srv, &ask, |g| {
+        g.get("error").is_some() || g["result"]["status"] == "input_required"
+    });
+    assert_eq!(waiting["error"]["code"], -32012, "{waiting}");
+    let record = gw.wait_record("of the refused input request", |r| {
+        r["type"] == "mcp"
+            && r["method"] == "tasks/get"
+            && r["name"] == ask.as_str()
+            && r["outcome"] == "refused"
+    });
+    assert_eq!(
+        record["input_requests"][0]["method"], "sampling/createMessage",
+        "{record}"
+    );
+}

@@ -13,6 +13,7 @@ use crate::audit::chain::sha256_hex;
 use crate::audit::{timestamp, AuditSink};
 use crate::policy::filter::{self, Catalog};
 use crate::policy::{Decision, Policy};
+use crate::redact::Redactor;
 
 /// The policy a listing is filtered by, for one exchange.
 pub struct ListView {
@@ -98,11 +99,35 @@ pub struct Observer {
     pub credentials: Option<Arc<[Box<str>]>>,
 }
 
+/// Whether a server message answering `inspect` (request id, method) must be read as a
+/// JSON value before the agent sees it. Listings are narrowed and pinned. Anything a task
+/// method answers is read (a task's status may ask for input). A result that may say it is
+/// something else (input_required or a task: `resultType`, `task`, or a key spelled with
+/// an escape) is read to know. Content is redacted, so read unless the redactor can tell
+/// from the text alone that nothing in it would change. Anything else needs no parse at all.
+fn must_read(body: &[u8], inspect: &[(Id, String)], redactor: Option<&Redactor>) -> bool {
+    let special = inspect
+        .iter()
+        .any(|(_, m)| filter::listing(m).is_some() || m.starts_with("tasks/"));
+    if special || has_result_type(body) || has_task(body) || has_unicode_escape(body) {
+        return true;
+    }
+    let content = inspect.iter().any(|(_, m)| rewrite::carries_content(m));
+    content && redactor.is_some_and(|r| r.might_redact_json_text(body))
+}
+
 /// Whether `body` holds `"resultType"` (the searcher built once: building one costs more
 /// than searching a small body).
 fn has_result_type(body: &[u8]) -> bool {
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(RESULT_TYPE_KEY));
+    FINDER.find(body).is_some()
+}
+
+/// Whether `body` holds `"task"`, the key of a task handed out in the 2025-11-25 shape.
+fn has_task(body: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"task\""));
     FINDER.find(body).is_some()
 }
 
@@ -476,16 +501,7 @@ impl Observer {
             .policy
             .response_redaction(&self.server)
             .then_some(&*v.policy.redactor);
-        // Listings are narrowed and pinned, content redacted; a result that may say it is
-        // something else (input_required, a task: `resultType`, or a key spelled with an
-        // escape) is read to know. Anything else needs no parse at all.
-        let content =
-            redactor.is_some() && inspect.iter().any(|(_, m)| rewrite::carries_content(m));
-        if !content
-            && inspect.iter().all(|(_, m)| filter::listing(m).is_none())
-            && !has_result_type(body)
-            && !has_unicode_escape(body)
-        {
+        if !must_read(body, inspect, redactor) {
             return None;
         }
         let mut out = rewrite::rewrite(

@@ -191,3 +191,35 @@ fn triggers_cover_patterns() {
         }
     }
 }
+
+/// `might_redact_json_text` says "no" only where `redact_json` changes nothing: every
+/// sample of the corpus, as the text of a tool result (and as an error's message), is
+/// either flagged from the JSON text or left alone by redaction.
+#[test]
+fn the_text_check_never_passes_what_redaction_would_change() {
+    let r = Redactor::new(&RedactConfig::default()).unwrap();
+    let (mut flagged, mut plain) = (0, 0);
+    for (stem, s) in load() {
+        for doc in [
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [
+                {"type": "text", "text": s.text}], "isError": false}}),
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": s.text}}),
+        ] {
+            let text = serde_json::to_vec(&doc).unwrap();
+            let mut redacted = doc.clone();
+            let changed = !r.redact_json(&mut redacted).is_empty();
+            if r.might_redact_json_text(&text) {
+                flagged += 1;
+            } else {
+                plain += 1;
+                assert!(
+                    !changed,
+                    "{stem}: {:?} passed the text check and redaction changed it",
+                    s.text
+                );
+            }
+        }
+    }
+    // Both answers are exercised: the check is not "always read".
+    assert!(flagged > 0 && plain > 0, "{flagged} flagged, {plain} plain");
+}

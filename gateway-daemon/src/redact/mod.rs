@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 
 use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex_syntax::hir::LookSet;
 
 pub use config::{CustomDetector, RedactConfig, RequestMode, ResponseMode, Validator};
 pub use counts::Counts;
@@ -77,6 +78,10 @@ pub struct Redactor {
     /// when a trigger anchors to the whole text (`\A`, `\z`, or `^`/`$` under `(?-m)`),
     /// which a joined text cannot show at every string: then each string is checked alone.
     joined: Option<RegexSet>,
+    /// Whether no trigger anchors at all (to the text or to a line): then a trigger that
+    /// matches in a string of a JSON text without escapes matches in that text too, where
+    /// the string's bytes stand between quotes (see `might_redact_json_text`).
+    unanchored: bool,
     detectors: Vec<Detector>,
     allow: HashSet<String>,
     allow_patterns: Option<RegexSet>,
@@ -140,7 +145,14 @@ impl Redactor {
             .dfa_size_limit(16 << 20)
             .build()
             .map_err(RedactError::Compile)?;
-        let joined = if triggers().all(joinable) {
+        let looks: Vec<Option<LookSet>> = triggers().map(looks_of).collect();
+        let joinable = looks
+            .iter()
+            .all(|l| l.is_some_and(|l| !l.contains_anchor_haystack()));
+        let unanchored = looks
+            .iter()
+            .all(|l| l.is_some_and(|l| !l.contains_anchor()));
+        let joined = if joinable {
             Some(
                 RegexSetBuilder::new(triggers())
                     .multi_line(true)
@@ -163,6 +175,7 @@ impl Redactor {
         Ok(Redactor {
             set,
             joined,
+            unanchored,
             detectors,
             allow: cfg.allow.iter().cloned().collect(),
             allow_patterns,
@@ -184,6 +197,16 @@ impl Redactor {
     /// pass of the triggers; a caller that must not change `v` copies it only then).
     pub fn might_redact(&self, v: &serde_json::Value) -> bool {
         json::any_trigger(self, v, false)
+    }
+
+    /// Whether redacting the JSON text `text` could change it: false is certain (no
+    /// trigger matches anywhere in it, so none in any of its strings, each of which stands
+    /// there as its own bytes when the text holds no escape), true only likely.
+    pub fn might_redact_json_text(&self, text: &[u8]) -> bool {
+        if !self.unanchored || memchr::memchr(b'\\', text).is_some() {
+            return true;
+        }
+        std::str::from_utf8(text).map_or(true, |t| self.set.is_match(t))
     }
 
     /// Which detectors fire on one string, without changing it.
@@ -364,17 +387,14 @@ impl Redactor {
     }
 }
 
-/// Whether `trigger`, read in multi-line mode, anchors to nothing but lines: then it matches
-/// in one string exactly where it matches in that string set between line breaks. A regex
-/// that does not parse here failed to compile already.
-fn joinable(trigger: &str) -> bool {
-    use regex_syntax::hir::Look;
+/// The assertions `trigger` makes, read in multi-line mode: one anchoring to nothing but
+/// lines matches in one string exactly where it matches in that string set between line
+/// breaks. None for a regex that does not parse here (it failed to compile already).
+fn looks_of(trigger: &str) -> Option<LookSet> {
     regex_syntax::ParserBuilder::new()
         .multi_line(true)
         .build()
         .parse(trigger)
-        .is_ok_and(|hir| {
-            let looks = hir.properties().look_set();
-            !looks.contains(Look::Start) && !looks.contains(Look::End)
-        })
+        .ok()
+        .map(|hir| hir.properties().look_set())
 }

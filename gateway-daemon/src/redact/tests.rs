@@ -600,3 +600,16 @@ fn an_anchored_custom_detector_fires_on_a_leaf_anywhere_in_a_document() {
     // The built-ins need no such fallback: a document is still one pass.
     assert!(default().joined_triggers().is_some());
 }
+
+#[test]
+fn the_text_check_reads_escapes_and_anchored_triggers_as_unknown() {
+    let r = default();
+    assert!(!r.might_redact_json_text(br#"{"id":1,"result":{"text":"hello"}}"#));
+    // A string whose bytes are not its text: the key may be spelled with escapes.
+    assert!(r.might_redact_json_text(br#"{"text":"\u0041KIAZ7QX3M2L5RT6PW4N"}"#));
+    assert!(r.might_redact_json_text(br#"{"text":"a\nb"}"#));
+    assert!(r.might_redact_json_text(br#"{"text":"AKIAZ7QX3M2L5RT6PW4N"}"#));
+    // An anchored trigger cannot be told from the text: every text is read.
+    let anchored = with("[[custom]]\nname = \"whole\"\npattern = '^tok_[a-z]{8}$'\n").unwrap();
+    assert!(anchored.might_redact_json_text(br#"{"text":"hello"}"#));
+}
