@@ -4,7 +4,7 @@
 //! reads. The official Python SDK's 2026-07-28 client passes; requests that lie are refused
 //! with 400 and the code the revision names, never forwarded, and recorded.
 
-use gateway_tests::config::{Server, TestConfig};
+use gateway_tests::config::{RedactMode, Server, TestConfig};
 use gateway_tests::peers::{python_server, run_json, venv_python, Peer};
 use gateway_tests::{free_port, Gateway, GatewayOptions};
 use serde_json::{json, Value};
@@ -13,6 +13,14 @@ const SERVER: &str = include_str!("../fixtures/header_server.py");
 const CLIENT: &str = include_str!("../fixtures/modern_client.py");
 
 fn setup(name: &str) -> (Peer, Gateway, tempfile::TempDir) {
+    setup_with(
+        name,
+        TestConfig::allowing("agent", Server::at("regions", 0)),
+    )
+}
+
+/// As `setup`, the gateway configured by `config` (its server's port set here).
+fn setup_with(name: &str, mut config: TestConfig) -> (Peer, Gateway, tempfile::TempDir) {
     gateway_tests::require_privileges();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -24,7 +32,10 @@ fn setup(name: &str) -> (Peer, Gateway, tempfile::TempDir) {
         name,
         GatewayOptions {
             ports: vec![port],
-            config: TestConfig::allowing("agent", Server::at("regions", port)),
+            config: {
+                config.servers[0] = Server::at("regions", port);
+                config
+            },
             ..Default::default()
         },
     );
@@ -63,10 +74,9 @@ fn the_sdk_client_mirroring_arguments_into_headers_passes() {
     let out = modern_client(&gw, &srv, "eu-west ü");
     assert_eq!(out["tools"], json!(["deploy"]), "{out}");
     assert_eq!(out["call"]["text"], "deployed shop to eu-west ü", "{out}");
-    assert_eq!(
-        gateway_tests::raw::lines(&dir.path().join("received.jsonl"))[0]["region"],
-        "eu-west ü"
-    );
+    let calls = runs(&dir);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["region"], "eu-west ü");
 }
 
 #[test]
@@ -129,10 +139,65 @@ fn headers_that_disagree_with_the_body_are_refused_before_the_server() {
         assert_eq!(record["method"], "tools/call", "{what}: {record}");
     }
     // Only the honest call reached the server.
+    assert_eq!(runs(&dir).len(), 1, "{:?}", runs(&dir));
+}
+
+/// The calls the server ran, as it logged them (its log also holds the headers it got).
+fn runs(dir: &tempfile::TempDir) -> Vec<Value> {
+    gateway_tests::raw::lines(&dir.path().join("received.jsonl"))
+        .into_iter()
+        .filter(|l| l["tool"] == "deploy")
+        .collect()
+}
+
+/// A call whose mirrored argument carries a secret, with arguments redacted on the way
+/// out: the `Mcp-Param-*` header that mirrors it says what the redacted body says, so the
+/// secret leaves the host neither in the body nor in the header.
+#[test]
+fn a_redacted_argument_is_redacted_in_the_header_that_mirrors_it_too() {
+    let (srv, gw, dir) = setup_with(
+        "modern-redacted",
+        TestConfig::allowing("agent", Server::at("regions", 0))
+            .redact(RedactMode::Redact, RedactMode::Off),
+    );
+    let out = modern_client(&gw, &srv, "eu");
+    assert_eq!(out["call"]["text"], "deployed shop to eu", "{out}");
+    for region in ["eu AKIAZ7QX3M2L5RT6PW4N", "eü AKIAZ7QX3M2L5RT6PW4N"] {
+        let header = if region.is_ascii() {
+            region.to_string()
+        } else {
+            use base64::Engine as _;
+            format!(
+                "=?base64?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(region)
+            )
+        };
+        let (status, answer) = raw(
+            &gw,
+            &srv,
+            modern_headers(json!({ "Mcp-Param-Region": header })),
+            &call("2026-07-28", region),
+        );
+        assert_eq!(status, 200, "{region}: {answer}");
+        assert!(answer.get("error").is_none(), "{region}: {answer}");
+    }
+    let received = gateway_tests::raw::lines(&dir.path().join("received.jsonl"));
+    let text = serde_json::to_string(&received).unwrap();
+    assert!(
+        !text.contains("AKIA"),
+        "the secret reached the server: {text}"
+    );
+    let regions: Vec<Value> = runs(&dir)
+        .into_iter()
+        .map(|l| l["region"].clone())
+        .collect();
     assert_eq!(
-        gateway_tests::raw::lines(&dir.path().join("received.jsonl")).len(),
-        1,
-        "{:?}",
-        gateway_tests::raw::lines(&dir.path().join("received.jsonl"))
+        regions,
+        [
+            "eu",
+            "eu [REDACTED:aws_access_key_id]",
+            "eü [REDACTED:aws_access_key_id]"
+        ],
+        "{text}"
     );
 }

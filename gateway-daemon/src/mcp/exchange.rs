@@ -355,6 +355,11 @@ pub async fn post(
         Err(r) => return refuse(&obs, &messages, form, &r, &decisions),
     };
     let Admitted { guard, inflight } = admitted;
+    if let Some(redacted) = &guard.body {
+        if let Err(r) = mirror_redaction(&obs, &policy, &mut parts.headers, redacted) {
+            return refuse(&obs, &messages, form, &r, &decisions);
+        }
+    }
 
     let mut local = Pending::new(limits.max_pending);
     let mut records = Vec::new();
@@ -643,6 +648,32 @@ fn readable(
         catalog.and_then(|c| c.mirrored(&obs.server, tool))
     })
     .map_err(refusal)
+}
+
+/// Arguments were redacted: the headers that mirror them are redacted alike, and must then
+/// agree with the redacted body as they agreed with the one sent, or the call goes no
+/// further (a secret is never forwarded in a header).
+fn mirror_redaction(
+    obs: &Observer,
+    policy: &Policy,
+    headers: &mut HeaderMap,
+    redacted: &[u8],
+) -> Result<(), Refusal> {
+    let exfiltration = |e: super::headers::HeaderError| {
+        Refusal::exfiltration(format!(
+            "the arguments were redacted, and the headers that mirror them could not be: {e}"
+        ))
+    };
+    super::headers::redact_params(headers, &policy.redactor).map_err(exfiltration)?;
+    let parsed = jsonrpc::parse(redacted, MAX_DEPTH)
+        .map_err(|e| exfiltration(super::headers::HeaderError::Mismatch(e.to_string())))?;
+    let messages = parsed.messages();
+    let version = super::headers::version(headers, messages).map_err(exfiltration)?;
+    let catalog = obs.view.as_ref().map(|v| &v.catalog);
+    super::headers::params(headers, version.as_deref(), messages, |tool| {
+        catalog.and_then(|c| c.mirrored(&obs.server, tool))
+    })
+    .map_err(exfiltration)
 }
 
 /// What a POST the gateway admitted carries on with.

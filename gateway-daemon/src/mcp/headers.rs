@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::jsonrpc::Message;
 use super::recognise::H_PROTOCOL_VERSION;
+use crate::redact::Redactor;
 
 /// The protocol versions the gateway reads.
 pub const KNOWN_VERSIONS: &[&str] = &[
@@ -131,6 +132,44 @@ pub fn decode(raw: &str) -> Option<String> {
             .and_then(|v| String::from_utf8(v).ok()),
         None => Some(raw.to_string()),
     }
+}
+
+/// A header value for `text`: verbatim when visible ASCII, else Base64-wrapped (as
+/// `decode` reads it).
+fn encode(text: &str) -> String {
+    use base64::Engine as _;
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return text.to_string();
+    }
+    format!(
+        "=?base64?{}?=",
+        base64::engine::general_purpose::STANDARD.encode(text)
+    )
+}
+
+/// After the exfiltration guard redacted a call's arguments: each `Mcp-Param-*` header is
+/// redacted as the argument it mirrors was (the same redactor on the same text), so what
+/// was taken out of the body does not leave in a header. The caller checks the headers
+/// against the redacted body again: one that still disagrees is refused, not forwarded.
+pub fn redact_params(h: &mut HeaderMap, redactor: &Redactor) -> Result<(), HeaderError> {
+    let carried: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with(PARAM_PREFIX))
+        .cloned()
+        .collect();
+    for name in carried {
+        let text = h
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(decode)
+            .ok_or_else(|| HeaderError::Mismatch(format!("the {name} header cannot be decoded")))?;
+        if let Some(redacted) = redactor.redact_str(&text).map(|(t, _)| t) {
+            let value = http::HeaderValue::from_str(&encode(&redacted))
+                .expect("visible ASCII or Base64 is a header value");
+            h.insert(name, value);
+        }
+    }
+    Ok(())
 }
 
 fn rendered(v: &Value) -> Option<String> {
