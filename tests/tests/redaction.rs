@@ -444,3 +444,88 @@ fn redacted_arguments_change_nothing_else_and_duplicated_arguments_are_refused()
     let rec = gw.wait_record("the refusal", |r| r["type"] == "mcp" && r["id"] == "8");
     assert_eq!(rec["outcome"], "refused", "{rec}");
 }
+
+/// Whatever the agent sends is guarded, not only a tool's arguments: in `redact` mode a
+/// prompt's arguments are redacted like a tool's, and a secret where a marker would change
+/// what the message addresses or says (a resource's URI, a tool call's `_meta`, a
+/// cancellation's reason) is refused; none of it reaches the server.
+#[test]
+fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
+    let port = free_port();
+    let gw = Gateway::start(
+        "redact-everywhere",
+        GatewayOptions {
+            ports: vec![port],
+            extra: "[redact]\nmode_requests = \"redact\"\n".into(),
+            ..Default::default()
+        },
+    );
+    let log = gw.dir.path().join("server.log");
+    let _server = start_fake(port, &log);
+    let bodies = [
+        json!({"jsonrpc": "2.0", "id": 21, "method": "prompts/get",
+               "params": {"name": "review", "arguments": {"code": format!("key = {AWS_KEY}")}}}),
+        json!({"jsonrpc": "2.0", "id": 22, "method": "resources/read",
+               "params": {"uri": format!("file:///tmp/{AWS_KEY}.txt")}}),
+        json!({"jsonrpc": "2.0", "id": 23, "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"note": "fine"},
+                          "_meta": {"trace": AWS_KEY}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+               "params": {"requestId": 1, "reason": format!("leaking {AWS_KEY}")}}),
+        json!({"jsonrpc": "2.0", "id": 24, "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"note": "clean"}}}),
+    ];
+    let raw: Vec<String> = bodies.iter().map(Value::to_string).collect();
+    let out = run_probe(gw.agent(
+        PYTHON,
+        &[
+            "-c".into(),
+            RAW_BODIES.into(),
+            port.to_string(),
+            json!(raw).to_string(),
+        ],
+    ));
+    let at_server = received(&log);
+    let text = serde_json::to_string(&at_server).unwrap();
+    assert!(
+        !text.contains(AWS_KEY),
+        "a secret reached the server: {text}"
+    );
+    // The prompt went, its argument redacted; the clean call went.
+    let prompt = at_server
+        .iter()
+        .find(|e| e["id"] == 21)
+        .expect("prompts/get forwarded");
+    assert!(
+        prompt["raw"]
+            .as_str()
+            .unwrap()
+            .contains("key = [REDACTED:aws_access_key_id]"),
+        "{prompt}"
+    );
+    assert!(at_server.iter().any(|e| e["id"] == 24), "{text}");
+    // The others were refused with the exfiltration code, naming the detector.
+    for (i, what) in [(1, "uri"), (2, "_meta")] {
+        let answer: Value = serde_json::from_str(out[i]["raw"].as_str().unwrap()).unwrap();
+        assert_eq!(answer["error"]["code"], -32014, "{what}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("aws_access_key_id"), "{what}: {message}");
+        assert!(!message.contains(AWS_KEY), "{what}: {message}");
+    }
+    assert!(
+        !at_server
+            .iter()
+            .any(|e| e["method"] == "notifications/cancelled"),
+        "{text}"
+    );
+    assert!(
+        (400..500).contains(&out[3]["status"].as_u64().unwrap()),
+        "the refused notification: {}",
+        out[3]
+    );
+    for id in ["22", "23"] {
+        let rec = gw.wait_record("the refusal", |r| r["type"] == "mcp" && r["id"] == id);
+        assert_eq!(rec["outcome"], "refused", "{rec}");
+        assert_eq!(rec["refusal"], "exfiltration", "{rec}");
+    }
+}

@@ -1,9 +1,16 @@
-//! The exfiltration guard: what the agent sends out (its calls' arguments, its answers to
-//! a server's requests, a retry's `inputResponses`) is scanned for secrets and personal
+//! The exfiltration guard: what the agent sends out is scanned for secrets and personal
 //! data before it leaves the host, and refused or redacted as `redact.mode_requests` (or
-//! the principal's or server's override) says.
+//! the principal's or server's override) says. That is every parameter of every request
+//! and notification (a tool's or prompt's arguments, a URI, a name, `_meta`, a
+//! cancellation's reason), its answers to a server's requests, and a retry's
+//! `inputResponses`. `redact` rewrites what can be rewritten without changing what the
+//! message addresses: arguments, answers, `inputResponses`. Anything found elsewhere (a
+//! URI, a tool name) is refused in either mode: the policy decided on that value, and a
+//! marker in it would address something else.
 
 use std::ops::Range;
+
+use serde_json::Value;
 
 use super::jsonrpc::{Id, Kind, Message};
 use super::observe::Observer;
@@ -11,121 +18,62 @@ use super::record::Direction;
 use crate::policy::Policy;
 use crate::redact::{Counts, RequestMode};
 
-/// What the exfiltration guard made of a POST's tool arguments.
+/// What the exfiltration guard made of what a POST sends out.
 pub(crate) struct Guarded {
-    /// The body to forward instead, when arguments were redacted.
+    /// The body to forward instead, when something was redacted.
     pub body: Option<Vec<u8>>,
     /// Redactions per request id.
     pub counts: Vec<(Id, Counts)>,
 }
 
-/// Scans the arguments of the POST's tools/call requests per the principal's and server's
-/// `redact` mode: `refuse` answers Err naming what was found (never the values), `redact`
-/// returns a body with the secrets replaced by markers.
+/// Scans what the POST's messages send out per the principal's and server's `redact`
+/// mode: `refuse` answers Err naming what was found (never the values), `redact` returns a
+/// body with the secrets replaced by markers (or Err for one it cannot replace).
 pub(crate) fn guard_arguments(
     policy: &Policy,
     obs: &Observer,
     bytes: &[u8],
     messages: &[Message<'_>],
 ) -> Result<Guarded, String> {
-    let none = Guarded {
-        body: None,
-        counts: Vec::new(),
-    };
     let mode = policy.request_redaction(obs.principal.name.as_deref(), &obs.server);
-    // What the agent sends out: its calls' arguments, its answers to the server's requests
-    // (an elicitation's answer, a sampling result, its roots; errors too), and a retry's
-    // `inputResponses`. Decided by kind and method, never by the raw text: a key spelled
-    // with an escape is the same key once parsed.
-    let outgoing = messages.iter().any(|m| {
-        matches!(m.kind, Kind::Response | Kind::Error)
-            || matches!(
-                m.method.as_deref(),
-                Some("tools/call" | "prompts/get" | "resources/read")
-            )
-            || m.method
-                .as_deref()
-                .is_some_and(super::tasks::is_task_method)
-    });
-    if mode == RequestMode::Off || !outgoing {
-        return Ok(none);
+    if mode == RequestMode::Off {
+        return Ok(Guarded {
+            body: None,
+            counts: Vec::new(),
+        });
     }
-    if let Some(guarded) = guard_calls(policy, mode, bytes, messages)? {
+    if let Some(guarded) = guard_requests(policy, mode, bytes, messages)? {
         return Ok(guarded);
     }
     // `jsonrpc::parse` refused what a Value cannot hold; should that ever disagree, the
     // call is refused rather than forwarded unscanned.
-    let mut doc = serde_json::from_slice::<serde_json::Value>(bytes)
-        .map_err(|e| format!("the arguments could not be scanned for secrets: {e}"))?;
+    let mut doc = serde_json::from_slice::<Value>(bytes)
+        .map_err(|e| format!("what the agent sends could not be scanned for secrets: {e}"))?;
     let mut counts = Vec::new();
     {
-        let items: Vec<&mut serde_json::Value> = match &mut doc {
-            serde_json::Value::Array(a) => a.iter_mut().collect(),
+        let items: Vec<&mut Value> = match &mut doc {
+            Value::Array(a) => a.iter_mut().collect(),
             v => vec![v],
         };
         for v in items {
-            if v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some())
-            {
-                if let Some(found) = guard_answer(policy, mode, v) {
-                    counts.push(found);
+            let Some(method) = v.get("method").and_then(Value::as_str).map(str::to_owned) else {
+                if v.get("result").is_some() || v.get("error").is_some() {
+                    counts.extend(guard_answer(policy, mode, v));
                 }
                 continue;
-            }
-            // A retry's answers to what the server asked (2026-07-28) leave like answers
-            // to a server's requests.
-            if let Some(answers) = v
-                .get_mut("params")
-                .and_then(|p| p.get_mut("inputResponses"))
-            {
-                let found = match mode {
-                    RequestMode::Refuse => policy.redactor.scan_json(answers),
-                    _ => policy.redactor.redact_json(answers),
-                };
-                if !found.is_empty() {
-                    if mode == RequestMode::Refuse {
-                        let what: Vec<String> =
-                            found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
-                        return Err(format!(
-                            "the answers to what the server asked (inputResponses) carry \
-                             secrets or personal data ({}); refused so they do not leave the \
-                             host (redact.mode_requests = \"refuse\")",
-                            what.join(", ")
-                        ));
-                    }
-                    if let Some(id) = super::rewrite::id_of(&v["id"]) {
-                        counts.push((id, found));
-                    }
-                }
-            }
-            if v["method"] != "tools/call" {
-                continue;
-            }
-            let id = match &v["id"] {
-                serde_json::Value::Number(n) => n.as_i64().map(Id::Num),
-                serde_json::Value::String(s) => Some(Id::Str(s.clone())),
-                _ => None,
             };
-            let tool = v["params"]["name"].as_str().unwrap_or("?").to_string();
-            let Some(args) = v.get_mut("params").and_then(|p| p.get_mut("arguments")) else {
+            let id = super::rewrite::id_of(&v["id"]);
+            let Some(params) = v.get_mut("params") else {
                 continue;
             };
-            let found = match mode {
-                RequestMode::Refuse => policy.redactor.scan_json(args),
-                _ => policy.redactor.redact_json(args),
-            };
-            if found.is_empty() {
-                continue;
-            }
-            if mode == RequestMode::Refuse {
-                return Err(refused_call(&tool, &found));
-            }
-            if let Some(id) = id {
+            let (found, _) = guard_params(policy, mode, &method, params)?;
+            if let (false, Some(id)) = (found.is_empty(), id) {
                 counts.push((id, found));
             }
         }
     }
     if counts.is_empty() {
-        return Ok(none);
+        return Ok(Guarded { body: None, counts });
     }
     Ok(Guarded {
         body: Some(serde_json::to_vec(&doc).expect("a JSON value always serialises")),
@@ -133,13 +81,13 @@ pub(crate) fn guard_arguments(
     })
 }
 
-/// The common case, without parsing the body again: a POST of requests and notifications
-/// without a retry's answers, where only tools/call arguments go out. Each is scanned as the
-/// policy read it (`Message::arguments`, one parse for both), and one redacted is written
-/// over its own bytes, the rest of the body kept as the agent sent it. None when this
-/// cannot answer (an answer among the messages, `inputResponses`, arguments that do not
-/// parse): the whole body is then read as a JSON value.
-fn guard_calls(
+/// The common case, without parsing the body again: a POST of requests and notifications.
+/// Params in whose text no trigger matches (and that hold no escape) carry nothing to find:
+/// nothing more is read. Others are read as a JSON value and guarded; what was redacted is
+/// written over its own bytes, the rest of the body kept as the agent sent it. None when
+/// this cannot answer (an answer among the messages, a member whose place in the body is
+/// not known): the whole body is then read as a JSON value.
+fn guard_requests(
     policy: &Policy,
     mode: RequestMode,
     bytes: &[u8],
@@ -151,42 +99,31 @@ fn guard_calls(
         if !matches!(m.kind, Kind::Request | Kind::Notification) {
             return Ok(None);
         }
-        let Some(info) = m.info_if_read() else {
-            return Ok(None);
-        };
-        if info.input_responses {
-            return Ok(None);
-        }
-        if m.method.as_deref() != Some("tools/call") {
-            continue;
-        }
-        let Some(raw) = info.arguments else {
+        let (Some(method), Some(params)) = (m.method.as_deref(), m.params) else {
             continue;
         };
-        let (Some(args), Some(at)) = (m.arguments(), within(bytes, raw)) else {
-            return Ok(None);
-        };
-        let found = match mode {
-            RequestMode::Refuse => policy.redactor.scan_json(args),
-            _ if !policy.redactor.might_redact(args) => Counts::default(),
-            _ => {
-                let mut copy = args.clone();
-                let found = policy.redactor.redact_json(&mut copy);
-                if !found.is_empty() {
-                    let json = serde_json::to_vec(&copy).expect("a JSON value always serialises");
-                    edits.push((at, json));
-                }
-                found
-            }
-        };
-        if found.is_empty() {
+        if !policy
+            .redactor
+            .might_redact_json_text(params.get().as_bytes())
+        {
             continue;
         }
-        if mode == RequestMode::Refuse {
-            let tool = m.target_name();
-            return Err(refused_call(tool.as_deref().unwrap_or("?"), &found));
+        let mut value: Value = serde_json::from_str(params.get())
+            .map_err(|e| format!("the parameters of {method} could not be scanned: {e}"))?;
+        let (found, rewritten) = guard_params(policy, mode, method, &mut value)?;
+        let info = m.info_if_read();
+        for key in rewritten {
+            let raw = match key {
+                ARGUMENTS => info.and_then(|i| i.arguments),
+                _ => info.and_then(|i| i.input_responses),
+            };
+            let Some(at) = raw.and_then(|raw| within(bytes, raw)) else {
+                return Ok(None);
+            };
+            let json = serde_json::to_vec(&value[key]).expect("a JSON value always serialises");
+            edits.push((at, json));
         }
-        if let Some(id) = &m.id {
+        if let (false, Some(id)) = (found.is_empty(), &m.id) {
             counts.push((id.clone(), found));
         }
     }
@@ -194,14 +131,92 @@ fn guard_calls(
     Ok(Some(Guarded { body, counts }))
 }
 
-/// Why a call whose arguments carry what `found` names is refused.
-fn refused_call(tool: &str, found: &Counts) -> String {
-    let what: Vec<String> = found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
-    format!(
-        "the arguments of tools/call {tool} carry secrets or personal data ({}); \
-         refused so they do not leave the host (redact.mode_requests = \"refuse\")",
-        what.join(", ")
-    )
+const ARGUMENTS: &str = "arguments";
+const INPUT_RESPONSES: &str = "inputResponses";
+
+/// Guards one request's or notification's `params`: the arguments of a tool or prompt and
+/// a retry's `inputResponses` are redacted (`redact`) or refused (`refuse`); a find in any
+/// other parameter, or in a parameter's name, is refused in either mode. Returns what was
+/// redacted, and in which of those two members.
+fn guard_params(
+    policy: &Policy,
+    mode: RequestMode,
+    method: &str,
+    params: &mut Value,
+) -> Result<(Counts, Vec<&'static str>), String> {
+    let r = &policy.redactor;
+    let label = match params.get("name").and_then(Value::as_str) {
+        Some(name) if matches!(method, "tools/call" | "prompts/get") => {
+            format!("{method} {name}")
+        }
+        _ => method.to_string(),
+    };
+    let Value::Object(map) = params else {
+        // Positional params: nothing in them can be rewritten in place.
+        return refused_if_any(&r.scan_json(params), &label, "parameters", mode, false)
+            .map(|()| (Counts::default(), Vec::new()));
+    };
+    let mut redacted = Counts::default();
+    let mut rewritten = Vec::new();
+    for (key, v) in map.iter_mut() {
+        let member = match key.as_str() {
+            INPUT_RESPONSES => Some(INPUT_RESPONSES),
+            ARGUMENTS if matches!(method, "tools/call" | "prompts/get") => Some(ARGUMENTS),
+            _ => None,
+        };
+        refused_if_any(&r.scan_str(key), &label, "parameter names", mode, false)?;
+        match member {
+            Some(member) if mode == RequestMode::Redact => {
+                let found = r.redact_json(v);
+                if !found.is_empty() {
+                    redacted.merge(&found);
+                    rewritten.push(member);
+                }
+            }
+            Some(INPUT_RESPONSES) => refused_if_any(
+                &r.scan_json(v),
+                &label,
+                "answers to what the server asked (inputResponses)",
+                mode,
+                true,
+            )?,
+            Some(_) => refused_if_any(&r.scan_json(v), &label, "arguments", mode, true)?,
+            None => refused_if_any(
+                &r.scan_json(v),
+                &label,
+                &format!("{key:?} parameter"),
+                mode,
+                false,
+            )?,
+        }
+    }
+    Ok((redacted, rewritten))
+}
+
+/// Err naming the detectors that found something (never the values), when any did.
+/// `rewritable`: whether `redact` would have rewritten it, so only `refuse` refused it.
+fn refused_if_any(
+    found: &Counts,
+    label: &str,
+    what: &str,
+    mode: RequestMode,
+    rewritable: bool,
+) -> Result<(), String> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
+    let why = if mode == RequestMode::Refuse || rewritable {
+        "redact.mode_requests = \"refuse\""
+    } else {
+        "only a tool's or prompt's arguments and a retry's answers are redacted; a secret \
+         anywhere else is refused"
+    };
+    Err(format!(
+        "the {what} of {label} carry secrets or personal data ({}); refused so they do not \
+         leave the host ({why})",
+        list.join(", ")
+    ))
 }
 
 /// Where `part`, borrowed from `whole`, lies in it.

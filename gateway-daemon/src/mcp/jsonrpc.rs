@@ -157,8 +157,8 @@ pub struct ParamsInfo<'a> {
     pub protocol_version: Option<Cow<'a, str>>,
     /// The raw text of `params.arguments`, where the message holds it.
     pub arguments: Option<&'a str>,
-    /// Whether `params` has `inputResponses` (a retry's answers, 2026-07-28).
-    pub input_responses: bool,
+    /// The raw text of `params.inputResponses` (a retry's answers, 2026-07-28).
+    pub input_responses: Option<&'a str>,
 }
 
 /// Key of the protocol version in `params._meta` (2026-07-28 revision).
@@ -272,7 +272,7 @@ impl<'a> Message<'a> {
             .map_err(|e| JsonRpcError::NotJsonRpc(format!("params: {e}")))?;
         let mut info = ParamsInfo {
             arguments: view.arguments.map(RawValue::get),
-            input_responses: view.input_responses.is_some(),
+            input_responses: view.input_responses.map(RawValue::get),
             ..ParamsInfo::default()
         };
         if let Some(what) = target {
