@@ -474,6 +474,13 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
                "params": {"requestId": 1, "reason": format!("leaking {AWS_KEY}")}}),
         json!({"jsonrpc": "2.0", "id": 24, "method": "tools/call",
                "params": {"name": "echo", "arguments": {"note": "clean"}}}),
+        // Members a server receives as sent: the id, and one JSON-RPC does not name.
+        json!({"jsonrpc": "2.0", "id": format!("call-{AWS_KEY}"), "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"note": "fine"}}}),
+        json!({"jsonrpc": "2.0", "id": 26, "method": "tools/call", "note": AWS_KEY,
+               "params": {"name": "echo", "arguments": {"note": "fine"}}}),
+        // An answer no request of the server's is waiting for, under an id no request has.
+        json!({"jsonrpc": "2.0", "id": null, "error": {"code": 1, "message": AWS_KEY}}),
     ];
     let raw: Vec<String> = bodies.iter().map(Value::to_string).collect();
     let out = run_probe(gw.agent(
@@ -505,7 +512,12 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
     );
     assert!(at_server.iter().any(|e| e["id"] == 24), "{text}");
     // The others were refused with the exfiltration code, naming the detector.
-    for (i, what) in [(1, "uri"), (2, "_meta")] {
+    for (i, what) in [
+        (1, "uri"),
+        (2, "_meta"),
+        (5, "id"),
+        (6, "an unnamed member"),
+    ] {
         let answer: Value = serde_json::from_str(out[i]["raw"].as_str().unwrap()).unwrap();
         assert_eq!(answer["error"]["code"], -32014, "{what}: {answer}");
         let message = answer["error"]["message"].as_str().unwrap();

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use serde_json::Value;
 
-use super::jsonrpc::{Id, Kind, Message};
+use super::jsonrpc::{Id, Message};
 use super::observe::Observer;
 use super::record::Direction;
 use crate::policy::Policy;
@@ -29,106 +29,108 @@ pub(crate) struct Guarded {
 /// Scans what the POST's messages send out per the principal's and server's `redact`
 /// mode: `refuse` answers Err naming what was found (never the values), `redact` returns a
 /// body with the secrets replaced by markers (or Err for one it cannot replace).
+///
+/// A body in whose text no trigger matches, and that holds no escape, carries nothing to
+/// find: nothing more is read (the common case). Any other is read as a JSON value, every
+/// member of every message. What was redacted in a request is written over its own bytes,
+/// the rest of the body kept as the agent sent it; a rewritten answer re-serialises the
+/// body.
 pub(crate) fn guard_arguments(
     policy: &Policy,
     obs: &Observer,
     bytes: &[u8],
     messages: &[Message<'_>],
 ) -> Result<Guarded, String> {
+    let mut guarded = Guarded {
+        body: None,
+        counts: Vec::new(),
+    };
     let mode = policy.request_redaction(obs.principal.name.as_deref(), &obs.server);
-    if mode == RequestMode::Off {
-        return Ok(Guarded {
-            body: None,
-            counts: Vec::new(),
-        });
-    }
-    if let Some(guarded) = guard_requests(policy, mode, bytes, messages)? {
+    if mode == RequestMode::Off || !policy.redactor.might_redact_json_text(bytes) {
         return Ok(guarded);
     }
     // `jsonrpc::parse` refused what a Value cannot hold; should that ever disagree, the
-    // call is refused rather than forwarded unscanned.
+    // message is refused rather than forwarded unscanned.
     let mut doc = serde_json::from_slice::<Value>(bytes)
         .map_err(|e| format!("what the agent sends could not be scanned for secrets: {e}"))?;
-    let mut counts = Vec::new();
-    {
-        let items: Vec<&mut Value> = match &mut doc {
-            Value::Array(a) => a.iter_mut().collect(),
-            v => vec![v],
-        };
-        for v in items {
-            let Some(method) = v.get("method").and_then(Value::as_str).map(str::to_owned) else {
-                if v.get("result").is_some() || v.get("error").is_some() {
-                    counts.extend(guard_answer(policy, mode, v));
-                }
-                continue;
-            };
-            let id = super::rewrite::id_of(&v["id"]);
-            let Some(params) = v.get_mut("params") else {
-                continue;
-            };
-            let (found, _) = guard_params(policy, mode, &method, params)?;
-            if let (false, Some(id)) = (found.is_empty(), id) {
-                counts.push((id, found));
-            }
-        }
-    }
-    if counts.is_empty() {
-        return Ok(Guarded { body: None, counts });
-    }
-    Ok(Guarded {
-        body: Some(serde_json::to_vec(&doc).expect("a JSON value always serialises")),
-        counts,
-    })
-}
-
-/// The common case, without parsing the body again: a POST of requests and notifications.
-/// Params in whose text no trigger matches (and that hold no escape) carry nothing to find:
-/// nothing more is read. Others are read as a JSON value and guarded; what was redacted is
-/// written over its own bytes, the rest of the body kept as the agent sent it. None when
-/// this cannot answer (an answer among the messages, a member whose place in the body is
-/// not known): the whole body is then read as a JSON value.
-fn guard_requests(
-    policy: &Policy,
-    mode: RequestMode,
-    bytes: &[u8],
-    messages: &[Message<'_>],
-) -> Result<Option<Guarded>, String> {
-    let mut counts = Vec::new();
+    let items: Vec<&mut Value> = match &mut doc {
+        Value::Array(a) => a.iter_mut().collect(),
+        v => vec![v],
+    };
+    // Each item is the message `jsonrpc::parse` read at the same place: its raw members
+    // say where a rewritten one lies in the body.
+    let mut placed = items.len() == messages.len();
     let mut edits: Vec<(Range<usize>, Vec<u8>)> = Vec::new();
-    for m in messages {
-        if !matches!(m.kind, Kind::Request | Kind::Notification) {
-            return Ok(None);
-        }
-        let (Some(method), Some(params)) = (m.method.as_deref(), m.params) else {
+    let mut changed = false;
+    for (i, v) in items.into_iter().enumerate() {
+        guard_envelope(policy, mode, v)?;
+        let id = super::rewrite::id_of(&v["id"]);
+        let Some(method) = v.get("method").and_then(Value::as_str).map(str::to_owned) else {
+            if v.get("result").is_some() || v.get("error").is_some() {
+                if let Some(found) = guard_answer(policy, mode, v) {
+                    changed = true;
+                    placed = false;
+                    guarded.counts.extend(id.map(|id| (id, found)));
+                }
+            }
             continue;
         };
-        if !policy
-            .redactor
-            .might_redact_json_text(params.get().as_bytes())
-        {
+        let Some(params) = v.get_mut("params") else {
             continue;
-        }
-        let mut value: Value = serde_json::from_str(params.get())
-            .map_err(|e| format!("the parameters of {method} could not be scanned: {e}"))?;
-        let (found, rewritten) = guard_params(policy, mode, method, &mut value)?;
-        let info = m.info_if_read();
+        };
+        let (found, rewritten) = guard_params(policy, mode, &method, params)?;
         for key in rewritten {
+            changed = true;
+            let info = messages
+                .get(i)
+                .filter(|_| placed)
+                .and_then(|m| m.info_if_read());
             let raw = match key {
                 ARGUMENTS => info.and_then(|i| i.arguments),
                 _ => info.and_then(|i| i.input_responses),
             };
-            let Some(at) = raw.and_then(|raw| within(bytes, raw)) else {
-                return Ok(None);
-            };
-            let json = serde_json::to_vec(&value[key]).expect("a JSON value always serialises");
-            edits.push((at, json));
+            match raw.and_then(|raw| within(bytes, raw)) {
+                Some(at) => edits.push((
+                    at,
+                    serde_json::to_vec(&params[key]).expect("a JSON value always serialises"),
+                )),
+                None => placed = false,
+            }
         }
-        if let (false, Some(id)) = (found.is_empty(), &m.id) {
-            counts.push((id.clone(), found));
+        if let (false, Some(id)) = (found.is_empty(), id) {
+            guarded.counts.push((id, found));
         }
     }
-    let body = (!edits.is_empty()).then(|| spliced(bytes, edits));
-    Ok(Some(Guarded { body, counts }))
+    if changed {
+        guarded.body = Some(if placed {
+            spliced(bytes, edits)
+        } else {
+            serde_json::to_vec(&doc).expect("a JSON value always serialises")
+        });
+    }
+    Ok(guarded)
+}
+
+/// Everything of a message but what `guard_params` and `guard_answer` look at: its id, its
+/// method and any member JSON-RPC does not name, which a server receives as sent. Nothing
+/// there can be rewritten without changing what the message is: a find is refused.
+fn guard_envelope(policy: &Policy, mode: RequestMode, v: &Value) -> Result<(), String> {
+    let Value::Object(map) = v else {
+        return Ok(());
+    };
+    let label = map
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("an answer");
+    for (key, member) in map {
+        if matches!(key.as_str(), "params" | "result" | "error") {
+            continue;
+        }
+        let mut found = policy.redactor.scan_str(key);
+        found.merge(&policy.redactor.scan_json(member));
+        refused_if_any(&found, label, &format!("{key:?} member"), mode, false)?;
+    }
+    Ok(())
 }
 
 const ARGUMENTS: &str = "arguments";
@@ -242,14 +244,9 @@ fn spliced(bytes: &[u8], mut edits: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
 
 /// The agent's answer to a server request, scanned like a call's arguments: `redact`
 /// replaces what was found; `refuse` replaces the answer with an error, so the server
-/// learns the agent's answer was withheld and the data never leaves.
-fn guard_answer(
-    policy: &Policy,
-    mode: RequestMode,
-    v: &mut serde_json::Value,
-) -> Option<(Id, Counts)> {
-    // Compared as pairing compares ids (`1.0` is `1`); scanned whatever the id.
-    let id = super::rewrite::id_of(&v["id"]);
+/// learns the agent's answer was withheld and the data never leaves. Some when it changed.
+fn guard_answer(policy: &Policy, mode: RequestMode, v: &mut serde_json::Value) -> Option<Counts> {
+    // Scanned whatever the id: one no request has is still sent.
     let part = if v.get("result").is_some() {
         "result"
     } else {
@@ -278,7 +275,7 @@ fn guard_answer(
             "error": { "code": super::reply::GATEWAY_EXFILTRATION, "message": why },
         });
     }
-    Some((id?, found))
+    Some(found)
 }
 
 impl Guarded {
