@@ -511,6 +511,18 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
         "{prompt}"
     );
     assert!(at_server.iter().any(|e| e["id"] == 24), "{text}");
+    // The answer went, its message redacted.
+    let answer = at_server
+        .iter()
+        .find(|e| e["id"].is_null() && e["method"].is_null())
+        .expect("the answer forwarded");
+    assert!(
+        answer["raw"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED:aws_access_key_id]"),
+        "{answer}"
+    );
     // The others were refused with the exfiltration code, naming the detector.
     for (i, what) in [
         (1, "uri"),
