@@ -5,13 +5,16 @@
 //! read on a worker would stall every connection that worker carries. So a read runs on a
 //! blocking thread, the connection waits at most `READ_FOR` for it, and a user has at most
 //! `PER_USER` reads under way: a read that hangs holds its thread and its user's share
-//! until the file answers, never anyone else's.
+//! until the file answers, never anyone else's. A user's subordinate uids are one user
+//! (`subids`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+
+use super::subids::{self, Holder};
 
 /// How long a connection waits for its process's identity to be read.
 pub const READ_FOR: Duration = Duration::from_secs(3);
@@ -47,17 +50,18 @@ pub enum Unread {
 
 static ALL: Semaphore = Semaphore::const_new(ALL_USERS);
 
-static UNDER_WAY: LazyLock<Mutex<HashMap<u32, Arc<Semaphore>>>> = LazyLock::new(Default::default);
+static UNDER_WAY: LazyLock<Mutex<HashMap<Holder, Arc<Semaphore>>>> =
+    LazyLock::new(Default::default);
 
-fn share_of(uid: u32) -> Arc<Semaphore> {
+fn share_of(holder: Holder) -> Arc<Semaphore> {
     let mut users = UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner());
-    if users.len() >= USERS && !users.contains_key(&uid) {
+    if users.len() >= USERS && !users.contains_key(&holder) {
         // Only shares no one holds (a waiter or a read holds a clone): forgetting a held
         // one would give its user a second.
         users.retain(|_, s| Arc::strong_count(s) > 1);
     }
     users
-        .entry(uid)
+        .entry(holder)
         .or_insert_with(|| Arc::new(Semaphore::new(PER_USER)))
         .clone()
 }
@@ -68,8 +72,17 @@ pub async fn read<T: Send + 'static>(
     uid: u32,
     read: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Unread> {
+    read_as(subids::holder(uid), uid, read).await
+}
+
+/// As `read`, counted against `holder`'s share.
+async fn read_as<T: Send + 'static>(
+    holder: Holder,
+    uid: u32,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Unread> {
     let deadline = tokio::time::Instant::now() + READ_FOR;
-    let share = share_of(uid);
+    let share = share_of(holder);
     let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, share.acquire_owned()).await else {
         return Err(Unread::Busy { uid });
     };
@@ -121,5 +134,31 @@ mod tests {
         // Once the hung reads return, the user reads again.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(read(hung, || 8).await, Ok(8));
+    }
+
+    #[tokio::test]
+    async fn the_uids_of_one_range_share_one_users_reads() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(Mutex::new(rx));
+        let range = Holder::Range(70_000);
+        // Reads under four different uids of the range hang: the range's share is spent.
+        let mut waiting = Vec::new();
+        for uid in 70_000..70_000 + PER_USER as u32 {
+            let rx = rx.clone();
+            waiting.push(tokio::spawn(read_as(range, uid, move || {
+                let _ = rx.lock().unwrap().recv();
+            })));
+        }
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Err(Unread::TimedOut));
+        }
+        // A fifth uid of the range gets no share of its own.
+        assert_eq!(
+            read_as(range, 70_100, || ()).await,
+            Err(Unread::Busy { uid: 70_100 })
+        );
+        // A uid outside it is served.
+        assert_eq!(read_as(Holder::Uid(70_200), 70_200, || 9).await, Ok(9));
+        drop(tx);
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod bounded;
 pub mod exe_hash;
+pub mod subids;
 
 use std::path::PathBuf;
 
