@@ -215,7 +215,8 @@ def call(i, name):
               headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
     r = c.getresponse()
     return {"status": r.status, "raw": r.read().decode()}
-print(json.dumps({"json": call(1, "secret_json_inf"), "sse": call(2, "secret_sse_inf")}))
+print(json.dumps({"json": call(1, "secret_json_inf"), "sse": call(2, "secret_sse_inf"),
+                  "twice": call(3, "twice")}))
 "#;
     let port = free_port();
     let gw = Gateway::start(
@@ -237,6 +238,12 @@ print(json.dumps({"json": call(1, "secret_json_inf"), "sse": call(2, "secret_sse
             );
         }
     }
+    // A result with a key given twice (`content`, the first copy holding a secret): a
+    // client reading the first copy would see what redaction of the last never looked at.
+    let twice = out["twice"]["raw"].as_str().unwrap();
+    assert!(!twice.contains(AWS_KEY), "{twice}");
+    assert_eq!(out["twice"]["status"], 502, "{out}");
+    assert!(twice.contains("appears twice"), "{twice}");
     assert_eq!(out["json"]["status"], 502, "{out}");
     assert!(
         out["json"]["raw"]
@@ -482,7 +489,19 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
         // An answer no request of the server's is waiting for, under an id no request has.
         json!({"jsonrpc": "2.0", "id": null, "error": {"code": 1, "message": AWS_KEY}}),
     ];
-    let raw: Vec<String> = bodies.iter().map(Value::to_string).collect();
+    let mut raw: Vec<String> = bodies.iter().map(Value::to_string).collect();
+    raw.extend([
+        // A key given twice inside the arguments: the gateway would read one copy.
+        format!(
+            r#"{{"jsonrpc":"2.0","id":27,"method":"tools/call","params":{{"name":"echo","arguments":{{"q":"{AWS_KEY}","q":"x"}}}}}}"#
+        ),
+        // An answer's member that no answer has: sent as it is.
+        format!(r#"{{"jsonrpc":"2.0","id":28,"result":{{}},"params":{{"leak":"{AWS_KEY}"}}}}"#),
+        // A secret as a key of the arguments, which `redact` does not rewrite.
+        format!(
+            r#"{{"jsonrpc":"2.0","id":29,"method":"tools/call","params":{{"name":"echo","arguments":{{"{AWS_KEY}":"x"}}}}}}"#
+        ),
+    ]);
     let out = run_probe(gw.agent(
         PYTHON,
         &[
@@ -524,11 +543,20 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
         "{answer}"
     );
     // The others were refused with the exfiltration code, naming the detector.
+    // A key given twice is not read at all.
+    let twice: Value = serde_json::from_str(out[8]["raw"].as_str().unwrap()).unwrap();
+    assert!(
+        twice["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("appears twice")),
+        "{twice}"
+    );
     for (i, what) in [
         (1, "uri"),
         (2, "_meta"),
         (5, "id"),
         (6, "an unnamed member"),
+        (10, "a key of the arguments"),
     ] {
         let answer: Value = serde_json::from_str(out[i]["raw"].as_str().unwrap()).unwrap();
         assert_eq!(answer["error"]["code"], -32014, "{what}: {answer}");

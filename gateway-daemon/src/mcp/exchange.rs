@@ -563,7 +563,7 @@ async fn refuse_unread(
 
 /// The POST's messages, and whether they came as a batch.
 fn parse_post(bytes: &[u8], max_pending: usize) -> Result<(Vec<Message<'_>>, bool), Refusal> {
-    let parsed = jsonrpc::parse(bytes, MAX_DEPTH).map_err(|e| match e {
+    let parsed = jsonrpc::parse_agent(bytes, MAX_DEPTH).map_err(|e| match e {
         jsonrpc::JsonRpcError::NotJson(_)
         | jsonrpc::JsonRpcError::TooDeep(_)
         | jsonrpc::JsonRpcError::Unreadable(_) => Refusal::not_json(e.to_string()),
@@ -625,12 +625,12 @@ fn readable(
             obs.protocol_version.as_deref().unwrap_or("?")
         )));
     }
+    // An answer is unreadable only with a key given twice (`jsonrpc::parse_agent`).
     if let Some((m, e)) = messages
         .iter()
-        .filter(|m| m.method.is_some())
         .find_map(|m| m.params_error().map(|e| (m, e)))
     {
-        let method = m.method.as_deref().unwrap_or("");
+        let method = m.method.as_deref().unwrap_or("an answer");
         return Err(Refusal::ambiguous(format!(
             "{method}: the gateway cannot read this call unambiguously: {e}"
         )));

@@ -118,12 +118,16 @@ fn guard_envelope(policy: &Policy, mode: RequestMode, v: &Value) -> Result<(), S
     let Value::Object(map) = v else {
         return Ok(());
     };
-    let label = map
-        .get("method")
-        .and_then(Value::as_str)
-        .unwrap_or("an answer");
+    let method = map.get("method").and_then(Value::as_str);
+    let label = method.unwrap_or("an answer");
     for (key, member) in map {
-        if matches!(key.as_str(), "params" | "result" | "error") {
+        // What `guard_params` (a request's params) or `guard_answer` (an answer's result
+        // or error) reads; an answer's `params`, say, is read here.
+        let elsewhere = match method {
+            Some(_) => key == "params",
+            None => key == "result" || key == "error",
+        };
+        if elsewhere {
             continue;
         }
         let mut found = policy.redactor.scan_str(key);
@@ -169,6 +173,8 @@ fn guard_params(
         refused_if_any(&r.scan_str(key), &label, "parameter names", mode, false)?;
         match member {
             Some(member) if mode == RequestMode::Redact => {
+                // Keys stay as they are in `redact`: one that holds a secret is refused.
+                refused_if_any(&r.scan_keys(v), &label, "keys", mode, false)?;
                 let found = r.redact_json(v);
                 if !found.is_empty() {
                     redacted.merge(&found);
@@ -245,29 +251,36 @@ fn spliced(bytes: &[u8], mut edits: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
 /// The agent's answer to a server request, scanned like a call's arguments: `redact`
 /// replaces what was found; `refuse` replaces the answer with an error, so the server
 /// learns the agent's answer was withheld and the data never leaves. Some when it changed.
-fn guard_answer(policy: &Policy, mode: RequestMode, v: &mut serde_json::Value) -> Option<Counts> {
+fn guard_answer(policy: &Policy, mode: RequestMode, v: &mut Value) -> Option<Counts> {
     // Scanned whatever the id: one no request has is still sent.
     let part = if v.get("result").is_some() {
         "result"
     } else {
         "error"
     };
-    let found = {
-        let answer = v.get_mut(part)?;
-        match mode {
-            RequestMode::Refuse => policy.redactor.scan_json(answer),
-            _ => policy.redactor.redact_json(answer),
-        }
+    let r = &policy.redactor;
+    let answer = v.get_mut(part)?;
+    // Keys stay as they are in `redact`: an answer with a secret in one is withheld.
+    let withhold = mode == RequestMode::Refuse || !r.scan_keys(answer).is_empty();
+    let found = if withhold {
+        r.scan_json(answer)
+    } else {
+        r.redact_json(answer)
     };
     if found.is_empty() {
         return None;
     }
-    if mode == RequestMode::Refuse {
+    if withhold {
         let what: Vec<String> = found.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
         let why = format!(
             "the agent's answer carried secrets or personal data ({}); withheld by the \
-             gateway (redact.mode_requests = \"refuse\")",
-            what.join(", ")
+             gateway (redact.mode_requests = \"{}\")",
+            what.join(", "),
+            if mode == RequestMode::Refuse {
+                "refuse"
+            } else {
+                "redact"
+            }
         );
         *v = serde_json::json!({
             "jsonrpc": "2.0",

@@ -364,7 +364,31 @@ pub enum JsonRpcError {
 /// Allocation: none per member of `params`/`result` (kept as [`RawValue`]); only
 /// strings containing escapes (`Cow::Owned`), string ids and the batch vector allocate.
 pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> {
-    let seen = scan(body, max_depth)?;
+    let (parsed, twice) = parse_noting(body, max_depth)?;
+    match twice {
+        Some(e) => Err(e),
+        None => Ok(parsed),
+    }
+}
+
+/// As [`parse`], for what an agent sends: a key given twice in one object makes every
+/// message of the body unreadable (`params_error` says why), so each is refused with its
+/// own id, as a client library expects, instead of the body as a whole.
+pub fn parse_agent(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> {
+    let (parsed, twice) = parse_noting(body, max_depth)?;
+    if let Some(e) = twice {
+        for m in parsed.messages() {
+            let _ = m.info.set(Err(e.clone()));
+        }
+    }
+    Ok(parsed)
+}
+
+fn parse_noting(
+    body: &[u8],
+    max_depth: usize,
+) -> Result<(Parsed<'_>, Option<JsonRpcError>), JsonRpcError> {
+    let seen = super::json_scan::scan(body, max_depth)?;
     let first = seen.first;
     let text = std::str::from_utf8(body).map_err(|e| {
         JsonRpcError::NotJson(format!("invalid UTF-8 at byte offset {}", e.valid_up_to()))
@@ -378,7 +402,7 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed<'_>, JsonRpcError> 
             return Err(JsonRpcError::Unreadable(e.to_string()));
         }
     }
-    Ok(parsed)
+    Ok((parsed, seen.twice))
 }
 
 fn parse_envelopes(text: &str, first: Option<u8>) -> Result<Parsed<'_>, JsonRpcError> {
@@ -424,81 +448,6 @@ fn serde_error(e: serde_json::Error) -> JsonRpcError {
         serde_json::error::Category::Data => JsonRpcError::NotJsonRpc(e.to_string()),
         _ => JsonRpcError::NotJson(e.to_string()),
     }
-}
-
-/// What one pass over the raw bytes found.
-struct Scan {
-    /// The first non-whitespace byte.
-    first: Option<u8>,
-    /// Something a serde_json Value may not hold: a `\uD...` escape (perhaps a lone
-    /// surrogate), a number with an exponent or of 300 digits or more (perhaps beyond a
-    /// double). (Nesting is not: the gateway's limit, 64, is below serde_json's 128.)
-    suspect: bool,
-}
-
-/// Scans raw bytes for bracket nesting, skipping string contents, and notes what only a
-/// full parse can tell is readable. Malformed input is left for serde_json to reject.
-fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
-    let first = body
-        .iter()
-        .copied()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    let mut depth = 0usize;
-    let mut digits = 0usize;
-    let mut suspect = false;
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        i += 1;
-        match b {
-            b'0'..=b'9' => {
-                digits += 1;
-                suspect |= digits >= 300;
-                continue;
-            }
-            b'e' | b'E' if digits > 0 => suspect = true,
-            b'"' => {
-                // Most of a message is strings: to the closing quote a word at a time.
-                let (end, odd) = string_end(body, i);
-                suspect |= odd;
-                i = end;
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max_depth {
-                    return Err(JsonRpcError::TooDeep(max_depth));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        digits = 0;
-    }
-    Ok(Scan { first, suspect })
-}
-
-/// Where the string whose contents start at `from` ends (past its closing quote, or the
-/// end of `body` when it has none), and whether it holds a `\uD…` escape (perhaps a lone
-/// surrogate).
-fn string_end(body: &[u8], mut from: usize) -> (usize, bool) {
-    let mut suspect = false;
-    while let Some(at) = memchr::memchr2(b'"', b'\\', &body[from..]) {
-        let at = from + at;
-        if body[at] == b'"' {
-            return (at + 1, suspect);
-        }
-        // An escape: the byte after the backslash is never the string's end, nor, after
-        // `\u`, the one after that (the first of its hex digits, or whatever stands there:
-        // serde_json refuses a malformed escape, and the depth count is as it always was).
-        let skip = if body.get(at + 1) == Some(&b'u') {
-            suspect |= matches!(body.get(at + 2), Some(b'd' | b'D'));
-            3
-        } else {
-            2
-        };
-        from = (at + skip).min(body.len());
-    }
-    (body.len(), suspect)
 }
 
 /// Deserialises a present member as `Some(raw)`, even when it is JSON `null` (a plain
@@ -769,6 +718,7 @@ fn truncate(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::json_scan::scan;
     use super::*;
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -1445,20 +1395,15 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(err(body), want, "{body}");
         }
-        // Duplicated keys would let the gateway and the server see different names.
-        let m = err(
+        // Duplicated keys would let the gateway and the server see different names: the
+        // message is not read at all.
+        for body in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"rm_rf"}}"#,
-        );
-        assert!(m.contains("duplicate field `name`"), "{m}");
-        let m = err(
             r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"_meta":{"progressToken":1,"progressToken":2}}}"#,
-        );
-        assert!(m.contains("duplicate field `progressToken`"), "{m}");
-        // The lenient accessors say None for all of these.
-        let m = single(
-            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"safe","name":"rm_rf"}}"#,
-        );
-        assert_eq!(m.target_name(), None);
+        ] {
+            let m = not_rpc(body);
+            assert!(m.contains("appears twice in one object"), "{m}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod guard;
 pub mod headers;
 pub mod inject;
 pub mod input_required;
+pub mod json_scan;
 pub mod jsonrpc;
 pub mod media;
 pub mod observe;

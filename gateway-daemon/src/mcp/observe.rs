@@ -103,8 +103,9 @@ pub struct Observer {
 /// JSON value before the agent sees it. Listings are narrowed and pinned. Anything a task
 /// method answers is read (a task's status may ask for input). A result that may say it is
 /// something else (input_required or a task: `resultType`, `task`, or a key spelled with
-/// an escape) is read to know. Content is redacted, so read unless the redactor can tell
-/// from the text alone that nothing in it would change. Anything else needs no parse at all.
+/// an escape) is read to know. Content and errors are redacted, so read unless the redactor
+/// can tell from the text alone that nothing in it would change. Anything else needs no
+/// parse at all.
 fn must_read(body: &[u8], inspect: &[(Id, String)], redactor: Option<&Redactor>) -> bool {
     let special = inspect
         .iter()
@@ -112,8 +113,8 @@ fn must_read(body: &[u8], inspect: &[(Id, String)], redactor: Option<&Redactor>)
     if special || has_result_type(body) || has_task(body) || has_unicode_escape(body) {
         return true;
     }
-    let content = inspect.iter().any(|(_, m)| rewrite::carries_content(m));
-    content && redactor.is_some_and(|r| r.might_redact_json_text(body))
+    // Any answer's error is redacted, whatever the method: not only content's.
+    redactor.is_some_and(|r| r.might_redact_json_text(body))
 }
 
 /// Whether `body` holds `"resultType"` (the searcher built once: building one costs more
@@ -643,5 +644,32 @@ impl Observer {
             );
             self.audit.record_json_now(|out| r.write_json(out));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::{RedactConfig, Redactor};
+
+    #[test]
+    fn an_error_with_a_secret_is_read_whatever_the_method() {
+        let r = Redactor::new(&RedactConfig::default()).unwrap();
+        let error =
+            br#"{"jsonrpc":"2.0","id":5,"error":{"code":-1,"message":"AKIAZ7QX3M2L5RT6PW4N"}}"#;
+        for method in ["ping", "initialize", "completion/complete", "tools/call"] {
+            let inspect = [(Id::Num(5), method.to_string())];
+            assert!(must_read(error, &inspect, Some(&r)), "{method}");
+        }
+        let plain = br#"{"jsonrpc":"2.0","id":5,"result":{}}"#;
+        assert!(!must_read(plain, &[(Id::Num(5), "ping".into())], Some(&r)));
+        // Listings and task answers are read whatever they hold.
+        assert!(must_read(plain, &[(Id::Num(5), "tools/list".into())], None));
+        assert!(must_read(plain, &[(Id::Num(5), "tasks/get".into())], None));
+        assert!(must_read(
+            br#"{"id":5,"result":{"task":{"taskId":"t"}}}"#,
+            &[(Id::Num(5), "tools/call".into())],
+            None
+        ));
     }
 }

@@ -82,3 +82,21 @@ pub(super) fn scan(r: &Redactor, v: &Value) -> Counts {
     }
     counts
 }
+
+pub(super) fn scan_keys(r: &Redactor, v: &Value) -> Counts {
+    let mut counts = Counts::default();
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Array(items) => stack.extend(items.iter()),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    r.scan_into(k, &mut counts);
+                    stack.push(v);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
+        }
+    }
+    counts
+}

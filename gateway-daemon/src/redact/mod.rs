@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 
 use regex::{Regex, RegexSet, RegexSetBuilder};
-use regex_syntax::hir::LookSet;
+use regex_syntax::hir::{Look, LookSet};
 
 pub use config::{CustomDetector, RedactConfig, RequestMode, ResponseMode, Validator};
 pub use counts::Counts;
@@ -146,9 +146,15 @@ impl Redactor {
             .build()
             .map_err(RedactError::Compile)?;
         let looks: Vec<Option<LookSet>> = triggers().map(looks_of).collect();
-        let joinable = looks
-            .iter()
-            .all(|l| l.is_some_and(|l| !l.contains_anchor_haystack()));
+        // A CRLF-mode `$` does not match between the `\r` a string ends with and the
+        // separator's `\n`: such a trigger cannot be joined either.
+        let joinable = looks.iter().all(|l| {
+            l.is_some_and(|l| {
+                !l.contains_anchor_haystack()
+                    && !l.contains(Look::StartCRLF)
+                    && !l.contains(Look::EndCRLF)
+            })
+        });
         let unanchored = looks
             .iter()
             .all(|l| l.is_some_and(|l| !l.contains_anchor()));
@@ -197,6 +203,12 @@ impl Redactor {
     /// pass of the triggers; a caller that must not change `v` copies it only then).
     pub fn might_redact(&self, v: &serde_json::Value) -> bool {
         json::any_trigger(self, v, false)
+    }
+
+    /// Which detectors fire on the object keys of `v` (at any depth), which `redact_json`
+    /// leaves as they are.
+    pub fn scan_keys(&self, v: &serde_json::Value) -> Counts {
+        json::scan_keys(self, v)
     }
 
     /// Whether redacting the JSON text `text` could change it: false is certain (no

@@ -597,6 +597,11 @@ fn an_anchored_custom_detector_fires_on_a_leaf_anywhere_in_a_document() {
             "{pattern}: redacted"
         );
     }
+    // A CRLF line anchor does not match between a string's last `\r` and the separator.
+    let crlf = with("[[custom]]\nname = \"cr\"\npattern = '(?Rm)tok\\r$'\n").unwrap();
+    assert!(crlf.redact_str("tok\r").is_some());
+    let mut doc = serde_json::json!(["before", "tok\r", "after"]);
+    assert_eq!(crlf.redact_json(&mut doc).get("cr"), 1);
     // The built-ins need no such fallback: a document is still one pass.
     assert!(default().joined_triggers().is_some());
 }

@@ -506,7 +506,7 @@ async fn from_agent<R: AsyncBufRead + Unpin>(shared: Arc<Shared>, mut input: R) 
 
 async fn agent_line(shared: Arc<Shared>, line: Bytes, mut held: Reservation) {
     let obs = shared.observer();
-    let parsed = match jsonrpc::parse(&line, MAX_DEPTH) {
+    let parsed = match jsonrpc::parse_agent(&line, MAX_DEPTH) {
         Ok(p) => p,
         Err(e) => {
             let r = match e {
@@ -542,12 +542,12 @@ async fn agent_line(shared: Arc<Shared>, line: Bytes, mut held: Reservation) {
         shared.send_agent(error_json(None, code, why)).await;
         return;
     }
+    // An answer is unreadable only with a key given twice (`jsonrpc::parse_agent`).
     if let Some((m, e)) = messages
         .iter()
-        .filter(|m| m.method.is_some())
         .find_map(|m| m.params_error().map(|e| (m, e)))
     {
-        let method = m.method.as_deref().unwrap_or("");
+        let method = m.method.as_deref().unwrap_or("an answer");
         let (code, why) = refuse(
             Refusal::ambiguous(format!(
                 "{method}: the gateway cannot read this call unambiguously: {e}"
