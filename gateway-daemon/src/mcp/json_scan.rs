@@ -26,6 +26,14 @@ pub(crate) struct Scan {
 /// escape (`"\u0061"` is `"a"`), the whole text is read again by `unique_keys`.
 const KEYS_COMPARED: usize = 32;
 
+/// Containers, and keys of the objects open at once, tracked on the stack (the scan is on
+/// every message's path: no allocation); past either, the text is read again.
+const OPEN: usize = 64;
+const KEYS: usize = 128;
+
+/// An open container that is an array (an object's entry is where its keys start).
+const ARRAY: u16 = u16::MAX;
+
 /// Scans raw bytes for bracket nesting (an error past `max_depth`) and keys given twice,
 /// skipping string contents, and notes what only a full parse can tell is readable.
 pub(crate) fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> {
@@ -36,9 +44,12 @@ pub(crate) fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> 
     let mut depth = 0usize;
     let mut digits = 0usize;
     let mut suspect = false;
-    // Open containers: for an object, where its keys start in `keys`.
-    let mut open: Vec<Option<usize>> = Vec::new();
-    let mut keys: Vec<&[u8]> = Vec::new();
+    // Open containers (`opened` of them, the first `OPEN` tracked): for an object, where
+    // its keys start in `keys`, whose first `held` are the open objects' keys.
+    let mut open = [ARRAY; OPEN];
+    let mut opened = 0usize;
+    let mut keys: [&[u8]; KEYS] = [&[]; KEYS];
+    let mut held = 0usize;
     let mut expect_key = false;
     let mut reread = false;
     let mut twice = None;
@@ -56,17 +67,23 @@ pub(crate) fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> 
             b'"' => {
                 // Most of a message is strings: to the closing quote a word at a time.
                 let start = i;
-                let (end, odd) = string_end(body, i);
+                let (end, odd, escaped) = string_end(body, i);
                 suspect |= odd;
                 i = end;
-                if let (true, Some(Some(from))) = (expect_key, open.last()) {
+                let top = match opened {
+                    1..=OPEN => open[opened - 1],
+                    _ => ARRAY,
+                };
+                if expect_key && top != ARRAY {
+                    let from = usize::from(top);
                     let key = &body[start..end.saturating_sub(1).max(start)];
-                    if memchr::memchr(b'\\', key).is_some() || keys.len() - from >= KEYS_COMPARED {
+                    if escaped || held - from >= KEYS_COMPARED || held == KEYS {
                         reread = true;
-                    } else if keys[*from..].contains(&key) {
+                    } else if keys[from..held].contains(&key) {
                         twice.get_or_insert_with(|| given_twice(&String::from_utf8_lossy(key)));
                     } else {
-                        keys.push(key);
+                        keys[held] = key;
+                        held += 1;
                     }
                 }
                 expect_key = false;
@@ -76,17 +93,23 @@ pub(crate) fn scan(body: &[u8], max_depth: usize) -> Result<Scan, JsonRpcError> 
                 if depth > max_depth {
                     return Err(JsonRpcError::TooDeep(max_depth));
                 }
-                open.push((b == b'{').then_some(keys.len()));
+                if opened < OPEN {
+                    open[opened] = if b == b'{' { held as u16 } else { ARRAY };
+                } else {
+                    reread = true;
+                }
+                opened += 1;
                 expect_key = b == b'{';
             }
             b']' | b'}' => {
                 depth = depth.saturating_sub(1);
-                if let Some(Some(from)) = open.pop() {
-                    keys.truncate(from);
+                if (1..=OPEN).contains(&opened) && open[opened - 1] != ARRAY {
+                    held = usize::from(open[opened - 1]);
                 }
+                opened = opened.saturating_sub(1);
                 expect_key = false;
             }
-            b',' => expect_key = matches!(open.last(), Some(Some(_))),
+            b',' => expect_key = matches!(opened, 1..=OPEN) && open[opened - 1] != ARRAY,
             b':' => expect_key = false,
             _ => {}
         }
@@ -180,15 +203,17 @@ impl<'de> Visitor<'de> for Unique {
 }
 
 /// Where the string whose contents start at `from` ends (past its closing quote, or the
-/// end of `body` when it has none), and whether it holds a `\uD…` escape (perhaps a lone
-/// surrogate).
-fn string_end(body: &[u8], mut from: usize) -> (usize, bool) {
+/// end of `body` when it has none), whether it holds a `\uD…` escape (perhaps a lone
+/// surrogate), and whether it holds any escape.
+fn string_end(body: &[u8], mut from: usize) -> (usize, bool, bool) {
     let mut suspect = false;
+    let mut escaped = false;
     while let Some(at) = memchr::memchr2(b'"', b'\\', &body[from..]) {
         let at = from + at;
         if body[at] == b'"' {
-            return (at + 1, suspect);
+            return (at + 1, suspect, escaped);
         }
+        escaped = true;
         // An escape: the byte after the backslash is never the string's end, nor, after
         // `\u`, the one after that (the first of its hex digits, or whatever stands there:
         // serde_json refuses a malformed escape, and the depth count is as it always was).
@@ -200,7 +225,7 @@ fn string_end(body: &[u8], mut from: usize) -> (usize, bool) {
         };
         from = (at + skip).min(body.len());
     }
-    (body.len(), suspect)
+    (body.len(), suspect, escaped)
 }
 
 #[cfg(test)]
@@ -229,6 +254,21 @@ mod tests {
         let mut many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
         many.push("\"k7\":0".into());
         assert!(twice_in(&format!("{{{}}}", many.join(","))));
+        // Past the containers and keys tracked on the stack, too.
+        let deep = format!(
+            "{}{{\"a\":1,\"a\":2}}{}",
+            "{\"x\":".repeat(70),
+            "}".repeat(70)
+        );
+        assert!(matches!(scan(deep.as_bytes(), 100).unwrap().twice, Some(_)));
+        let held: String = (0..5)
+            .map(|d| {
+                let keys: Vec<String> = (0..30).map(|i| format!("\"k{d}_{i}\":0")).collect();
+                format!("{{{},\"n\":", keys.join(","))
+            })
+            .collect();
+        let held = format!("{held}{{\"z\":1,\"z\":1}}{}", "}".repeat(5));
+        assert!(twice_in(&held), "{held}");
     }
 
     #[test]
