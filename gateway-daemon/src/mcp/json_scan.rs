@@ -260,7 +260,7 @@ mod tests {
             "{\"x\":".repeat(70),
             "}".repeat(70)
         );
-        assert!(matches!(scan(deep.as_bytes(), 100).unwrap().twice, Some(_)));
+        assert!(scan(deep.as_bytes(), 100).unwrap().twice.is_some());
         let held: String = (0..5)
             .map(|d| {
                 let keys: Vec<String> = (0..30).map(|i| format!("\"k{d}_{i}\":0")).collect();
