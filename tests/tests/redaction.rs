@@ -497,6 +497,7 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
         ),
         // An answer's member that no answer has: sent as it is.
         format!(r#"{{"jsonrpc":"2.0","id":28,"result":{{}},"params":{{"leak":"{AWS_KEY}"}}}}"#),
+        r#"{"jsonrpc":"2.0","id":30,"method":"tools/call","params":{"name":"echo","arguments":{"password":"Tr0ub4dor&3x"}}}"#.to_string(),
         // A secret as a key of the arguments, which `redact` does not rewrite.
         format!(
             r#"{{"jsonrpc":"2.0","id":29,"method":"tools/call","params":{{"name":"echo","arguments":{{"{AWS_KEY}":"x"}}}}}}"#
@@ -513,6 +514,17 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
     ));
     let at_server = received(&log);
     let text = serde_json::to_string(&at_server).unwrap();
+    // A value named a secret by its key: redacted, though no string holds `password=…`.
+    let keyed = at_server
+        .iter()
+        .find(|e| e["id"] == 30)
+        .expect("call 30 forwarded");
+    let raw30 = keyed["raw"].as_str().unwrap();
+    assert!(
+        raw30.contains(r#""password":"[REDACTED:secret_assignment]""#)
+            && !raw30.contains("Tr0ub4dor"),
+        "{keyed}"
+    );
     assert!(
         !text.contains(AWS_KEY),
         "a secret reached the server: {text}"
@@ -556,7 +568,7 @@ fn secrets_anywhere_in_what_the_agent_sends_are_redacted_or_refused() {
         (2, "_meta"),
         (5, "id"),
         (6, "an unnamed member"),
-        (10, "a key of the arguments"),
+        (11, "a key of the arguments"),
     ] {
         let answer: Value = serde_json::from_str(out[i]["raw"].as_str().unwrap()).unwrap();
         assert_eq!(answer["error"]["code"], -32014, "{what}: {answer}");

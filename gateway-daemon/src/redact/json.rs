@@ -31,6 +31,12 @@ pub(super) fn any_trigger(r: &Redactor, v: &Value, keys: bool) -> bool {
                         joined.push_str(k);
                         joined.push_str("\n\0\n");
                     }
+                    if let (Value::String(s), true) = (v, r.names_a_secret(k)) {
+                        joined.push_str(k);
+                        joined.push_str(": ");
+                        joined.push_str(s);
+                        joined.push_str("\n\0\n");
+                    }
                     stack.push(v);
                 }
             }
@@ -54,7 +60,18 @@ pub(super) fn redact(r: &Redactor, v: &mut Value) -> Counts {
                 }
             }
             Value::Array(items) => stack.extend(items.iter_mut()),
-            Value::Object(map) => stack.extend(map.values_mut()),
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    match v {
+                        Value::String(s) if r.names_a_secret(k) => {
+                            if let Some(new) = r.redact_pair(k, s, &mut counts) {
+                                *s = new;
+                            }
+                        }
+                        v => stack.push(v),
+                    }
+                }
+            }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }
@@ -74,7 +91,10 @@ pub(super) fn scan(r: &Redactor, v: &Value) -> Counts {
             Value::Object(map) => {
                 for (k, v) in map {
                     r.scan_into(k, &mut counts);
-                    stack.push(v);
+                    match v {
+                        Value::String(s) if r.names_a_secret(k) => r.scan_pair(k, s, &mut counts),
+                        v => stack.push(v),
+                    }
                 }
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}

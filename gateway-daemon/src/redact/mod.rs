@@ -82,6 +82,11 @@ pub struct Redactor {
     /// matches in a string of a JSON text without escapes matches in that text too, where
     /// the string's bytes stand between quotes (see `might_redact_json_text`).
     unanchored: bool,
+    /// The words a secret's name holds (what `secret_assignment` and `high_entropy` look
+    /// for before a value): a JSON object's string value under such a key is also read
+    /// together with its key, as `key: value` (`{"password": "…"}` holds an assignment no
+    /// single string does).
+    key_words: Regex,
     detectors: Vec<Detector>,
     allow: HashSet<String>,
     allow_patterns: Option<RegexSet>,
@@ -182,6 +187,8 @@ impl Redactor {
             set,
             joined,
             unanchored,
+            key_words: Regex::new(r"(?i-u)pass|secret|key|token|auth|credential")
+                .expect("a fixed regex"),
             detectors,
             allow: cfg.allow.iter().cloned().collect(),
             allow_patterns,
@@ -218,7 +225,72 @@ impl Redactor {
         if !self.unanchored || memchr::memchr(b'\\', text).is_some() {
             return true;
         }
-        std::str::from_utf8(text).map_or(true, |t| self.set.is_match(t))
+        // A key holding a secret's name is read with its value (`redact_pair`), a text the
+        // JSON does not hold as it is.
+        std::str::from_utf8(text)
+            .map_or(true, |t| self.key_words.is_match(t) || self.set.is_match(t))
+    }
+
+    /// Whether a string value under `key` is also read with its key (`redact_pair`).
+    pub(crate) fn names_a_secret(&self, key: &str) -> bool {
+        self.key_words.is_match(key)
+    }
+
+    /// As `redact_into` for the string `value` of an object under `key`: what is found in
+    /// `value` alone, and what is found in `key: value` within the value (the value of
+    /// `{"password": "…"}`), replaced.
+    pub(crate) fn redact_pair(
+        &self,
+        key: &str,
+        value: &str,
+        counts: &mut Counts,
+    ) -> Option<String> {
+        let found = self.find_pair(key, value);
+        if found.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(value.len() + 16 * found.len());
+        let mut at = 0;
+        for f in &found {
+            let name = &self.detectors[f.det].name;
+            out.push_str(&value[at..f.span.start]);
+            out.push_str("[REDACTED:");
+            out.push_str(name);
+            out.push(']');
+            counts.add(name, 1);
+            at = f.span.end;
+        }
+        out.push_str(&value[at..]);
+        Some(out)
+    }
+
+    /// As `scan_into`, for the string `value` of an object under `key`.
+    pub(crate) fn scan_pair(&self, key: &str, value: &str, counts: &mut Counts) {
+        for f in self.find_pair(key, value) {
+            counts.add(&self.detectors[f.det].name, 1);
+        }
+    }
+
+    /// The matches in `value`, read alone and after `key: `, disjoint and in order.
+    fn find_pair(&self, key: &str, value: &str) -> Vec<Found> {
+        let mut found = self.find(value);
+        let pair = format!("{key}: {value}");
+        let from = pair.len() - value.len();
+        let mut more = false;
+        for f in self.find(&pair) {
+            if f.span.end > from {
+                let start = f.span.start.max(from) - from;
+                found.push(Found {
+                    span: start..f.span.end - from,
+                    det: f.det,
+                });
+                more = true;
+            }
+        }
+        if more {
+            found = self.resolve(found, &[]);
+        }
+        found
     }
 
     /// Which detectors fire on one string, without changing it.

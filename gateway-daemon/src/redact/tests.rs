@@ -618,3 +618,43 @@ fn the_text_check_reads_escapes_and_anchored_triggers_as_unknown() {
     let anchored = with("[[custom]]\nname = \"whole\"\npattern = '^tok_[a-z]{8}$'\n").unwrap();
     assert!(anchored.might_redact_json_text(br#"{"text":"hello"}"#));
 }
+
+#[test]
+fn a_value_is_read_with_the_key_that_names_it_a_secret() {
+    let r = default();
+    let mut doc = serde_json::json!({
+        "password": "Tr0ub4dor&3x",
+        "api_key": "Xk29fjQ83hdk2LmZp0qR7sTu",
+        "nested": [{"client_secret": "q8Vn3LzT0pW6yR2mK9sD4fH1"}],
+        "description": "plain words",
+        "token_count": 5,
+        "bypass": "ordinary",
+    });
+    let counts = r.redact_json(&mut doc);
+    assert_eq!(doc["password"], "[REDACTED:secret_assignment]", "{doc}");
+    assert!(
+        doc["api_key"].as_str().unwrap().starts_with("[REDACTED:"),
+        "{doc}"
+    );
+    assert!(
+        doc["nested"][0]["client_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("[REDACTED:"),
+        "{doc}"
+    );
+    assert_eq!(doc["description"], "plain words");
+    assert_eq!(doc["bypass"], "ordinary");
+    assert_eq!(counts.total(), 3, "{doc}");
+    // Scanned alike (refuse), and the JSON text says it must be read.
+    let sent = serde_json::json!({"arguments": {"password": "Tr0ub4dor&3x"}});
+    assert_eq!(r.scan_json(&sent).get("secret_assignment"), 1);
+    assert!(r.might_redact_json_text(sent.to_string().as_bytes()));
+    // A value that holds a secret of its own is redacted once.
+    let mut doc = serde_json::json!({"token": "AKIAZ7QX3M2L5RT6PW4N"});
+    assert_eq!(r.redact_json(&mut doc).total(), 1, "{doc}");
+    assert!(
+        doc["token"].as_str().unwrap().starts_with("[REDACTED:"),
+        "{doc}"
+    );
+}
