@@ -53,13 +53,18 @@ fn poll(gw: &Gateway, srv: &Peer, task: &str, done: impl Fn(&Value) -> bool) -> 
     }
 }
 
-#[test]
-fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
-    gateway_tests::require_privileges();
+/// rmcp's task server on a free port.
+fn task_server() -> (u16, Peer) {
     let port = free_port();
     let mut cmd = Command::new(crate_bin("rmcp-task-server"));
     cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
-    let srv = Peer::spawn("rmcp-task-server", cmd, port, "/mcp");
+    (port, Peer::spawn("rmcp-task-server", cmd, port, "/mcp"))
+}
+
+#[test]
+fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
+    gateway_tests::require_privileges();
+    let (port, srv) = task_server();
     let gw = Gateway::start(
         "tasks",
         GatewayOptions {
@@ -187,10 +192,7 @@ fn a_task_is_its_creators_its_result_redacted_and_its_requests_decided() {
 #[test]
 fn a_tasks_input_requests_are_decided_with_response_redaction_off() {
     gateway_tests::require_privileges();
-    let port = free_port();
-    let mut cmd = Command::new(crate_bin("rmcp-task-server"));
-    cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
-    let srv = Peer::spawn("rmcp-task-server", cmd, port, "/mcp");
+    let (port, srv) = task_server();
     let gw = Gateway::start(
         "tasks-unredacted",
         GatewayOptions {

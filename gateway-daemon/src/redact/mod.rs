@@ -245,23 +245,7 @@ impl Redactor {
         value: &str,
         counts: &mut Counts,
     ) -> Option<String> {
-        let found = self.find_pair(key, value);
-        if found.is_empty() {
-            return None;
-        }
-        let mut out = String::with_capacity(value.len() + 16 * found.len());
-        let mut at = 0;
-        for f in &found {
-            let name = &self.detectors[f.det].name;
-            out.push_str(&value[at..f.span.start]);
-            out.push_str("[REDACTED:");
-            out.push_str(name);
-            out.push(']');
-            counts.add(name, 1);
-            at = f.span.end;
-        }
-        out.push_str(&value[at..]);
-        Some(out)
+        self.replaced(value, &self.find_pair(key, value), counts)
     }
 
     /// As `scan_into`, for the string `value` of an object under `key`.
@@ -323,13 +307,17 @@ impl Redactor {
     /// Replaces the matches in `s`, adding to `counts`; None (and no allocation) when
     /// nothing matched.
     pub(crate) fn redact_into(&self, s: &str, counts: &mut Counts) -> Option<String> {
-        let found = self.find(s);
+        self.replaced(s, &self.find(s), counts)
+    }
+
+    /// `s` with each of `found` replaced by its marker, counted; None when there is none.
+    fn replaced(&self, s: &str, found: &[Found], counts: &mut Counts) -> Option<String> {
         if found.is_empty() {
             return None;
         }
         let mut out = String::with_capacity(s.len() + 16 * found.len());
         let mut at = 0;
-        for f in &found {
+        for f in found {
             let name = &self.detectors[f.det].name;
             out.push_str(&s[at..f.span.start]);
             out.push_str("[REDACTED:");
