@@ -231,9 +231,11 @@ impl Redactor {
             .map_or(true, |t| self.key_words.is_match(t) || self.set.is_match(t))
     }
 
-    /// Whether a string value under `key` is also read with its key (`redact_pair`).
+    /// Whether a string value under `key` is also read with its key (`redact_pair`). Not
+    /// MCP's `progressToken`: an opaque id the client picks to pair progress with its
+    /// request, which every request may carry in `_meta`, where a find is refused.
     pub(crate) fn names_a_secret(&self, key: &str) -> bool {
-        self.key_words.is_match(key)
+        key != "progressToken" && self.key_words.is_match(key)
     }
 
     /// As `redact_into` for the string `value` of an object under `key`: what is found in

@@ -650,6 +650,9 @@ fn a_value_is_read_with_the_key_that_names_it_a_secret() {
     let sent = serde_json::json!({"arguments": {"password": "Tr0ub4dor&3x"}});
     assert_eq!(r.scan_json(&sent).get("secret_assignment"), 1);
     assert!(r.might_redact_json_text(sent.to_string().as_bytes()));
+    // MCP's progress token is an id the client picks, not a secret.
+    let meta = serde_json::json!({"_meta": {"progressToken": "Xk29fjQ83hdk2LmZp0qR7sTu"}});
+    assert!(r.scan_json(&meta).is_empty(), "{:?}", r.scan_json(&meta));
     // A value that holds a secret of its own is redacted once.
     let mut doc = serde_json::json!({"token": "AKIAZ7QX3M2L5RT6PW4N"});
     assert_eq!(r.redact_json(&mut doc).total(), 1, "{doc}");
