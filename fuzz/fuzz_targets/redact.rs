@@ -119,29 +119,38 @@ fn check_str(r: &Redactor, s: &str) -> Counts {
 }
 
 /// Same keys and types everywhere; non-string leaves equal; each string leaf of `after` is
-/// what `redact_str` makes of the one in `before`. Returns the counts the leaves add up to.
-fn check_json(r: &Redactor, before: &Value, after: &Value, total: &mut Counts) {
+/// what `redact_str` makes of the one in `before` (`redact_pair` under a key that names a
+/// secret). Returns the counts the leaves add up to.
+fn check_json(r: &Redactor, key: Option<&str>, before: &Value, after: &Value, total: &mut Counts) {
     match (before, after) {
         (Value::String(a), Value::String(b)) => {
-            let expected = match r.redact_str(a) {
-                Some((out, c)) => {
+            let expected = match key.filter(|k| r.names_a_secret(k)) {
+                Some(k) => {
+                    let mut c = Counts::default();
+                    let out = r.redact_pair(k, a, &mut c);
                     total.merge(&c);
-                    out
+                    out.unwrap_or_else(|| a.clone())
                 }
-                None => a.clone(),
+                None => match r.redact_str(a) {
+                    Some((out, c)) => {
+                        total.merge(&c);
+                        out
+                    }
+                    None => a.clone(),
+                },
             };
             assert_eq!(b, &expected, "a leaf redacted differently from redact_str");
         }
         (Value::Array(a), Value::Array(b)) => {
             assert_eq!(a.len(), b.len());
             for (x, y) in a.iter().zip(b) {
-                check_json(r, x, y, total);
+                check_json(r, None, x, y, total);
             }
         }
         (Value::Object(a), Value::Object(b)) => {
             assert!(a.keys().eq(b.keys()), "keys changed");
-            for (x, y) in a.values().zip(b.values()) {
-                check_json(r, x, y, total);
+            for ((k, x), y) in a.iter().zip(b.values()) {
+                check_json(r, Some(k), x, y, total);
             }
         }
         (a, b) => assert_eq!(a, b, "a non-string leaf changed"),
@@ -152,7 +161,7 @@ fn check_doc(r: &Redactor, doc: &Value) {
     let mut red = doc.clone();
     let counts = r.redact_json(&mut red);
     let mut leaves = Counts::default();
-    check_json(r, doc, &red, &mut leaves);
+    check_json(r, None, doc, &red, &mut leaves);
     assert_eq!(counts, leaves, "redact_json counts differ from its leaves'");
     let text = serde_json::to_string(&red).expect("serialises");
     let back: Value = serde_json::from_str(&text).expect("redacted JSON is JSON");

@@ -234,19 +234,14 @@ impl Redactor {
     /// Whether a string value under `key` is also read with its key (`redact_pair`). Not
     /// MCP's `progressToken`: an opaque id the client picks to pair progress with its
     /// request, which every request may carry in `_meta`, where a find is refused.
-    pub(crate) fn names_a_secret(&self, key: &str) -> bool {
+    pub fn names_a_secret(&self, key: &str) -> bool {
         key != "progressToken" && self.key_words.is_match(key)
     }
 
     /// As `redact_into` for the string `value` of an object under `key`: what is found in
     /// `value` alone, and what is found in `key: value` within the value (the value of
     /// `{"password": "…"}`), replaced.
-    pub(crate) fn redact_pair(
-        &self,
-        key: &str,
-        value: &str,
-        counts: &mut Counts,
-    ) -> Option<String> {
+    pub fn redact_pair(&self, key: &str, value: &str, counts: &mut Counts) -> Option<String> {
         self.replaced(value, &self.find_pair(key, value), counts)
     }
 
