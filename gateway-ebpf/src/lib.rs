@@ -57,6 +57,10 @@ pub const PROG_BIND4: &str = "gw_bind4";
 pub const PROG_BIND6: &str = "gw_bind6";
 pub const PROG_SK_LOOKUP: &str = "gw_sk_lookup";
 pub const PROG_SOCK_CREATE: &str = "gw_sock_create";
+/// tp_btf/sched_process_exec and tp_btf/sched_process_fork: what each process's exec
+/// loaded, into `gw_exec_files`.
+pub const PROG_EXEC_SEEN: &str = "gw_exec_seen";
+pub const PROG_FORK_SEEN: &str = "gw_fork_seen";
 
 /// Map names, as pinned under the instance's bpffs directory.
 pub const MAP_CONFIG: &str = "gw_config";
@@ -68,6 +72,8 @@ pub const MAP_CONNS: &str = "gw_conns";
 pub const MAP_PENDING: &str = "gw_pending";
 /// The daemon's listening sockets, at `LISTENER_V4` and `LISTENER_V6`.
 pub const MAP_LISTENERS: &str = "gw_listeners";
+/// Task storage: the file each process's last exec loaded.
+pub const MAP_EXEC_FILES: &str = "gw_exec_files";
 
 /// Classes of `gw_cgroups` (GW_CGROUP_* in gateway.h).
 pub const CGROUP_AGENT: u8 = 1;
@@ -109,8 +115,16 @@ pub struct GwRecord {
     pub exe_ino: u64,
     /// Its filesystem's device, in the kernel's encoding (major << 20 | minor).
     pub exe_dev: u32,
-    pub _pad2: u32,
+    /// `EXE_*`: what the kernel can say of that file.
+    pub exe_flags: u32,
 }
+
+/// `GwRecord::exe_flags` (GW_EXE_* in gateway.h): the exec that loaded the caller's
+/// program was seen...
+pub const EXE_ATTESTED: u32 = 1;
+/// ...and the caller's executable is no longer that program: the process set it itself
+/// (prctl PR_SET_MM, which it may do in a user namespace of its own).
+pub const EXE_REPLACED: u32 = 2;
 
 /// The single entry of `gw_config`.
 #[repr(C)]
@@ -143,6 +157,7 @@ const _: () = {
     assert!(offset_of!(GwRecord, pid) == 20);
     assert!(offset_of!(GwRecord, cgroup_id) == 40);
     assert!(offset_of!(GwRecord, comm) == 64);
+    assert!(offset_of!(GwRecord, exe_flags) == 92);
     assert!(size_of::<GwConfig>() == 36);
     assert!(offset_of!(GwConfig, listen4_port) == 20);
     assert!(offset_of!(GwConfig, mark) == 28);

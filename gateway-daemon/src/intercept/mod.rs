@@ -22,8 +22,10 @@ use std::sync::Mutex;
 
 use aya::maps::{Array, HashMap, MapData, SockMap};
 use aya::programs::links::{FdLink, LinkError, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, SkLookup, SockOps};
-use aya::{Ebpf, EbpfLoader, Pod};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, SkLookup, SockOps,
+};
+use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use gateway_ebpf::{GwConfig, GwRecord, GwTuple};
 
 use crate::config::Resolved;
@@ -69,8 +71,15 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// so they coexist with systemd's and other daemons' programs; `Single` means "no flags".
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
+/// The programs that note what each process's exec loaded (`GwRecord::exe_flags`), and
+/// their tracepoints.
+const EXEC_TRACEPOINTS: [(&str, &str); 2] = [
+    (gateway_ebpf::PROG_EXEC_SEEN, "sched_process_exec"),
+    (gateway_ebpf::PROG_FORK_SEEN, "sched_process_fork"),
+];
+
 /// Every program the daemon attaches, for `status`.
-pub const PROGRAMS: [&str; 11] = [
+pub const PROGRAMS: [&str; 13] = [
     SOCK_ADDR_PROGS[0],
     SOCK_ADDR_PROGS[1],
     SOCK_ADDR_PROGS[2],
@@ -82,6 +91,8 @@ pub const PROGRAMS: [&str; 11] = [
     gateway_ebpf::PROG_SOCK_CREATE,
     gateway_ebpf::PROG_SOCKOPS,
     gateway_ebpf::PROG_SK_LOOKUP,
+    EXEC_TRACEPOINTS[0].0,
+    EXEC_TRACEPOINTS[1].0,
 ];
 
 const SOCK_ADDR_PROGS: [&str; 8] = [
@@ -167,6 +178,8 @@ impl Interceptor {
         drop_stale_pins(&maps_dir)?;
         let cap = cfg.intercept.selector_capacity;
         let mut ebpf = EbpfLoader::new()
+            // aya has no type for task storage (`gw_exec_files`); only the programs use it.
+            .allow_unsupported_maps()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries(gateway_ebpf::MAP_CONNS, cfg.intercept.max_connections)
             .map_max_entries(gateway_ebpf::MAP_CGROUPS, cap)
@@ -259,6 +272,15 @@ impl Interceptor {
             let prog: &mut SkLookup = program(&mut ebpf, name)?;
             prog.load().map_err(|e| prog_err(name, &e))?;
             let id = prog.attach(&netns).map_err(|e| prog_err(name, &e))?;
+            let link: FdLink = prog.take_link(id).map_err(|e| prog_err(name, &e))?.into();
+            links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
+        }
+        let btf = Btf::from_sys_fs().map_err(|e| prog_err("the kernel's BTF", &e))?;
+        for (name, tracepoint) in EXEC_TRACEPOINTS {
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            prog.load(tracepoint, &btf)
+                .map_err(|e| prog_err(name, &e))?;
+            let id = prog.attach().map_err(|e| prog_err(name, &e))?;
             let link: FdLink = prog.take_link(id).map_err(|e| prog_err(name, &e))?.into();
             links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
         }

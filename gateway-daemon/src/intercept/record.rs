@@ -40,6 +40,9 @@ pub struct Redirected {
     pub comm: String,
     /// The executable the caller ran at connect(), as the kernel saw it.
     pub exe_file: Option<ExeFile>,
+    /// The caller had set `exe_file` itself (prctl PR_SET_MM): it names a file the process
+    /// chose, not the program its exec loaded.
+    pub exe_replaced: bool,
 }
 
 /// An executable file by identity: its device (as `stat` reports `st_dev`) and inode.
@@ -88,6 +91,7 @@ impl Redirected {
             start_boottime_ns: r.start_boottime,
             comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
             exe_file: ExeFile::from_kernel(r.exe_dev, r.exe_ino),
+            exe_replaced: r.exe_flags & gateway_ebpf::EXE_REPLACED != 0,
         }
     }
 

@@ -58,6 +58,9 @@ fn identity(out: &mut Vec<u8>, id: &Identity) {
         number_field(out, b",\"ino\":", f.ino);
         out.push(b'}');
     }
+    if id.exe_replaced {
+        out.extend_from_slice(b",\"exe_replaced\":true");
+    }
     if let Some(p) = &id.exe_now {
         out.extend_from_slice(b",\"exe_now\":");
         path(out, p);
@@ -151,6 +154,7 @@ mod tests {
             start_time: 123_456,
             exe: full.then(|| PathBuf::from(text(0))),
             exe_file: full.then_some(ExeFile { dev: 2049, ino: 77 }),
+            exe_replaced: n % 2 == 1,
             exe_now: full.then(|| PathBuf::from(text(2))),
             cmdline: full.then(|| (0..n).map(text).collect()),
             cgroup: full.then(|| text(1)),

@@ -129,6 +129,7 @@ pub fn identity_of(pid: u32, hash: bool) -> Identity {
         start_boottime_ns: start_ticks * (1_000_000_000 / ticks),
         comm,
         exe_file: ExeFile::of_path(Path::new(&format!("/proc/{pid}/exe"))),
+        exe_replaced: false,
     };
     // On the launcher's own thread (its exec waits for this, and nothing else does).
     Identity::resolve(&r, hash)

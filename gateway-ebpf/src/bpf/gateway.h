@@ -45,7 +45,21 @@ struct gw_record {
 	char comm[GW_COMM_LEN];
 	__u64 exe_ino;       /* inode of the caller's executable (mm->exe_file) at connect(); 0: none */
 	__u32 exe_dev;       /* its filesystem's device, kernel encoding (major << 20 | minor) */
-	__u32 _pad2;
+	__u32 exe_flags;     /* GW_EXE_*: what the kernel can say of that file */
+};
+
+/* `exe_flags`: the exec that loaded the process's program was seen (gw_exec_seen)... */
+#define GW_EXE_ATTESTED 1
+/* ...and `mm->exe_file` is not that program: it was set since with prctl(PR_SET_MM),
+ * which a process may do inside a user namespace of its own, naming any file it can
+ * execute. The file then says nothing about what the process runs. */
+#define GW_EXE_REPLACED 2
+
+/* Value of the `gw_exec_files` task storage: the file a thread group's last exec loaded. */
+struct gw_exec_file {
+	__u64 ino;
+	__u32 dev;
+	__u32 _pad;
 };
 
 /* The single entry of the `config` array map, written by the daemon. */
@@ -72,6 +86,7 @@ _Static_assert(__builtin_offsetof(struct gw_record, orig_port) == 16, "gw_record
 _Static_assert(__builtin_offsetof(struct gw_record, pid) == 20, "gw_record.pid");
 _Static_assert(__builtin_offsetof(struct gw_record, cgroup_id) == 40, "gw_record.cgroup_id");
 _Static_assert(__builtin_offsetof(struct gw_record, comm) == 64, "gw_record.comm");
+_Static_assert(__builtin_offsetof(struct gw_record, exe_flags) == 92, "gw_record.exe_flags");
 _Static_assert(sizeof(struct gw_config) == 36, "gw_config size");
 _Static_assert(__builtin_offsetof(struct gw_config, listen4_port) == 20, "gw_config.listen4_port");
 _Static_assert(__builtin_offsetof(struct gw_config, mark) == 28, "gw_config.mark");

@@ -18,6 +18,7 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "gateway.h"
 
 #define AF_INET 2
@@ -113,6 +114,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } gw_conns SEC(".maps");
 
+/* What each process's last exec loaded (gw_exec_seen), kept on its thread group leader and
+ * freed with it: nothing to fill up, nothing left behind for a reused pid. A fork inherits
+ * its parent's (gw_fork_seen), as it inherits the parent's executable. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct gw_exec_file);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} gw_exec_files SEC(".maps");
+
 /* The daemon's listening sockets (GW_LISTENER_V4/V6). A socket leaves the map when it is
  * closed, so a dead daemon leaves the slots empty and sk_lookup refuses. */
 struct {
@@ -176,6 +188,25 @@ static __always_inline int is_daemons(const struct gw_config *cfg, struct bpf_so
 	return sk && cfg->mark && sk->mark == cfg->mark;
 }
 
+/* The device and inode of the file `mm` runs (`mm->exe_file`); 0 for none. */
+static __always_inline void exe_of(struct mm_struct *mm, __u32 *dev, __u64 *ino)
+{
+	*dev = 0;
+	*ino = 0;
+	if (!mm)
+		return;
+	struct file *exe = mm->exe_file;
+	if (!exe)
+		return;
+	struct inode *inode = exe->f_inode;
+	if (!inode)
+		return;
+	*ino = inode->i_ino;
+	struct super_block *sb = inode->i_sb;
+	if (sb)
+		*dev = sb->s_dev;
+}
+
 static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4],
 					__u16 orig_port, __u16 family)
 {
@@ -199,18 +230,14 @@ static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4]
 	r->start_boottime = task->group_leader->start_boottime;
 	/* The executable the caller runs now, at connect(): procfs, read later, may show
 	 * another (the process exec'd since) or nothing (it exited). */
-	struct mm_struct *mm = task->mm;
-	if (mm) {
-		struct file *exe = mm->exe_file;
-		if (exe) {
-			struct inode *ino = exe->f_inode;
-			if (ino) {
-				r->exe_ino = ino->i_ino;
-				struct super_block *sb = ino->i_sb;
-				if (sb)
-					r->exe_dev = sb->s_dev;
-			}
-		}
+	exe_of(task->mm, &r->exe_dev, &r->exe_ino);
+	/* And whether that is the file its exec loaded: a process whose exec was seen and
+	 * whose exe_file is another set it itself (prctl PR_SET_MM). */
+	struct gw_exec_file *loaded = bpf_task_storage_get(&gw_exec_files, task->group_leader, 0, 0);
+	if (loaded) {
+		r->exe_flags = GW_EXE_ATTESTED;
+		if (loaded->ino != r->exe_ino || loaded->dev != r->exe_dev)
+			r->exe_flags |= GW_EXE_REPLACED;
 	}
 }
 
@@ -542,4 +569,35 @@ int gw_sk_lookup(struct bpf_sk_lookup *ctx)
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return err ? SK_DROP : SK_PASS;
+}
+
+/* Every exec, the moment the new program is in place: the file it loaded, for the process
+ * (whose leader the exec'ing thread now is). Attached for all of the host, since an agent
+ * may connect through any process it can reach; an exec is the only write. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(gw_exec_seen, struct task_struct *p, int old_pid, void *bprm)
+{
+	struct gw_exec_file *e =
+		bpf_task_storage_get(&gw_exec_files, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (e)
+		exe_of(p->mm, &e->dev, &e->ino);
+	return 0;
+}
+
+/* A new process starts with its parent's program (and its parent's mm, copied or shared):
+ * it inherits what the parent's exec loaded. A new thread reads its leader's. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(gw_fork_seen, struct task_struct *parent, struct task_struct *child)
+{
+	if (child->group_leader != child)
+		return 0;
+	struct gw_exec_file *from =
+		bpf_task_storage_get(&gw_exec_files, parent->group_leader, 0, 0);
+	if (!from)
+		return 0;
+	struct gw_exec_file *to =
+		bpf_task_storage_get(&gw_exec_files, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (to)
+		*to = *from;
+	return 0;
 }

@@ -1,0 +1,151 @@
+//! The program the kernel reports for a process (`mm->exe_file`, what /proc/PID/exe shows)
+//! is the process's to set: inside a user namespace of its own, which any unprivileged
+//! process may create, prctl(PR_SET_MM_MAP) makes it any file the process can execute. An
+//! agent so passed itself off as a program a principal trusts, and got that principal's
+//! rules for a connection its own code opened. The gateway now names such a process for
+//! no program: the exec that loaded its program is noted by the kernel, and a program set
+//! since is said to be replaced (`identity.exe_replaced`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gateway_tests::config::{Policy, Principal, Rule, Server, TestConfig};
+use gateway_tests::peers::rmcp_server;
+use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
+use serde_json::Value;
+
+const CLIENT: &str = include_str!("../fixtures/fd_client.py");
+
+/// Builds `peers/forged_exe.c` into `dir`.
+fn forger(dir: &Path) -> PathBuf {
+    let bin = dir.join("forged_exe");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/forged_exe.c");
+    let out = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&bin)
+        .arg(source)
+        .output()
+        .expect("a C compiler (`cc`): `cargo xtask deps` installs clang");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// Runs `cmd` and reads the JSON line the client prints.
+fn outcome(mut cmd: Command) -> Value {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// The flow records of the connections the forger opened, once there are `n`.
+fn forgers_flows(gw: &Gateway, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let flows: Vec<Value> = gw
+            .audit_records()
+            .into_iter()
+            .filter(|r| {
+                r["type"] == "flow"
+                    && r["identity"]["cmdline"][0]
+                        .as_str()
+                        .is_some_and(|a| a.ends_with("/forged_exe"))
+            })
+            .collect();
+        if flows.len() >= n {
+            return flows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} flows of the forger recorded",
+            flows.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_process_that_set_its_own_executable_is_named_for_no_program() {
+    gateway_tests::require_privileges();
+    let python = std::fs::canonicalize(PYTHON).unwrap();
+    let python = python.to_str().unwrap();
+    let port = free_port();
+    let _server = rmcp_server(port);
+    let gw = Gateway::start(
+        "identity-replaced-exe",
+        GatewayOptions {
+            ports: vec![port],
+            config: TestConfig {
+                servers: vec![Server::mcp_at("tools", port)],
+                policy: Some(Policy::enforce()),
+                principals: vec![Principal::exe("interpreter", &[python])],
+                rules: vec![Rule::allow("interpreter", "tools").tools(&["echo"])],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let forger = forger(dir.path());
+    let port = port.to_string();
+
+    // The interpreter itself, on a connection of its own: the principal's, and it calls.
+    let mut own = Command::new(python);
+    own.args(["-c", CLIENT, &port, "own"]);
+    let own = outcome(gw.wrap_as(own, "65534"));
+    assert_eq!(own["initialize"], Value::Null, "{own}");
+    assert_eq!(own["call"]["content"][0]["text"], "hi", "{own}");
+
+    // Code of the agent's own that set its executable to the interpreter and then opened the
+    // connection (which the interpreter, started after, speaks on): no program's, so no
+    // principal's, and refused in enforce. Whoever opens it: the process that changed its
+    // program, a child forked after, or a process that shares its memory with a helper that
+    // made the change in a user namespace the process itself never entered.
+    for how in ["self", "fork", "shared"] {
+        let mut forged = Command::new(&forger);
+        forged
+            .env("FORGED_HOW", how)
+            .args([python, &port, python, "-c", CLIENT, &port, "fd"]);
+        let forged = outcome(gw.wrap_as(forged, "65534"));
+        assert_eq!(
+            (&forged["initialize"], &forged["call"]),
+            (&Value::from(-32012), &Value::Null),
+            "{how}: a connection opened by code that set its program to the interpreter: {forged}"
+        );
+    }
+
+    // The ledger says why: the file the kernel reported is the interpreter's, replaced.
+    use std::os::unix::fs::MetadataExt;
+    let interpreter = std::fs::metadata(python).unwrap().ino();
+    let flows = forgers_flows(&gw, 3);
+    for flow in &flows {
+        let id = &flow["identity"];
+        assert_eq!(
+            (&id["exe_replaced"], &id["exe"], &id["exe_file"]["ino"]),
+            (&Value::Bool(true), &Value::Null, &Value::from(interpreter)),
+            "{id}"
+        );
+        let decided: Vec<Value> = gw
+            .audit_records()
+            .into_iter()
+            .filter(|r| r["type"] == "mcp" && r["connection"] == flow["connection"])
+            .collect();
+        assert!(
+            !decided.is_empty() && decided.iter().all(|r| r["principal"]["name"].is_null()),
+            "{decided:?}"
+        );
+    }
+}
