@@ -12,7 +12,9 @@
  *   fork    a child forked after the change opens the connection;
  *   shared  a helper sharing this process's memory (clone CLONE_VM, not a thread) makes the
  *           user namespace and the change, and exits; this process, which never left the
- *           host's user namespace, opens the connection. */
+ *           host's user namespace, opens the connection;
+ *   exec    no connection: after the change it execs PROGRAM itself (a stdio server, which
+ *           the gateway sees started by a process that claims to be FILE). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -174,6 +176,10 @@ int main(int argc, char **argv)
 		own_user_namespace(getuid(), getgid());
 		unmap_own_program();
 		set_exe(argv[1]);
+	}
+	if (strcmp(how, "exec") == 0) {
+		execv(argv[3], argv + 3);
+		die(argv[3]);
 	}
 	if (strcmp(how, "fork") == 0) {
 		pid_t opener = fork();

@@ -475,6 +475,65 @@ fn a_c_agent_calling_raw_execve_is_mediated_even_after_a_double_fork_and_setsid(
     verify(&gw);
 }
 
+/// An agent may set the program the kernel reports for it (prctl PR_SET_MM_MAP in a user
+/// namespace of its own) to one a principal trusts, then start a server: the server's
+/// records name no program for it, and say why.
+#[test]
+fn a_server_started_by_an_agent_that_set_its_own_executable_is_no_programs() {
+    let dir = shared_dir("forged");
+    let bin = build_c(dir.path(), "forged_exe");
+    let description = dir.path().join("description.txt");
+    std::fs::write(&description, "Fetches a URL.").unwrap();
+    let gw = gateway("stdio-forged", &python_server_config(), "");
+    let python = std::fs::canonicalize(gateway_tests::PYTHON).unwrap();
+    let out = gw
+        .agent_stdio(
+            AGENT,
+            bin.to_str().unwrap(),
+            &[
+                python.display().to_string(),
+                "0".into(),
+                venv_python().display().to_string(),
+                peer_file("stdio_server.py").display().to_string(),
+                description.display().to_string(),
+            ],
+        )
+        .env("FORGED_HOW", "exec")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = out;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(call_line(2, "fetch", json!({"url": "https://x/"})).as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    let mediated: Vec<Value> = records_of(&gw, "stdio_exec")
+        .into_iter()
+        .filter(|r| r["outcome"] == "mediated")
+        .collect();
+    assert_eq!(mediated.len(), 1, "{mediated:#?}");
+    let principal = &mediated[0]["principal"];
+    assert_eq!(
+        (&principal["exe"], &principal["exe_replaced"]),
+        (&Value::Null, &Value::Bool(true)),
+        "the server's starter claimed to be {}: {principal}",
+        python.display()
+    );
+    verify(&gw);
+}
+
 #[test]
 fn a_server_that_changes_its_tool_between_runs_is_held() {
     let dir = shared_dir("rug");

@@ -8,6 +8,7 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod exec_notes;
 pub mod mark;
 pub mod record;
 pub mod selection;
@@ -65,6 +66,14 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Where the instance's maps and links are pinned.
+pub fn pin_dir(cfg: &crate::config::Config) -> PathBuf {
+    cfg.intercept
+        .bpffs
+        .join("mcp-gateway")
+        .join(&cfg.intercept.instance)
 }
 
 /// cgroup bpf links refuse attach flags (EINVAL) and always attach as BPF_F_ALLOW_MULTI,
@@ -146,7 +155,7 @@ impl Interceptor {
         let cfg = &resolved.config;
         let bpffs = &cfg.intercept.bpffs;
         bpffs::ensure_mounted(bpffs)?;
-        let pin_dir = bpffs.join("mcp-gateway").join(&cfg.intercept.instance);
+        let pin_dir = pin_dir(cfg);
         let maps_dir = pin_dir.join("maps");
         let links_dir = pin_dir.join("links");
         for dir in [&maps_dir, &links_dir] {

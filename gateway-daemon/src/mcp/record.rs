@@ -26,6 +26,9 @@ pub struct Principal {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// The process had set its executable itself: why `exe` is none (`Identity`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exe_replaced: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +87,7 @@ impl Principal {
             uid: id.uid,
             user: id.user.clone(),
             exe: id.exe.as_ref().map(|p| p.display().to_string()),
+            exe_replaced: id.exe_replaced,
             unit: id.unit.clone(),
             cgroup: id.cgroup.clone(),
             json: JsonOnce::default(),
@@ -252,6 +256,7 @@ mod tests {
             uid: 1000,
             user: Some("agent".into()),
             exe: Some("/usr/bin/agent".into()),
+            exe_replaced: false,
             unit: None,
             cgroup: Some("/agents".into()),
             json: JsonOnce::default(),

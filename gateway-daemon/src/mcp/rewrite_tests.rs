@@ -129,6 +129,7 @@ fn refused_record(id: &str) -> super::record::ExchangeRecord {
                 uid: 1,
                 user: None,
                 exe: None,
+                exe_replaced: false,
                 unit: None,
                 cgroup: None,
                 json: Default::default(),

@@ -123,6 +123,9 @@ pub struct Stage {
     /// refused it; the reason is in `check_error`).
     check: Option<check::ExecCheck>,
     pub check_error: Option<String>,
+    /// The kernel's notes of what each exec loaded: an agent's program set since names
+    /// nothing (None: the instance's map could not be opened; then none is known replaced).
+    notes: Option<crate::intercept::exec_notes::ExecNotes>,
     /// Live relays by the (device, inode) of the pipes their server holds as stdio.
     relays: Mutex<HashMap<(u64, u64), Weak<relay::Relay>>>,
     /// Live relays per uid: each holds four descriptors and two tasks of the daemon.
@@ -189,12 +192,21 @@ impl Stage {
                 (None, Some(e))
             }
         };
+        let maps = crate::intercept::pin_dir(&daemon.config).join("maps");
+        let notes = match crate::intercept::exec_notes::ExecNotes::open(&maps) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "a stdio server's agent that set its own executable (prctl PR_SET_MM) is named for that file");
+                None
+            }
+        };
         Arc::new(Self {
             daemon,
             runtime,
             matcher,
             check,
             check_error,
+            notes,
             relays: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             trees: std::sync::atomic::AtomicUsize::new(0),

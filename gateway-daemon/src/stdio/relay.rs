@@ -82,7 +82,11 @@ fn shown_argv(policy: &crate::policy::PolicyHandle, argv: &[String]) -> serde_js
 /// kernel's facts read from procfs while it cannot run (the caller then checks the
 /// notification is still valid, so a reused pid is not believed).
 /// `hash`: the executable's SHA-256 is wanted too (a principal selects by it).
-pub fn identity_of(pid: u32, hash: bool) -> Identity {
+pub fn identity_of(
+    pid: u32,
+    hash: bool,
+    notes: Option<&crate::intercept::exec_notes::ExecNotes>,
+) -> Identity {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -131,6 +135,17 @@ pub fn identity_of(pid: u32, hash: bool) -> Identity {
         exe_file: ExeFile::of_path(Path::new(&format!("/proc/{pid}/exe"))),
         exe_replaced: false,
     };
+    // A program the process set itself since its exec (prctl PR_SET_MM) names nothing; a
+    // note that cannot be read leaves the program unvouched for too.
+    let exe_replaced = match notes.map(|n| n.loaded(pid)) {
+        None | Some(Ok(None)) => false,
+        Some(Ok(Some(loaded))) => Some(loaded) != r.exe_file,
+        Some(Err(e)) => {
+            tracing::info!(pid, error = %e, "the program its exec loaded is not known");
+            true
+        }
+    };
+    let r = Redirected { exe_replaced, ..r };
     // On the launcher's own thread (its exec waits for this, and nothing else does).
     Identity::resolve(&r, hash)
 }

@@ -316,7 +316,7 @@ fn decide(
         tracing::debug!(pid = n.pid, "arguments truncated for the record");
     }
     let hash = stage.daemon.policy.current().wants_exe_hash();
-    let identity = super::relay::identity_of(n.pid, hash);
+    let identity = super::relay::identity_of(n.pid, hash, stage.notes.as_ref());
     let slot = stage.slot(identity.uid)?;
     let swapped = super::swap::swap(listener, n.id, n.pid)?;
     // The process may have been killed since the swap: its exec never happens, and the
