@@ -170,7 +170,7 @@ pub fn harness() -> &'static Harness {
             start_time: 1,
             exe: Some("/usr/bin/agent".into()),
             exe_file: None,
-    exe_replaced: false,
+    exe_unvouched: None,
             exe_now: None,
             cmdline: Some(vec!["agent".into()]),
             cgroup: Some("/mcp.slice/mcp-agents.slice/agent.service".into()),

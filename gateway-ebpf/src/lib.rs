@@ -57,10 +57,11 @@ pub const PROG_BIND4: &str = "gw_bind4";
 pub const PROG_BIND6: &str = "gw_bind6";
 pub const PROG_SK_LOOKUP: &str = "gw_sk_lookup";
 pub const PROG_SOCK_CREATE: &str = "gw_sock_create";
-/// tp_btf/sched_process_exec and tp_btf/sched_process_fork: what each process's exec
-/// loaded, into `gw_exec_files`.
+/// tp_btf/sched_process_exec, _fork and _exit: what each process's exec loaded, kept in
+/// `gw_exec_files` while the process lives.
 pub const PROG_EXEC_SEEN: &str = "gw_exec_seen";
 pub const PROG_FORK_SEEN: &str = "gw_fork_seen";
+pub const PROG_EXIT_SEEN: &str = "gw_exit_seen";
 
 /// Map names, as pinned under the instance's bpffs directory.
 pub const MAP_CONFIG: &str = "gw_config";
@@ -72,8 +73,10 @@ pub const MAP_CONNS: &str = "gw_conns";
 pub const MAP_PENDING: &str = "gw_pending";
 /// The daemon's listening sockets, at `LISTENER_V4` and `LISTENER_V6`.
 pub const MAP_LISTENERS: &str = "gw_listeners";
-/// Task storage: the file each process's last exec loaded.
+/// tgid → `GwExecFile`: the file each process's last exec loaded.
 pub const MAP_EXEC_FILES: &str = "gw_exec_files";
+/// [0]: notes that could not be kept (the map was full).
+pub const MAP_EXEC_LOST: &str = "gw_exec_lost";
 
 /// Classes of `gw_cgroups` (GW_CGROUP_* in gateway.h).
 pub const CGROUP_AGENT: u8 = 1;
@@ -125,6 +128,25 @@ pub const EXE_ATTESTED: u32 = 1;
 /// ...and the caller's executable is no longer that program: the process set it itself
 /// (prctl PR_SET_MM, which it may do in a user namespace of its own).
 pub const EXE_REPLACED: u32 = 2;
+/// No note of the caller's exec, and notes were lost (`gw_exec_lost`): nothing vouches for
+/// the file.
+pub const EXE_UNKNOWN: u32 = 4;
+
+/// `struct gw_exec_file`: the file a process's last exec loaded (`gw_exec_files`, by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GwExecFile {
+    /// The process's (leader's) start, ns since boot: a reused tgid never matches.
+    pub start_boottime: u64,
+    pub ino: u64,
+    /// The kernel's encoding (major << 20 | minor).
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<GwExecFile>() == 24);
+// SAFETY: integers only, padding explicit (the layout is asserted above).
+unsafe impl aya::Pod for GwExecFile {}
 
 /// The single entry of `gw_config`.
 #[repr(C)]

@@ -4,7 +4,7 @@
 //! agent so passed itself off as a program a principal trusts, and got that principal's
 //! rules for a connection its own code opened. The gateway now names such a process for
 //! no program: the exec that loaded its program is noted by the kernel, and a program set
-//! since is said to be replaced (`identity.exe_replaced`).
+//! since is said to be replaced (`identity.exe_unvouched`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -134,8 +134,12 @@ fn a_process_that_set_its_own_executable_is_named_for_no_program() {
     for flow in &flows {
         let id = &flow["identity"];
         assert_eq!(
-            (&id["exe_replaced"], &id["exe"], &id["exe_file"]["ino"]),
-            (&Value::Bool(true), &Value::Null, &Value::from(interpreter)),
+            (&id["exe_unvouched"], &id["exe"], &id["exe_file"]["ino"]),
+            (
+                &Value::from("replaced"),
+                &Value::Null,
+                &Value::from(interpreter)
+            ),
             "{id}"
         );
         let decided: Vec<Value> = gw
@@ -146,6 +150,87 @@ fn a_process_that_set_its_own_executable_is_named_for_no_program() {
         assert!(
             !decided.is_empty() && decided.iter().all(|r| r["principal"]["name"].is_null()),
             "{decided:?}"
+        );
+    }
+}
+
+/// argv[2] children of this interpreter, one after another, each connecting to
+/// 127.0.0.1:argv[1] and sending a few bytes; prints the children's pids.
+const CHILDREN: &str = r#"
+import json, socket, subprocess, sys
+child = r'''
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.sendall(b"hello\x00")
+s.recv(1)
+'''
+pids = []
+for _ in range(int(sys.argv[2])):
+    p = subprocess.Popen([sys.executable, "-c", child, sys.argv[1]])
+    pids.append(p.pid)
+    p.wait()
+print(json.dumps({"pids": pids}))
+"#;
+
+/// The kernel keeps `intercept.max_processes` notes at once. Past that, a process whose
+/// note could not be kept might be one that set its executable: with notes lost, a process
+/// without one is named for no program either, and its records say why.
+#[test]
+fn without_room_for_its_note_a_process_is_named_for_no_program() {
+    gateway_tests::require_privileges();
+    let port = free_port();
+    let gw = Gateway::start(
+        "identity-notes-lost",
+        GatewayOptions {
+            ports: vec![port],
+            // One note for the whole host: the agent's children, forked while its holder
+            // (the agent, or some other process) lives, find no room.
+            intercept: "max_processes = 1".into(),
+            ..Default::default()
+        },
+    );
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let _ = conn.read(&mut [0u8; 16]);
+            let _ = conn.write_all(b"k");
+        }
+    });
+    let out = gateway_tests::run_probe(gw.agent(
+        PYTHON,
+        &["-c".into(), CHILDREN.into(), port.to_string(), "3".into()],
+    ));
+    let pids: Vec<u64> = out["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let flows = loop {
+        let flows: Vec<Value> = gw
+            .audit_records()
+            .into_iter()
+            .filter(|r| {
+                r["type"] == "flow"
+                    && r["identity"]["tgid"]
+                        .as_u64()
+                        .is_some_and(|t| pids.contains(&t))
+            })
+            .collect();
+        if flows.len() == pids.len() {
+            break flows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{flows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for f in &flows {
+        let id = &f["identity"];
+        assert_eq!(
+            (&id["exe_unvouched"], &id["exe"]),
+            (&Value::from("notes_lost"), &Value::Null),
+            "{id}"
         );
     }
 }

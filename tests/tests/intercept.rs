@@ -223,8 +223,8 @@ fn daemon_killed_means_refused_and_restart_restores() {
 
     gw.launch();
     // Eight cgroup sock_addr programs, sock_create, sock_ops, the netns's sk_lookup, and the
-    // exec and fork tracepoints.
-    assert!(gw.log().contains("replaced_links=13"), "{}", gw.log());
+    // exec, fork and exit tracepoints.
+    assert!(gw.log().contains("replaced_links=14"), "{}", gw.log());
     let out = run_probe(gw.agent(PYTHON, &probe_args("127.0.0.1", port, "plain", 10)));
     assert_eq!(out["echo_ok"], true, "{out}");
     gw.flow_from(&out["local"]);
@@ -257,7 +257,7 @@ fn daemon_killed_means_refused_and_restart_restores() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("detached 13 programs"),
+        String::from_utf8_lossy(&out.stdout).contains("detached 14 programs"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

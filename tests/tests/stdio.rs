@@ -526,8 +526,8 @@ fn a_server_started_by_an_agent_that_set_its_own_executable_is_no_programs() {
     assert_eq!(mediated.len(), 1, "{mediated:#?}");
     let principal = &mediated[0]["principal"];
     assert_eq!(
-        (&principal["exe"], &principal["exe_replaced"]),
-        (&Value::Null, &Value::Bool(true)),
+        (&principal["exe"], &principal["exe_unvouched"]),
+        (&Value::Null, &Value::from("replaced")),
         "the server's starter claimed to be {}: {principal}",
         python.display()
     );

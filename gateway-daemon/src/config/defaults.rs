@@ -27,6 +27,9 @@ pub const ATTACH_CGROUP: &str = "/";
 pub const MARK: u32 = 0x4d43_5047;
 pub const MAX_CONNECTIONS: u32 = 65536;
 pub const SELECTOR_CAPACITY: u32 = 1024;
+/// A busy host runs a few thousand processes; each note costs the kernel some 100 bytes,
+/// only while its process lives.
+pub const MAX_PROCESSES: u32 = 131_072;
 pub const DETACH_ON_STOP: bool = false;
 
 // [audit]

@@ -222,6 +222,10 @@ pub struct Intercept {
     pub max_connections: u32,
     /// Capacity of each selector map (agent cgroups, agent users, ports).
     pub selector_capacity: u32,
+    /// Processes whose exec is noted at once (what their exec loaded, against which a
+    /// program a process set itself is told). Past it, processes without a note are named
+    /// for no program.
+    pub max_processes: u32,
     /// On a clean stop, detach the programs (agents then connect directly). With `false`,
     /// the default, they stay attached and agent connections are refused until the daemon
     /// is back: a `systemctl restart` or an upgrade never opens a window. `mcp-gateway
@@ -300,6 +304,7 @@ impl Default for Intercept {
             mark: defaults::MARK,
             max_connections: defaults::MAX_CONNECTIONS,
             selector_capacity: defaults::SELECTOR_CAPACITY,
+            max_processes: defaults::MAX_PROCESSES,
             detach_on_stop: defaults::DETACH_ON_STOP,
         }
     }

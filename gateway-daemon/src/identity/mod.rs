@@ -23,7 +23,7 @@ use nix::unistd::{Gid, Group, Uid, User};
 use procfs::process::Process;
 use serde::Serialize;
 
-use crate::intercept::record::ExeFile;
+use crate::intercept::record::{ExeFile, Unvouched};
 use crate::intercept::Redirected;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +65,12 @@ pub struct Identity {
     /// The file the kernel saw at connect().
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_file: Option<ExeFile>,
-    /// The process had set its executable itself (prctl PR_SET_MM, which any process may
-    /// do in a user namespace of its own) to `exe_file`: that file says nothing of what it
-    /// runs, so the process is named for no program and matches no `exe` or `exe_sha256`.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub exe_replaced: bool,
+    /// Why `exe_file` says nothing of what the process runs, when it does not: the process
+    /// set its executable itself (prctl PR_SET_MM, which any process may do in a user
+    /// namespace of its own), or nothing could tell. It is then named for no program and
+    /// matches no `exe` or `exe_sha256`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_unvouched: Option<Unvouched>,
     /// What procfs shows the process running now, when it is not `exe_file`: it exec'd
     /// another program after connecting.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,7 +100,7 @@ struct Attested {
     tgid: u32,
     start_boottime_ns: u64,
     exe_file: ExeFile,
-    exe_replaced: bool,
+    exe_unvouched: Option<Unvouched>,
     cgroup_id: u64,
     uid: u32,
     gid: u32,
@@ -116,7 +117,7 @@ impl Attested {
             tgid: r.tgid,
             start_boottime_ns: r.start_boottime_ns,
             exe_file: r.exe_file?,
-            exe_replaced: r.exe_replaced,
+            exe_unvouched: r.exe_unvouched,
             cgroup_id: r.cgroup_id,
             uid: r.uid,
             gid: r.gid,
@@ -229,7 +230,7 @@ impl Identity {
             start_time: r.start_boottime_ns / (1_000_000_000 / ticks),
             exe: None,
             exe_file: r.exe_file,
-            exe_replaced: r.exe_replaced,
+            exe_unvouched: r.exe_unvouched,
             exe_now: None,
             cmdline: None,
             cgroup: None,
@@ -254,7 +255,7 @@ impl Identity {
             id.procfs_error = Some(e.to_string());
         }
         // Exited, or exec'd since: named for the file it connected with, when known.
-        if id.exe.is_none() && !r.exe_replaced {
+        if id.exe.is_none() && r.exe_unvouched.is_none() {
             id.exe = r.exe_file.and_then(known_path);
         }
         id
@@ -302,7 +303,7 @@ impl Identity {
         let names = |path: &std::path::Path, file: ExeFile| ExeFile::of_path(path) == Some(file);
         match (self.exe_file, now) {
             // A file the process chose names nothing, whatever path shows it.
-            _ if self.exe_replaced => {}
+            _ if self.exe_unvouched.is_some() => {}
             // Without a kernel identity (an older program), procfs is all there is.
             (None, _) => self.exe = Some(exe),
             (Some(at_connect), Some(now)) if at_connect == now => {
@@ -329,7 +330,7 @@ impl Identity {
         }
         self.cmdline = Some(cmdline);
         self.cgroup = cgroup;
-        if hash && self.exe_now.is_none() && !self.exe_replaced {
+        if hash && self.exe_now.is_none() && self.exe_unvouched.is_none() {
             match exe_hash::of(&proc, self.exe_file) {
                 // Hashed through the handle; the process still the one checked after.
                 Ok(h) if check(&proc).is_ok() => self.exe_sha256 = Some(h),
@@ -494,7 +495,7 @@ mod tests {
             start_boottime_ns: (stat.starttime + ticks_off) * (1_000_000_000 / ticks),
             comm: "x".into(),
             exe_file: ExeFile::of_path(&std::env::current_exe().unwrap()),
-            exe_replaced: false,
+            exe_unvouched: None,
         }
     }
 

@@ -1,97 +1,63 @@
-//! The kernel's note of what each process's last exec loaded (`gw_exec_files`, written by
-//! `gw_exec_seen`), read from user space for a process the daemon looks at outside a
-//! connect (stdio mediation reads the exec'ing agent's identity while its exec waits).
-//! `connect4` reads the same note itself, into the record's `exe_flags`.
+//! The kernel's note of what each process's last exec loaded (`gw_exec_files`, kept by
+//! `gw_exec_seen`, `gw_fork_seen` and `gw_exit_seen`), read from user space for a process
+//! the daemon looks at outside a connect: stdio mediation reads the identity of the agent
+//! that starts a server while its exec waits. `connect4` reads the same note itself, into
+//! the record's `exe_flags`.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::record::ExeFile;
+use aya::maps::{Array, HashMap, Map, MapData};
+use gateway_ebpf::GwExecFile;
+
+use super::record::{ExeFile, Unvouched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotesError {
     #[error("opening the pinned map {path}: {message}")]
     Open { path: String, message: String },
-    #[error("pidfd_open({pid}): {source}")]
-    Pidfd { pid: u32, source: std::io::Error },
-    #[error("reading the exec note of {pid}: {source}")]
-    Lookup { pid: u32, source: std::io::Error },
 }
 
-/// The pinned task storage map.
+/// The pinned maps of the instance's programs.
 pub struct ExecNotes {
-    map: aya::maps::MapData,
+    files: HashMap<MapData, u32, GwExecFile>,
+    lost: Array<MapData, u64>,
 }
-
-/// `struct gw_exec_file` (gateway.h).
-#[repr(C)]
-#[derive(Default)]
-struct Note {
-    ino: u64,
-    dev: u32,
-    _pad: u32,
-}
-
-/// The part of `union bpf_attr` that BPF_MAP_LOOKUP_ELEM reads.
-#[repr(C)]
-struct LookupAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 
 impl ExecNotes {
-    /// The map the instance's programs write, pinned under `maps_dir`.
+    /// The maps the instance's programs write, pinned under `maps_dir`.
     pub fn open(maps_dir: &Path) -> Result<Self, NotesError> {
-        let path = maps_dir.join(gateway_ebpf::MAP_EXEC_FILES);
-        aya::maps::MapData::from_pin(&path)
-            .map(|map| ExecNotes { map })
-            .map_err(|e| NotesError::Open {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })
+        let failed = |name: &str, message: String| NotesError::Open {
+            path: maps_dir.join(name).display().to_string(),
+            message,
+        };
+        let data = |name: &str| {
+            MapData::from_pin(maps_dir.join(name)).map_err(|e| failed(name, e.to_string()))
+        };
+        let (files, lost) = (gateway_ebpf::MAP_EXEC_FILES, gateway_ebpf::MAP_EXEC_LOST);
+        Ok(ExecNotes {
+            files: HashMap::try_from(Map::HashMap(data(files)?))
+                .map_err(|e| failed(files, e.to_string()))?,
+            lost: Array::try_from(Map::Array(data(lost)?))
+                .map_err(|e| failed(lost, e.to_string()))?,
+        })
     }
 
-    /// The file the last exec of process `pid` loaded; None when no exec of it was seen
-    /// (it predates the programs).
-    pub fn loaded(&self, pid: u32) -> Result<Option<ExeFile>, NotesError> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if fd < 0 {
-            let source = std::io::Error::last_os_error();
-            return Err(NotesError::Pidfd { pid, source });
-        }
-        // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-        let key: i32 = pidfd.as_raw_fd();
-        let mut note = Note::default();
-        let attr = LookupAttr {
-            map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: &key as *const i32 as u64,
-            value: &mut note as *mut Note as u64,
-            flags: 0,
-        };
-        // SAFETY: `attr` points at a key and a value of the map's sizes, both alive for
-        // the call; the kernel reads `attr` and writes `note` only.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_ELEM,
-                &attr as *const LookupAttr,
-                std::mem::size_of::<LookupAttr>() as u32,
-            )
-        };
-        if rc == 0 {
-            return Ok(ExeFile::from_kernel(note.dev, note.ino));
-        }
-        match std::io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            source => Err(NotesError::Lookup { pid, source }),
+    /// Why `exe`, the file process `tgid` runs, names no program: it is not what the
+    /// process's last exec loaded, or there is no note and notes were lost. `start_ticks`
+    /// is the process's start as procfs gives it (clock ticks since boot). None: it is the
+    /// program, or no exec of the process was ever seen (believed, as before).
+    pub fn unvouched(
+        &self,
+        tgid: u32,
+        start_ticks: u64,
+        exe: Option<ExeFile>,
+    ) -> Option<Unvouched> {
+        let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
+        match self.files.get(&tgid, 0) {
+            Ok(note) if note.start_boottime / ns_per_tick == start_ticks => {
+                (ExeFile::from_kernel(note.dev, note.ino) != exe).then_some(Unvouched::Replaced)
+            }
+            _ => (self.lost.get(&0, 0).unwrap_or(0) > 0).then_some(Unvouched::NotesLost),
         }
     }
 }

@@ -82,13 +82,14 @@ const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// The programs that note what each process's exec loaded (`GwRecord::exe_flags`), and
 /// their tracepoints.
-const EXEC_TRACEPOINTS: [(&str, &str); 2] = [
+const EXEC_TRACEPOINTS: [(&str, &str); 3] = [
     (gateway_ebpf::PROG_EXEC_SEEN, "sched_process_exec"),
     (gateway_ebpf::PROG_FORK_SEEN, "sched_process_fork"),
+    (gateway_ebpf::PROG_EXIT_SEEN, "sched_process_exit"),
 ];
 
 /// Every program the daemon attaches, for `status`.
-pub const PROGRAMS: [&str; 13] = [
+pub const PROGRAMS: [&str; 14] = [
     SOCK_ADDR_PROGS[0],
     SOCK_ADDR_PROGS[1],
     SOCK_ADDR_PROGS[2],
@@ -102,6 +103,7 @@ pub const PROGRAMS: [&str; 13] = [
     gateway_ebpf::PROG_SK_LOOKUP,
     EXEC_TRACEPOINTS[0].0,
     EXEC_TRACEPOINTS[1].0,
+    EXEC_TRACEPOINTS[2].0,
 ];
 
 const SOCK_ADDR_PROGS: [&str; 8] = [
@@ -187,13 +189,12 @@ impl Interceptor {
         drop_stale_pins(&maps_dir)?;
         let cap = cfg.intercept.selector_capacity;
         let mut ebpf = EbpfLoader::new()
-            // aya has no type for task storage (`gw_exec_files`); only the programs use it.
-            .allow_unsupported_maps()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries(gateway_ebpf::MAP_CONNS, cfg.intercept.max_connections)
             .map_max_entries(gateway_ebpf::MAP_CGROUPS, cap)
             .map_max_entries(gateway_ebpf::MAP_AGENT_UIDS, cap)
             .map_max_entries(gateway_ebpf::MAP_SCOPE_PORTS, cap)
+            .map_max_entries(gateway_ebpf::MAP_EXEC_FILES, cfg.intercept.max_processes)
             .load(gateway_ebpf::REDIRECT_OBJ)
             .map_err(|e| InterceptError::Load { message: chain(&e) })?;
 

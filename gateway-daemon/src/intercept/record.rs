@@ -40,9 +40,41 @@ pub struct Redirected {
     pub comm: String,
     /// The executable the caller ran at connect(), as the kernel saw it.
     pub exe_file: Option<ExeFile>,
-    /// The caller had set `exe_file` itself (prctl PR_SET_MM): it names a file the process
-    /// chose, not the program its exec loaded.
-    pub exe_replaced: bool,
+    /// Why `exe_file` names no program, when it does not (set by the process itself, or
+    /// nothing to tell).
+    pub exe_unvouched: Option<Unvouched>,
+}
+
+/// Why the file the kernel reports for a process names no program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unvouched {
+    /// The process set its executable itself since its exec (prctl PR_SET_MM, open to any
+    /// process in a user namespace of its own): a file of its choice.
+    Replaced,
+    /// No note of its exec was kept, and notes were lost (`intercept.max_processes`
+    /// processes were noted at once): it may be a process that set it.
+    NotesLost,
+}
+
+impl Unvouched {
+    /// From a record's `exe_flags`.
+    pub fn of_flags(flags: u32) -> Option<Self> {
+        if flags & gateway_ebpf::EXE_REPLACED != 0 {
+            Some(Unvouched::Replaced)
+        } else if flags & gateway_ebpf::EXE_UNKNOWN != 0 {
+            Some(Unvouched::NotesLost)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unvouched::Replaced => "replaced",
+            Unvouched::NotesLost => "notes_lost",
+        }
+    }
 }
 
 /// An executable file by identity: its device (as `stat` reports `st_dev`) and inode.
@@ -91,7 +123,7 @@ impl Redirected {
             start_boottime_ns: r.start_boottime,
             comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
             exe_file: ExeFile::from_kernel(r.exe_dev, r.exe_ino),
-            exe_replaced: r.exe_flags & gateway_ebpf::EXE_REPLACED != 0,
+            exe_unvouched: Unvouched::of_flags(r.exe_flags),
         }
     }
 

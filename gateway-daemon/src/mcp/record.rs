@@ -26,9 +26,9 @@ pub struct Principal {
     pub user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
-    /// The process had set its executable itself: why `exe` is none (`Identity`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub exe_replaced: bool,
+    /// Why `exe` is none when the kernel reported a file (`Identity::exe_unvouched`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_unvouched: Option<crate::intercept::record::Unvouched>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,7 +87,7 @@ impl Principal {
             uid: id.uid,
             user: id.user.clone(),
             exe: id.exe.as_ref().map(|p| p.display().to_string()),
-            exe_replaced: id.exe_replaced,
+            exe_unvouched: id.exe_unvouched,
             unit: id.unit.clone(),
             cgroup: id.cgroup.clone(),
             json: JsonOnce::default(),
@@ -256,7 +256,7 @@ mod tests {
             uid: 1000,
             user: Some("agent".into()),
             exe: Some("/usr/bin/agent".into()),
-            exe_replaced: false,
+            exe_unvouched: None,
             unit: None,
             cgroup: Some("/agents".into()),
             json: JsonOnce::default(),

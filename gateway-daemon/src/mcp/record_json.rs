@@ -190,7 +190,7 @@ mod tests {
                 uid: 1000,
                 user: Some(text(4)),
                 exe: full.then(|| text(0)),
-                exe_replaced: false,
+                exe_unvouched: None,
                 unit: None,
                 cgroup: Some(text(1)),
                 json: JsonOnce::default(),

@@ -129,7 +129,7 @@ fn refused_record(id: &str) -> super::record::ExchangeRecord {
                 uid: 1,
                 user: None,
                 exe: None,
-                exe_replaced: false,
+                exe_unvouched: None,
                 unit: None,
                 cgroup: None,
                 json: Default::default(),

@@ -103,7 +103,7 @@ fn identity(uid: u32, exe: &str, cgroup: &str, comm: &str) -> Identity {
         start_time: 0,
         exe: Some(PathBuf::from(exe)),
         exe_file: None,
-        exe_replaced: false,
+        exe_unvouched: None,
         exe_now: None,
         cmdline: None,
         cgroup: Some(cgroup.into()),

@@ -58,8 +58,8 @@ fn identity(out: &mut Vec<u8>, id: &Identity) {
         number_field(out, b",\"ino\":", f.ino);
         out.push(b'}');
     }
-    if id.exe_replaced {
-        out.extend_from_slice(b",\"exe_replaced\":true");
+    if let Some(u) = id.exe_unvouched {
+        str_field(out, b",\"exe_unvouched\":", u.as_str());
     }
     if let Some(p) = &id.exe_now {
         out.extend_from_slice(b",\"exe_now\":");
@@ -131,7 +131,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::intercept::record::ExeFile;
+    use crate::intercept::record::{ExeFile, Unvouched};
 
     const TEXTS: [&str; 4] = [
         "/usr/bin/agent",
@@ -154,7 +154,7 @@ mod tests {
             start_time: 123_456,
             exe: full.then(|| PathBuf::from(text(0))),
             exe_file: full.then_some(ExeFile { dev: 2049, ino: 77 }),
-            exe_replaced: n % 2 == 1,
+            exe_unvouched: [None, Some(Unvouched::Replaced), Some(Unvouched::NotesLost)][n % 3],
             exe_now: full.then(|| PathBuf::from(text(2))),
             cmdline: full.then(|| (0..n).map(text).collect()),
             cgroup: full.then(|| text(1)),

@@ -133,19 +133,11 @@ pub fn identity_of(
         start_boottime_ns: start_ticks * (1_000_000_000 / ticks),
         comm,
         exe_file: ExeFile::of_path(Path::new(&format!("/proc/{pid}/exe"))),
-        exe_replaced: false,
+        exe_unvouched: None,
     };
-    // A program the process set itself since its exec (prctl PR_SET_MM) names nothing; a
-    // note that cannot be read leaves the program unvouched for too.
-    let exe_replaced = match notes.map(|n| n.loaded(pid)) {
-        None | Some(Ok(None)) => false,
-        Some(Ok(Some(loaded))) => Some(loaded) != r.exe_file,
-        Some(Err(e)) => {
-            tracing::info!(pid, error = %e, "the program its exec loaded is not known");
-            true
-        }
-    };
-    let r = Redirected { exe_replaced, ..r };
+    // A program the process set itself since its exec (prctl PR_SET_MM) names nothing.
+    let exe_unvouched = notes.and_then(|n| n.unvouched(r.tgid, start_ticks, r.exe_file));
+    let r = Redirected { exe_unvouched, ..r };
     // On the launcher's own thread (its exec waits for this, and nothing else does).
     Identity::resolve(&r, hash)
 }

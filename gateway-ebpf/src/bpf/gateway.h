@@ -54,9 +54,13 @@ struct gw_record {
  * which a process may do inside a user namespace of its own, naming any file it can
  * execute. The file then says nothing about what the process runs. */
 #define GW_EXE_REPLACED 2
+/* No note of the process's exec, and notes were lost (the map was full): the file cannot
+ * be vouched for either. */
+#define GW_EXE_UNKNOWN 4
 
-/* Value of the `gw_exec_files` task storage: the file a thread group's last exec loaded. */
+/* Value of the `gw_exec_files` map, keyed by tgid: the file a process's last exec loaded. */
 struct gw_exec_file {
+	__u64 start_boottime; /* the process's (leader's) start: a reused tgid never matches */
 	__u64 ino;
 	__u32 dev;
 	__u32 _pad;
@@ -87,6 +91,7 @@ _Static_assert(__builtin_offsetof(struct gw_record, pid) == 20, "gw_record.pid")
 _Static_assert(__builtin_offsetof(struct gw_record, cgroup_id) == 40, "gw_record.cgroup_id");
 _Static_assert(__builtin_offsetof(struct gw_record, comm) == 64, "gw_record.comm");
 _Static_assert(__builtin_offsetof(struct gw_record, exe_flags) == 92, "gw_record.exe_flags");
+_Static_assert(sizeof(struct gw_exec_file) == 24, "gw_exec_file size");
 _Static_assert(sizeof(struct gw_config) == 36, "gw_config size");
 _Static_assert(__builtin_offsetof(struct gw_config, listen4_port) == 20, "gw_config.listen4_port");
 _Static_assert(__builtin_offsetof(struct gw_config, mark) == 28, "gw_config.mark");

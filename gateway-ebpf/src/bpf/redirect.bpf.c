@@ -54,10 +54,18 @@ struct mm_struct {
 	struct file *exe_file;
 } __attribute__((preserve_access_index));
 
+struct signal_struct {
+	struct {
+		int counter;
+	} live;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
+	int tgid;
 	__u64 start_boottime;
 	struct task_struct *group_leader;
 	struct mm_struct *mm;
+	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
 /* Every map is pinned by name under the instance's bpffs directory, so the programs of a
@@ -114,16 +122,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } gw_conns SEC(".maps");
 
-/* What each process's last exec loaded (gw_exec_seen), kept on its thread group leader and
- * freed with it: nothing to fill up, nothing left behind for a reused pid. A fork inherits
- * its parent's (gw_fork_seen), as it inherits the parent's executable. */
+/* What each process's last exec loaded (gw_exec_seen), by tgid; a fork inherits its
+ * parent's (gw_fork_seen), as it inherits the parent's executable, and the process's last
+ * thread to exit takes it away (gw_exit_seen). A plain hash map, which cgroup programs can
+ * read on every kernel; its size (intercept.max_processes) bounds the processes noted at
+ * once, and a note that finds it full is counted in `gw_exec_lost`. */
 struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
 	__type(value, struct gw_exec_file);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } gw_exec_files SEC(".maps");
+
+/* [0]: notes that could not be kept. Once any was lost, a process without a note may be
+ * one of them, so its file is vouched for by nothing (GW_EXE_UNKNOWN). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} gw_exec_lost SEC(".maps");
 
 /* The daemon's listening sockets (GW_LISTENER_V4/V6). A socket leaves the map when it is
  * closed, so a dead daemon leaves the slots empty and sk_lookup refuses. */
@@ -233,11 +254,17 @@ static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4]
 	exe_of(task->mm, &r->exe_dev, &r->exe_ino);
 	/* And whether that is the file its exec loaded: a process whose exec was seen and
 	 * whose exe_file is another set it itself (prctl PR_SET_MM). */
-	struct gw_exec_file *loaded = bpf_task_storage_get(&gw_exec_files, task->group_leader, 0, 0);
-	if (loaded) {
+	__u32 key = r->tgid;
+	struct gw_exec_file *loaded = bpf_map_lookup_elem(&gw_exec_files, &key);
+	if (loaded && loaded->start_boottime == r->start_boottime) {
 		r->exe_flags = GW_EXE_ATTESTED;
 		if (loaded->ino != r->exe_ino || loaded->dev != r->exe_dev)
 			r->exe_flags |= GW_EXE_REPLACED;
+	} else {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
+		if (lost && *lost)
+			r->exe_flags = GW_EXE_UNKNOWN;
 	}
 }
 
@@ -571,33 +598,66 @@ int gw_sk_lookup(struct bpf_sk_lookup *ctx)
 	return err ? SK_DROP : SK_PASS;
 }
 
+static __always_inline void note_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
 /* Every exec, the moment the new program is in place: the file it loaded, for the process
- * (whose leader the exec'ing thread now is). Attached for all of the host, since an agent
- * may connect through any process it can reach; an exec is the only write. */
+ * (whose leader the exec'ing thread now is, with the leader's start). Attached for all of
+ * the host, since an agent may connect through any process it can reach. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(gw_exec_seen, struct task_struct *p, int old_pid, void *bprm)
 {
-	struct gw_exec_file *e =
-		bpf_task_storage_get(&gw_exec_files, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (e)
-		exe_of(p->mm, &e->dev, &e->ino);
+	struct gw_exec_file note = {.start_boottime = p->start_boottime};
+	exe_of(p->mm, &note.dev, &note.ino);
+	__u32 key = p->tgid;
+	if (bpf_map_update_elem(&gw_exec_files, &key, &note, BPF_ANY) != 0) {
+		/* An older note under this tgid would name another program: gone with it. */
+		bpf_map_delete_elem(&gw_exec_files, &key);
+		note_lost();
+	}
 	return 0;
 }
 
 /* A new process starts with its parent's program (and its parent's mm, copied or shared):
- * it inherits what the parent's exec loaded. A new thread reads its leader's. */
+ * it inherits what the parent's exec loaded. A new thread is its process's. */
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(gw_fork_seen, struct task_struct *parent, struct task_struct *child)
 {
-	if (child->group_leader != child)
+	if (child->tgid == parent->tgid)
 		return 0;
-	struct gw_exec_file *from =
-		bpf_task_storage_get(&gw_exec_files, parent->group_leader, 0, 0);
-	if (!from)
+	__u32 key = child->tgid;
+	__u32 from = parent->tgid;
+	struct gw_exec_file *had = bpf_map_lookup_elem(&gw_exec_files, &from);
+	if (!had || had->start_boottime != parent->group_leader->start_boottime) {
+		/* The parent's exec was not seen: neither is the child's. */
+		bpf_map_delete_elem(&gw_exec_files, &key);
 		return 0;
-	struct gw_exec_file *to =
-		bpf_task_storage_get(&gw_exec_files, child, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (to)
-		*to = *from;
+	}
+	struct gw_exec_file note = {
+		.start_boottime = child->start_boottime,
+		.ino = had->ino,
+		.dev = had->dev,
+	};
+	if (bpf_map_update_elem(&gw_exec_files, &key, &note, BPF_ANY) != 0) {
+		bpf_map_delete_elem(&gw_exec_files, &key);
+		note_lost();
+	}
+	return 0;
+}
+
+/* The last thread of a process is gone: so is its note (a leader that exits before its
+ * threads takes nothing away). */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(gw_exit_seen, struct task_struct *p)
+{
+	if (p->signal->live.counter != 0)
+		return 0;
+	__u32 key = p->tgid;
+	bpf_map_delete_elem(&gw_exec_files, &key);
 	return 0;
 }
