@@ -171,6 +171,7 @@ pub fn harness() -> &'static Harness {
             exe: Some("/usr/bin/agent".into()),
             exe_file: None,
     exe_unvouched: None,
+    exe_ctime: None,
             exe_now: None,
             cmdline: Some(vec!["agent".into()]),
             cgroup: Some("/mcp.slice/mcp-agents.slice/agent.service".into()),

@@ -120,6 +120,10 @@ pub struct GwRecord {
     pub exe_dev: u32,
     /// `EXE_*`: what the kernel can say of that file.
     pub exe_flags: u32,
+    /// Its change time at connect(), and its inode's generation.
+    pub exe_ctime_sec: i64,
+    pub exe_ctime_nsec: u32,
+    pub exe_generation: u32,
 }
 
 /// `GwRecord::exe_flags` (GW_EXE_* in gateway.h): the exec that loaded the caller's
@@ -131,6 +135,8 @@ pub const EXE_REPLACED: u32 = 2;
 /// No note of the caller's exec, and notes were lost (`gw_exec_lost`): nothing vouches for
 /// the file.
 pub const EXE_UNKNOWN: u32 = 4;
+/// ...or the very file its exec loaded, changed since (change time or generation moved).
+pub const EXE_CHANGED: u32 = 8;
 
 /// `struct gw_exec_file`: the file a process's last exec loaded (`gw_exec_files`, by tgid).
 #[repr(C)]
@@ -141,10 +147,13 @@ pub struct GwExecFile {
     pub ino: u64,
     /// The kernel's encoding (major << 20 | minor).
     pub dev: u32,
+    pub generation: u32,
+    pub ctime_sec: i64,
+    pub ctime_nsec: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<GwExecFile>() == 24);
+const _: () = assert!(size_of::<GwExecFile>() == 40);
 // SAFETY: integers only, padding explicit (the layout is asserted above).
 unsafe impl aya::Pod for GwExecFile {}
 
@@ -173,7 +182,8 @@ unsafe impl aya::Pod for GwConfig {}
 const _: () = {
     assert!(size_of::<GwTuple>() == 36);
     assert!(offset_of!(GwTuple, client_port) == 32);
-    assert!(size_of::<GwRecord>() == 96);
+    assert!(size_of::<GwRecord>() == 112);
+    assert!(offset_of!(GwRecord, exe_ctime_sec) == 96);
     assert!(offset_of!(GwRecord, exe_ino) == 80);
     assert!(offset_of!(GwRecord, orig_port) == 16);
     assert!(offset_of!(GwRecord, pid) == 20);

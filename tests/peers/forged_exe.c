@@ -14,7 +14,10 @@
  *           user namespace and the change, and exits; this process, which never left the
  *           host's user namespace, opens the connection;
  *   exec    no connection: after the change it execs PROGRAM itself (a stdio server, which
- *           the gateway sees started by a process that claims to be FILE). */
+ *           the gateway sees started by a process that claims to be FILE);
+ *   rewrite its executable stays its own file, but with FILE's bytes: it lets go of its
+ *           file (setting /bin/true), writes FILE's bytes into it, takes it back, and then
+ *           connects as `self` does. Its own file must be writable by it. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -136,6 +139,24 @@ static void own_user_namespace(uid_t uid, gid_t gid)
 	write_file("/proc/self/gid_map", map);
 }
 
+/* Writes the bytes of `from` over the file `to`. */
+static void copy_file(const char *from, const char *to)
+{
+	int in = open(from, O_RDONLY);
+	int out = open(to, O_WRONLY | O_TRUNC);
+	if (in < 0 || out < 0)
+		die("opening the files to copy");
+	char buf[65536];
+	ssize_t n;
+	while ((n = read(in, buf, sizeof buf)) > 0)
+		if (write(out, buf, n) != n)
+			die("write");
+	if (n < 0)
+		die("read");
+	close(in);
+	close(out);
+}
+
 static struct {
 	const char *file;
 	uid_t uid;
@@ -172,6 +193,17 @@ int main(int argc, char **argv)
 			die("clone(CLONE_VM)");
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 			return 100;
+	} else if (strcmp(how, "rewrite") == 0) {
+		char self[4096];
+		ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+		if (n < 0)
+			die("readlink /proc/self/exe");
+		self[n] = 0;
+		own_user_namespace(getuid(), getgid());
+		unmap_own_program();
+		set_exe("/bin/true");
+		copy_file(argv[1], self);
+		set_exe(self);
 	} else {
 		own_user_namespace(getuid(), getgid());
 		unmap_own_program();

@@ -477,7 +477,9 @@ fn a_c_agent_calling_raw_execve_is_mediated_even_after_a_double_fork_and_setsid(
 
 /// An agent may set the program the kernel reports for it (prctl PR_SET_MM_MAP in a user
 /// namespace of its own) to one a principal trusts, then start a server: the server's
-/// records name no program for it, and say why.
+/// records name no program for it, and say why. (An exec from any other thread than a
+/// process's only one is refused before it runs: the server could not be given its own
+/// descriptors.)
 #[test]
 fn a_server_started_by_an_agent_that_set_its_own_executable_is_no_programs() {
     let dir = shared_dir("forged");
@@ -486,7 +488,7 @@ fn a_server_started_by_an_agent_that_set_its_own_executable_is_no_programs() {
     std::fs::write(&description, "Fetches a URL.").unwrap();
     let gw = gateway("stdio-forged", &python_server_config(), "");
     let python = std::fs::canonicalize(gateway_tests::PYTHON).unwrap();
-    let out = gw
+    let mut child = gw
         .agent_stdio(
             AGENT,
             bin.to_str().unwrap(),
@@ -504,7 +506,6 @@ fn a_server_started_by_an_agent_that_set_its_own_executable_is_no_programs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut child = out;
     child
         .stdin
         .take()
@@ -524,13 +525,15 @@ fn a_server_started_by_an_agent_that_set_its_own_executable_is_no_programs() {
         .filter(|r| r["outcome"] == "mediated")
         .collect();
     assert_eq!(mediated.len(), 1, "{mediated:#?}");
-    let principal = &mediated[0]["principal"];
-    assert_eq!(
-        (&principal["exe"], &principal["exe_unvouched"]),
-        (&Value::Null, &Value::from("replaced")),
-        "the server's starter claimed to be {}: {principal}",
-        python.display()
-    );
+    for m in &mediated {
+        let principal = &m["principal"];
+        assert_eq!(
+            (&principal["exe"], &principal["exe_unvouched"]),
+            (&Value::Null, &Value::from("replaced")),
+            "the server's starter claimed to be {}: {principal}",
+            python.display()
+        );
+    }
     verify(&gw);
 }
 

@@ -34,6 +34,8 @@ pub enum HashError {
     Execd,
     #[error("its program is {size} bytes, more than the {MAX_BYTES} the gateway hashes")]
     TooLarge { size: u64 },
+    #[error("its program's file changed since the kernel saw it run (its change time moved)")]
+    Changed,
 }
 
 /// What a file's bytes are remembered by. The change time, not the modification time: a
@@ -50,10 +52,11 @@ struct Key {
 static HASHES: LazyLock<Mutex<HashMap<Key, String>>> = LazyLock::new(Default::default);
 
 /// The hex SHA-256 of what the process `proc` holds open runs, which must be
-/// `connected_with` when known.
+/// `connected_with` when known, with the change time `ctime_then` the kernel saw.
 pub fn of(
     proc: &procfs::process::Process,
     connected_with: Option<ExeFile>,
+    ctime_then: Option<(i64, u32)>,
 ) -> Result<String, HashError> {
     let tgid = proc.pid as u32;
     let read = |source| HashError::Read { tgid, source };
@@ -67,6 +70,11 @@ pub fn of(
     let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| read(e.into()))?;
     if fs.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC {
         return Err(HashError::Fuse);
+    }
+    // Bytes written since are not the ones it ran, however the file was let go of to write
+    // them (the kernel checked at connect that they were the exec's).
+    if ctime_then.is_some_and(|c| c != (m.ctime(), m.ctime_nsec() as u32)) {
+        return Err(HashError::Changed);
     }
     if m.size() > MAX_BYTES {
         return Err(HashError::TooLarge { size: m.size() });

@@ -71,6 +71,9 @@ pub struct Identity {
     /// matches no `exe` or `exe_sha256`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_unvouched: Option<Unvouched>,
+    /// `exe_file`'s change time when the kernel saw it: a hash of other bytes is none.
+    #[serde(skip)]
+    pub exe_ctime: Option<(i64, u32)>,
     /// What procfs shows the process running now, when it is not `exe_file`: it exec'd
     /// another program after connecting.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -231,6 +234,7 @@ impl Identity {
             exe: None,
             exe_file: r.exe_file,
             exe_unvouched: r.exe_unvouched,
+            exe_ctime: r.exe_ctime,
             exe_now: None,
             cmdline: None,
             cgroup: None,
@@ -331,7 +335,7 @@ impl Identity {
         self.cmdline = Some(cmdline);
         self.cgroup = cgroup;
         if hash && self.exe_now.is_none() && self.exe_unvouched.is_none() {
-            match exe_hash::of(&proc, self.exe_file) {
+            match exe_hash::of(&proc, self.exe_file, self.exe_ctime) {
                 // Hashed through the handle; the process still the one checked after.
                 Ok(h) if check(&proc).is_ok() => self.exe_sha256 = Some(h),
                 Ok(_) => tracing::info!(tgid, "exited while its executable was hashed"),
@@ -496,6 +500,7 @@ mod tests {
             comm: "x".into(),
             exe_file: ExeFile::of_path(&std::env::current_exe().unwrap()),
             exe_unvouched: None,
+            exe_ctime: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! that starts a server while its exec waits. `connect4` reads the same note itself, into
 //! the record's `exe_flags`.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData};
@@ -42,22 +43,37 @@ impl ExecNotes {
         })
     }
 
-    /// Why `exe`, the file process `tgid` runs, names no program: it is not what the
-    /// process's last exec loaded, or there is no note and notes were lost. `start_ticks`
-    /// is the process's start as procfs gives it (clock ticks since boot). None: it is the
-    /// program, or no exec of the process was ever seen (believed, as before).
-    pub fn unvouched(
-        &self,
-        tgid: u32,
-        start_ticks: u64,
-        exe: Option<ExeFile>,
-    ) -> Option<Unvouched> {
+    /// Why what process `tgid` runs (the file `/proc/PID/exe` of one of its threads leads
+    /// to, `exe`) names no program: not what its last exec loaded, or no longer the bytes
+    /// it had then, or nothing can tell. `start_ticks` is the process's start (its leader's,
+    /// clock ticks since boot, as procfs gives it). None: it is the program, or no exec of
+    /// the process was ever seen (believed, as before).
+    pub fn unvouched(&self, tgid: u32, start_ticks: u64, exe: &Path) -> Option<Unvouched> {
         let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
-        match self.files.get(&tgid, 0) {
-            Ok(note) if note.start_boottime / ns_per_tick == start_ticks => {
-                (ExeFile::from_kernel(note.dev, note.ino) != exe).then_some(Unvouched::Replaced)
+        let note = match self.files.get(&tgid, 0) {
+            Ok(note) => note,
+            Err(aya::maps::MapError::KeyNotFound) => {
+                // Any count it cannot read counts as a loss: nothing then vouches.
+                let lost = self.lost.get(&0, 0).map_or(true, |n| n > 0);
+                return lost.then_some(Unvouched::Unknown);
             }
-            _ => (self.lost.get(&0, 0).unwrap_or(0) > 0).then_some(Unvouched::NotesLost),
+            Err(_) => return Some(Unvouched::Unknown),
+        };
+        // A live process's note is its own: another start means the start read is wrong.
+        if note.start_boottime / ns_per_tick != start_ticks {
+            return Some(Unvouched::Unknown);
         }
+        let Ok(m) = std::fs::metadata(exe) else {
+            return Some(Unvouched::Unknown);
+        };
+        let file = ExeFile {
+            dev: m.dev(),
+            ino: m.ino(),
+        };
+        if ExeFile::from_kernel(note.dev, note.ino) != Some(file) {
+            return Some(Unvouched::Replaced);
+        }
+        let ctime = (m.ctime(), m.ctime_nsec() as u32);
+        (ctime != (note.ctime_sec, note.ctime_nsec)).then_some(Unvouched::Changed)
     }
 }

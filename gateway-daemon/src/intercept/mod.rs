@@ -395,10 +395,16 @@ pub struct Resync {
 /// Pinned record maps an older version made with another record layout: this version's
 /// programs could not use them, so they are unpinned and the loader makes them anew. The
 /// records of connections in flight across the upgrade are lost with them: those
-/// connections are refused, never let through.
+/// connections are refused, never let through. The exec notes alike: with them go the
+/// notes of running processes, which are then believed as before.
 fn drop_stale_pins(maps_dir: &Path) -> Result<(), InterceptError> {
-    let want = std::mem::size_of::<gateway_ebpf::GwRecord>() as u32;
-    for name in [gateway_ebpf::MAP_CONNS, gateway_ebpf::MAP_PENDING] {
+    let record = std::mem::size_of::<gateway_ebpf::GwRecord>() as u32;
+    let note = std::mem::size_of::<gateway_ebpf::GwExecFile>() as u32;
+    for (name, want) in [
+        (gateway_ebpf::MAP_CONNS, record),
+        (gateway_ebpf::MAP_PENDING, record),
+        (gateway_ebpf::MAP_EXEC_FILES, note),
+    ] {
         let path = maps_dir.join(name);
         if !path.exists() {
             continue;

@@ -43,6 +43,9 @@ pub struct Redirected {
     /// Why `exe_file` names no program, when it does not (set by the process itself, or
     /// nothing to tell).
     pub exe_unvouched: Option<Unvouched>,
+    /// `exe_file`'s change time at connect() (seconds, nanoseconds): bytes read from it
+    /// later are the program's only while it is the same.
+    pub exe_ctime: Option<(i64, u32)>,
 }
 
 /// Why the file the kernel reports for a process names no program.
@@ -52,9 +55,13 @@ pub enum Unvouched {
     /// The process set its executable itself since its exec (prctl PR_SET_MM, open to any
     /// process in a user namespace of its own): a file of its choice.
     Replaced,
-    /// No note of its exec was kept, and notes were lost (`intercept.max_processes`
-    /// processes were noted at once): it may be a process that set it.
-    NotesLost,
+    /// The very file its exec loaded, changed since: let go of (prctl PR_SET_MM), written
+    /// and taken back, or its inode number another file's now.
+    Changed,
+    /// Nothing can tell: no note of its exec was kept while notes were lost
+    /// (`intercept.max_processes` processes were noted at once), or the note could not be
+    /// read.
+    Unknown,
 }
 
 impl Unvouched {
@@ -62,8 +69,10 @@ impl Unvouched {
     pub fn of_flags(flags: u32) -> Option<Self> {
         if flags & gateway_ebpf::EXE_REPLACED != 0 {
             Some(Unvouched::Replaced)
+        } else if flags & gateway_ebpf::EXE_CHANGED != 0 {
+            Some(Unvouched::Changed)
         } else if flags & gateway_ebpf::EXE_UNKNOWN != 0 {
-            Some(Unvouched::NotesLost)
+            Some(Unvouched::Unknown)
         } else {
             None
         }
@@ -72,7 +81,8 @@ impl Unvouched {
     pub fn as_str(self) -> &'static str {
         match self {
             Unvouched::Replaced => "replaced",
-            Unvouched::NotesLost => "notes_lost",
+            Unvouched::Changed => "changed",
+            Unvouched::Unknown => "unknown",
         }
     }
 }
@@ -124,6 +134,7 @@ impl Redirected {
             comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
             exe_file: ExeFile::from_kernel(r.exe_dev, r.exe_ino),
             exe_unvouched: Unvouched::of_flags(r.exe_flags),
+            exe_ctime: (r.exe_ino != 0).then_some((r.exe_ctime_sec, r.exe_ctime_nsec)),
         }
     }
 

@@ -104,6 +104,7 @@ fn identity(uid: u32, exe: &str, cgroup: &str, comm: &str) -> Identity {
         exe: Some(PathBuf::from(exe)),
         exe_file: None,
         exe_unvouched: None,
+        exe_ctime: None,
         exe_now: None,
         cmdline: None,
         cgroup: Some(cgroup.into()),

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -96,7 +97,10 @@ pub fn identity_of(
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(u32::MAX)
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The process's start is its leader's: the exec may come from another thread, whose
+    // own start is later.
+    let tgid = field("Tgid:");
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     // Field 22 (start time) is the 20th after the command.
     let start_ticks: u64 = after
@@ -109,6 +113,7 @@ pub fn identity_of(
         .unwrap_or_default()
         .trim_end()
         .to_string();
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
     let cgroup_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|t| {
@@ -117,7 +122,6 @@ pub fn identity_of(
         })
         .and_then(|p| {
             let mount = crate::intercept::cgroup::cgroup2_mount().ok()?;
-            use std::os::unix::fs::MetadataExt;
             std::fs::metadata(mount.join(p.trim_start_matches('/')))
                 .ok()
                 .map(|m| m.ino())
@@ -126,17 +130,24 @@ pub fn identity_of(
     let r = Redirected {
         orig_dst: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         pid,
-        tgid: field("Tgid:"),
+        tgid,
         uid: field("Uid:"),
         gid: field("Gid:"),
         cgroup_id,
         start_boottime_ns: start_ticks * (1_000_000_000 / ticks),
         comm,
-        exe_file: ExeFile::of_path(Path::new(&format!("/proc/{pid}/exe"))),
+        exe_file: ExeFile::of_path(&exe),
         exe_unvouched: None,
+        exe_ctime: std::fs::metadata(&exe)
+            .ok()
+            .map(|m| (m.ctime(), m.ctime_nsec() as u32)),
     };
-    // A program the process set itself since its exec (prctl PR_SET_MM) names nothing.
-    let exe_unvouched = notes.and_then(|n| n.unvouched(r.tgid, start_ticks, r.exe_file));
+    // A program the process set itself since its exec (prctl PR_SET_MM), or changed since,
+    // names nothing; without the kernel's notes nothing vouches for it.
+    let exe_unvouched = match notes {
+        Some(n) => n.unvouched(tgid, start_ticks, &exe),
+        None => Some(crate::intercept::record::Unvouched::Unknown),
+    };
     let r = Redirected { exe_unvouched, ..r };
     // On the launcher's own thread (its exec waits for this, and nothing else does).
     Identity::resolve(&r, hash)

@@ -46,6 +46,9 @@ struct gw_record {
 	__u64 exe_ino;       /* inode of the caller's executable (mm->exe_file) at connect(); 0: none */
 	__u32 exe_dev;       /* its filesystem's device, kernel encoding (major << 20 | minor) */
 	__u32 exe_flags;     /* GW_EXE_*: what the kernel can say of that file */
+	__s64 exe_ctime_sec; /* its change time at connect(): a later one means other bytes */
+	__u32 exe_ctime_nsec;
+	__u32 exe_generation; /* its inode's generation: a reused inode number has another */
 };
 
 /* `exe_flags`: the exec that loaded the process's program was seen (gw_exec_seen)... */
@@ -57,12 +60,19 @@ struct gw_record {
 /* No note of the process's exec, and notes were lost (the map was full): the file cannot
  * be vouched for either. */
 #define GW_EXE_UNKNOWN 4
+/* The very file its exec loaded, changed since (its change time or generation moved): the
+ * process let go of it (prctl PR_SET_MM), wrote other bytes into it and took it back, or
+ * the inode number is another file's now. Its bytes are not what was exec'd. */
+#define GW_EXE_CHANGED 8
 
 /* Value of the `gw_exec_files` map, keyed by tgid: the file a process's last exec loaded. */
 struct gw_exec_file {
 	__u64 start_boottime; /* the process's (leader's) start: a reused tgid never matches */
 	__u64 ino;
 	__u32 dev;
+	__u32 generation;
+	__s64 ctime_sec;
+	__u32 ctime_nsec;
 	__u32 _pad;
 };
 
@@ -84,14 +94,15 @@ struct gw_config {
 /* Layout contract with gateway-ebpf/src/lib.rs (which asserts the same numbers). */
 _Static_assert(sizeof(struct gw_tuple) == 36, "gw_tuple size");
 _Static_assert(__builtin_offsetof(struct gw_tuple, client_port) == 32, "gw_tuple.client_port");
-_Static_assert(sizeof(struct gw_record) == 96, "gw_record size");
+_Static_assert(sizeof(struct gw_record) == 112, "gw_record size");
 _Static_assert(__builtin_offsetof(struct gw_record, exe_ino) == 80, "gw_record.exe_ino");
 _Static_assert(__builtin_offsetof(struct gw_record, orig_port) == 16, "gw_record.orig_port");
 _Static_assert(__builtin_offsetof(struct gw_record, pid) == 20, "gw_record.pid");
 _Static_assert(__builtin_offsetof(struct gw_record, cgroup_id) == 40, "gw_record.cgroup_id");
 _Static_assert(__builtin_offsetof(struct gw_record, comm) == 64, "gw_record.comm");
 _Static_assert(__builtin_offsetof(struct gw_record, exe_flags) == 92, "gw_record.exe_flags");
-_Static_assert(sizeof(struct gw_exec_file) == 24, "gw_exec_file size");
+_Static_assert(sizeof(struct gw_exec_file) == 40, "gw_exec_file size");
+_Static_assert(__builtin_offsetof(struct gw_record, exe_ctime_sec) == 96, "gw_record.exe_ctime_sec");
 _Static_assert(sizeof(struct gw_config) == 36, "gw_config size");
 _Static_assert(__builtin_offsetof(struct gw_config, listen4_port) == 20, "gw_config.listen4_port");
 _Static_assert(__builtin_offsetof(struct gw_config, mark) == 28, "gw_config.mark");

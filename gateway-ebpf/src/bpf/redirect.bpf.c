@@ -19,6 +19,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "gateway.h"
 
 #define AF_INET 2
@@ -33,6 +34,7 @@
 #define REFUSE 0
 /* QUIC's port: refused even when only other ports are in scope for TCP. */
 #define QUIC_PORT 443
+#define GW_NSEC_MASK 0x3fffffff
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -44,6 +46,27 @@ struct super_block {
 struct inode {
 	unsigned long i_ino;
 	struct super_block *i_sb;
+	__u32 i_generation;
+} __attribute__((preserve_access_index));
+
+/* The change time moved within struct inode twice; CO-RE picks the layout the running
+ * kernel has (the others' reads are never run). */
+struct timespec64___gw {
+	__s64 tv_sec;
+	long tv_nsec;
+} __attribute__((preserve_access_index));
+
+struct inode___since_6_11 {
+	__s64 i_ctime_sec;
+	__u32 i_ctime_nsec;
+} __attribute__((preserve_access_index));
+
+struct inode___6_6_to_6_10 {
+	struct timespec64___gw __i_ctime;
+} __attribute__((preserve_access_index));
+
+struct inode___until_6_5 {
+	struct timespec64___gw i_ctime;
 } __attribute__((preserve_access_index));
 
 struct file {
@@ -209,11 +232,9 @@ static __always_inline int is_daemons(const struct gw_config *cfg, struct bpf_so
 	return sk && cfg->mark && sk->mark == cfg->mark;
 }
 
-/* The device and inode of the file `mm` runs (`mm->exe_file`); 0 for none. */
-static __always_inline void exe_of(struct mm_struct *mm, __u32 *dev, __u64 *ino)
+/* The file `mm` runs (`mm->exe_file`), as a note holds it; all 0 for none. */
+static __always_inline void exe_of(struct mm_struct *mm, struct gw_exec_file *f)
 {
-	*dev = 0;
-	*ino = 0;
 	if (!mm)
 		return;
 	struct file *exe = mm->exe_file;
@@ -222,10 +243,45 @@ static __always_inline void exe_of(struct mm_struct *mm, __u32 *dev, __u64 *ino)
 	struct inode *inode = exe->f_inode;
 	if (!inode)
 		return;
-	*ino = inode->i_ino;
+	f->ino = inode->i_ino;
+	f->generation = inode->i_generation;
 	struct super_block *sb = inode->i_sb;
 	if (sb)
-		*dev = sb->s_dev;
+		f->dev = sb->s_dev;
+	struct inode___since_6_11 *now = (void *)inode;
+	struct inode___6_6_to_6_10 *mid = (void *)inode;
+	struct inode___until_6_5 *old = (void *)inode;
+	if (bpf_core_field_exists(now->i_ctime_sec)) {
+		f->ctime_sec = now->i_ctime_sec;
+		f->ctime_nsec = now->i_ctime_nsec;
+	} else if (bpf_core_field_exists(mid->__i_ctime)) {
+		f->ctime_sec = mid->__i_ctime.tv_sec;
+		f->ctime_nsec = (__u32)mid->__i_ctime.tv_nsec;
+	} else {
+		f->ctime_sec = old->i_ctime.tv_sec;
+		f->ctime_nsec = (__u32)old->i_ctime.tv_nsec;
+	}
+	/* Nanoseconds stay below 2^30; since 6.13 the top bit says whether someone has read
+	 * the time since it was set (multigrain timestamps), which a stat flips. */
+	f->ctime_nsec &= GW_NSEC_MASK;
+}
+
+static __always_inline void note_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
+	if (lost)
+		__sync_fetch_and_add(lost, 1);
+}
+
+/* Keeps `note` for process `tgid`, or counts it lost (the map is full). */
+static __always_inline void note_or_count(__u32 tgid, struct gw_exec_file *note)
+{
+	if (bpf_map_update_elem(&gw_exec_files, &tgid, note, BPF_ANY) != 0) {
+		/* An older note under this tgid would name another program: gone with it. */
+		bpf_map_delete_elem(&gw_exec_files, &tgid);
+		note_lost();
+	}
 }
 
 static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4],
@@ -251,20 +307,36 @@ static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4]
 	r->start_boottime = task->group_leader->start_boottime;
 	/* The executable the caller runs now, at connect(): procfs, read later, may show
 	 * another (the process exec'd since) or nothing (it exited). */
-	exe_of(task->mm, &r->exe_dev, &r->exe_ino);
-	/* And whether that is the file its exec loaded: a process whose exec was seen and
-	 * whose exe_file is another set it itself (prctl PR_SET_MM). */
+	struct gw_exec_file now = {};
+	exe_of(task->mm, &now);
+	r->exe_ino = now.ino;
+	r->exe_dev = now.dev;
+	r->exe_ctime_sec = now.ctime_sec;
+	r->exe_ctime_nsec = now.ctime_nsec;
+	r->exe_generation = now.generation;
+	/* And whether that is the file its exec loaded, with the bytes it had then: a process
+	 * whose exe_file is another set it itself (prctl PR_SET_MM); the same file changed
+	 * since was let go of, written and taken back (or its inode number reused). */
 	__u32 key = r->tgid;
 	struct gw_exec_file *loaded = bpf_map_lookup_elem(&gw_exec_files, &key);
 	if (loaded && loaded->start_boottime == r->start_boottime) {
 		r->exe_flags = GW_EXE_ATTESTED;
-		if (loaded->ino != r->exe_ino || loaded->dev != r->exe_dev)
+		if (loaded->ino != now.ino || loaded->dev != now.dev)
 			r->exe_flags |= GW_EXE_REPLACED;
+		else if (loaded->generation != now.generation ||
+			 loaded->ctime_sec != now.ctime_sec || loaded->ctime_nsec != now.ctime_nsec)
+			r->exe_flags |= GW_EXE_CHANGED;
 	} else {
 		__u32 zero = 0;
 		__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
-		if (lost && *lost)
+		if (lost && *lost) {
 			r->exe_flags = GW_EXE_UNKNOWN;
+		} else {
+			/* Its exec came before the programs were attached: believed, as before,
+			 * and noted now, so that a change it makes from here on shows. */
+			now.start_boottime = r->start_boottime;
+			note_or_count(key, &now);
+		}
 	}
 }
 
@@ -598,13 +670,6 @@ int gw_sk_lookup(struct bpf_sk_lookup *ctx)
 	return err ? SK_DROP : SK_PASS;
 }
 
-static __always_inline void note_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
-	if (lost)
-		__sync_fetch_and_add(lost, 1);
-}
 
 /* Every exec, the moment the new program is in place: the file it loaded, for the process
  * (whose leader the exec'ing thread now is, with the leader's start). Attached for all of
@@ -613,13 +678,8 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(gw_exec_seen, struct task_struct *p, int old_pid, void *bprm)
 {
 	struct gw_exec_file note = {.start_boottime = p->start_boottime};
-	exe_of(p->mm, &note.dev, &note.ino);
-	__u32 key = p->tgid;
-	if (bpf_map_update_elem(&gw_exec_files, &key, &note, BPF_ANY) != 0) {
-		/* An older note under this tgid would name another program: gone with it. */
-		bpf_map_delete_elem(&gw_exec_files, &key);
-		note_lost();
-	}
+	exe_of(p->mm, &note);
+	note_or_count(p->tgid, &note);
 	return 0;
 }
 
@@ -630,23 +690,22 @@ int BPF_PROG(gw_fork_seen, struct task_struct *parent, struct task_struct *child
 {
 	if (child->tgid == parent->tgid)
 		return 0;
-	__u32 key = child->tgid;
 	__u32 from = parent->tgid;
+	__u64 parent_start = parent->group_leader->start_boottime;
+	struct gw_exec_file note = {};
 	struct gw_exec_file *had = bpf_map_lookup_elem(&gw_exec_files, &from);
-	if (!had || had->start_boottime != parent->group_leader->start_boottime) {
-		/* The parent's exec was not seen: neither is the child's. */
-		bpf_map_delete_elem(&gw_exec_files, &key);
-		return 0;
+	if (had && had->start_boottime == parent_start) {
+		note = *had;
+	} else {
+		/* The parent's exec came before the programs were attached: it is believed, as
+		 * before, and noted now, its child with it, so that a change either makes from
+		 * here on shows. */
+		exe_of(parent->mm, &note);
+		note.start_boottime = parent_start;
+		note_or_count(from, &note);
 	}
-	struct gw_exec_file note = {
-		.start_boottime = child->start_boottime,
-		.ino = had->ino,
-		.dev = had->dev,
-	};
-	if (bpf_map_update_elem(&gw_exec_files, &key, &note, BPF_ANY) != 0) {
-		bpf_map_delete_elem(&gw_exec_files, &key);
-		note_lost();
-	}
+	note.start_boottime = child->start_boottime;
+	note_or_count(child->tgid, &note);
 	return 0;
 }
 
