@@ -17,7 +17,10 @@
  *           the gateway sees started by a process that claims to be FILE);
  *   rewrite its executable stays its own file, but with FILE's bytes: it lets go of its
  *           file (setting /bin/true), writes FILE's bytes into it, takes it back, and then
- *           connects as `self` does. Its own file must be writable by it. */
+ *           connects as `self` does. Its own file must be writable by it;
+ *   late    started before the gateway: it waits until the file FORGED_WAIT exists,
+ *           connects once as itself (sends a line and closes), and then goes on as
+ *           `self`. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -179,6 +182,20 @@ int main(int argc, char **argv)
 		return 100;
 	}
 	const char *how = getenv("FORGED_HOW") ? getenv("FORGED_HOW") : "self";
+	if (strcmp(how, "late") == 0) {
+		const char *wait = getenv("FORGED_WAIT");
+		while (!wait || access(wait, F_OK) != 0)
+			usleep(10000);
+		int first = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
+		inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+		if (first < 0 || connect(first, (struct sockaddr *)&to, sizeof to) != 0)
+			die("connect (first)");
+		if (write(first, "hello\n", 6) != 6)
+			die("write (first)");
+		close(first);
+		how = "self";
+	}
 	if (strcmp(how, "shared") == 0) {
 		helper_args.file = argv[1];
 		helper_args.uid = getuid();

@@ -263,3 +263,84 @@ fn without_room_for_its_note_a_process_is_named_for_no_program() {
         );
     }
 }
+
+/// A process exec'd before the gateway's programs were attached has no note: it is believed,
+/// as before, and noted at its first connection, so a program it sets itself after that
+/// shows.
+#[test]
+fn a_process_older_than_the_gateway_is_noted_at_its_first_connection() {
+    use std::os::unix::process::CommandExt;
+    gateway_tests::require_privileges();
+    let python = std::fs::canonicalize(PYTHON).unwrap();
+    let python = python.to_str().unwrap();
+    let port = free_port();
+    let _server = rmcp_server(port);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let forger = forger(dir.path());
+    let go = dir.path().join("go");
+    let port_text = port.to_string();
+    // Started first, as a user the gateway will take for an agent, before the gateway is.
+    let older = Command::new(&forger)
+        .env("FORGED_HOW", "late")
+        .env("FORGED_WAIT", &go)
+        .args([python, &port_text, python, "-c", CLIENT, &port_text, "fd"])
+        .uid(65534)
+        .gid(65534)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let gw = Gateway::start(
+        "identity-late-note",
+        GatewayOptions {
+            ports: vec![port],
+            users: vec![65534],
+            config: TestConfig {
+                servers: vec![Server::mcp_at("tools", port)],
+                policy: Some(Policy::enforce()),
+                principals: vec![Principal::exe("interpreter", &[python])],
+                rules: vec![Rule::allow("interpreter", "tools").tools(&["echo"])],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    std::fs::write(&go, "").unwrap();
+    let out = older.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let forged: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (&forged["initialize"], &forged["call"]),
+        (&Value::from(-32012), &Value::Null),
+        "{forged}"
+    );
+    // Its first connection, as itself: believed (the file the kernel saw is its own). Its
+    // second, claiming the interpreter: replaced.
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata(&forger).unwrap().ino();
+    let interpreter = std::fs::metadata(python).unwrap().ino();
+    let flows = forgers_flows(&gw, 2);
+    let mut seen: Vec<(Value, Value)> = flows
+        .iter()
+        .map(|f| {
+            let id = &f["identity"];
+            (id["exe_file"]["ino"].clone(), id["exe_unvouched"].clone())
+        })
+        .collect();
+    seen.sort_by_key(|(_, unvouched)| !unvouched.is_null());
+    assert_eq!(
+        seen,
+        vec![
+            (Value::from(own), Value::Null),
+            (Value::from(interpreter), Value::from("replaced")),
+        ],
+        "{flows:?}"
+    );
+}
