@@ -45,7 +45,11 @@ fn forger(dir: &Path) -> PathBuf {
 
 /// Runs `cmd` and reads the JSON line the client prints.
 fn outcome(mut cmd: Command) -> Value {
-    let out = cmd.output().unwrap();
+    outcome_of(cmd.output().unwrap())
+}
+
+/// The JSON line the client printed, once its run ended well.
+fn outcome_of(out: std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -307,15 +311,7 @@ fn a_process_older_than_the_gateway_is_noted_at_its_first_connection() {
         },
     );
     std::fs::write(&go, "").unwrap();
-    let out = older.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}: {stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let forged: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let forged = outcome_of(older.wait_with_output().unwrap());
     assert_eq!(
         (&forged["initialize"], &forged["call"]),
         (&Value::from(-32012), &Value::Null),
