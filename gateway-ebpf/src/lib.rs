@@ -137,6 +137,8 @@ pub const EXE_REPLACED: u32 = 2;
 pub const EXE_UNKNOWN: u32 = 4;
 /// ...or the very file its exec loaded, changed since (change time or generation moved).
 pub const EXE_CHANGED: u32 = 8;
+/// ...or on a filesystem mounted in a user namespace, whose owner says what it holds.
+pub const EXE_USER_MOUNT: u32 = 16;
 
 /// `struct gw_exec_file`: the file a process's last exec loaded (`gw_exec_files`, by tgid).
 #[repr(C)]
@@ -150,7 +152,8 @@ pub struct GwExecFile {
     pub generation: u32,
     pub ctime_sec: i64,
     pub ctime_nsec: u32,
-    pub _pad: u32,
+    /// `EXE_USER_MOUNT` when its filesystem was mounted in a user namespace.
+    pub flags: u32,
 }
 
 const _: () = assert!(size_of::<GwExecFile>() == 40);

@@ -340,3 +340,88 @@ fn a_process_older_than_the_gateway_is_noted_at_its_first_connection() {
         "{flows:?}"
     );
 }
+
+/// A program on a filesystem an unprivileged user mounted in a user namespace of its own
+/// (overlayfs here; FUSE and tmpfs alike) holds what its owner says, whatever its times
+/// show: named for no program, and never hashed. A copy of the interpreter there hashed as
+/// the interpreter.
+#[test]
+fn a_program_on_a_filesystem_a_user_mounted_is_named_for_no_program() {
+    gateway_tests::require_privileges();
+    let python = std::fs::canonicalize(PYTHON).unwrap();
+    let port = free_port();
+    let _server = rmcp_server(port);
+    let gw = Gateway::start(
+        "identity-user-mount",
+        GatewayOptions {
+            ports: vec![port],
+            config: TestConfig {
+                servers: vec![Server::mcp_at("tools", port)],
+                policy: Some(Policy::enforce()),
+                principals: vec![Principal::exe_sha256("hashed", &sha256_of(&python))],
+                rules: vec![Rule::allow("hashed", "tools").tools(&["echo"])],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["lower", "upper", "work", "merged"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    std::fs::copy(&python, dir.path().join("lower/python3")).unwrap();
+    for entry in walk(dir.path()) {
+        std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
+    }
+    let d = dir.path().display();
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work \
+         {d}/merged && exec {d}/merged/python3 -c \"$CLIENT\" {port} own"
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.env("CLIENT", CLIENT)
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script]);
+    let out = outcome(gw.wrap_as(cmd, "65534"));
+    assert_eq!(
+        (&out["initialize"], &out["call"]),
+        (&Value::from(-32012), &Value::Null),
+        "the interpreter's copy on the user's own mount: {out}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let flow = loop {
+        let found = gw.audit_records().into_iter().find(|r| {
+            r["type"] == "flow"
+                && r["identity"]["cmdline"][0]
+                    .as_str()
+                    .is_some_and(|a| a.ends_with("/merged/python3"))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(std::time::Instant::now() < deadline, "no flow recorded");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let id = &flow["identity"];
+    assert_eq!(
+        (&id["exe_unvouched"], &id["exe"]),
+        (&Value::from("user_mount"), &Value::Null),
+        "{id}"
+    );
+}
+
+/// `root` and everything below it.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut all = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < all.len() {
+        if all[i].is_dir() {
+            let children: Vec<PathBuf> = std::fs::read_dir(&all[i])
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            all.extend(children);
+        }
+        i += 1;
+    }
+    all
+}

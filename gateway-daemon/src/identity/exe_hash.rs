@@ -20,6 +20,10 @@ const REMEMBERED: usize = 4096;
 
 /// FUSE's `f_type`: a filesystem whose server (perhaps the agent) says what every read returns.
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+/// tmpfs (and memfd) and hugetlbfs: memory whose shared writable mappings change a file's
+/// bytes without moving its change time, so the time vouches for nothing there.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
@@ -36,6 +40,10 @@ pub enum HashError {
     TooLarge { size: u64 },
     #[error("its program's file changed since the kernel saw it run (its change time moved)")]
     Changed,
+    #[error(
+        "its program is on tmpfs or hugetlbfs, whose bytes can change without its change time"
+    )]
+    Memory,
 }
 
 /// What a file's bytes are remembered by. The change time, not the modification time: a
@@ -68,8 +76,10 @@ pub fn of(
     }
     // Its inode, size and times are the server's to say as well: nothing keys it.
     let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| read(e.into()))?;
-    if fs.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC {
-        return Err(HashError::Fuse);
+    match fs.filesystem_type().0 as i64 {
+        FUSE_SUPER_MAGIC => return Err(HashError::Fuse),
+        TMPFS_MAGIC | HUGETLBFS_MAGIC => return Err(HashError::Memory),
+        _ => {}
     }
     // Bytes written since are not the ones it ran, however the file was let go of to write
     // them (the kernel checked at connect that they were the exec's).
@@ -101,6 +111,23 @@ pub fn of(
         let n = n.min(left as usize);
         sha2::Digest::update(&mut hasher, &buf[..n]);
         left -= n as u64;
+    }
+    // Bytes written while it was read (its owner can tell when the daemon opens it) make a
+    // hash of two files: the file must still be as it was before the first read.
+    let after = f.metadata().map_err(read)?;
+    let state = |m: &std::fs::Metadata| {
+        (
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mtime(),
+            m.mtime_nsec(),
+        )
+    };
+    if state(&after) != state(&m) {
+        return Err(HashError::Changed);
     }
     let h = hex::encode(sha2::Digest::finalize(hasher));
     let mut cache = lock();

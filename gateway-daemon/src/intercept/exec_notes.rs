@@ -4,7 +4,6 @@
 //! that starts a server while its exec waits. `connect4` reads the same note itself, into
 //! the record's `exe_flags`.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData};
@@ -43,12 +42,19 @@ impl ExecNotes {
         })
     }
 
-    /// Why what process `tgid` runs (the file `/proc/PID/exe` of one of its threads leads
-    /// to, `exe`) names no program: not what its last exec loaded, or no longer the bytes
-    /// it had then, or nothing can tell. `start_ticks` is the process's start (its leader's,
-    /// clock ticks since boot, as procfs gives it). None: it is the program, or no exec of
-    /// the process was ever seen (believed, as before).
-    pub fn unvouched(&self, tgid: u32, start_ticks: u64, exe: &Path) -> Option<Unvouched> {
+    /// Why what process `tgid` runs (`exe` with change time `ctime`, taken from one look
+    /// at `/proc/PID/exe`) names no program: not what its last exec loaded, no longer the
+    /// bytes it had then, on a filesystem a user mounted, or nothing can tell. `start_ticks`
+    /// is the process's start (its leader's, clock ticks since boot, as procfs gives it).
+    /// None: it is the program, or no exec of the process was ever seen (believed, as
+    /// before).
+    pub fn unvouched(
+        &self,
+        tgid: u32,
+        start_ticks: u64,
+        exe: ExeFile,
+        ctime: (i64, u32),
+    ) -> Option<Unvouched> {
         let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
         let note = match self.files.get(&tgid, 0) {
             Ok(note) => note,
@@ -63,17 +69,14 @@ impl ExecNotes {
         if note.start_boottime / ns_per_tick != start_ticks {
             return Some(Unvouched::Unknown);
         }
-        let Ok(m) = std::fs::metadata(exe) else {
-            return Some(Unvouched::Unknown);
-        };
-        let file = ExeFile {
-            dev: m.dev(),
-            ino: m.ino(),
-        };
-        if ExeFile::from_kernel(note.dev, note.ino) != Some(file) {
-            return Some(Unvouched::Replaced);
+        if ExeFile::from_kernel(note.dev, note.ino) != Some(exe) {
+            Some(Unvouched::Replaced)
+        } else if ctime != (note.ctime_sec, note.ctime_nsec) {
+            Some(Unvouched::Changed)
+        } else if note.flags & gateway_ebpf::EXE_USER_MOUNT != 0 {
+            Some(Unvouched::UserMount)
+        } else {
+            None
         }
-        let ctime = (m.ctime(), m.ctime_nsec() as u32);
-        (ctime != (note.ctime_sec, note.ctime_nsec)).then_some(Unvouched::Changed)
     }
 }

@@ -186,7 +186,7 @@ impl Interceptor {
             );
         }
 
-        drop_stale_pins(&maps_dir)?;
+        let notes_dropped = drop_stale_pins(&maps_dir)?;
         let cap = cfg.intercept.selector_capacity;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
@@ -243,6 +243,18 @@ impl Interceptor {
         config_map
             .set(0, gw_config, 0)
             .map_err(|e| map_err(gateway_ebpf::MAP_CONFIG, &e))?;
+        // Kept until the programs are loaded: they were relocated against its descriptor.
+        let _lost = match notes_dropped {
+            true => {
+                let mut lost: Array<MapData, u64> =
+                    take_map(&mut ebpf, gateway_ebpf::MAP_EXEC_LOST)?;
+                let was = lost.get(&0, 0).unwrap_or(0);
+                lost.set(0, was + 1, 0)
+                    .map_err(|e| map_err(gateway_ebpf::MAP_EXEC_LOST, &e))?;
+                Some(lost)
+            }
+            false => None,
+        };
         let conns = take_map(&mut ebpf, gateway_ebpf::MAP_CONNS)?;
         let cgroup_map = take_map(&mut ebpf, gateway_ebpf::MAP_CGROUPS)?;
 
@@ -396,8 +408,10 @@ pub struct Resync {
 /// programs could not use them, so they are unpinned and the loader makes them anew. The
 /// records of connections in flight across the upgrade are lost with them: those
 /// connections are refused, never let through. The exec notes alike: with them go the
-/// notes of running processes, which are then believed as before.
-fn drop_stale_pins(maps_dir: &Path) -> Result<(), InterceptError> {
+/// notes of running processes, so the return says they went (then counted as lost: a
+/// process that changed its program before would otherwise be noted anew with it).
+fn drop_stale_pins(maps_dir: &Path) -> Result<bool, InterceptError> {
+    let mut notes_dropped = false;
     let record = std::mem::size_of::<gateway_ebpf::GwRecord>() as u32;
     let note = std::mem::size_of::<gateway_ebpf::GwExecFile>() as u32;
     for (name, want) in [
@@ -422,13 +436,14 @@ fn drop_stale_pins(maps_dir: &Path) -> Result<(), InterceptError> {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+                notes_dropped |= name == gateway_ebpf::MAP_EXEC_FILES;
             }
             Err(e) => {
                 tracing::warn!(map = name, error = %e, "reading a pinned map's layout failed")
             }
         }
     }
-    Ok(())
+    Ok(notes_dropped)
 }
 
 /// `mcp-gateway detach`: lets agents connect directly again, on purpose, after the daemon

@@ -58,9 +58,12 @@ pub enum Unvouched {
     /// The very file its exec loaded, changed since: let go of (prctl PR_SET_MM), written
     /// and taken back, or its inode number another file's now.
     Changed,
+    /// On a filesystem mounted in a user namespace (FUSE, overlayfs, tmpfs an unprivileged
+    /// user mounted there): its owner says what the file holds.
+    UserMount,
     /// Nothing can tell: no note of its exec was kept while notes were lost
-    /// (`intercept.max_processes` processes were noted at once), or the note could not be
-    /// read.
+    /// (`intercept.max_processes` processes were noted at once, or an upgrade dropped the
+    /// notes), or the note could not be read.
     Unknown,
 }
 
@@ -71,6 +74,8 @@ impl Unvouched {
             Some(Unvouched::Replaced)
         } else if flags & gateway_ebpf::EXE_CHANGED != 0 {
             Some(Unvouched::Changed)
+        } else if flags & gateway_ebpf::EXE_USER_MOUNT != 0 {
+            Some(Unvouched::UserMount)
         } else if flags & gateway_ebpf::EXE_UNKNOWN != 0 {
             Some(Unvouched::Unknown)
         } else {
@@ -82,6 +87,7 @@ impl Unvouched {
         match self {
             Unvouched::Replaced => "replaced",
             Unvouched::Changed => "changed",
+            Unvouched::UserMount => "user_mount",
             Unvouched::Unknown => "unknown",
         }
     }

@@ -113,7 +113,14 @@ pub fn identity_of(
         .unwrap_or_default()
         .trim_end()
         .to_string();
-    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    // One look at the file: another thread may change the process's executable meanwhile,
+    // and every later read (the name, the hash) is held to what this one saw.
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok();
+    let exe_file = exe.as_ref().map(|m| ExeFile {
+        dev: m.dev(),
+        ino: m.ino(),
+    });
+    let exe_ctime = exe.as_ref().map(|m| (m.ctime(), m.ctime_nsec() as u32));
     let cgroup_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|t| {
@@ -136,17 +143,18 @@ pub fn identity_of(
         cgroup_id,
         start_boottime_ns: start_ticks * (1_000_000_000 / ticks),
         comm,
-        exe_file: ExeFile::of_path(&exe),
+        exe_file,
         exe_unvouched: None,
-        exe_ctime: std::fs::metadata(&exe)
-            .ok()
-            .map(|m| (m.ctime(), m.ctime_nsec() as u32)),
+        exe_ctime,
     };
     // A program the process set itself since its exec (prctl PR_SET_MM), or changed since,
-    // names nothing; without the kernel's notes nothing vouches for it.
-    let exe_unvouched = match notes {
-        Some(n) => n.unvouched(tgid, start_ticks, &exe),
-        None => Some(crate::intercept::record::Unvouched::Unknown),
+    // names nothing; without the kernel's notes, or what to look them up by, nothing
+    // vouches for it.
+    let exe_unvouched = match (notes, exe_file, exe_ctime) {
+        (Some(n), Some(file), Some(ctime)) if tgid != u32::MAX && start_ticks != 0 => {
+            n.unvouched(tgid, start_ticks, file, ctime)
+        }
+        _ => Some(crate::intercept::record::Unvouched::Unknown),
     };
     let r = Redirected { exe_unvouched, ..r };
     // On the launcher's own thread (its exec waits for this, and nothing else does).

@@ -64,6 +64,9 @@ struct gw_record {
  * process let go of it (prctl PR_SET_MM), wrote other bytes into it and took it back, or
  * the inode number is another file's now. Its bytes are not what was exec'd. */
 #define GW_EXE_CHANGED 8
+/* The file is on a filesystem mounted in a user namespace (FUSE, overlayfs, tmpfs that an
+ * unprivileged user mounted there): its owner says what it holds. */
+#define GW_EXE_USER_MOUNT 16
 
 /* Value of the `gw_exec_files` map, keyed by tgid: the file a process's last exec loaded. */
 struct gw_exec_file {
@@ -73,7 +76,7 @@ struct gw_exec_file {
 	__u32 generation;
 	__s64 ctime_sec;
 	__u32 ctime_nsec;
-	__u32 _pad;
+	__u32 flags;         /* GW_EXE_USER_MOUNT when its filesystem was mounted in a user ns */
 };
 
 /* The single entry of the `config` array map, written by the daemon. */

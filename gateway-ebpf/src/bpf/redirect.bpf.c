@@ -39,8 +39,13 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /* Only the fields read here; CO-RE relocates them against the running kernel's BTF. */
+struct user_namespace {
+	int level;
+} __attribute__((preserve_access_index));
+
 struct super_block {
 	__u32 s_dev;
+	struct user_namespace *s_user_ns;
 } __attribute__((preserve_access_index));
 
 struct inode {
@@ -246,8 +251,14 @@ static __always_inline void exe_of(struct mm_struct *mm, struct gw_exec_file *f)
 	f->ino = inode->i_ino;
 	f->generation = inode->i_generation;
 	struct super_block *sb = inode->i_sb;
-	if (sb)
+	if (sb) {
 		f->dev = sb->s_dev;
+		/* Mounted in a user namespace (FUSE, overlayfs, tmpfs a user made there): its
+		 * owner says what its files hold, whatever their times. */
+		struct user_namespace *owner = sb->s_user_ns;
+		if (owner && owner->level != 0)
+			f->flags |= GW_EXE_USER_MOUNT;
+	}
 	struct inode___since_6_11 *now = (void *)inode;
 	struct inode___6_6_to_6_10 *mid = (void *)inode;
 	struct inode___until_6_5 *old = (void *)inode;
@@ -257,10 +268,12 @@ static __always_inline void exe_of(struct mm_struct *mm, struct gw_exec_file *f)
 	} else if (bpf_core_field_exists(mid->__i_ctime)) {
 		f->ctime_sec = mid->__i_ctime.tv_sec;
 		f->ctime_nsec = (__u32)mid->__i_ctime.tv_nsec;
-	} else {
+	} else if (bpf_core_field_exists(old->i_ctime)) {
 		f->ctime_sec = old->i_ctime.tv_sec;
 		f->ctime_nsec = (__u32)old->i_ctime.tv_nsec;
 	}
+	/* (A kernel with none of these leaves the time 0: the programs still load, and only
+	 * the device and inode are compared.) */
 	/* Nanoseconds stay below 2^30; since 6.13 the top bit says whether someone has read
 	 * the time since it was set (multigrain timestamps), which a stat flips. */
 	f->ctime_nsec &= GW_NSEC_MASK;
@@ -321,7 +334,9 @@ static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4]
 	struct gw_exec_file *loaded = bpf_map_lookup_elem(&gw_exec_files, &key);
 	if (loaded && loaded->start_boottime == r->start_boottime) {
 		r->exe_flags = GW_EXE_ATTESTED;
-		if (loaded->ino != now.ino || loaded->dev != now.dev)
+		if (now.flags & GW_EXE_USER_MOUNT)
+			r->exe_flags |= GW_EXE_USER_MOUNT;
+		else if (loaded->ino != now.ino || loaded->dev != now.dev)
 			r->exe_flags |= GW_EXE_REPLACED;
 		else if (loaded->generation != now.generation ||
 			 loaded->ctime_sec != now.ctime_sec || loaded->ctime_nsec != now.ctime_nsec)
@@ -331,6 +346,8 @@ static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4]
 		__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
 		if (lost && *lost) {
 			r->exe_flags = GW_EXE_UNKNOWN;
+		} else if (now.flags & GW_EXE_USER_MOUNT) {
+			r->exe_flags = GW_EXE_USER_MOUNT;
 		} else {
 			/* Its exec came before the programs were attached: believed, as before,
 			 * and noted now, so that a change it makes from here on shows. */
@@ -699,7 +716,15 @@ int BPF_PROG(gw_fork_seen, struct task_struct *parent, struct task_struct *child
 	} else {
 		/* The parent's exec came before the programs were attached: it is believed, as
 		 * before, and noted now, its child with it, so that a change either makes from
-		 * here on shows. */
+		 * here on shows. Unless notes were lost: it may be one whose note found no room,
+		 * and changed its program since; then neither is noted. */
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
+		if (!lost || *lost) {
+			__u32 c = child->tgid;
+			bpf_map_delete_elem(&gw_exec_files, &c);
+			return 0;
+		}
 		exe_of(parent->mm, &note);
 		note.start_boottime = parent_start;
 		note_or_count(from, &note);
