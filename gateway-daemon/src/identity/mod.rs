@@ -65,10 +65,9 @@ pub struct Identity {
     /// The file the kernel saw at connect().
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_file: Option<ExeFile>,
-    /// Why `exe_file` says nothing of what the process runs, when it does not: the process
-    /// set its executable itself (prctl PR_SET_MM, which any process may do in a user
-    /// namespace of its own), or nothing could tell. It is then named for no program and
-    /// matches no `exe` or `exe_sha256`.
+    /// Why `exe_file` says nothing of what the process runs, when it does not (set or
+    /// changed by the process since its exec, on a user's own mount, or nothing can tell:
+    /// `Unvouched`). It is then named for no program and matches no `exe` or `exe_sha256`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe_unvouched: Option<Unvouched>,
     /// `exe_file`'s change time when the kernel saw it: a hash of other bytes is none.

@@ -283,6 +283,17 @@ impl Interceptor {
             }};
         }
         let mut links = Vec::new();
+        // The exec notes first: an exec between the redirection and them would go unnoted.
+        let btf = Btf::from_sys_fs().map_err(|e| prog_err("the kernel's BTF", &e))?;
+        for (name, tracepoint) in EXEC_TRACEPOINTS {
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            prog.load(tracepoint, &btf)
+                .map_err(|e| prog_err(name, &e))?;
+            let id = prog.attach().map_err(|e| prog_err(name, &e))?;
+            let link: FdLink = prog.take_link(id).map_err(|e| prog_err(name, &e))?.into();
+            links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
+        }
+
         for name in SOCK_ADDR_PROGS {
             links.push(attach_pinned!(CgroupSockAddr, name));
         }
@@ -297,16 +308,6 @@ impl Interceptor {
             let link: FdLink = prog.take_link(id).map_err(|e| prog_err(name, &e))?.into();
             links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
         }
-        let btf = Btf::from_sys_fs().map_err(|e| prog_err("the kernel's BTF", &e))?;
-        for (name, tracepoint) in EXEC_TRACEPOINTS {
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(tracepoint, &btf)
-                .map_err(|e| prog_err(name, &e))?;
-            let id = prog.attach().map_err(|e| prog_err(name, &e))?;
-            let link: FdLink = prog.take_link(id).map_err(|e| prog_err(name, &e))?.into();
-            links.push(pin(link, &links_dir.join(format!("{name}_{tag}")))?);
-        }
-
         // The new programs are attached and share the pinned maps: only now let go of
         // the old ones.
         let replaced_links = old_links.len();

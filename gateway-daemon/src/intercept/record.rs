@@ -40,8 +40,8 @@ pub struct Redirected {
     pub comm: String,
     /// The executable the caller ran at connect(), as the kernel saw it.
     pub exe_file: Option<ExeFile>,
-    /// Why `exe_file` names no program, when it does not (set by the process itself, or
-    /// nothing to tell).
+    /// Why `exe_file` names no program, when it does not (`Unvouched`, from the record's
+    /// `exe_flags`).
     pub exe_unvouched: Option<Unvouched>,
     /// `exe_file`'s change time at connect() (seconds, nanoseconds): bytes read from it
     /// later are the program's only while it is the same.

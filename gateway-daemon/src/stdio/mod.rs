@@ -123,8 +123,9 @@ pub struct Stage {
     /// refused it; the reason is in `check_error`).
     check: Option<check::ExecCheck>,
     pub check_error: Option<String>,
-    /// The kernel's notes of what each exec loaded: an agent's program set since names
-    /// nothing (None: the instance's map could not be opened; then none is known replaced).
+    /// The kernel's notes of what each exec loaded: an agent's program set or changed since
+    /// names nothing (None: the instance's maps could not be opened; then nothing vouches
+    /// for any agent's program, `Unvouched::Unknown`).
     notes: Option<crate::intercept::exec_notes::ExecNotes>,
     /// Live relays by the (device, inode) of the pipes their server holds as stdio.
     relays: Mutex<HashMap<(u64, u64), Weak<relay::Relay>>>,
@@ -196,7 +197,7 @@ impl Stage {
         let notes = match crate::intercept::exec_notes::ExecNotes::open(&maps) {
             Ok(n) => Some(n),
             Err(e) => {
-                tracing::warn!(error = %e, "a stdio server's agent that set its own executable (prctl PR_SET_MM) is named for that file");
+                tracing::warn!(error = %e, "the kernel's exec notes cannot be read: agents that start stdio servers are named for no program");
                 None
             }
         };

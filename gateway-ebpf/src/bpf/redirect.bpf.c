@@ -279,6 +279,15 @@ static __always_inline void exe_of(struct mm_struct *mm, struct gw_exec_file *f)
 	f->ctime_nsec &= GW_NSEC_MASK;
 }
 
+/* Whether a note was ever lost (an unreadable count says yes: nothing then vouches for a
+ * process without one). */
+static __always_inline int notes_were_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
+	return !lost || *lost;
+}
+
 static __always_inline void note_lost(void)
 {
 	__u32 zero = 0;
@@ -342,9 +351,7 @@ static __always_inline void fill_record(struct gw_record *r, const __u32 orig[4]
 			 loaded->ctime_sec != now.ctime_sec || loaded->ctime_nsec != now.ctime_nsec)
 			r->exe_flags |= GW_EXE_CHANGED;
 	} else {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
-		if (lost && *lost) {
+		if (notes_were_lost()) {
 			r->exe_flags = GW_EXE_UNKNOWN;
 		} else if (now.flags & GW_EXE_USER_MOUNT) {
 			r->exe_flags = GW_EXE_USER_MOUNT;
@@ -718,9 +725,7 @@ int BPF_PROG(gw_fork_seen, struct task_struct *parent, struct task_struct *child
 		 * before, and noted now, its child with it, so that a change either makes from
 		 * here on shows. Unless notes were lost: it may be one whose note found no room,
 		 * and changed its program since; then neither is noted. */
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&gw_exec_lost, &zero);
-		if (!lost || *lost) {
+		if (notes_were_lost()) {
 			__u32 c = child->tgid;
 			bpf_map_delete_elem(&gw_exec_files, &c);
 			return 0;
