@@ -2,13 +2,16 @@
 //! will carry, pairs it with its kernel record and identity, and hands it to `route`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::audit::link::{self, ConnId};
@@ -82,20 +85,145 @@ pub struct Server {
     pub workers: Arc<crate::workers::Workers>,
 }
 
+/// A listener the acceptor takes connections from without registering them with its own
+/// reactor: tokio's `accept` would add each to the acceptor's epoll and the hand-off to a
+/// worker take it out again, two system calls a connection for nothing.
+struct Door {
+    fd: AsyncFd<std::net::TcpListener>,
+    /// The address it is bound to: the local address of everything it accepts, unless
+    /// it is a wildcard.
+    addr: SocketAddr,
+}
+
+impl Door {
+    fn new(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        // SAFETY: the listener owns its descriptor, and the `Door` owns the listener and
+        // never closes or replaces it: it stays the same open socket while registered.
+        let fd = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Door { fd, addr })
+    }
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<Accepted>> {
+        loop {
+            let mut ready = std::task::ready!(self.fd.poll_read_ready(cx))?;
+            // `try_io` forgets the readiness when accept would block, so the next poll
+            // waits for the reactor again.
+            if let Ok(r) = ready.try_io(|l| accept(l.get_ref())) {
+                return Poll::Ready(r);
+            }
+        }
+    }
+
+    /// The local address of a connection it accepted: only a wildcard listener needs the
+    /// system call to know it (sk_lookup steers to it exactly its own address).
+    fn local_of(&self, stream: &std::net::TcpStream) -> std::io::Result<SocketAddr> {
+        if self.addr.ip().is_unspecified() {
+            stream.local_addr()
+        } else {
+            Ok(self.addr)
+        }
+    }
+}
+
+/// An accepted connection, non-blocking and close-on-exec from `accept4` itself.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+fn accept(l: &std::net::TcpListener) -> std::io::Result<Accepted> {
+    let (sock, peer) =
+        socket2::SockRef::from(l).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("accepted a peer without an IP address"))?;
+    Ok((sock.into(), peer))
+}
+
+/// The flows being served, counted as they end without waking the acceptor: only a
+/// draining stop waits for the count to reach zero.
+#[derive(Default)]
+struct OpenFlows {
+    open: AtomicUsize,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+/// Held by a flow's task: its end (or its task dropped at the stop) counts it out.
+struct FlowOpen(Arc<OpenFlows>);
+
+impl OpenFlows {
+    fn enter(self: &Arc<Self>) -> FlowOpen {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        FlowOpen(self.clone())
+    }
+
+    async fn drained(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        // A flow that ends between the load and the wait leaves a permit: no wake is lost.
+        while self.open.load(Ordering::SeqCst) > 0 {
+            self.idle.notified().await;
+        }
+    }
+}
+
+impl Drop for FlowOpen {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.draining.load(Ordering::SeqCst)
+        {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
 impl Server {
-    /// Accepts on both listeners until `stop` resolves, then gives open flows `grace` to end.
+    /// Accepts on both listeners until `stop` resolves, then gives open flows `grace` to
+    /// end; on a thread of its own (`acceptor`), whose single-threaded runtime nothing else
+    /// uses. Each connection goes straight to its worker.
     ///
-    /// One task accepts on every listener and hands each connection straight to its worker:
-    /// run it as a task of the multi-threaded runtime (not under `block_on`), so that the
-    /// thread whose reactor saw the connection is the one that accepts it. A new
-    /// connection then wakes one thread besides its worker.
-    pub async fn serve(
-        &self,
+    /// Not a task of the daemon's multi-threaded runtime: there, tokio woke a second,
+    /// idle thread of that runtime at every accept, and a handle on each connection's task
+    /// woke the runtime again as each one ended. A new connection now wakes this thread
+    /// and its worker, and its end wakes no one. A connection's work is never done here, so
+    /// no agent's traffic can keep others' connections waiting to be accepted.
+    pub fn serve_on_own_thread(
+        self,
         listeners: Vec<TcpListener>,
+        stop: tokio::sync::oneshot::Receiver<()>,
+        grace: Duration,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let listeners = listeners
+            .into_iter()
+            .map(|l| l.into_std())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let doors = match listeners.into_iter().map(Door::new).collect() {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the listeners could not be watched");
+                            return;
+                        }
+                    };
+                    self.serve(doors, async { drop(stop.await) }, grace).await;
+                    let _ = done.send(());
+                });
+            })?;
+        Ok(finished)
+    }
+
+    async fn serve(
+        &self,
+        listeners: Vec<Door>,
         stop: impl std::future::Future<Output = ()>,
         grace: Duration,
     ) {
-        let mut flows = JoinSet::new();
+        let flows = Arc::new(OpenFlows::default());
         tokio::pin!(stop);
         let mut overdue = tokio::time::interval(crate::admit::REPORT_EVERY);
         // Which listener is asked first, in turn: one busy family cannot starve the other.
@@ -130,29 +258,31 @@ impl Server {
             tokio::select! {
                 _ = &mut stop => break,
                 (i, accepted) = accept => match accepted {
-                    Ok((stream, peer)) => self.accepted(stream, peer, &mut flows).await,
+                    Ok((stream, peer)) => {
+                        let local = listeners[i].local_of(&stream);
+                        self.accepted(stream, peer, local, &flows).await
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         resting[i] = Some(now + Duration::from_millis(50));
                     }
                 },
                 _ = tokio::time::sleep_until(rested.unwrap_or(now)), if rested.is_some() => {}
-                Some(_) = flows.join_next(), if !flows.is_empty() => {}
                 _ = overdue.tick() => self.report_overdue(false).await,
             }
         }
         // Closed: the kernel refuses (sk_lookup finds no listener) rather than queueing.
         drop(listeners);
         self.report_overdue(true).await;
-        if !flows.is_empty() {
-            tracing::info!(open = flows.len(), "waiting for open flows to end");
-            let drain = async { while flows.join_next().await.is_some() {} };
-            if tokio::time::timeout(grace, drain).await.is_err() {
+        let open = flows.open.load(Ordering::SeqCst);
+        if open > 0 {
+            tracing::info!(open, "waiting for open flows to end");
+            if tokio::time::timeout(grace, flows.drained()).await.is_err() {
+                // They go with their workers, which the caller stops next.
                 tracing::warn!(
-                    open = flows.len(),
+                    open = flows.open.load(Ordering::SeqCst),
                     "closing flows still open after the grace period"
                 );
-                flows.shutdown().await;
             }
         }
     }
@@ -177,11 +307,17 @@ impl Server {
         }
     }
 
-    async fn accepted(&self, stream: TcpStream, peer: SocketAddr, flows: &mut JoinSet<()>) {
+    async fn accepted(
+        &self,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        local: std::io::Result<SocketAddr>,
+        flows: &Arc<OpenFlows>,
+    ) {
         // Responses leave in several small writes (headers, SSE events); with Nagle the
         // last one waits for the agent's delayed ACK, ~40 ms a call.
         let _ = stream.set_nodelay(true);
-        let local = match stream.local_addr() {
+        let local = match local {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "accepted socket without a local address");
@@ -210,7 +346,7 @@ impl Server {
             Ok(p) => p,
             Err((why, report)) => {
                 // Reset, as a refused connect would be: the agent sees a failure at once.
-                let _ = stream.set_zero_linger();
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 drop(stream);
                 if let Some(refused) = report {
                     tracing::warn!(uid = redirected.uid, refused, reason = %why, "connections refused");
@@ -240,18 +376,12 @@ impl Server {
             dst = %Shown(redirected.orig_dst),
         );
         let daemon = self.daemon.clone();
-        // The connection moves to its worker's own reactor: its readiness then wakes that
-        // thread and no other.
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(client = %peer, error = %e, "accepted socket could not be handed to a worker");
-                return;
-            }
-        };
+        let open = flows.enter();
+        // The connection joins its worker's own reactor there: its readiness then wakes
+        // that thread and no other.
         self.workers.spawn(
-            flows,
             async move {
+                let _open = open;
                 let _permit = permit;
                 let stream = match TcpStream::from_std(stream) {
                     Ok(s) => s,

@@ -518,17 +518,18 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         interceptor: interceptor.clone(),
         workers: workers.clone(),
     };
-    // A task, not the main thread's own future: see `Server::serve`.
-    let serving = server.clone();
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
-    };
-    tokio::spawn(async move { serving.serve(listeners, stop, Duration::from_secs(5)).await })
-        .await
-        .context("the accepting task failed")?;
+    let (stop, stopping) = tokio::sync::oneshot::channel();
+    let mut served = server
+        .clone()
+        .serve_on_own_thread(listeners, stopping, Duration::from_secs(5))
+        .context("starting the acceptor thread")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = &mut served => anyhow::bail!("the acceptor thread ended unasked (see the error before)"),
+    }
+    let _ = stop.send(());
+    served.await.context("the acceptor thread failed")?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     // Whatever a connection left running goes with its worker, and the state it held.
     tokio::task::spawn_blocking(move || workers.stop()).await?;

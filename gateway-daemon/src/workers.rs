@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
-use tokio::task::{AbortHandle, JoinSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
@@ -103,8 +102,11 @@ impl Workers {
         self.handles.len()
     }
 
-    /// Runs `task` on the next worker in turn, as a member of `set`.
-    pub fn spawn<F>(&self, set: &mut JoinSet<()>, task: F) -> AbortHandle
+    /// Runs `task` on the next worker in turn. Nothing waits on its end: a handle that
+    /// did would be woken from the worker's thread as each connection closes, one more
+    /// thread woken per connection (`listen` counts open flows instead). What is still
+    /// running at the stop is dropped with its worker.
+    pub fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -113,7 +115,7 @@ impl Workers {
         // ends it (a stage change copies the whole stage): boxed, those moves copy a
         // pointer, and the future is copied once, here. A connection's future was 15 KiB
         // until its TLS path was boxed (`route::carry`), a few KiB now.
-        set.spawn_on(Box::pin(task), &self.handles[i])
+        drop(self.handles[i].spawn(Box::pin(task)));
     }
 
     /// Stops every worker and waits for its thread. Every task still on one is dropped
@@ -135,11 +137,10 @@ mod tests {
     #[tokio::test]
     async fn a_task_stays_on_its_worker_thread_and_workers_take_turns() {
         let w = Workers::start(2).unwrap();
-        let mut set = JoinSet::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..4 {
             let tx = tx.clone();
-            w.spawn(&mut set, async move {
+            w.spawn(async move {
                 let mut names = Vec::new();
                 for _ in 0..20 {
                     names.push(std::thread::current().name().unwrap().to_string());
@@ -148,7 +149,6 @@ mod tests {
                 let _ = tx.send(names);
             });
         }
-        while set.join_next().await.is_some() {}
         drop(tx);
         let mut threads = Vec::new();
         while let Some(names) = rx.recv().await {

@@ -12,6 +12,7 @@ pub mod exec_notes;
 pub mod mark;
 pub mod record;
 pub mod selection;
+mod take;
 pub mod watch;
 
 use std::fs::File;
@@ -376,11 +377,7 @@ impl Interceptor {
     pub fn take(&self, client: SocketAddr, listener: SocketAddr) -> Option<GwRecord> {
         let key = record::tuple_key(client, listener);
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let rec = conns.get(&key, 0).ok()?;
-        if let Err(e) = conns.remove(&key) {
-            tracing::warn!(error = %e, "could not delete a connection record");
-        }
-        Some(rec)
+        take::take(&mut conns, &key)
     }
 
     /// Stops redirecting and removes every pin of this instance.
