@@ -8,6 +8,7 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod exe_file;
 pub mod exec_notes;
 pub mod mark;
 pub mod record;
