@@ -71,11 +71,8 @@ pub fn of(
     let from_procfs = |e: procfs::ProcError| read(std::io::Error::other(e.to_string()));
     let mut f = proc.open_relative("exe").map_err(from_procfs)?;
     let m = f.metadata().map_err(read)?;
-    if let Some(then) = connected_with {
-        let now = ExeFile::of_file(std::os::fd::AsFd::as_fd(&f), &m, Some(tgid));
-        if !now.is_some_and(|now| now.same_inode(&then)) {
-            return Err(HashError::Execd);
-        }
+    if connected_with.is_some_and(|e| (e.dev, e.ino) != (m.dev(), m.ino())) {
+        return Err(HashError::Execd);
     }
     // Its inode, size and times are the server's to say as well: nothing keys it.
     let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| read(e.into()))?;

@@ -299,15 +299,11 @@ impl Identity {
         let cgroup = cgroup2_lossy(&proc_file(&proc, "cgroup").map_err(err("cgroup"))?);
         check(&proc)?;
         self.unit = cgroup.as_deref().and_then(unit_of);
-        let now = ExeFile::of_path(
-            std::path::Path::new(&format!("/proc/{tgid}/exe")),
-            Some(tgid),
-        );
+        let now = ExeFile::of_path(std::path::Path::new(&format!("/proc/{tgid}/exe")));
         // The link was read before the file was looked at: an exec in between pairs one
         // program's path with another's file. A path is taken as a file's name only when
         // that file is at that path now.
-        let names =
-            |path: &std::path::Path, file: ExeFile| ExeFile::of_path(path, None) == Some(file);
+        let names = |path: &std::path::Path, file: ExeFile| ExeFile::of_path(path) == Some(file);
         match (self.exe_file, now) {
             // A file the process chose names nothing, whatever path shows it.
             _ if self.exe_unvouched.is_some() => {}
@@ -420,7 +416,7 @@ fn known_path(file: ExeFile) -> Option<PathBuf> {
         .unwrap_or_else(|p| p.into_inner())
         .get(&file)
         .cloned()?;
-    (ExeFile::of_path(&path, None) == Some(file)).then_some(path)
+    (ExeFile::of_path(&path) == Some(file)).then_some(path)
 }
 
 /// The system manager's unit a cgroup path belongs to: its outermost `.service` or
@@ -501,7 +497,7 @@ mod tests {
             cgroup_id: 0,
             start_boottime_ns: (stat.starttime + ticks_off) * (1_000_000_000 / ticks),
             comm: "x".into(),
-            exe_file: ExeFile::of_path(&std::env::current_exe().unwrap(), None),
+            exe_file: ExeFile::of_path(&std::env::current_exe().unwrap()),
             exe_unvouched: None,
             exe_ctime: None,
         }
@@ -518,7 +514,7 @@ mod tests {
     #[test]
     fn a_process_running_another_file_than_it_connected_with_is_not_named_for_it() {
         let mut r = own_record(0);
-        r.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"), None);
+        r.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"));
         let id = Identity::resolve(&r, false);
         assert_eq!(id.exe_now.unwrap(), std::env::current_exe().unwrap());
         assert_ne!(id.exe, Some(std::env::current_exe().unwrap()));
@@ -535,7 +531,7 @@ mod tests {
         assert_eq!((cached.exe, cached.cmdline), (first.exe, first.cmdline));
         // Another file at connect (an exec) is never answered from the cache.
         let mut exec = own_record(0);
-        exec.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"), None);
+        exec.exe_file = ExeFile::of_path(std::path::Path::new("/bin/sh"));
         assert!(Identity::resolve(&exec, false).exe_now.is_some());
         // Nor another start (pid reuse).
         assert!(Identity::resolve(&own_record(7), false)

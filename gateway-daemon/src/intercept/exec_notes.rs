@@ -42,13 +42,19 @@ impl ExecNotes {
         })
     }
 
-    /// Why what process `tgid` runs (`exe`, with its change time, taken from one look
+    /// Why what process `tgid` runs (`exe` with change time `ctime`, taken from one look
     /// at `/proc/PID/exe`) names no program: not what its last exec loaded, no longer the
     /// bytes it had then, on a filesystem a user mounted, or nothing can tell. `start_ticks`
     /// is the process's start (its leader's, clock ticks since boot, as procfs gives it).
     /// None: it is the program, or no exec of the process was ever seen (believed, as
     /// before).
-    pub fn unvouched(&self, tgid: u32, start_ticks: u64, exe: ExeFile) -> Option<Unvouched> {
+    pub fn unvouched(
+        &self,
+        tgid: u32,
+        start_ticks: u64,
+        exe: ExeFile,
+        ctime: (i64, u32),
+    ) -> Option<Unvouched> {
         let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
         let note = match self.files.get(&tgid, 0) {
             Ok(note) => note,
@@ -63,10 +69,9 @@ impl ExecNotes {
         if note.start_boottime / ns_per_tick != start_ticks {
             return Some(Unvouched::Unknown);
         }
-        let noted = ExeFile::from_kernel(note.dev, note.ino, (note.ctime_sec, note.ctime_nsec));
-        if !noted.is_some_and(|n| n.same_inode(&exe)) {
+        if ExeFile::from_kernel(note.dev, note.ino) != Some(exe) {
             Some(Unvouched::Replaced)
-        } else if noted != Some(exe) {
+        } else if ctime != (note.ctime_sec, note.ctime_nsec) {
             Some(Unvouched::Changed)
         } else if note.flags & gateway_ebpf::EXE_USER_MOUNT != 0 {
             Some(Unvouched::UserMount)

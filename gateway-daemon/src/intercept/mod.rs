@@ -8,7 +8,6 @@
 
 pub mod bpffs;
 pub mod cgroup;
-pub mod exe_file;
 pub mod exec_notes;
 pub mod mark;
 pub mod record;

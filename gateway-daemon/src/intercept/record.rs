@@ -93,7 +93,32 @@ impl Unvouched {
     }
 }
 
-pub use super::exe_file::ExeFile;
+/// An executable file by identity: its device (as `stat` reports `st_dev`) and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ExeFile {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl ExeFile {
+    /// From the kernel's encoding of a device (major << 20 | minor).
+    pub fn from_kernel(kdev: u32, ino: u64) -> Option<Self> {
+        (ino != 0).then(|| ExeFile {
+            dev: libc::makedev(kdev >> 20, kdev & 0xf_ffff),
+            ino,
+        })
+    }
+
+    /// The file at `path` (following links), as `stat` sees it.
+    pub fn of_path(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(ExeFile {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
 
 impl Redirected {
     pub fn from_record(r: &GwRecord) -> Self {
@@ -113,11 +138,7 @@ impl Redirected {
             cgroup_id: r.cgroup_id,
             start_boottime_ns: r.start_boottime,
             comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
-            exe_file: ExeFile::from_kernel(
-                r.exe_dev,
-                r.exe_ino,
-                (r.exe_ctime_sec, r.exe_ctime_nsec),
-            ),
+            exe_file: ExeFile::from_kernel(r.exe_dev, r.exe_ino),
             exe_unvouched: Unvouched::of_flags(r.exe_flags),
             exe_ctime: (r.exe_ino != 0).then_some((r.exe_ctime_sec, r.exe_ctime_nsec)),
         }

@@ -153,11 +153,7 @@ mod tests {
             cgroup_id: u64::MAX - n as u64,
             start_time: 123_456,
             exe: full.then(|| PathBuf::from(text(0))),
-            exe_file: full.then_some(ExeFile {
-                dev: 2049,
-                ino: 77,
-                ctime: (1, 2),
-            }),
+            exe_file: full.then_some(ExeFile { dev: 2049, ino: 77 }),
             exe_unvouched: [
                 None,
                 Some(Unvouched::Replaced),

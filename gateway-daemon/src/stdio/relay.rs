@@ -115,8 +115,12 @@ pub fn identity_of(
         .to_string();
     // One look at the file: another thread may change the process's executable meanwhile,
     // and every later read (the name, the hash) is held to what this one saw.
-    let exe_file = ExeFile::of_path(std::path::Path::new(&format!("/proc/{pid}/exe")), Some(pid));
-    let exe_ctime = exe_file.map(|e| e.ctime);
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok();
+    let exe_file = exe.as_ref().map(|m| ExeFile {
+        dev: m.dev(),
+        ino: m.ino(),
+    });
+    let exe_ctime = exe.as_ref().map(|m| (m.ctime(), m.ctime_nsec() as u32));
     let cgroup_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
         .and_then(|t| {
@@ -146,9 +150,9 @@ pub fn identity_of(
     // A program the process set itself since its exec (prctl PR_SET_MM), or changed since,
     // names nothing; without the kernel's notes, or what to look them up by, nothing
     // vouches for it.
-    let exe_unvouched = match (notes, exe_file) {
-        (Some(n), Some(file)) if tgid != u32::MAX && start_ticks != 0 => {
-            n.unvouched(tgid, start_ticks, file)
+    let exe_unvouched = match (notes, exe_file, exe_ctime) {
+        (Some(n), Some(file), Some(ctime)) if tgid != u32::MAX && start_ticks != 0 => {
+            n.unvouched(tgid, start_ticks, file, ctime)
         }
         _ => Some(crate::intercept::record::Unvouched::Unknown),
     };
