@@ -135,6 +135,12 @@ const NEEDS: &[Need] = &[
         package: "util-linux",
         present: || runs("unshare", &["--version"]),
     },
+    // Programs on btrfs, whose `stat` device is not the kernel's
+    // (tests/tests/identity_btrfs.rs makes one on a loop device).
+    Need {
+        package: "btrfs-progs",
+        present: || runs("mkfs.btrfs", &["--version"]),
+    },
 ];
 
 fn main() -> Result<()> {
