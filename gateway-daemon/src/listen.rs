@@ -184,7 +184,7 @@ impl Server {
     /// idle thread of that runtime at every accept, and a handle on each connection's task
     /// woke the runtime again as each one ended. A new connection now wakes this thread
     /// and its worker, and its end wakes no one. A connection's work is never done here, so
-    /// no agent's traffic can keep others' connections waiting to be accepted.
+    /// no connection's traffic can keep others waiting to be accepted.
     pub fn serve_on_own_thread(
         self,
         listeners: Vec<TcpListener>,
@@ -211,6 +211,9 @@ impl Server {
                         }
                     };
                     self.serve(doors, async { drop(stop.await) }, grace).await;
+                    // What it shares (the interceptor) must be let go of before the daemon
+                    // is told: it takes the interceptor back to detach it.
+                    drop(self);
                     let _ = done.send(());
                 });
             })?;

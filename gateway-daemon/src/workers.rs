@@ -3,8 +3,8 @@
 //! crosses no thread: the agent's socket, the upstream's and every task of the connection
 //! are polled by one thread, woken by that thread's own epoll, with no work stealing (which
 //! moved a connection's task between threads on every call, each move a futex wake).
-//! Connections are dealt out in turn; the listeners, the admin socket and the timers stay
-//! on the daemon's main runtime.
+//! Connections are dealt out in turn by the acceptor thread (`listen`); the admin socket and
+//! the timers stay on the daemon's main runtime.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
