@@ -476,11 +476,15 @@ impl Gateway {
 
     /// Every audit record so far.
     pub fn audit_records(&self) -> Vec<Value> {
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&self.audit) {
-            f.read_to_string(&mut text).unwrap();
+            f.read_to_end(&mut bytes).unwrap();
         }
-        text.lines()
+        // A line the daemon is writing may be read half-written: only whole lines count.
+        let end = bytes.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+        std::str::from_utf8(&bytes[..end])
+            .expect("the ledger is UTF-8")
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
             .collect()
     }
@@ -500,6 +504,34 @@ impl Gateway {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The flow records of the connections processes `pids` made, one each, once all are
+    /// recorded (up to 15 s).
+    pub fn flows_of_pids(&self, pids: &[u64]) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let flows: Vec<Value> = self
+                .audit_records()
+                .into_iter()
+                .filter(|r| {
+                    r["type"] == "flow"
+                        && r["identity"]["tgid"]
+                            .as_u64()
+                            .is_some_and(|t| pids.contains(&t))
+                })
+                .collect();
+            if flows.len() == pids.len() {
+                return flows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} flows recorded: {flows:?}",
+                flows.len(),
+                pids.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

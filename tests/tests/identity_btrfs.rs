@@ -8,10 +8,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
-use serde_json::Value;
 
 /// A btrfs filesystem on a loop device, with a subvolume `sub`; unmounted when dropped.
 struct Btrfs {
@@ -139,46 +137,23 @@ fn a_program_with_another_subvolume_s_inode_number_is_not_taken_for_its_program(
             let _ = conn.read(&mut [0u8; 16]);
         }
     });
-    let out = gw
-        .agent(
-            own.to_str().unwrap(),
-            &[
-                "-c".into(),
-                EXEC_AGENT.into(),
-                port.to_string(),
-                "6".into(),
-                trusted.display().to_string(),
-            ],
-        )
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let pids: Vec<u64> = serde_json::from_str::<Value>(stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)))
-        ["pids"]
+    let out = gateway_tests::run_probe(gw.agent(
+        own.to_str().unwrap(),
+        &[
+            "-c".into(),
+            EXEC_AGENT.into(),
+            port.to_string(),
+            "6".into(),
+            trusted.display().to_string(),
+        ],
+    ));
+    let pids: Vec<u64> = out["pids"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p.as_u64().unwrap())
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let flows = loop {
-        let flows: Vec<Value> = gw
-            .audit_records()
-            .into_iter()
-            .filter(|r| {
-                r["type"] == "flow"
-                    && r["identity"]["tgid"]
-                        .as_u64()
-                        .is_some_and(|t| pids.contains(&t))
-            })
-            .collect();
-        if flows.len() == pids.len() {
-            break flows;
-        }
-        assert!(std::time::Instant::now() < deadline, "{flows:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let flows = gw.flows_of_pids(&pids);
     // Exec'ing takes a millisecond, the daemon's look longer: most children ran the other
     // program by then, which is the case this is about.
     let trusted = trusted.to_str().unwrap();

@@ -75,30 +75,9 @@ fn run(how: &str) -> (Vec<Value>, String) {
         .iter()
         .map(|p| p.as_u64().unwrap())
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let flows: Vec<Value> = gw
-            .audit_records()
-            .into_iter()
-            .filter(|r| {
-                r["type"] == "flow"
-                    && r["identity"]["tgid"]
-                        .as_u64()
-                        .is_some_and(|t| pids.contains(&t))
-            })
-            .collect();
-        if flows.len() == pids.len() {
-            let python = std::fs::canonicalize(PYTHON).unwrap();
-            return (flows, python.display().to_string());
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {} flows recorded",
-            flows.len(),
-            pids.len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let flows = gw.flows_of_pids(&pids);
+    let python = std::fs::canonicalize(PYTHON).unwrap();
+    (flows, python.display().to_string())
 }
 
 #[test]

@@ -240,24 +240,7 @@ fn without_room_for_its_note_a_process_is_named_for_no_program() {
         .iter()
         .map(|p| p.as_u64().unwrap())
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let flows = loop {
-        let flows: Vec<Value> = gw
-            .audit_records()
-            .into_iter()
-            .filter(|r| {
-                r["type"] == "flow"
-                    && r["identity"]["tgid"]
-                        .as_u64()
-                        .is_some_and(|t| pids.contains(&t))
-            })
-            .collect();
-        if flows.len() == pids.len() {
-            break flows;
-        }
-        assert!(std::time::Instant::now() < deadline, "{flows:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let flows = gw.flows_of_pids(&pids);
     for f in &flows {
         let id = &f["identity"];
         assert_eq!(
