@@ -42,15 +42,63 @@ pub async fn bind(addr: SocketAddr, mark: u32) -> Result<TcpListener, ListenErro
     sock.listen(1024).map_err(err)
 }
 
+/// Connections without a kernel record (someone dialed the listener directly), refused:
+/// one record per interval, with how many it covers.
 #[derive(Serialize)]
 struct RefusedRecord {
     #[serde(rename = "type")]
     kind: &'static str,
     time: String,
-    connection: ConnId,
-    client: SocketAddr,
-    listener: SocketAddr,
+    /// The refused connection's id and addresses (absent on a record that counts the rest
+    /// of an interval's refusals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection: Option<ConnId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listener: Option<SocketAddr>,
     reason: &'static str,
+    refused: u64,
+}
+
+const STRAY: &str = "no interception record: not a redirected agent connection";
+
+/// Connections without a kernel record. Any local user may dial the listener, and each was
+/// a ledger record and a log line: as fast as it could connect, it wrote the ledger (and
+/// could fill its disk, after which every call is refused for want of a record). As for
+/// refusals by limit: the first of every `REPORT_EVERY` is recorded with its addresses,
+/// the rest counted into the next record, and every one counted once.
+#[derive(Default)]
+struct Strays {
+    /// When the last record was written; none yet: the next is recorded at once.
+    since: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl Strays {
+    /// Counts one; `Some(n)`: record it now, for `n` refusals.
+    fn one(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.count += 1;
+        let due = self
+            .since
+            .is_none_or(|at| now.duration_since(at) >= crate::admit::REPORT_EVERY);
+        due.then(|| {
+            self.since = Some(now);
+            std::mem::take(&mut self.count)
+        })
+    }
+
+    /// Refusals no record has counted yet, once their interval is up (or `all`).
+    fn overdue(&mut self, now: std::time::Instant, all: bool) -> Option<u64> {
+        let due = all
+            || self
+                .since
+                .is_none_or(|at| now.duration_since(at) >= crate::admit::REPORT_EVERY);
+        (self.count > 0 && due).then(|| {
+            self.since = Some(now);
+            std::mem::take(&mut self.count)
+        })
+    }
 }
 
 /// A connection refused for a connection limit: one record per user per interval, with
@@ -227,6 +275,7 @@ impl Server {
         grace: Duration,
     ) {
         let flows = Arc::new(OpenFlows::default());
+        let mut strays = Strays::default();
         tokio::pin!(stop);
         let mut overdue = tokio::time::interval(crate::admit::REPORT_EVERY);
         // Which listener is asked first, in turn: one busy family cannot starve the other.
@@ -263,7 +312,7 @@ impl Server {
                 (i, accepted) = accept => match accepted {
                     Ok((stream, peer)) => {
                         let local = listeners[i].local_of(&stream);
-                        self.accepted(stream, peer, local, &flows).await
+                        self.accepted(stream, peer, local, &flows, &mut strays).await
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -271,12 +320,12 @@ impl Server {
                     }
                 },
                 _ = tokio::time::sleep_until(rested.unwrap_or(now)), if rested.is_some() => {}
-                _ = overdue.tick() => self.report_overdue(false).await,
+                _ = overdue.tick() => self.report_overdue(&mut strays, false).await,
             }
         }
         // Closed: the kernel refuses (sk_lookup finds no listener) rather than queueing.
         drop(listeners);
-        self.report_overdue(true).await;
+        self.report_overdue(&mut strays, true).await;
         let open = flows.open.load(Ordering::SeqCst);
         if open > 0 {
             tracing::info!(open, "waiting for open flows to end");
@@ -290,8 +339,23 @@ impl Server {
         }
     }
 
-    /// Audits refusals no record has counted yet (see `Admission::overdue`).
-    async fn report_overdue(&self, all: bool) {
+    /// Audits refusals no record has counted yet (see `Admission::overdue`, `Strays`).
+    async fn report_overdue(&self, strays: &mut Strays, all: bool) {
+        if let Some(refused) = strays.overdue(std::time::Instant::now(), all) {
+            tracing::warn!(refused, "connections without an interception record closed");
+            self.daemon
+                .audit
+                .record(&RefusedRecord {
+                    kind: "refused",
+                    time: timestamp(SystemTime::now()),
+                    connection: None,
+                    client: None,
+                    listener: None,
+                    reason: STRAY,
+                    refused,
+                })
+                .await;
+        }
         for o in self.admission.overdue(all) {
             tracing::warn!(uid = o.uid, refused = o.refused, reason = %o.reason, "connections refused");
             self.daemon
@@ -316,6 +380,7 @@ impl Server {
         peer: SocketAddr,
         local: std::io::Result<SocketAddr>,
         flows: &Arc<OpenFlows>,
+        strays: &mut Strays,
     ) {
         // Responses leave in several small writes (headers, SSE events); with Nagle the
         // last one waits for the agent's delayed ACK, ~40 ms a call.
@@ -330,16 +395,20 @@ impl Server {
         let conn = link::next_id();
         let Some(record) = self.interceptor.take(peer, local) else {
             // Someone dialed the listener directly: there is no kernel record to say who.
-            tracing::warn!(client = %peer, listener = %local, "connection without an interception record closed");
+            let Some(refused) = strays.one(std::time::Instant::now()) else {
+                return;
+            };
+            tracing::warn!(client = %peer, listener = %local, refused, "connection without an interception record closed");
             self.daemon
                 .audit
                 .record(&RefusedRecord {
                     kind: "refused",
                     time: timestamp(SystemTime::now()),
-                    connection: conn,
-                    client: peer,
-                    listener: local,
-                    reason: "no interception record: not a redirected agent connection",
+                    connection: Some(conn),
+                    client: Some(peer),
+                    listener: Some(local),
+                    reason: STRAY,
+                    refused,
                 })
                 .await;
             return;
@@ -397,5 +466,40 @@ impl Server {
             }
             .instrument(span),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admit::REPORT_EVERY;
+
+    #[test]
+    fn strays_are_recorded_once_an_interval_and_every_one_is_counted_once() {
+        let t0 = std::time::Instant::now();
+        let mut s = Strays::default();
+        assert_eq!(s.overdue(t0, false), None, "nothing to count");
+        assert_eq!(s.one(t0), Some(1), "the first is recorded at once");
+        for _ in 0..99 {
+            assert_eq!(s.one(t0 + Duration::from_secs(1)), None);
+        }
+        assert_eq!(
+            s.overdue(t0 + Duration::from_secs(2), false),
+            None,
+            "not due"
+        );
+        let later = t0 + REPORT_EVERY;
+        assert_eq!(s.overdue(later, false), Some(99));
+        assert_eq!(
+            s.one(later + Duration::from_secs(1)),
+            None,
+            "a new interval began"
+        );
+        assert_eq!(
+            s.overdue(later + Duration::from_secs(1), true),
+            Some(1),
+            "at a stop"
+        );
+        assert_eq!(s.overdue(later + REPORT_EVERY * 2, true), None);
     }
 }

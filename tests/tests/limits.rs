@@ -340,3 +340,50 @@ fn an_agent_opening_connections_too_fast_is_slowed_and_audited_once() {
         "{flows} flow records for {ok} connections"
     );
 }
+
+/// Anyone on the host may dial the listener directly (no kernel record: refused). Each such
+/// connection was a ledger record and a log line, so any local user could write the ledger
+/// as fast as it could connect, and fill its disk, after which every call is refused for
+/// want of a record. They are counted now: the first of every 10 s with its addresses, the
+/// rest in the next record, every one once; an agent is served meanwhile.
+#[test]
+fn a_flood_of_connections_without_a_record_is_counted_not_recorded_one_by_one() {
+    let echo = gateway_tests::EchoServer::start("127.0.0.1:0");
+    let port = echo.addr.port();
+    let mut gw = Gateway::start(
+        "limits-strays",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    let mut dialed = 0u64;
+    for _ in 0..3000 {
+        if std::net::TcpStream::connect(("127.0.0.1", gw.listen4)).is_ok() {
+            dialed += 1;
+        }
+    }
+    assert!(dialed > 2500, "only {dialed} of 3000 connects went through");
+    // Served after every one of them was accepted (one queue): the flood cost it nothing.
+    let out = run_probe(gw.agent(
+        PYTHON,
+        &gateway_tests::probe_args("127.0.0.1", port, "plain", 10),
+    ));
+    assert_eq!(out["echo_ok"], true, "{out}");
+    gw.stop();
+    let records = gw.audit_records();
+    let refused: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["type"] == "refused").collect();
+    assert!(
+        !refused.is_empty() && refused.len() <= 4,
+        "{} records for the flood",
+        refused.len()
+    );
+    let counted: u64 = refused.iter().filter_map(|r| r["refused"].as_u64()).sum();
+    assert_eq!(counted, dialed, "{refused:?}");
+    assert!(
+        refused[0]["client"].is_string() && refused[0]["connection"].is_string(),
+        "the first says who: {}",
+        refused[0]
+    );
+}
