@@ -65,39 +65,44 @@ const STRAY: &str = "no interception record: not a redirected agent connection";
 
 /// Connections without a kernel record. Any local user may dial the listener, and each was
 /// a ledger record and a log line: as fast as it could connect, it wrote the ledger (and
-/// could fill its disk, after which every call is refused for want of a record). As for
-/// refusals by limit: the first of every `REPORT_EVERY` is recorded with its addresses,
-/// the rest counted into the next record, and every one counted once.
+/// could fill its disk, after which every call is refused for want of a record). Now the
+/// first `RECORDED_PER_INTERVAL` of every `REPORT_EVERY` are recorded with their addresses
+/// (`refused: 1`), and the rest counted into one record without addresses at the next
+/// report (every `REPORT_EVERY`, and at a stop): every one counted once.
 #[derive(Default)]
 struct Strays {
-    /// When the last record was written; none yet: the next is recorded at once.
-    since: Option<std::time::Instant>,
+    /// When the current interval began; none yet: at the next stray.
+    window: Option<std::time::Instant>,
+    /// Recorded one by one in the current interval.
+    recorded: u32,
+    /// Refused and not yet in any record.
     count: u64,
 }
 
+/// Enough for a person or a test poking at the listener to see each connection.
+const RECORDED_PER_INTERVAL: u32 = 32;
+
 impl Strays {
-    /// Counts one; `Some(n)`: record it now, for `n` refusals.
-    fn one(&mut self, now: std::time::Instant) -> Option<u64> {
+    /// Counts one; true: record it now, with its addresses, for itself alone.
+    fn one(&mut self, now: std::time::Instant) -> bool {
+        if self
+            .window
+            .is_none_or(|at| now.duration_since(at) >= crate::admit::REPORT_EVERY)
+        {
+            self.window = Some(now);
+            self.recorded = 0;
+        }
+        if self.recorded < RECORDED_PER_INTERVAL {
+            self.recorded += 1;
+            return true;
+        }
         self.count += 1;
-        let due = self
-            .since
-            .is_none_or(|at| now.duration_since(at) >= crate::admit::REPORT_EVERY);
-        due.then(|| {
-            self.since = Some(now);
-            std::mem::take(&mut self.count)
-        })
+        false
     }
 
-    /// Refusals no record has counted yet, once their interval is up (or `all`).
-    fn overdue(&mut self, now: std::time::Instant, all: bool) -> Option<u64> {
-        let due = all
-            || self
-                .since
-                .is_none_or(|at| now.duration_since(at) >= crate::admit::REPORT_EVERY);
-        (self.count > 0 && due).then(|| {
-            self.since = Some(now);
-            std::mem::take(&mut self.count)
-        })
+    /// The refusals no record has counted yet.
+    fn overdue(&mut self) -> Option<u64> {
+        (self.count > 0).then(|| std::mem::take(&mut self.count))
     }
 }
 
@@ -341,7 +346,7 @@ impl Server {
 
     /// Audits refusals no record has counted yet (see `Admission::overdue`, `Strays`).
     async fn report_overdue(&self, strays: &mut Strays, all: bool) {
-        if let Some(refused) = strays.overdue(std::time::Instant::now(), all) {
+        if let Some(refused) = strays.overdue() {
             tracing::warn!(refused, "connections without an interception record closed");
             self.daemon
                 .audit
@@ -382,9 +387,6 @@ impl Server {
         flows: &Arc<OpenFlows>,
         strays: &mut Strays,
     ) {
-        // Responses leave in several small writes (headers, SSE events); with Nagle the
-        // last one waits for the agent's delayed ACK, ~40 ms a call.
-        let _ = stream.set_nodelay(true);
         let local = match local {
             Ok(l) => l,
             Err(e) => {
@@ -392,13 +394,14 @@ impl Server {
                 return;
             }
         };
-        let conn = link::next_id();
         let Some(record) = self.interceptor.take(peer, local) else {
             // Someone dialed the listener directly: there is no kernel record to say who.
-            let Some(refused) = strays.one(std::time::Instant::now()) else {
+            // Nothing more is spent on it than the count, unless it is recorded.
+            if !strays.one(std::time::Instant::now()) {
                 return;
-            };
-            tracing::warn!(client = %peer, listener = %local, refused, "connection without an interception record closed");
+            }
+            let conn = link::next_id();
+            tracing::warn!(client = %peer, listener = %local, "connection without an interception record closed");
             self.daemon
                 .audit
                 .record(&RefusedRecord {
@@ -408,11 +411,15 @@ impl Server {
                     client: Some(peer),
                     listener: Some(local),
                     reason: STRAY,
-                    refused,
+                    refused: 1,
                 })
                 .await;
             return;
         };
+        // Responses leave in several small writes (headers, SSE events); with Nagle the
+        // last one waits for the agent's delayed ACK, ~40 ms a call.
+        let _ = stream.set_nodelay(true);
+        let conn = link::next_id();
         let redirected = Redirected::from_record(&record);
         let permit = match self.admission.admit(redirected.uid) {
             Ok(p) => p,
@@ -475,31 +482,23 @@ mod tests {
     use crate::admit::REPORT_EVERY;
 
     #[test]
-    fn strays_are_recorded_once_an_interval_and_every_one_is_counted_once() {
+    fn strays_past_the_first_of_an_interval_are_counted_and_every_one_once() {
         let t0 = std::time::Instant::now();
         let mut s = Strays::default();
-        assert_eq!(s.overdue(t0, false), None, "nothing to count");
-        assert_eq!(s.one(t0), Some(1), "the first is recorded at once");
-        for _ in 0..99 {
-            assert_eq!(s.one(t0 + Duration::from_secs(1)), None);
+        assert_eq!(s.overdue(), None, "nothing to count");
+        for i in 0..RECORDED_PER_INTERVAL {
+            assert!(
+                s.one(t0 + Duration::from_millis(i.into())),
+                "recorded one by one"
+            );
         }
-        assert_eq!(
-            s.overdue(t0 + Duration::from_secs(2), false),
-            None,
-            "not due"
-        );
-        let later = t0 + REPORT_EVERY;
-        assert_eq!(s.overdue(later, false), Some(99));
-        assert_eq!(
-            s.one(later + Duration::from_secs(1)),
-            None,
-            "a new interval began"
-        );
-        assert_eq!(
-            s.overdue(later + Duration::from_secs(1), true),
-            Some(1),
-            "at a stop"
-        );
-        assert_eq!(s.overdue(later + REPORT_EVERY * 2, true), None);
+        for _ in 0..100 {
+            assert!(!s.one(t0 + Duration::from_secs(1)));
+        }
+        assert_eq!(s.overdue(), Some(100));
+        assert_eq!(s.overdue(), None, "counted once");
+        assert!(!s.one(t0 + Duration::from_secs(2)));
+        assert!(s.one(t0 + REPORT_EVERY), "a new interval");
+        assert_eq!(s.overdue(), Some(1), "the one before it");
     }
 }

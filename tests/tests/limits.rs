@@ -344,8 +344,9 @@ fn an_agent_opening_connections_too_fast_is_slowed_and_audited_once() {
 /// Anyone on the host may dial the listener directly (no kernel record: refused). Each such
 /// connection was a ledger record and a log line, so any local user could write the ledger
 /// as fast as it could connect, and fill its disk, after which every call is refused for
-/// want of a record. They are counted now: the first of every 10 s with its addresses, the
-/// rest in the next record, every one once; an agent is served meanwhile.
+/// want of a record. They are counted now: the first 32 of every 10 s recorded with their
+/// addresses, the rest counted into one record every 10 s and at the stop, every one once;
+/// an agent is served meanwhile.
 #[test]
 fn a_flood_of_connections_without_a_record_is_counted_not_recorded_one_by_one() {
     let echo = gateway_tests::EchoServer::start("127.0.0.1:0");
@@ -374,8 +375,9 @@ fn a_flood_of_connections_without_a_record_is_counted_not_recorded_one_by_one() 
     let records = gw.audit_records();
     let refused: Vec<&serde_json::Value> =
         records.iter().filter(|r| r["type"] == "refused").collect();
+    // 32 each interval the flood spanned (it takes a second or two), and a count each 10 s.
     assert!(
-        !refused.is_empty() && refused.len() <= 4,
+        (32..=70).contains(&refused.len()),
         "{} records for the flood",
         refused.len()
     );
