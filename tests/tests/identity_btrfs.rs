@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
+use gateway_tests::{Gateway, GatewayOptions, PYTHON};
 
 /// A btrfs filesystem on a loop device, with a subvolume `sub`; unmounted when dropped.
 struct Btrfs {
@@ -122,7 +122,8 @@ fn a_program_with_another_subvolume_s_inode_number_is_not_taken_for_its_program(
     let fs = Btrfs::new();
     let (own, trusted) = twins(&fs);
 
-    let port = free_port();
+    let echo = gateway_tests::EchoServer::start("127.0.0.1:0");
+    let port = echo.addr.port();
     let gw = Gateway::start(
         "identity-btrfs-twin",
         GatewayOptions {
@@ -130,13 +131,6 @@ fn a_program_with_another_subvolume_s_inode_number_is_not_taken_for_its_program(
             ..Default::default()
         },
     );
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            use std::io::Read;
-            let _ = conn.read(&mut [0u8; 16]);
-        }
-    });
     let out = gateway_tests::run_probe(gw.agent(
         own.to_str().unwrap(),
         &[
