@@ -1,5 +1,6 @@
 //! mcp-gateway: a transparent host firewall for MCP traffic.
 
+mod allocator;
 #[macro_use]
 mod out;
 
@@ -127,7 +128,6 @@ enum CaCmd {
 }
 
 fn main() {
-    large_allocations_go_back();
     if let Err(e) = run_cli(Cli::parse()) {
         eprintln!("mcp-gateway: error: {}", causes(&e));
         std::process::exit(1);
@@ -346,18 +346,6 @@ async fn reload_on_sighup(
     Ok(())
 }
 
-/// Bodies under inspection are held in large buffers, bounded by `http.max_buffered_bytes`.
-/// glibc would serve buffers up to 32 MiB from its heap once a few were freed, and keep
-/// them after they are freed: the daemon's memory would stay at its peak, above the bound.
-/// A fixed threshold keeps every allocation of 256 KiB or more in its own mapping, given
-/// back to the system when freed.
-fn large_allocations_go_back() {
-    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
 /// Every mediated connection holds two descriptors (agent and upstream): the default soft
 /// limit of 1024 would turn away agents past ~500 connections while the hard limit allows
 /// far more, so the soft limit is raised to the hard one.
@@ -518,6 +506,9 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         interceptor: interceptor.clone(),
         workers: workers.clone(),
     };
+    // Everything the start needed is built, and what it only passed through is freed.
+    allocator::release_startup_memory();
+    tokio::spawn(allocator::return_freed_memory());
     let (stop, stopping) = tokio::sync::oneshot::channel();
     let mut served = server
         .clone()

@@ -248,10 +248,26 @@ fn sixty_stalled_huge_answers_leave_the_daemons_memory_bounded() {
     ));
     let result = stallers.wait_with_output().unwrap();
     let counts: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    // And once they are gone, the memory their answers held goes back to the system:
+    // the allocator keeps freed pages only for about a second, even with the daemon idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut after = rss_bytes(pid);
+    while after > before + (16 << 20) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        after = rss_bytes(pid);
+    }
     // Under the configured cap (128 MiB for everyone), allocator and buffers included.
     assert!(
         during < before + (128 << 20),
         "the daemon grew from {before} to {during} bytes"
+    );
+    assert!(
+        during > before + (32 << 20),
+        "the stalled answers were held in memory ({before} to {during} bytes)"
+    );
+    assert!(
+        after <= before + (16 << 20),
+        "the daemon stayed at {after} bytes after the stalled answers ended (from {before})"
     );
     assert_eq!(out["status"], 200, "another user's call: {out}");
     // Most of the sixty were refused at once with an error, not left to pile up.
