@@ -115,6 +115,11 @@ const NEEDS: &[Need] = &[
         package: "npm",
         present: || runs("npm", &["--version"]),
     },
+    // jemalloc, the daemon's allocator, is built from its C sources (tikv-jemalloc-sys).
+    Need {
+        package: "make",
+        present: || runs("make", &["--version"]),
+    },
     // An HTTP/2 (h2c) agent in the tests.
     Need {
         package: "curl",
