@@ -18,7 +18,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// of are unmapped at once (MADV_DONTNEED), not left to count in the RSS until reclaimed.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: Option<&'static c_char> = Some(conf(b"dirty_decay_ms:1000,muzzy_decay_ms:0\0"));
+pub static malloc_conf: Option<&'static c_char> =
+    Some(conf(b"dirty_decay_ms:1000,muzzy_decay_ms:0\0"));
 
 const fn conf(s: &'static [u8]) -> &'static c_char {
     // SAFETY: u8 and c_char have the same size and alignment; the string ends in NUL.

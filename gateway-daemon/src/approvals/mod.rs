@@ -89,6 +89,10 @@ struct Grant {
     principal: String,
     uid: u32,
     exe: Option<String>,
+    /// For a process named for no program (its executable unvouched for): that process
+    /// (tgid, start time). Its program cannot be told from any other unnamed one, a
+    /// forger's included, so the grant goes no further than the process it was given to.
+    process: Option<(u32, u64)>,
     server: String,
     tool: String,
     session: Option<String>,
@@ -103,6 +107,7 @@ impl Grant {
             && self.principal == c.principal
             && self.uid == c.uid
             && self.exe == c.exe
+            && self.process.is_none_or(|p| p == (c.tgid, c.start_time))
             && self.server == c.server
             && self.tool == c.tool
             && self.policy_generation == c.policy_generation
@@ -285,6 +290,7 @@ impl Approvals {
                 principal: call.principal.clone(),
                 uid: call.uid,
                 exe: call.exe.clone(),
+                process: call.exe.is_none().then_some((call.tgid, call.start_time)),
                 server: call.server.clone(),
                 tool: call.tool.clone(),
                 session: (widen == Widen::Session)

@@ -120,6 +120,46 @@ async fn widened_approvals_cover_the_session_or_a_window_and_nothing_else() {
     assert!(b.hold(call("s9", "h9")).is_ok(), "the window closed");
 }
 
+/// A process named for no program (its executable unvouched for, or on btrfs) has no
+/// program a grant could be bound to: a grant it was given covers that process only, not
+/// every other unnamed program of the same principal (a forger's among them).
+#[tokio::test]
+async fn a_grant_to_a_process_named_for_no_program_covers_that_process_only() {
+    let a = approvals(30, 8);
+    let unnamed = |tgid: u32, start_time: u64| Call {
+        exe: None,
+        tgid,
+        start_time,
+        ..call("s1", "h1")
+    };
+    let (id, rx) = a.hold(unnamed(42, 7)).unwrap();
+    a.decide(id, true, 0, None, Widen::For(Duration::from_secs(60)))
+        .unwrap();
+    let _ = a.wait(id, rx).await;
+    assert!(
+        matches!(a.hold(unnamed(42, 7)), Err(Outcome::Granted(_))),
+        "the same process is covered"
+    );
+    assert!(
+        a.hold(unnamed(43, 7)).is_ok(),
+        "another unnamed process is not covered"
+    );
+    assert!(
+        a.hold(unnamed(42, 8)).is_ok(),
+        "a process that took the pid since is not covered"
+    );
+    let (id, rx) = a.hold(call("s1", "h1")).unwrap();
+    a.decide(id, true, 0, None, Widen::For(Duration::from_secs(60)))
+        .unwrap();
+    let _ = a.wait(id, rx).await;
+    let mut restarted = call("s1", "h1");
+    restarted.tgid = 99;
+    assert!(
+        matches!(a.hold(restarted), Err(Outcome::Granted(_))),
+        "a named program's grant still covers its other processes"
+    );
+}
+
 #[tokio::test]
 async fn a_waiter_that_goes_away_takes_its_call_off_the_list() {
     let a = approvals(30, 8);
