@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::jsonrpc::{self, Id, Kind, Message, Parsed};
@@ -73,7 +73,7 @@ fn observer(
 /// The Streamable HTTP session a request names: refused when someone else owns it, or
 /// when the gateway never saw this server open it.
 fn session_of(ctx: &ConnCtx, h: &HeaderMap) -> Result<Option<Arc<Session>>, SessionError> {
-    match header_str(h, H_SESSION_ID) {
+    match header_str(h, &H_SESSION_ID) {
         None => Ok(None),
         Some(id) => ctx
             .daemon
@@ -215,7 +215,7 @@ pub(crate) fn say_undecided(d: &mut Decision, p: &super::Principal, why: Option<
 
 /// A routing header's value: `None` when absent, `Err` when unreadable. Values outside
 /// visible ASCII travel Base64-wrapped as `=?base64?...?=` (SEP-2243).
-fn routing_header(h: &HeaderMap, name: &str) -> Option<Result<String, String>> {
+fn routing_header(h: &HeaderMap, name: &HeaderName) -> Option<Result<String, String>> {
     let raw = h.get(name)?;
     let Ok(text) = raw.to_str() else {
         return Some(Err(format!("the {name} header is not visible ASCII")));
@@ -259,7 +259,7 @@ fn routing_name_ref<'a>(m: &Message<'a>) -> Option<std::borrow::Cow<'a, str>> {
 /// stage (nor the server) can be steered by a header that lies.
 fn header_mismatch(h: &HeaderMap, messages: &[Message<'_>]) -> Option<String> {
     let calls = || messages.iter().filter(|m| m.method.is_some());
-    if let Some(hm) = routing_header(h, H_METHOD) {
+    if let Some(hm) = routing_header(h, &H_METHOD) {
         let hm = match hm {
             Ok(v) => v,
             Err(e) => return Some(e),
@@ -273,7 +273,7 @@ fn header_mismatch(h: &HeaderMap, messages: &[Message<'_>]) -> Option<String> {
             }
         }
     }
-    if let Some(hn) = routing_header(h, H_NAME) {
+    if let Some(hn) = routing_header(h, &H_NAME) {
         let hn = match hn {
             Ok(v) => v,
             Err(e) => return Some(e),
@@ -302,7 +302,7 @@ pub async fn post(
     early: Option<&super::ask::Early>,
 ) -> Response<GwBody> {
     let (mut parts, mut body) = req.into_parts();
-    let version = header_str(&parts.headers, H_PROTOCOL_VERSION).map(str::to_string);
+    let version = header_str(&parts.headers, &H_PROTOCOL_VERSION).map(str::to_string);
     let form = Form::of(&parts.headers);
     let session = match legacy {
         Ok(Some(s)) => s.check_owner(&ctx.owner).map(|()| Some(s)),
@@ -453,7 +453,7 @@ pub async fn post(
         }
     };
     if obs.session.is_none() {
-        if let Some(id) = header_str(resp.headers(), H_SESSION_ID) {
+        if let Some(id) = header_str(resp.headers(), &H_SESSION_ID) {
             match ctx
                 .daemon
                 .sessions
@@ -1032,7 +1032,7 @@ pub async fn get(
     target: &Target,
     confirmed: bool,
 ) -> Response<GwBody> {
-    let version = header_str(req.headers(), H_PROTOCOL_VERSION).map(str::to_string);
+    let version = header_str(req.headers(), &H_PROTOCOL_VERSION).map(str::to_string);
     let session = match session_of(ctx, req.headers()) {
         Ok(s) => s,
         Err(e) => {
@@ -1041,7 +1041,7 @@ pub async fn get(
             return error_response(r.status, &[None], r.code, &r.why());
         }
     };
-    if let Some(last) = header_str(req.headers(), "last-event-id") {
+    if let Some(last) = header_str(req.headers(), &super::recognise::H_LAST_EVENT_ID) {
         tracing::debug!(last_event_id = last, "stream resumption");
     }
     let mut obs = observer(ctx, target, session, version);

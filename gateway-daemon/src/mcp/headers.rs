@@ -183,12 +183,12 @@ fn rendered(v: &Value) -> Option<String> {
 
 /// The protocol version a request speaks: header and `_meta` must agree, and be known.
 pub fn version(h: &HeaderMap, messages: &[Message<'_>]) -> Result<Option<String>, HeaderError> {
-    if h.get_all(H_PROTOCOL_VERSION).iter().count() > 1 {
+    if h.get_all(&H_PROTOCOL_VERSION).iter().count() > 1 {
         return Err(HeaderError::Mismatch(
             "the MCP-Protocol-Version header appears more than once".into(),
         ));
     }
-    let header = match h.get(H_PROTOCOL_VERSION) {
+    let header = match h.get(&H_PROTOCOL_VERSION) {
         None => None,
         Some(v) => Some(
             v.to_str()

@@ -8,6 +8,9 @@
 //! exactly as it came: it is never redacted, and its SHA-256 in the ledger ties the retry's
 //! records to the result that asked.
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -129,8 +132,11 @@ impl Issued {
 
 /// The request state digest of a request's raw params, when it carries one (a retry).
 pub fn retry_state(params: &str) -> Option<String> {
-    // (A key may be spelled with escapes: anything with one is parsed to know.)
-    if !params.contains(STATE) && !params.contains("\\u") {
+    // (A key may be spelled with escapes: anything with one is parsed to know.) Searchers
+    // built once: `str::contains` builds one per call, and every call's params pass here.
+    static KEY: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(STATE));
+    static ESCAPE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new("\\u"));
+    if KEY.find(params.as_bytes()).is_none() && ESCAPE.find(params.as_bytes()).is_none() {
         return None;
     }
     let v: Value = serde_json::from_str(params).ok()?;

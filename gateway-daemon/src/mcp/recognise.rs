@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderMap, Method, Request};
+use http::{header, HeaderMap, HeaderName, Method, Request};
 
 use super::session::{Session, SessionError};
 use super::ConnCtx;
@@ -30,12 +30,15 @@ pub struct Target {
     pub configured: bool,
 }
 
-pub const H_PROTOCOL_VERSION: &str = "mcp-protocol-version";
-pub const H_SESSION_ID: &str = "mcp-session-id";
-pub const H_METHOD: &str = "mcp-method";
-pub const H_NAME: &str = "mcp-name";
+// Header names as `HeaderName`s: looking one up by `&str` parses and lower-cases the
+// name again on every request.
+pub const H_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+pub const H_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+pub const H_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+pub const H_NAME: HeaderName = HeaderName::from_static("mcp-name");
+pub const H_LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
-pub fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn header_str<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -59,7 +62,7 @@ pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
         .uri()
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| header_str(req.headers(), "host"))?;
+        .or_else(|| header_str(req.headers(), &header::HOST))?;
     let host = match raw.rsplit_once(':') {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
         _ => raw,
@@ -123,7 +126,7 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
     let h = req.headers();
     let mcp_headers = [H_PROTOCOL_VERSION, H_SESSION_ID, H_METHOD]
         .iter()
-        .any(|n| h.contains_key(*n));
+        .any(|n| h.contains_key(n));
     let streamable_accept = accepts(h, "application/json") && accepts(h, "text/event-stream");
     let known = target.configured || mcp_headers;
     // Methods as lenient servers read them: `post` is a POST to some.
@@ -153,7 +156,7 @@ pub fn classify<B>(req: &Request<B>, ctx: &ConnCtx) -> Result<(McpKind, Target),
         // Legacy SSE streams carry no MCP header: any event stream is watched until it
         // proves to be MCP or not.
         Method::GET if accepts(h, "text/event-stream") => McpKind::Get { confirmed: known },
-        Method::DELETE if h.contains_key(H_SESSION_ID) => McpKind::Delete,
+        Method::DELETE if h.contains_key(&H_SESSION_ID) => McpKind::Delete,
         _ => McpKind::NotMcp,
     };
     Ok((kind, target))
