@@ -58,3 +58,35 @@ fn mallctl_void(name: &'static [u8]) {
         tracing::debug!(errno = r, control = ?name, "jemalloc control failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt_ssize(name: &'static [u8]) -> isize {
+        let mut value: isize = 0;
+        let mut len = std::mem::size_of::<isize>();
+        // SAFETY: a valid NUL-terminated name of an `ssize_t` option, read into one.
+        let r = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr() as *const c_char,
+                &mut value as *mut isize as *mut std::ffi::c_void,
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(r, 0, "mallctl {name:?}");
+        value
+    }
+
+    /// The options are jemalloc's only if the symbol it reads them from has its prefixed
+    /// name: with a wrong one, freed memory would wait ten seconds and nothing would say so.
+    #[test]
+    fn jemalloc_reads_the_daemons_options() {
+        let _ = Box::new(1u8);
+        assert_eq!(opt_ssize(b"opt.dirty_decay_ms\0"), 1000);
+        assert_eq!(opt_ssize(b"opt.muzzy_decay_ms\0"), 0);
+        release_startup_memory();
+    }
+}
