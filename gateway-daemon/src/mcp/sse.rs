@@ -129,8 +129,13 @@ impl Block {
         if line.starts_with(':') {
             return Ok(false);
         }
-        let (name, value) = match line.split_once(':') {
-            Some((name, value)) => (name, value.strip_prefix(' ').unwrap_or(value)),
+        // memchr, not `split_once`: a char searcher is built per line otherwise. A colon is
+        // one byte, so cutting there leaves both halves valid UTF-8.
+        let (name, value) = match memchr::memchr(b':', line.as_bytes()) {
+            Some(at) => {
+                let value = &line[at + 1..];
+                (&line[..at], value.strip_prefix(' ').unwrap_or(value))
+            }
             None => (line, ""),
         };
         match name {

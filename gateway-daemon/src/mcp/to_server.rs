@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -133,7 +133,9 @@ pub struct HttpBack {
     addr: SocketAddr,
     sni: Option<Arc<str>>,
     uri: Uri,
-    headers: HeaderMap,
+    /// Kept as a list: made for every POST and used by few, a map's hashing is paid only
+    /// when a request is sent.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Headers of the agent's request that are about its own message or its own connection.
@@ -176,30 +178,32 @@ impl HttpBack {
         headers: &HeaderMap,
         path: Option<&str>,
     ) -> HttpBack {
-        let mut kept = HeaderMap::new();
-        for (name, value) in headers {
-            if !own_header(name.as_str()) {
-                kept.append(name.clone(), value.clone());
-            }
-        }
+        let mut kept: Vec<(HeaderName, HeaderValue)> = headers
+            .iter()
+            .filter(|(name, _)| !own_header(name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         // HTTP/2 carries the host in the URI only.
-        if !kept.contains_key(header::HOST) {
+        if !headers.contains_key(header::HOST) {
             if let Some(a) = uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
-                kept.insert(header::HOST, a);
+                kept.push((header::HOST, a));
             }
         }
-        let target = path
-            .map(str::to_string)
-            .or_else(|| uri.path_and_query().map(|p| p.to_string()))
-            .unwrap_or_else(|| "/".into());
+        let uri = match path {
+            Some(p) => p.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            None => uri
+                .path_and_query()
+                .cloned()
+                .map_or_else(|| Uri::from_static("/"), Uri::from),
+        };
         HttpBack {
             daemon: ctx.daemon.clone(),
             addr: ctx.upstream_addr,
             sni: ctx.tls_sni.clone(),
-            uri: target.parse().unwrap_or_else(|_| Uri::from_static("/")),
+            uri,
             headers: kept,
         }
     }
@@ -244,8 +248,11 @@ impl HttpBack {
             .uri(self.uri.clone())
             .body(full(Bytes::from(body)))
             .expect("a request of valid parts");
-        *req.headers_mut() = self.headers.clone();
         let h = req.headers_mut();
+        h.reserve(self.headers.len() + 4);
+        for (name, value) in &self.headers {
+            h.append(name.clone(), value.clone());
+        }
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
