@@ -2,52 +2,50 @@
 //! allocations; glibc's malloc spent about 15k instructions a call on them, jemalloc about
 //! half (`cargo xtask bench --instructions`, design 7.6).
 //!
-//! What it keeps: jemalloc holds freed pages for reuse and lets them go over
-//! `dirty_decay_ms`, but only when the arena is used again: a daemon gone idle after a burst
-//! of large bodies would stay at its peak. [`return_freed_memory`] runs that decay once a
-//! second instead. What it starts with: loading the eBPF programs parses the kernel's BTF
+//! What it keeps: allocations of 256 KiB and more (bodies held for inspection) go back to
+//! the system when freed (`tests/limits.rs`: kept without it, 34 MiB after sixty stalled
+//! answers). jemalloc holds smaller freed pages for reuse and lets them go over
+//! `dirty_decay_ms` as it is used; a daemon gone idle right after a burst of small ones
+//! keeps a few MiB of them until it allocates again (measured: within 9 MiB of where it
+//! started after 256 calls of 200 KB on 64 connections). What it starts with: loading the eBPF programs parses the kernel's BTF
 //! (megabytes, all freed again); [`release_startup_memory`] gives it back once the daemon
 //! is up.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read at its first allocation. `muzzy_decay_ms:0`: pages it lets go
-/// of are unmapped at once (MADV_DONTNEED), not left to count in the RSS until reclaimed.
+/// jemalloc's options, read at its first allocation:
+/// - `oversize_threshold:262144`: an allocation of 256 KiB or more (a body held for
+///   inspection) comes from jemalloc's arena for large ones, which gives pages back the
+///   moment they are freed, as glibc's own mappings for them did;
+/// - `dirty_decay_ms:1000`: smaller freed pages are kept for reuse for about a second;
+/// - `muzzy_decay_ms:0`: pages let go of are purged at once (MADV_DONTNEED), not left to
+///   count in the RSS until the kernel reclaims them.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: Option<&'static c_char> =
-    Some(conf(b"dirty_decay_ms:1000,muzzy_decay_ms:0\0"));
+pub static malloc_conf: Option<&'static c_char> = Some(conf(
+    c"oversize_threshold:262144,dirty_decay_ms:1000,muzzy_decay_ms:0",
+));
 
-const fn conf(s: &'static [u8]) -> &'static c_char {
-    // SAFETY: u8 and c_char have the same size and alignment; the string ends in NUL.
-    unsafe { &*(s.as_ptr() as *const c_char) }
+const fn conf(s: &'static CStr) -> &'static c_char {
+    // SAFETY: the pointer is to the first byte of a string that lives for the program.
+    unsafe { &*s.as_ptr() }
 }
 
 /// Hands every page jemalloc holds but no allocation uses back to the system.
 pub fn release_startup_memory() {
     // `MALLCTL_ARENAS_ALL` (4096): every arena.
-    mallctl_void(b"arena.4096.purge\0");
-}
-
-/// Once a second, hands back the freed pages whose decay time has passed.
-pub async fn return_freed_memory() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        mallctl_void(b"arena.4096.decay\0");
-    }
+    mallctl_void(c"arena.4096.purge");
 }
 
 /// A jemalloc control that reads and writes nothing.
-fn mallctl_void(name: &'static [u8]) {
+fn mallctl_void(name: &'static CStr) {
     // SAFETY: a valid NUL-terminated name; the control reads and writes nothing.
     let r = unsafe {
         tikv_jemalloc_sys::mallctl(
-            name.as_ptr() as *const c_char,
+            name.as_ptr(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
@@ -63,13 +61,13 @@ fn mallctl_void(name: &'static [u8]) {
 mod tests {
     use super::*;
 
-    fn opt_ssize(name: &'static [u8]) -> isize {
+    fn opt_ssize(name: &'static CStr) -> isize {
         let mut value: isize = 0;
         let mut len = std::mem::size_of::<isize>();
         // SAFETY: a valid NUL-terminated name of an `ssize_t` option, read into one.
         let r = unsafe {
             tikv_jemalloc_sys::mallctl(
-                name.as_ptr() as *const c_char,
+                name.as_ptr(),
                 &mut value as *mut isize as *mut std::ffi::c_void,
                 &mut len,
                 std::ptr::null_mut(),
@@ -85,8 +83,21 @@ mod tests {
     #[test]
     fn jemalloc_reads_the_daemons_options() {
         let _ = Box::new(1u8);
-        assert_eq!(opt_ssize(b"opt.dirty_decay_ms\0"), 1000);
-        assert_eq!(opt_ssize(b"opt.muzzy_decay_ms\0"), 0);
+        assert_eq!(opt_ssize(c"opt.dirty_decay_ms"), 1000);
+        assert_eq!(opt_ssize(c"opt.muzzy_decay_ms"), 0);
+        let mut threshold: usize = 0;
+        let mut len = std::mem::size_of::<usize>();
+        // SAFETY: a valid NUL-terminated name of a `size_t` option, read into one.
+        let r = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"opt.oversize_threshold".as_ptr(),
+                &mut threshold as *mut usize as *mut std::ffi::c_void,
+                &mut len,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!((r, threshold), (0, 256 << 10));
         release_startup_memory();
     }
 }

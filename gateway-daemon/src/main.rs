@@ -447,6 +447,9 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
             audit: sink.clone(),
         }),
     ));
+    // The programs are loaded and what loading them only passed through (the kernel's
+    // BTF) is freed: given back before the daemon says it is up.
+    allocator::release_startup_memory();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     // Agent cgroups can be removed and created again under the daemon (a slice stopped
@@ -506,9 +509,6 @@ async fn run(resolved: config::Resolved, config_path: PathBuf) -> anyhow::Result
         interceptor: interceptor.clone(),
         workers: workers.clone(),
     };
-    // Everything the start needed is built, and what it only passed through is freed.
-    allocator::release_startup_memory();
-    tokio::spawn(allocator::return_freed_memory());
     let (stop, stopping) = tokio::sync::oneshot::channel();
     let mut served = server
         .clone()

@@ -21,6 +21,11 @@ pub struct Principal {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undecided: Option<String>,
     pub tgid: u32,
+    /// The process's start time (with `tgid`, what identifies it; not recorded here: the
+    /// flow record carries it). What an approval given to a process named for no program
+    /// is bound to.
+    #[serde(skip)]
+    pub start_time: u64,
     pub uid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -84,6 +89,7 @@ impl Principal {
             name: None,
             undecided: None,
             tgid: id.tgid,
+            start_time: id.start_time,
             uid: id.uid,
             user: id.user.clone(),
             exe: id.exe.as_ref().map(|p| p.display().to_string()),
@@ -253,6 +259,7 @@ mod tests {
             name: None,
             undecided: None,
             tgid: 7,
+            start_time: 0,
             uid: 1000,
             user: Some("agent".into()),
             exe: Some("/usr/bin/agent".into()),

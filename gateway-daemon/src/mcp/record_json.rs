@@ -187,6 +187,7 @@ mod tests {
                 name: full.then(|| text(3)),
                 undecided: (!full).then(|| text(2)),
                 tgid: 7,
+                start_time: 0,
                 uid: 1000,
                 user: Some(text(4)),
                 exe: full.then(|| text(0)),

@@ -126,6 +126,7 @@ fn refused_record(id: &str) -> super::record::ExchangeRecord {
                 name: None,
                 undecided: None,
                 tgid: 1,
+                start_time: 0,
                 uid: 1,
                 user: None,
                 exe: None,

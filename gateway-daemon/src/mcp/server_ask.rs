@@ -72,7 +72,7 @@ pub fn held(obs: &Observer, data: &[u8]) -> Option<Held> {
         principal: p.name.clone().unwrap_or_else(|| "unknown".into()),
         uid: p.uid,
         tgid: p.tgid,
-        start_time: 0,
+        start_time: p.start_time,
         exe: p.exe.clone(),
         server: obs.server.to_string(),
         method: method.to_string(),
