@@ -7,9 +7,10 @@
 //! answers). jemalloc holds smaller freed pages for reuse and lets them go over
 //! `dirty_decay_ms` as it is used; a daemon gone idle right after a burst of small ones
 //! keeps a few MiB of them until it allocates again (measured: within 9 MiB of where it
-//! started after 256 calls of 200 KB on 64 connections). What it starts with: loading the eBPF programs parses the kernel's BTF
-//! (megabytes, all freed again); [`release_startup_memory`] gives it back once the daemon
-//! is up.
+//! started after 256 calls of 200 KB on 64 connections).
+//!
+//! What it starts with: loading the eBPF programs parses the kernel's BTF (megabytes, all
+//! freed again); [`release_startup_memory`] gives it back before the daemon says it is up.
 
 use std::ffi::{c_char, CStr};
 
