@@ -68,6 +68,8 @@ impl Gateway {
     /// Starts a daemon and waits until it reports READY=1 (programs attached).
     pub fn start(name: &str, opts: GatewayOptions) -> Self {
         require_privileges();
+        static STALE: std::sync::Once = std::sync::Once::new();
+        STALE.call_once(remove_stale_pins);
         let dir = tempfile::Builder::new()
             .prefix(&format!("mcp-gw-{name}-"))
             .tempdir()
@@ -585,6 +587,29 @@ impl Drop for Gateway {
         let _ = std::fs::remove_dir_all(self.pin_dir());
         if let Ok(mount) = cgroup2_mount() {
             let _ = std::fs::remove_dir(mount.join(&self.cgroup));
+        }
+    }
+}
+
+/// Removes the pins a test process that no longer runs left behind (killed before its
+/// `Gateway`s were dropped: a `| head` on the test's output does it). Pinned, their
+/// programs stay attached, and their sk_lookup drops every connection to what was their
+/// listener's port (fail closed, as for a daemon that is down): a later test whose server
+/// draws that port would find it never accepting.
+fn remove_stale_pins() {
+    let Ok(dirs) = std::fs::read_dir("/sys/fs/bpf/mcp-gateway") else {
+        return;
+    };
+    for dir in dirs.flatten() {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("t-")
+            .and_then(|rest| rest.rsplit('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
         }
     }
 }
