@@ -62,14 +62,15 @@ fn mallctl_void(name: &'static CStr) {
 mod tests {
     use super::*;
 
-    fn opt_ssize(name: &'static CStr) -> isize {
-        let mut value: isize = 0;
-        let mut len = std::mem::size_of::<isize>();
-        // SAFETY: a valid NUL-terminated name of an `ssize_t` option, read into one.
+    /// A jemalloc option, read into a `T` of its C type's size.
+    fn opt<T: Default>(name: &'static CStr) -> T {
+        let mut value = T::default();
+        let mut len = std::mem::size_of::<T>();
+        // SAFETY: a valid NUL-terminated name; `value` has the option's type and size.
         let r = unsafe {
             tikv_jemalloc_sys::mallctl(
                 name.as_ptr(),
-                &mut value as *mut isize as *mut std::ffi::c_void,
+                &mut value as *mut T as *mut std::ffi::c_void,
                 &mut len,
                 std::ptr::null_mut(),
                 0,
@@ -84,21 +85,9 @@ mod tests {
     #[test]
     fn jemalloc_reads_the_daemons_options() {
         let _ = Box::new(1u8);
-        assert_eq!(opt_ssize(c"opt.dirty_decay_ms"), 1000);
-        assert_eq!(opt_ssize(c"opt.muzzy_decay_ms"), 0);
-        let mut threshold: usize = 0;
-        let mut len = std::mem::size_of::<usize>();
-        // SAFETY: a valid NUL-terminated name of a `size_t` option, read into one.
-        let r = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"opt.oversize_threshold".as_ptr(),
-                &mut threshold as *mut usize as *mut std::ffi::c_void,
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!((r, threshold), (0, 256 << 10));
+        assert_eq!(opt::<isize>(c"opt.dirty_decay_ms"), 1000);
+        assert_eq!(opt::<isize>(c"opt.muzzy_decay_ms"), 0);
+        assert_eq!(opt::<usize>(c"opt.oversize_threshold"), 256 << 10);
         release_startup_memory();
     }
 }
