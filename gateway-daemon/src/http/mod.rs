@@ -141,20 +141,18 @@ where
     // The HTTP/1 upstream connection is driven by this task, beside the agent's: a request
     // and its response cross no other task (or thread) between the two sockets. HTTP/2
     // multiplexes streams that hyper serves on tasks of their own, so its connection gets
-    // one too.
+    // one too. Driven only inside the connection's task, the HTTP/1 one is in the
+    // connection's span already: entering it again would cost every poll.
     let (upstream, driver): (Upstream, Option<upstream::Driver>) = match protocol {
         Protocol::Http1 => {
             let (send, conn) = client1::handshake(TokioIo::new(upstream))
                 .await
                 .map_err(HttpError::UpstreamHandshake)?;
-            let driver = upstream::Driver::new(
-                async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
-                    }
+            let driver = upstream::Driver::new(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
                 }
-                .in_current_span(),
-            );
+            });
             let send = Arc::new(Mutex::new(send));
             (Upstream::H1(send, driver.clone()), Some(driver))
         }

@@ -435,6 +435,26 @@ pub fn unit_of(cgroup: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A kernel record for this test process, its start shifted by `ticks_off`.
+#[cfg(test)]
+pub(crate) fn own_record(ticks_off: u64) -> Redirected {
+    let stat = Process::myself().unwrap().stat().unwrap();
+    let ticks = procfs::ticks_per_second();
+    Redirected {
+        orig_dst: "127.0.0.1:1".parse().unwrap(),
+        pid: std::process::id(),
+        tgid: std::process::id(),
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        cgroup_id: 0,
+        start_boottime_ns: (stat.starttime + ticks_off) * (1_000_000_000 / ticks),
+        comm: "x".into(),
+        exe_file: ExeFile::of_path(&std::env::current_exe().unwrap()),
+        exe_unvouched: None,
+        exe_ctime: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,25 +502,6 @@ mod tests {
         assert_eq!(unit_of("/agents/alice/claude.service"), None);
         assert_eq!(unit_of("/mcp-agents.slice"), None);
         assert_eq!(unit_of("/"), None);
-    }
-
-    /// A kernel record for this test process, its start shifted by `ticks_off`.
-    fn own_record(ticks_off: u64) -> Redirected {
-        let stat = Process::myself().unwrap().stat().unwrap();
-        let ticks = procfs::ticks_per_second();
-        Redirected {
-            orig_dst: "127.0.0.1:1".parse().unwrap(),
-            pid: std::process::id(),
-            tgid: std::process::id(),
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            cgroup_id: 0,
-            start_boottime_ns: (stat.starttime + ticks_off) * (1_000_000_000 / ticks),
-            comm: "x".into(),
-            exe_file: ExeFile::of_path(&std::env::current_exe().unwrap()),
-            exe_unvouched: None,
-            exe_ctime: None,
-        }
     }
 
     #[test]

@@ -92,17 +92,8 @@ pub async fn flow(
     let t0 = std::time::Instant::now();
     let _open = crate::metrics::global().open_connection();
     let hash = daemon.policy.current().wants_exe_hash();
-    let mut identity = Identity::resolve_bounded(&r, hash).await;
-    // Command lines carry tokens (`--api-key=…`): they go to the audit redacted, by the
-    // policy in force once the identity is read.
-    let redactor = daemon.policy.current().redactor.clone();
-    for arg in identity.cmdline.iter_mut().flatten() {
-        if let Some((clean, _)) = redactor.redact_str(arg) {
-            *arg = clean;
-        }
-    }
     // Shared with the connection's MCP stage as it is, not copied again.
-    let identity = Arc::new(identity);
+    let identity = Arc::new(Identity::resolve_bounded(&r, hash).await);
     let upstream = r.upstream_addr();
     tracing::debug!(exe = ?identity.exe, "flow start");
     let carried = carry(agent, &identity, upstream, &conn, &daemon).await;
@@ -119,13 +110,18 @@ pub async fn flow(
         outcome,
         "flow end"
     );
+    // Command lines carry tokens (`--api-key=…`): they go to the audit redacted, by the
+    // policy in force when the record is written. Only the flow record shows them, so the
+    // redaction waits for it: a connection's first request is not held up by it.
+    let shown = redacted_cmdline(&identity, &daemon.policy.current().redactor);
+    let identity: &Identity = shown.as_ref().unwrap_or(&identity);
     let record = FlowRecord {
         kind: "flow",
         time: timestamp(SystemTime::now()),
         connection: &conn,
         start: timestamp(started),
         duration_ms: t0.elapsed().as_secs_f64() * 1e3,
-        identity: &identity,
+        identity,
         orig_dst: r.orig_dst,
         upstream,
         client,
@@ -138,6 +134,22 @@ pub async fn flow(
         detail: transfer.detail,
     };
     daemon.audit.record_json_now(|out| record.write_json(out));
+}
+
+/// The identity with its command line redacted, when the redaction changes any argument.
+fn redacted_cmdline(id: &Identity, redactor: &crate::redact::Redactor) -> Option<Identity> {
+    let args = id.cmdline.as_ref()?;
+    let mut clean: Option<Vec<String>> = None;
+    for (i, arg) in args.iter().enumerate() {
+        if let Some((redacted, _)) = redactor.redact_str(arg) {
+            clean.get_or_insert_with(|| args.clone())[i] = redacted;
+        }
+    }
+    let cmdline = clean?;
+    Some(Identity {
+        cmdline: Some(cmdline),
+        ..id.clone()
+    })
 }
 
 /// How a flow went, for its record.
@@ -352,5 +364,34 @@ where
     match gwhttp::serve(agent, up, protocol, ctx).await {
         Ok(()) => gwhttp::Ended::closed(),
         Err(e) => e.ended(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redact::{RedactConfig, Redactor};
+
+    #[test]
+    fn a_command_line_is_recorded_with_its_secrets_redacted_and_its_other_arguments_as_they_are() {
+        let redactor = Redactor::new(&RedactConfig::default()).unwrap();
+        let key = "AKIAQX3TZLMB7NRWK2EH";
+        let mut id = Identity::resolve(&crate::identity::own_record(0), false);
+        id.cmdline = Some(vec![
+            "agent".into(),
+            format!("--aws-key={key}"),
+            "--verbose".into(),
+        ]);
+        let shown = redacted_cmdline(&id, &redactor).expect("an argument holds a secret");
+        let args = shown.cmdline.unwrap();
+        assert_eq!((args[0].as_str(), args[2].as_str()), ("agent", "--verbose"));
+        assert!(
+            args[1].starts_with("--aws-key=") && !args[1].contains(key),
+            "the key is redacted: {args:?}"
+        );
+        assert_eq!((shown.tgid, shown.exe), (id.tgid, id.exe.clone()));
+        // Nothing to redact: the identity is recorded as it is, not copied.
+        id.cmdline = Some(vec!["agent".into(), "--verbose".into()]);
+        assert!(redacted_cmdline(&id, &redactor).is_none());
     }
 }
