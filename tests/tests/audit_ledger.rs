@@ -209,28 +209,34 @@ fn records_reach_journald_with_structured_fields() {
     let agent = r#"
 import http.client, json, sys
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
-c.request("POST", "/mcp", body=json.dumps({"jsonrpc":"2.0","id":77,"method":"tools/call",
-    "params":{"name":"echo","arguments":{}}}), headers={"Content-Type":"application/json",
-    "Accept":"application/json, text/event-stream"})
+c.request("POST", "/mcp", body=json.dumps({"jsonrpc":"2.0","id":int(sys.argv[2]),
+    "method":"tools/call","params":{"name":"echo","arguments":{}}}),
+    headers={"Content-Type":"application/json", "Accept":"application/json, text/event-stream"})
 print(json.dumps({"status": c.getresponse().status}))
 "#;
-    let out =
-        gateway_tests::run_probe(gw.agent(PYTHON, &["-c".into(), agent.into(), port.to_string()]));
-    assert_eq!(out["status"], 200);
-
-    let mut buf = vec![0u8; 1 << 16];
-    let mut seen = Vec::new();
-    loop {
-        let n = listener
-            .recv(&mut buf)
-            .expect("the daemon sent no journald record for the call");
-        let f = journal_fields(&buf[..n]);
-        let done = f.get("MCP_TYPE").map(String::as_str) == Some("mcp");
-        seen.push(f);
-        if done {
-            break;
+    let do_call = |id: u32| {
+        let args = ["-c".into(), agent.into(), port.to_string(), id.to_string()];
+        let out = gateway_tests::run_probe(gw.agent(PYTHON, &args));
+        assert_eq!(out["status"], 200);
+    };
+    // The entries of one call, up to its exchange record.
+    let entries = |listener: &std::os::unix::net::UnixDatagram| {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut seen = Vec::new();
+        loop {
+            let n = listener
+                .recv(&mut buf)
+                .expect("the daemon sent no journald record for the call");
+            let f = journal_fields(&buf[..n]);
+            let done = f.get("MCP_TYPE").map(String::as_str) == Some("mcp");
+            seen.push(f);
+            if done {
+                return seen;
+            }
         }
-    }
+    };
+    do_call(77);
+    let seen = entries(&listener);
     let call = seen
         .iter()
         .find(|f| f.get("MCP_TYPE").map(String::as_str) == Some("mcp_call"))
@@ -254,6 +260,22 @@ print(json.dumps({"status": c.getresponse().status}))
         .find(|r| r["seq"] == seq)
         .unwrap();
     assert_eq!(in_file, record);
+
+    // journald restarts: its socket is a new one at the same path, and the daemon's
+    // entries reach it.
+    drop(listener);
+    std::fs::remove_file(socket).unwrap();
+    let listener = std::os::unix::net::UnixDatagram::bind(socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    do_call(78);
+    let seen = entries(&listener);
+    let call = seen
+        .iter()
+        .find(|f| f.get("MCP_TYPE").map(String::as_str) == Some("mcp_call"))
+        .expect("the write-ahead call record, after journald restarted");
+    assert_eq!(call["MCP_ID"], "78");
 }
 
 /// Connects to 127.0.0.1:argv[1] from argv[2] processes in turn, each carrying about a

@@ -123,6 +123,16 @@ const SCENARIOS: &[Scenario] = &[
         baseline: "direct",
     },
     Scenario {
+        key: "gateway-journald",
+        title: "as gateway, and every record also sent to journald (journald = \"auto\", the \
+                default where systemd runs; a stand-in that only receives)",
+        tls: false,
+        gateway: Some(GatewayConfig::Journald),
+        relay: None,
+        stdio: false,
+        baseline: "direct",
+    },
+    Scenario {
         key: "full-always",
         title: "plain HTTP, policy enforced + redaction both ways + pins, ledger sync=always",
         tls: false,

@@ -3,36 +3,90 @@
 //! thread of its own sends them: turning a line into fields and the send itself stay off
 //! every call's path and out of the chain's lock.
 
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use libsystemd::logging::{journal_send, Priority};
-use serde_json::Value;
+
+use super::journal_entry;
+
+/// Where journald takes entries in its native protocol.
+pub const SOCKET: &str = "/run/systemd/journal/socket";
 
 static FAILED: AtomicBool = AtomicBool::new(false);
 
 /// Lines waiting for the journal thread, at most.
 const QUEUE: usize = 8192;
 
+/// How long the journal thread lets lines gather after it has sent what was queued. Woken
+/// for every line, it cost each call two futex wakes on the calls' own threads and two
+/// context switches on the cores the calls share; journald hears of a record this much
+/// later at most.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// The journal thread, fed sealed lines.
 pub struct Forwarder {
-    tx: Option<SyncSender<Vec<u8>>>,
+    queue: Arc<Queue>,
     thread: Option<std::thread::JoinHandle<()>>,
     dropped: AtomicU64,
 }
 
+/// The lines between the ledger and the journal thread.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<Waiting>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    lines: Vec<Vec<u8>>,
+    /// The journal thread waits for a line (and must be woken for one).
+    idle: bool,
+    closed: bool,
+}
+
+impl Queue {
+    fn state(&self) -> MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lines queued since the last take, waiting for one when there are none; None once
+    /// the queue is closed and empty.
+    fn take(&self) -> Option<Vec<Vec<u8>>> {
+        let mut st = self.state();
+        while st.lines.is_empty() {
+            if st.closed {
+                return None;
+            }
+            st.idle = true;
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        Some(std::mem::take(&mut st.lines))
+    }
+}
+
 impl Forwarder {
     pub fn start() -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+        let queue = Arc::new(Queue::default());
+        let lines = queue.clone();
         let thread = std::thread::Builder::new()
             .name("audit-journal".into())
             .spawn(move || {
-                for line in rx {
-                    send(&line);
+                let mut journal = Journal::default();
+                while let Some(batch) = lines.take() {
+                    for line in &batch {
+                        journal.send(line);
+                    }
+                    if !lines.state().closed {
+                        std::thread::sleep(GATHER);
+                    }
                 }
             })?;
         Ok(Forwarder {
-            tx: Some(tx),
+            queue,
             thread: Some(thread),
             dropped: AtomicU64::new(0),
         })
@@ -41,17 +95,27 @@ impl Forwarder {
     /// Queues a sealed line. journald behind by a whole queue loses lines rather than
     /// slowing calls down: the file, which has every one, is the record of truth.
     pub fn forward(&self, line: &[u8]) {
-        let Some(tx) = &self.tx else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(line.to_vec()) {
+        let mut st = self.queue.state();
+        if st.closed {
+            return;
+        }
+        if st.lines.len() >= QUEUE {
+            drop(st);
             if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::warn!("journald is behind: audit records are not all sent to it (the ledger file has them all)");
             }
+            return;
+        }
+        st.lines.push(line.to_vec());
+        if std::mem::take(&mut st.idle) {
+            self.queue.wake.notify_one();
         }
     }
 
     /// Sends what is queued and stops the thread.
     pub fn finish(&mut self) {
-        drop(self.tx.take());
+        self.queue.state().closed = true;
+        self.queue.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -62,49 +126,74 @@ impl Forwarder {
     }
 }
 
-/// Sends one sealed record line. The file stays the record of truth: a journald failure is
-/// logged once and otherwise ignored.
-fn send(line: &[u8]) {
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(line) else {
-        return;
-    };
-    let get = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or("");
-    let message = format!(
-        "mcp-gateway audit {} {} {} {}",
-        get("type"),
-        get("method"),
-        get("name"),
-        get("outcome")
-    );
-    let mut vars: Vec<(String, String)> = vec![
-        ("SYSLOG_IDENTIFIER".into(), "mcp-gateway-audit".into()),
-        (
-            "MCP_AUDIT_RECORD".into(),
-            String::from_utf8_lossy(line).trim_end().to_string(),
-        ),
-    ];
-    for (k, v) in &map {
-        let value = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => continue,
-        };
-        let key: String = k
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        vars.push((format!("MCP_{key}"), value));
+impl Drop for Forwarder {
+    /// A forwarder dropped unfinished still lets its thread end, once it has sent what is
+    /// queued (not waited for).
+    fn drop(&mut self) {
+        self.queue.state().closed = true;
+        self.queue.wake.notify_one();
     }
-    if let Err(e) = journal_send(Priority::Info, &message, vars.into_iter()) {
-        if !FAILED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %e, "sending audit records to journald failed (further failures are not logged)");
+}
+
+/// The journal thread's connection to journald and the buffer its entries are made in.
+#[derive(Default)]
+struct Journal {
+    /// Connected once, not named at every send: a send to a path looks the path up anew.
+    socket: Option<UnixDatagram>,
+    entry: Vec<u8>,
+}
+
+impl Journal {
+    /// Sends one sealed record line. The file stays the record of truth: a journald failure
+    /// is logged once and otherwise ignored.
+    fn send(&mut self, line: &[u8]) {
+        let Some(fields) = journal_entry::fields(line) else {
+            return;
+        };
+        self.entry.clear();
+        journal_entry::encode(&fields, &mut self.entry);
+        let sent = match self.send_entry() {
+            // Too large for a datagram: libsystemd passes it in a sealed memfd.
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                let message = fields[journal_entry::MESSAGE_AT].1.clone();
+                journal_send(Priority::Info, &message, fields.into_iter())
+                    .map_err(|e| e.to_string())
+            }
+            r => r.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = sent {
+            if !FAILED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "sending audit records to journald failed (further failures are not logged)");
+            }
         }
     }
+
+    /// Sends the entry on the connected socket, connecting (again, once) when there is
+    /// none or journald has gone away since (it restarted: its socket is a new one).
+    fn send_entry(&mut self) -> std::io::Result<()> {
+        for retry in [false, true] {
+            let socket = match &self.socket {
+                Some(s) => s,
+                None => {
+                    let s = UnixDatagram::unbound()?;
+                    s.connect(SOCKET)?;
+                    self.socket.insert(s)
+                }
+            };
+            match socket.send(&self.entry) {
+                Ok(_) => return Ok(()),
+                Err(e) if !retry && gone(&e) => self.socket = None,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second try returns")
+    }
+}
+
+/// Whether a send failed because the socket it was connected to is no more.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::ENOTCONN | libc::ENOENT | libc::EPIPE)
+    )
 }

@@ -125,7 +125,7 @@ impl Chain {
         let journald_on = match cfg.journald {
             Journald::On => true,
             Journald::Off => false,
-            Journald::Auto => Path::new("/run/systemd/journal/socket").exists(),
+            Journald::Auto => Path::new(journal::SOCKET).exists(),
         };
         let journald = journald_on
             .then(journal::Forwarder::start)

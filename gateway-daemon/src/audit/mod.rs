@@ -10,6 +10,7 @@ pub mod chain;
 pub mod encode;
 pub mod files;
 pub mod journal;
+mod journal_entry;
 pub mod ledger;
 pub mod link;
 pub mod query;

@@ -214,12 +214,95 @@ pub enum GatewayConfig {
     /// Policy enforced (principal by cgroup and executable, a deny rule and an allow rule
     /// with an argument schema), redaction both ways, pins (tofu), the ledger with this sync.
     Full(&'static str),
+    /// As `Plain`, and every record also sent to journald (`journald = "auto"`, the
+    /// default, on a host where systemd runs), here to a stand-in that only receives.
+    Journald,
 }
 
 pub struct Daemon {
     pub proc: Proc,
     pub dir: PathBuf,
     pub instance: String,
+    /// The stand-in for journald, while the daemon sends to it.
+    _journal: Option<JournalSink>,
+}
+
+/// Where journald takes entries; the daemon sends there when the socket exists.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// A stand-in for journald: receives the daemon's entries at journald's socket and drops
+/// them, on a thread of xtask's (not counted as the daemon's CPU). Removed when dropped.
+struct JournalSink {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+    made_dir: bool,
+}
+
+impl JournalSink {
+    fn bind() -> Result<Self> {
+        let path = Path::new(JOURNAL_SOCKET);
+        if path.exists() {
+            bail!(
+                "a journald listens at {JOURNAL_SOCKET} here: this scenario stands in for one \
+                 and needs the path free (leave it out with --only)"
+            );
+        }
+        let dir = path.parent().expect("the socket has a directory");
+        let made_dir = !dir.exists();
+        std::fs::create_dir_all(dir)?;
+        let socket = UnixDatagram::bind(path).context("binding the journald stand-in")?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        // As journald does: a deep queue, so the daemon's sends do not wait on this thread.
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: a valid socket, and an option value of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            bail!(
+                "sizing the journald stand-in's queue: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 17];
+            let mut entries = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if socket.recv(&mut buf).is_ok() {
+                    entries += 1;
+                }
+            }
+            entries
+        });
+        Ok(JournalSink {
+            stop,
+            thread: Some(thread),
+            made_dir,
+        })
+    }
+}
+
+impl Drop for JournalSink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(JOURNAL_SOCKET);
+        if self.made_dir {
+            let dir = Path::new(JOURNAL_SOCKET).parent().expect("a directory");
+            let _ = std::fs::remove_dir(dir);
+            let _ = dir.parent().map(std::fs::remove_dir);
+        }
+    }
 }
 
 impl Daemon {
@@ -248,8 +331,16 @@ impl Daemon {
         } else {
             String::new()
         };
+        let plain = || {
+            (
+                "none",
+                "off",
+                "off",
+                "[policy]\nmode = \"audit\"\n".to_string(),
+            )
+        };
         let (sync, redact, pins, policy) = match config {
-            GatewayConfig::Plain => ("none", "off", "off", "[policy]\nmode = \"audit\"\n".into()),
+            GatewayConfig::Plain | GatewayConfig::Journald => plain(),
             GatewayConfig::Full(sync) => (
                 sync,
                 "redact",
@@ -277,7 +368,7 @@ impl Daemon {
              [admin]\nsocket = {admin:?}\n[stdio]\nsocket = {stdio_socket:?}\n\
              [pins]\npath = {pins_path:?}\nmode = \"{pins}\"\n\
              [audit]\npath = {audit:?}\nkey = {audit_key:?}\nsync = \"{sync}\"\n\
-             journald = \"off\"\n\
+             journald = \"{journald}\"\n\
              [redact]\nmode_responses = \"{redact}\"\nmode_requests = \"{redact}\"\n\
              {server}{policy}",
             cgroup = env.cgroup,
@@ -288,10 +379,19 @@ impl Daemon {
             pins_path = d("pins.json"),
             audit = d("audit.jsonl"),
             audit_key = d("audit.key"),
+            journald = if config == GatewayConfig::Journald {
+                "auto"
+            } else {
+                "off"
+            },
         );
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, text)?;
 
+        // Bound before the daemon starts: "auto" looks for the socket at its start.
+        let journal = (config == GatewayConfig::Journald)
+            .then(JournalSink::bind)
+            .transpose()?;
         let notify = dir.join("notify.sock");
         let _ = std::fs::remove_file(&notify);
         let sock = UnixDatagram::bind(&notify).context("binding the notify socket")?;
@@ -338,6 +438,7 @@ impl Daemon {
             proc,
             dir: dir.to_path_buf(),
             instance,
+            _journal: journal,
         })
     }
 
