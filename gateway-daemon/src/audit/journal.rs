@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use libsystemd::logging::{journal_send, Priority};
 
-use super::journal_entry;
+use super::journal_entry::Entry;
 
 /// Where journald takes entries in its native protocol.
 pub const SOCKET: &str = "/run/systemd/journal/socket";
@@ -147,16 +147,15 @@ impl Journal {
     /// Sends one sealed record line. The file stays the record of truth: a journald failure
     /// is logged once and otherwise ignored.
     fn send(&mut self, line: &[u8]) {
-        let Some(fields) = journal_entry::fields(line) else {
+        let Some(entry) = Entry::of(line) else {
             return;
         };
         self.entry.clear();
-        journal_entry::encode(&fields, &mut self.entry);
+        entry.encode(&mut self.entry);
         let sent = match self.send_entry() {
             // Too large for a datagram: libsystemd passes it in a sealed memfd.
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                let message = fields[journal_entry::MESSAGE_AT].1.clone();
-                journal_send(Priority::Info, &message, fields.into_iter())
+                journal_send(Priority::Info, entry.message(), entry.fields().into_iter())
                     .map_err(|e| e.to_string())
             }
             r => r.map_err(|e| e.to_string()),

@@ -2,152 +2,240 @@
 //! (<https://systemd.io/JOURNAL_NATIVE_PROTOCOL/>): the line's top-level strings, numbers
 //! and booleans as `MCP_*` fields, the whole line as `MCP_AUDIT_RECORD`.
 //!
-//! The members are read borrowed from the line, each value as the text it was written as.
-//! Building a `serde_json::Value` of every record, then a `String` per field, was most of
-//! what the journal cost a call (with `journald = "auto"`, the default, on every host that
-//! runs systemd).
+//! The line is one the ledger sealed: a JSON object on one line. Its top-level members are
+//! found in one pass over its bytes, each value taken as the text it was written as, and the
+//! entry written straight into one buffer. Building a `serde_json::Value` of every record,
+//! then a `String` per field, was most of what the journal cost a call (with
+//! `journald = "auto"`, the default, on every host that runs systemd).
 
 use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 
 /// A field of the entry: its name and its value.
 pub type Field<'a> = (Cow<'a, str>, Cow<'a, str>);
 
-/// Where an entry's `MESSAGE` is in the fields `fields` returns.
-pub const MESSAGE_AT: usize = 1;
-
-/// The fields of the journal entry of one ledger line, or None when the line is not a JSON
-/// object (the ledger writes none such).
-pub fn fields(line: &[u8]) -> Option<Vec<Field<'_>>> {
-    let line = std::str::from_utf8(line).ok()?.trim_end();
-    let Members(members) = serde_json::from_str(line).ok()?;
-    let string = |key: &str| {
-        members
-            .iter()
-            .find(|(k, _)| k == key)
-            .filter(|(_, v)| v.get().starts_with('"'))
-            .and_then(|(_, v)| text(v))
-            .unwrap_or_default()
-    };
-    let message = format!(
-        "mcp-gateway audit {} {} {} {}",
-        string("type"),
-        string("method"),
-        string("name"),
-        string("outcome")
-    );
-    let mut out: Vec<Field<'_>> = Vec::with_capacity(members.len() + 4);
-    out.push(("PRIORITY".into(), "6".into()));
-    out.push(("MESSAGE".into(), message.into()));
-    out.push(("SYSLOG_IDENTIFIER".into(), "mcp-gateway-audit".into()));
-    out.push(("MCP_AUDIT_RECORD".into(), line.into()));
-    for (key, value) in &members {
-        if let (Some(name), Some(value)) = (field_name(key), text(value)) {
-            out.push((name.into(), value));
-        }
-    }
-    Some(out)
+/// The entry of one ledger line, borrowed from it.
+pub struct Entry<'a> {
+    line: &'a str,
+    message: String,
+    /// The top-level members whose values the journal shows: (name, value as text).
+    members: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
-/// Appends the entry of `fields` to `out`: `NAME=value` lines, or the name, the value's
-/// length (64 bits, little-endian) and the value, for a value with a newline in it.
-pub fn encode(fields: &[Field<'_>], out: &mut Vec<u8>) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_bytes());
-        if value.contains('\n') {
-            out.push(b'\n');
-            out.extend_from_slice(&(value.len() as u64).to_le_bytes());
-        } else {
-            out.push(b'=');
+impl<'a> Entry<'a> {
+    /// The entry of `line`, or None when it is not one JSON object (the ledger writes none
+    /// such).
+    pub fn of(line: &'a [u8]) -> Option<Self> {
+        let line = std::str::from_utf8(line).ok()?.trim_end();
+        let mut members = Vec::with_capacity(24);
+        for (key, value) in Members::of(line)? {
+            if let Some(text) = text(value) {
+                members.push((key, text));
+            }
         }
-        out.extend_from_slice(value.as_bytes());
+        let string = |key: &str| {
+            members
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or("", |(_, v)| v.as_ref())
+        };
+        let message = format!(
+            "mcp-gateway audit {} {} {} {}",
+            string("type"),
+            string("method"),
+            string("name"),
+            string("outcome")
+        );
+        Some(Entry {
+            line,
+            message,
+            members,
+        })
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Appends the entry to `out`: `NAME=value` lines, or the name, the value's length (64
+    /// bits, little-endian) and the value, for a value with a newline in it.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put(out, b"PRIORITY", "6");
+        put(out, b"MESSAGE", &self.message);
+        put(out, b"SYSLOG_IDENTIFIER", "mcp-gateway-audit");
+        put(out, b"MCP_AUDIT_RECORD", self.line);
+        let mut name = Vec::with_capacity(MAX_NAME);
+        for (key, value) in &self.members {
+            if field_name(key, &mut name) {
+                put(out, &name, value);
+            }
+        }
+    }
+
+    /// The entry as fields (for libsystemd, which passes an entry too large for a datagram
+    /// in a memfd).
+    pub fn fields(&self) -> Vec<Field<'_>> {
+        let mut out: Vec<Field<'_>> = vec![
+            ("PRIORITY".into(), "6".into()),
+            ("MESSAGE".into(), self.message.as_str().into()),
+            ("SYSLOG_IDENTIFIER".into(), "mcp-gateway-audit".into()),
+            ("MCP_AUDIT_RECORD".into(), self.line.into()),
+        ];
+        let mut name = Vec::with_capacity(MAX_NAME);
+        for (key, value) in &self.members {
+            if field_name(key, &mut name) {
+                let name = String::from_utf8(name.clone()).expect("ASCII");
+                out.push((name.into(), value.as_ref().into()));
+            }
+        }
+        out
+    }
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &str) {
+    out.extend_from_slice(name);
+    if memchr::memchr(b'\n', value.as_bytes()).is_some() {
         out.push(b'\n');
+        out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        out.push(b'=');
     }
+    out.extend_from_slice(value.as_bytes());
+    out.push(b'\n');
 }
 
-/// `MCP_` and the key, upper-cased, anything but a letter or a digit made `_`; None when
-/// journald would refuse the name (longer than 64 bytes).
-fn field_name(key: &str) -> Option<String> {
-    const MAX: usize = 64;
-    if 4 + key.len() > MAX {
-        return None;
-    }
-    let mut name = String::with_capacity(4 + key.len());
-    name.push_str("MCP_");
-    name.extend(key.chars().map(|c| {
-        if c.is_ascii_alphanumeric() {
-            c.to_ascii_uppercase()
+/// journald refuses longer field names.
+const MAX_NAME: usize = 64;
+
+/// Makes `name` `MCP_` and the key, upper-cased, anything but an ASCII letter or digit made
+/// `_` (one per character); false when journald would refuse the name (too long).
+fn field_name(key: &str, name: &mut Vec<u8>) -> bool {
+    name.clear();
+    name.extend_from_slice(b"MCP_");
+    for c in key.chars() {
+        name.push(if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase() as u8
         } else {
-            '_'
-        }
-    }));
-    // A non-ASCII character became one `_` of fewer bytes: the length is checked again.
-    (name.len() <= MAX).then_some(name)
+            b'_'
+        });
+    }
+    name.len() <= MAX_NAME
 }
 
 /// A member's value as the journal shows it: a string unescaped, a number or a boolean as
 /// written; None for null, arrays and objects (the whole record carries those).
-fn text(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let s = raw.get();
-    match s.as_bytes().first()? {
-        b'"' => {
-            let inner = &s[1..s.len() - 1];
-            if inner.contains('\\') {
-                serde_json::from_str::<String>(s).ok().map(Cow::Owned)
-            } else {
-                Some(Cow::Borrowed(inner))
-            }
-        }
-        b't' | b'f' | b'-' | b'0'..=b'9' => Some(Cow::Borrowed(s)),
+fn text(raw: &str) -> Option<Cow<'_, str>> {
+    match raw.as_bytes().first()? {
+        b'"' => unquote(raw),
+        b't' | b'f' | b'-' | b'0'..=b'9' => Some(Cow::Borrowed(raw)),
         _ => None,
     }
 }
 
-/// A JSON object's members in order, keys and values borrowed from the text.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// The contents of a JSON string (quotes included in `raw`): borrowed unless an escape had
+/// to be undone.
+fn unquote(raw: &str) -> Option<Cow<'_, str>> {
+    let inner = raw.get(1..raw.len().checked_sub(1)?)?;
+    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+}
 
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
+/// The top-level members of a JSON object, in order: (name, the value's raw text).
+struct Members;
+
+impl Members {
+    fn of(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+        let b = text.as_bytes();
+        let mut at = skip_ws(b, 0);
+        if b.get(at) != Some(&b'{') {
+            return None;
+        }
+        at = skip_ws(b, at + 1);
+        let mut out = Vec::with_capacity(24);
+        if b.get(at) == Some(&b'}') {
+            return (skip_ws(b, at + 1) == b.len()).then_some(out);
+        }
+        loop {
+            let key_end = string_end(b, at)?;
+            let key = unquote(&text[at..key_end])?;
+            at = skip_ws(b, key_end);
+            if b.get(at) != Some(&b':') {
+                return None;
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(24));
-                while let Some(Key(key)) = map.next_key()? {
-                    members.push((key, map.next_value::<&RawValue>()?));
-                }
-                Ok(Members(members))
+            let start = skip_ws(b, at + 1);
+            let end = value_end(b, start)?;
+            out.push((key, &text[start..end]));
+            at = skip_ws(b, end);
+            match b.get(at) {
+                Some(b',') => at = skip_ws(b, at + 1),
+                Some(b'}') if skip_ws(b, at + 1) == b.len() => return Some(out),
+                _ => return None,
             }
         }
-        d.deserialize_map(V)
     }
 }
 
-/// A member's name: borrowed, unless an escape in it had to be undone.
-struct Key<'a>(Cow<'a, str>);
+fn skip_ws(b: &[u8], mut at: usize) -> usize {
+    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
+/// Where the string that opens at `at` ends (past its closing quote).
+fn string_end(b: &[u8], at: usize) -> Option<usize> {
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let mut i = at + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        match b[i] {
+            b'"' => return Some(i + 1),
+            _ => i += 2,
+        }
+    }
+}
+
+/// Where the value that starts at `at` ends: a string, an object or array (nested ones and
+/// the strings in them skipped whole), or a number, `true`, `false` or `null`.
+fn value_end(b: &[u8], at: usize) -> Option<usize> {
+    match *b.get(at)? {
+        b'"' => string_end(b, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match *b.get(i)? {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
             }
         }
-        d.deserialize_str(V)
+        _ => {
+            let len = b[at..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - at);
+            let word = &b[at..at + len];
+            let number = word
+                .iter()
+                .all(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'));
+            (len > 0 && (number || matches!(word, b"true" | b"false" | b"null")))
+                .then_some(at + len)
+        }
     }
 }
 
@@ -155,60 +243,111 @@ impl<'de> Deserialize<'de> for Key<'de> {
 mod tests {
     use super::*;
 
-    fn as_map(fields: &[Field<'_>]) -> std::collections::HashMap<String, String> {
+    /// The entry's fields as journald reads them.
+    fn read(entry: &Entry<'_>) -> std::collections::HashMap<String, String> {
+        let mut out = Vec::new();
+        entry.encode(&mut out);
+        let mut fields = std::collections::HashMap::new();
+        let mut d = &out[..];
+        while !d.is_empty() {
+            let nl = d.iter().position(|&b| b == b'\n').unwrap();
+            let line = std::str::from_utf8(&d[..nl]).unwrap();
+            if let Some((k, v)) = line.split_once('=') {
+                fields.insert(k.to_string(), v.to_string());
+                d = &d[nl + 1..];
+            } else {
+                let len = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+                let v = std::str::from_utf8(&d[nl + 9..nl + 9 + len]).unwrap();
+                assert_eq!(d[nl + 9 + len], b'\n');
+                fields.insert(line.to_string(), v.to_string());
+                d = &d[nl + 9 + len + 1..];
+            }
+        }
+        // What libsystemd is given for an entry too large for a datagram says the same.
+        let given: std::collections::HashMap<String, String> = entry
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(given, fields);
         fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]
     fn a_record_becomes_its_members_as_fields_and_itself_whole() {
-        let line = br#"{"hash":"ab","seq":42,"type":"mcp","method":"tools/call","name":"echo","outcome":"ok","latency_ms":0.25,"enforced":true,"detail":null,"principal":{"name":"a"},"hidden":["x"],"why":"a \"quoted\"\nline","caf\u00e9 key":"v"}
+        let line = br#"{"hash":"ab","seq":42,"type":"mcp","method":"tools/call","name":"echo","outcome":"ok","latency_ms":0.25,"enforced":true,"detail":null,"principal":{"name":"a}","n":[1,{"x":"]"}]},"hidden":["x\"]"],"why":"a \"quoted\"\nline","caf\u00e9 key":"v","neg":-1.5e-3}
 "#;
-        let f = fields(line).unwrap();
-        assert_eq!(f[MESSAGE_AT].1, "mcp-gateway audit mcp tools/call echo ok");
-        let m = as_map(&f);
+        let entry = Entry::of(line).unwrap();
+        assert_eq!(entry.message(), "mcp-gateway audit mcp tools/call echo ok");
+        let m = read(&entry);
         assert_eq!(m["PRIORITY"], "6");
+        assert_eq!(m["MESSAGE"], entry.message());
         assert_eq!(m["SYSLOG_IDENTIFIER"], "mcp-gateway-audit");
         assert_eq!(
             m["MCP_AUDIT_RECORD"],
             std::str::from_utf8(line).unwrap().trim_end()
         );
+        assert_eq!(m["MCP_HASH"], "ab");
         assert_eq!(m["MCP_SEQ"], "42");
         assert_eq!(m["MCP_LATENCY_MS"], "0.25");
         assert_eq!(m["MCP_ENFORCED"], "true");
+        assert_eq!(m["MCP_NEG"], "-1.5e-3");
         assert_eq!(m["MCP_WHY"], "a \"quoted\"\nline");
         assert_eq!(m["MCP_CAF__KEY"], "v");
         // Null, objects and arrays are in the whole record only.
         for absent in ["MCP_DETAIL", "MCP_PRINCIPAL", "MCP_HIDDEN"] {
             assert!(!m.contains_key(absent), "{absent}: {m:?}");
         }
+        // Each member is read: the nested brackets and quotes did not end any early.
+        assert_eq!(m.len(), 4 + 11, "{m:?}");
     }
 
     #[test]
     fn the_entry_is_journalds_native_protocol() {
-        let f: Vec<Field<'_>> = vec![
-            ("MESSAGE".into(), "one line".into()),
-            ("MCP_WHY".into(), "two\nlines".into()),
-        ];
+        let entry = Entry::of(br#"{"a":"one line","b":"two\nlines"}"#).unwrap();
         let mut out = Vec::new();
-        encode(&f, &mut out);
-        let mut want = b"MESSAGE=one line\nMCP_WHY\n".to_vec();
+        entry.encode(&mut out);
+        let mut want = format!(
+            "PRIORITY=6\nMESSAGE=mcp-gateway audit    \nSYSLOG_IDENTIFIER=mcp-gateway-audit\n\
+             MCP_AUDIT_RECORD={}\nMCP_A=one line\nMCP_B\n",
+            r#"{"a":"one line","b":"two\nlines"}"#
+        )
+        .into_bytes();
         want.extend_from_slice(&9u64.to_le_bytes());
         want.extend_from_slice(b"two\nlines\n");
-        assert_eq!(out, want);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&want)
+        );
     }
 
     #[test]
-    fn what_is_not_a_json_object_has_no_entry_and_an_overlong_name_no_field() {
-        assert!(fields(b"[1,2]\n").is_none());
-        assert!(fields(b"{\"a\":\n").is_none());
-        assert!(fields(b"\xff{}").is_none());
+    fn what_is_not_one_json_object_has_no_entry_and_an_overlong_name_no_field() {
+        for bad in [
+            &b"[1,2]"[..],
+            b"{\"a\":",
+            b"{\"a\":1",
+            b"{\"a\":1}{}",
+            b"{\"a\" 1}",
+            b"{\"a\":\"open}",
+            b"{\"a\":[1,2}",
+            b"{\"a\":tru}",
+            b"{\"a\":1,}",
+            b"{a:1}",
+            b"\xff{}",
+            b"",
+        ] {
+            assert!(
+                Entry::of(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(Entry::of(b"{}").is_some());
         let long = "k".repeat(61);
         let line = format!("{{\"{long}\":\"v\",\"ok\":1}}");
-        let m = as_map(&fields(line.as_bytes()).unwrap());
+        let m = read(&Entry::of(line.as_bytes()).unwrap());
         assert_eq!(m["MCP_OK"], "1");
-        assert!(m.keys().all(|k| k.len() <= 64), "{m:?}");
+        assert!(m.keys().all(|k| k.len() <= MAX_NAME), "{m:?}");
     }
 }
