@@ -407,3 +407,62 @@ fn a_flood_of_huge_command_lines_cannot_flush_history_out_of_the_ledger() {
     let retention = records.iter().filter(|r| r["type"] == "retention").count();
     assert!(retention >= 1, "no retention record");
 }
+
+/// A secret in an agent's command line never reaches the ledger: its flow record shows the
+/// argument redacted, and the key is nowhere in the file.
+#[test]
+fn a_secret_in_an_agents_command_line_is_redacted_in_its_flow_record() {
+    const KEY: &str = "AKIAQX3TZLMB7NRWK2EH";
+    let port = free_port();
+    let gw = Gateway::start(
+        "ledger-cmdline",
+        GatewayOptions {
+            ports: vec![port],
+            ..Default::default()
+        },
+    );
+    // A server that reads what comes and hangs up, so the flow ends (and is recorded).
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            use std::io::Read;
+            let _ = conn.read(&mut [0u8; 16]);
+        }
+    });
+    let agent = "import socket, sys\n\
+                 s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n\
+                 s.sendall(b'hello\\x00'); s.recv(1); s.close()\n\
+                 print('{}')\n";
+    gateway_tests::run_probe(gw.agent(
+        PYTHON,
+        &[
+            "-c".into(),
+            agent.into(),
+            port.to_string(),
+            format!("--aws-key={KEY}"),
+            "--verbose".into(),
+        ],
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let argv = loop {
+        let flow = ledger_records(&gw).into_iter().find(|r| {
+            r["type"] == "flow" && r["identity"]["cmdline"][5].as_str() == Some("--verbose")
+        });
+        if let Some(flow) = flow {
+            break flow["identity"]["cmdline"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's flow was not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // python3 -c CODE PORT --aws-key=… --verbose
+    let arg = argv[4].as_str().unwrap();
+    assert!(
+        arg.starts_with("--aws-key=") && !arg.contains(KEY),
+        "the key is redacted in the record: {argv}"
+    );
+    let file = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!file.contains(KEY), "the key is nowhere in the ledger");
+}

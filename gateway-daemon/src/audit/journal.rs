@@ -26,6 +26,9 @@ const QUEUE: usize = 8192;
 /// later at most.
 const GATHER: Duration = Duration::from_millis(5);
 
+/// How long one entry may wait for journald to take it before it is given up.
+const SEND_WITHIN: Duration = Duration::from_secs(1);
+
 /// The journal thread, fed sealed lines.
 pub struct Forwarder {
     queue: Arc<Queue>,
@@ -95,6 +98,8 @@ impl Forwarder {
     /// Queues a sealed line. journald behind by a whole queue loses lines rather than
     /// slowing calls down: the file, which has every one, is the record of truth.
     pub fn forward(&self, line: &[u8]) {
+        // Copied before the lock is taken: the journal thread waits on it to take a batch.
+        let line = line.to_vec();
         let mut st = self.queue.state();
         if st.closed {
             return;
@@ -106,7 +111,7 @@ impl Forwarder {
             }
             return;
         }
-        st.lines.push(line.to_vec());
+        st.lines.push(line);
         if std::mem::take(&mut st.idle) {
             self.queue.wake.notify_one();
         }
@@ -176,6 +181,9 @@ impl Journal {
                 None => {
                     let s = UnixDatagram::unbound()?;
                     s.connect(SOCKET)?;
+                    // A journald that takes nothing (stopped, wedged) costs an entry, not
+                    // the thread: the daemon's stop waits for this thread.
+                    s.set_write_timeout(Some(SEND_WITHIN))?;
                     self.socket.insert(s)
                 }
             };

@@ -26,12 +26,13 @@ impl<'a> Entry<'a> {
     /// such).
     pub fn of(line: &'a [u8]) -> Option<Self> {
         let line = std::str::from_utf8(line).ok()?.trim_end();
-        let mut members = Vec::with_capacity(24);
-        for (key, value) in Members::of(line)? {
+        let mut shown = Vec::with_capacity(24);
+        for (key, value) in members(line)? {
             if let Some(text) = text(value) {
-                members.push((key, text));
+                shown.push((key, text));
             }
         }
+        let members = shown;
         let string = |key: &str| {
             members
                 .iter()
@@ -142,36 +143,32 @@ fn unquote(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The top-level members of a JSON object, in order: (name, the value's raw text).
-struct Members;
-
-impl Members {
-    fn of(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
-        let b = text.as_bytes();
-        let mut at = skip_ws(b, 0);
-        if b.get(at) != Some(&b'{') {
+fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    let b = text.as_bytes();
+    let mut at = skip_ws(b, 0);
+    if b.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_ws(b, at + 1);
+    let mut out = Vec::with_capacity(24);
+    if b.get(at) == Some(&b'}') {
+        return (skip_ws(b, at + 1) == b.len()).then_some(out);
+    }
+    loop {
+        let key_end = string_end(b, at)?;
+        let key = unquote(&text[at..key_end])?;
+        at = skip_ws(b, key_end);
+        if b.get(at) != Some(&b':') {
             return None;
         }
-        at = skip_ws(b, at + 1);
-        let mut out = Vec::with_capacity(24);
-        if b.get(at) == Some(&b'}') {
-            return (skip_ws(b, at + 1) == b.len()).then_some(out);
-        }
-        loop {
-            let key_end = string_end(b, at)?;
-            let key = unquote(&text[at..key_end])?;
-            at = skip_ws(b, key_end);
-            if b.get(at) != Some(&b':') {
-                return None;
-            }
-            let start = skip_ws(b, at + 1);
-            let end = value_end(b, start)?;
-            out.push((key, &text[start..end]));
-            at = skip_ws(b, end);
-            match b.get(at) {
-                Some(b',') => at = skip_ws(b, at + 1),
-                Some(b'}') if skip_ws(b, at + 1) == b.len() => return Some(out),
-                _ => return None,
-            }
+        let start = skip_ws(b, at + 1);
+        let end = value_end(b, start)?;
+        out.push((key, &text[start..end]));
+        at = skip_ws(b, end);
+        match b.get(at) {
+            Some(b',') => at = skip_ws(b, at + 1),
+            Some(b'}') if skip_ws(b, at + 1) == b.len() => return Some(out),
+            _ => return None,
         }
     }
 }
@@ -300,6 +297,46 @@ mod tests {
         }
         // Each member is read: the nested brackets and quotes did not end any early.
         assert_eq!(m.len(), 4 + 11, "{m:?}");
+    }
+
+    /// What the journal showed of a line when it read it into a `serde_json::Value` (before
+    /// 41178ae): every top-level string, number and boolean, and the whole line.
+    fn as_a_value_reads_it(line: &str) -> std::collections::HashMap<String, String> {
+        let serde_json::Value::Object(map) = serde_json::from_str(line).unwrap() else {
+            panic!("an object");
+        };
+        let mut out: std::collections::HashMap<String, String> = map
+            .iter()
+            .filter_map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                let mut name = Vec::new();
+                field_name(k, &mut name).then(|| (String::from_utf8(name).unwrap(), v))
+            })
+            .collect();
+        out.insert("MCP_AUDIT_RECORD".into(), line.into());
+        out
+    }
+
+    #[test]
+    fn ledger_records_show_in_the_journal_as_a_json_value_reads_them() {
+        for line in [
+            r#"{"hash":"c5cfb0853447895e576a2e2b51e370323adb8913292f7b21e5cd69eadb9295e4","seq":49968,"prev":"9995a75f0e60bd24002347efde0e2217ab1a3bf50b3d3eb14cf76092168a42ae","type":"flow","time":"2026-12-05T12:09:49.814630Z","connection":"d9ab18cd-1","start":"2026-12-05T12:09:43.795046Z","duration_ms":6019.584055,"identity":{"pid":25843,"tgid":25843,"uid":0,"user":"root","gid":0,"group":"root","comm":"mcp-bench-clien","cgroup_id":140207,"start_time":7251039,"exe":"/work/main/target/release/mcp-bench-client","exe_file":{"dev":65024,"ino":5344567},"cmdline":["/work/main/target/release/mcp-bench-client","--addr","127.0.0.1:29426","--text-bytes","128","--watch","25830","--watch","25829","load","--connections","1","--seconds","6","--warmup","50"],"cgroup":"/mcp-gateway-bench/bench-10192","unit":null},"orig_dst":"127.0.0.1:29426","upstream":"127.0.0.1:29426","client":"127.0.0.1:44714","protocol":"http1","bytes_to_upstream":11430790,"bytes_to_agent":11333692,"outcome":"closed"}"#,
+            r#"{"hash":"bb767add09ca24e2805f8c3c04d881189dda2eef72d5f7d8f63b2f1dc7b0e61e","seq":4,"prev":"c6079220b5b1a073f7cb6ed7062f9ff0fd96ebf3c9b247716081e435edfb0f0c","type":"mcp","time":"2026-12-05T12:09:43.797174Z","connection":"d9ab18cd-1","principal":{"tgid":25843,"uid":0,"user":"root","exe":"/work/main/target/release/mcp-bench-client","cgroup":"/mcp-gateway-bench/bench-10192"},"server":"bench","session":"2ab85f26-9667-40be-bfb1-6c170dd4adcb","transport":"streamable_http","method":"initialize","id":"1","direction":"client_to_server","outcome":"ok","latency_ms":0.776687,"result_sha256":"653cd59d90aeb378802649caa3388beb07d8db46038685624a9ac0a20dc3b8bc"}"#,
+            // Numbers are shown as written: a Value prints some again otherwise (`-0` as
+            // `-0.0`), forms the ledger's serialiser never writes.
+            r#"{"type":"mcp","n":-7,"big":18446744073709551615,"f":1.5,"e":"\u00e9\t\\","o":{},"a":[],"z":null,"t":false}"#,
+        ] {
+            let mut shown = read(&Entry::of(line.as_bytes()).unwrap());
+            for k in ["PRIORITY", "MESSAGE", "SYSLOG_IDENTIFIER"] {
+                shown.remove(k).unwrap();
+            }
+            assert_eq!(shown, as_a_value_reads_it(line), "{line}");
+        }
     }
 
     #[test]

@@ -224,33 +224,55 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub instance: String,
     /// The stand-in for journald, while the daemon sends to it.
-    _journal: Option<JournalSink>,
+    journal: Option<JournalSink>,
 }
 
 /// Where journald takes entries; the daemon sends there when the socket exists.
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 /// A stand-in for journald: receives the daemon's entries at journald's socket and drops
-/// them, on a thread of xtask's (not counted as the daemon's CPU). Removed when dropped.
+/// them, on a thread of xtask's (not counted as the daemon's CPU). Its socket is removed
+/// when it is dropped, if it is still the one it bound.
 struct JournalSink {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
+    /// The socket file it bound (device, inode).
+    bound: (u64, u64),
     made_dir: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl JournalSink {
     fn bind() -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
         let path = Path::new(JOURNAL_SOCKET);
         if path.exists() {
-            bail!(
-                "a journald listens at {JOURNAL_SOCKET} here: this scenario stands in for one \
-                 and needs the path free (leave it out with --only)"
-            );
+            // A socket nothing listens on is one an interrupted bench left: taken back.
+            match UnixDatagram::unbound()?.connect(path) {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing the stale socket {JOURNAL_SOCKET}"))?;
+                }
+                Ok(()) => bail!(
+                    "a journald listens at {JOURNAL_SOCKET} here: this scenario stands in for \
+                     one and needs the path free (leave it out with --only)"
+                ),
+                Err(e) => bail!("{JOURNAL_SOCKET} is there and cannot be told apart: {e}"),
+            }
         }
         let dir = path.parent().expect("the socket has a directory");
         let made_dir = !dir.exists();
         std::fs::create_dir_all(dir)?;
         let socket = UnixDatagram::bind(path).context("binding the journald stand-in")?;
+        let meta = std::fs::metadata(path)?;
+        // From here on a failure removes what was bound (the sink's Drop).
+        let mut sink = JournalSink {
+            bound: (meta.dev(), meta.ino()),
+            made_dir,
+            stop: Default::default(),
+            received: Default::default(),
+            thread: None,
+        };
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
         // As journald does: a deep queue, so the daemon's sends do not wait on this thread.
         let size: libc::c_int = 8 << 20;
@@ -266,39 +288,42 @@ impl JournalSink {
         };
         if set != 0 {
             bail!(
-                "sizing the journald stand-in's queue: {}",
+                "sizing the journald stand-in's queue (SO_RCVBUFFORCE needs root or \
+                 CAP_NET_ADMIN): {}",
                 std::io::Error::last_os_error()
             );
         }
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
+        let (stop, received) = (sink.stop.clone(), sink.received.clone());
+        sink.thread = Some(std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 17];
-            let mut entries = 0;
-            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if socket.recv(&mut buf).is_ok() {
-                    entries += 1;
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            entries
-        });
-        Ok(JournalSink {
-            stop,
-            thread: Some(thread),
-            made_dir,
-        })
+        }));
+        Ok(sink)
+    }
+
+    /// Entries received so far.
+    fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 impl Drop for JournalSink {
     fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(JOURNAL_SOCKET);
+        let path = Path::new(JOURNAL_SOCKET);
+        if std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.bound) {
+            let _ = std::fs::remove_file(path);
+        }
         if self.made_dir {
-            let dir = Path::new(JOURNAL_SOCKET).parent().expect("a directory");
+            let dir = path.parent().expect("a directory");
             let _ = std::fs::remove_dir(dir);
             let _ = dir.parent().map(std::fs::remove_dir);
         }
@@ -438,7 +463,7 @@ impl Daemon {
             proc,
             dir: dir.to_path_buf(),
             instance,
-            _journal: journal,
+            journal,
         })
     }
 
@@ -451,8 +476,15 @@ impl Daemon {
     }
 
     /// SIGTERM and wait (its programs stay attached), then remove its pins (detaching them).
+    /// A daemon that was to send its records to journald and sent none fails its column.
     pub fn stop(mut self) -> Result<()> {
-        self.shutdown()
+        self.shutdown()?;
+        if let Some(sink) = &self.journal {
+            if sink.received() == 0 {
+                bail!("the journald stand-in received no entry: the daemon sent nothing to it");
+            }
+        }
+        Ok(())
     }
 
     fn shutdown(&mut self) -> Result<()> {
