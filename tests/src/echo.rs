@@ -44,3 +44,15 @@ impl EchoServer {
         self.peers.lock().unwrap().clone()
     }
 }
+
+/// A server at `127.0.0.1:port` that reads a first segment from each connection and hangs
+/// up: every mediated flow to it ends, and is recorded.
+pub fn start_hangup(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("hang-up server bind {port}: {e}"));
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.read(&mut [0u8; 16]);
+        }
+    });
+}

@@ -13,7 +13,7 @@ pub mod peers;
 pub mod raw;
 pub mod tls;
 
-pub use echo::EchoServer;
+pub use echo::{start_hangup, EchoServer};
 pub use gateway::{cgroup2_mount, Gateway, GatewayOptions};
 
 use std::path::PathBuf;

@@ -308,13 +308,7 @@ fn a_flood_of_huge_command_lines_cannot_flush_history_out_of_the_ledger() {
         },
     );
     // A server that reads what comes and hangs up, so every flow ends (and is recorded).
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            use std::io::Read;
-            let _ = conn.read(&mut [0u8; 16]);
-        }
-    });
+    gateway_tests::start_hangup(port);
     let flows = 40;
     gateway_tests::run_probe(gw.agent(
         PYTHON,
@@ -422,13 +416,7 @@ fn a_secret_in_an_agents_command_line_is_redacted_in_its_flow_record() {
         },
     );
     // A server that reads what comes and hangs up, so the flow ends (and is recorded).
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            use std::io::Read;
-            let _ = conn.read(&mut [0u8; 16]);
-        }
-    });
+    gateway_tests::start_hangup(port);
     let agent = "import socket, sys\n\
                  s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n\
                  s.sendall(b'hello\\x00'); s.recv(1); s.close()\n\

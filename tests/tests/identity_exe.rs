@@ -47,13 +47,7 @@ fn gateway_and_server(name: &str) -> (Gateway, u16) {
             ..Default::default()
         },
     );
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            use std::io::Read;
-            let _ = conn.read(&mut [0u8; 16]);
-        }
-    });
+    gateway_tests::start_hangup(port);
     (gw, port)
 }
 
