@@ -175,26 +175,30 @@ impl Journal {
     /// Sends the entry on the connected socket, connecting (again, once) when there is
     /// none or journald has gone away since (it restarted: its socket is a new one).
     fn send_entry(&mut self) -> std::io::Result<()> {
-        for retry in [false, true] {
-            let socket = match &self.socket {
-                Some(s) => s,
-                None => {
-                    let s = UnixDatagram::unbound()?;
-                    s.connect(SOCKET)?;
-                    // A journald that takes nothing (stopped, wedged) costs an entry, not
-                    // the thread: the daemon's stop waits for this thread.
-                    s.set_write_timeout(Some(SEND_WITHIN))?;
-                    self.socket.insert(s)
-                }
-            };
-            match socket.send(&self.entry) {
-                Ok(_) => return Ok(()),
-                Err(e) if !retry && gone(&e) => self.socket = None,
-                Err(e) => return Err(e),
+        match connected(&mut self.socket)?.send(&self.entry) {
+            Err(e) if gone(&e) => {
+                self.socket = None;
+                connected(&mut self.socket)?.send(&self.entry).map(drop)
             }
+            sent => sent.map(drop),
         }
-        unreachable!("the second try returns")
     }
+}
+
+/// The socket connected to journald, connected now when there is none.
+fn connected(socket: &mut Option<UnixDatagram>) -> std::io::Result<&UnixDatagram> {
+    let s = match socket.take() {
+        Some(s) => s,
+        None => {
+            let s = UnixDatagram::unbound()?;
+            s.connect(SOCKET)?;
+            // A journald that takes nothing (stopped, wedged) costs an entry, not the
+            // thread: the daemon's stop waits for this thread.
+            s.set_write_timeout(Some(SEND_WITHIN))?;
+            s
+        }
+    };
+    Ok(socket.insert(s))
 }
 
 /// Whether a send failed because the socket it was connected to is no more.

@@ -26,13 +26,10 @@ impl<'a> Entry<'a> {
     /// such).
     pub fn of(line: &'a [u8]) -> Option<Self> {
         let line = std::str::from_utf8(line).ok()?.trim_end();
-        let mut shown = Vec::with_capacity(24);
-        for (key, value) in members(line)? {
-            if let Some(text) = text(value) {
-                shown.push((key, text));
-            }
-        }
-        let members = shown;
+        let members: Vec<_> = top_level(line)?
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, text(value)?)))
+            .collect();
         let string = |key: &str| {
             members
                 .iter()
@@ -60,35 +57,33 @@ impl<'a> Entry<'a> {
     /// Appends the entry to `out`: `NAME=value` lines, or the name, the value's length (64
     /// bits, little-endian) and the value, for a value with a newline in it.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put(out, b"PRIORITY", "6");
-        put(out, b"MESSAGE", &self.message);
-        put(out, b"SYSLOG_IDENTIFIER", "mcp-gateway-audit");
-        put(out, b"MCP_AUDIT_RECORD", self.line);
-        let mut name = Vec::with_capacity(MAX_NAME);
-        for (key, value) in &self.members {
-            if field_name(key, &mut name) {
-                put(out, &name, value);
-            }
-        }
+        self.each(|name, value| put(out, name, value));
     }
 
     /// The entry as fields (for libsystemd, which passes an entry too large for a datagram
     /// in a memfd).
     pub fn fields(&self) -> Vec<Field<'_>> {
-        let mut out: Vec<Field<'_>> = vec![
-            ("PRIORITY".into(), "6".into()),
-            ("MESSAGE".into(), self.message.as_str().into()),
-            ("SYSLOG_IDENTIFIER".into(), "mcp-gateway-audit".into()),
-            ("MCP_AUDIT_RECORD".into(), self.line.into()),
-        ];
+        let mut out: Vec<Field<'_>> = Vec::with_capacity(self.members.len() + 4);
+        self.each(|name, value| {
+            let name = String::from_utf8_lossy(name).into_owned();
+            out.push((name.into(), value.to_owned().into()));
+        });
+        out
+    }
+
+    /// Calls `f` with each field's name and value, in the entry's order: the four of every
+    /// entry, then the members journald takes a name of.
+    fn each(&self, mut f: impl FnMut(&[u8], &str)) {
+        f(b"PRIORITY", "6");
+        f(b"MESSAGE", &self.message);
+        f(b"SYSLOG_IDENTIFIER", "mcp-gateway-audit");
+        f(b"MCP_AUDIT_RECORD", self.line);
         let mut name = Vec::with_capacity(MAX_NAME);
         for (key, value) in &self.members {
             if field_name(key, &mut name) {
-                let name = String::from_utf8(name.clone()).expect("ASCII");
-                out.push((name.into(), value.as_ref().into()));
+                f(&name, value);
             }
         }
-        out
     }
 }
 
@@ -143,7 +138,7 @@ fn unquote(raw: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The top-level members of a JSON object, in order: (name, the value's raw text).
-fn members(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+fn top_level(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     let b = text.as_bytes();
     let mut at = skip_ws(b, 0);
     if b.get(at) != Some(&b'{') {
