@@ -57,7 +57,9 @@ pub struct BenchArgs {
     keep: bool,
     /// Count what a call costs the process in the middle (relay, HTTP relay or daemon) in
     /// instructions, under valgrind's callgrind, instead of timing it: exact, and the same
-    /// from run to run on a machine whose CPU time per call drifts twofold. Runs relay,
+    /// from run to run on a machine whose CPU time per call drifts twofold; with the misses
+    /// of callgrind's simulated first-level caches, which say why time grows faster than
+    /// instructions. Runs relay,
     /// http-relay, gateway and full-none unless --only names others (the TCP ones with a
     /// process in the middle); installs valgrind when missing.
     #[arg(long)]
@@ -768,7 +770,7 @@ fn count_instructions(
     if calls < 1.0 {
         bail!("no call completed under callgrind: {}", run.pretty());
     }
-    let (total, sha) = procs::callgrind_counts(pid, dir, 1)?;
+    let calls_counted = procs::callgrind_counts(pid, dir, 1)?;
     let count = p.counted_connections.to_string();
     let conn = client.run(&[
         "connect",
@@ -783,15 +785,29 @@ fn count_instructions(
     if opened < 1.0 || num(&conn, "errors")? > 0.0 {
         bail!("new connections failed under callgrind: {}", conn.pretty());
     }
-    let (conn_total, conn_sha) = procs::callgrind_counts(pid, dir, 2)?;
+    let conns_counted = procs::callgrind_counts(pid, dir, 2)?;
+    let (c, n) = (calls_counted, conns_counted);
     let m: Metrics = vec![
-        ("instructions_per_call_16", total / calls),
-        ("instructions_per_call_16_no_sha", (total - sha) / calls),
+        ("instructions_per_call_16", c.instructions.total / calls),
+        (
+            "instructions_per_call_16_no_sha",
+            c.instructions.own() / calls,
+        ),
+        ("i1_misses_per_call_16_no_sha", c.i1_misses.own() / calls),
+        ("d1_misses_per_call_16_no_sha", c.d1_misses.own() / calls),
         ("calls_counted", calls),
-        ("instructions_per_connection", conn_total / opened),
+        ("instructions_per_connection", n.instructions.total / opened),
         (
             "instructions_per_connection_no_sha",
-            (conn_total - conn_sha) / opened,
+            n.instructions.own() / opened,
+        ),
+        (
+            "i1_misses_per_connection_no_sha",
+            n.i1_misses.own() / opened,
+        ),
+        (
+            "d1_misses_per_connection_no_sha",
+            n.d1_misses.own() / opened,
         ),
         ("connections_counted", opened),
     ];

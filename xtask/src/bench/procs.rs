@@ -80,7 +80,9 @@ impl Env {
             return Command::new(program);
         }
         let mut c = Command::new("valgrind");
-        c.args(["--tool=callgrind", "--instr-atstart=no"])
+        // The cache simulation costs nothing in the counts and tells why a call's time is
+        // not in proportion to its instructions: what misses the first-level caches.
+        c.args(["--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes"])
             .arg(format!(
                 "--callgrind-out-file={}",
                 dir.join(CALLGRIND_OUT).display()
@@ -688,12 +690,38 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 /// Where a middle process under callgrind counts, in its scenario's directory.
 const CALLGRIND_OUT: &str = "callgrind.out";
 
+/// What callgrind counted of one event: in all, and in SHA-256's portable code.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Count {
+    pub total: f64,
+    pub sha: f64,
+}
+
+impl Count {
+    /// The count without SHA-256's portable code.
+    pub fn own(self) -> f64 {
+        self.total - self.sha
+    }
+}
+
+/// What callgrind counted in one dump: instructions, and misses of the simulated
+/// first-level instruction and data caches (reads and writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counts {
+    pub instructions: Count,
+    pub i1_misses: Count,
+    pub d1_misses: Count,
+}
+
+/// The events `callgrind_counts` asks `callgrind_annotate` for, in its columns' order.
+const EVENTS: &str = "Ir,I1mr,D1mr,D1mw";
+
 /// What callgrind counted in the middle process `pid` of the scenario in `dir` since its
-/// last dump, which this is the `part`th of (from 1): instructions in all, and those of
-/// SHA-256's portable code. Valgrind's CPU has no SHA extensions, so hashing takes the
-/// portable path there, many times the instructions it takes on this machine's CPU: the
-/// second number is left out where the two are compared.
-pub fn callgrind_counts(pid: u32, dir: &Path, part: u32) -> Result<(f64, f64)> {
+/// last dump, which this is the `part`th of (from 1). Valgrind's CPU has no SHA
+/// extensions, so hashing takes the portable path there, many times the instructions
+/// (and code) it takes on this machine's CPU: that part is counted apart, to be left out
+/// where columns are compared.
+pub fn callgrind_counts(pid: u32, dir: &Path, part: u32) -> Result<Counts> {
     let out = Command::new("callgrind_control")
         .args(["-d", &pid.to_string()])
         .output()
@@ -716,6 +744,7 @@ pub fn callgrind_counts(pid: u32, dir: &Path, part: u32) -> Result<(f64, f64)> {
     }
     let out = Command::new("callgrind_annotate")
         .arg("--threshold=100")
+        .arg(format!("--show={EVENTS}"))
         .arg(&file)
         .output()
         .context("running callgrind_annotate (from valgrind)")?;
@@ -726,25 +755,108 @@ pub fn callgrind_counts(pid: u32, dir: &Path, part: u32) -> Result<(f64, f64)> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let count = |line: &str| -> Option<f64> {
-        line.split_whitespace()
-            .next()?
-            .replace(',', "")
-            .parse::<f64>()
-            .ok()
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_annotated(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("reading callgrind_annotate {}", file.display()))
+}
+
+/// The numbers of one line of `callgrind_annotate --show=EVENTS`, before its
+/// `file:function`: `1,234 (12.3%)` per event, `.` for none, the percentage split in two
+/// where it is padded (`( 7.1%)`).
+fn line_counts(line: &str) -> Option<[f64; 4]> {
+    let mut counts = Vec::with_capacity(4);
+    for token in line.split_whitespace() {
+        if token.contains(':') || token == "PROGRAM" {
+            break;
+        }
+        if token == "." {
+            counts.push(0.0);
+        } else if let Ok(n) = token.replace(',', "").parse::<f64>() {
+            counts.push(n);
+        }
+    }
+    counts.try_into().ok()
+}
+
+/// The program's totals and SHA-256's share from `callgrind_annotate --show=EVENTS`.
+fn parse_annotated(text: &str) -> Result<Counts> {
     let total = text
         .lines()
         .find(|l| l.contains("PROGRAM TOTALS"))
-        .and_then(count)
-        .with_context(|| format!("no PROGRAM TOTALS in callgrind_annotate {}", file.display()))?;
-    let sha: f64 = text
+        .and_then(line_counts)
+        .context("no PROGRAM TOTALS with four counts")?;
+    let mut sha = [0.0; 4];
+    // Every function of sha2's SHA-256 by its own count: with LTO the portable
+    // compression is inlined into `compress256`, without it it is `soft::...`.
+    for counts in text
         .lines()
-        // Every function of sha2's SHA-256 by its own count: with LTO the portable
-        // compression is inlined into `compress256`, without it it is `soft::...`.
         .filter(|l| l.contains("sha2::sha256::"))
-        .filter_map(count)
-        .sum();
-    Ok((total, sha))
+        .filter_map(line_counts)
+    {
+        for (s, c) in sha.iter_mut().zip(counts) {
+            *s += c;
+        }
+    }
+    let count = |i: usize| Count {
+        total: total[i],
+        sha: sha[i],
+    };
+    Ok(Counts {
+        instructions: count(0),
+        i1_misses: count(1),
+        d1_misses: Count {
+            total: total[2] + total[3],
+            sha: sha[2] + sha[3],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as `callgrind_annotate --show=Ir,I1mr,D1mr,D1mw` printed them for the daemon
+    /// (2026-12-05): padded percentages, `.` for none, a `file:function` without `???`.
+    const ANNOTATED: &str = "\
+Events shown:     Ir I1mr D1mr D1mw
+Ir                   I1mr               D1mr             D1mw             
+139,121,813 (100.0%) 3,624,743 (100.0%) 741,068 (100.0%) 760,699 (100.0%)  PROGRAM TOTALS
+Ir                  I1mr             D1mr            D1mw              file:function
+67,328,567 (48.40%) 256,036 ( 7.06%)     18 ( 0.00%)     756 ( 0.10%)  ???:sha2::sha256::compress256 [/x/mcp-gateway]
+    54,760 ( 0.04%)   4,363 ( 0.12%)  1,552 ( 0.21%)       .           ???:gateway_daemon::http::serve::{{closure}} [/x/mcp-gateway]
+     9,350 ( 0.01%)       .               .                .           ./nptl/../nptl/descr.h:__pthread_enable_asynccancel
+     1,000 ( 0.00%)      10 ( 0.00%)      .                2 ( 0.00%)  ???:sha2::sha256::x86::compress [/x/mcp-gateway]
+";
+
+    #[test]
+    fn annotated_counts_read_every_event_and_sha256_apart() {
+        let c = parse_annotated(ANNOTATED).unwrap();
+        assert_eq!(
+            c.instructions,
+            Count {
+                total: 139_121_813.0,
+                sha: 67_329_567.0
+            }
+        );
+        assert_eq!(
+            c.i1_misses,
+            Count {
+                total: 3_624_743.0,
+                sha: 256_046.0
+            }
+        );
+        assert_eq!(
+            c.d1_misses,
+            Count {
+                total: 741_068.0 + 760_699.0,
+                sha: 18.0 + 756.0 + 2.0
+            }
+        );
+        assert_eq!(c.i1_misses.own(), 3_624_743.0 - 256_046.0);
+    }
+
+    #[test]
+    fn annotated_output_without_four_totals_is_an_error() {
+        assert!(parse_annotated("139,121,813 (100.0%)  PROGRAM TOTALS\n").is_err());
+        assert!(parse_annotated("Ir\n").is_err());
+    }
 }

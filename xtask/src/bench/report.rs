@@ -203,6 +203,22 @@ pub const METRICS: &[Metric] = &[
         1000.0,
     ),
     m(
+        "i1_misses_per_call_16_no_sha",
+        "  I1 cache misses (simulated), the same",
+        Lower,
+        false,
+        0,
+        100.0,
+    ),
+    m(
+        "d1_misses_per_call_16_no_sha",
+        "  D1 cache misses (simulated), the same",
+        Lower,
+        false,
+        0,
+        100.0,
+    ),
+    m(
         "instructions_per_connection",
         "instructions per new connection",
         Lower,
@@ -217,6 +233,22 @@ pub const METRICS: &[Metric] = &[
         false,
         0,
         5000.0,
+    ),
+    m(
+        "i1_misses_per_connection_no_sha",
+        "  I1 cache misses (simulated), the same",
+        Lower,
+        false,
+        0,
+        500.0,
+    ),
+    m(
+        "d1_misses_per_connection_no_sha",
+        "  D1 cache misses (simulated), the same",
+        Lower,
+        false,
+        0,
+        500.0,
     ),
 ];
 
@@ -286,6 +318,45 @@ pub fn print_instructions(result: &Json) {
         "  ¹ Valgrind's CPU has no SHA extensions: there SHA-256 runs its portable code, many \
          times\n    the instructions it takes on this CPU, so the ratios leave it out."
     );
+    println!(
+        "Misses of the simulated first-level caches (32 KiB each; callgrind), SHA-256 left \
+         out ¹: what\nmakes a call's CPU time grow faster than its instructions."
+    );
+    miss_rows(result, "per_call_16", "a call");
+    miss_rows(result, "per_connection", "a new connection");
+}
+
+/// One row per scenario: instruction- and data-cache misses `per` (a metric key's
+/// suffix), each with its ratio to the HTTP relay's. (The L4 relay's few instructions a
+/// call stay in the cache: a ratio to its misses says nothing.)
+fn miss_rows(result: &Json, per: &str, what: &str) {
+    let keys = [
+        format!("i1_misses_{per}_no_sha"),
+        format!("d1_misses_{per}_no_sha"),
+    ];
+    let http_relay = scenario(result, "http-relay");
+    println!(
+        "  {:<16} {:>10} {:>13} {:>10} {:>13}",
+        what, "I1 misses", "× http-relay", "D1 misses", "× http-relay"
+    );
+    for s in result.get("scenarios").arr() {
+        let key = s.get("key").str().unwrap_or("?");
+        let mut row = format!("  {key:<16}");
+        for k in &keys {
+            let Some(own) = metric(s, k) else {
+                row.clear();
+                break;
+            };
+            let ratio = http_relay
+                .and_then(|h| metric(h, k))
+                .filter(|b| *b > 0.0)
+                .map_or("-".to_string(), |b| format!("{:.2}", own / b));
+            row.push_str(&format!(" {:>10} {:>13}", fmt(own, 0), ratio));
+        }
+        if !row.is_empty() {
+            println!("{row}");
+        }
+    }
 }
 
 /// One row per scenario of the count `metric` (and `metric`_no_sha), with ratios.
