@@ -271,6 +271,9 @@ impl Params {
             ("new_connections", (self.new_connections as f64).into()),
             ("new_connection_seconds", self.new_connection_seconds.into()),
             ("instruction_seconds", self.instruction_seconds.into()),
+            // Counts made with callgrind's cache simulation (from 626704a), which slows
+            // the process in the middle: the L4 relay's instructions a call depend on it.
+            ("instruction_cache_sim", true.into()),
             (
                 "counted_connections",
                 (self.counted_connections as f64).into(),
@@ -810,6 +813,8 @@ fn count_instructions(
             n.d1_misses.own() / opened,
         ),
         ("connections_counted", opened),
+        ("i1_cache_bytes", c.i1_bytes),
+        ("d1_cache_bytes", c.d1_bytes),
     ];
     Ok((m, obj([("load_16", run), ("connect", conn)])))
 }
