@@ -100,16 +100,25 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             pubkey,
             head,
         } => {
-            let (list, head) = if given.is_empty() {
-                let c = cfg()?;
-                (
-                    files::ledger_files(&c.audit.path),
-                    head.or(Some(files::head(&c.audit.path))),
-                )
+            // The configured ledger is read as one moment of it (files::read_live): its
+            // daemon may rotate it while it is read. Files named on the command line, and
+            // a head named with --head, are read as they are.
+            let snapshot = if given.is_empty() && head.is_none() {
+                files::read_live(&cfg()?.audit.path)
             } else {
-                (given, head)
+                let list = if given.is_empty() {
+                    files::ledger_files(&cfg()?.audit.path)
+                } else {
+                    given
+                };
+                files::Snapshot {
+                    files: list.iter().map(|p| (p.clone(), std::fs::read(p))).collect(),
+                    head: head
+                        .filter(|h| h.exists())
+                        .map(|h| (h.clone(), std::fs::read(&h))),
+                }
             };
-            if list.is_empty() {
+            if snapshot.files.is_empty() {
                 bail!("no ledger files to verify");
             }
             let key = match pubkey {
@@ -125,7 +134,7 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             if key.is_none() {
                 eprintln!("warning: no public key: signatures are not checked (pass --pubkey)");
             }
-            let report = verify::verify(&list, key.as_ref(), head.as_deref());
+            let report = verify::verify_read(&snapshot, key.as_ref());
             match report.finding {
                 Some(f) => {
                     outln!("FAILED: first bad record: {f}");
@@ -138,7 +147,7 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
                         report.first_seq.unwrap_or(0),
                         report.last_seq.unwrap_or(0),
                         report.checkpoints,
-                        list.len(),
+                        snapshot.files.len(),
                         if report.head_checked {
                             ", signed head matches"
                         } else {

@@ -47,6 +47,69 @@ pub fn rotated_files(path: &Path) -> Vec<(u32, PathBuf)> {
 }
 
 /// Every file of the ledger in chain order.
+/// A ledger read whole at one moment, for `verify`: each file's bytes in chain order, and
+/// the signed head's. What was found but could not be read is the error.
+pub struct Snapshot {
+    pub files: Vec<(PathBuf, std::io::Result<Vec<u8>>)>,
+    pub head: Option<(PathBuf, std::io::Result<Vec<u8>>)>,
+}
+
+/// Reads the ledger at `path` while its daemon may be writing and rotating it. Listed by
+/// name and then read by name, a rotation in between (the current file renamed to the next
+/// number, a new one begun) showed `verify` the files before it and the new current file:
+/// the renamed one's records looked deleted. So the head is read first (it names nothing
+/// newer than the files then hold), the current file is opened before the rotated ones
+/// are listed, and read through that handle; a rotated file that is the same inode (it was
+/// rotated meanwhile) is not read twice. Records written after the current file was opened
+/// are the next verification's.
+pub fn read_live(path: &Path) -> Snapshot {
+    read_live_then(path, || {})
+}
+
+/// `read_live`, calling `between` after the current file is opened and before the rotated
+/// ones are listed (where a test rotates).
+pub(crate) fn read_live_then(path: &Path, between: impl FnOnce()) -> Snapshot {
+    use std::os::unix::fs::MetadataExt;
+    let read = |mut f: File| {
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map(|_| bytes)
+    };
+    let head_path = head(path);
+    let head = head_path
+        .exists()
+        .then(|| (head_path.clone(), std::fs::read(&head_path)));
+    let current = match File::open(path) {
+        Ok(f) => {
+            let id = f.metadata().map(|m| (m.dev(), m.ino())).ok();
+            Some((f, id))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Snapshot {
+                files: vec![(path.to_owned(), Err(e))],
+                head,
+            }
+        }
+    };
+    between();
+    let current_id = current.as_ref().and_then(|(_, id)| *id);
+    let mut files = Vec::new();
+    for (_, p) in rotated_files(path) {
+        let f = File::open(&p);
+        let same = match (&f, current_id) {
+            (Ok(f), Some(id)) => f.metadata().map(|m| (m.dev(), m.ino())).ok() == Some(id),
+            _ => false,
+        };
+        if !same {
+            files.push((p, f.and_then(read)));
+        }
+    }
+    if let Some((f, _)) = current {
+        files.push((path.to_owned(), read(f)));
+    }
+    Snapshot { files, head }
+}
+
 pub fn ledger_files(path: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = rotated_files(path).into_iter().map(|(_, p)| p).collect();
     if path.exists() {

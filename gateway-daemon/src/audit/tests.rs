@@ -293,3 +293,57 @@ async fn a_damaged_last_record_stops_the_start_with_the_reason() {
         "{msg}"
     );
 }
+
+/// `mcp-gateway audit verify` on a running daemon: a rotation between listing the files
+/// and reading them showed the new current file right after the old rotated ones, and the
+/// records of the file just rotated read as deleted (seen in CI: a daemon restarted over
+/// a full file rotates at its first tick, while the verification ran).
+#[test]
+fn a_rotation_while_the_ledger_is_read_is_not_taken_for_deleted_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_file_bytes = 4096;
+    let rotate = |n| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(write(&cfg, n))
+            })
+            .join()
+            .unwrap()
+        })
+    };
+    rotate(8);
+    let before = files::rotated_files(&cfg.path).len();
+
+    // Listed, then rotated, then read by name: the gap the old verification reported.
+    let listed = files::ledger_files(&cfg.path);
+    rotate(12);
+    assert!(
+        files::rotated_files(&cfg.path).len() > before,
+        "no rotation"
+    );
+    let stale = verify(&listed, Some(&key(&cfg)), None);
+    assert_eq!(
+        stale.finding.map(|f| f.reason),
+        Some(Reason::Deleted),
+        "the race this test is about no longer shows"
+    );
+
+    // Read live, with a rotation at the worst moment: the current file already open.
+    let before = files::rotated_files(&cfg.path).len();
+    let snapshot = files::read_live_then(&cfg.path, || rotate(12));
+    assert!(
+        files::rotated_files(&cfg.path).len() > before,
+        "no rotation"
+    );
+    let r = super::verify::verify_read(&snapshot, Some(&key(&cfg)));
+    assert!(r.finding.is_none(), "{:?}", r.finding);
+    // The file rotated meanwhile was read once, through the handle opened before.
+    let paths: Vec<_> = snapshot.files.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(paths.last(), Some(&cfg.path));
+    assert_eq!(paths.len(), before + 1, "{paths:?}");
+    // And what was written after is there for the next verification.
+    assert!(check(&cfg).finding.is_none());
+}

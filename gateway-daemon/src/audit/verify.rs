@@ -10,6 +10,7 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 
 use super::chain::{self, ChainError, GENESIS_PREV};
+use super::files::Snapshot;
 use super::sign;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,10 +120,25 @@ fn checkpoint_fields(line: &[u8]) -> Option<(u64, String, String)> {
 /// Verifies `files` in chain order. `key`: the ledger's public key, to check checkpoint
 /// and head signatures; `head`: the signed head file, to find records cut off the end.
 pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>) -> Report {
+    let snapshot = Snapshot {
+        files: files
+            .iter()
+            .map(|p| (p.clone(), std::fs::read(p)))
+            .collect(),
+        head: head
+            .filter(|h| h.exists())
+            .map(|h| (h.to_owned(), std::fs::read(h))),
+    };
+    verify_read(&snapshot, key)
+}
+
+/// Verifies a ledger already read (`files::read_live` reads one its daemon is writing).
+pub fn verify_read(snapshot: &Snapshot, key: Option<&VerifyingKey>) -> Report {
+    let files: Vec<PathBuf> = snapshot.files.iter().map(|(p, _)| p.clone()).collect();
     let mut report = Report::default();
     let mut entries = Vec::new();
-    for (fi, path) in files.iter().enumerate() {
-        let bytes = match std::fs::read(path) {
+    for (fi, (path, read)) in snapshot.files.iter().enumerate() {
+        let bytes = match read {
             Ok(b) => b,
             Err(e) => {
                 report.finding = Some(Finding {
@@ -320,7 +336,7 @@ pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>
         report.finding = Some(t);
         return report;
     }
-    if let Some(head) = head.filter(|h| h.exists()) {
+    if let Some((head, head_bytes)) = &snapshot.head {
         report.head_checked = true;
         let whole = Finding {
             file: head.to_owned(),
@@ -329,9 +345,10 @@ pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>
             reason: Reason::Truncated,
             detail: String::new(),
         };
-        let parsed: Option<(u64, String, String)> = std::fs::read(head)
+        let parsed: Option<(u64, String, String)> = head_bytes
+            .as_ref()
             .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(b).ok())
             .and_then(|v| {
                 Some((
                     v["seq"].as_u64()?,
