@@ -100,9 +100,12 @@ pub(crate) fn read_live_then(path: &Path, between: impl FnOnce()) -> Snapshot {
             (Ok(f), Some(id)) => f.metadata().map(|m| (m.dev(), m.ino())).ok() == Some(id),
             _ => false,
         };
-        if !same {
-            files.push((p, f.and_then(read)));
+        if same {
+            // The file opened as current was rotated meanwhile: it is read below, and
+            // any rotated after it are newer than this moment.
+            break;
         }
+        files.push((p, f.and_then(read)));
     }
     if let Some((f, _)) = current {
         files.push((path.to_owned(), read(f)));
