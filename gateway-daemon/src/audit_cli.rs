@@ -100,25 +100,22 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             pubkey,
             head,
         } => {
-            // The configured ledger is read as one moment of it (files::read_live): its
-            // daemon may rotate it while it is read. Files named on the command line, and
-            // a head named with --head, are read as they are.
-            let snapshot = if given.is_empty() && head.is_none() {
-                files::read_live(&cfg()?.audit.path)
-            } else {
-                let list = if given.is_empty() {
-                    files::ledger_files(&cfg()?.audit.path)
-                } else {
-                    given
-                };
-                files::Snapshot {
-                    files: list.iter().map(|p| (p.clone(), std::fs::read(p))).collect(),
-                    head: head
-                        .filter(|h| h.exists())
-                        .map(|h| (h.clone(), std::fs::read(&h))),
-                }
+            // The configured ledger is read as one moment of it (verify::verify_live):
+            // its daemon may rotate it while it is read. Files named on the command line,
+            // and a head named with --head, are read as they are.
+            let live = (given.is_empty() && head.is_none())
+                .then(|| cfg().map(|c| c.audit.path))
+                .transpose()?;
+            let list = match (&live, given.is_empty()) {
+                (Some(_), _) => vec![],
+                (None, true) => files::ledger_files(&cfg()?.audit.path),
+                (None, false) => given,
             };
-            if snapshot.files.is_empty() {
+            if live
+                .as_ref()
+                .is_some_and(|p| files::ledger_files(p).is_empty())
+                || (live.is_none() && list.is_empty())
+            {
                 bail!("no ledger files to verify");
             }
             let key = match pubkey {
@@ -134,7 +131,13 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             if key.is_none() {
                 eprintln!("warning: no public key: signatures are not checked (pass --pubkey)");
             }
-            let report = verify::verify_read(&snapshot, key.as_ref());
+            let (report, files_read) = match &live {
+                Some(path) => verify::verify_live(path, key.as_ref()),
+                None => (
+                    verify::verify(&list, key.as_ref(), head.as_deref()),
+                    list.len(),
+                ),
+            };
             match report.finding {
                 Some(f) => {
                     outln!("FAILED: first bad record: {f}");
@@ -147,7 +150,7 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
                         report.first_seq.unwrap_or(0),
                         report.last_seq.unwrap_or(0),
                         report.checkpoints,
-                        snapshot.files.len(),
+                        files_read,
                         if report.head_checked {
                             ", signed head matches"
                         } else {

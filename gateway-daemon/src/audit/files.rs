@@ -46,22 +46,24 @@ pub fn rotated_files(path: &Path) -> Vec<(u32, PathBuf)> {
     out
 }
 
-/// Every file of the ledger in chain order.
-/// A ledger read whole at one moment, for `verify`: each file's bytes in chain order, and
-/// the signed head's. What was found but could not be read is the error.
+/// A ledger opened at one moment, for `verify`: each file in chain order, open (a handle
+/// outlives a rename or a deletion, and is read one file at a time), and the signed head's
+/// bytes. What was found but could not be opened is the error.
 pub struct Snapshot {
-    pub files: Vec<(PathBuf, std::io::Result<Vec<u8>>)>,
+    pub files: Vec<(PathBuf, std::io::Result<File>)>,
     pub head: Option<(PathBuf, std::io::Result<Vec<u8>>)>,
 }
 
-/// Reads the ledger at `path` while its daemon may be writing and rotating it. Listed by
+/// Opens the ledger at `path` while its daemon may be writing and rotating it. Listed by
 /// name and then read by name, a rotation in between (the current file renamed to the next
 /// number, a new one begun) showed `verify` the files before it and the new current file:
 /// the renamed one's records looked deleted. So the head is read first (it names nothing
 /// newer than the files then hold), the current file is opened before the rotated ones
-/// are listed, and read through that handle; a rotated file that is the same inode (it was
-/// rotated meanwhile) is not read twice. Records written after the current file was opened
-/// are the next verification's.
+/// are listed, and every file is opened before any is read. A rotated file that is the
+/// file opened as current (the same inode, one link, `path` no symlink: it was rotated
+/// meanwhile) ends the list: it is read through that handle, and later ones are newer than
+/// this moment. A file made later, and what retention deletes meanwhile, can still make a
+/// finding: `verify_live` looks again when the files changed.
 pub fn read_live(path: &Path) -> Snapshot {
     read_live_then(path, || {})
 }
@@ -70,10 +72,6 @@ pub fn read_live(path: &Path) -> Snapshot {
 /// ones are listed (where a test rotates).
 pub(crate) fn read_live_then(path: &Path, between: impl FnOnce()) -> Snapshot {
     use std::os::unix::fs::MetadataExt;
-    let read = |mut f: File| {
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map(|_| bytes)
-    };
     let head_path = head(path);
     let head = head_path
         .exists()
@@ -93,26 +91,43 @@ pub(crate) fn read_live_then(path: &Path, between: impl FnOnce()) -> Snapshot {
     };
     between();
     let current_id = current.as_ref().and_then(|(_, id)| *id);
+    // Only a rename moves the current file among the rotated ones. A symlink or a second
+    // link that makes one file both is someone's doing: both are read, as they were
+    // before, and the chain shows the records twice.
+    let aliased = || std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
     let mut files = Vec::new();
     for (_, p) in rotated_files(path) {
         let f = File::open(&p);
-        let same = match (&f, current_id) {
-            (Ok(f), Some(id)) => f.metadata().map(|m| (m.dev(), m.ino())).ok() == Some(id),
+        let rotated_meanwhile = match (&f, current_id) {
+            (Ok(f), Some(id)) => f
+                .metadata()
+                .is_ok_and(|m| (m.dev(), m.ino()) == id && m.nlink() == 1 && !aliased()),
             _ => false,
         };
-        if same {
-            // The file opened as current was rotated meanwhile: it is read below, and
-            // any rotated after it are newer than this moment.
+        if rotated_meanwhile {
             break;
         }
-        files.push((p, f.and_then(read)));
+        files.push((p, f));
     }
     if let Some((f, _)) = current {
-        files.push((path.to_owned(), read(f)));
+        files.push((path.to_owned(), Ok(f)));
     }
     Snapshot { files, head }
 }
 
+/// What the ledger's files are (name, device, inode), to tell whether they changed.
+pub fn generation(path: &Path) -> Vec<(PathBuf, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    ledger_files(path)
+        .into_iter()
+        .filter_map(|p| {
+            let m = std::fs::metadata(&p).ok()?;
+            Some((p, m.dev(), m.ino()))
+        })
+        .collect()
+}
+
+/// Every file of the ledger in chain order.
 pub fn ledger_files(path: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = rotated_files(path).into_iter().map(|(_, p)| p).collect();
     if path.exists() {

@@ -123,7 +123,7 @@ pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>
     let snapshot = Snapshot {
         files: files
             .iter()
-            .map(|p| (p.clone(), std::fs::read(p)))
+            .map(|p| (p.clone(), std::fs::File::open(p)))
             .collect(),
         head: head
             .filter(|h| h.exists())
@@ -132,12 +132,47 @@ pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>
     verify_read(&snapshot, key)
 }
 
-/// Verifies a ledger already read (`files::read_live` reads one its daemon is writing).
+/// Verifies the configured ledger while its daemon may write, rotate and retire files:
+/// opened as one moment of it (`files::read_live`), and again, at most twice more, when a
+/// finding came while its files changed (a file retired, or two rotations, during the
+/// read). Damage is found every time; a race only while the files change. Also returns
+/// how many files were read.
+pub fn verify_live(path: &Path, key: Option<&VerifyingKey>) -> (Report, usize) {
+    verify_live_then(path, key, || {})
+}
+
+/// `verify_live`, calling `between` where `files::read_live_then` does, at every try.
+pub(crate) fn verify_live_then(
+    path: &Path,
+    key: Option<&VerifyingKey>,
+    mut between: impl FnMut(),
+) -> (Report, usize) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let before = super::files::generation(path);
+        let snapshot = super::files::read_live_then(path, &mut between);
+        let report = verify_read(&snapshot, key);
+        if report.finding.is_none() || tries == 3 || super::files::generation(path) == before {
+            return (report, snapshot.files.len());
+        }
+    }
+}
+
+/// Verifies a ledger opened at one moment (`files::read_live` opens one its daemon is
+/// writing), one file in memory at a time.
 pub fn verify_read(snapshot: &Snapshot, key: Option<&VerifyingKey>) -> Report {
+    use std::io::Read;
     let files: Vec<PathBuf> = snapshot.files.iter().map(|(p, _)| p.clone()).collect();
     let mut report = Report::default();
     let mut entries = Vec::new();
-    for (fi, (path, read)) in snapshot.files.iter().enumerate() {
+    for (fi, (path, file)) in snapshot.files.iter().enumerate() {
+        let read = file.as_ref().map_err(|e| e.to_string()).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes)
+                .map(|_| bytes)
+                .map_err(|e| e.to_string())
+        });
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {
