@@ -34,6 +34,20 @@ async fn write(cfg: &AuditConfig, n: usize) {
     writer.finish().await;
 }
 
+/// `write` from a plain test, or from inside a hook a read calls (a runtime of its own, on a
+/// thread of its own).
+fn write_blocking(cfg: &AuditConfig, n: usize) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(write(cfg, n))
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 fn key(cfg: &AuditConfig) -> VerifyingKey {
     sign::load_or_create(&cfg.key).unwrap().verifying_key()
 }
@@ -303,17 +317,7 @@ fn a_rotation_while_the_ledger_is_read_is_not_taken_for_deleted_records() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.max_file_bytes = 4096;
-    let rotate = |n| {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(write(&cfg, n))
-            })
-            .join()
-            .unwrap()
-        })
-    };
+    let rotate = |n| write_blocking(&cfg, n);
     rotate(8);
     let before = files::rotated_files(&cfg.path).len();
 
@@ -358,17 +362,7 @@ fn a_file_retired_while_the_ledger_is_read_is_read_again_not_reported() {
     let mut cfg = config(dir.path());
     cfg.max_file_bytes = 4096;
     cfg.retain_files = 1;
-    let rotate = |n| {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(write(&cfg, n))
-            })
-            .join()
-            .unwrap()
-        })
-    };
+    let rotate = |n| write_blocking(&cfg, n);
     rotate(40);
     assert!(check(&cfg).finding.is_none());
     let once = files::read_live_then(&cfg.path, || rotate(12));
@@ -395,15 +389,7 @@ fn a_current_file_aliasing_a_rotated_one_does_not_verify() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path());
         cfg.max_file_bytes = 4096;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(write(&cfg, 40))
-            })
-            .join()
-            .unwrap()
-        });
+        write_blocking(&cfg, 40);
         let (_, last) = files::rotated_files(&cfg.path).pop().expect("rotated");
         std::fs::remove_file(&cfg.path).unwrap();
         std::fs::remove_file(files::head(&cfg.path)).unwrap();
