@@ -106,16 +106,12 @@ pub fn run(cmd: AuditCmd, config: &std::path::Path) -> anyhow::Result<()> {
             let live = (given.is_empty() && head.is_none())
                 .then(|| cfg().map(|c| c.audit.path))
                 .transpose()?;
-            let list = match (&live, given.is_empty()) {
-                (Some(_), _) => vec![],
-                (None, true) => files::ledger_files(&cfg()?.audit.path),
-                (None, false) => given,
+            let list = match &live {
+                Some(path) => files::ledger_files(path),
+                None if given.is_empty() => files::ledger_files(&cfg()?.audit.path),
+                None => given,
             };
-            if live
-                .as_ref()
-                .is_some_and(|p| files::ledger_files(p).is_empty())
-                || (live.is_none() && list.is_empty())
-            {
+            if list.is_empty() {
                 bail!("no ledger files to verify");
             }
             let key = match pubkey {
