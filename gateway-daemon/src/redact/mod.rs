@@ -103,6 +103,7 @@ impl std::fmt::Debug for Redactor {
 }
 
 /// One accepted match: the byte range replaced and the detector (index) that found it.
+#[derive(Clone)]
 struct Found {
     span: Range<usize>,
     det: usize,
@@ -353,7 +354,51 @@ impl Redactor {
     }
 
     /// The matches to replace in `s`, disjoint and in order.
+    ///
+    /// The end of a match is a boundary for the next, as it is in the redacted text, where
+    /// a marker ending in `]` stands in its place: of two keys glued together
+    /// (`AIza…AIza…`) the second starts after a word character, so `\b` fails there in
+    /// `s`, and it would be found, in clear, only when the output is redacted again. So
+    /// `s` is searched again with what was found masked as a marker masks it, until nothing
+    /// new turns up. A chain longer than `ROUNDS` can only be made on purpose (each round
+    /// costs a whole pass): what the last round still found is redacted to the end of `s`.
     fn find(&self, s: &str) -> Vec<Found> {
+        let mut found = self.find_once(s);
+        if found.is_empty() {
+            return found;
+        }
+        let mut masked = s.as_bytes().to_vec();
+        let mut fresh = found.clone();
+        for _ in 1..ROUNDS {
+            for f in &fresh {
+                mask(&mut masked, &f.span);
+            }
+            let text = std::str::from_utf8(&masked).expect("ASCII over whole characters");
+            fresh = self
+                .find_once(text)
+                .into_iter()
+                .filter(|n| !found.iter().any(|f| overlaps(&f.span, &n.span)))
+                .collect();
+            if fresh.is_empty() {
+                return found;
+            }
+            found.extend(fresh.iter().cloned());
+            found.sort_by_key(|f| f.span.start);
+        }
+        let first = fresh
+            .into_iter()
+            .next()
+            .expect("the loop returns when none is new");
+        found.retain(|f| f.span.end <= first.span.start);
+        found.push(Found {
+            span: first.span.start..s.len(),
+            det: first.det,
+        });
+        found
+    }
+
+    /// One search of `s`: the matches to replace, disjoint and in order.
+    fn find_once(&self, s: &str) -> Vec<Found> {
         // The common case — no trigger anywhere — in one early-exit pass, no allocation.
         if !self.any_trigger(s) {
             return Vec::new();
@@ -454,6 +499,24 @@ impl Redactor {
         }
         kept.into_values().collect()
     }
+}
+
+/// Searches of one text `find` makes at most, the first included.
+const ROUNDS: usize = 8;
+
+/// `span` of `text` overwritten as the marker `[REDACTED:…]` bounds it: `[` first, `]`
+/// last and between, characters no detector takes for a secret or a word. The length is
+/// kept, so the spans found after stay those of the text itself.
+fn mask(text: &mut [u8], span: &Range<usize>) {
+    let bytes = &mut text[span.clone()];
+    bytes.fill(b']');
+    if bytes.len() > 1 {
+        bytes[0] = b'[';
+    }
+}
+
+fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
 }
 
 /// The assertions `trigger` makes, read in multi-line mode: one anchoring to nothing but

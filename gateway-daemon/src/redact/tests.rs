@@ -560,6 +560,43 @@ fn a_match_reaching_past_a_better_one_is_merged_not_left_in_clear() {
     assert!(r.redact_str(&out).is_none(), "{out} redacted again");
 }
 
+const GOOGLE_KEY: &str = "AIzaSkpmKog5Qwp-vaQcT7xm2cwC6dT0ctPVnaa";
+
+#[test]
+fn keys_glued_together_are_each_redacted_not_left_for_a_second_pass() {
+    // Found by the `redact` fuzz target: `\b` fails between the two keys, so one pass
+    // found the first only, and the second stood in clear after its marker.
+    let r = default();
+    for n in 2..=3 {
+        let s = format!("x&key={}", GOOGLE_KEY.repeat(n));
+        let (out, counts) = r.redact_str(&s).expect("redacted");
+        assert_eq!(
+            out,
+            format!("x&key={}", "[REDACTED:google_api_key]".repeat(n))
+        );
+        assert_eq!(counts.get("google_api_key"), n as u64, "{out}");
+        assert_eq!(r.scan_str(&s), counts);
+        assert!(r.redact_str(&out).is_none(), "{out} redacted again");
+    }
+}
+
+#[test]
+fn a_chain_of_glued_keys_longer_than_the_rounds_is_redacted_to_the_end() {
+    // Each key of the chain is found only once the one before is masked: a round each.
+    // Past `ROUNDS`, the rest of the text is one redaction, not a pass per key.
+    let r = default();
+    let s = format!("ids: {} tail", GOOGLE_KEY.repeat(ROUNDS + 4));
+    let (out, counts) = r.redact_str(&s).expect("redacted");
+    assert!(!out.contains("AIza"), "{out}");
+    assert_eq!(
+        out,
+        format!("ids: {}", "[REDACTED:google_api_key]".repeat(ROUNDS)),
+    );
+    assert_eq!(counts.get("google_api_key"), ROUNDS as u64);
+    assert_eq!(r.scan_str(&s), counts);
+    assert!(r.redact_str(&out).is_none(), "{out} redacted again");
+}
+
 #[test]
 fn an_anchored_custom_detector_fires_on_a_leaf_anywhere_in_a_document() {
     // `^…$` names a whole string value; the one-pass pre-check over the joined leaves
