@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// The binaries are built already (set when xtask re-runs itself through sudo).
     #[arg(long, hide = true)]
     prebuilt: bool,
+    /// This daemon binary instead of target/release/mcp-gateway (`cargo xtask pgo`'s
+    /// instrumented one).
+    #[arg(long, hide = true)]
+    gateway: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy)]
@@ -324,9 +328,19 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             }
         }
     }
+    let pgo = match &args.gateway {
+        Some(_) => None,
+        None => Some(super::pgo::release(root)?),
+    };
+    if let Some(pgo) = &pgo {
+        eprintln!(
+            "bench: the release build's optimisation profile: {}",
+            pgo.label()
+        );
+    }
     if !args.prebuilt {
         super::ensure_deps()?;
-        build()?;
+        build(root)?;
     }
     if !super::is_root() {
         // The daemon loads eBPF and the client joins an agent cgroup: both need root. The
@@ -368,7 +382,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         .copied()
         .collect();
     let target = root.join("target");
-    let mut env = Env::new(&target)?;
+    let mut env = Env::new(&target, args.gateway.as_deref())?;
     env.callgrind = args.instructions;
     let mut machine = machine();
     // What one fdatasync of a small append costs where the ledgers are written: the
@@ -451,6 +465,13 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         ("seconds", elapsed.into()),
         ("machine", machine),
         ("params", params.json()),
+        // The profile the release build used (its hash), or why none (pgo.rs).
+        (
+            "pgo",
+            pgo.as_ref()
+                .map_or_else(|| "instrumented".to_string(), super::pgo::Use::label)
+                .into(),
+        ),
         (
             "scenarios",
             Json::Arr(
@@ -517,7 +538,10 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn build() -> Result<()> {
+/// The release build the bench runs: the daemon with the profile (`pgo.rs`), and the
+/// client, upstream and relays in the same build, so that the code they share with it
+/// (hyper, tokio, rustls) is compiled alike.
+pub fn build(root: &Path) -> Result<()> {
     let args = [
         "build",
         "--release",
@@ -527,10 +551,9 @@ fn build() -> Result<()> {
         "gateway-tests",
         "--bins",
     ];
-    let status = Command::new(super::cargo_bin())
-        .args(args)
-        .status()
-        .context("running cargo")?;
+    let mut cmd = Command::new(super::cargo_bin());
+    super::pgo::apply(&mut cmd, &super::pgo::release(root)?);
+    let status = cmd.args(args).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }
@@ -957,7 +980,7 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn git_head(root: &Path) -> (String, bool) {
+pub fn git_head(root: &Path) -> (String, bool) {
     let git = |args: &[&str]| {
         Command::new("git")
             .args(["-c", "safe.directory=*", "-C"])

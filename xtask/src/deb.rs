@@ -31,7 +31,9 @@ pub fn ensure_cargo_deb() -> Result<()> {
 pub fn build(root: &Path) -> Result<PathBuf> {
     ensure_cargo_deb()?;
     let out_dir = root.join("target/debian");
-    let out = Command::new(crate::cargo_bin())
+    let mut cmd = Command::new(crate::cargo_bin());
+    crate::pgo::apply(&mut cmd, &crate::pgo::release(root)?);
+    let out = cmd
         .args(["deb", "-p", "gateway-daemon", "--output"])
         .arg(&out_dir)
         .stderr(std::process::Stdio::inherit())

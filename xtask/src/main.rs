@@ -5,6 +5,7 @@ mod bench;
 mod deb;
 mod fuzz;
 mod peers;
+mod pgo;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,6 +78,9 @@ enum Cmd {
     /// Run the cargo-fuzz targets in fuzz/ (all by default) for --seconds each; fails on a
     /// crash, naming the input libFuzzer wrote.
     Fuzz(fuzz::FuzzArgs),
+    /// Take the release build's optimisation profile again (pgo/mcp-gateway.profdata): an
+    /// instrumented daemon under the bench's gateway scenarios (root; ~15 min).
+    Pgo,
 }
 
 /// A system package the build or the tests need, and how to tell it is present.
@@ -155,6 +159,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Deps => ensure_deps(),
         Cmd::Bench(args) => bench::run(&root, args),
+        Cmd::Pgo => pgo::take(&root),
         Cmd::Fuzz(args) => fuzz::run(&root, &args),
         Cmd::Peers => {
             ensure_deps()?;
@@ -405,10 +410,12 @@ fn apt_install(missing: &[&str]) -> Result<()> {
 
 fn build_daemon(release: bool) -> Result<PathBuf> {
     let mut args = vec!["build", "-p", "gateway-daemon"];
+    let mut cmd = Command::new(cargo_bin());
     if release {
         args.push("--release");
+        pgo::apply(&mut cmd, &pgo::release(&workspace_root())?);
     }
-    let status = Command::new(cargo_bin()).args(&args).status()?;
+    let status = cmd.args(&args).status()?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }

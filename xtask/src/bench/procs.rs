@@ -30,10 +30,11 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn new(target: &Path) -> Result<Env> {
+    /// `gateway`: the daemon binary, when not target/release's.
+    pub fn new(target: &Path, gateway: Option<&Path>) -> Result<Env> {
         let release = target.join("release");
         let (gateway, client) = (
-            release.join("mcp-gateway"),
+            gateway.map_or_else(|| release.join("mcp-gateway"), Path::to_path_buf),
             release.join("mcp-bench-client"),
         );
         for bin in [&gateway, &client] {

@@ -722,7 +722,7 @@ fn load(path: &Path) -> Result<Json> {
 fn describe(r: &Json) -> String {
     let m = r.get("machine");
     format!(
-        "{}{} {} ({}{}; {} cores, {}, kernel {})",
+        "{}{} {} ({}{}; {} cores, {}, kernel {}; profile {})",
         r.at("git.sha").str().unwrap_or("?"),
         if r.at("git.dirty") == &Json::Bool(true) {
             "+dirty"
@@ -742,6 +742,8 @@ fn describe(r: &Json) -> String {
         m.get("cores").num().unwrap_or(0.0),
         m.get("cpu").str().unwrap_or("?"),
         m.get("kernel").str().unwrap_or("?"),
+        // Runs before the build used a profile (pgo.rs) have no `pgo`.
+        r.get("pgo").str().unwrap_or("none"),
     )
 }
 
