@@ -360,40 +360,38 @@ impl Redactor {
     /// (`AIza…AIza…`) the second starts after a word character, so `\b` fails there in
     /// `s`, and it would be found, in clear, only when the output is redacted again. So
     /// `s` is searched again with what was found masked as a marker masks it, until nothing
-    /// new turns up. A chain longer than `ROUNDS` can only be made on purpose (each round
-    /// costs a whole pass): what the last round still found is redacted to the end of `s`.
+    /// new turns up: a find inside one already made is dropped (a value that takes the
+    /// mask itself, `pass:"[]]]"`), one reaching past it is merged with it, as within one
+    /// search. A chain needing more than `ROUNDS` searches again can only be made on
+    /// purpose (each costs a whole pass): the rest of `s`, from what the last one still
+    /// found, is then redacted as one.
     fn find(&self, s: &str) -> Vec<Found> {
         let mut found = self.find_once(s);
         if found.is_empty() {
             return found;
         }
         let mut masked = s.as_bytes().to_vec();
-        let mut fresh = found.clone();
-        for _ in 1..ROUNDS {
-            for f in &fresh {
+        for round in 1..=ROUNDS {
+            for f in &found {
                 mask(&mut masked, &f.span);
             }
             let text = std::str::from_utf8(&masked).expect("ASCII over whole characters");
-            fresh = self
+            let new: Vec<Found> = self
                 .find_once(text)
                 .into_iter()
-                .filter(|n| !found.iter().any(|f| overlaps(&f.span, &n.span)))
+                .filter(|n| !inside(&found, &n.span))
                 .collect();
-            if fresh.is_empty() {
+            let Some(first) = new.first() else {
                 return found;
-            }
-            found.extend(fresh.iter().cloned());
-            found.sort_by_key(|f| f.span.start);
+            };
+            let rest = (round == ROUNDS).then(|| Found {
+                span: first.span.start..s.len(),
+                det: first.det,
+            });
+            found.extend(new);
+            found.extend(rest);
+            found = self.resolve(found, &[]);
         }
-        let first = fresh
-            .into_iter()
-            .next()
-            .expect("the loop returns when none is new");
-        found.retain(|f| f.span.end <= first.span.start);
-        found.push(Found {
-            span: first.span.start..s.len(),
-            det: first.det,
-        });
         found
     }
 
@@ -501,12 +499,12 @@ impl Redactor {
     }
 }
 
-/// Searches of one text `find` makes at most, the first included.
+/// Searches of one text `find` makes again at most, after the first.
 const ROUNDS: usize = 8;
 
 /// `span` of `text` overwritten as the marker `[REDACTED:…]` bounds it: `[` first, `]`
-/// last and between, characters no detector takes for a secret or a word. The length is
-/// kept, so the spans found after stay those of the text itself.
+/// last and between, none of them a word character. The length is kept, so the spans
+/// found after stay those of the text itself.
 fn mask(text: &mut [u8], span: &Range<usize>) {
     let bytes = &mut text[span.clone()];
     bytes.fill(b']');
@@ -515,8 +513,10 @@ fn mask(text: &mut [u8], span: &Range<usize>) {
     }
 }
 
-fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
-    a.start < b.end && b.start < a.end
+/// Whether `span` lies inside one of `found` (disjoint, by start).
+fn inside(found: &[Found], span: &Range<usize>) -> bool {
+    let after = found.partition_point(|f| f.span.start <= span.start);
+    after > 0 && found[after - 1].span.end >= span.end
 }
 
 /// The assertions `trigger` makes, read in multi-line mode: one anchoring to nothing but

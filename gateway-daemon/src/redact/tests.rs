@@ -581,20 +581,42 @@ fn keys_glued_together_are_each_redacted_not_left_for_a_second_pass() {
 }
 
 #[test]
-fn a_chain_of_glued_keys_longer_than_the_rounds_is_redacted_to_the_end() {
-    // Each key of the chain is found only once the one before is masked: a round each.
-    // Past `ROUNDS`, the rest of the text is one redaction, not a pass per key.
+fn a_chain_of_glued_keys_is_redacted_key_by_key_up_to_the_rounds_then_to_the_end() {
+    // Each key of the chain is found only once the one before is masked: a search each,
+    // and one more to see that nothing follows.
     let r = default();
+    let marker = "[REDACTED:google_api_key]";
+    let s = format!("ids: {} tail", GOOGLE_KEY.repeat(ROUNDS));
+    let (out, counts) = r.redact_str(&s).expect("redacted");
+    assert_eq!(out, format!("ids: {} tail", marker.repeat(ROUNDS)));
+    assert_eq!(counts.get("google_api_key"), ROUNDS as u64);
+    // Longer: past `ROUNDS` searches again, the rest of the text is one redaction, not a
+    // search per key.
     let s = format!("ids: {} tail", GOOGLE_KEY.repeat(ROUNDS + 4));
     let (out, counts) = r.redact_str(&s).expect("redacted");
-    assert!(!out.contains("AIza"), "{out}");
-    assert_eq!(
-        out,
-        format!("ids: {}", "[REDACTED:google_api_key]".repeat(ROUNDS)),
-    );
-    assert_eq!(counts.get("google_api_key"), ROUNDS as u64);
+    assert_eq!(out, format!("ids: {}", marker.repeat(ROUNDS + 1)));
+    assert_eq!(counts.get("google_api_key"), ROUNDS as u64 + 1);
     assert_eq!(r.scan_str(&s), counts);
     assert!(r.redact_str(&out).is_none(), "{out} redacted again");
+}
+
+#[test]
+fn a_find_of_a_later_search_that_reaches_into_an_earlier_one_is_merged_not_dropped() {
+    // Found in review: the second search finds the assignment `token="…"` (its key word
+    // no longer glued to the key before it) whose value, merged with the key glued after
+    // the first one, overlaps that first one. Dropping it left the last key in clear.
+    let key = format!("AIza{}", "b".repeat(35));
+    let s = format!("{key}token=\"{key}{key}\"");
+    let r = default();
+    let (out, counts) = r.redact_str(&s).expect("redacted");
+    assert!(!out.contains("AIza"), "{out}");
+    assert_eq!(r.scan_str(&s), counts);
+    let again = r.redact_str(&out).map(|(_, c)| c).unwrap_or_default();
+    assert_eq!(
+        again.get("google_api_key"),
+        0,
+        "{out} redacted again: {again:?}"
+    );
 }
 
 #[test]
