@@ -67,10 +67,14 @@ pub struct BenchArgs {
     /// The binaries are built already (set when xtask re-runs itself through sudo).
     #[arg(long, hide = true)]
     prebuilt: bool,
-    /// This daemon binary instead of target/release/mcp-gateway (`cargo xtask pgo`'s
-    /// instrumented one).
+    /// The binaries in this directory instead of target/release (`cargo xtask pgo`'s
+    /// instrumented ones).
     #[arg(long, hide = true)]
-    gateway: Option<PathBuf>,
+    bins: Option<PathBuf>,
+    /// What the release build was optimised with (set when xtask re-runs itself through
+    /// sudo, which drops MCP_GATEWAY_PGO).
+    #[arg(long, hide = true)]
+    built_with: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -328,16 +332,11 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             }
         }
     }
-    let pgo = match &args.gateway {
-        Some(_) => None,
-        None => Some(super::pgo::release(root)?),
+    let built_with = match (&args.bins, &args.built_with) {
+        (Some(_), _) => "instrumented".to_string(),
+        (None, Some(label)) => label.clone(),
+        (None, None) => super::pgo::release(root)?.label(),
     };
-    if let Some(pgo) = &pgo {
-        eprintln!(
-            "bench: the release build's optimisation profile: {}",
-            pgo.label()
-        );
-    }
     if !args.prebuilt {
         super::ensure_deps()?;
         build(root)?;
@@ -351,6 +350,13 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             .arg(exe)
             .args(std::env::args_os().skip(1))
             .args((!args.prebuilt).then_some("--prebuilt"))
+            .args(
+                args.built_with
+                    .is_none()
+                    .then(|| ["--built-with".to_string(), built_with.clone()])
+                    .into_iter()
+                    .flatten(),
+            )
             .status()
             .context("running sudo")?;
         if !status.success() {
@@ -382,7 +388,8 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         .copied()
         .collect();
     let target = root.join("target");
-    let mut env = Env::new(&target, args.gateway.as_deref())?;
+    eprintln!("bench: the release build's optimisation profile: {built_with}");
+    let mut env = Env::new(&target, args.bins.as_deref())?;
     env.callgrind = args.instructions;
     let mut machine = machine();
     // What one fdatasync of a small append costs where the ledgers are written: the
@@ -466,12 +473,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         ("machine", machine),
         ("params", params.json()),
         // The profile the release build used (its hash), or why none (pgo.rs).
-        (
-            "pgo",
-            pgo.as_ref()
-                .map_or_else(|| "instrumented".to_string(), super::pgo::Use::label)
-                .into(),
-        ),
+        ("pgo", built_with.into()),
         (
             "scenarios",
             Json::Arr(
@@ -538,24 +540,26 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The cargo command of the bench's release build.
+pub const BUILD: [&str; 7] = [
+    "build",
+    "--release",
+    "-p",
+    "gateway-daemon",
+    "-p",
+    "gateway-tests",
+    "--bins",
+];
+
 /// The release build the bench runs: the daemon with the profile (`pgo.rs`), and the
 /// client, upstream and relays in the same build, so that the code they share with it
 /// (hyper, tokio, rustls) is compiled alike.
 pub fn build(root: &Path) -> Result<()> {
-    let args = [
-        "build",
-        "--release",
-        "-p",
-        "gateway-daemon",
-        "-p",
-        "gateway-tests",
-        "--bins",
-    ];
     let mut cmd = Command::new(super::cargo_bin());
     super::pgo::apply(&mut cmd, &super::pgo::release(root)?);
-    let status = cmd.args(args).status().context("running cargo")?;
+    let status = cmd.args(BUILD).status().context("running cargo")?;
     if !status.success() {
-        bail!("cargo {} failed", args.join(" "));
+        bail!("cargo {} failed", BUILD.join(" "));
     }
     Ok(())
 }

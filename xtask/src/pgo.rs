@@ -10,6 +10,7 @@
 //! A profile out of date with the code still builds: LLVM drops the counts of every
 //! function whose shape changed and optimises those as without a profile.
 
+use std::ffi::{OsStr, OsString};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,8 +26,9 @@ const ABOUT: &str = "pgo/profile.txt";
 const SWITCH: &str = "MCP_GATEWAY_PGO";
 /// The scenarios the profile is taken under: every path a call through the daemon takes
 /// in the bench (plain, journald, enforced with redaction and pins under each ledger sync,
-/// TLS, stdio).
-const TRAINING: &str = "gateway,gateway-journald,full-always,full-none,gateway-tls,stdio-gateway";
+/// TLS, stdio), and the relays it is judged against (the direct baselines run too).
+const TRAINING: &str =
+    "relay,http-relay,gateway,gateway-journald,full-always,full-none,gateway-tls,stdio-gateway";
 
 /// Whether a release build uses the profile, and why not when it does not.
 #[derive(Clone, Debug)]
@@ -64,8 +66,13 @@ pub fn release(root: &Path) -> Result<Use> {
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", profile.display())),
     };
-    let made_by = about_llvm(root)?;
-    let here = llvm_major()?;
+    let (made_by, here) = match (about_llvm(root), llvm_major()) {
+        (Ok(m), Ok(h)) => (m, h),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("xtask: NOTE: building without a profile: {e:#}");
+            return Ok(Use::Off("its LLVM version unknown"));
+        }
+    };
     if here < made_by {
         eprintln!(
             "xtask: NOTE: {PROFILE} was taken with LLVM {made_by}, this rustc has LLVM {here}, \
@@ -81,70 +88,78 @@ pub fn release(root: &Path) -> Result<Use> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("mcp-gateway-{hash}.profdata"));
     if !path.exists() {
-        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        // Whole or not at all: a copy cut short would keep its name and fail every build.
+        let part = dir.join(format!(
+            "mcp-gateway-{hash}.profdata.{}",
+            std::process::id()
+        ));
+        std::fs::write(&part, &bytes).with_context(|| format!("writing {}", part.display()))?;
+        std::fs::rename(&part, &path).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(Use::Profile { path, hash })
 }
 
-/// Sets `cmd`'s RUSTFLAGS for a release build with `using`: the caller's, and the profile.
+/// Sets `cmd`'s flags for a release build with `using`: the caller's, and the profile.
 pub fn apply(cmd: &mut Command, using: &Use) {
     if let Use::Profile { path, .. } = using {
-        let mut flags = std::env::var_os("RUSTFLAGS").unwrap_or_default();
-        if !flags.is_empty() {
-            flags.push(" ");
-        }
-        flags.push("-Cprofile-use=");
-        flags.push(path);
-        cmd.env("RUSTFLAGS", flags);
+        let mut flag = OsString::from("-Cprofile-use=");
+        flag.push(path);
+        add_flags(cmd, [flag]);
     }
 }
 
-/// `cargo xtask pgo`: builds the daemon instrumented (in target/pgo-gen, apart from the
-/// release build), runs the bench's gateway scenarios on it (`--quick`), and merges what it
-/// counted into `pgo/mcp-gateway.profdata`.
+/// Adds `flags` to the caller's rustc flags for `cmd`, in CARGO_ENCODED_RUSTFLAGS (which
+/// cargo reads before RUSTFLAGS, and which keeps a path with a space whole). As RUSTFLAGS
+/// does, it stands in for any `rustflags` of cargo's config files.
+fn add_flags(cmd: &mut Command, flags: impl IntoIterator<Item = OsString>) {
+    let mut all: Vec<OsString> = match std::env::var_os("CARGO_ENCODED_RUSTFLAGS") {
+        Some(e) if !e.is_empty() => e
+            .to_string_lossy()
+            .split('\x1f')
+            .map(OsString::from)
+            .collect(),
+        _ => std::env::var("RUSTFLAGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(OsString::from)
+            .collect(),
+    };
+    all.extend(flags);
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", all.join(OsStr::new("\x1f")));
+    cmd.env_remove("RUSTFLAGS");
+}
+
+/// `cargo xtask pgo`: builds the bench's binaries instrumented (in target/pgo-gen, apart
+/// from the release build), runs the bench's scenarios on them (`--quick`), and merges what
+/// they counted into `pgo/mcp-gateway.profdata`. The relays and the client are trained
+/// too: the release build compiles them with the same profile, so that the columns the
+/// gateway is judged against are optimised alike.
 pub fn take(root: &Path) -> Result<()> {
     let profdata = llvm_profdata()?;
     super::ensure_deps()?;
-    // The bench's client, upstream and relays, as the bench builds them.
-    super::bench::build(root)?;
     let gen = root.join("target/pgo-gen");
     let raw = gen.join("raw");
-    if raw.exists() {
-        std::fs::remove_dir_all(&raw).with_context(|| format!("removing {}", raw.display()))?;
-    }
-    let mut flags = std::env::var_os("RUSTFLAGS").unwrap_or_default();
-    if !flags.is_empty() {
-        flags.push(" ");
-    }
-    flags.push("-Cprofile-generate=");
-    flags.push(&raw);
-    let status = Command::new(super::cargo_bin())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "gateway-daemon",
-            "--bin",
-            "mcp-gateway",
-        ])
+    let mut flag = OsString::from("-Cprofile-generate=");
+    flag.push(&raw);
+    let mut cmd = Command::new(super::cargo_bin());
+    add_flags(&mut cmd, [flag]);
+    let status = cmd
+        .args(super::bench::BUILD)
         .env("CARGO_TARGET_DIR", &gen)
-        .env("RUSTFLAGS", flags)
         .status()
         .context("running cargo")?;
     if !status.success() {
         bail!("the instrumented build failed ({status})");
     }
+    // Only what the bench runs counts: the build's scripts, instrumented too, wrote here.
+    if raw.exists() {
+        std::fs::remove_dir_all(&raw).with_context(|| format!("removing {}", raw.display()))?;
+    }
     let exe = std::env::current_exe().context("finding the xtask binary")?;
     let status = Command::new(exe)
-        .args([
-            "bench",
-            "--quick",
-            "--prebuilt",
-            "--only",
-            TRAINING,
-            "--gateway",
-        ])
-        .arg(gen.join("release/mcp-gateway"))
+        .args(["bench", "--quick", "--prebuilt", "--only", TRAINING])
+        .arg("--bins")
+        .arg(gen.join("release"))
         .arg("--out")
         .arg(gen.join("training.json"))
         .status()
@@ -153,16 +168,21 @@ pub fn take(root: &Path) -> Result<()> {
         bail!("the training run (cargo xtask bench --only {TRAINING}) failed ({status})");
     }
     let counted = std::fs::read_dir(&raw)
-        .with_context(|| format!("the instrumented daemon wrote nothing in {}", raw.display()))?
+        .with_context(|| {
+            format!(
+                "the instrumented binaries wrote nothing in {}",
+                raw.display()
+            )
+        })?
         .filter_map(|e| e.ok())
         .any(|e| e.path().extension().is_some_and(|x| x == "profraw"));
     if !counted {
         bail!(
-            "the instrumented daemon wrote no .profraw in {}",
+            "the instrumented binaries wrote no .profraw in {}",
             raw.display()
         );
     }
-    // Sparse: functions never run are left out (2 MB instead of 11) and optimised as
+    // Sparse: functions never run are left out (a third of the size) and optimised as
     // without a profile.
     let out = root.join(PROFILE);
     std::fs::create_dir_all(out.parent().expect("pgo/")).context("creating pgo/")?;
@@ -284,9 +304,9 @@ mod tests {
         apply(&mut cmd, &using);
         let flags = cmd
             .get_envs()
-            .find(|(k, _)| *k == "RUSTFLAGS")
+            .find(|(k, _)| *k == "CARGO_ENCODED_RUSTFLAGS")
             .and_then(|(_, v)| v)
-            .expect("RUSTFLAGS set")
+            .expect("CARGO_ENCODED_RUSTFLAGS set")
             .to_string_lossy()
             .into_owned();
         assert!(
@@ -295,6 +315,8 @@ mod tests {
         );
         let mut cmd = Command::new("true");
         apply(&mut cmd, &Use::Off("test"));
-        assert!(cmd.get_envs().all(|(k, _)| k != "RUSTFLAGS"));
+        assert!(cmd
+            .get_envs()
+            .all(|(k, _)| k != "RUSTFLAGS" && k != "CARGO_ENCODED_RUSTFLAGS"));
     }
 }

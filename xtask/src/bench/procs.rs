@@ -30,11 +30,11 @@ pub struct Env {
 }
 
 impl Env {
-    /// `gateway`: the daemon binary, when not target/release's.
-    pub fn new(target: &Path, gateway: Option<&Path>) -> Result<Env> {
-        let release = target.join("release");
+    /// `bins`: the binaries' directory, when not target/release.
+    pub fn new(target: &Path, bins: Option<&Path>) -> Result<Env> {
+        let release = bins.map_or_else(|| target.join("release"), Path::to_path_buf);
         let (gateway, client) = (
-            gateway.map_or_else(|| release.join("mcp-gateway"), Path::to_path_buf),
+            release.join("mcp-gateway"),
             release.join("mcp-bench-client"),
         );
         for bin in [&gateway, &client] {
