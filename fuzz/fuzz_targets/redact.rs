@@ -10,7 +10,7 @@
 //! redacts the text after a marker (found by this target: `$6$f$ysfSa5JlLiEr0Gs5SKXv68}
 //! tylY3oLOr0GsP5SKX068` gives `[REDACTED:password_hash]}tylY3oLOr0GsP5SKX068`, whose
 //! second pass redacts `tylY3oLOr0GsP5SKX068` as `high_entropy`); and it leaves out that
-//! context-window detector (see `only_context`). For JSON (the input itself, and the input as the text of an MCP
+//! context-window detector (see `CONTEXT`). For JSON (the input itself, and the input as the text of an MCP
 //! tool result): the document keeps its shape (same keys, same types, non-string leaves
 //! untouched), every string leaf is what `redact_str` makes of it (so the one-pass trigger
 //! pre-check over the joined document never skips a leaf), the counts add up, a second pass
@@ -32,7 +32,7 @@ fn markers(s: &str) -> usize {
     s.matches("[REDACTED:").count()
 }
 
-/// Whether only the detectors that read a value in the context of a key before it fired
+/// The detectors that read a value in the context of a key before it
 /// (`high_entropy`: a random-looking string within 24 characters after a key-like word;
 /// `secret_assignment`: the value after `password=`, `token:`, ...; `aws_secret_key`: 40
 /// characters within 20 after `aws…secret`; `database_url`: the password between
@@ -52,18 +52,32 @@ fn markers(s: &str) -> usize {
 /// form a new valid number (found by this target: in `...sh90234 5678 90124 5678 9012 5670
 /// 9378 9012 5678 934 5678 e64,` the first pass redacts `5678 90124 5678 9012`, the second
 /// then finds the Luhn-valid `5670 9378 9012 5678` that the first pass left in clear).
-fn only_context(c: &Counts) -> bool {
-    c.iter().all(|(name, _)| {
-        matches!(
-            name,
-            "high_entropy"
-                | "secret_assignment"
-                | "aws_secret_key"
-                | "database_url"
-                | "payment_card"
-                | "phone"
-                | "iban"
-        )
+///
+/// The second pass runs without them (`self_contained`), not with them and its finds
+/// filtered: a context detector that fires in the second pass changes the context of what
+/// follows, and a self-contained detector whose check reads that context may then fire
+/// too (found by this target: the second pass redacted part of `…/Kfvu…netvc@proj.iam.gser`
+/// as `high_entropy`, and the rest, no longer after a `/` that made it a path component,
+/// as `email`), which says nothing of what the first pass left.
+const CONTEXT: &[&str] = &[
+    "high_entropy",
+    "secret_assignment",
+    "aws_secret_key",
+    "database_url",
+    "payment_card",
+    "phone",
+    "iban",
+];
+
+/// The default detectors without the context ones.
+fn self_contained() -> &'static Redactor {
+    static R: OnceLock<Redactor> = OnceLock::new();
+    R.get_or_init(|| {
+        let cfg = RedactConfig {
+            disable: CONTEXT.iter().map(|s| s.to_string()).collect(),
+            ..RedactConfig::default()
+        };
+        Redactor::new(&cfg).expect("the default detectors less the context ones")
     })
 }
 
@@ -106,12 +120,10 @@ fn check_str(r: &Redactor, s: &str) -> Counts {
                 markers(&out)
             );
             let once = neutral(r, &out);
-            if let Some((again, c)) = r.redact_str(&once) {
-                if !only_context(&c) {
-                    panic!(
-                        "redacted output is redacted again ({c:?}):\n input {s:?}\n once  {once:?}\n twice {again:?}"
-                    );
-                }
+            if let Some((again, c)) = self_contained().redact_str(&once) {
+                panic!(
+                    "redacted output is redacted again ({c:?}):\n input {s:?}\n once  {once:?}\n twice {again:?}"
+                );
             }
             counts
         }
@@ -170,11 +182,8 @@ fn check_doc(r: &Redactor, doc: &Value) {
     let mut once = red.clone();
     neutral_json(r, &mut once);
     let mut twice = once.clone();
-    let again = r.redact_json(&mut twice);
-    assert!(
-        only_context(&again),
-        "redacted JSON is redacted again: {again:?}"
-    );
+    let again = self_contained().redact_json(&mut twice);
+    assert!(again.is_empty(), "redacted JSON is redacted again: {again:?}");
     if again.is_empty() {
         assert_eq!(twice, once);
     }
