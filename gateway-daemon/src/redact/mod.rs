@@ -384,7 +384,7 @@ impl Redactor {
             let Some(first) = new.first() else {
                 return found;
             };
-            let rest = (round == ROUNDS).then(|| Found {
+            let rest = (round == ROUNDS).then_some(Found {
                 span: first.span.start..s.len(),
                 det: first.det,
             });
