@@ -78,8 +78,8 @@ enum Cmd {
     /// Run the cargo-fuzz targets in fuzz/ (all by default) for --seconds each; fails on a
     /// crash, naming the input libFuzzer wrote.
     Fuzz(fuzz::FuzzArgs),
-    /// Take the release build's optimisation profile again (pgo/mcp-gateway.profdata): an
-    /// instrumented daemon under the bench's gateway scenarios (root; ~15 min).
+    /// Take the release build's optimisation profile again (pgo/mcp-gateway.profdata): the
+    /// bench's binaries instrumented, under its relay and gateway scenarios (root; ~20 min).
     Pgo,
 }
 

@@ -1,7 +1,7 @@
 //! Profile-guided optimisation of the release build (docs/design.md, 7.7).
 //!
-//! `pgo/mcp-gateway.profdata` is a profile of the daemon taken under `cargo xtask bench`'s
-//! gateway scenarios, committed with the code. Every release build xtask makes (`bench`,
+//! `pgo/mcp-gateway.profdata` is a profile of the daemon, the relays and the bench's client
+//! taken under `cargo xtask bench`'s relay and gateway scenarios, committed with the code. Every release build xtask makes (`bench`,
 //! `deb`, `run --release`) passes it to rustc (`-Cprofile-use`): LLVM then lays out the
 //! code a call runs together and inlines along the paths taken, which is most of what a
 //! call through the daemon was losing to instruction-cache misses. `cargo xtask pgo` takes
@@ -25,8 +25,8 @@ const ABOUT: &str = "pgo/profile.txt";
 /// `MCP_GATEWAY_PGO=off` builds without the profile (to measure what it brings).
 const SWITCH: &str = "MCP_GATEWAY_PGO";
 /// The scenarios the profile is taken under: every path a call through the daemon takes
-/// in the bench (plain, journald, enforced with redaction and pins under each ledger sync,
-/// TLS, stdio), and the relays it is judged against (the direct baselines run too).
+/// in the bench (plain, journald, enforced with redaction and pins under `sync = "always"`
+/// and `"none"`, TLS, stdio), and the relays it is judged against (the direct baselines run too).
 const TRAINING: &str =
     "relay,http-relay,gateway,gateway-journald,full-always,full-none,gateway-tls,stdio-gateway";
 
