@@ -332,14 +332,22 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
             }
         }
     }
-    let built_with = match (&args.bins, &args.built_with) {
-        (Some(_), _) => "instrumented".to_string(),
-        (None, Some(label)) => label.clone(),
-        (None, None) => super::pgo::release(root)?.label(),
+    // What the build uses, found once (the build's note, the profile's hash); the child
+    // through sudo is told.
+    let using = (args.bins.is_none() && args.built_with.is_none())
+        .then(|| super::pgo::release(root))
+        .transpose()?;
+    let built_with = match (&args.bins, &args.built_with, &using) {
+        (Some(_), ..) => "instrumented".to_string(),
+        (None, Some(label), _) => label.clone(),
+        (None, None, u) => u.as_ref().map_or_else(String::new, super::pgo::Use::label),
     };
     if !args.prebuilt {
         super::ensure_deps()?;
-        build(root)?;
+        match &using {
+            Some(u) => build(u)?,
+            None => build(&super::pgo::release(root)?)?,
+        }
     }
     if !super::is_root() {
         // The daemon loads eBPF and the client joins an agent cgroup: both need root. The
@@ -554,9 +562,9 @@ pub const BUILD: [&str; 7] = [
 /// The release build the bench runs: the daemon with the profile (`pgo.rs`), and the
 /// client, upstream and relays in the same build, so that the code they share with it
 /// (hyper, tokio, rustls) is compiled alike.
-pub fn build(root: &Path) -> Result<()> {
+fn build(using: &super::pgo::Use) -> Result<()> {
     let mut cmd = Command::new(super::cargo_bin());
-    super::pgo::apply(&mut cmd, &super::pgo::release(root)?);
+    super::pgo::apply(&mut cmd, using);
     let status = cmd.args(BUILD).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed", BUILD.join(" "));

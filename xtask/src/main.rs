@@ -445,15 +445,20 @@ fn run_cargo(mut cmd: Command, extra: &[String], bin: &Path) -> Result<()> {
 }
 
 fn host_triple() -> Result<String> {
+    rustc_says("host")
+}
+
+/// One field of `rustc -vV` (`host`, `release`, `LLVM version`).
+fn rustc_says(field: &str) -> Result<String> {
     let out = Command::new("rustc")
         .arg("-vV")
         .output()
         .context("running rustc -vV")?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("host: "))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
         .map(str::to_string)
-        .context("rustc -vV printed no host triple")
+        .with_context(|| format!("rustc -vV printed no {field}"))
 }
 
 fn cargo_bin() -> String {

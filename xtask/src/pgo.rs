@@ -1,10 +1,11 @@
 //! Profile-guided optimisation of the release build (docs/design.md, 7.7).
 //!
 //! `pgo/mcp-gateway.profdata` is a profile of the daemon, the relays and the bench's client
-//! taken under `cargo xtask bench`'s relay and gateway scenarios, committed with the code. Every release build xtask makes (`bench`,
-//! `deb`, `run --release`) passes it to rustc (`-Cprofile-use`): LLVM then lays out the
-//! code a call runs together and inlines along the paths taken, which is most of what a
-//! call through the daemon was losing to instruction-cache misses. `cargo xtask pgo` takes
+//! taken under `cargo xtask bench`'s relay and gateway scenarios, committed with the code.
+//! Every release build xtask makes (`bench`, `deb`, `run --release`) passes it to rustc
+//! (`-Cprofile-use`): LLVM then lays out the code a call runs together and inlines along
+//! the paths taken, which goes to what a call through the daemon was losing to
+//! instruction-cache misses. `cargo xtask pgo` takes
 //! the profile again; a plain `cargo build --release` does not use it.
 //!
 //! A profile out of date with the code still builds: LLVM drops the counts of every
@@ -26,7 +27,8 @@ const ABOUT: &str = "pgo/profile.txt";
 const SWITCH: &str = "MCP_GATEWAY_PGO";
 /// The scenarios the profile is taken under: every path a call through the daemon takes
 /// in the bench (plain, journald, enforced with redaction and pins under `sync = "always"`
-/// and `"none"`, TLS, stdio), and the relays it is judged against (the direct baselines run too).
+/// and `"none"`, TLS, stdio), and the relays it is judged against (the direct baselines
+/// run too).
 const TRAINING: &str =
     "relay,http-relay,gateway,gateway-journald,full-always,full-none,gateway-tls,stdio-gateway";
 
@@ -200,7 +202,7 @@ pub fn take(root: &Path) -> Result<()> {
         "# What took {PROFILE} (`cargo xtask pgo`); a rustc whose LLVM is older cannot read it.\n\
          llvm = {}\nrustc = {}\ncommit = {sha}{}\nscenarios = {TRAINING}\n",
         llvm_major()?,
-        rustc_release()?,
+        super::rustc_says("release")?,
         if dirty { " (dirty)" } else { "" },
     );
     std::fs::write(root.join(ABOUT), about).context("writing pgo/profile.txt")?;
@@ -237,30 +239,10 @@ fn llvm_profdata() -> Result<PathBuf> {
     Ok(tool)
 }
 
-fn rustc_verbose() -> Result<String> {
-    let out = Command::new("rustc")
-        .arg("-vV")
-        .output()
-        .context("running rustc -vV")?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn rustc_release() -> Result<String> {
-    rustc_verbose()?
-        .lines()
-        .find_map(|l| l.strip_prefix("release: "))
-        .map(str::to_string)
-        .context("rustc -vV printed no release")
-}
-
 /// The major version of this rustc's LLVM.
 fn llvm_major() -> Result<u32> {
-    let v = rustc_verbose()?;
-    let line = v
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version: "))
-        .context("rustc -vV printed no LLVM version")?;
-    major(line).with_context(|| format!("rustc -vV: LLVM version {line:?}"))
+    let line = super::rustc_says("LLVM version")?;
+    major(&line).with_context(|| format!("rustc -vV: LLVM version {line:?}"))
 }
 
 /// The LLVM major version `pgo/profile.txt` records.

@@ -103,7 +103,6 @@ impl std::fmt::Debug for Redactor {
 }
 
 /// One accepted match: the byte range replaced and the detector (index) that found it.
-#[derive(Clone)]
 struct Found {
     span: Range<usize>,
     det: usize,
