@@ -373,11 +373,16 @@ fn a_file_retired_while_the_ledger_is_read_is_read_again_not_reported() {
         "the race this test is about no longer shows"
     );
     let mut first = true;
-    let (r, _) = super::verify::verify_live_then(&cfg.path, Some(&key(&cfg)), || {
-        if std::mem::take(&mut first) {
-            rotate(12)
-        }
-    });
+    let (r, _) = super::verify::verify_live_then(
+        &cfg.path,
+        Some(&key(&cfg)),
+        || {
+            if std::mem::take(&mut first) {
+                rotate(12)
+            }
+        },
+        || {},
+    );
     assert!(r.finding.is_none(), "{:?}", r.finding);
 }
 
@@ -401,4 +406,67 @@ fn a_current_file_aliasing_a_rotated_one_does_not_verify() {
         let (r, _) = super::verify::verify_live(&cfg.path, Some(&key(&cfg)));
         assert!(r.finding.is_some(), "symlink {symlink}: verified");
     }
+}
+
+/// The ledger's file with its last record cut in two, as a reader sees it while the
+/// daemon's `write` of that record is half done: (the file's path, the part still to come).
+fn half_written(dir: &Path) -> (AuditConfig, Vec<u8>) {
+    let cfg = config(dir);
+    write_blocking(&cfg, 20);
+    let bytes = std::fs::read(&cfg.path).unwrap();
+    let last = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let cut = last + (bytes.len() - last) / 2;
+    std::fs::write(&cfg.path, &bytes[..cut]).unwrap();
+    (cfg, bytes[cut..].to_vec())
+}
+
+/// A record being written as `verify` reads reads as an incomplete last line. The daemon
+/// writes each record in one `write`, so the file has grown by the time the read is
+/// checked: `verify_live` reads again instead of reporting a torn ledger of a live daemon.
+#[test]
+fn a_record_caught_half_written_is_read_again_not_reported_torn() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, rest) = half_written(dir.path());
+    let mut reads = 0;
+    let (r, _) = super::verify::verify_live_then(
+        &cfg.path,
+        Some(&key(&cfg)),
+        || {},
+        || {
+            reads += 1;
+            if reads == 1 {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&cfg.path)
+                    .unwrap();
+                f.write_all(&rest).unwrap();
+            }
+        },
+    );
+    assert!(r.finding.is_none(), "{:?}", r.finding);
+    assert_eq!(
+        reads, 2,
+        "the first read did not see the half-written record"
+    );
+    assert_eq!(
+        r.records as usize,
+        lines(&cfg.path).len(),
+        "not every record read"
+    );
+}
+
+/// A line a crash left incomplete does not grow: still reported torn, after one read.
+#[test]
+fn a_line_a_crash_left_incomplete_is_still_reported_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = half_written(dir.path());
+    let mut reads = 0;
+    let (r, _) = super::verify::verify_live_then(&cfg.path, Some(&key(&cfg)), || {}, || reads += 1);
+    assert_eq!(r.finding.map(|f| f.reason), Some(Reason::Torn));
+    assert_eq!(reads, 1, "read again although nothing changed");
 }

@@ -135,17 +135,20 @@ pub fn verify(files: &[PathBuf], key: Option<&VerifyingKey>, head: Option<&Path>
 /// Verifies the configured ledger while its daemon may write, rotate and retire files:
 /// opened as one moment of it (`files::read_live`), and again, at most twice more, when a
 /// finding came while its files changed (a file retired, or two rotations, during the
-/// read). Damage is found every time; a race only while the files change. Also returns
-/// how many files were read.
+/// read), or when the last line read was incomplete and the file has grown since (a
+/// record caught while it was being written). Damage is found every time; a race only
+/// while the files change. Also returns how many files were read.
 pub fn verify_live(path: &Path, key: Option<&VerifyingKey>) -> (Report, usize) {
-    verify_live_then(path, key, || {})
+    verify_live_then(path, key, || {}, || {})
 }
 
-/// `verify_live`, calling `between` where `files::read_live_then` does, at every try.
+/// `verify_live`, calling `between` where `files::read_live_then` does and `after_read`
+/// once the files were read and verified, at every try.
 pub(crate) fn verify_live_then(
     path: &Path,
     key: Option<&VerifyingKey>,
     mut between: impl FnMut(),
+    mut after_read: impl FnMut(),
 ) -> (Report, usize) {
     let mut tries = 0;
     loop {
@@ -153,9 +156,28 @@ pub(crate) fn verify_live_then(
         let before = super::files::generation(path);
         let snapshot = super::files::read_live_then(path, &mut between);
         let report = verify_read(&snapshot, key);
-        if report.finding.is_none() || tries == 3 || super::files::generation(path) == before {
+        after_read();
+        let again = report.finding.as_ref().is_some_and(|f| {
+            super::files::generation(path) != before
+                || (f.reason == Reason::Torn && grew_since_read(&snapshot))
+        });
+        if !again || tries == 3 {
             return (report, snapshot.files.len());
         }
+    }
+}
+
+/// Whether the snapshot's last file (the one a torn line can end) now holds more than was
+/// read of it: the daemon's `write` of a record was caught half done, not a crash's.
+fn grew_since_read(snapshot: &Snapshot) -> bool {
+    use std::io::Seek;
+    let Some((_, Ok(file))) = snapshot.files.last() else {
+        return false;
+    };
+    let mut file = file;
+    match (file.stream_position(), file.metadata()) {
+        (Ok(read), Ok(m)) => m.len() > read,
+        _ => false,
     }
 }
 
