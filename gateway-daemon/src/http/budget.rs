@@ -25,7 +25,9 @@ pub enum OverBudget {
 #[derive(Default)]
 struct Held {
     total: usize,
-    per_uid: HashMap<u32, usize>,
+    /// foldhash, not SipHash: a body's every chunk looks its user up here, and a uid is
+    /// no key anyone can choose to collide.
+    per_uid: HashMap<u32, usize, foldhash::fast::RandomState>,
 }
 
 pub struct Budget {

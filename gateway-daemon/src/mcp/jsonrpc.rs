@@ -278,7 +278,7 @@ impl<'a> Message<'a> {
         if let Some(what) = target {
             let raw = if what == "name" { view.name } else { view.uri };
             let raw = raw.ok_or_else(|| missing(what))?;
-            info.target_name = Some(raw_str(raw, &format!("params.{what}"))?);
+            info.target_name = Some(raw_str(raw, &format_args!("params.{what}"))?);
         }
         let meta = match view.meta {
             Some(m) if m.get().starts_with('{') => m,
@@ -297,7 +297,7 @@ impl<'a> Message<'a> {
             info.progress_token = Some(id_from_raw(raw, false, "params._meta.progressToken")?);
         }
         if let Some(raw) = meta.protocol_version {
-            let what = format!("params._meta[\"{META_PROTOCOL_VERSION}\"]");
+            let what = format_args!("params._meta[\"{META_PROTOCOL_VERSION}\"]");
             info.protocol_version = Some(raw_str(raw, &what)?);
         }
         Ok(info)
@@ -637,8 +637,12 @@ fn json_type(raw: &RawValue) -> &'static str {
     }
 }
 
-/// A raw JSON string as text: borrowed when it has no escapes, owned otherwise.
-fn raw_str<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, JsonRpcError> {
+/// A raw JSON string as text: borrowed when it has no escapes, owned otherwise. `what`
+/// names it in an error, and is formatted only then.
+fn raw_str<'a>(
+    raw: &'a RawValue,
+    what: &(impl std::fmt::Display + ?Sized),
+) -> Result<Cow<'a, str>, JsonRpcError> {
     let text = raw.get();
     if !text.starts_with('"') {
         return Err(JsonRpcError::NotJsonRpc(format!(
@@ -657,7 +661,11 @@ fn raw_str<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, JsonRpcErr
 }
 
 /// An id (or progress token) from its raw value. `null` is accepted only if `allow_null`.
-fn id_from_raw(raw: &RawValue, allow_null: bool, what: &str) -> Result<Id, JsonRpcError> {
+fn id_from_raw(
+    raw: &RawValue,
+    allow_null: bool,
+    what: &(impl std::fmt::Display + ?Sized),
+) -> Result<Id, JsonRpcError> {
     match json_type(raw) {
         "string" => Ok(Id::Str(raw_str(raw, what)?.into_owned())),
         "number" => integer_value(raw.get()).map(Id::Num).ok_or_else(|| {

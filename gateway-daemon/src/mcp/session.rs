@@ -175,7 +175,10 @@ struct Key {
     id: String,
 }
 
-type Map = Mutex<HashMap<Key, Arc<Session>>>;
+/// foldhash, not SipHash: every request that names a session looks it up. Seeded per
+/// process, and what is inserted is capped (`max_sessions`), so colliding keys cost little,
+/// as for the metrics' labels.
+type Map = Mutex<HashMap<Key, Arc<Session>, foldhash::fast::RandomState>>;
 
 /// All sessions, bounded twice: one user holds at most `max_per_user` (past it, its own
 /// longest idle session is forgotten), and all together at most `max_sessions` (past it,
@@ -193,8 +196,8 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(max_sessions: usize, max_per_user: usize, max_pending: usize) -> Self {
         Self {
-            streamable: Mutex::new(HashMap::new()),
-            legacy: Mutex::new(HashMap::new()),
+            streamable: Mutex::default(),
+            legacy: Mutex::default(),
             max_sessions,
             max_per_user: max_per_user.min(max_sessions),
             max_pending,
