@@ -408,11 +408,16 @@ fn a_current_file_aliasing_a_rotated_one_does_not_verify() {
     }
 }
 
-/// The ledger's file with its last record cut in two, as a reader sees it while the
-/// daemon's `write` of that record is half done: (the file's path, the part still to come).
+/// A ledger whose current file has its last record cut in two, as a reader sees it while
+/// the daemon's `write` of that record is half done: (its config, the part still to come).
 fn half_written(dir: &Path) -> (AuditConfig, Vec<u8>) {
-    let cfg = config(dir);
+    let mut cfg = config(dir);
+    cfg.max_file_bytes = 4096;
     write_blocking(&cfg, 20);
+    assert!(
+        !files::rotated_files(&cfg.path).is_empty(),
+        "no rotated file"
+    );
     let bytes = std::fs::read(&cfg.path).unwrap();
     let last = bytes[..bytes.len() - 1]
         .iter()
@@ -453,11 +458,11 @@ fn a_record_caught_half_written_is_read_again_not_reported_torn() {
         reads, 2,
         "the first read did not see the half-written record"
     );
-    assert_eq!(
-        r.records as usize,
-        lines(&cfg.path).len(),
-        "not every record read"
-    );
+    let all: usize = files::ledger_files(&cfg.path)
+        .iter()
+        .map(|p| lines(p).len())
+        .sum();
+    assert_eq!(r.records as usize, all, "not every record read");
 }
 
 /// A line a crash left incomplete does not grow: still reported torn, after one read.
@@ -469,4 +474,50 @@ fn a_line_a_crash_left_incomplete_is_still_reported_torn() {
     let (r, _) = super::verify::verify_live_then(&cfg.path, Some(&key(&cfg)), || {}, || reads += 1);
     assert_eq!(r.finding.map(|f| f.reason), Some(Reason::Torn));
     assert_eq!(reads, 1, "read again although nothing changed");
+}
+
+/// A write the daemon cut back (it failed half done) leaves the file shorter than a read
+/// begun before: read again, not reported torn.
+#[test]
+fn a_record_cut_back_after_a_failed_write_is_read_again_not_reported_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = half_written(dir.path());
+    let bytes = std::fs::read(&cfg.path).unwrap();
+    let whole = bytes.iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    let mut reads = 0;
+    let (r, _) = super::verify::verify_live_then(
+        &cfg.path,
+        Some(&key(&cfg)),
+        || {},
+        || {
+            reads += 1;
+            if reads == 1 {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&cfg.path)
+                    .unwrap();
+                f.set_len(whole as u64).unwrap();
+            }
+        },
+    );
+    assert_eq!(reads, 2, "not read again");
+    // The record cut back is gone, so the signed head names one past the end: what is
+    // reported is that (as it would be of any record lost), not a torn line.
+    assert_ne!(r.finding.map(|f| f.reason), Some(Reason::Torn));
+}
+
+/// A rotated file that ends inside a line is reported `truncated`, even when the current
+/// file's last line is torn too.
+#[test]
+fn a_torn_current_file_does_not_hide_a_truncated_rotated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = half_written(dir.path());
+    let (_, rotated) = files::rotated_files(&cfg.path).pop().unwrap();
+    // Bytes after its last record: the chain holds, and the file ends inside a line.
+    let mut bytes = std::fs::read(&rotated).unwrap();
+    bytes.extend_from_slice(b"{\"hash\":");
+    std::fs::write(&rotated, bytes).unwrap();
+    let r = check(&cfg);
+    let f = r.finding.expect("verified");
+    assert_eq!((f.reason, f.file), (Reason::Truncated, rotated));
 }

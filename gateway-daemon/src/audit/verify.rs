@@ -159,7 +159,7 @@ pub(crate) fn verify_live_then(
         after_read();
         let again = report.finding.as_ref().is_some_and(|f| {
             super::files::generation(path) != before
-                || (f.reason == Reason::Torn && grew_since_read(&snapshot))
+                || (f.reason == Reason::Torn && changed_since_read(&snapshot))
         });
         if !again || tries == 3 {
             return (report, snapshot.files.len());
@@ -167,17 +167,28 @@ pub(crate) fn verify_live_then(
     }
 }
 
-/// Whether the snapshot's last file (the one a torn line can end) now holds more than was
-/// read of it: the daemon's `write` of a record was caught half done, not a crash's.
-fn grew_since_read(snapshot: &Snapshot) -> bool {
+/// How long a torn last line is given to change before it is taken for a crash's: a
+/// `write` the daemon was preempted in moves the file's end a page at a time.
+const TORN_SETTLES: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether the snapshot's last file (the one a torn line can end) no longer ends where
+/// its read did, now or a moment later: the daemon's `write` of a record was caught half
+/// done (the file grew), or failed and was cut back (it shrank), not a crash's line,
+/// which no one touches until the daemon starts and cuts it off. A read again only reads
+/// again: lasting damage shows again.
+fn changed_since_read(snapshot: &Snapshot) -> bool {
     use std::io::Seek;
     let Some((_, Ok(file))) = snapshot.files.last() else {
         return false;
     };
     let mut file = file;
-    match (file.stream_position(), file.metadata()) {
-        (Ok(read), Ok(m)) => m.len() > read,
-        _ => false,
+    let Ok(read) = file.stream_position() else {
+        return false;
+    };
+    let moved = || file.metadata().is_ok_and(|m| m.len() != read);
+    moved() || {
+        std::thread::sleep(TORN_SETTLES);
+        moved()
     }
 }
 
@@ -219,7 +230,9 @@ pub fn verify_read(snapshot: &Snapshot, key: Option<&VerifyingKey>) -> Report {
                 checkpoint: checkpoint_fields(line),
             });
         }
-        if !ends_clean {
+        // The first file that ends inside a record is the one reported: a torn current
+        // file does not hide a truncated rotated one.
+        if !ends_clean && report.finding.is_none() {
             let last_file = fi + 1 == files.len();
             report.finding = Some(Finding {
                 file: path.clone(),

@@ -297,8 +297,10 @@ impl<'a> Message<'a> {
             info.progress_token = Some(id_from_raw(raw, false, "params._meta.progressToken")?);
         }
         if let Some(raw) = meta.protocol_version {
-            let what = format_args!("params._meta[\"{META_PROTOCOL_VERSION}\"]");
-            info.protocol_version = Some(raw_str(raw, &what)?);
+            info.protocol_version = Some(raw_str(
+                raw,
+                &format_args!("params._meta[\"{META_PROTOCOL_VERSION}\"]"),
+            )?);
         }
         Ok(info)
     }
