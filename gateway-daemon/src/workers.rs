@@ -34,12 +34,24 @@ struct Running {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// How many workers `count` asks for: 0 is one per core the daemon may run on.
+/// How many workers `count` asks for: 0 is one per two cores the daemon may run on
+/// (rounded up), see `default_for`.
 pub fn resolve(count: usize) -> usize {
     if count > 0 {
         return count;
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    default_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The default worker count on `cores` cores: half of them, rounded up. The daemon shares
+/// the host with the agents and their servers, and every thread that sleeps and wakes on
+/// its own costs a call context switches: on 2 cores one worker against two spent about a
+/// fifth less daemon CPU a call at 16 connections, and the server behind it a fifth less
+/// too (its requests come bunched), for a fifth more calls/s; only `sync = "always"`'s
+/// calls/s at 16 connections did better with two (about a tenth), its syncs waiting on the
+/// one thread's turn through the calls (docs/design.md 7.1).
+pub fn default_for(cores: usize) -> usize {
+    cores.div_ceil(2).max(1)
 }
 
 /// Keeps a timer due within a second on the worker, always. Tokio's timer wakes its own
@@ -133,6 +145,13 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_is_a_worker_per_two_cores_rounded_up() {
+        let counts: Vec<usize> = [1, 2, 3, 4, 16].into_iter().map(default_for).collect();
+        assert_eq!(counts, [1, 1, 2, 2, 8]);
+        assert_eq!(resolve(3), 3, "a count set is kept");
+    }
 
     #[tokio::test]
     async fn a_task_stays_on_its_worker_thread_and_workers_take_turns() {

@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// process in the middle); installs valgrind when missing.
     #[arg(long)]
     instructions: bool,
+    /// Serve the daemon's agent connections on this many worker threads
+    /// (`listener.workers`) instead of its default, to measure which count a machine does
+    /// best with.
+    #[arg(long)]
+    workers: Option<usize>,
     /// The binaries are built already (set when xtask re-runs itself through sudo).
     #[arg(long, hide = true)]
     prebuilt: bool,
@@ -399,6 +404,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     eprintln!("bench: the release build's optimisation profile: {built_with}");
     let mut env = Env::new(&target, args.bins.as_deref())?;
     env.callgrind = args.instructions;
+    env.workers = args.workers;
     let mut machine = machine();
     // What one fdatasync of a small append costs where the ledgers are written: the
     // `sync = "always"` target allows one on top of what the relay adds.
@@ -482,6 +488,11 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         ("params", params.json()),
         // The profile the release build used (its hash), or why none (pgo.rs).
         ("pgo", built_with.into()),
+        // `listener.workers` when --workers set it (null: the daemon's default).
+        (
+            "workers",
+            args.workers.map_or(Json::Null, |w| (w as f64).into()),
+        ),
         (
             "scenarios",
             Json::Arr(

@@ -12,7 +12,7 @@ pub const LISTENER_IPV6: SocketAddr =
 pub const MAX_CONNECTIONS_PER_USER: usize = 4096;
 pub const FIRST_BYTE_TIMEOUT_S: u64 = 60;
 pub const CONNECTIONS_PER_SECOND_PER_USER: u32 = 500;
-/// 0: one worker thread per core the daemon may run on.
+/// 0: one worker thread per two cores the daemon may run on, rounded up.
 pub const WORKERS: usize = 0;
 
 // [scope]

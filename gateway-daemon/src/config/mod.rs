@@ -172,7 +172,7 @@ pub struct Listener {
     /// worth); faster ones are refused and audited once per interval.
     pub connections_per_second_per_user: u32,
     /// Threads that serve agent connections, each keeping its connections for their whole
-    /// life; 0 is one per core the daemon may run on.
+    /// life; 0 is one per two cores the daemon may run on, rounded up.
     pub workers: usize,
 }
 

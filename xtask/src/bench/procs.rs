@@ -27,6 +27,8 @@ pub struct Env {
     /// The process in the middle (relay or daemon) runs under valgrind's callgrind, its
     /// instrumentation off until the client turns it on (`--instructions`).
     pub callgrind: bool,
+    /// `listener.workers` for every daemon, when not its default (`--workers`).
+    pub workers: Option<usize>,
 }
 
 impl Env {
@@ -71,6 +73,7 @@ impl Env {
             work,
             run_id,
             callgrind: false,
+            workers: None,
         })
     }
 
@@ -391,7 +394,7 @@ impl Daemon {
             ),
         };
         let text = format!(
-            "[listener]\nipv4 = \"127.0.0.1:{l4}\"\nipv6 = \"[::1]:{l6}\"\n\
+            "[listener]\nipv4 = \"127.0.0.1:{l4}\"\nipv6 = \"[::1]:{l6}\"\n{workers}\
              [agents]\ncgroups = [{cgroup:?}]\n\
              [scope]\nall_tcp = false\nports = [{upstream_port}]\n\
              [intercept]\ninstance = {instance:?}\n\
@@ -403,6 +406,9 @@ impl Daemon {
              [redact]\nmode_responses = \"{redact}\"\nmode_requests = \"{redact}\"\n\
              {server}{policy}",
             cgroup = env.cgroup,
+            workers = env
+                .workers
+                .map_or_else(String::new, |w| format!("workers = {w}\n")),
             ca_cert = d("ca.pem"),
             ca_key = d("ca.key"),
             admin = d("admin.sock"),

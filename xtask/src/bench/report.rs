@@ -722,7 +722,7 @@ fn load(path: &Path) -> Result<Json> {
 fn describe(r: &Json) -> String {
     let m = r.get("machine");
     format!(
-        "{}{} {} ({}{}; {} cores, {}, kernel {}; profile {})",
+        "{}{} {} ({}{}; {} cores, {}, kernel {}; profile {}{})",
         r.at("git.sha").str().unwrap_or("?"),
         if r.at("git.dirty") == &Json::Bool(true) {
             "+dirty"
@@ -744,6 +744,10 @@ fn describe(r: &Json) -> String {
         m.get("kernel").str().unwrap_or("?"),
         // Runs before the build used a profile (pgo.rs) have no `pgo`.
         r.get("pgo").str().unwrap_or("none"),
+        r.get("workers")
+            .num()
+            .map(|w| format!("; {w} workers"))
+            .unwrap_or_default(),
     )
 }
 
