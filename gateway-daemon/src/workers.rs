@@ -46,10 +46,9 @@ pub fn resolve(count: usize) -> usize {
 /// The default worker count on `cores` cores: half of them, rounded up. The daemon shares
 /// the host with the agents and their servers, and every thread that sleeps and wakes on
 /// its own costs a call context switches: on 2 cores one worker against two spent about a
-/// fifth less daemon CPU a call at 16 connections, and the server behind it a fifth less
-/// too (its requests come bunched), for a fifth more calls/s; only `sync = "always"`'s
-/// calls/s at 16 connections did better with two (about a tenth), its syncs waiting on the
-/// one thread's turn through the calls (docs/design.md 7.1).
+/// fifth less daemon CPU a call at 16 connections and the server behind it a sixth less
+/// (its requests come bunched), for a fifth more calls/s of the plain gateway; with full
+/// policy or `sync = "always"` the calls/s did not clearly differ (docs/design.md 7.1).
 pub fn default_for(cores: usize) -> usize {
     cores.div_ceil(2).max(1)
 }

@@ -488,10 +488,13 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         ("params", params.json()),
         // The profile the release build used (its hash), or why none (pgo.rs).
         ("pgo", built_with.into()),
-        // `listener.workers` when --workers set it (null: the daemon's default).
+        // The worker count the daemons started with (from their log; null when no daemon
+        // ran): --workers, or the daemon's default on this machine.
         (
             "workers",
-            args.workers.map_or(Json::Null, |w| (w as f64).into()),
+            env.workers_seen
+                .get()
+                .map_or(Json::Null, |w| f64::from(w).into()),
         ),
         (
             "scenarios",

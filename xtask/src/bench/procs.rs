@@ -29,6 +29,9 @@ pub struct Env {
     pub callgrind: bool,
     /// `listener.workers` for every daemon, when not its default (`--workers`).
     pub workers: Option<usize>,
+    /// The worker count the daemons said they started (their log), for the JSON: the
+    /// default differs between versions and machines.
+    pub workers_seen: std::cell::Cell<Option<u32>>,
 }
 
 impl Env {
@@ -74,6 +77,7 @@ impl Env {
             run_id,
             callgrind: false,
             workers: None,
+            workers_seen: std::cell::Cell::new(None),
         })
     }
 
@@ -470,6 +474,9 @@ impl Daemon {
                     tail(&log)
                 );
             }
+        }
+        if let Some(n) = workers_started(&std::fs::read_to_string(&log).unwrap_or_default()) {
+            env.workers_seen.set(Some(n));
         }
         Ok(Daemon {
             proc,
@@ -905,5 +912,29 @@ Ir                  I1mr             D1mr            D1mw              file:func
                     desc: LL cache: 268435456 B, 64 B, direct-mapped\n";
         assert_eq!(cache_sizes(head), Some((32768.0, 49152.0)));
         assert_eq!(cache_sizes("desc: I1 cache: 32768 B\n"), None);
+    }
+}
+
+/// The worker count a daemon's log says it started (`connection workers started
+/// workers=N`, at info).
+fn workers_started(log: &str) -> Option<u32> {
+    log.lines()
+        .find(|l| l.contains("connection workers started"))?
+        .split_once("workers=")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod workers_tests {
+    #[test]
+    fn the_worker_count_is_read_from_the_daemons_log() {
+        let log =
+            "2026-12-06T03:41:44.44Z  INFO mcp_gateway: connection workers started workers=2\n";
+        assert_eq!(super::workers_started(log), Some(2));
+        assert_eq!(super::workers_started("INFO mcp_gateway: ready\n"), None);
     }
 }

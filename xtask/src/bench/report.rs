@@ -746,7 +746,7 @@ fn describe(r: &Json) -> String {
         r.get("pgo").str().unwrap_or("none"),
         r.get("workers")
             .num()
-            .map(|w| format!("; {w} workers"))
+            .map(|w| format!("; {w} worker{}", if w == 1.0 { "" } else { "s" }))
             .unwrap_or_default(),
     )
 }
