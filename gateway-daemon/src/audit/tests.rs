@@ -429,6 +429,28 @@ fn half_written(dir: &Path) -> (AuditConfig, Vec<u8>) {
     (cfg, bytes[cut..].to_vec())
 }
 
+/// `verify_live` of `cfg`'s ledger, with `change` made to its current file right after the
+/// first read; and how many reads it made.
+fn verify_changed_after_first_read(
+    cfg: &AuditConfig,
+    change: impl FnOnce(&Path),
+) -> (Report, usize) {
+    let mut change = Some(change);
+    let mut reads = 0;
+    let (r, _) = super::verify::verify_live_then(
+        &cfg.path,
+        Some(&key(cfg)),
+        || {},
+        || {
+            reads += 1;
+            if let Some(change) = change.take() {
+                change(&cfg.path);
+            }
+        },
+    );
+    (r, reads)
+}
+
 /// A record being written as `verify` reads reads as an incomplete last line. The daemon
 /// writes each record in one `write`, so the file has grown by the time the read is
 /// checked: `verify_live` reads again instead of reporting a torn ledger of a live daemon.
@@ -437,22 +459,10 @@ fn a_record_caught_half_written_is_read_again_not_reported_torn() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let (cfg, rest) = half_written(dir.path());
-    let mut reads = 0;
-    let (r, _) = super::verify::verify_live_then(
-        &cfg.path,
-        Some(&key(&cfg)),
-        || {},
-        || {
-            reads += 1;
-            if reads == 1 {
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&cfg.path)
-                    .unwrap();
-                f.write_all(&rest).unwrap();
-            }
-        },
-    );
+    let (r, reads) = verify_changed_after_first_read(&cfg, |path| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(&rest).unwrap();
+    });
     assert!(r.finding.is_none(), "{:?}", r.finding);
     assert_eq!(
         reads, 2,
@@ -484,22 +494,10 @@ fn a_record_cut_back_after_a_failed_write_is_read_again_not_reported_torn() {
     let (cfg, _) = half_written(dir.path());
     let bytes = std::fs::read(&cfg.path).unwrap();
     let whole = bytes.iter().rposition(|&b| b == b'\n').unwrap() + 1;
-    let mut reads = 0;
-    let (r, _) = super::verify::verify_live_then(
-        &cfg.path,
-        Some(&key(&cfg)),
-        || {},
-        || {
-            reads += 1;
-            if reads == 1 {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&cfg.path)
-                    .unwrap();
-                f.set_len(whole as u64).unwrap();
-            }
-        },
-    );
+    let (r, reads) = verify_changed_after_first_read(&cfg, |path| {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.set_len(whole as u64).unwrap();
+    });
     assert_eq!(reads, 2, "not read again");
     // The record cut back is gone, so the signed head names one past the end: what is
     // reported is that (as it would be of any record lost), not a torn line.
