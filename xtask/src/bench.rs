@@ -657,6 +657,9 @@ fn run_scenario(env: &Env, s: &Scenario, p: &Params, round: u32) -> Result<(Metr
         (r, _) => r,
     };
     if let Some(d) = daemon {
+        if let Some(n) = d.workers() {
+            env.workers_seen.set(Some(n));
+        }
         d.stop()?;
     }
     drop(upstream);

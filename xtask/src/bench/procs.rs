@@ -475,9 +475,6 @@ impl Daemon {
                 );
             }
         }
-        if let Some(n) = workers_started(&std::fs::read_to_string(&log).unwrap_or_default()) {
-            env.workers_seen.set(Some(n));
-        }
         Ok(Daemon {
             proc,
             dir: dir.to_path_buf(),
@@ -492,6 +489,12 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         tail(&self.dir.join("daemon.stderr"))
+    }
+
+    /// The worker count its log says it started (it starts them after READY, so ask once
+    /// it has served).
+    pub fn workers(&self) -> Option<u32> {
+        workers_started(&std::fs::read_to_string(self.dir.join("daemon.stderr")).ok()?)
     }
 
     /// SIGTERM and wait (its programs stay attached), then remove its pins (detaching them).
