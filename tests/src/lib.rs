@@ -8,6 +8,7 @@
 pub mod config;
 mod echo;
 pub mod fake;
+pub mod frozen;
 mod gateway;
 pub mod peers;
 pub mod raw;

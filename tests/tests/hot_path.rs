@@ -1,10 +1,17 @@
 //! What the hot path promises beyond correctness, seen from the agent's socket.
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use gateway_tests::frozen::Frozen;
 use gateway_tests::peers::{python_server, run_json};
 use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
 
 const SERVER: &str = include_str!("../fixtures/one_write_server.py");
 const AGENT: &str = include_str!("../fixtures/segments_agent.py");
+const HELD_AGENT: &str = include_str!("../fixtures/held_agent.py");
 
 /// A server that sends an answer whole (its head and an event stream of two events, in one
 /// write) has it reach the agent in one TCP segment, not one per event: hyper hands the
@@ -57,4 +64,153 @@ fn an_answer_that_arrived_whole_leaves_in_one_segment() {
     gw.wait_record("of the call", |r| {
         r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "ok"
     });
+}
+
+/// An agent's call through a daemon with `sync = "always"` whose ledger syncer is held
+/// still (ptrace) from before the call: the call's record cannot become durable until the
+/// syncer runs again. Made once the server has answered and the gateway has recorded the
+/// answer; nothing of it has reached the agent.
+struct HeldCall {
+    gw: Gateway,
+    _server: gateway_tests::peers::Peer,
+    agent: std::process::Child,
+    says: mpsc::Receiver<String>,
+}
+
+impl HeldCall {
+    fn start(name: &str) -> (HeldCall, Frozen) {
+        gateway_tests::require_privileges();
+        let port = free_port();
+        let port_arg = port.to_string();
+        let server = python_server(
+            "one-write-server",
+            SERVER,
+            &[port_arg.as_ref()],
+            port,
+            "/mcp",
+        );
+        let gw = Gateway::start(
+            name,
+            GatewayOptions {
+                ports: vec![port],
+                audit: "sync = \"always\"\n".into(),
+                ..Default::default()
+            },
+        );
+        let mut agent = gw
+            .agent(
+                PYTHON,
+                &[
+                    "-c".into(),
+                    HELD_AGENT.into(),
+                    "127.0.0.1".into(),
+                    port.to_string(),
+                ],
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the agent");
+        let mut stdin = agent.stdin.take().expect("stdin");
+        let out = BufReader::new(agent.stdout.take().expect("stdout"));
+        let (tx, says) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let held = HeldCall {
+            gw,
+            _server: server,
+            agent,
+            says,
+        };
+        assert_eq!(held.next("ready"), "ready");
+
+        let syncer = Frozen::thread(held.gw.pid().expect("daemon running"), "audit-sync");
+        writeln!(stdin, "go").expect("telling the agent to call");
+        assert_eq!(held.next("sent"), "sent");
+        held.gw.wait_record("of the call", |r| {
+            r["type"] == "mcp_call" && r["method"] == "tools/call"
+        });
+        held.gw.wait_record(
+            "of the call's answer, read while its record waits for a sync",
+            |r| r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "ok",
+        );
+        assert_eq!(
+            held.says.recv_timeout(Duration::from_millis(500)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "the agent got the answer before the call's record was durable"
+        );
+        (held, syncer)
+    }
+
+    fn next(&self, what: &str) -> String {
+        self.says
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("the agent did not say {what} ({e}): {}", self.gw.log()))
+    }
+
+    /// The answer the agent got, once it got one.
+    fn answer(&mut self) -> serde_json::Value {
+        assert_eq!(self.next("answered"), "answered");
+        let answer = serde_json::from_str(&self.next("the answer")).expect("the answer as JSON");
+        let _ = self.agent.wait();
+        answer
+    }
+}
+
+/// With `sync = "always"`, the sync of a call's `mcp_call` record runs while the call is
+/// on its way: the server gets the call and the gateway reads, checks and records its
+/// answer meanwhile. Only the answer's delivery waits for the sync (`HeldCall`), and once
+/// the syncer runs again the agent gets it.
+#[test]
+fn a_calls_answer_is_read_while_its_record_syncs_and_reaches_the_agent_only_after() {
+    let (mut held, syncer) = HeldCall::start("held-until-durable");
+    drop(syncer);
+    let answer = held.answer();
+    assert_eq!(answer["status"], "200", "{answer}");
+    assert!(
+        answer["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("whole"))),
+        "{answer}"
+    );
+}
+
+/// If that sync fails (here the syncer's `fdatasync` returns EIO), the answer the gateway
+/// read ahead is withheld: the agent gets the gateway's refusal for its request (HTTP 503,
+/// JSON-RPC -32010), never the server's result, and the ledger says after the answer's
+/// record that the request got no response.
+#[test]
+fn an_answer_read_ahead_is_withheld_when_its_record_cannot_be_made_durable() {
+    let (mut held, syncer) = HeldCall::start("withheld-not-durable");
+    syncer.fail_next_fdatasync(libc::EIO);
+    let answer = held.answer();
+    assert_eq!(answer["status"], "503", "{answer}");
+    let events = answer["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{answer}");
+    let refusal: serde_json::Value =
+        serde_json::from_str(events[0].as_str().expect("a body")).expect("JSON-RPC");
+    assert_eq!(refusal["id"], 2, "{refusal}");
+    assert_eq!(refusal["error"]["code"], -32010, "{refusal}");
+    assert!(refusal.get("result").is_none(), "{refusal}");
+    assert!(!events[0].as_str().unwrap().contains("whole"), "{answer}");
+
+    let withheld = held.gw.wait_record("that the answer was withheld", |r| {
+        r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "no_response"
+    });
+    assert_eq!(withheld["id"], "2", "{withheld}");
+    let records = held.gw.audit_records();
+    let at = |outcome: &str| {
+        records
+            .iter()
+            .position(|r| r["method"] == "tools/call" && r["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {outcome} record: {records:#?}"))
+    };
+    assert!(at("ok") < at("no_response"), "{records:#?}");
 }

@@ -70,6 +70,11 @@ pub struct Written {
 }
 
 impl Written {
+    /// Whether the record still waits for a sync (`audit.sync` other than `none`).
+    pub fn waits(&self) -> bool {
+        self.sync.is_some()
+    }
+
     /// Returns once the record is on disk as `audit.sync` demands (at once with `none`).
     pub async fn durable(self) -> Result<u64, AuditError> {
         let Some(sync) = self.sync else {

@@ -23,6 +23,7 @@ use super::reply::{
 use super::session::{Session, SessionError, Transport};
 use super::stream::{self, StreamJob, StreamKind};
 use super::to_server::{Back, HttpBack};
+use super::until_durable::{NotDurable, UntilDurable};
 use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
 use crate::http::{UpBody, Upstream};
@@ -397,13 +398,13 @@ pub async fn post(
     // agent sees a result before that record is durable (the sync runs meanwhile).
     let mut written = match write_ahead(&obs, &messages, &decisions, &guard) {
         Ok(w) => w,
-        Err(e) => return unrecorded(&mut local, &e, "so it is not forwarded"),
+        Err(e) => return unrecorded(local.ids(), &e, "so it is not forwarded"),
     };
     // A legacy session's answers come on its GET stream, which this POST does not hold:
     // durable before the call leaves.
     if obs.transport == Transport::LegacySse {
         if let Err(e) = all_durable(std::mem::take(&mut written)).await {
-            return unrecorded(&mut local, &e, "so it is not forwarded");
+            return unrecorded(local.ids(), &e, "so it is not forwarded");
         }
     }
 
@@ -429,17 +430,11 @@ pub async fn post(
         None => bytes.clone(),
     };
     drop(messages);
+    // The answer is read, checked and recorded while the call's record is made durable;
+    // the agent gets nothing of it before (`until_durable`).
+    let until = UntilDurable::new(written, &obs, &local);
     let resp = match upstream.send(Request::from_parts(parts, full(body))).await {
-        Ok(r) => match all_durable(written).await {
-            Ok(()) => r,
-            Err(e) => {
-                return unrecorded(
-                    &mut local,
-                    &e,
-                    "so its result is not passed on (the server ran it)",
-                )
-            }
-        },
+        Ok(r) => r,
         Err(e) => {
             let why = format!("the upstream server failed: {e}");
             let waiting = local.drain_expired(|_| true);
@@ -452,6 +447,27 @@ pub async fn post(
             return error_response(StatusCode::BAD_GATEWAY, &ids, UPSTREAM_FAILED, &why);
         }
     };
+    let response = answer(resp, ctx, obs, local, inflight).await;
+    match until.release(response).await {
+        Ok(r) => r,
+        Err(NotDurable { error, ids }) => unrecorded(
+            ids,
+            &error,
+            "so its result is not passed on (the server ran it)",
+        ),
+    }
+}
+
+/// The server's answer to a forwarded POST, observed on its way to the agent: JSON read
+/// and checked whole, an event stream event by event as the agent reads it.
+async fn answer(
+    resp: Response<UpBody>,
+    ctx: &ConnCtx,
+    mut obs: Observer,
+    mut local: Pending<super::record::PendingRequest>,
+    inflight: Vec<crate::policy::limits::InFlight>,
+) -> Response<GwBody> {
+    let limits = &ctx.daemon.config.http;
     if obs.session.is_none() {
         if let Some(id) = header_str(resp.headers(), &H_SESSION_ID) {
             match ctx
@@ -884,14 +900,9 @@ pub(crate) async fn all_durable(
 }
 
 /// The ledger could not record a call: fail closed, with an error for each waiting request.
-fn unrecorded(
-    local: &mut Pending<super::record::PendingRequest>,
-    e: &crate::audit::AuditError,
-    consequence: &str,
-) -> Response<GwBody> {
+fn unrecorded(ids: Vec<Id>, e: &crate::audit::AuditError, consequence: &str) -> Response<GwBody> {
     tracing::error!(error = %e, "call refused: the audit ledger cannot record it");
-    let waiting = local.drain_expired(|_| true);
-    let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
+    let ids: Vec<Option<Id>> = ids.into_iter().map(Some).collect();
     error_response(
         StatusCode::SERVICE_UNAVAILABLE,
         &ids_or_null(ids),

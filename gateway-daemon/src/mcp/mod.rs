@@ -32,6 +32,7 @@ pub mod sse;
 pub mod stream;
 pub mod tasks;
 pub mod to_server;
+pub mod until_durable;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -594,6 +594,24 @@ impl Observer {
         out.body
     }
 
+    /// An observer that only records, about the same connection, principal, server and
+    /// session as this one (its listing view and way back to the server left behind).
+    pub fn recorder(&self) -> Observer {
+        Observer {
+            principal: self.principal.clone(),
+            via: self.via.clone(),
+            view: None,
+            server: self.server.clone(),
+            audit: self.audit.clone(),
+            session: self.session.clone(),
+            transport: self.transport,
+            protocol_version: self.protocol_version.clone(),
+            back: None,
+            approved: None,
+            credentials: self.credentials.clone(),
+        }
+    }
+
     /// A server message the gateway could not read.
     pub fn malformed(&self, detail: &str) -> ExchangeRecord {
         let mut r = self.record(Direction::ServerToClient, "");

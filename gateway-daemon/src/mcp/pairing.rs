@@ -81,6 +81,17 @@ impl<T> Pending<T> {
         self.entries.is_empty()
     }
 
+    /// A copy of every pending request, the table left as it is.
+    pub fn snapshot(&self) -> Vec<(Id, T)>
+    where
+        T: Clone,
+    {
+        self.entries
+            .iter()
+            .map(|(id, value)| (id.clone(), value.clone()))
+            .collect()
+    }
+
     /// The limit given to [`Pending::new`].
     pub fn capacity(&self) -> usize {
         self.capacity
