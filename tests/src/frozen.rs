@@ -4,41 +4,83 @@
 use std::time::{Duration, Instant};
 
 /// A thread stopped by this test thread (its tracer) until dropped. ptrace ties the stop to
-/// the thread that attached: keep it on the thread that made it.
+/// the thread that attached, so this stays on the thread that made it (not `Send`).
 pub struct Frozen {
     tid: libc::pid_t,
+    _tracer_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Frozen {
-    /// Stops the thread of process `pid` named `comm`; panics if there is none or it will
-    /// not stop.
+    /// Stops the thread of process `pid` named `comm` while it waits on a futex (idle, or
+    /// for a lock: never holding one half way through its work); panics if there is no
+    /// such thread or it will not stop there.
     pub fn thread(pid: u32, comm: &str) -> Frozen {
         let tid = thread_named(pid, comm)
             .unwrap_or_else(|| panic!("process {pid} has no thread named {comm:?}"));
-        // SAFETY: ptrace requests with integer arguments on a thread id; waitpid with a
-        // valid status pointer.
-        unsafe {
-            let seized = libc::ptrace(
-                libc::PTRACE_SEIZE,
-                tid,
-                0,
-                libc::PTRACE_O_TRACESYSGOOD as libc::c_long,
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let frozen = Frozen::stop(tid, comm);
+            if frozen.waits_on_futex() {
+                return frozen;
+            }
+            drop(frozen);
+            assert!(
+                Instant::now() < deadline,
+                "{comm} never stopped in a futex wait"
             );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(tid: libc::pid_t, comm: &str) -> Frozen {
+        let none = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: ptrace requests on a thread id with null or integer arguments; waitpid with
+        // a valid status pointer.
+        unsafe {
+            let options = libc::PTRACE_O_TRACESYSGOOD as usize as *mut libc::c_void;
+            let seized = libc::ptrace(libc::PTRACE_SEIZE, tid, none, options);
             assert_eq!(seized, 0, "PTRACE_SEIZE {comm} ({tid}): {}", errno());
-            let interrupted = libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0);
+            let interrupted = libc::ptrace(libc::PTRACE_INTERRUPT, tid, none, none);
             assert_eq!(interrupted, 0, "PTRACE_INTERRUPT {comm}: {}", errno());
             let mut status = 0;
             let waited = libc::waitpid(tid, &mut status, libc::__WALL);
             assert_eq!(waited, tid, "waiting for {comm} to stop: {}", errno());
             assert!(libc::WIFSTOPPED(status), "{comm} did not stop: {status:#x}");
         }
-        let frozen = Frozen { tid };
+        let frozen = Frozen {
+            tid,
+            _tracer_thread: std::marker::PhantomData,
+        };
         let deadline = Instant::now() + Duration::from_secs(5);
         while frozen.state() != Some('t') {
             assert!(Instant::now() < deadline, "{comm} is not in a trace stop");
             std::thread::sleep(Duration::from_millis(5));
         }
         frozen
+    }
+
+    /// Whether the stopped thread was in a futex wait when it stopped.
+    #[cfg(target_arch = "x86_64")]
+    fn waits_on_futex(&self) -> bool {
+        self.regs().orig_rax == libc::SYS_futex as u64
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn waits_on_futex(&self) -> bool {
+        true
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn regs(&self) -> libc::user_regs_struct {
+        // SAFETY: GETREGS of a thread in a ptrace stop of ours, into a local of the
+        // kernel's layout.
+        unsafe {
+            let mut regs: libc::user_regs_struct = std::mem::zeroed();
+            let none = std::ptr::null_mut::<libc::c_void>();
+            let got = libc::ptrace(libc::PTRACE_GETREGS, self.tid, none, &mut regs);
+            assert_eq!(got, 0, "PTRACE_GETREGS: {}", errno());
+            regs
+        }
     }
 
     /// Lets the thread run on until its next `fdatasync` returns, and has that call fail
@@ -53,7 +95,9 @@ impl Frozen {
             // SAFETY: ptrace and waitpid on the thread this tracer stopped; the registers
             // are read into and written from a local of the kernel's layout.
             unsafe {
-                let r = libc::ptrace(libc::PTRACE_SYSCALL, self.tid, 0, resume_with);
+                let none = std::ptr::null_mut::<libc::c_void>();
+                let resume = resume_with as usize as *mut libc::c_void;
+                let r = libc::ptrace(libc::PTRACE_SYSCALL, self.tid, none, resume);
                 assert_eq!(r, 0, "PTRACE_SYSCALL: {}", errno());
                 let mut status = 0;
                 let waited = libc::waitpid(self.tid, &mut status, libc::__WALL);
@@ -64,19 +108,17 @@ impl Frozen {
                 // group stops) are only passed.
                 resume_with = match (sig, status >> 16) {
                     (SYSCALL_STOP, _) | (_, 1..) => 0,
-                    (sig, _) => sig as libc::c_long,
+                    (sig, _) => sig,
                 };
                 if sig != SYSCALL_STOP {
                     continue;
                 }
-                let mut regs: libc::user_regs_struct = std::mem::zeroed();
-                let got = libc::ptrace(libc::PTRACE_GETREGS, self.tid, 0, &mut regs);
-                assert_eq!(got, 0, "PTRACE_GETREGS: {}", errno());
+                let mut regs = self.regs();
                 // At a syscall's entry rax holds -ENOSYS; at its exit, what it returns.
                 let exit = regs.rax as i64 != -i64::from(libc::ENOSYS);
                 if regs.orig_rax == libc::SYS_fdatasync as u64 && exit {
                     regs.rax = (-i64::from(error)) as u64;
-                    let set = libc::ptrace(libc::PTRACE_SETREGS, self.tid, 0, &regs);
+                    let set = libc::ptrace(libc::PTRACE_SETREGS, self.tid, none, &regs);
                     assert_eq!(set, 0, "PTRACE_SETREGS: {}", errno());
                     return; // Drop detaches: the thread goes on with the error.
                 }
@@ -96,7 +138,8 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         // SAFETY: as above.
         unsafe {
-            libc::ptrace(libc::PTRACE_DETACH, self.tid, 0, 0);
+            let none = std::ptr::null_mut::<libc::c_void>();
+            libc::ptrace(libc::PTRACE_DETACH, self.tid, none, none);
         }
     }
 }

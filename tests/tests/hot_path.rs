@@ -68,8 +68,8 @@ fn an_answer_that_arrived_whole_leaves_in_one_segment() {
 
 /// An agent's call through a daemon with `sync = "always"` whose ledger syncer is held
 /// still (ptrace) from before the call: the call's record cannot become durable until the
-/// syncer runs again. Made once the server has answered and the gateway has recorded the
-/// answer; nothing of it has reached the agent.
+/// syncer runs again. Made once the call is recorded (and, unless `late`, the server has
+/// answered and the gateway has recorded the answer); nothing of it has reached the agent.
 struct HeldCall {
     gw: Gateway,
     _server: gateway_tests::peers::Peer,
@@ -78,17 +78,24 @@ struct HeldCall {
 }
 
 impl HeldCall {
-    fn start(name: &str) -> (HeldCall, Frozen) {
+    /// `late`: the server sends the call's response 1.5 s after the stream's first event
+    /// (and again on a resumed stream), and the agent resumes the stream after the answer.
+    fn start(name: &str, late: bool) -> (HeldCall, Frozen) {
         gateway_tests::require_privileges();
         let port = free_port();
         let port_arg = port.to_string();
-        let server = python_server(
-            "one-write-server",
-            SERVER,
-            &[port_arg.as_ref()],
-            port,
-            "/mcp",
-        );
+        let mut server_args = vec![port_arg.as_ref()];
+        let mut agent_args = vec![
+            "-c".into(),
+            HELD_AGENT.into(),
+            "127.0.0.1".into(),
+            port.to_string(),
+        ];
+        if late {
+            server_args.push("late".as_ref());
+            agent_args.push("resume".into());
+        }
+        let server = python_server("one-write-server", SERVER, &server_args, port, "/mcp");
         let gw = Gateway::start(
             name,
             GatewayOptions {
@@ -98,15 +105,7 @@ impl HeldCall {
             },
         );
         let mut agent = gw
-            .agent(
-                PYTHON,
-                &[
-                    "-c".into(),
-                    HELD_AGENT.into(),
-                    "127.0.0.1".into(),
-                    port.to_string(),
-                ],
-            )
+            .agent(PYTHON, &agent_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -135,10 +134,12 @@ impl HeldCall {
         held.gw.wait_record("of the call", |r| {
             r["type"] == "mcp_call" && r["method"] == "tools/call"
         });
-        held.gw.wait_record(
-            "of the call's answer, read while its record waits for a sync",
-            |r| r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "ok",
-        );
+        if !late {
+            held.gw.wait_record(
+                "of the call's answer, read while its record waits for a sync",
+                |r| r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "ok",
+            );
+        }
         assert_eq!(
             held.says.recv_timeout(Duration::from_millis(500)),
             Err(mpsc::RecvTimeoutError::Timeout),
@@ -154,12 +155,32 @@ impl HeldCall {
     }
 
     /// The answer the agent got, once it got one.
-    fn answer(&mut self) -> serde_json::Value {
+    fn answer(&self) -> serde_json::Value {
         assert_eq!(self.next("answered"), "answered");
-        let answer = serde_json::from_str(&self.next("the answer")).expect("the answer as JSON");
-        let _ = self.agent.wait();
-        answer
+        serde_json::from_str(&self.next("the answer")).expect("the answer as JSON")
     }
+}
+
+impl Drop for HeldCall {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+/// The gateway's refusal of request 2 for want of a durable record (HTTP 503, JSON-RPC
+/// -32010), with nothing of the server's result.
+#[cfg(target_arch = "x86_64")]
+fn assert_withheld(answer: &serde_json::Value) {
+    assert_eq!(answer["status"], "503", "{answer}");
+    let events = answer["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{answer}");
+    let refusal: serde_json::Value =
+        serde_json::from_str(events[0].as_str().expect("a body")).expect("JSON-RPC");
+    assert_eq!(refusal["id"], 2, "{refusal}");
+    assert_eq!(refusal["error"]["code"], -32010, "{refusal}");
+    assert!(refusal.get("result").is_none(), "{refusal}");
+    assert!(!events[0].as_str().unwrap().contains("whole"), "{answer}");
 }
 
 /// With `sync = "always"`, the sync of a call's `mcp_call` record runs while the call is
@@ -168,7 +189,7 @@ impl HeldCall {
 /// the syncer runs again the agent gets it.
 #[test]
 fn a_calls_answer_is_read_while_its_record_syncs_and_reaches_the_agent_only_after() {
-    let (mut held, syncer) = HeldCall::start("held-until-durable");
+    let (held, syncer) = HeldCall::start("held-until-durable", false);
     drop(syncer);
     let answer = held.answer();
     assert_eq!(answer["status"], "200", "{answer}");
@@ -187,20 +208,11 @@ fn a_calls_answer_is_read_while_its_record_syncs_and_reaches_the_agent_only_afte
 /// JSON-RPC -32010), never the server's result, and the ledger says after the answer's
 /// record that the request got no response.
 #[test]
+#[cfg(target_arch = "x86_64")]
 fn an_answer_read_ahead_is_withheld_when_its_record_cannot_be_made_durable() {
-    let (mut held, syncer) = HeldCall::start("withheld-not-durable");
+    let (held, syncer) = HeldCall::start("withheld-not-durable", false);
     syncer.fail_next_fdatasync(libc::EIO);
-    let answer = held.answer();
-    assert_eq!(answer["status"], "503", "{answer}");
-    let events = answer["events"].as_array().expect("events");
-    assert_eq!(events.len(), 1, "{answer}");
-    let refusal: serde_json::Value =
-        serde_json::from_str(events[0].as_str().expect("a body")).expect("JSON-RPC");
-    assert_eq!(refusal["id"], 2, "{refusal}");
-    assert_eq!(refusal["error"]["code"], -32010, "{refusal}");
-    assert!(refusal.get("result").is_none(), "{refusal}");
-    assert!(!events[0].as_str().unwrap().contains("whole"), "{answer}");
-
+    assert_withheld(&held.answer());
     let withheld = held.gw.wait_record("that the answer was withheld", |r| {
         r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "no_response"
     });
@@ -213,4 +225,36 @@ fn an_answer_read_ahead_is_withheld_when_its_record_cannot_be_made_durable() {
             .unwrap_or_else(|| panic!("no {outcome} record: {records:#?}"))
     };
     assert!(at("ok") < at("no_response"), "{records:#?}");
+}
+
+/// The same when the sync fails before the server has answered (it sends its response
+/// 1.5 s into the call's stream): the agent gets the refusal, and the request is not kept
+/// for a resumed stream. The server's response, sent again on the stream the agent then
+/// resumes, answers no request the gateway knows of: it is dropped and recorded as such,
+/// never delivered past the ledger.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn a_request_withheld_before_its_answer_came_is_not_answered_on_a_resumed_stream() {
+    let (held, syncer) = HeldCall::start("withheld-then-resumed", true);
+    syncer.fail_next_fdatasync(libc::EIO);
+    assert_withheld(&held.answer());
+    let resumed: serde_json::Value =
+        serde_json::from_str(&held.next("the resumed stream")).expect("the stream as JSON");
+    assert_eq!(resumed["status"], "200", "{resumed}");
+    assert!(
+        !resumed.to_string().contains("whole"),
+        "the withheld request was answered on the resumed stream: {resumed}"
+    );
+    held.gw
+        .wait_record("of the response dropped on the resumed stream", |r| {
+            r["outcome"] == "unpaired_response" && r["id"] == "2"
+        });
+    let records = held.gw.audit_records();
+    let of_call: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "mcp" && r["method"] == "tools/call")
+        .map(|r| r["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert!(of_call.contains(&"no_response"), "{records:#?}");
+    assert!(!of_call.contains(&"ok"), "{records:#?}");
 }

@@ -14,7 +14,7 @@ use super::pairing::Pending;
 use super::recognise::{
     batches_allowed, header_str, Target, H_METHOD, H_NAME, H_PROTOCOL_VERSION, H_SESSION_ID,
 };
-use super::record::{Direction, ExchangeRecord};
+use super::record::{Direction, ExchangeRecord, PendingRequest};
 use super::refusal::Refusal;
 use super::reply::{
     accepted, error_event, error_response, http_error, rpc_errors, Form, GATEWAY_REFUSED,
@@ -23,10 +23,12 @@ use super::reply::{
 use super::session::{Session, SessionError, Transport};
 use super::stream::{self, StreamJob, StreamKind};
 use super::to_server::{Back, HttpBack};
-use super::until_durable::{NotDurable, UntilDurable};
+use super::until_durable::{NotDurable, UntilDurable, Withholding};
 use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
+use crate::http::budget::Reservation;
 use crate::http::{UpBody, Upstream};
+use crate::policy::limits::InFlight;
 use crate::policy::{Decision, Policy};
 
 /// How long the rest of a refused request body may take to skip.
@@ -447,26 +449,37 @@ pub async fn post(
             return error_response(StatusCode::BAD_GATEWAY, &ids, UPSTREAM_FAILED, &why);
         }
     };
-    let response = answer(resp, ctx, obs, local, inflight).await;
-    match until.release(response).await {
+    let withholding = until.withholding();
+    let (response, held) = answer(resp, ctx, obs, local, inflight, withholding).await;
+    match until.release(response, held).await {
         Ok(r) => r,
-        Err(NotDurable { error, ids }) => unrecorded(
-            ids,
-            &error,
-            "so its result is not passed on (the server ran it)",
-        ),
+        Err(NotDurable { error, ids }) => {
+            let mut refused = unrecorded(
+                ids,
+                &error,
+                "so its result is not passed on (the server ran it)",
+            );
+            // The server's connection may have been left in the middle of an answer: the
+            // agent's goes too, so its next request finds a fresh one.
+            refused
+                .headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            refused
+        }
     }
 }
 
 /// The server's answer to a forwarded POST, observed on its way to the agent: JSON read
-/// and checked whole, an event stream event by event as the agent reads it.
+/// and checked whole (with the memory it holds), an event stream event by event as it is
+/// read.
 async fn answer(
     resp: Response<UpBody>,
     ctx: &ConnCtx,
     mut obs: Observer,
-    mut local: Pending<super::record::PendingRequest>,
-    inflight: Vec<crate::policy::limits::InFlight>,
-) -> Response<GwBody> {
+    mut local: Pending<PendingRequest>,
+    inflight: Vec<InFlight>,
+    withholding: Option<Withholding>,
+) -> (Response<GwBody>, Option<Reservation>) {
     let limits = &ctx.daemon.config.http;
     if obs.session.is_none() {
         if let Some(id) = header_str(resp.headers(), &H_SESSION_ID) {
@@ -504,13 +517,16 @@ async fn answer(
                 max_depth: MAX_DEPTH,
                 inflight,
                 held: ctx.daemon.budget.reserve(ctx.principal.uid),
+                withholding,
             },
         );
-        return Response::from_parts(parts, body);
+        return (Response::from_parts(parts, body), None);
     }
     if media == Media::Json {
-        let held = ctx.daemon.budget.reserve(ctx.principal.uid);
-        return json_response(parts, body, obs, local, limits.max_response_bytes, held).await;
+        let mut held = ctx.daemon.budget.reserve(ctx.principal.uid);
+        let limit = limits.max_response_bytes;
+        let response = json_response(parts, body, obs, local, limit, &mut held).await;
+        return (response, Some(held));
     }
     // A body some client would read as MCP that the gateway cannot tell how to read, or a
     // success carrying a body no client should read while requests wait for answers: not
@@ -532,12 +548,13 @@ async fn answer(
         let ids: Vec<Option<Id>> = waiting.iter().map(|(id, _)| Some(id.clone())).collect();
         obs.write(obs.unanswered(Direction::ClientToServer, waiting, "upstream_error", &why))
             .await;
-        return error_response(
+        let refused = error_response(
             StatusCode::BAD_GATEWAY,
             &ids_or_null(ids),
             UPSTREAM_FAILED,
             &why,
         );
+        return (refused, None);
     }
     // 202 for notifications and responses, legacy acknowledgements, or a non-MCP answer
     // (401, 404 pages): whatever requests this POST carried get no response here.
@@ -547,7 +564,7 @@ async fn answer(
         obs.write(obs.unanswered(Direction::ClientToServer, waiting, "no_response", &why))
             .await;
     }
-    Response::from_parts(parts, boxed(body))
+    (Response::from_parts(parts, boxed(body)), None)
 }
 
 /// Refuses a POST whose body was not read whole: too large (the rest skipped when that is
@@ -917,7 +934,7 @@ async fn json_response(
     obs: Observer,
     mut local: Pending<super::record::PendingRequest>,
     limit: usize,
-    mut held: crate::http::budget::Reservation,
+    held: &mut Reservation,
 ) -> Response<GwBody> {
     let fail = |why: String, local: &mut Pending<_>| {
         let waiting = local.drain_expired(|_| true);
@@ -925,7 +942,7 @@ async fn json_response(
         (waiting, ids, why)
     };
     let mut body = body;
-    let bytes: Bytes = match collect_limited(&mut body, limit, &mut held).await {
+    let bytes: Bytes = match collect_limited(&mut body, limit, held).await {
         Ok(b) => b,
         Err(e) => {
             let (waiting, ids, why) = fail(
@@ -1114,6 +1131,7 @@ where
             max_depth: MAX_DEPTH,
             inflight: Vec::new(),
             held: ctx.daemon.budget.reserve(ctx.principal.uid),
+            withholding: None,
         },
     );
     Response::from_parts(parts, body)

@@ -50,6 +50,9 @@ pub struct StreamJob {
     pub inflight: Vec<crate::policy::limits::InFlight>,
     /// The memory the parser holds for an event not yet complete.
     pub held: crate::http::budget::Reservation,
+    /// Set when the answer this stream carries was withheld from the agent
+    /// (`until_durable`); None for a stream no call's record waits on.
+    pub withholding: Option<super::until_durable::Withholding>,
 }
 
 /// Starts observing `body`; returns the body to give the agent.
@@ -421,6 +424,12 @@ fn on_event(
 
 fn finish(mut job: StreamJob, out: &mut Out, end: End) {
     let waiting: Vec<_> = job.local.drain_expired(|_| true);
+    if job.withholding.as_ref().is_some_and(|w| w.is_set()) {
+        // The agent got the gateway's refusal for every request of the call, and the ledger
+        // says each was withheld (`until_durable`): none waits on for a resumed stream,
+        // where a later answer would reach the agent past the ledger.
+        return;
+    }
     let records = match &end {
         End::Failed(why) => {
             tracing::warn!(error = %why, "server stream failed");

@@ -7,9 +7,10 @@
 //! If the sync fails, the agent gets the gateway's refusal, never the answer. The ledger
 //! then says so after the answer's records: each request is `no_response`, withheld.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,12 +23,14 @@ use super::observe::Observer;
 use super::pairing::Pending;
 use super::record::{Direction, PendingRequest};
 use crate::audit::{AuditError, Written};
-use crate::http::body::{boxed, BoxError, GwBody};
+use crate::http::body::{boxed, BoxError, GwBody, Replay};
+use crate::http::budget::Reservation;
 
-/// The most of a streamed answer read ahead while the sync runs. A POST's event stream
-/// usually holds its response in a few hundred bytes; past this, reading waits for the
-/// sync, as the agent would. It is not charged to the body budget: it is this small, per
-/// connection, and held only for a sync.
+/// How much of a streamed answer is read ahead while the sync runs: reading stops once
+/// this much is ready, so at most this and the one event that crossed it (up to
+/// `http.max_event_bytes`) wait for the sync outside the body budget. A POST's event
+/// stream usually holds its response in a few hundred bytes; past this, reading waits for
+/// the sync, as the agent would.
 const READ_AHEAD_MAX: usize = 16 * 1024;
 
 /// The records of a call, and what to record if they do not become durable.
@@ -41,6 +44,23 @@ pub struct UntilDurable {
 struct Withheld {
     recorder: Observer,
     asked: Vec<(Id, PendingRequest)>,
+    withholding: Withholding,
+}
+
+/// Set once a call's answer is withheld. The event stream it came on then ends without
+/// keeping its waiting requests for a resumed stream (`stream::finish`): the agent got the
+/// gateway's refusal for each, so no later answer may pair with them.
+#[derive(Clone, Default)]
+pub struct Withholding(Arc<AtomicBool>);
+
+impl Withholding {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// The records did not become durable: the answer was withheld from the agent.
@@ -56,26 +76,43 @@ impl UntilDurable {
         let withheld = written.iter().any(Written::waits).then(|| Withheld {
             recorder: obs.recorder(),
             asked: local.snapshot(),
+            withholding: Withholding::default(),
         });
         UntilDurable { written, withheld }
     }
 
+    /// What an event stream answering the call watches, when the answer may be withheld.
+    pub fn withholding(&self) -> Option<Withholding> {
+        self.withheld.as_ref().map(|w| w.withholding.clone())
+    }
+
     /// `response` once every record is durable, its body read ahead meanwhile; or why not.
-    pub async fn release(self, response: Response<GwBody>) -> Result<Response<GwBody>, NotDurable> {
+    /// `held` (the memory of an answer read whole) stays charged to the body budget until
+    /// then.
+    pub async fn release(
+        self,
+        response: Response<GwBody>,
+        held: Option<Reservation>,
+    ) -> Result<Response<GwBody>, NotDurable> {
         let Some(withheld) = self.withheld else {
             return Ok(response);
         };
         let durable = super::exchange::all_durable(self.written);
         let (parts, body) = response.into_parts();
-        match read_ahead(body, durable).await {
+        let read = read_ahead(body, durable, &withheld.withholding).await;
+        drop(held);
+        match read {
             Ok(body) => Ok(Response::from_parts(parts, body)),
             Err(error) => {
-                let Withheld { recorder, asked } = withheld;
+                let Withheld {
+                    recorder, asked, ..
+                } = withheld;
                 let why = format!(
-                    "the server's answer was withheld: the audit ledger could not make the \
-                     call's record durable ({error})"
+                    "the answer was withheld and the agent got the gateway's refusal: the \
+                     audit ledger could not make the call's record durable ({error})"
                 );
                 let ids = asked.iter().map(|(id, _)| id.clone()).collect();
+                forget_kept(&recorder, &asked);
                 recorder.write_now(recorder.unanswered(
                     Direction::ClientToServer,
                     asked,
@@ -88,88 +125,90 @@ impl UntilDurable {
     }
 }
 
+/// Takes the call's requests back out of its session, where a stream that ended without
+/// answering them (while read ahead) kept them for a resumed stream: the agent got the
+/// gateway's refusal for each, so no later answer may pair with them. Only the very
+/// requests of this call (same start) are taken; another POST's under the same id stays.
+fn forget_kept(recorder: &Observer, asked: &[(Id, PendingRequest)]) {
+    let Some(session) = &recorder.session else {
+        return;
+    };
+    let mut state = session.state();
+    for (id, req) in asked {
+        let kept = state.client_pending.get(id);
+        if kept.is_some_and(|k| k.started == req.started && k.via.connection == req.via.connection)
+        {
+            state.client_pending.take(id);
+        }
+    }
+}
+
 /// Waits for `durable`, reading `body` ahead meanwhile (a stream's events are observed as
 /// they are read). A body already whole (a JSON answer the gateway read and checked, or one
-/// of known length) is only waited for.
+/// of known length) is only waited for. If `durable` fails, `withholding` is set before the
+/// body is dropped.
 async fn read_ahead(
     mut body: GwBody,
     durable: impl Future<Output = Result<(), AuditError>>,
+    withholding: &Withholding,
 ) -> Result<GwBody, AuditError> {
     if body.is_end_stream() || body.size_hint().exact().is_some() {
-        durable.await?;
-        return Ok(body);
+        return durable
+            .await
+            .map(|()| body)
+            .inspect_err(|_| withholding.set());
     }
     let mut durable = std::pin::pin!(durable);
-    let mut ahead = VecDeque::new();
-    let (mut bytes, mut ended) = (0, false);
+    let mut ahead = Vec::new();
+    let (mut bytes, mut ended) = (0, None);
     loop {
         tokio::select! {
             biased;
             done = &mut durable => {
-                done?;
+                if let Err(e) = done {
+                    withholding.set();
+                    return Err(e);
+                }
                 break;
             }
-            frame = body.frame(), if !ended && bytes < READ_AHEAD_MAX => match frame {
+            frame = body.frame(), if ended.is_none() && bytes < READ_AHEAD_MAX => match frame {
                 Some(Ok(frame)) => {
                     bytes += frame.data_ref().map_or(0, Bytes::len);
-                    ahead.push_back(Ok(frame));
+                    ahead.push(frame);
                 }
-                Some(Err(e)) => {
-                    ahead.push_back(Err(e));
-                    ended = true;
-                }
-                None => ended = true,
+                Some(Err(e)) => ended = Some(Ended(Some(e))),
+                None => ended = Some(Ended(None)),
             },
         }
     }
-    if ahead.is_empty() && !ended {
-        return Ok(body);
-    }
-    Ok(boxed(ReadAhead {
-        bytes,
-        ahead,
-        rest: (!ended).then_some(body),
-    }))
+    Ok(match ended {
+        None if ahead.is_empty() => body,
+        None => boxed(Replay::new(ahead, body)),
+        Some(ended) => boxed(Replay::new(ahead, boxed(ended))),
+    })
 }
 
-/// A body whose first frames were read ahead.
-struct ReadAhead {
-    /// Data bytes in `ahead`.
-    bytes: usize,
-    ahead: VecDeque<Result<Frame<Bytes>, BoxError>>,
-    /// What was not read yet; None once the body ended (or failed) while read ahead.
-    rest: Option<GwBody>,
-}
+/// How a body read ahead to its end ended: the error it ended with, if any, goes out after
+/// the frames read. Its size is never exact, so the answer is framed as the stream it was
+/// (chunked), not by a length.
+struct Ended(Option<BoxError>);
 
-impl Body for ReadAhead {
+impl Body for Ended {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(frame) = self.ahead.pop_front() {
-            if let Ok(f) = &frame {
-                self.bytes -= f.data_ref().map_or(0, Bytes::len);
-            }
-            return Poll::Ready(Some(frame));
-        }
-        match self.rest.as_mut() {
-            Some(rest) => Pin::new(rest).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
+        Poll::Ready(self.0.take().map(Err))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ahead.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+        self.0.is_none()
     }
 
-    /// Never exact: the stream is framed as the body read ahead would have been (chunked).
     fn size_hint(&self) -> SizeHint {
-        let mut hint = SizeHint::new();
-        let rest = self.rest.as_ref().map_or(0, |r| r.size_hint().lower());
-        hint.set_lower(self.bytes as u64 + rest);
-        hint
+        SizeHint::new()
     }
 }
