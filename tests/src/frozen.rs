@@ -11,8 +11,8 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// Stops the thread of process `pid` named `comm` while it waits on a futex (idle, or
-    /// for a lock: never holding one half way through its work); panics if there is no
+    /// Stops the thread of process `pid` named `comm` while it waits on a condition
+    /// variable (idle: holding no lock, half way through nothing); panics if there is no
     /// such thread or it will not stop there.
     pub fn thread(pid: u32, comm: &str) -> Frozen {
         let tid = thread_named(pid, comm)
@@ -26,7 +26,7 @@ impl Frozen {
             drop(frozen);
             assert!(
                 Instant::now() < deadline,
-                "{comm} never stopped in a futex wait"
+                "{comm} never stopped in a timed futex wait"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -59,10 +59,12 @@ impl Frozen {
         frozen
     }
 
-    /// Whether the stopped thread was in a futex wait when it stopped.
+    /// Whether the stopped thread was in a timed futex wait (a condition variable's, with
+    /// a timeout; a lock's wait has none) when it stopped.
     #[cfg(target_arch = "x86_64")]
     fn waits_on_futex(&self) -> bool {
-        self.regs().orig_rax == libc::SYS_futex as u64
+        let regs = self.regs();
+        regs.orig_rax == libc::SYS_futex as u64 && regs.r10 != 0
     }
 
     #[cfg(not(target_arch = "x86_64"))]

@@ -68,19 +68,35 @@ fn an_answer_that_arrived_whole_leaves_in_one_segment() {
 
 /// An agent's call through a daemon with `sync = "always"` whose ledger syncer is held
 /// still (ptrace) from before the call: the call's record cannot become durable until the
-/// syncer runs again. Made once the call is recorded (and, unless `late`, the server has
-/// answered and the gateway has recorded the answer); nothing of it has reached the agent.
+/// syncer runs again. Made once the call is recorded (and, in `Whole`, the server has
+/// answered and the gateway has recorded the answer); nothing of the answer has reached
+/// the agent.
 struct HeldCall {
     gw: Gateway,
     _server: gateway_tests::peers::Peer,
     agent: std::process::Child,
     says: mpsc::Receiver<String>,
+    /// In `Early`, what the stream the agent resumed at once carried.
+    early: Option<serde_json::Value>,
+}
+
+/// How the server answers the call, and what the agent does besides.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// The call's stream carries the response at once.
+    Whole,
+    /// The call's stream carries a priming event and stays open without the response; the
+    /// agent resumes the session's stream (GET, Last-Event-ID) after its answer, and the
+    /// server sends the response there.
+    Late,
+    /// The call's stream carries a priming event and ends; the agent resumes the stream at
+    /// once, while its call waits, and again after its answer, and the server sends the
+    /// response on each.
+    Early,
 }
 
 impl HeldCall {
-    /// `late`: the server sends the call's response 1.5 s after the stream's first event
-    /// (and again on a resumed stream), and the agent resumes the stream after the answer.
-    fn start(name: &str, late: bool) -> (HeldCall, Frozen) {
+    fn start(name: &str, mode: Mode) -> (HeldCall, Frozen) {
         gateway_tests::require_privileges();
         let port = free_port();
         let port_arg = port.to_string();
@@ -91,10 +107,13 @@ impl HeldCall {
             "127.0.0.1".into(),
             port.to_string(),
         ];
-        if late {
-            server_args.push("late".as_ref());
-            agent_args.push("resume".into());
-        }
+        let (server_mode, agent_mode) = match mode {
+            Mode::Whole => (None, None),
+            Mode::Late => (Some("late"), Some("resume")),
+            Mode::Early => (Some("early"), Some("early")),
+        };
+        server_args.extend(server_mode.map(std::ffi::OsStr::new));
+        agent_args.extend(agent_mode.map(Into::into));
         let server = python_server("one-write-server", SERVER, &server_args, port, "/mcp");
         let gw = Gateway::start(
             name,
@@ -120,11 +139,12 @@ impl HeldCall {
                 }
             }
         });
-        let held = HeldCall {
+        let mut held = HeldCall {
             gw,
             _server: server,
             agent,
             says,
+            early: None,
         };
         assert_eq!(held.next("ready"), "ready");
 
@@ -134,11 +154,19 @@ impl HeldCall {
         held.gw.wait_record("of the call", |r| {
             r["type"] == "mcp_call" && r["method"] == "tools/call"
         });
-        if !late {
-            held.gw.wait_record(
-                "of the call's answer, read while its record waits for a sync",
-                |r| r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "ok",
-            );
+        match mode {
+            Mode::Whole => {
+                held.gw.wait_record(
+                    "of the call's answer, read while its record waits for a sync",
+                    |r| r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "ok",
+                );
+            }
+            Mode::Late => {}
+            Mode::Early => {
+                let line = held.next("what the stream resumed at once carried");
+                let early = line.strip_prefix("early ").expect("the early stream");
+                held.early = Some(serde_json::from_str(early).expect("the early stream as JSON"));
+            }
         }
         assert_eq!(
             held.says.recv_timeout(Duration::from_millis(500)),
@@ -189,7 +217,7 @@ fn assert_withheld(answer: &serde_json::Value) {
 /// the syncer runs again the agent gets it.
 #[test]
 fn a_calls_answer_is_read_while_its_record_syncs_and_reaches_the_agent_only_after() {
-    let (held, syncer) = HeldCall::start("held-until-durable", false);
+    let (held, syncer) = HeldCall::start("held-until-durable", Mode::Whole);
     drop(syncer);
     let answer = held.answer();
     assert_eq!(answer["status"], "200", "{answer}");
@@ -210,7 +238,7 @@ fn a_calls_answer_is_read_while_its_record_syncs_and_reaches_the_agent_only_afte
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn an_answer_read_ahead_is_withheld_when_its_record_cannot_be_made_durable() {
-    let (held, syncer) = HeldCall::start("withheld-not-durable", false);
+    let (held, syncer) = HeldCall::start("withheld-not-durable", Mode::Whole);
     syncer.fail_next_fdatasync(libc::EIO);
     assert_withheld(&held.answer());
     let withheld = held.gw.wait_record("that the answer was withheld", |r| {
@@ -227,15 +255,15 @@ fn an_answer_read_ahead_is_withheld_when_its_record_cannot_be_made_durable() {
     assert!(at("ok") < at("no_response"), "{records:#?}");
 }
 
-/// The same when the sync fails before the server has answered (it sends its response
-/// 1.5 s into the call's stream): the agent gets the refusal, and the request is not kept
-/// for a resumed stream. The server's response, sent again on the stream the agent then
+/// The same when the sync fails before the server has answered (its stream stays open
+/// without the response): the agent gets the refusal, and the request is not kept for a
+/// resumed stream. The server's response, sent again on the stream the agent then
 /// resumes, answers no request the gateway knows of: it is dropped and recorded as such,
 /// never delivered past the ledger.
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn a_request_withheld_before_its_answer_came_is_not_answered_on_a_resumed_stream() {
-    let (held, syncer) = HeldCall::start("withheld-then-resumed", true);
+    let (held, syncer) = HeldCall::start("withheld-then-resumed", Mode::Late);
     syncer.fail_next_fdatasync(libc::EIO);
     assert_withheld(&held.answer());
     let resumed: serde_json::Value =
@@ -257,4 +285,40 @@ fn a_request_withheld_before_its_answer_came_is_not_answered_on_a_resumed_stream
         .collect();
     assert!(of_call.contains(&"no_response"), "{records:#?}");
     assert!(!of_call.contains(&"ok"), "{records:#?}");
+}
+
+/// A stream that ends without the response keeps the request for a resumed stream, but
+/// only once the call's record is durable. An agent that resumes at once, while its call's
+/// record still waits for the sync, would otherwise get the answer there before it: the
+/// response on that stream answers no request yet, and is dropped and recorded as such.
+/// Resumed again after its (empty) answer, the agent gets the response.
+#[test]
+fn a_stream_resumed_before_the_calls_record_is_durable_carries_no_answer() {
+    let (held, syncer) = HeldCall::start("resumed-early", Mode::Early);
+    let early = held.early.clone().expect("the early stream");
+    assert_eq!(early["status"], "200", "{early}");
+    assert!(
+        !early.to_string().contains("whole"),
+        "the answer reached the agent before the call's record was durable: {early}"
+    );
+    held.gw
+        .wait_record("of the response dropped on the early stream", |r| {
+            r["outcome"] == "unpaired_response" && r["id"] == "2"
+        });
+
+    drop(syncer);
+    let answer = held.answer();
+    assert_eq!(answer["status"], "200", "{answer}");
+    assert!(!answer.to_string().contains("whole"), "{answer}");
+    let resumed: serde_json::Value =
+        serde_json::from_str(&held.next("the stream resumed after")).expect("JSON");
+    assert_eq!(resumed["status"], "200", "{resumed}");
+    assert!(
+        resumed.to_string().contains("whole"),
+        "the request was not kept for a resumed stream once durable: {resumed}"
+    );
+    held.gw
+        .wait_record("of the answer on the stream resumed after", |r| {
+            r["type"] == "mcp" && r["method"] == "tools/call" && r["outcome"] == "ok"
+        });
 }

@@ -23,7 +23,8 @@ use super::reply::{
 use super::session::{Session, SessionError, Transport};
 use super::stream::{self, StreamJob, StreamKind};
 use super::to_server::{Back, HttpBack};
-use super::until_durable::{NotDurable, UntilDurable, Withholding};
+use super::until_durable::{NotDurable, UntilDurable};
+use super::withholding::Withholding;
 use super::{ConnCtx, MAX_DEPTH};
 use crate::http::body::{boxed, collect_limited, discard, empty, full, BodyError, GwBody};
 use crate::http::budget::Reservation;
@@ -435,6 +436,7 @@ pub async fn post(
     // The answer is read, checked and recorded while the call's record is made durable;
     // the agent gets nothing of it before (`until_durable`).
     let until = UntilDurable::new(written, &obs, &local);
+    let version = parts.version;
     let resp = match upstream.send(Request::from_parts(parts, full(body))).await {
         Ok(r) => r,
         Err(e) => {
@@ -460,10 +462,13 @@ pub async fn post(
                 "so its result is not passed on (the server ran it)",
             );
             // The server's connection may have been left in the middle of an answer: the
-            // agent's goes too, so its next request finds a fresh one.
-            refused
-                .headers_mut()
-                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            // agent's goes too, so its next request finds a fresh one (HTTP/1; HTTP/2 has
+            // no such header).
+            if version < http::Version::HTTP_2 {
+                refused
+                    .headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
             refused
         }
     }

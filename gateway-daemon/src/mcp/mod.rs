@@ -33,6 +33,7 @@ pub mod stream;
 pub mod tasks;
 pub mod to_server;
 pub mod until_durable;
+pub mod withholding;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -25,6 +25,7 @@ use super::reply::{error_event, UPSTREAM_FAILED};
 use super::session::{endpoint_path, ServerKey, Sessions, Transport};
 use super::sniff::{self, Sniffed};
 use super::sse::{encode, SseEvent, SseItem, SseParser};
+use super::withholding::{keep_for_resume, Withholding};
 use crate::http::body::{boxed, BoxError, GwBody};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +53,7 @@ pub struct StreamJob {
     pub held: crate::http::budget::Reservation,
     /// Set when the answer this stream carries was withheld from the agent
     /// (`until_durable`); None for a stream no call's record waits on.
-    pub withholding: Option<super::until_durable::Withholding>,
+    pub withholding: Option<Withholding>,
 }
 
 /// Starts observing `body`; returns the body to give the agent.
@@ -424,10 +425,8 @@ fn on_event(
 
 fn finish(mut job: StreamJob, out: &mut Out, end: End) {
     let waiting: Vec<_> = job.local.drain_expired(|_| true);
-    if job.withholding.as_ref().is_some_and(|w| w.is_set()) {
-        // The agent got the gateway's refusal for every request of the call, and the ledger
-        // says each was withheld (`until_durable`): none waits on for a resumed stream,
-        // where a later answer would reach the agent past the ledger.
+    if job.withholding.as_ref().is_some_and(Withholding::withheld) {
+        // The ledger already says each request of the call was withheld.
         return;
     }
     let records = match &end {
@@ -453,17 +452,13 @@ fn finish(mut job: StreamJob, out: &mut Out, end: End) {
                 _ => "the stream ended without a response",
             };
             match (&job.observer.session, job.observer.transport) {
-                // The agent may resume the stream (Last-Event-ID) and get the response there.
+                // The agent may resume the stream (Last-Event-ID) and get the response
+                // there; not before the call's records are durable (`withholding`).
                 (Some(s), Transport::StreamableHttp) => {
-                    let mut st = s.state();
-                    let mut lost = Vec::new();
-                    for (id, req) in waiting {
-                        if let Err(e) = st.client_pending.insert(id.clone(), req.clone()) {
-                            tracing::debug!(error = %e, "pending request not kept");
-                            lost.push((id, req));
-                        }
-                    }
-                    drop(st);
+                    let lost = match &job.withholding {
+                        Some(w) => w.keep(s, waiting, detail),
+                        None => keep_for_resume(s, waiting),
+                    };
                     job.observer
                         .unanswered(Direction::ClientToServer, lost, "no_response", detail)
                 }

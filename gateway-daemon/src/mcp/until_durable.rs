@@ -9,8 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,6 +20,7 @@ use super::jsonrpc::Id;
 use super::observe::Observer;
 use super::pairing::Pending;
 use super::record::{Direction, PendingRequest};
+use super::withholding::Withholding;
 use crate::audit::{AuditError, Written};
 use crate::http::body::{boxed, BoxError, GwBody, Replay};
 use crate::http::budget::Reservation;
@@ -45,22 +44,6 @@ struct Withheld {
     recorder: Observer,
     asked: Vec<(Id, PendingRequest)>,
     withholding: Withholding,
-}
-
-/// Set once a call's answer is withheld. The event stream it came on then ends without
-/// keeping its waiting requests for a resumed stream (`stream::finish`): the agent got the
-/// gateway's refusal for each, so no later answer may pair with them.
-#[derive(Clone, Default)]
-pub struct Withholding(Arc<AtomicBool>);
-
-impl Withholding {
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
-    fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
 }
 
 /// The records did not become durable: the answer was withheld from the agent.
@@ -99,20 +82,26 @@ impl UntilDurable {
         };
         let durable = super::exchange::all_durable(self.written);
         let (parts, body) = response.into_parts();
+        let abandoned = Abandoned(Some(&withheld));
         let read = read_ahead(body, durable, &withheld.withholding).await;
+        abandoned.disarm();
         drop(held);
+        let Withheld {
+            recorder,
+            asked,
+            withholding,
+        } = withheld;
         match read {
-            Ok(body) => Ok(Response::from_parts(parts, body)),
+            Ok(body) => {
+                withholding.release(&recorder);
+                Ok(Response::from_parts(parts, body))
+            }
             Err(error) => {
-                let Withheld {
-                    recorder, asked, ..
-                } = withheld;
                 let why = format!(
                     "the answer was withheld and the agent got the gateway's refusal: the \
                      audit ledger could not make the call's record durable ({error})"
                 );
                 let ids = asked.iter().map(|(id, _)| id.clone()).collect();
-                forget_kept(&recorder, &asked);
                 recorder.write_now(recorder.unanswered(
                     Direction::ClientToServer,
                     asked,
@@ -125,27 +114,27 @@ impl UntilDurable {
     }
 }
 
-/// Takes the call's requests back out of its session, where a stream that ended without
-/// answering them (while read ahead) kept them for a resumed stream: the agent got the
-/// gateway's refusal for each, so no later answer may pair with them. Only the very
-/// requests of this call (same start) are taken; another POST's under the same id stays.
-fn forget_kept(recorder: &Observer, asked: &[(Id, PendingRequest)]) {
-    let Some(session) = &recorder.session else {
-        return;
-    };
-    let mut state = session.state();
-    for (id, req) in asked {
-        let kept = state.client_pending.get(id);
-        if kept.is_some_and(|k| k.started == req.started && k.via.connection == req.via.connection)
-        {
-            state.client_pending.take(id);
+/// Until disarmed, a release that is dropped (the agent left while the sync ran) lets the
+/// call's kept requests go unanswered.
+struct Abandoned<'a>(Option<&'a Withheld>);
+
+impl Abandoned<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.0 {
+            w.withholding.abandon(&w.recorder);
         }
     }
 }
 
 /// Waits for `durable`, reading `body` ahead meanwhile (a stream's events are observed as
 /// they are read). A body already whole (a JSON answer the gateway read and checked, or one
-/// of known length) is only waited for. If `durable` fails, `withholding` is set before the
+/// of known length) is only waited for. If `durable` fails, the answer is withheld before the
 /// body is dropped.
 async fn read_ahead(
     mut body: GwBody,
@@ -153,10 +142,14 @@ async fn read_ahead(
     withholding: &Withholding,
 ) -> Result<GwBody, AuditError> {
     if body.is_end_stream() || body.size_hint().exact().is_some() {
-        return durable
-            .await
-            .map(|()| body)
-            .inspect_err(|_| withholding.set());
+        return match durable.await {
+            Ok(()) => Ok(body),
+            Err(e) => {
+                withholding.withhold();
+                drop(body);
+                Err(e)
+            }
+        };
     }
     let mut durable = std::pin::pin!(durable);
     let mut ahead = Vec::new();
@@ -166,7 +159,8 @@ async fn read_ahead(
             biased;
             done = &mut durable => {
                 if let Err(e) = done {
-                    withholding.set();
+                    withholding.withhold();
+                    drop(body);
                     return Err(e);
                 }
                 break;
