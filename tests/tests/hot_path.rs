@@ -9,9 +9,19 @@ use gateway_tests::frozen::Frozen;
 use gateway_tests::peers::{python_server, run_json};
 use gateway_tests::{free_port, Gateway, GatewayOptions, PYTHON};
 
-const SERVER: &str = include_str!("../fixtures/one_write_server.py");
-const AGENT: &str = include_str!("../fixtures/segments_agent.py");
-const HELD_AGENT: &str = include_str!("../fixtures/held_agent.py");
+/// The raw-socket fixtures, each after the HTTP framing they share.
+macro_rules! fixture {
+    ($name:literal) => {
+        concat!(
+            include_str!("../fixtures/http_framing.py"),
+            include_str!(concat!("../fixtures/", $name))
+        )
+    };
+}
+
+const SERVER: &str = fixture!("one_write_server.py");
+const AGENT: &str = fixture!("segments_agent.py");
+const HELD_AGENT: &str = fixture!("held_agent.py");
 
 /// A server that sends an answer whole (its head and an event stream of two events, in one
 /// write) has it reach the agent in one TCP segment, not one per event: hyper hands the
