@@ -26,10 +26,10 @@ use crate::http::body::{boxed, BoxError, GwBody, Replay};
 use crate::http::budget::Reservation;
 
 /// How much of a streamed answer is read ahead while the sync runs: reading stops once
-/// this much is ready, so at most this and the one event that crossed it (up to
-/// `http.max_event_bytes`) wait for the sync outside the body budget. A POST's event
-/// stream usually holds its response in a few hundred bytes; past this, reading waits for
-/// the sync, as the agent would.
+/// this much is ready. What waits for the sync outside the body budget is this, the frame
+/// that crossed it, and the rest of the server's chunk it came in (whose events are
+/// observed together). A POST's event stream usually holds its response in a few hundred
+/// bytes; past this, reading waits for the sync, as the agent would.
 const READ_AHEAD_MAX: usize = 16 * 1024;
 
 /// The records of a call, and what to record if they do not become durable.
